@@ -1,0 +1,228 @@
+//! The `vivachat` command line: argument parsing and the `serve` front end.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use colored::Colorize;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+
+use crate::core::OpTable;
+use crate::event_log::EventLog;
+use crate::server::{self, Config};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vivachat",
+    version,
+    about = "A real-time chat server whose data structures explain themselves",
+    long_about = "A real-time WebSocket chat server. Every operation on its five in-memory \
+                  structures (active_connections, presence, offline_messages, group_members, \
+                  blocked_users) is counted and narrated with its Big-O cost."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the WebSocket chat server, narrating each structure operation.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; 0.0.0.0 lets other machines on the LAN connect.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// TCP port (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Largest accepted WebSocket message, in bytes; larger gets `too_large` and a 1009 close.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_message_bytes: u64,
+    /// Longest offline queue per user; direct messages beyond it get `inbox_full`.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_offline: u64,
+    /// Frames a connection may have unsent before it is evicted as too slow.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub outbox_frames: u64,
+    /// Lets non-loopback clients read /inspect with 'Authorization: Bearer TOKEN'.
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// Do not print the event log (start-up lines and final counts are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs the command line; the caller turns an error into a message and exit code 1.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn color_stdout() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let color = color_stdout();
+    colored::control::set_override(color);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "port {} is already in use: stop the other server or choose another with --port",
+                    args.port
+                ),
+                std::io::ErrorKind::PermissionDenied => {
+                    "permission denied: ports below 1024 need root; use --port 8000".into()
+                }
+                std::io::ErrorKind::AddrNotAvailable => format!(
+                    "{} is not an address of this machine: use 127.0.0.1 or 0.0.0.0",
+                    args.host
+                ),
+                _ => "check --host and --port".into(),
+            };
+            anyhow::anyhow!("cannot listen on {addr}: {e} ({hint})")
+        })?;
+        let bound = listener.local_addr()?;
+        print_banner(bound, &args);
+
+        let log = (!args.quiet).then(|| EventLog::spawn(Box::new(std::io::stdout()), color));
+        let config = Config {
+            max_message_bytes: args.max_message_bytes as usize,
+            max_offline: args.max_offline as usize,
+            admin_token: args.admin_token.clone(),
+            outbox_frames: args.outbox_frames as usize,
+            ..Config::default()
+        };
+        let report = server::run(listener, config, log, shutdown_signal()).await?;
+        println!(
+            "\n{} after {:.1}s, {} connection(s) served. Final operation counts:",
+            "Stopped".bold(),
+            report.uptime.as_secs_f64(),
+            report.connections_served
+        );
+        println!("{}", op_table(&report.ops));
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    println!("\nShutting down: closing every connection with code 1001 (going away)...");
+}
+
+/// The addresses people can type: with an unspecified host, every interface's.
+fn connect_addresses(bound: SocketAddr) -> Vec<SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let want_v6 = bound.is_ipv6();
+    let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|iface| iface.ip())
+        // 0.0.0.0 listens on IPv4 only; :: on both on most systems.
+        .filter(|ip| want_v6 || ip.is_ipv4())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+        .map(|ip| SocketAddr::new(ip, bound.port()))
+        .collect();
+    addrs.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv6(), a.ip()));
+    addrs.dedup();
+    addrs
+}
+
+fn print_banner(bound: SocketAddr, args: &ServeArgs) {
+    println!(
+        "{} listening on {}",
+        "vivachat".bold().green(),
+        bound.to_string().bold()
+    );
+    println!("Connect a client to one of:");
+    for addr in connect_addresses(bound) {
+        let note = if addr.ip().is_loopback() {
+            "  (this machine only)"
+        } else {
+            "  (other machines on the network)"
+        };
+        println!(
+            "  {}{}",
+            format!("ws://{addr}/ws/YOUR_NAME").cyan(),
+            note.dimmed()
+        );
+    }
+    println!(
+        "Inspect the structures: {}   Health: {}",
+        format!("http://{}/inspect", loopback_for(bound)).cyan(),
+        format!("http://{}/healthz", loopback_for(bound)).cyan()
+    );
+    if !bound.ip().is_loopback() && args.admin_token.is_none() {
+        println!(
+            "{}",
+            "Note: /inspect answers this machine only; pass --admin-token TOKEN to open it to others."
+                .yellow()
+        );
+    }
+    if args.quiet {
+        println!("Event log off (--quiet). Ctrl-C stops the server.");
+    } else {
+        println!("Event log below: one line per event, with each structure operation and its cost. Ctrl-C stops the server.");
+    }
+}
+
+fn loopback_for(bound: SocketAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        let ip: IpAddr = if bound.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, bound.port())
+    } else {
+        bound
+    }
+}
+
+/// The operation counts as a table: structure, operation, count, cost.
+pub fn op_table(ops: &OpTable) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["structure", "operation", "count", "cost"]);
+    for row in &ops.0 {
+        table.add_row([
+            Cell::new(row.structure.name()),
+            Cell::new(row.op.name()),
+            Cell::new(row.count).set_alignment(CellAlignment::Right),
+            Cell::new(row.complexity),
+        ]);
+    }
+    table
+}

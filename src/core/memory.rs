@@ -1,0 +1,352 @@
+//! The seed's five structures, in memory: the default backend.
+//!
+//! Each method does one operation on one structure and counts it. Field names
+//! are the seed's, so the code reads like the design table.
+
+use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
+
+use crate::core::ops::{Op, OpCounts, OpTable, Structure, Trace};
+use crate::core::snapshot::{QueueSnapshot, StructuresSnapshot};
+use crate::core::structures::{ConnHandle, ConnId, Structures};
+use crate::names::{GroupId, UserId};
+use crate::protocol::Message;
+
+use Structure::*;
+
+pub struct MemoryStructures<C> {
+    /// A `Vec` per user, not a set: a user has one to three devices, and a
+    /// linear scan of three handles beats hashing them.
+    active_connections: HashMap<UserId, Vec<C>>,
+    /// A second copy of the keys of `active_connections` that have devices;
+    /// the core keeps the two equal (checked by `StructuresSnapshot::invariants`).
+    presence: HashSet<UserId>,
+    /// `VecDeque` because flushing pops the front: O(1), where `Vec::remove(0)` is O(n).
+    offline_messages: HashMap<UserId, VecDeque<Message>>,
+    /// `HashSet` so joining twice is harmless and the member check is O(1).
+    group_members: HashMap<GroupId, HashSet<UserId>>,
+    /// Keyed by the blocker: "does bob block alice" is asked for every message to bob.
+    blocked_users: HashMap<UserId, HashSet<UserId>>,
+    ops: OpCounts,
+}
+
+impl<C> Default for MemoryStructures<C> {
+    fn default() -> Self {
+        MemoryStructures {
+            active_connections: HashMap::new(),
+            presence: HashSet::new(),
+            offline_messages: HashMap::new(),
+            group_members: HashMap::new(),
+            blocked_users: HashMap::new(),
+            ops: OpCounts::default(),
+        }
+    }
+}
+
+impl<C> MemoryStructures<C> {
+    fn count(
+        &self,
+        trace: &mut Trace,
+        structure: Structure,
+        op: Op,
+        key: Option<&UserId>,
+        arg: Option<&UserId>,
+        size: Option<usize>,
+    ) {
+        self.ops.bump(structure, op);
+        trace.record(structure, op, key, arg, size);
+    }
+}
+
+fn sorted<'a>(names: impl Iterator<Item = &'a UserId>) -> Vec<UserId> {
+    let mut v: Vec<UserId> = names.cloned().collect();
+    v.sort_unstable();
+    v
+}
+
+impl<C: ConnHandle> Structures for MemoryStructures<C> {
+    type Conn = C;
+
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> &[C] {
+        let conns = self
+            .active_connections
+            .get(user)
+            .map_or(&[][..], Vec::as_slice);
+        self.count(
+            trace,
+            ActiveConnections,
+            Op::Get,
+            Some(user),
+            None,
+            Some(conns.len()),
+        );
+        conns
+    }
+
+    fn add_connection(&mut self, user: &UserId, conn: C, trace: &mut Trace) -> usize {
+        let devices = self.active_connections.entry(user.clone()).or_default();
+        devices.push(conn);
+        let n = devices.len();
+        self.count(
+            trace,
+            ActiveConnections,
+            Op::Insert,
+            Some(user),
+            None,
+            Some(n),
+        );
+        n
+    }
+
+    fn remove_connection(&mut self, user: &UserId, id: ConnId, trace: &mut Trace) -> Option<usize> {
+        let remaining = match self.active_connections.entry(user.clone()) {
+            Entry::Occupied(mut devices) => {
+                let before = devices.get().len();
+                devices.get_mut().retain(|c| c.id() != id);
+                let after = devices.get().len();
+                if after == 0 {
+                    devices.remove();
+                }
+                (after < before).then_some(after)
+            }
+            Entry::Vacant(_) => None,
+        };
+        self.count(
+            trace,
+            ActiveConnections,
+            Op::Remove,
+            Some(user),
+            None,
+            remaining,
+        );
+        remaining
+    }
+
+    fn all_connections(&self, trace: &mut Trace) -> Vec<C> {
+        self.count(trace, ActiveConnections, Op::Iterate, None, None, None);
+        self.active_connections
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn is_online(&self, user: &UserId, trace: &mut Trace) -> bool {
+        self.count(trace, Presence, Op::Contains, Some(user), None, None);
+        self.presence.contains(user)
+    }
+
+    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+        self.count(trace, Presence, Op::Insert, Some(user), None, None);
+        self.presence.insert(user.clone())
+    }
+
+    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+        self.count(trace, Presence, Op::Remove, Some(user), None, None);
+        self.presence.remove(user)
+    }
+
+    fn online_users(&self, trace: &mut Trace) -> Vec<UserId> {
+        self.count(
+            trace,
+            Presence,
+            Op::Iterate,
+            None,
+            None,
+            Some(self.presence.len()),
+        );
+        self.presence.iter().cloned().collect()
+    }
+
+    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize {
+        let len = self.offline_messages.get(user).map_or(0, VecDeque::len);
+        self.count(trace, OfflineMessages, Op::Len, Some(user), None, Some(len));
+        len
+    }
+
+    fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
+        let queue = self.offline_messages.entry(user.clone()).or_default();
+        queue.push_back(message);
+        let len = queue.len();
+        self.count(
+            trace,
+            OfflineMessages,
+            Op::PushBack,
+            Some(user),
+            None,
+            Some(len),
+        );
+        len
+    }
+
+    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message> {
+        let Entry::Occupied(mut queue) = self.offline_messages.entry(user.clone()) else {
+            self.count(
+                trace,
+                OfflineMessages,
+                Op::PopFront,
+                Some(user),
+                None,
+                Some(0),
+            );
+            return None;
+        };
+        let message = queue.get_mut().pop_front();
+        let len = queue.get().len();
+        if len == 0 {
+            // An empty deque would be memory kept for a user who may never return.
+            queue.remove();
+        }
+        self.count(
+            trace,
+            OfflineMessages,
+            Op::PopFront,
+            Some(user),
+            None,
+            Some(len),
+        );
+        message
+    }
+
+    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
+        let members = self.group_members.entry(group.clone()).or_default();
+        members.insert(user.clone());
+        let n = members.len();
+        self.count(
+            trace,
+            GroupMembers,
+            Op::Insert,
+            Some(group),
+            Some(user),
+            Some(n),
+        );
+        n
+    }
+
+    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+        let (was_member, size) = match self.group_members.entry(group.clone()) {
+            Entry::Occupied(mut members) => {
+                let removed = members.get_mut().remove(user);
+                let n = members.get().len();
+                if n == 0 {
+                    members.remove();
+                }
+                (removed, n)
+            }
+            Entry::Vacant(_) => (false, 0),
+        };
+        self.count(
+            trace,
+            GroupMembers,
+            Op::Remove,
+            Some(group),
+            Some(user),
+            Some(size),
+        );
+        was_member
+    }
+
+    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+        self.count(
+            trace,
+            GroupMembers,
+            Op::Contains,
+            Some(group),
+            Some(user),
+            None,
+        );
+        self.group_members
+            .get(group)
+            .is_some_and(|members| members.contains(user))
+    }
+
+    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId> {
+        let members: Vec<UserId> = self
+            .group_members
+            .get(group)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        self.count(
+            trace,
+            GroupMembers,
+            Op::Iterate,
+            Some(group),
+            None,
+            Some(members.len()),
+        );
+        members
+    }
+
+    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+        self.count(trace, BlockedUsers, Op::Insert, Some(by), Some(whom), None);
+        self.blocked_users
+            .entry(by.clone())
+            .or_default()
+            .insert(whom.clone())
+    }
+
+    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+        self.count(trace, BlockedUsers, Op::Remove, Some(by), Some(whom), None);
+        let Entry::Occupied(mut set) = self.blocked_users.entry(by.clone()) else {
+            return false;
+        };
+        let removed = set.get_mut().remove(whom);
+        if set.get().is_empty() {
+            set.remove();
+        }
+        removed
+    }
+
+    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+        self.count(
+            trace,
+            BlockedUsers,
+            Op::Contains,
+            Some(by),
+            Some(whom),
+            None,
+        );
+        self.blocked_users
+            .get(by)
+            .is_some_and(|set| set.contains(whom))
+    }
+
+    fn op_table(&self) -> OpTable {
+        self.ops.table()
+    }
+
+    fn snapshot(&self) -> StructuresSnapshot {
+        StructuresSnapshot {
+            active_connections: self
+                .active_connections
+                .iter()
+                .map(|(user, conns)| {
+                    let mut ids: Vec<ConnId> = conns.iter().map(ConnHandle::id).collect();
+                    ids.sort_unstable();
+                    (user.clone(), ids)
+                })
+                .collect(),
+            presence: sorted(self.presence.iter()),
+            offline_messages: self
+                .offline_messages
+                .iter()
+                .map(|(user, queue)| {
+                    let snapshot = QueueSnapshot {
+                        len: queue.len(),
+                        messages: queue.iter().cloned().collect(),
+                    };
+                    (user.clone(), snapshot)
+                })
+                .collect(),
+            groups: self
+                .group_members
+                .iter()
+                .map(|(group, members)| (group.clone(), sorted(members.iter())))
+                .collect(),
+            blocked: self
+                .blocked_users
+                .iter()
+                .map(|(user, set)| (user.clone(), sorted(set.iter())))
+                .collect(),
+        }
+    }
+}

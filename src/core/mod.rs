@@ -1,0 +1,178 @@
+//! The functional core: the five structures and every routing decision, with no I/O.
+//!
+//! [`ChatCore`] takes events (a connection opened, a request arrived, a
+//! connection closed) and returns an [`Outcome`]: which frames go to which
+//! connections, and what happened, for the event log. The network layer
+//! (`crate::server`) only carries outcomes out, so everything here is tested
+//! without a socket.
+
+pub mod memory;
+pub mod ops;
+pub mod routing;
+pub mod snapshot;
+pub mod structures;
+#[cfg(test)]
+mod tests;
+
+use crate::names::{GroupId, UserId};
+use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
+
+pub use memory::MemoryStructures;
+pub use ops::{Op, OpTable, Structure, Trace};
+pub use snapshot::{Snapshot, StructuresSnapshot};
+pub use structures::{ConnHandle, ConnId, Structures};
+
+/// Limits and switches of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Longest offline deque per user; a direct message beyond it is refused with `inbox_full`.
+    pub max_offline: usize,
+    /// Record a [`Trace`] of every event for the event log. Counting is always on.
+    pub trace: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            max_offline: 10_000,
+            trace: false,
+        }
+    }
+}
+
+/// The state of the chat and the rules that change it.
+pub struct ChatCore<S: Structures> {
+    structures: S,
+    config: CoreConfig,
+    /// One counter for direct and group messages, so ids increase in processing order.
+    next_message_id: u64,
+}
+
+/// One frame for one connection: an index into [`Outcome::frames`], so a frame
+/// fanned out to 30 devices is built (and serialised) once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery<C> {
+    pub conn: C,
+    pub frame: usize,
+}
+
+/// What the core decided: frames to send, in order, and what happened.
+#[derive(Debug, Clone)]
+pub struct Outcome<C> {
+    pub frames: Vec<ServerFrame>,
+    pub deliveries: Vec<Delivery<C>>,
+    pub event: Event,
+    pub trace: Trace,
+}
+
+impl<C: Clone> Outcome<C> {
+    /// The frames one connection receives, in order (for tests and tools).
+    pub fn frames_for(&self, id: ConnId) -> Vec<&ServerFrame>
+    where
+        C: ConnHandle,
+    {
+        self.deliveries
+            .iter()
+            .filter(|d| d.conn.id() == id)
+            .map(|d| &self.frames[d.frame])
+            .collect()
+    }
+}
+
+/// What happened, in domain terms: the event log's first words.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Connected {
+        user: UserId,
+        conn: ConnId,
+        devices: usize,
+        flushed: usize,
+        notified: usize,
+    },
+    Disconnected {
+        user: UserId,
+        conn: ConnId,
+        devices: usize,
+        requeued: usize,
+        notified: usize,
+    },
+    /// `disconnect` of a connection the core no longer holds: nothing to do.
+    AlreadyGone {
+        user: UserId,
+        conn: ConnId,
+    },
+    Message {
+        from: UserId,
+        to: UserId,
+        id: u64,
+        status: AckStatus,
+    },
+    GroupMessage {
+        from: UserId,
+        group: GroupId,
+        id: u64,
+        status: AckStatus,
+        connections: usize,
+        queued: usize,
+    },
+    Joined {
+        user: UserId,
+        group: GroupId,
+        members: usize,
+    },
+    Left {
+        user: UserId,
+        group: GroupId,
+        was_member: bool,
+    },
+    Blocked {
+        by: UserId,
+        whom: UserId,
+    },
+    Unblocked {
+        by: UserId,
+        whom: UserId,
+    },
+    Who {
+        user: UserId,
+        online: usize,
+    },
+    Ping {
+        user: UserId,
+    },
+    Refused {
+        user: UserId,
+        code: ErrorCode,
+        detail: String,
+    },
+    Shutdown {
+        connections: usize,
+    },
+}
+
+impl<S: Structures> ChatCore<S> {
+    pub fn new(structures: S, config: CoreConfig) -> Self {
+        ChatCore {
+            structures,
+            config,
+            next_message_id: 1,
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    pub fn op_table(&self) -> OpTable {
+        self.structures.op_table()
+    }
+
+    /// A consistent copy of everything, for `/inspect`. O(total state).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(
+            self.structures.snapshot(),
+            &self.structures.op_table(),
+            self.next_message_id,
+        )
+    }
+}

@@ -1,0 +1,453 @@
+//! Where every message is routed: the rules of the chat, as methods of [`ChatCore`].
+//!
+//! Each method reads and writes the five structures through [`Structures`]
+//! and returns an [`Outcome`]. Nothing here touches a socket or a clock: the
+//! caller passes `now_ms` in, which makes every rule testable to the byte.
+
+use std::sync::Arc;
+
+use crate::core::{ChatCore, ConnHandle, ConnId, Delivery, Event, Outcome, Structures, Trace};
+use crate::names::{GroupId, UserId};
+use crate::protocol::{
+    AckStatus, Envelope, ErrorCode, Message, PresenceStatus, Ref, Request, RequestError,
+    ServerFrame, Target,
+};
+
+/// Frames and deliveries being assembled for one outcome.
+struct Plan<C> {
+    frames: Vec<ServerFrame>,
+    deliveries: Vec<Delivery<C>>,
+}
+
+impl<C: Clone> Plan<C> {
+    fn new() -> Self {
+        Plan {
+            frames: Vec::new(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    fn frame(&mut self, frame: ServerFrame) -> usize {
+        self.frames.push(frame);
+        self.frames.len() - 1
+    }
+
+    fn send(&mut self, conn: &C, frame: usize) {
+        self.deliveries.push(Delivery {
+            conn: conn.clone(),
+            frame,
+        });
+    }
+
+    /// A frame for exactly one connection (acks, errors, replies).
+    fn reply(&mut self, conn: &C, frame: ServerFrame) {
+        let index = self.frame(frame);
+        self.send(conn, index);
+    }
+
+    fn finish(self, event: Event, trace: Trace) -> Outcome<C> {
+        Outcome {
+            frames: self.frames,
+            deliveries: self.deliveries,
+            event,
+            trace,
+        }
+    }
+}
+
+fn ack(reference: Ref, id: Option<u64>, status: AckStatus) -> ServerFrame {
+    ServerFrame::Ack {
+        reference,
+        id,
+        status,
+    }
+}
+
+impl<S: Structures> ChatCore<S> {
+    fn new_trace(&self) -> Trace {
+        Trace::new(self.config.trace)
+    }
+
+    /// Sends one presence frame to every connection of every online user but `user`.
+    /// O(n + total devices): the price of live presence, paid on first connect and last close.
+    fn broadcast_presence(
+        &self,
+        plan: &mut Plan<S::Conn>,
+        user: &UserId,
+        status: PresenceStatus,
+        others: &[UserId],
+        trace: &mut Trace,
+    ) -> usize {
+        let frame = plan.frame(ServerFrame::Presence {
+            user: user.clone(),
+            status,
+        });
+        let mut notified = 0;
+        for other in others.iter().filter(|o| *o != user) {
+            for conn in self.structures.connections(other, trace) {
+                plan.send(conn, frame);
+                notified += 1;
+            }
+        }
+        notified
+    }
+
+    /// A new connection: register the device, greet it, flush its queue FIFO,
+    /// and announce the user if this is their first device.
+    pub fn connect(&mut self, user: &UserId, conn: S::Conn) -> Outcome<S::Conn> {
+        let mut trace = self.new_trace();
+        let mut plan = Plan::new();
+        let s = &mut self.structures;
+        let devices = s.add_connection(user, conn.clone(), &mut trace);
+        let first = devices == 1;
+        if first {
+            s.set_online(user, &mut trace);
+        }
+        let mut others = s.online_users(&mut trace);
+        others.retain(|u| u != user);
+        others.sort_unstable();
+
+        let queued = s.queued_len(user, &mut trace);
+        plan.reply(
+            &conn,
+            ServerFrame::Welcome {
+                user: user.clone(),
+                online: others.clone(),
+                queued,
+            },
+        );
+        // Oldest first, and each message is popped as it is sent: never sent twice.
+        for _ in 0..queued {
+            let Some(message) = s.queue_pop_front(user, &mut trace) else {
+                break;
+            };
+            plan.reply(
+                &conn,
+                ServerFrame::Chat {
+                    message,
+                    offline: true,
+                },
+            );
+        }
+        let notified = if first {
+            self.broadcast_presence(&mut plan, user, PresenceStatus::Online, &others, &mut trace)
+        } else {
+            0
+        };
+        let event = Event::Connected {
+            user: user.clone(),
+            conn: conn.id(),
+            devices,
+            flushed: queued,
+            notified,
+        };
+        plan.finish(event, trace)
+    }
+
+    /// A connection closed (or was evicted). `undelivered` are chat messages
+    /// that were routed to it but never written to its socket: if it was the
+    /// user's last device they go back to the front of the user's deque, so a
+    /// message acknowledged `delivered` or `queued` is not lost while the server runs.
+    pub fn disconnect(
+        &mut self,
+        user: &UserId,
+        conn: ConnId,
+        undelivered: Vec<Message>,
+    ) -> Outcome<S::Conn> {
+        let mut trace = self.new_trace();
+        let mut plan = Plan::new();
+        let s = &mut self.structures;
+        let Some(devices) = s.remove_connection(user, conn, &mut trace) else {
+            let event = Event::AlreadyGone {
+                user: user.clone(),
+                conn,
+            };
+            return plan.finish(event, trace);
+        };
+        let mut requeued = 0;
+        let mut notified = 0;
+        if devices == 0 {
+            s.set_offline(user, &mut trace);
+            // The deque is empty while a user is online (everything goes live), so
+            // pushing to the back keeps these oldest-first ahead of anything newer.
+            // The --max-offline limit is not applied: these were already accepted.
+            for message in undelivered {
+                s.queue_push_back(user, message, &mut trace);
+                requeued += 1;
+            }
+            let others = s.online_users(&mut trace);
+            notified = self.broadcast_presence(
+                &mut plan,
+                user,
+                PresenceStatus::Offline,
+                &others,
+                &mut trace,
+            );
+        }
+        let event = Event::Disconnected {
+            user: user.clone(),
+            conn,
+            devices,
+            requeued,
+            notified,
+        };
+        plan.finish(event, trace)
+    }
+
+    /// Answers a frame that could not be parsed: the error goes to the sender only.
+    pub fn refuse(&self, user: &UserId, conn: &S::Conn, error: RequestError) -> Outcome<S::Conn> {
+        self.refuse_traced(user, conn, error, self.new_trace())
+    }
+
+    /// A refusal after some look-ups were made (`inbox_full`, `not_member`): they are narrated too.
+    fn refuse_traced(
+        &self,
+        user: &UserId,
+        conn: &S::Conn,
+        error: RequestError,
+        trace: Trace,
+    ) -> Outcome<S::Conn> {
+        let mut plan = Plan::new();
+        let event = Event::Refused {
+            user: user.clone(),
+            code: error.code,
+            detail: error.detail.clone(),
+        };
+        plan.reply(conn, ServerFrame::Error(error));
+        plan.finish(event, trace)
+    }
+
+    /// Carries out one request from `user` on connection `conn`, at time `now_ms`.
+    pub fn handle(
+        &mut self,
+        user: &UserId,
+        conn: &S::Conn,
+        envelope: Envelope,
+        now_ms: u64,
+    ) -> Outcome<S::Conn> {
+        let Envelope { reference, request } = envelope;
+        let mut trace = self.new_trace();
+        let mut plan = Plan::new();
+        let event = match request {
+            Request::Message { to, text } => {
+                let routed = self.route_message(
+                    &mut plan, user, conn, to, text, reference, now_ms, &mut trace,
+                );
+                match routed {
+                    Ok(event) => event,
+                    Err(error) => return self.refuse_traced(user, conn, error, trace),
+                }
+            }
+            Request::GroupMessage { group, text } => {
+                let routed = self.route_group_message(
+                    &mut plan, user, conn, group, text, reference, now_ms, &mut trace,
+                );
+                match routed {
+                    Ok(event) => event,
+                    Err(error) => return self.refuse_traced(user, conn, error, trace),
+                }
+            }
+            Request::GroupJoin { group } => {
+                let members = self.structures.join_group(&group, user, &mut trace);
+                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                Event::Joined {
+                    user: user.clone(),
+                    group,
+                    members,
+                }
+            }
+            Request::GroupLeave { group } => {
+                let was_member = self.structures.leave_group(&group, user, &mut trace);
+                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                Event::Left {
+                    user: user.clone(),
+                    group,
+                    was_member,
+                }
+            }
+            Request::Block { user: whom } => {
+                self.structures.block(user, &whom, &mut trace);
+                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                Event::Blocked {
+                    by: user.clone(),
+                    whom,
+                }
+            }
+            Request::Unblock { user: whom } => {
+                self.structures.unblock(user, &whom, &mut trace);
+                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                Event::Unblocked {
+                    by: user.clone(),
+                    whom,
+                }
+            }
+            Request::Who => {
+                let mut online = self.structures.online_users(&mut trace);
+                online.sort_unstable();
+                let count = online.len();
+                plan.reply(conn, ServerFrame::Who { reference, online });
+                Event::Who {
+                    user: user.clone(),
+                    online: count,
+                }
+            }
+            Request::Ping => {
+                plan.reply(conn, ServerFrame::Pong { reference });
+                Event::Ping { user: user.clone() }
+            }
+        };
+        plan.finish(event, trace)
+    }
+
+    /// The seed's message flow: blocked? then online (push to every device) or
+    /// offline (append to the deque). Exactly one `blocked_users.contains` and
+    /// one `active_connections.get` per message, plus `len` and `push_back` when offline.
+    #[allow(clippy::too_many_arguments)]
+    fn route_message(
+        &mut self,
+        plan: &mut Plan<S::Conn>,
+        from: &UserId,
+        conn: &S::Conn,
+        to: UserId,
+        text: Arc<str>,
+        reference: Ref,
+        now_ms: u64,
+        trace: &mut Trace,
+    ) -> Result<Event, RequestError> {
+        let s = &mut self.structures;
+        // A block is checked first and answered `sent`, like a delivery to
+        // nobody, so the sender cannot tell that they are blocked.
+        let blocked = s.is_blocked(&to, from, trace);
+        let devices: &[S::Conn] = if blocked {
+            &[]
+        } else {
+            s.connections(&to, trace)
+        };
+        let status = if blocked {
+            AckStatus::Sent
+        } else if !devices.is_empty() {
+            AckStatus::Delivered
+        } else {
+            let max = self.config.max_offline;
+            if s.queued_len(&to, trace) >= max {
+                return Err(RequestError::new(
+                    ErrorCode::InboxFull,
+                    format!(
+                        "{to}'s offline inbox is full ({max} messages); \
+                         try again after they reconnect"
+                    ),
+                    reference,
+                ));
+            }
+            AckStatus::Queued
+        };
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        let message = Message {
+            id,
+            from: from.clone(),
+            target: Target::User(to.clone()),
+            text,
+            ts: now_ms,
+        };
+        match status {
+            AckStatus::Delivered => {
+                let frame = plan.frame(ServerFrame::Chat {
+                    message,
+                    offline: false,
+                });
+                // Every device of the recipient; not the sender's other devices.
+                for device in devices {
+                    plan.send(device, frame);
+                }
+            }
+            AckStatus::Queued => {
+                s.queue_push_back(&to, message, trace);
+            }
+            _ => {}
+        }
+        plan.reply(conn, ack(reference, Some(id), status));
+        Ok(Event::Message {
+            from: from.clone(),
+            to,
+            id,
+            status,
+        })
+    }
+
+    /// Fan-out to a group: every member's devices except the sending one;
+    /// offline members get it queued (skipped if their deque is full);
+    /// members who block the sender get nothing. O(m + their devices).
+    #[allow(clippy::too_many_arguments)]
+    fn route_group_message(
+        &mut self,
+        plan: &mut Plan<S::Conn>,
+        from: &UserId,
+        conn: &S::Conn,
+        group: GroupId,
+        text: Arc<str>,
+        reference: Ref,
+        now_ms: u64,
+        trace: &mut Trace,
+    ) -> Result<Event, RequestError> {
+        let s = &mut self.structures;
+        if !s.is_member(&group, from, trace) {
+            return Err(RequestError::new(
+                ErrorCode::NotMember,
+                format!("you are not a member of group {group}; send group_join first"),
+                reference,
+            ));
+        }
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        let message = Message {
+            id,
+            from: from.clone(),
+            target: Target::Group(group.clone()),
+            text,
+            ts: now_ms,
+        };
+        let frame = plan.frame(ServerFrame::Chat {
+            message: message.clone(),
+            offline: false,
+        });
+        let max = self.config.max_offline;
+        let (mut connections, mut queued) = (0, 0);
+        for member in s.group_members(&group, trace) {
+            if s.is_blocked(&member, from, trace) {
+                continue;
+            }
+            let devices = s.connections(&member, trace);
+            if !devices.is_empty() {
+                for device in devices.iter().filter(|d| d.id() != conn.id()) {
+                    plan.send(device, frame);
+                    connections += 1;
+                }
+            } else if s.queued_len(&member, trace) < max {
+                s.queue_push_back(&member, message.clone(), trace);
+                queued += 1;
+            }
+        }
+        let status = if connections > 0 {
+            AckStatus::Delivered
+        } else if queued > 0 {
+            AckStatus::Queued
+        } else {
+            AckStatus::Sent
+        };
+        plan.reply(conn, ack(reference, Some(id), status));
+        Ok(Event::GroupMessage {
+            from: from.clone(),
+            group,
+            id,
+            status,
+            connections,
+            queued,
+        })
+    }
+
+    /// Every open connection, for a graceful shutdown that closes each with 1001.
+    pub fn all_connections(&self) -> Vec<S::Conn> {
+        self.structures.all_connections(&mut Trace::new(false))
+    }
+}

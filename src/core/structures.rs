@@ -1,0 +1,77 @@
+//! The interface to the seed's five structures, as routing uses them.
+//!
+//! Routing (`routing.rs`) only ever calls these methods, so another backend,
+//! such as Redis for a multi-server deployment, can implement this trait and
+//! reuse every routing rule unchanged. Each method is one instrumented
+//! operation: it counts itself and, when tracing, records itself.
+
+use crate::core::ops::{OpTable, Trace};
+use crate::core::snapshot::StructuresSnapshot;
+use crate::names::{GroupId, UserId};
+use crate::protocol::Message;
+
+/// Identifies one WebSocket connection (one device) for the server's lifetime.
+pub type ConnId = u64;
+
+/// What `active_connections` stores per device. The server stores the handle
+/// that reaches the socket's writer; unit tests store a bare [`ConnId`].
+pub trait ConnHandle: Clone {
+    fn id(&self) -> ConnId;
+}
+
+impl ConnHandle for ConnId {
+    fn id(&self) -> ConnId {
+        *self
+    }
+}
+
+pub trait Structures {
+    type Conn: ConnHandle;
+
+    // active_connections: HashMap<UserId, Vec<ConnHandle>>
+    /// The user's open connections (empty when offline). O(1).
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> &[Self::Conn];
+    /// Adds a device; returns how many the user now has. O(1) amortised.
+    fn add_connection(&mut self, user: &UserId, conn: Self::Conn, trace: &mut Trace) -> usize;
+    /// Removes a device; returns how many remain, or `None` if it was not there. O(d).
+    fn remove_connection(&mut self, user: &UserId, id: ConnId, trace: &mut Trace) -> Option<usize>;
+    /// Every open connection, for shutdown. O(n).
+    fn all_connections(&self, trace: &mut Trace) -> Vec<Self::Conn>;
+
+    // presence: HashSet<UserId>
+    fn is_online(&self, user: &UserId, trace: &mut Trace) -> bool;
+    /// Returns true if the user was not online before.
+    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool;
+    /// Returns true if the user was online before.
+    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool;
+    /// Every online user, in no particular order. O(n).
+    fn online_users(&self, trace: &mut Trace) -> Vec<UserId>;
+
+    // offline_messages: HashMap<UserId, VecDeque<Message>>
+    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize;
+    /// Appends to the user's deque; returns its new length. O(1) amortised.
+    fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize;
+    /// Takes the oldest message. O(1). An emptied deque is removed from the map.
+    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message>;
+
+    // group_members: HashMap<GroupId, HashSet<UserId>>
+    /// Returns the group's size afterwards; creates the group if new.
+    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize;
+    /// Returns true if the user was a member. An emptied group is removed.
+    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool;
+    /// False also when the group does not exist. O(1).
+    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool;
+    /// Every member, in no particular order. O(m).
+    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId>;
+
+    // blocked_users: HashMap<UserId, HashSet<UserId>>, "whom each user blocks"
+    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
+    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
+    /// Does `by` block `whom`? Asked once per delivered message. O(1).
+    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
+
+    /// Every operation counter.
+    fn op_table(&self) -> OpTable;
+    /// A consistent copy of all five structures. Not counted: observing is not routing.
+    fn snapshot(&self) -> StructuresSnapshot;
+}

@@ -1,0 +1,598 @@
+//! Unit tests of the core: every rule of the protocol, driven without sockets.
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::names::Name;
+use crate::protocol::{parse_request, Message};
+
+type TestCore = ChatCore<MemoryStructures<ConnId>>;
+
+fn core_with(max_offline: usize) -> TestCore {
+    ChatCore::new(
+        MemoryStructures::default(),
+        CoreConfig {
+            max_offline,
+            trace: true,
+        },
+    )
+}
+
+fn core() -> TestCore {
+    core_with(100)
+}
+
+fn n(s: &str) -> Name {
+    Name::parse(s).unwrap()
+}
+
+/// Sends a JSON request from `user` on connection `conn`.
+fn send(core: &mut TestCore, user: &str, conn: ConnId, request: Value) -> Outcome<ConnId> {
+    let envelope = parse_request(&request.to_string()).expect("test requests are valid");
+    core.handle(&n(user), &conn, envelope, 1_000)
+}
+
+/// The frames one connection receives, as JSON.
+fn frames(outcome: &Outcome<ConnId>, conn: ConnId) -> Vec<Value> {
+    outcome
+        .frames_for(conn)
+        .into_iter()
+        .map(|f| serde_json::from_str(&f.to_json()).unwrap())
+        .collect()
+}
+
+fn assert_invariants(core: &TestCore) {
+    for inv in core.snapshot().invariants {
+        assert!(
+            inv.holds,
+            "invariant broken: {} ({:?})",
+            inv.name, inv.detail
+        );
+    }
+}
+
+fn receivers(outcome: &Outcome<ConnId>) -> Vec<ConnId> {
+    let mut ids: Vec<ConnId> = outcome.deliveries.iter().map(|d| d.conn).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn welcome_lists_others_sorted_and_presence_goes_to_others_only() {
+    let mut c = core();
+    let o = c.connect(&n("carol"), 1);
+    assert_eq!(
+        frames(&o, 1),
+        [json!({"type":"welcome","user":"carol","online":[],"queued":0})]
+    );
+    c.connect(&n("alice"), 2);
+    let o = c.connect(&n("bob"), 3);
+    assert_eq!(
+        frames(&o, 3),
+        [json!({"type":"welcome","user":"bob","online":["alice","carol"],"queued":0})]
+    );
+    let online = json!({"type":"presence","user":"bob","status":"online"});
+    assert_eq!(frames(&o, 1), [online.clone()]);
+    assert_eq!(frames(&o, 2), [online]);
+
+    // A second device: welcome still lists only the others, and nobody is told.
+    let o = c.connect(&n("bob"), 4);
+    assert_eq!(frames(&o, 4)[0]["online"], json!(["alice", "carol"]));
+    assert_eq!(receivers(&o), [4]);
+    assert_invariants(&c);
+}
+
+#[test]
+fn offline_presence_only_when_the_last_device_closes() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    c.connect(&n("bob"), 2);
+    c.connect(&n("bob"), 3);
+    let o = c.disconnect(&n("bob"), 2, vec![]);
+    assert!(o.deliveries.is_empty(), "bob still has a device");
+    assert_eq!(c.snapshot().structures.presence, [n("alice"), n("bob")]);
+    let o = c.disconnect(&n("bob"), 3, vec![]);
+    assert_eq!(
+        frames(&o, 1),
+        [json!({"type":"presence","user":"bob","status":"offline"})]
+    );
+    assert_eq!(c.snapshot().structures.presence, [n("alice")]);
+    // Closing an unknown connection changes nothing.
+    let o = c.disconnect(&n("bob"), 3, vec![]);
+    assert!(matches!(o.event, Event::AlreadyGone { .. }));
+    assert_invariants(&c);
+}
+
+#[test]
+fn direct_message_to_online_user_reaches_every_device_and_acks_the_sender_only() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 2);
+    c.connect(&n("bob"), 3);
+    c.connect(&n("bob"), 4);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"hi","ref":"r1"}),
+    );
+    let msg = json!({"type":"message","id":1,"from":"alice","to":"bob","text":"hi","ts":1000});
+    assert_eq!(frames(&o, 3), [msg.clone()]);
+    assert_eq!(frames(&o, 4), [msg]);
+    assert_eq!(
+        frames(&o, 1),
+        [json!({"type":"ack","ref":"r1","id":1,"status":"delivered"})]
+    );
+    assert!(
+        frames(&o, 2).is_empty(),
+        "no copy to the sender's other devices"
+    );
+}
+
+#[test]
+fn offline_messages_queue_and_flush_fifo_exactly_once() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    for i in 0..3 {
+        let o = send(
+            &mut c,
+            "alice",
+            1,
+            json!({"type":"message","to":"bob","text":format!("m{i}")}),
+        );
+        assert_eq!(frames(&o, 1)[0]["status"], "queued");
+    }
+    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 3);
+    let o = c.connect(&n("bob"), 2);
+    let got = frames(&o, 2);
+    assert_eq!(got[0]["queued"], 3);
+    let texts: Vec<&str> = got[1..]
+        .iter()
+        .map(|f| f["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["m0", "m1", "m2"]);
+    assert!(got[1..].iter().all(|f| f["offline"] == json!(true)));
+    assert!(
+        c.snapshot().structures.offline_messages.is_empty(),
+        "empty deques are removed"
+    );
+    // Welcome, flush, then presence to the others.
+    let order: Vec<&str> = o
+        .deliveries
+        .iter()
+        .map(|d| match &o.frames[d.frame] {
+            crate::protocol::ServerFrame::Welcome { .. } => "welcome",
+            crate::protocol::ServerFrame::Chat { .. } => "chat",
+            crate::protocol::ServerFrame::Presence { .. } => "presence",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(order, ["welcome", "chat", "chat", "chat", "presence"]);
+    // A second device gets nothing twice.
+    let o = c.connect(&n("bob"), 3);
+    assert_eq!(
+        frames(&o, 3),
+        [json!({"type":"welcome","user":"bob","online":["alice"],"queued":0})]
+    );
+    assert_invariants(&c);
+}
+
+#[test]
+fn inbox_full_refuses_without_storing_or_using_an_id() {
+    let mut c = core_with(2);
+    c.connect(&n("alice"), 1);
+    send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"1"}),
+    );
+    send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"2"}),
+    );
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"3","ref":9}),
+    );
+    let err = &frames(&o, 1)[0];
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["code"], "inbox_full");
+    assert_eq!(err["ref"], 9);
+    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 2);
+    c.connect(&n("carol"), 2);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"carol","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["id"], 3, "the refused message took no id");
+}
+
+#[test]
+fn a_block_stops_direct_live_queued_and_group_messages_until_unblocked() {
+    let mut c = core_with(1);
+    c.connect(&n("alice"), 1);
+    // bob is offline and his inbox is full: a blocked sender still gets `sent`.
+    c.connect(&n("carol"), 9);
+    send(
+        &mut c,
+        "carol",
+        9,
+        json!({"type":"message","to":"bob","text":"fill"}),
+    );
+    c.connect(&n("bob"), 2);
+    send(&mut c, "bob", 2, json!({"type":"block","user":"alice"}));
+    c.disconnect(&n("bob"), 2, vec![]);
+    send(
+        &mut c,
+        "carol",
+        9,
+        json!({"type":"message","to":"bob","text":"fill"}),
+    );
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"x"}),
+    );
+    assert_eq!(
+        frames(&o, 1)[0]["status"],
+        "sent",
+        "block is checked before the inbox"
+    );
+    // Live: nothing reaches bob.
+    c.connect(&n("bob"), 2);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "sent");
+    assert!(frames(&o, 2).is_empty());
+    // Group fan-out skips bob too.
+    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
+    send(&mut c, "bob", 2, json!({"type":"group_join","group":"g"}));
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    assert!(frames(&o, 2).is_empty());
+    assert_eq!(frames(&o, 1)[0]["status"], "sent");
+    // Unblocked: delivered again.
+    send(&mut c, "bob", 2, json!({"type":"unblock","user":"alice"}));
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"y"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "delivered");
+    assert_eq!(frames(&o, 2)[0]["text"], "y");
+    assert!(
+        c.snapshot().structures.blocked.is_empty(),
+        "empty block sets are removed"
+    );
+}
+
+#[test]
+fn group_fan_out_skips_the_sending_connection_and_queues_for_offline_members() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 2);
+    c.connect(&n("bob"), 3);
+    for (u, conn) in [("alice", 1), ("bob", 3)] {
+        let o = send(
+            &mut c,
+            u,
+            conn,
+            json!({"type":"group_join","group":"g1","ref":"j"}),
+        );
+        assert_eq!(
+            frames(&o, conn),
+            [json!({"type":"ack","ref":"j","status":"ok"})]
+        );
+    }
+    // dave joins, then goes offline: his copy is queued.
+    c.connect(&n("dave"), 4);
+    send(&mut c, "dave", 4, json!({"type":"group_join","group":"g1"}));
+    c.disconnect(&n("dave"), 4, vec![]);
+
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g1","text":"hey"}),
+    );
+    let live =
+        json!({"type":"group_message","id":1,"group":"g1","from":"alice","text":"hey","ts":1000});
+    assert_eq!(
+        frames(&o, 2),
+        [live.clone()],
+        "the sender's other device gets it"
+    );
+    assert_eq!(frames(&o, 3), [live]);
+    assert_eq!(
+        frames(&o, 1),
+        [json!({"type":"ack","id":1,"status":"delivered"})]
+    );
+    let o = c.connect(&n("dave"), 5);
+    assert_eq!(frames(&o, 5)[1]["type"], "group_message");
+    assert_eq!(frames(&o, 5)[1]["offline"], true);
+}
+
+#[test]
+fn group_ack_is_delivered_then_queued_then_sent() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
+    // Alone in the group: nobody to reach.
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "sent");
+    c.connect(&n("bob"), 2);
+    send(&mut c, "bob", 2, json!({"type":"group_join","group":"g"}));
+    c.disconnect(&n("bob"), 2, vec![]);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "queued");
+    c.connect(&n("alice"), 3);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    assert_eq!(
+        frames(&o, 1)[0]["status"],
+        "delivered",
+        "own other device counts"
+    );
+}
+
+#[test]
+fn group_membership_rules() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"nope","text":"x","ref":1}),
+    );
+    assert_eq!(frames(&o, 1)[0]["code"], "not_member");
+    assert_eq!(frames(&o, 1)[0]["ref"], 1);
+    c.connect(&n("bob"), 2);
+    send(&mut c, "bob", 2, json!({"type":"group_join","group":"g"}));
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["code"], "not_member");
+    assert!(frames(&o, 2).is_empty());
+    // Joining twice is harmless; leaving a group one is not in is ok.
+    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
+    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
+    assert_eq!(
+        c.snapshot().structures.groups[&n("g")],
+        [n("alice"), n("bob")]
+    );
+    let o = send(
+        &mut c,
+        "carol",
+        3,
+        json!({"type":"group_leave","group":"g"}),
+    );
+    assert_eq!(frames(&o, 3)[0]["status"], "ok");
+    send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_leave","group":"g"}),
+    );
+    send(&mut c, "bob", 2, json!({"type":"group_leave","group":"g"}));
+    assert!(
+        c.snapshot().structures.groups.is_empty(),
+        "empty groups are removed"
+    );
+}
+
+#[test]
+fn who_includes_the_asker_and_ping_pongs() {
+    let mut c = core();
+    c.connect(&n("zed"), 1);
+    c.connect(&n("amy"), 2);
+    let o = send(&mut c, "zed", 1, json!({"type":"who"}));
+    assert_eq!(
+        frames(&o, 1),
+        [json!({"type":"who","online":["amy","zed"]})]
+    );
+    let o = send(&mut c, "zed", 1, json!({"type":"ping"}));
+    assert_eq!(frames(&o, 1), [json!({"type":"pong"})]);
+}
+
+#[test]
+fn ids_are_global_and_increase_across_direct_and_group() {
+    let mut c = core();
+    c.connect(&n("a"), 1);
+    send(&mut c, "a", 1, json!({"type":"group_join","group":"g"}));
+    let mut ids = vec![];
+    for i in 0..6 {
+        let req = if i % 2 == 0 {
+            json!({"type":"message","to":"b","text":"x"})
+        } else {
+            json!({"type":"group_message","group":"g","text":"x"})
+        };
+        ids.push(
+            frames(&send(&mut c, "a", 1, req), 1)[0]["id"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn unsent_messages_of_a_last_device_go_back_to_the_deque() {
+    let mut c = core();
+    c.connect(&n("bob"), 1);
+    c.connect(&n("alice"), 2);
+    let msgs: Vec<Message> = (1..=3)
+        .map(|i| {
+            let o = send(
+                &mut c,
+                "alice",
+                2,
+                json!({"type":"message","to":"bob","text":format!("{i}")}),
+            );
+            o.frames_for(1)[0].chat_message().unwrap().clone()
+        })
+        .collect();
+    // Bob has a second device: what the first did not write is not re-queued.
+    c.connect(&n("bob"), 3);
+    let o = c.disconnect(&n("bob"), 1, msgs.clone());
+    assert!(matches!(o.event, Event::Disconnected { requeued: 0, .. }));
+    // His last device goes with unsent messages: they are kept, in order.
+    let o = c.disconnect(&n("bob"), 3, msgs);
+    assert!(matches!(o.event, Event::Disconnected { requeued: 3, .. }));
+    let o = c.connect(&n("bob"), 4);
+    let texts: Vec<Value> = frames(&o, 4)[1..]
+        .iter()
+        .map(|f| f["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("1"), json!("2"), json!("3")]);
+    assert_invariants(&c);
+}
+
+#[test]
+fn routing_n_messages_costs_n_gets_and_n_block_checks() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    c.connect(&n("bob"), 2);
+    let before = c.op_table();
+    for _ in 0..1000 {
+        send(
+            &mut c,
+            "alice",
+            1,
+            json!({"type":"message","to":"bob","text":"x"}),
+        );
+    }
+    let cost = c.op_table().since(&before);
+    assert_eq!(cost.get(Structure::ActiveConnections, Op::Get), 1000);
+    assert_eq!(cost.get(Structure::BlockedUsers, Op::Contains), 1000);
+    assert_eq!(cost.total(), 2000, "and nothing else");
+}
+
+#[test]
+fn op_counts_for_a_scripted_sequence() {
+    let mut c = core();
+    c.connect(&n("alice"), 1); // insert, presence insert, presence iterate, len
+    send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"x"}),
+    ); // contains, get, len, push_back
+    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"})); // group insert
+    c.connect(&n("bob"), 2); // insert, presence insert, iterate, len, pop_front, get(alice)
+    send(&mut c, "bob", 2, json!({"type":"block","user":"alice"})); // blocked insert
+    send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    ); // contains, iterate, contains(blocked), get
+    c.disconnect(&n("bob"), 2, vec![]); // remove, presence remove, iterate, get(alice)
+    use Op::*;
+    use Structure::*;
+    let t = c.op_table();
+    let expect = [
+        (ActiveConnections, Get, 4),
+        (ActiveConnections, Insert, 2),
+        (ActiveConnections, Remove, 1),
+        (Presence, Insert, 2),
+        (Presence, Remove, 1),
+        (Presence, Iterate, 3),
+        (OfflineMessages, Len, 3),
+        (OfflineMessages, PushBack, 1),
+        (OfflineMessages, PopFront, 1),
+        (GroupMembers, Insert, 1),
+        (GroupMembers, Contains, 1),
+        (GroupMembers, Iterate, 1),
+        (BlockedUsers, Insert, 1),
+        (BlockedUsers, Contains, 2),
+    ];
+    for (s, op, count) in expect {
+        assert_eq!(t.get(s, op), count, "{}.{}", s.name(), op.name());
+    }
+    assert_eq!(
+        t.total(),
+        expect.iter().map(|e| e.2).sum::<u64>(),
+        "no other operation"
+    );
+}
+
+#[test]
+fn the_trace_narrates_the_seed_message_flow() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"x"}),
+    );
+    let lines: Vec<String> = o.trace.records().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "blocked_users[bob].contains(alice) O(1)",
+            "active_connections.get(bob) O(1), 0 devices",
+            "offline_messages.len(bob) O(1), len 0",
+            "offline_messages[bob].push_back O(1)*, len 1",
+        ]
+    );
+}
+
+#[test]
+fn presence_invariant_holds_through_a_random_walk() {
+    // A deterministic pseudo-random sequence of connects and disconnects.
+    let mut c = core();
+    let users = ["a", "b", "c", "d"];
+    let mut open: Vec<(usize, ConnId)> = vec![];
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    for step in 0..2000u64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        if open.is_empty() || seed % 3 != 0 {
+            let u = (seed as usize / 3) % users.len();
+            c.connect(&n(users[u]), step + 1);
+            open.push((u, step + 1));
+        } else {
+            let (u, id) = open.swap_remove((seed as usize / 3) % open.len());
+            c.disconnect(&n(users[u]), id, vec![]);
+        }
+        assert_invariants(&c);
+    }
+}

@@ -1,0 +1,314 @@
+//! The event log: one readable line per event, naming the structure
+//! operations it performed and their cost.
+//!
+//! Routing hands each event to a bounded channel and never waits; a separate
+//! thread formats and prints. If the terminal cannot keep up, lines are
+//! dropped (and counted) rather than slowing the chat down.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use colored::{ColoredString, Colorize};
+
+use crate::core::{Event, Trace};
+use crate::protocol::AckStatus;
+
+/// Lines waiting to be printed before new ones are dropped.
+const BACKLOG: usize = 8192;
+
+enum Item {
+    Event(Duration, Event, Trace),
+    Line(String),
+    Flush(SyncSender<()>),
+}
+
+/// A handle to the printing thread. Cheap to call from under the core lock.
+pub struct EventLog {
+    tx: SyncSender<Item>,
+    dropped: AtomicU64,
+    started: Instant,
+}
+
+impl EventLog {
+    /// Starts the printing thread, writing to `out`; `color` adds ANSI colours.
+    pub fn spawn(out: Box<dyn Write + Send>, color: bool) -> EventLog {
+        let (tx, rx) = mpsc::sync_channel(BACKLOG);
+        std::thread::Builder::new()
+            .name("event-log".into())
+            .spawn(move || print_loop(rx, out, color))
+            .ok();
+        EventLog {
+            tx,
+            dropped: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Records an event; never blocks.
+    pub fn event(&self, event: Event, trace: Trace) {
+        self.send(Item::Event(self.started.elapsed(), event, trace));
+    }
+
+    /// Prints a plain line (start-up, warnings); never blocks.
+    pub fn line(&self, text: impl Into<String>) {
+        self.send(Item::Line(text.into()));
+    }
+
+    fn send(&self, item: Item) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(item) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped because the output could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `timeout`) until everything recorded so far is printed.
+    pub fn flush(&self, timeout: Duration) {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if self.tx.send(Item::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(timeout);
+        }
+    }
+}
+
+fn print_loop(rx: Receiver<Item>, out: Box<dyn Write + Send>, color: bool) {
+    let mut out = std::io::BufWriter::new(out);
+    while let Ok(item) = rx.recv() {
+        let mut next = Some(item);
+        // Write everything already waiting, then flush once: one syscall per burst.
+        while let Some(item) = next {
+            match item {
+                Item::Event(at, event, trace) => {
+                    let _ = writeln!(out, "{}", format_event(at, &event, &trace, color));
+                }
+                Item::Line(text) => {
+                    let _ = writeln!(out, "{text}");
+                }
+                Item::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+fn paint(text: String, color: bool, f: fn(&str) -> ColoredString) -> String {
+    if color {
+        f(&text).to_string()
+    } else {
+        text
+    }
+}
+
+fn status(s: AckStatus) -> &'static str {
+    match s {
+        AckStatus::Delivered => "delivered",
+        AckStatus::Queued => "queued",
+        AckStatus::Sent => "sent (blocked or no one to reach)",
+        AckStatus::Ok => "ok",
+    }
+}
+
+/// The first words of a line: what happened, in the domain's terms.
+pub fn summary(event: &Event) -> String {
+    match event {
+        Event::Connected {
+            user,
+            conn,
+            devices,
+            flushed,
+            notified,
+        } => {
+            let mut s = format!("+ {user} connected (conn {conn}, {devices} device(s) now)");
+            if *flushed > 0 {
+                s += &format!(", flushed {flushed} queued message(s) FIFO");
+            }
+            if *devices == 1 {
+                s += &format!(", online: told {notified} connection(s)");
+            }
+            s
+        }
+        Event::Disconnected {
+            user,
+            conn,
+            devices,
+            requeued,
+            notified,
+        } => {
+            let mut s = format!("- {user} disconnected (conn {conn}, {devices} device(s) left)");
+            if *devices == 0 {
+                s += &format!(", offline: told {notified} connection(s)");
+            }
+            if *requeued > 0 {
+                s += &format!(", {requeued} unsent message(s) back in the offline deque");
+            }
+            s
+        }
+        Event::AlreadyGone { user, conn } => format!("- {user} conn {conn} already closed"),
+        Event::Message {
+            from,
+            to,
+            id,
+            status: st,
+        } => format!("{from} -> {to} (message {id}): {}", status(*st)),
+        Event::GroupMessage {
+            from,
+            group,
+            id,
+            status: st,
+            connections,
+            queued,
+        } => format!(
+            "{from} -> #{group} (message {id}): {}, {connections} connection(s), {queued} queued",
+            status(*st)
+        ),
+        Event::Joined {
+            user,
+            group,
+            members,
+        } => format!("{user} joined #{group} ({members} member(s))"),
+        Event::Left {
+            user,
+            group,
+            was_member,
+        } => {
+            if *was_member {
+                format!("{user} left #{group}")
+            } else {
+                format!("{user} left #{group} (was not a member: nothing to do)")
+            }
+        }
+        Event::Blocked { by, whom } => format!("{by} blocks {whom}"),
+        Event::Unblocked { by, whom } => format!("{by} unblocks {whom}"),
+        Event::Who { user, online } => format!("{user} asked who is online ({online})"),
+        Event::Ping { user } => format!("{user} ping"),
+        Event::Refused { user, code, detail } => {
+            let code = serde_json::to_string(code).unwrap_or_default();
+            format!("{user} refused {}: {detail}", code.trim_matches('"'))
+        }
+        Event::Shutdown { connections } => {
+            format!("shutting down: closing {connections} connection(s) with 1001")
+        }
+    }
+}
+
+/// One full line: time, summary, then each structure operation with its Big-O.
+pub fn format_event(at: Duration, event: &Event, trace: &Trace, color: bool) -> String {
+    let painter: fn(&str) -> ColoredString = match event {
+        Event::Connected { .. } => |s| s.green(),
+        Event::Disconnected { .. } | Event::AlreadyGone { .. } => |s| s.yellow(),
+        Event::Message { .. } => |s| s.cyan(),
+        Event::GroupMessage { .. } => |s| s.magenta(),
+        Event::Refused { .. } => |s| s.red(),
+        _ => |s| s.normal(),
+    };
+    let mut line = format!(
+        "{} {}",
+        paint(format!("[{:>9.3}s]", at.as_secs_f64()), color, |s| s
+            .dimmed()),
+        paint(summary(event), color, painter)
+    );
+    for record in trace.records() {
+        line += &paint(" | ".into(), color, |s| s.dimmed());
+        line += &paint(record.to_string(), color, |s| s.blue());
+    }
+    if trace.omitted() > 0 {
+        line += &format!(" | ... and {} more operation(s)", trace.omitted());
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Op, Structure};
+    use crate::names::Name;
+
+    #[test]
+    fn a_queued_message_reads_like_the_seed() {
+        let bob = Name::parse("bob").unwrap();
+        let alice = Name::parse("alice").unwrap();
+        let mut t = Trace::new(true);
+        t.record(
+            Structure::BlockedUsers,
+            Op::Contains,
+            Some(&bob),
+            Some(&alice),
+            None,
+        );
+        t.record(
+            Structure::ActiveConnections,
+            Op::Get,
+            Some(&bob),
+            None,
+            Some(0),
+        );
+        t.record(
+            Structure::OfflineMessages,
+            Op::Len,
+            Some(&bob),
+            None,
+            Some(2),
+        );
+        t.record(
+            Structure::OfflineMessages,
+            Op::PushBack,
+            Some(&bob),
+            None,
+            Some(3),
+        );
+        let e = Event::Message {
+            from: alice,
+            to: bob,
+            id: 7,
+            status: AckStatus::Queued,
+        };
+        let line = format_event(Duration::from_millis(1500), &e, &t, false);
+        assert_eq!(
+            line,
+            "[    1.500s] alice -> bob (message 7): queued \
+             | blocked_users[bob].contains(alice) O(1) \
+             | active_connections.get(bob) O(1), 0 devices \
+             | offline_messages.len(bob) O(1), len 2 \
+             | offline_messages[bob].push_back O(1)*, len 3"
+        );
+    }
+
+    #[test]
+    fn printing_thread_writes_and_flushes() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink(Arc::new(Mutex::new(Vec::new())));
+        let log = EventLog::spawn(Box::new(sink.clone()), false);
+        log.line("hello");
+        log.event(
+            Event::Ping {
+                user: Name::parse("a").unwrap(),
+            },
+            Trace::new(true),
+        );
+        log.flush(Duration::from_secs(5));
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("hello\n"), "{text}");
+        assert!(text.trim_end().ends_with("a ping"), "{text}");
+        assert_eq!(log.dropped(), 0);
+    }
+}

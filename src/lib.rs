@@ -1,0 +1,21 @@
+//! vivachat: a real-time WebSocket chat server whose every data structure is
+//! instrumented, narrated and justified by Big-O.
+//!
+//! # Layout
+//! - [`names`]: user and group names, validated once at the edge.
+//! - [`protocol`]: the wire protocol v1: parsing requests, serialising frames.
+//! - [`core`]: the functional core: the seed's five structures behind the
+//!   [`core::Structures`] trait, and in `core/routing.rs` every routing rule.
+//!   No I/O; unit-tested directly.
+//! - [`server`]: the network shell (tokio + axum WebSockets): one reader and
+//!   one writer per connection, carrying out what the core decides.
+//!   `server::run(listener, config, shutdown)` is the seam tests use.
+//! - [`event_log`]: narrates each event with the structure operations it cost.
+//! - [`cli`]: the `vivachat` command line.
+
+pub mod cli;
+pub mod core;
+pub mod event_log;
+pub mod names;
+pub mod protocol;
+pub mod server;

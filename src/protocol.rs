@@ -1,0 +1,554 @@
+//! The wire protocol (v1): what clients send, what the server answers.
+//!
+//! Parsing is strict and total: every text a client can send maps either to a
+//! [`Request`] or to a [`RequestError`] carrying the exact error code the
+//! contract (docs/protocol.md) names. Nothing here can panic on input.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::names::{GroupId, Name, UserId};
+
+/// A request from a client, after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Message { to: UserId, text: Arc<str> },
+    GroupJoin { group: GroupId },
+    GroupLeave { group: GroupId },
+    GroupMessage { group: GroupId, text: Arc<str> },
+    Block { user: UserId },
+    Unblock { user: UserId },
+    Who,
+    Ping,
+}
+
+/// The optional `ref` of a request, echoed unchanged (same JSON type) in its reply.
+pub type Ref = Option<Value>;
+
+/// A parsed request together with its `ref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub reference: Ref,
+    pub request: Request,
+}
+
+/// The error codes of the contract, spelled as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    MissingField,
+    InvalidUser,
+    InvalidGroup,
+    NotMember,
+    InboxFull,
+    TooLarge,
+    RateLimited,
+}
+
+/// A request that was refused, with everything needed to answer it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub detail: String,
+    pub reference: Ref,
+}
+
+impl RequestError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>, reference: Ref) -> Self {
+        RequestError {
+            code,
+            detail: detail.into(),
+            reference,
+        }
+    }
+
+    /// The answer to a binary frame, an empty frame, or text that is not a JSON object.
+    pub fn bad_json(detail: impl Into<String>) -> Self {
+        RequestError::new(ErrorCode::BadJson, detail, None)
+    }
+}
+
+/// Parses one text frame. Fields are checked for presence and JSON type first,
+/// then names for validity, as the contract orders it.
+pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        RequestError::bad_json(format!(
+            "frame is not valid JSON ({e}); send one JSON object per frame"
+        ))
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(RequestError::bad_json(
+            "frame must be a JSON object like {\"type\":\"ping\"}",
+        ));
+    };
+    let reference = obj.remove("ref");
+    let missing = |field: &str, what: &str| {
+        RequestError::new(
+            ErrorCode::MissingField,
+            format!("field \"{field}\" is required and must be {what}"),
+            reference.clone(),
+        )
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        _ => return Err(missing("type", "a string")),
+    };
+    let string = |field: &str| match obj.get(field) {
+        Some(Value::String(s)) => Ok(s.as_str()),
+        _ => Err(missing(field, "a string")),
+    };
+    let user = |raw: &str| {
+        Name::parse(raw).map_err(|e| {
+            RequestError::new(
+                ErrorCode::InvalidUser,
+                format!("invalid user name {raw:?}: {e}"),
+                reference.clone(),
+            )
+        })
+    };
+    let group = |raw: &str| {
+        Name::parse(raw).map_err(|e| {
+            RequestError::new(
+                ErrorCode::InvalidGroup,
+                format!("invalid group name {raw:?}: {e}"),
+                reference.clone(),
+            )
+        })
+    };
+    let request = match kind {
+        "message" => {
+            let (to, text) = (string("to")?, string("text")?);
+            Request::Message {
+                to: user(to)?,
+                text: Arc::from(text),
+            }
+        }
+        "group_join" => Request::GroupJoin {
+            group: group(string("group")?)?,
+        },
+        "group_leave" => Request::GroupLeave {
+            group: group(string("group")?)?,
+        },
+        "group_message" => {
+            let (g, text) = (string("group")?, string("text")?);
+            Request::GroupMessage {
+                group: group(g)?,
+                text: Arc::from(text),
+            }
+        }
+        "block" => Request::Block {
+            user: user(string("user")?)?,
+        },
+        "unblock" => Request::Unblock {
+            user: user(string("user")?)?,
+        },
+        "who" => Request::Who,
+        "ping" => Request::Ping,
+        other => {
+            return Err(RequestError::new(
+                ErrorCode::UnknownType,
+                format!(
+                    "unknown type {other:?}; expected one of message, group_join, group_leave, \
+                     group_message, block, unblock, who, ping"
+                ),
+                reference,
+            ))
+        }
+    };
+    Ok(Envelope { reference, request })
+}
+
+/// Where a chat message goes: one user, or every member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    User(UserId),
+    Group(GroupId),
+}
+
+/// A chat message as the server accepted it. This is what an offline deque
+/// holds; the text is shared, so fan-out to a group of 30 copies no bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub from: UserId,
+    pub target: Target,
+    pub text: Arc<str>,
+    /// Unix time in milliseconds when the server accepted it.
+    pub ts: u64,
+}
+
+/// `delivered`, `queued`, `sent` or `ok`: what happened to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Pushed to at least one open connection of the recipient.
+    Delivered,
+    /// Stored in an offline deque.
+    Queued,
+    /// Accepted but given to nobody (the recipient blocks the sender, or no one else is there).
+    Sent,
+    /// group_join, group_leave, block, unblock.
+    Ok,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+/// Everything the server sends. Chat messages keep their [`Message`] so the
+/// network layer can put an undeliverable one back in the offline deque.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    Chat {
+        message: Message,
+        offline: bool,
+    },
+    Welcome {
+        user: UserId,
+        online: Vec<UserId>,
+        queued: usize,
+    },
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+    },
+    Ack {
+        reference: Ref,
+        id: Option<u64>,
+        status: AckStatus,
+    },
+    Error(RequestError),
+    Who {
+        reference: Ref,
+        online: Vec<UserId>,
+    },
+    Pong {
+        reference: Ref,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The wire shapes, borrowed from a [`ServerFrame`] only to be serialised.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Wire<'a> {
+    Message {
+        id: u64,
+        from: &'a str,
+        to: &'a str,
+        text: &'a str,
+        ts: u64,
+        #[serde(skip_serializing_if = "is_false")]
+        offline: bool,
+    },
+    GroupMessage {
+        id: u64,
+        group: &'a str,
+        from: &'a str,
+        text: &'a str,
+        ts: u64,
+        #[serde(skip_serializing_if = "is_false")]
+        offline: bool,
+    },
+    Welcome {
+        user: &'a str,
+        online: &'a [UserId],
+        queued: usize,
+    },
+    Presence {
+        user: &'a str,
+        status: PresenceStatus,
+    },
+    Ack {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: &'a Ref,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        status: AckStatus,
+    },
+    Error {
+        code: ErrorCode,
+        detail: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: &'a Ref,
+    },
+    Who {
+        online: &'a [UserId],
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: &'a Ref,
+    },
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: &'a Ref,
+    },
+}
+
+impl Message {
+    fn wire(&self, offline: bool) -> Wire<'_> {
+        match &self.target {
+            Target::User(to) => Wire::Message {
+                id: self.id,
+                from: self.from.as_str(),
+                to: to.as_str(),
+                text: &self.text,
+                ts: self.ts,
+                offline,
+            },
+            Target::Group(group) => Wire::GroupMessage {
+                id: self.id,
+                group: group.as_str(),
+                from: self.from.as_str(),
+                text: &self.text,
+                ts: self.ts,
+                offline,
+            },
+        }
+    }
+}
+
+/// A message serialises as its live wire frame (used by `/inspect`).
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.wire(false).serialize(s)
+    }
+}
+
+impl ServerFrame {
+    /// The JSON text of this frame, exactly as it goes on the wire.
+    pub fn to_json(&self) -> String {
+        let wire = match self {
+            ServerFrame::Chat { message, offline } => message.wire(*offline),
+            ServerFrame::Welcome {
+                user,
+                online,
+                queued,
+            } => Wire::Welcome {
+                user: user.as_str(),
+                online,
+                queued: *queued,
+            },
+            ServerFrame::Presence { user, status } => Wire::Presence {
+                user: user.as_str(),
+                status: *status,
+            },
+            ServerFrame::Ack {
+                reference,
+                id,
+                status,
+            } => Wire::Ack {
+                reference,
+                id: *id,
+                status: *status,
+            },
+            ServerFrame::Error(e) => Wire::Error {
+                code: e.code,
+                detail: &e.detail,
+                reference: &e.reference,
+            },
+            ServerFrame::Who { reference, online } => Wire::Who { online, reference },
+            ServerFrame::Pong { reference } => Wire::Pong { reference },
+        };
+        // Serialising these plain structs into a String cannot fail.
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+
+    /// The chat message inside, if this frame carries one.
+    pub fn chat_message(&self) -> Option<&Message> {
+        match self {
+            ServerFrame::Chat { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_request(text).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_every_request_type() {
+        let e = parse_request(r#"{"type":"message","to":"bob","text":"hi","ref":7}"#).unwrap();
+        assert_eq!(e.reference, Some(json!(7)));
+        assert_eq!(
+            e.request,
+            Request::Message {
+                to: Name::parse("bob").unwrap(),
+                text: Arc::from("hi")
+            }
+        );
+        for (text, want) in [
+            (r#"{"type":"who"}"#, Request::Who),
+            (r#"{"type":"ping","extra":[1,2]}"#, Request::Ping),
+        ] {
+            assert_eq!(parse_request(text).unwrap().request, want);
+        }
+        assert!(matches!(
+            parse_request(r#"{"type":"group_message","group":"g1","text":""}"#)
+                .unwrap()
+                .request,
+            Request::GroupMessage { .. }
+        ));
+        assert!(matches!(
+            parse_request(r#"{"type":"unblock","user":"x"}"#)
+                .unwrap()
+                .request,
+            Request::Unblock { .. }
+        ));
+    }
+
+    #[test]
+    fn bad_json_for_anything_that_is_not_an_object() {
+        for text in ["", "not json", "[]", "42", "\"ping\"", "null", "{", "[1,2"] {
+            let err = parse_request(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadJson, "{text:?}");
+            assert_eq!(err.reference, None);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(code(&deep), ErrorCode::BadJson);
+        let deep_field = format!(
+            r#"{{"type":"ping","x":{}1{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(code(&deep_field), ErrorCode::BadJson);
+    }
+
+    #[test]
+    fn type_rules() {
+        assert_eq!(code(r#"{}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":5}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":null}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":""}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"Ping"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+    }
+
+    #[test]
+    fn fields_are_checked_before_names() {
+        assert_eq!(
+            code(r#"{"type":"message","to":"bob"}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            code(r#"{"type":"message","to":5,"text":"x"}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            code(r#"{"type":"message","to":null,"text":"x"}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            code(r#"{"type":"message","to":"b b","text":1}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            code(r#"{"type":"message","to":"b b","text":"x"}"#),
+            ErrorCode::InvalidUser
+        );
+        assert_eq!(
+            code(r##"{"type":"group_message","group":"#g","text":"x"}"##),
+            ErrorCode::InvalidGroup
+        );
+        assert_eq!(
+            code(r#"{"type":"group_join","group":""}"#),
+            ErrorCode::InvalidGroup
+        );
+        assert_eq!(
+            code(r#"{"type":"block","user":"no/slash"}"#),
+            ErrorCode::InvalidUser
+        );
+        assert_eq!(code(r#"{"type":"unblock"}"#), ErrorCode::MissingField);
+    }
+
+    #[test]
+    fn ref_is_echoed_with_its_json_type() {
+        for r in [
+            json!("abc"),
+            json!(12),
+            json!(1.5),
+            json!(null),
+            json!({"k":[1]}),
+        ] {
+            let text = json!({"type": "dance", "ref": r}).to_string();
+            assert_eq!(parse_request(&text).unwrap_err().reference, Some(r));
+        }
+    }
+
+    #[test]
+    fn wire_shapes() {
+        let m = Message {
+            id: 7,
+            from: Name::parse("alice").unwrap(),
+            target: Target::User(Name::parse("bob").unwrap()),
+            text: Arc::from("hi \"there\""),
+            ts: 1764000000000,
+        };
+        let live: Value = serde_json::from_str(
+            &ServerFrame::Chat {
+                message: m.clone(),
+                offline: false,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            live,
+            json!({"type":"message","id":7,"from":"alice","to":"bob","text":"hi \"there\"","ts":1764000000000u64})
+        );
+        let queued: Value = serde_json::from_str(
+            &ServerFrame::Chat {
+                message: m,
+                offline: true,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(queued["offline"], json!(true));
+        let ack: Value = serde_json::from_str(
+            &ServerFrame::Ack {
+                reference: None,
+                id: None,
+                status: AckStatus::Ok,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(ack, json!({"type":"ack","status":"ok"}));
+        let err: Value = serde_json::from_str(
+            &ServerFrame::Error(RequestError::new(
+                ErrorCode::NotMember,
+                "d",
+                Some(json!("r")),
+            ))
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            err,
+            json!({"type":"error","code":"not_member","detail":"d","ref":"r"})
+        );
+        assert_eq!(
+            ServerFrame::Pong { reference: None }.to_json(),
+            r#"{"type":"pong"}"#
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! One WebSocket connection: a reader (this task) and a writer (a spawned task).
+//!
+//! The reader turns each frame into a core call and carries out the answer
+//! under the core lock. The writer only drains the connection's outbox into
+//! the socket, so a client that stops reading blocks nobody but itself.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+
+use super::outbox::{Next, Outbox, Outgoing};
+use super::{carry_out, now_ms, Conn, Connection, Shared};
+use crate::names::UserId;
+use crate::protocol::{parse_request, ErrorCode, RequestError, ServerFrame};
+
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
+
+pub(crate) fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }
+}
+
+/// Counts the task as live until dropped, so shutdown can wait for it.
+struct LiveTask(Arc<Shared>);
+
+impl LiveTask {
+    fn new(shared: &Arc<Shared>) -> LiveTask {
+        shared.live_tasks.fetch_add(1, Ordering::SeqCst);
+        LiveTask(shared.clone())
+    }
+}
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        if self.0.live_tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.all_done.notify_waiters();
+        }
+    }
+}
+
+/// How a connection ended, which decides what happens to its unsent frames.
+enum Ending {
+    /// The client closed, the socket failed, or the server is shutting down.
+    Gone,
+    /// The client sent a message over the size limit: answer, then close with 1009.
+    TooLarge(usize),
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    user: UserId,
+    remote: SocketAddr,
+) {
+    let _live = LiveTask::new(&shared);
+    let conn: Conn = Arc::new(Connection {
+        id: shared.next_conn_id.fetch_add(1, Ordering::SeqCst),
+        user: user.clone(),
+        remote,
+        outbox: Outbox::new(shared.config.outbox_frames),
+    });
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, conn.clone()));
+    {
+        let mut core = shared.core();
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            // Raced with shutdown: never registered, so nothing to undo.
+            conn.outbox
+                .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
+        } else {
+            let outcome = core.connect(&user, conn.clone());
+            carry_out(&mut core, outcome, shared.log.as_ref());
+        }
+    }
+    let ending = read_loop(&shared, &conn, stream).await;
+    finish(&shared, &conn, ending);
+    // The writer ends after its close frame; a client that never reads cannot hold it forever.
+    let mut writer = writer;
+    if tokio::time::timeout(shared.config.shutdown_grace, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Removes the connection from the core, atomically with closing its outbox,
+/// so no frame can be routed to it in between and then lost.
+fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
+    let mut core = shared.core();
+    let unsent = match ending {
+        Ending::Gone => conn.outbox.take_and_close(None),
+        Ending::TooLarge(size) => {
+            let limit = shared.config.max_message_bytes;
+            let error = RequestError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {size} bytes is over the {limit}-byte limit; \
+                     the connection will close (1009). Split long texts."
+                ),
+                None,
+            );
+            let _ = conn.outbox.push(Outgoing {
+                text: Utf8Bytes::from(ServerFrame::Error(error).to_json()),
+                message: None,
+            });
+            conn.outbox
+                .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
+            Vec::new()
+        }
+    };
+    let unsent = unsent.into_iter().filter_map(|o| o.message).collect();
+    let outcome = core.disconnect(&conn.user, conn.id, unsent);
+    carry_out(&mut core, outcome, shared.log.as_ref());
+}
+
+async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSocket>) -> Ending {
+    let limit = shared.config.max_message_bytes;
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            // Evicted, or the server is shutting down: stop reading.
+            () = conn.outbox.closed() => return Ending::Gone,
+        };
+        let refusal = match frame {
+            Some(Ok(WsMessage::Text(text))) => {
+                if text.len() > limit {
+                    return Ending::TooLarge(text.len());
+                }
+                match parse_request(&text) {
+                    Ok(envelope) => {
+                        let now = now_ms();
+                        let mut core = shared.core();
+                        let outcome = core.handle(&conn.user, conn, envelope, now);
+                        carry_out(&mut core, outcome, shared.log.as_ref());
+                        continue;
+                    }
+                    Err(error) => error,
+                }
+            }
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                if bytes.len() > limit {
+                    return Ending::TooLarge(bytes.len());
+                }
+                RequestError::bad_json("binary frames are not accepted; send JSON as a text frame")
+            }
+            // tungstenite answers pings itself; pongs need nothing.
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) | None => return Ending::Gone,
+            Some(Err(error)) => {
+                return match too_large(error) {
+                    Some(size) => Ending::TooLarge(size),
+                    None => Ending::Gone,
+                }
+            }
+        };
+        let mut core = shared.core();
+        let outcome = core.refuse(&conn.user, conn, refusal);
+        carry_out(&mut core, outcome, shared.log.as_ref());
+    }
+}
+
+/// The size, if tungstenite refused a message for being over its hard limit.
+fn too_large(error: axum::Error) -> Option<usize> {
+    use tungstenite::error::{CapacityError, Error};
+    match error.into_inner().downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) => Some(*size),
+        _ => None,
+    }
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
+    loop {
+        let next = conn.outbox.next().await;
+        let write = async {
+            match next {
+                Next::Frames(frames) => {
+                    // feed + one flush: a burst of frames costs one write syscall.
+                    for frame in frames {
+                        sink.feed(WsMessage::Text(frame.text)).await?;
+                    }
+                    sink.flush().await.map(|()| true)
+                }
+                Next::Close(frame) => {
+                    if let Some(frame) = frame {
+                        sink.send(WsMessage::Close(Some(frame))).await?;
+                    }
+                    sink.close().await.map(|()| false)
+                }
+                Next::Stop => Ok(false),
+            }
+        };
+        let keep_going = tokio::select! {
+            result = write => matches!(result, Ok(true)),
+            () = conn.outbox.aborted() => false,
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    // Give a closing peer a moment to read the close frame before the socket drops.
+    let _ = tokio::time::timeout(Duration::from_millis(100), sink.close()).await;
+}

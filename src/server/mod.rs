@@ -1,0 +1,382 @@
+//! The network shell: HTTP routes, WebSocket connections, graceful shutdown.
+//!
+//! Nothing here decides anything about chat: each connection's reader parses a
+//! frame, locks the core, asks it what to do, and carries out the answer
+//! ([`carry_out`]) before unlocking, so every connection sees frames in the
+//! order the core produced them.
+
+mod connection;
+pub mod outbox;
+
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::core::{
+    ChatCore, ConnHandle, ConnId, CoreConfig, Event, MemoryStructures, OpTable, Outcome,
+};
+use crate::event_log::EventLog;
+use crate::names::{Name, UserId};
+use crate::protocol::Message;
+use outbox::{Outbox, Outgoing, PushError};
+
+/// Everything `serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest accepted WebSocket message payload; one byte more is `too_large`.
+    pub max_message_bytes: usize,
+    /// Longest offline deque per user (`inbox_full` beyond it).
+    pub max_offline: usize,
+    /// Lets non-loopback clients read `/inspect` with `Authorization: Bearer TOKEN`.
+    pub admin_token: Option<String>,
+    /// Frames one connection may have waiting before it is evicted as too slow.
+    pub outbox_frames: usize,
+    /// tungstenite's per-connection read buffer: its default (128 KiB) would
+    /// cost 1.3 GB for 10,000 idle sockets; chat frames are small.
+    pub read_buffer_bytes: usize,
+    /// How long shutdown waits for connections to finish their closing handshake.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_bytes: 65_536,
+            max_offline: 10_000,
+            admin_token: None,
+            outbox_frames: 1024,
+            read_buffer_bytes: 4096,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// One WebSocket connection, as stored in `active_connections`.
+pub struct Connection {
+    pub id: ConnId,
+    pub user: UserId,
+    pub remote: SocketAddr,
+    pub outbox: Outbox,
+}
+
+/// The handle the core stores: cloning it is one atomic increment.
+pub type Conn = Arc<Connection>;
+
+impl ConnHandle for Conn {
+    fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+type Core = ChatCore<MemoryStructures<Conn>>;
+
+/// State shared by every task of one server.
+pub(crate) struct Shared {
+    /// One `std` mutex around the whole core: every critical section is a few
+    /// microseconds of hash-map work with no `.await` inside, so a blocking
+    /// lock is cheaper than an async one and keeps a single global order.
+    core: Mutex<Core>,
+    config: Config,
+    log: Option<EventLog>,
+    next_conn_id: AtomicU64,
+    shutting_down: AtomicBool,
+    /// Connection tasks still running, and a wake-up for when it reaches zero.
+    live_tasks: AtomicUsize,
+    all_done: Notify,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // The core is only mutated through methods that leave it consistent, so
+        // a panic on another thread (a bug) must not take the whole server down.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Unix time in milliseconds: the `ts` of accepted messages.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Carries out an outcome: pushes every frame into its connection's outbox,
+/// in order, and logs the event. Must be called with the core locked.
+///
+/// Slow-client policy: a push into a full outbox evicts that connection at
+/// once. Its unsent chat messages (and the one that did not fit) go back to
+/// the core, which re-queues them in the offline deque if it was the user's
+/// last device. The eviction's own outcome (presence `offline`) is carried
+/// out in the same loop, so routing never waits for any socket.
+pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&EventLog>) {
+    let mut work = VecDeque::from([outcome]);
+    while let Some(outcome) = work.pop_front() {
+        let texts: Vec<Utf8Bytes> = outcome
+            .frames
+            .iter()
+            .map(|frame| Utf8Bytes::from(frame.to_json()))
+            .collect();
+        let mut evicted: Vec<(Conn, Vec<Message>)> = Vec::new();
+        for delivery in &outcome.deliveries {
+            let frame = &outcome.frames[delivery.frame];
+            let outgoing = Outgoing {
+                text: texts[delivery.frame].clone(),
+                message: frame.chat_message().cloned(),
+            };
+            let refused = match delivery.conn.outbox.push(outgoing) {
+                Ok(()) => continue,
+                Err(PushError::Full(o)) => o,
+                // Closed: the connection is evicted in this loop, or the server is
+                // shutting down; any other closing connection has already left the core.
+                Err(PushError::Closed(o)) => o,
+            };
+            let index = match evicted.iter().position(|(c, _)| c.id == delivery.conn.id) {
+                Some(i) => i,
+                None if delivery.conn.outbox.is_open() => {
+                    evicted.push((delivery.conn.clone(), Vec::new()));
+                    evicted.len() - 1
+                }
+                None => continue,
+            };
+            evicted[index].1.extend(refused.message);
+        }
+        if let Some(log) = log {
+            log.event(outcome.event, outcome.trace);
+        }
+        for (conn, refused) in evicted {
+            let mut unsent: Vec<Message> = conn
+                .outbox
+                .abort()
+                .into_iter()
+                .filter_map(|o| o.message)
+                .collect();
+            unsent.extend(refused);
+            if let Some(log) = log {
+                log.line(format!(
+                    "! evicted {} (conn {}): its outbox held {} frames unread (client too slow or stuck)",
+                    conn.user,
+                    conn.id,
+                    conn.outbox.capacity()
+                ));
+            }
+            work.push_back(core.disconnect(&conn.user, conn.id, unsent));
+        }
+    }
+}
+
+/// What `run` reports when it returns.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub ops: OpTable,
+    pub uptime: Duration,
+    pub connections_served: u64,
+}
+
+/// Serves until `shutdown` resolves, then closes every WebSocket with 1001,
+/// waits (bounded by `config.shutdown_grace`) for them to finish, and returns
+/// the final operation counts. The listener is bound by the caller, so tests
+/// can use port 0.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    log: Option<EventLog>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Report> {
+    let started = Instant::now();
+    let core = ChatCore::new(
+        MemoryStructures::default(),
+        CoreConfig {
+            max_offline: config.max_offline,
+            trace: log.is_some(),
+        },
+    );
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        config,
+        log,
+        next_conn_id: AtomicU64::new(1),
+        shutting_down: AtomicBool::new(false),
+        live_tasks: AtomicUsize::new(0),
+        all_done: Notify::new(),
+    });
+
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/inspect", get(inspect))
+        .route("/ws/{user}", get(ws_upgrade))
+        .fallback(fallback)
+        .with_state(shared.clone());
+
+    let stop = Arc::new(Notify::new());
+    let stop_http = stop.clone();
+    let http = tokio::spawn(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop_http.notified().await })
+        .into_future(),
+    );
+
+    shutdown.await;
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    stop.notify_one();
+    close_all(&shared);
+
+    // Wait for every connection task to finish its closing handshake, but not forever.
+    let grace = shared.config.shutdown_grace;
+    let _ = tokio::time::timeout(grace, async {
+        loop {
+            let done = shared.all_done.notified();
+            if shared.live_tasks.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            done.await;
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(grace, http).await;
+
+    let ops = shared.core().op_table();
+    if let Some(log) = &shared.log {
+        log.flush(Duration::from_secs(2));
+    }
+    Ok(Report {
+        ops,
+        uptime: started.elapsed(),
+        connections_served: shared.next_conn_id.load(Ordering::SeqCst) - 1,
+    })
+}
+
+/// Tells every connection the server is going away (close code 1001).
+fn close_all(shared: &Shared) {
+    let core = shared.core();
+    let connections = core.all_connections();
+    if let Some(log) = &shared.log {
+        log.event(
+            Event::Shutdown {
+                connections: connections.len(),
+            },
+            crate::core::Trace::new(false),
+        );
+    }
+    for conn in connections {
+        conn.outbox.close_after_pending(connection::close_frame(
+            connection::CLOSE_GOING_AWAY,
+            "server shutting down",
+        ));
+    }
+}
+
+fn bad_name(raw: &str, why: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!(
+            "invalid user name {raw:?}: {why}. Connect to /ws/NAME with NAME of 1-32 characters from [A-Za-z0-9_.-]\n"
+        ),
+    )
+        .into_response()
+}
+
+async fn ws_upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    // The name is checked before the upgrade, so a bad one changes nothing.
+    let user = match path {
+        Ok(Path(raw)) => match Name::parse(&raw) {
+            Ok(user) => user,
+            Err(e) => return bad_name(&raw, e),
+        },
+        Err(e) => return bad_name("?", e.body_text()),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
+    }
+    let config = &shared.config;
+    // tungstenite refuses anything past this on its own; between our limit and
+    // this one, the reader answers `too_large` itself (see connection.rs).
+    let hard_limit = config
+        .max_message_bytes
+        .saturating_mul(2)
+        .max(config.max_message_bytes + 65_536);
+    upgrade
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| connection::serve(shared, socket, user, remote))
+}
+
+/// `/ws` and `/ws/` (empty name) and `/ws/a/b` are bad names, not missing pages.
+async fn fallback(uri: Uri) -> Response {
+    let path = uri.path();
+    if path == "/ws" || path.starts_with("/ws/") {
+        let raw = path.trim_start_matches("/ws").trim_start_matches('/');
+        return bad_name(raw, "not a single non-empty path segment");
+    }
+    (
+        StatusCode::NOT_FOUND,
+        "not found: the routes are /ws/NAME (WebSocket), /inspect and /healthz\n",
+    )
+        .into_response()
+}
+
+/// Compares without an early exit, so response time does not reveal how many
+/// leading bytes of a guessed token were right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn may_inspect(config: &Config, remote: &SocketAddr, headers: &HeaderMap) -> bool {
+    if remote.ip().to_canonical().is_loopback() {
+        return true;
+    }
+    let Some(token) = &config.admin_token else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+async fn inspect(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !may_inspect(&shared.config, &remote, &headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/inspect shows every queued message, so it answers loopback clients only; \
+             start the server with --admin-token TOKEN and send 'Authorization: Bearer TOKEN'\n",
+        )
+            .into_response();
+    }
+    // Copy under the lock, serialise after releasing it.
+    let snapshot = shared.core().snapshot();
+    match serde_json::to_string(&snapshot) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

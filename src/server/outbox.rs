@@ -1,0 +1,268 @@
+//! The bounded queue between routing and one connection's socket writer.
+//!
+//! Routing pushes without ever waiting (O(1), under the core lock); the
+//! connection's writer task drains it into the socket. The bound is what
+//! keeps one slow client from stalling everyone or growing memory without
+//! limit: when it is full, the connection is evicted (see `server::carry_out`).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use axum::extract::ws::{CloseFrame, Utf8Bytes};
+use tokio::sync::Notify;
+
+use crate::protocol::Message;
+
+/// One frame waiting to be written.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The serialised JSON, shared by every connection the frame fans out to.
+    pub text: Utf8Bytes,
+    /// The chat message inside, kept so an unsent one can go back to the offline deque.
+    pub message: Option<Message>,
+}
+
+/// Why a push was refused; the frame comes back to the caller.
+#[derive(Debug)]
+pub enum PushError {
+    /// The outbox holds `capacity` frames: the client is not reading.
+    Full(Outgoing),
+    /// The connection is closing; nothing more is written to it.
+    Closed(Outgoing),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Open,
+    /// Write what is queued, then this close frame (or a plain close), then stop.
+    Draining(Option<CloseFrame>),
+    /// Stop now, even in the middle of a write.
+    Aborted,
+}
+
+struct Inner {
+    frames: VecDeque<Outgoing>,
+    state: State,
+}
+
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Next {
+    Frames(Vec<Outgoing>),
+    Close(Option<CloseFrame>),
+    Stop,
+}
+
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    /// Wakes the writer when frames arrive or the state changes.
+    wake_writer: Notify,
+    /// Wakes the reader (and a writer stuck in a write) when the state leaves `Open`.
+    state_changed: Notify,
+}
+
+/// The writer takes at most this many frames per flush: large enough to batch
+/// a burst into one syscall, small enough to bound the work between flushes.
+const BATCH: usize = 64;
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            inner: Mutex::new(Inner {
+                frames: VecDeque::new(),
+                state: State::Open,
+            }),
+            capacity: capacity.max(1),
+            wake_writer: Notify::new(),
+            state_changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere cannot leave a VecDeque half-updated, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a frame without waiting. O(1).
+    pub fn push(&self, frame: Outgoing) -> Result<(), PushError> {
+        let mut inner = self.lock();
+        if inner.state != State::Open {
+            return Err(PushError::Closed(frame));
+        }
+        if inner.frames.len() >= self.capacity {
+            return Err(PushError::Full(frame));
+        }
+        inner.frames.push_back(frame);
+        drop(inner);
+        self.wake_writer.notify_one();
+        Ok(())
+    }
+
+    fn set_state(&self, inner: &mut Inner, state: State) {
+        inner.state = state;
+        self.wake_writer.notify_one();
+        self.state_changed.notify_waiters();
+    }
+
+    /// Graceful close: what is queued is still written, then `frame`. No-op unless open.
+    pub fn close_after_pending(&self, frame: CloseFrame) {
+        let mut inner = self.lock();
+        if inner.state == State::Open {
+            self.set_state(&mut inner, State::Draining(Some(frame)));
+        }
+    }
+
+    /// The peer is gone or leaving: take the unsent frames (for re-queueing) and
+    /// let the writer finish the closing handshake. Empty unless the outbox was open.
+    pub fn take_and_close(&self, frame: Option<CloseFrame>) -> Vec<Outgoing> {
+        let mut inner = self.lock();
+        if inner.state != State::Open {
+            return Vec::new();
+        }
+        let pending = inner.frames.drain(..).collect();
+        self.set_state(&mut inner, State::Draining(frame));
+        pending
+    }
+
+    /// Eviction: stop writing at once and hand back every unsent frame.
+    pub fn abort(&self) -> Vec<Outgoing> {
+        let mut inner = self.lock();
+        let pending = inner.frames.drain(..).collect();
+        self.set_state(&mut inner, State::Aborted);
+        pending
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.lock().state == State::Open
+    }
+
+    /// Resolves once the outbox is no longer open (closing or aborted).
+    pub async fn closed(&self) {
+        loop {
+            // Created before the check, so a change between check and await is not missed.
+            let changed = self.state_changed.notified();
+            if self.lock().state != State::Open {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves once the outbox is aborted.
+    pub async fn aborted(&self) {
+        loop {
+            let changed = self.state_changed.notified();
+            if self.lock().state == State::Aborted {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits for the writer's next piece of work.
+    pub async fn next(&self) -> Next {
+        loop {
+            let woken = self.wake_writer.notified();
+            {
+                let mut inner = self.lock();
+                if inner.state == State::Aborted {
+                    return Next::Stop;
+                }
+                if !inner.frames.is_empty() {
+                    let n = inner.frames.len().min(BATCH);
+                    return Next::Frames(inner.frames.drain(..n).collect());
+                }
+                if let State::Draining(frame) = &inner.state {
+                    let frame = frame.clone();
+                    inner.state = State::Aborted;
+                    return Next::Close(frame);
+                }
+            }
+            woken.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn out(s: &'static str) -> Outgoing {
+        Outgoing {
+            text: Utf8Bytes::from_static(s),
+            message: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn push_is_bounded_and_fifo() {
+        let o = Outbox::new(2);
+        o.push(out("a")).unwrap();
+        o.push(out("b")).unwrap();
+        assert!(matches!(o.push(out("c")), Err(PushError::Full(_))));
+        let Next::Frames(f) = o.next().await else {
+            panic!("expected frames")
+        };
+        let texts: Vec<&str> = f.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(texts, ["a", "b"]);
+        o.push(out("c")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn graceful_close_writes_pending_first() {
+        let o = Outbox::new(8);
+        o.push(out("a")).unwrap();
+        o.close_after_pending(CloseFrame {
+            code: 1001,
+            reason: Utf8Bytes::from_static("bye"),
+        });
+        assert!(matches!(o.push(out("late")), Err(PushError::Closed(_))));
+        assert!(matches!(o.next().await, Next::Frames(f) if f.len() == 1));
+        assert!(matches!(o.next().await, Next::Close(Some(f)) if f.code == 1001));
+        assert!(matches!(o.next().await, Next::Stop));
+    }
+
+    #[tokio::test]
+    async fn abort_hands_back_unsent_frames_and_wakes_waiters() {
+        let o = std::sync::Arc::new(Outbox::new(8));
+        o.push(out("a")).unwrap();
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.aborted().await })
+        };
+        tokio::task::yield_now().await;
+        let pending = o.abort();
+        assert_eq!(pending.len(), 1);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("aborted() must resolve")
+            .unwrap();
+        assert!(matches!(o.next().await, Next::Stop));
+        tokio::time::timeout(Duration::from_secs(5), o.closed())
+            .await
+            .expect("closed() resolves after abort");
+    }
+
+    #[tokio::test]
+    async fn take_and_close_returns_pending_once() {
+        let o = Outbox::new(8);
+        o.push(out("a")).unwrap();
+        assert_eq!(o.take_and_close(None).len(), 1);
+        assert!(o.take_and_close(None).is_empty());
+        assert!(matches!(o.next().await, Next::Close(None)));
+    }
+}
