@@ -199,6 +199,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
             }
         };
         let keep_going = tokio::select! {
+            biased;
             result = write => matches!(result, Ok(true)),
             () = conn.outbox.aborted() => false,
         };

@@ -38,6 +38,8 @@ enum State {
     Draining(Option<CloseFrame>),
     /// Stop now, even in the middle of a write.
     Aborted,
+    /// The writer has taken the close frame: nothing is left to do.
+    Finished,
 }
 
 struct Inner {
@@ -178,7 +180,7 @@ impl Outbox {
             let woken = self.wake_writer.notified();
             {
                 let mut inner = self.lock();
-                if inner.state == State::Aborted {
+                if matches!(inner.state, State::Aborted | State::Finished) {
                     return Next::Stop;
                 }
                 if !inner.frames.is_empty() {
@@ -187,7 +189,7 @@ impl Outbox {
                 }
                 if let State::Draining(frame) = &inner.state {
                     let frame = frame.clone();
-                    inner.state = State::Aborted;
+                    inner.state = State::Finished;
                     return Next::Close(frame);
                 }
             }

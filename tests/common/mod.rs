@@ -1,0 +1,257 @@
+//! A real server on a free loopback port, and real WebSocket clients for it.
+//! Every wait is bounded: a hung test fails instead of hanging CI.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use vivachat::server::{self, Config, Report};
+
+/// How long any single expected frame may take to arrive.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<Report>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        // VIVACHAT_TEST_LOG=1 prints the server's event log while debugging a test.
+        let log = std::env::var_os("VIVACHAT_TEST_LOG")
+            .map(|_| vivachat::event_log::EventLog::spawn(Box::new(std::io::stderr()), false));
+        let handle = tokio::spawn(server::run(listener, config, log, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Connects as `user` and consumes the welcome frame.
+    pub async fn connect(&self, user: &str) -> Client {
+        let mut client = self.connect_raw(&format!("/ws/{user}")).await.unwrap();
+        let welcome = client.recv().await;
+        assert_eq!(
+            welcome["type"], "welcome",
+            "first frame must be welcome: {welcome}"
+        );
+        client.welcome = welcome;
+        client
+    }
+
+    /// Connects to any path; the error is the refused upgrade.
+    pub async fn connect_raw(
+        &self,
+        path: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(self.url(path)))
+            .await
+            .expect("connect timed out")?;
+        Ok(Client {
+            ws,
+            welcome: Value::Null,
+        })
+    }
+
+    /// A plain HTTP GET; returns (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path, &[]).await
+    }
+
+    pub async fn inspect(&self) -> Value {
+        let (status, body) = self.get("/inspect").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until `/inspect` satisfies `check` (state changes after a close are asynchronous).
+    pub async fn wait_for_state(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let state = self.inspect().await;
+            if check(&state) {
+                return state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(mut self) -> Report {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("server did not stop in time")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            request += &format!("{k}: {v}\r\n");
+        }
+        request += "\r\n";
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("HTTP GET timed out");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out += &rest[..n];
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: Value,
+}
+
+/// What a client sees next.
+#[derive(Debug)]
+pub enum Seen {
+    Frame(Value),
+    Close(Option<CloseFrame>),
+    /// The socket ended without a close frame, or errored.
+    Ended,
+}
+
+impl Client {
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        tokio::time::timeout(WAIT, self.ws.send(Message::text(text)))
+            .await
+            .expect("send timed out")
+            .expect("send failed");
+    }
+
+    pub async fn send_message(&mut self, message: Message) {
+        tokio::time::timeout(WAIT, self.ws.send(message))
+            .await
+            .expect("send timed out")
+            .expect("send failed");
+    }
+
+    /// The next thing that happens on this connection (pings are skipped).
+    pub async fn next_seen(&mut self) -> Seen {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
+            return match next {
+                Some(Ok(Message::Text(t))) => {
+                    Seen::Frame(serde_json::from_str(&t).expect("server sent invalid JSON"))
+                }
+                Some(Ok(Message::Close(f))) => Seen::Close(f),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(_)) | None => Seen::Ended,
+            };
+        }
+    }
+
+    /// The next JSON frame; fails the test on a close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_seen().await {
+            Seen::Frame(v) => v,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame of the given type, skipping presence frames only.
+    pub async fn recv_skipping_presence(&mut self) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] != "presence" {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a request and returns the next frame (its reply, on a quiet connection).
+    pub async fn request(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    /// Asserts nothing arrives for `quiet`: proves a frame was NOT sent.
+    /// A ping round-trip first makes sure everything already routed has arrived.
+    pub async fn assert_nothing_pending(&mut self) {
+        self.send(serde_json::json!({"type":"ping","ref":"sync"}))
+            .await;
+        let v = self.recv().await;
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"pong","ref":"sync"}),
+            "unexpected frame"
+        );
+    }
+
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(WAIT, self.ws.close(None)).await;
+        // Drain until the server's close reply so the server has processed our close.
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
