@@ -73,7 +73,7 @@ fn welcome_lists_others_sorted_and_presence_goes_to_others_only() {
         [json!({"type":"welcome","user":"bob","online":["alice","carol"],"queued":0})]
     );
     let online = json!({"type":"presence","user":"bob","status":"online"});
-    assert_eq!(frames(&o, 1), [online.clone()]);
+    assert_eq!(frames(&o, 1), std::slice::from_ref(&online));
     assert_eq!(frames(&o, 2), [online]);
 
     // A second device: welcome still lists only the others, and nobody is told.
@@ -118,7 +118,7 @@ fn direct_message_to_online_user_reaches_every_device_and_acks_the_sender_only()
         json!({"type":"message","to":"bob","text":"hi","ref":"r1"}),
     );
     let msg = json!({"type":"message","id":1,"from":"alice","to":"bob","text":"hi","ts":1000});
-    assert_eq!(frames(&o, 3), [msg.clone()]);
+    assert_eq!(frames(&o, 3), std::slice::from_ref(&msg));
     assert_eq!(frames(&o, 4), [msg]);
     assert_eq!(
         frames(&o, 1),
@@ -317,7 +317,7 @@ fn group_fan_out_skips_the_sending_connection_and_queues_for_offline_members() {
         json!({"type":"group_message","id":1,"group":"g1","from":"alice","text":"hey","ts":1000});
     assert_eq!(
         frames(&o, 2),
-        [live.clone()],
+        std::slice::from_ref(&live),
         "the sender's other device gets it"
     );
     assert_eq!(frames(&o, 3), [live]);

@@ -19,6 +19,7 @@ use crate::names::UserId;
 use crate::protocol::{parse_request, ErrorCode, RequestError, ServerFrame};
 
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+pub(crate) const CLOSE_POLICY: u16 = 1008;
 pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 
 pub(crate) fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
@@ -77,6 +78,10 @@ pub(crate) async fn serve(
                 .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
         } else {
             let outcome = core.connect(&user, conn.clone());
+            // The welcome and the whole offline flush are exempt from the
+            // slow-client bound; only what comes after counts against it.
+            let own = outcome.deliveries.iter().filter(|d| d.conn.id == conn.id);
+            conn.outbox.allow_backlog(own.count());
             carry_out(&mut core, outcome, shared.log.as_ref());
         }
     }
@@ -126,7 +131,10 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
     let limit = shared.config.max_message_bytes;
     loop {
         let frame = tokio::select! {
-            frame = stream.next() => frame,
+            frame = async {
+                conn.outbox.has_room().await;
+                stream.next().await
+            } => frame,
             // Evicted, or the server is shutting down: stop reading.
             () = conn.outbox.closed() => return Ending::Gone,
         };
@@ -207,6 +215,15 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
             break;
         }
     }
-    // Give a closing peer a moment to read the close frame before the socket drops.
-    let _ = tokio::time::timeout(Duration::from_millis(100), sink.close()).await;
+    // Evicted, or the peer is gone: try to say why, but never wait long for a
+    // socket that is not being read.
+    let evicted = close_frame(
+        CLOSE_POLICY,
+        "evicted: too many unread frames; reconnect to get the rest",
+    );
+    let goodbye = async {
+        sink.send(WsMessage::Close(Some(evicted))).await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(100), goodbye).await;
 }

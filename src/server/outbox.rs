@@ -45,6 +45,10 @@ enum State {
 struct Inner {
     frames: VecDeque<Outgoing>,
     state: State,
+    /// Frames allowed beyond `capacity` until the writer has taken them: the
+    /// connect-time flush of the offline deque, which may be up to --max-offline
+    /// long and must not get a new connection evicted on arrival.
+    backlog: usize,
 }
 
 /// What the writer should do next.
@@ -62,6 +66,8 @@ pub struct Outbox {
     wake_writer: Notify,
     /// Wakes the reader (and a writer stuck in a write) when the state leaves `Open`.
     state_changed: Notify,
+    /// Wakes a reader waiting for the writer to catch up.
+    drained: Notify,
 }
 
 /// The writer takes at most this many frames per flush: large enough to batch
@@ -74,10 +80,12 @@ impl Outbox {
             inner: Mutex::new(Inner {
                 frames: VecDeque::new(),
                 state: State::Open,
+                backlog: 0,
             }),
             capacity: capacity.max(1),
             wake_writer: Notify::new(),
             state_changed: Notify::new(),
+            drained: Notify::new(),
         }
     }
 
@@ -104,13 +112,18 @@ impl Outbox {
         if inner.state != State::Open {
             return Err(PushError::Closed(frame));
         }
-        if inner.frames.len() >= self.capacity {
+        if inner.frames.len() >= self.capacity + inner.backlog {
             return Err(PushError::Full(frame));
         }
         inner.frames.push_back(frame);
         drop(inner);
         self.wake_writer.notify_one();
         Ok(())
+    }
+
+    /// Lets the `n` frames already queued exceed the bound (see `Inner::backlog`).
+    pub fn allow_backlog(&self, n: usize) {
+        self.lock().backlog = n;
     }
 
     fn set_state(&self, inner: &mut Inner, state: State) {
@@ -163,6 +176,25 @@ impl Outbox {
         }
     }
 
+    /// Resolves once the outbox is at most half full (or closing). The reader
+    /// awaits this before reading the next request, so a client that sends
+    /// faster than it reads its replies is slowed down by TCP backpressure
+    /// instead of being evicted for its own acks.
+    pub async fn has_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let inner = self.lock();
+                if inner.state != State::Open
+                    || inner.frames.len() <= self.capacity / 2 + inner.backlog
+                {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
     /// Resolves once the outbox is aborted.
     pub async fn aborted(&self) {
         loop {
@@ -185,7 +217,11 @@ impl Outbox {
                 }
                 if !inner.frames.is_empty() {
                     let n = inner.frames.len().min(BATCH);
-                    return Next::Frames(inner.frames.drain(..n).collect());
+                    inner.backlog = inner.backlog.saturating_sub(n);
+                    let batch = inner.frames.drain(..n).collect();
+                    drop(inner);
+                    self.drained.notify_waiters();
+                    return Next::Frames(batch);
                 }
                 if let State::Draining(frame) = &inner.state {
                     let frame = frame.clone();
@@ -222,6 +258,45 @@ mod tests {
         let texts: Vec<&str> = f.iter().map(|f| f.text.as_str()).collect();
         assert_eq!(texts, ["a", "b"]);
         o.push(out("c")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connect_backlog_may_exceed_the_bound_until_written() {
+        let o = Outbox::new(2);
+        o.allow_backlog(10);
+        for _ in 0..10 {
+            o.push(out("flushed")).unwrap();
+        }
+        o.push(out("live")).unwrap();
+        o.push(out("live")).unwrap();
+        assert!(matches!(o.push(out("live")), Err(PushError::Full(_))));
+        let Next::Frames(f) = o.next().await else {
+            panic!("expected frames")
+        };
+        assert_eq!(f.len(), 12);
+        // The backlog is spent: the plain bound applies again.
+        o.push(out("a")).unwrap();
+        o.push(out("b")).unwrap();
+        assert!(matches!(o.push(out("c")), Err(PushError::Full(_))));
+    }
+
+    #[tokio::test]
+    async fn has_room_waits_for_the_writer_to_drain() {
+        let o = std::sync::Arc::new(Outbox::new(4));
+        for _ in 0..4 {
+            o.push(out("x")).unwrap();
+        }
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.has_room().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "full outbox: the reader must wait");
+        let _ = o.next().await;
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("draining wakes the reader")
+            .unwrap();
     }
 
     #[tokio::test]
