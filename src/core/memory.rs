@@ -130,11 +130,6 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             .collect()
     }
 
-    fn is_online(&self, user: &UserId, trace: &mut Trace) -> bool {
-        self.count(trace, Presence, Op::Contains, Some(user), None, None);
-        self.presence.contains(user)
-    }
-
     fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool {
         self.count(trace, Presence, Op::Insert, Some(user), None, None);
         self.presence.insert(user.clone())

@@ -38,8 +38,8 @@ pub trait Structures {
     /// Every open connection, for shutdown. O(n).
     fn all_connections(&self, trace: &mut Trace) -> Vec<Self::Conn>;
 
-    // presence: HashSet<UserId>
-    fn is_online(&self, user: &UserId, trace: &mut Trace) -> bool;
+    // presence: HashSet<UserId>. Routing never asks "is bob online?" here:
+    // it needs bob's sockets anyway, and `connections` answers both in one look-up.
     /// Returns true if the user was not online before.
     fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool;
     /// Returns true if the user was online before.
