@@ -122,7 +122,11 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
             Vec::new()
         }
     };
-    let unsent = unsent.into_iter().filter_map(|o| o.message).collect();
+    let unsent = unsent
+        .into_iter()
+        .filter_map(|o| o.message)
+        .map(Arc::unwrap_or_clone)
+        .collect();
     let outcome = core.disconnect(&conn.user, conn.id, unsent);
     carry_out(&mut core, outcome, shared.log.as_ref());
 }

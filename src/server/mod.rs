@@ -123,17 +123,22 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&EventLog>) {
     let mut work = VecDeque::from([outcome]);
     while let Some(outcome) = work.pop_front() {
+        // Each frame is serialised once, however many connections it fans out to.
         let texts: Vec<Utf8Bytes> = outcome
             .frames
             .iter()
             .map(|frame| Utf8Bytes::from(frame.to_json()))
             .collect();
-        let mut evicted: Vec<(Conn, Vec<Message>)> = Vec::new();
+        let messages: Vec<Option<Arc<Message>>> = outcome
+            .frames
+            .iter()
+            .map(|frame| frame.chat_message().cloned().map(Arc::new))
+            .collect();
+        let mut evicted: Vec<(Conn, Vec<Arc<Message>>)> = Vec::new();
         for delivery in &outcome.deliveries {
-            let frame = &outcome.frames[delivery.frame];
             let outgoing = Outgoing {
                 text: texts[delivery.frame].clone(),
-                message: frame.chat_message().cloned(),
+                message: messages[delivery.frame].clone(),
             };
             let refused = match delivery.conn.outbox.push(outgoing) {
                 Ok(()) => continue,
@@ -156,13 +161,14 @@ pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&Ev
             log.event(outcome.event, outcome.trace);
         }
         for (conn, refused) in evicted {
-            let mut unsent: Vec<Message> = conn
+            let unsent: Vec<Message> = conn
                 .outbox
                 .abort()
                 .into_iter()
                 .filter_map(|o| o.message)
+                .chain(refused)
+                .map(Arc::unwrap_or_clone)
                 .collect();
-            unsent.extend(refused);
             if let Some(log) = log {
                 log.line(format!(
                     "! evicted {} (conn {}): its outbox held {} frames unread (client too slow or stuck)",
