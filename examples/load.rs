@@ -240,9 +240,20 @@ async fn run(args: &Args, url: &str, pid: Option<u32>) -> Result<()> {
             anyhow::Ok(latencies)
         }));
     }
-    let t0 = Instant::now();
+    // Connect every sender before the clock starts: each arrival is a presence
+    // broadcast to every idle connection, which is not what this phase measures.
+    let mut sockets = Vec::new();
     for p in 0..args.pairs {
-        let (ws, _) = connect(url, &format!("send{p:04}")).await?;
+        sockets.push(connect(url, &format!("send{p:04}")).await?.0);
+    }
+    // ... and let the idle connections finish reading those arrivals.
+    let expected = expected + if args.same_user { 0 } else { (2 * args.pairs * args.idle) as u64 };
+    let deadline = Instant::now() + LIMIT;
+    while frames_seen.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t0 = Instant::now();
+    for (p, ws) in sockets.into_iter().enumerate() {
         let (n, window) = (args.messages, args.window.max(1));
         senders.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();

@@ -141,6 +141,12 @@ async fn rapid_connect_close_cycles_leave_presence_consistent() {
         })
         .await;
     assert_eq!(state["active_connections"].as_object().unwrap().len(), 1);
+    let ops = &state["ops"]["active_connections"];
+    assert_eq!(
+        ops["insert"].as_u64().unwrap() - ops["remove"].as_u64().unwrap(),
+        1,
+        "every connection but the observer's was removed exactly once: {ops}"
+    );
     assert!(
         state["invariants"]
             .as_array()

@@ -13,7 +13,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
-use super::outbox::{Next, Outbox, Outgoing};
+use super::outbox::{Encoded, Next, Outbox};
 use super::{carry_out, now_ms, Conn, Connection, Shared};
 use crate::names::UserId;
 use crate::protocol::{parse_request, ErrorCode, RequestError, ServerFrame};
@@ -101,6 +101,9 @@ pub(crate) async fn serve(
 /// so no frame can be routed to it in between and then lost.
 fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
     let mut core = shared.core();
+    if conn.outbox.was_evicted() {
+        return;
+    }
     let unsent = match ending {
         Ending::Gone => conn.outbox.take_and_close(None),
         Ending::TooLarge(size) => {
@@ -113,20 +116,16 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
                 ),
                 None,
             );
-            let _ = conn.outbox.push(Outgoing {
+            let _ = conn.outbox.push(Arc::new(Encoded {
                 text: Utf8Bytes::from(ServerFrame::Error(error).to_json()),
                 message: None,
-            });
+            }));
             conn.outbox
                 .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
             Vec::new()
         }
     };
-    let unsent = unsent
-        .into_iter()
-        .filter_map(|o| o.message)
-        .map(Arc::unwrap_or_clone)
-        .collect();
+    let unsent = unsent.iter().filter_map(|o| o.message.clone()).collect();
     let outcome = core.disconnect(&conn.user, conn.id, unsent);
     carry_out(&mut core, outcome, shared.log.as_ref());
 }
@@ -197,7 +196,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
                 Next::Frames(frames) => {
                     // feed + one flush: a burst of frames costs one write syscall.
                     for frame in frames {
-                        sink.feed(WsMessage::Text(frame.text)).await?;
+                        sink.feed(WsMessage::Text(frame.text.clone())).await?;
                     }
                     sink.flush().await.map(|()| true)
                 }

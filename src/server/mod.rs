@@ -30,7 +30,7 @@ use crate::core::{
 use crate::event_log::EventLog;
 use crate::names::{Name, UserId};
 use crate::protocol::Message;
-use outbox::{Outbox, Outgoing, PushError};
+use outbox::{Encoded, Outbox, Outgoing, PushError};
 
 /// Everything `serve` can be told.
 #[derive(Debug, Clone)]
@@ -124,22 +124,19 @@ pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&Ev
     let mut work = VecDeque::from([outcome]);
     while let Some(outcome) = work.pop_front() {
         // Each frame is serialised once, however many connections it fans out to.
-        let texts: Vec<Utf8Bytes> = outcome
+        let encoded: Vec<Outgoing> = outcome
             .frames
             .iter()
-            .map(|frame| Utf8Bytes::from(frame.to_json()))
+            .map(|frame| {
+                Arc::new(Encoded {
+                    text: Utf8Bytes::from(frame.to_json()),
+                    message: frame.chat_message().cloned(),
+                })
+            })
             .collect();
-        let messages: Vec<Option<Arc<Message>>> = outcome
-            .frames
-            .iter()
-            .map(|frame| frame.chat_message().cloned().map(Arc::new))
-            .collect();
-        let mut evicted: Vec<(Conn, Vec<Arc<Message>>)> = Vec::new();
+        let mut evicted: Vec<(Conn, Vec<Outgoing>)> = Vec::new();
         for delivery in &outcome.deliveries {
-            let outgoing = Outgoing {
-                text: texts[delivery.frame].clone(),
-                message: messages[delivery.frame].clone(),
-            };
+            let outgoing = encoded[delivery.frame].clone();
             let refused = match delivery.conn.outbox.push(outgoing) {
                 Ok(()) => continue,
                 Err(PushError::Full(o)) => o,
@@ -155,7 +152,7 @@ pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&Ev
                 }
                 None => continue,
             };
-            evicted[index].1.extend(refused.message);
+            evicted[index].1.push(refused);
         }
         if let Some(log) = log {
             log.event(outcome.event, outcome.trace);
@@ -164,10 +161,9 @@ pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&Ev
             let unsent: Vec<Message> = conn
                 .outbox
                 .abort()
-                .into_iter()
-                .filter_map(|o| o.message)
-                .chain(refused)
-                .map(Arc::unwrap_or_clone)
+                .iter()
+                .chain(&refused)
+                .filter_map(|o| o.message.clone())
                 .collect();
             if let Some(log) = log {
                 log.line(format!(

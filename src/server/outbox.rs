@@ -13,17 +13,19 @@ use tokio::sync::Notify;
 
 use crate::protocol::Message;
 
-/// One frame waiting to be written.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// The serialised JSON, shared by every connection the frame fans out to.
+/// One serialised frame, shared by every connection it fans out to.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The JSON text, exactly as it goes on the wire.
     pub text: Utf8Bytes,
-    /// The chat message inside, kept so an unsent one can go back to the offline
-    /// deque. Shared by every connection of a fan-out; an `Arc` also keeps each
-    /// queued slot at 40 bytes instead of 104, which matters when 10,000
-    /// outboxes absorb a presence storm at once.
-    pub message: Option<Arc<Message>>,
+    /// The chat message inside, kept so an unsent one can go back to the offline deque.
+    pub message: Option<Message>,
 }
+
+/// One frame waiting in an outbox. An `Arc` keeps each queued slot at 8 bytes:
+/// when 10,000 users join, every outbox absorbs a storm of presence frames,
+/// and the slots, not the shared frames, are what multiply.
+pub type Outgoing = Arc<Encoded>;
 
 /// Why a push was refused; the frame comes back to the caller.
 #[derive(Debug)]
@@ -170,6 +172,12 @@ impl Outbox {
         self.lock().state == State::Open
     }
 
+    /// True once [`Outbox::abort`] has run: the connection was evicted, and the
+    /// eviction already removed it from the core.
+    pub fn was_evicted(&self) -> bool {
+        self.lock().state == State::Aborted
+    }
+
     /// Resolves once the outbox is no longer open (closing or aborted).
     pub async fn closed(&self) {
         loop {
@@ -252,10 +260,10 @@ mod tests {
     use std::time::Duration;
 
     fn out(s: &'static str) -> Outgoing {
-        Outgoing {
+        Arc::new(Encoded {
             text: Utf8Bytes::from_static(s),
             message: None,
-        }
+        })
     }
 
     #[tokio::test]
