@@ -63,6 +63,9 @@ impl Default for Config {
     }
 }
 
+/// tungstenite's write buffer per connection, filled lazily (idle sockets pay nothing).
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
 /// One WebSocket connection, as stored in `active_connections`.
 pub struct Connection {
     pub id: ConnId,
@@ -322,7 +325,10 @@ async fn ws_upgrade(
         .max(config.max_message_bytes + 65_536);
     upgrade
         .read_buffer_size(config.read_buffer_bytes)
-        .write_buffer_size(0)
+        // The writer feeds a batch of frames and flushes once: up to 8 KiB of
+        // them go out in one write system call (0 would mean one call per frame).
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + hard_limit)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| connection::serve(shared, socket, user, remote))
