@@ -247,7 +247,12 @@ async fn run(args: &Args, url: &str, pid: Option<u32>) -> Result<()> {
         sockets.push(connect(url, &format!("send{p:04}")).await?.0);
     }
     // ... and let the idle connections finish reading those arrivals.
-    let expected = expected + if args.same_user { 0 } else { (2 * args.pairs * args.idle) as u64 };
+    let expected = expected
+        + if args.same_user {
+            0
+        } else {
+            (2 * args.pairs * args.idle) as u64
+        };
     let deadline = Instant::now() + LIMIT;
     while frames_seen.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

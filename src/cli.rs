@@ -95,6 +95,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot listen on {addr}: {e} ({hint})")
         })?;
         let bound = listener.local_addr()?;
+        let shutdown = shutdown_signal()?;
         print_banner(bound, &args);
 
         let log = (!args.quiet).then(|| EventLog::spawn(Box::new(std::io::stdout()), color));
@@ -105,7 +106,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             outbox_frames: args.outbox_frames as usize,
             ..Config::default()
         };
-        let report = server::run(listener, config, log, shutdown_signal()).await?;
+        let report = server::run(listener, config, log, shutdown).await?;
         println!(
             "\n{} after {:.1}s, {} connection(s) served. Final operation counts:",
             "Stopped".bold(),
@@ -117,27 +118,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Registers for Ctrl-C and SIGTERM at once (so a signal that arrives while the
+/// banner prints is not fatal) and returns a future that resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    println!("\nShutting down: closing every connection with code 1001 (going away)...");
+        println!("\nShutting down: closing every connection with code 1001 (going away)...");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        println!("\nShutting down: closing every connection with code 1001 (going away)...");
+    })
 }
 
 /// The addresses people can type: with an unspecified host, every interface's.

@@ -791,3 +791,24 @@ async fn graceful_shutdown_closes_clients_with_1001_and_reports_counts() {
         1 + 1 + 1
     );
 }
+
+#[tokio::test]
+async fn websocket_level_pings_are_answered() {
+    use futures_util::{SinkExt, StreamExt};
+    let server = TestServer::start().await;
+    let mut c = server.connect("alice").await;
+    c.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(common::WAIT, c.ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(b"are you there".to_vec().into()));
+    assert_eq!(
+        c.request(json!({"type":"ping"})).await,
+        json!({"type":"pong"})
+    );
+    server.stop().await;
+}

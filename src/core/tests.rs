@@ -596,3 +596,32 @@ fn presence_invariant_holds_through_a_random_walk() {
         assert_invariants(&c);
     }
 }
+
+#[test]
+fn group_fan_out_skips_a_member_whose_queue_is_full() {
+    let mut c = core_with(1);
+    for (u, conn) in [("alice", 1), ("bob", 2)] {
+        c.connect(&n(u), conn);
+        send(&mut c, u, conn, json!({"type":"group_join","group":"g"}));
+    }
+    c.disconnect(&n("bob"), 2, vec![]);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"1"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "queued");
+    // bob's deque is at --max-offline: skipped, no error for a group.
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"2"}),
+    );
+    assert_eq!(
+        frames(&o, 1),
+        [json!({"type":"ack","id":2,"status":"sent"})]
+    );
+    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 1);
+}

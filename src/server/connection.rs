@@ -13,10 +13,10 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
-use super::outbox::{Encoded, Next, Outbox};
+use super::outbox::{Next, Outbox};
 use super::{carry_out, now_ms, Conn, Connection, Shared};
 use crate::names::UserId;
-use crate::protocol::{parse_request, ErrorCode, RequestError, ServerFrame};
+use crate::protocol::{parse_request, ErrorCode, RequestError};
 
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_POLICY: u16 = 1008;
@@ -69,7 +69,7 @@ pub(crate) async fn serve(
         outbox: Outbox::new(shared.config.outbox_frames),
     });
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, conn.clone()));
+    let mut writer = tokio::spawn(write_loop(sink, conn.clone()));
     {
         let mut core = shared.core();
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -88,7 +88,6 @@ pub(crate) async fn serve(
     let ending = read_loop(&shared, &conn, stream).await;
     finish(&shared, &conn, ending);
     // The writer ends after its close frame; a client that never reads cannot hold it forever.
-    let mut writer = writer;
     if tokio::time::timeout(shared.config.shutdown_grace, &mut writer)
         .await
         .is_err()
@@ -116,10 +115,8 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
                 ),
                 None,
             );
-            let _ = conn.outbox.push(Arc::new(Encoded {
-                text: Utf8Bytes::from(ServerFrame::Error(error).to_json()),
-                message: None,
-            }));
+            let refusal = core.refuse(&conn.user, conn, error);
+            carry_out(&mut core, refusal, shared.log.as_ref());
             conn.outbox
                 .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
             Vec::new()
@@ -194,7 +191,8 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
         let write = async {
             match next {
                 Next::Frames(frames) => {
-                    // feed + one flush: a burst of frames costs one write syscall.
+                    // feed, then one flush: tungstenite gathers up to 8 KiB per
+                    // write, so a burst costs a few system calls, not one per frame.
                     for frame in frames {
                         sink.feed(WsMessage::Text(frame.text.clone())).await?;
                     }
@@ -218,15 +216,17 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
             break;
         }
     }
-    // Evicted, or the peer is gone: try to say why, but never wait long for a
-    // socket that is not being read.
-    let evicted = close_frame(
-        CLOSE_POLICY,
-        "evicted: too many unread frames; reconnect to get the rest",
-    );
-    let goodbye = async {
-        sink.send(WsMessage::Close(Some(evicted))).await?;
-        sink.close().await
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(100), goodbye).await;
+    if conn.outbox.was_evicted() {
+        // Say why, in case the client is only slow and not gone; but never wait
+        // long for a socket that is not being read.
+        let evicted = close_frame(
+            CLOSE_POLICY,
+            "evicted: too many unread frames; reconnect to get the rest",
+        );
+        let goodbye = async {
+            sink.send(WsMessage::Close(Some(evicted))).await?;
+            sink.close().await
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(100), goodbye).await;
+    }
 }

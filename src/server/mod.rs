@@ -388,3 +388,58 @@ async fn inspect(
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn inspect_is_loopback_only_unless_a_token_matches() {
+        let open = Config::default();
+        let with_token = Config {
+            admin_token: Some("s3cret".into()),
+            ..Config::default()
+        };
+        let lan: SocketAddr = "192.168.1.20:5000".parse().unwrap();
+        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let v6_loop: SocketAddr = "[::1]:5000".parse().unwrap();
+        let mapped_loop: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        for addr in [v4_loop, v6_loop, mapped_loop] {
+            assert!(may_inspect(&open, &addr, &headers(None)), "{addr}");
+        }
+        assert!(!may_inspect(&open, &lan, &headers(Some("Bearer s3cret"))));
+        assert!(!may_inspect(&with_token, &lan, &headers(None)));
+        assert!(!may_inspect(
+            &with_token,
+            &lan,
+            &headers(Some("Bearer wrong"))
+        ));
+        assert!(!may_inspect(&with_token, &lan, &headers(Some("s3cret"))));
+        assert!(!may_inspect(
+            &with_token,
+            &lan,
+            &headers(Some("Bearer s3cre"))
+        ));
+        assert!(may_inspect(
+            &with_token,
+            &lan,
+            &headers(Some("Bearer s3cret"))
+        ));
+    }
+
+    #[test]
+    fn constant_time_eq_is_plain_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
