@@ -35,6 +35,13 @@ pub enum NameError {
 
 impl Name {
     /// Checks the naming rule. The check is O(len) with len <= 32.
+    ///
+    /// ```
+    /// use vivachat::names::Name;
+    /// assert_eq!(Name::parse("alice_2").unwrap().as_str(), "alice_2");
+    /// assert!(Name::parse("#g1").is_err());
+    /// assert!(Name::parse("").is_err());
+    /// ```
     pub fn parse(raw: &str) -> Result<Name, NameError> {
         if raw.is_empty() {
             return Err(NameError::Empty);

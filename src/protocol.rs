@@ -74,6 +74,15 @@ impl RequestError {
 
 /// Parses one text frame. Fields are checked for presence and JSON type first,
 /// then names for validity, as the contract orders it.
+///
+/// ```
+/// use vivachat::protocol::{parse_request, ErrorCode, Request};
+/// let ok = parse_request(r#"{"type":"who","ref":1}"#).unwrap();
+/// assert_eq!(ok.request, Request::Who);
+/// let err = parse_request(r#"{"type":"message","to":5,"text":"hi","ref":"a"}"#).unwrap_err();
+/// assert_eq!(err.code, ErrorCode::MissingField);
+/// assert_eq!(err.reference, Some(serde_json::json!("a")));
+/// ```
 pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         RequestError::bad_json(format!(

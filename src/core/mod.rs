@@ -41,6 +41,23 @@ impl Default for CoreConfig {
 }
 
 /// The state of the chat and the rules that change it.
+///
+/// ```
+/// use vivachat::core::{ChatCore, CoreConfig, MemoryStructures};
+/// use vivachat::names::Name;
+/// use vivachat::protocol::parse_request;
+///
+/// // Connection handles are plain numbers here: no sockets needed.
+/// let mut core: ChatCore<MemoryStructures<u64>> =
+///     ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+/// let alice = Name::parse("alice").unwrap();
+/// core.connect(&alice, 1);
+/// let hi = parse_request(r#"{"type":"message","to":"bob","text":"hi"}"#).unwrap();
+/// let outcome = core.handle(&alice, &1, hi, 1_764_000_000_000);
+/// // bob is offline: alice's connection gets the ack, the message waits in bob's deque.
+/// assert_eq!(outcome.frames_for(1)[0].to_json(), r#"{"type":"ack","id":1,"status":"queued"}"#);
+/// assert_eq!(core.snapshot().structures.offline_messages.len(), 1);
+/// ```
 pub struct ChatCore<S: Structures> {
     structures: S,
     config: CoreConfig,
