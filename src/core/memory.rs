@@ -345,3 +345,83 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::Name;
+    use crate::protocol::Target;
+    use std::sync::Arc;
+
+    fn n(s: &str) -> Name {
+        Name::parse(s).unwrap()
+    }
+
+    fn msg(id: u64) -> Message {
+        Message {
+            id,
+            from: n("a"),
+            target: Target::User(n("b")),
+            text: Arc::from("x"),
+            ts: 0,
+        }
+    }
+
+    #[test]
+    fn each_operation_does_one_thing_and_counts_once() {
+        let mut s: MemoryStructures<ConnId> = MemoryStructures::default();
+        let t = &mut Trace::new(false);
+        let (a, g) = (n("a"), n("g"));
+
+        assert_eq!(s.add_connection(&a, 1, t), 1);
+        assert_eq!(s.add_connection(&a, 2, t), 2);
+        assert_eq!(s.connections(&a, t), &[1, 2]);
+        assert_eq!(s.remove_connection(&a, 9, t), None, "unknown id");
+        assert_eq!(s.remove_connection(&a, 1, t), Some(1));
+        assert_eq!(s.remove_connection(&a, 2, t), Some(0));
+        assert!(s.connections(&a, t).is_empty());
+        assert_eq!(s.remove_connection(&a, 2, t), None, "unknown user");
+
+        assert!(s.set_online(&a, t));
+        assert!(!s.set_online(&a, t), "a set keeps one copy");
+        assert_eq!(s.online_users(t), [a.clone()]);
+        assert!(s.set_offline(&a, t));
+        assert!(!s.set_offline(&a, t));
+
+        assert_eq!(s.queue_pop_front(&a, t), None);
+        assert_eq!(s.queue_push_back(&a, msg(1), t), 1);
+        assert_eq!(s.queue_push_back(&a, msg(2), t), 2);
+        assert_eq!(s.queued_len(&a, t), 2);
+        assert_eq!(s.queue_pop_front(&a, t).map(|m| m.id), Some(1), "FIFO");
+        assert_eq!(s.queue_pop_front(&a, t).map(|m| m.id), Some(2));
+        assert_eq!(s.queued_len(&a, t), 0);
+
+        assert!(!s.is_member(&g, &a, t), "no such group");
+        assert_eq!(s.join_group(&g, &a, t), 1);
+        assert_eq!(s.join_group(&g, &a, t), 1, "joining twice is harmless");
+        assert!(s.is_member(&g, &a, t));
+        assert_eq!(s.group_members(&g, t), [a.clone()]);
+        assert!(s.leave_group(&g, &a, t));
+        assert!(!s.leave_group(&g, &a, t));
+        assert!(s.group_members(&g, t).is_empty());
+
+        assert!(!s.is_blocked(&a, &g, t));
+        assert!(s.block(&a, &g, t));
+        assert!(!s.block(&a, &g, t));
+        assert!(s.is_blocked(&a, &g, t));
+        assert!(!s.is_blocked(&g, &a, t), "blocking is one-way");
+        assert!(s.unblock(&a, &g, t));
+        assert!(!s.unblock(&a, &g, t));
+
+        // Nothing empty is left behind.
+        let snap = s.snapshot();
+        assert!(snap.active_connections.is_empty() && snap.offline_messages.is_empty());
+        assert!(snap.groups.is_empty() && snap.blocked.is_empty() && snap.presence.is_empty());
+
+        // 8 + 5 + 7 + 8 + 7 calls above: each counted exactly once.
+        let ops = s.op_table();
+        assert_eq!(ops.total(), 35);
+        assert_eq!(ops.get(Structure::OfflineMessages, Op::PopFront), 3);
+        assert_eq!(ops.get(Structure::BlockedUsers, Op::Contains), 3);
+    }
+}
