@@ -57,6 +57,22 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let hz: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0);
+    Some(ticks / hz)
+}
+
 fn spawn_server(path: &str) -> Result<(Child, String)> {
     let mut child = Command::new(path)
         .args([
@@ -257,6 +273,7 @@ async fn run(args: &Args, url: &str, pid: Option<u32>) -> Result<()> {
     while frames_seen.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu0 = pid.and_then(cpu_secs);
     let t0 = Instant::now();
     for (p, ws) in sockets.into_iter().enumerate() {
         let (n, window) = (args.messages, args.window.max(1));
@@ -301,6 +318,7 @@ async fn run(args: &Args, url: &str, pid: Option<u32>) -> Result<()> {
         latencies.extend(r.await??);
     }
     let elapsed = t0.elapsed();
+    let cpu = pid.and_then(cpu_secs).zip(cpu0).map(|(b, a)| b - a);
     latencies.sort_unstable();
     let total = args.pairs * args.messages;
     println!(
@@ -320,6 +338,14 @@ async fn run(args: &Args, url: &str, pid: Option<u32>) -> Result<()> {
         latencies.last().copied().unwrap_or(0)
     );
     println!("  every message arrived exactly once, in order per sender");
+    if let Some(cpu) = cpu {
+        println!(
+            "  server CPU: {cpu:.2}s over {:.2}s ({:.0}% of one core), {:.2} us per message",
+            elapsed.as_secs_f64(),
+            100.0 * cpu / elapsed.as_secs_f64(),
+            1e6 * cpu / total as f64
+        );
+    }
     if let Some(rss) = pid.and_then(rss_kib) {
         println!("  server RSS after the run: {rss} KiB");
     }

@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::names::{GroupId, Name, UserId};
@@ -84,17 +87,24 @@ impl RequestError {
 /// assert_eq!(err.reference, Some(serde_json::json!("a")));
 /// ```
 pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        RequestError::bad_json(format!(
-            "frame is not valid JSON ({e}); send one JSON object per frame"
-        ))
-    })?;
-    let Value::Object(mut obj) = value else {
+    // A struct would also accept a JSON array (field by position): only objects are requests.
+    if !text.trim_start().starts_with('{') {
         return Err(RequestError::bad_json(
             "frame must be a JSON object like {\"type\":\"ping\"}",
         ));
+    }
+    let raw: RawRequest<'_> = serde_json::from_str(text).map_err(|e| {
+        RequestError::bad_json(format!(
+            "frame is not a valid JSON object ({e}); send one JSON object per frame"
+        ))
+    })?;
+    let reference: Ref = match raw.reference {
+        Some(r) => Some(
+            serde_json::from_str(r.get())
+                .map_err(|e| RequestError::bad_json(format!("\"ref\" is not valid JSON ({e})")))?,
+        ),
+        None => None,
     };
-    let reference = obj.remove("ref");
     let missing = |field: &str, what: &str| {
         RequestError::new(
             ErrorCode::MissingField,
@@ -102,13 +112,15 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
             reference.clone(),
         )
     };
-    let kind = match obj.get("type") {
-        Some(Value::String(kind)) => kind.as_str(),
-        _ => return Err(missing("type", "a string")),
-    };
-    let string = |field: &str| match obj.get(field) {
-        Some(Value::String(s)) => Ok(s.as_str()),
-        _ => Err(missing(field, "a string")),
+    // Present, not null, and a JSON string; borrowed from the frame unless it has escapes.
+    let string = |field: &str, value: Option<&RawValue>| -> Result<Cow<'_, str>, RequestError> {
+        match value {
+            // A string that does not decode (a lone surrogate escape) is broken JSON.
+            Some(v) if v.get().starts_with('"') => serde_json::from_str(v.get()).map_err(|e| {
+                RequestError::bad_json(format!("field \"{field}\" is not a valid string ({e})"))
+            }),
+            _ => Err(missing(field, "a string")),
+        }
     };
     let user = |raw: &str| {
         Name::parse(raw).map_err(|e| {
@@ -128,32 +140,33 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
             )
         })
     };
-    let request = match kind {
+    let kind = string("type", raw.kind)?;
+    let request = match &*kind {
         "message" => {
-            let (to, text) = (string("to")?, string("text")?);
+            let (to, text) = (string("to", raw.to)?, string("text", raw.text)?);
             Request::Message {
-                to: user(to)?,
-                text: Arc::from(text),
+                to: user(&to)?,
+                text: Arc::from(&*text),
             }
         }
         "group_join" => Request::GroupJoin {
-            group: group(string("group")?)?,
+            group: group(&string("group", raw.group)?)?,
         },
         "group_leave" => Request::GroupLeave {
-            group: group(string("group")?)?,
+            group: group(&string("group", raw.group)?)?,
         },
         "group_message" => {
-            let (g, text) = (string("group")?, string("text")?);
+            let (g, text) = (string("group", raw.group)?, string("text", raw.text)?);
             Request::GroupMessage {
-                group: group(g)?,
-                text: Arc::from(text),
+                group: group(&g)?,
+                text: Arc::from(&*text),
             }
         }
         "block" => Request::Block {
-            user: user(string("user")?)?,
+            user: user(&string("user", raw.user)?)?,
         },
         "unblock" => Request::Unblock {
-            user: user(string("user")?)?,
+            user: user(&string("user", raw.user)?)?,
         },
         "who" => Request::Who,
         "ping" => Request::Ping,
@@ -169,6 +182,31 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
         }
     };
     Ok(Envelope { reference, request })
+}
+
+/// The fields a request may have, each kept as unparsed JSON so its type can be
+/// checked with the exact error code. Borrowing from the frame avoids building
+/// a map per request: parsing is the largest cost of routing a message.
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow, default, deserialize_with = "present")]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    group: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    user: Option<&'a RawValue>,
+}
+
+/// `Some` whenever the key is there, even as `null` (plain `Option` would read
+/// `null` as absent, and `"ref": null` must be echoed).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Where a chat message goes: one user, or every member of a group.
@@ -430,15 +468,42 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    fn deep_nesting_is_an_error_or_ignored_never_a_stack_overflow() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(code(&deep), ErrorCode::BadJson);
+        let deep_object = format!("{}{}", "{\"a\":".repeat(50_000), "}".repeat(50_000));
+        assert_eq!(code(&deep_object), ErrorCode::BadJson);
+        // An unknown field is skipped whole, however deep (this is 60,000 levels).
         let deep_field = format!(
             r#"{{"type":"ping","x":{}1{}}}"#,
-            "[".repeat(10_000),
-            "]".repeat(10_000)
+            "[".repeat(60_000),
+            "]".repeat(60_000)
         );
-        assert_eq!(code(&deep_field), ErrorCode::BadJson);
+        assert_eq!(parse_request(&deep_field).unwrap().request, Request::Ping);
+        // A `ref` is echoed, so it is parsed, within serde_json's depth limit.
+        let deep_ref = format!(
+            r#"{{"type":"ping","ref":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(code(&deep_ref), ErrorCode::BadJson);
+    }
+
+    #[test]
+    fn duplicate_keys_and_escapes() {
+        assert_eq!(code(r#"{"type":"ping","type":"who"}"#), ErrorCode::BadJson);
+        let e = parse_request(r#"{"type":"message","to":"b\u006fb","text":"\"hi\"\n"}"#).unwrap();
+        assert_eq!(
+            e.request,
+            Request::Message {
+                to: Name::parse("bob").unwrap(),
+                text: Arc::from("\"hi\"\n")
+            }
+        );
+        assert_eq!(
+            code(r#"{"type":"message","to":"bob","text":"\ud800"}"#),
+            ErrorCode::BadJson
+        );
     }
 
     #[test]
