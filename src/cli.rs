@@ -223,7 +223,7 @@ pub fn op_table(ops: &OpTable) -> Table {
             Cell::new(row.structure.name()),
             Cell::new(row.op.name()),
             Cell::new(row.count).set_alignment(CellAlignment::Right),
-            Cell::new(row.complexity),
+            Cell::new(&row.complexity),
         ]);
     }
     table

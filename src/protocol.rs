@@ -370,6 +370,41 @@ impl Serialize for Message {
     }
 }
 
+/// The wire shape read back (by `vivachat inspect`, from a snapshot).
+#[derive(Deserialize)]
+struct WireMessageIn {
+    #[serde(rename = "type")]
+    kind: String,
+    id: u64,
+    from: UserId,
+    to: Option<UserId>,
+    group: Option<GroupId>,
+    text: String,
+    ts: u64,
+}
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireMessageIn::deserialize(d)?;
+        let target = match (w.kind.as_str(), w.to, w.group) {
+            ("message", Some(to), None) => Target::User(to),
+            ("group_message", None, Some(group)) => Target::Group(group),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "expected a message with \"to\" or a group_message with \"group\"",
+                ))
+            }
+        };
+        Ok(Message {
+            id: w.id,
+            from: w.from,
+            target,
+            text: Arc::from(w.text),
+            ts: w.ts,
+        })
+    }
+}
+
 impl ServerFrame {
     /// The JSON text of this frame, exactly as it goes on the wire.
     pub fn to_json(&self) -> String {

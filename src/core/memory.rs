@@ -42,37 +42,24 @@ impl<C> Default for MemoryStructures<C> {
     }
 }
 
-impl<C> MemoryStructures<C> {
-    fn count(
-        &self,
-        trace: &mut Trace,
-        structure: Structure,
-        op: Op,
-        key: Option<&UserId>,
-        arg: Option<&UserId>,
-        size: Option<usize>,
-    ) {
-        self.ops.bump(structure, op);
-        trace.record(structure, op, key, arg, size);
-    }
-}
-
 fn sorted<'a>(names: impl Iterator<Item = &'a UserId>) -> Vec<UserId> {
     let mut v: Vec<UserId> = names.cloned().collect();
     v.sort_unstable();
     v
 }
 
+// Each method runs its one operation inside `self.ops.measure` (counted, and
+// timed one call in 64), then records it in the trace for the event log.
 impl<C: ConnHandle> Structures for MemoryStructures<C> {
     type Conn = C;
 
     fn connections(&self, user: &UserId, trace: &mut Trace) -> &[C] {
-        let conns = self
-            .active_connections
-            .get(user)
-            .map_or(&[][..], Vec::as_slice);
-        self.count(
-            trace,
+        let conns = self.ops.measure(ActiveConnections, Op::Get, || {
+            self.active_connections
+                .get(user)
+                .map_or(&[][..], Vec::as_slice)
+        });
+        trace.record(
             ActiveConnections,
             Op::Get,
             Some(user),
@@ -83,154 +70,138 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
     }
 
     fn add_connection(&mut self, user: &UserId, conn: C, trace: &mut Trace) -> usize {
-        let devices = self.active_connections.entry(user.clone()).or_default();
-        devices.push(conn);
-        let n = devices.len();
-        self.count(
-            trace,
+        let devices = self.ops.measure(ActiveConnections, Op::Insert, || {
+            let devices = self.active_connections.entry(user.clone()).or_default();
+            devices.push(conn);
+            devices.len()
+        });
+        trace.record(
             ActiveConnections,
             Op::Insert,
             Some(user),
             None,
-            Some(n),
+            Some(devices),
         );
-        n
+        devices
     }
 
     fn remove_connection(&mut self, user: &UserId, id: ConnId, trace: &mut Trace) -> Option<usize> {
-        let remaining = match self.active_connections.entry(user.clone()) {
-            Entry::Occupied(mut devices) => {
-                let before = devices.get().len();
-                devices.get_mut().retain(|c| c.id() != id);
-                let after = devices.get().len();
-                if after == 0 {
-                    devices.remove();
-                }
-                (after < before).then_some(after)
+        let remaining = self.ops.measure(ActiveConnections, Op::Remove, || {
+            let Entry::Occupied(mut devices) = self.active_connections.entry(user.clone()) else {
+                return None;
+            };
+            let before = devices.get().len();
+            devices.get_mut().retain(|c| c.id() != id);
+            let after = devices.get().len();
+            if after == 0 {
+                devices.remove();
             }
-            Entry::Vacant(_) => None,
-        };
-        self.count(
-            trace,
-            ActiveConnections,
-            Op::Remove,
-            Some(user),
-            None,
-            remaining,
-        );
+            (after < before).then_some(after)
+        });
+        trace.record(ActiveConnections, Op::Remove, Some(user), None, remaining);
         remaining
     }
 
     fn all_connections(&self, trace: &mut Trace) -> Vec<C> {
-        self.count(trace, ActiveConnections, Op::Iterate, None, None, None);
-        self.active_connections
-            .values()
-            .flatten()
-            .cloned()
-            .collect()
+        let all: Vec<C> = self.ops.measure(ActiveConnections, Op::Iterate, || {
+            self.active_connections
+                .values()
+                .flatten()
+                .cloned()
+                .collect()
+        });
+        trace.record(ActiveConnections, Op::Iterate, None, None, Some(all.len()));
+        all
     }
 
     fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool {
-        self.count(trace, Presence, Op::Insert, Some(user), None, None);
-        self.presence.insert(user.clone())
+        let added = self
+            .ops
+            .measure(Presence, Op::Insert, || self.presence.insert(user.clone()));
+        trace.record(Presence, Op::Insert, Some(user), None, None);
+        added
     }
 
     fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool {
-        self.count(trace, Presence, Op::Remove, Some(user), None, None);
-        self.presence.remove(user)
+        let removed = self
+            .ops
+            .measure(Presence, Op::Remove, || self.presence.remove(user));
+        trace.record(Presence, Op::Remove, Some(user), None, None);
+        removed
     }
 
     fn online_users(&self, trace: &mut Trace) -> Vec<UserId> {
-        self.count(
-            trace,
-            Presence,
-            Op::Iterate,
-            None,
-            None,
-            Some(self.presence.len()),
-        );
-        self.presence.iter().cloned().collect()
+        let users: Vec<UserId> = self.ops.measure(Presence, Op::Iterate, || {
+            self.presence.iter().cloned().collect()
+        });
+        trace.record(Presence, Op::Iterate, None, None, Some(users.len()));
+        users
     }
 
     fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize {
-        let len = self.offline_messages.get(user).map_or(0, VecDeque::len);
-        self.count(trace, OfflineMessages, Op::Len, Some(user), None, Some(len));
+        let len = self.ops.measure(OfflineMessages, Op::Len, || {
+            self.offline_messages.get(user).map_or(0, VecDeque::len)
+        });
+        trace.record(OfflineMessages, Op::Len, Some(user), None, Some(len));
         len
     }
 
     fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
-        let queue = self.offline_messages.entry(user.clone()).or_default();
-        queue.push_back(message);
-        let len = queue.len();
-        self.count(
-            trace,
-            OfflineMessages,
-            Op::PushBack,
-            Some(user),
-            None,
-            Some(len),
-        );
+        let len = self.ops.measure(OfflineMessages, Op::PushBack, || {
+            let queue = self.offline_messages.entry(user.clone()).or_default();
+            queue.push_back(message);
+            queue.len()
+        });
+        trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
         len
     }
 
     fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message> {
-        let Entry::Occupied(mut queue) = self.offline_messages.entry(user.clone()) else {
-            self.count(
-                trace,
-                OfflineMessages,
-                Op::PopFront,
-                Some(user),
-                None,
-                Some(0),
-            );
-            return None;
-        };
-        let message = queue.get_mut().pop_front();
-        let len = queue.get().len();
-        if len == 0 {
-            // An empty deque would be memory kept for a user who may never return.
-            queue.remove();
-        }
-        self.count(
-            trace,
-            OfflineMessages,
-            Op::PopFront,
-            Some(user),
-            None,
-            Some(len),
-        );
+        let (message, len) = self.ops.measure(OfflineMessages, Op::PopFront, || {
+            let Entry::Occupied(mut queue) = self.offline_messages.entry(user.clone()) else {
+                return (None, 0);
+            };
+            let message = queue.get_mut().pop_front();
+            let len = queue.get().len();
+            if len == 0 {
+                // An empty deque would be memory kept for a user who may never return.
+                queue.remove();
+            }
+            (message, len)
+        });
+        trace.record(OfflineMessages, Op::PopFront, Some(user), None, Some(len));
         message
     }
 
     fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
-        let members = self.group_members.entry(group.clone()).or_default();
-        members.insert(user.clone());
-        let n = members.len();
-        self.count(
-            trace,
+        let size = self.ops.measure(GroupMembers, Op::Insert, || {
+            let members = self.group_members.entry(group.clone()).or_default();
+            members.insert(user.clone());
+            members.len()
+        });
+        trace.record(
             GroupMembers,
             Op::Insert,
             Some(group),
             Some(user),
-            Some(n),
+            Some(size),
         );
-        n
+        size
     }
 
     fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
-        let (was_member, size) = match self.group_members.entry(group.clone()) {
-            Entry::Occupied(mut members) => {
-                let removed = members.get_mut().remove(user);
-                let n = members.get().len();
-                if n == 0 {
-                    members.remove();
-                }
-                (removed, n)
+        let (was_member, size) = self.ops.measure(GroupMembers, Op::Remove, || {
+            let Entry::Occupied(mut members) = self.group_members.entry(group.clone()) else {
+                return (false, 0);
+            };
+            let removed = members.get_mut().remove(user);
+            let size = members.get().len();
+            if size == 0 {
+                members.remove();
             }
-            Entry::Vacant(_) => (false, 0),
-        };
-        self.count(
-            trace,
+            (removed, size)
+        });
+        trace.record(
             GroupMembers,
             Op::Remove,
             Some(group),
@@ -241,27 +212,23 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
     }
 
     fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
-        self.count(
-            trace,
-            GroupMembers,
-            Op::Contains,
-            Some(group),
-            Some(user),
-            None,
-        );
-        self.group_members
-            .get(group)
-            .is_some_and(|members| members.contains(user))
+        let member = self.ops.measure(GroupMembers, Op::Contains, || {
+            self.group_members
+                .get(group)
+                .is_some_and(|members| members.contains(user))
+        });
+        trace.record(GroupMembers, Op::Contains, Some(group), Some(user), None);
+        member
     }
 
     fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId> {
-        let members: Vec<UserId> = self
-            .group_members
-            .get(group)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default();
-        self.count(
-            trace,
+        let members: Vec<UserId> = self.ops.measure(GroupMembers, Op::Iterate, || {
+            self.group_members
+                .get(group)
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default()
+        });
+        trace.record(
             GroupMembers,
             Op::Iterate,
             Some(group),
@@ -272,37 +239,39 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
     }
 
     fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
-        self.count(trace, BlockedUsers, Op::Insert, Some(by), Some(whom), None);
-        self.blocked_users
-            .entry(by.clone())
-            .or_default()
-            .insert(whom.clone())
+        let added = self.ops.measure(BlockedUsers, Op::Insert, || {
+            self.blocked_users
+                .entry(by.clone())
+                .or_default()
+                .insert(whom.clone())
+        });
+        trace.record(BlockedUsers, Op::Insert, Some(by), Some(whom), None);
+        added
     }
 
     fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
-        self.count(trace, BlockedUsers, Op::Remove, Some(by), Some(whom), None);
-        let Entry::Occupied(mut set) = self.blocked_users.entry(by.clone()) else {
-            return false;
-        };
-        let removed = set.get_mut().remove(whom);
-        if set.get().is_empty() {
-            set.remove();
-        }
+        let removed = self.ops.measure(BlockedUsers, Op::Remove, || {
+            let Entry::Occupied(mut set) = self.blocked_users.entry(by.clone()) else {
+                return false;
+            };
+            let removed = set.get_mut().remove(whom);
+            if set.get().is_empty() {
+                set.remove();
+            }
+            removed
+        });
+        trace.record(BlockedUsers, Op::Remove, Some(by), Some(whom), None);
         removed
     }
 
     fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
-        self.count(
-            trace,
-            BlockedUsers,
-            Op::Contains,
-            Some(by),
-            Some(whom),
-            None,
-        );
-        self.blocked_users
-            .get(by)
-            .is_some_and(|set| set.contains(whom))
+        let blocked = self.ops.measure(BlockedUsers, Op::Contains, || {
+            self.blocked_users
+                .get(by)
+                .is_some_and(|set| set.contains(whom))
+        });
+        trace.record(BlockedUsers, Op::Contains, Some(by), Some(whom), None);
+        blocked
     }
 
     fn op_table(&self) -> OpTable {
@@ -319,6 +288,12 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
                     ids.sort_unstable();
                     (user.clone(), ids)
                 })
+                .collect(),
+            connection_details: self
+                .active_connections
+                .values()
+                .flatten()
+                .map(|c| (c.id(), c.info()))
                 .collect(),
             presence: sorted(self.presence.iter()),
             offline_messages: self

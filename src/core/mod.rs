@@ -19,8 +19,8 @@ use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 
 pub use memory::MemoryStructures;
 pub use ops::{Op, OpTable, Structure, Trace};
-pub use snapshot::{Snapshot, StructuresSnapshot};
-pub use structures::{ConnHandle, ConnId, Structures};
+pub use snapshot::{Invariant, ServerInfo, Snapshot, StructuresSnapshot};
+pub use structures::{ConnHandle, ConnId, ConnInfo, Structures};
 
 /// Limits and switches of the core.
 #[derive(Debug, Clone)]

@@ -5,15 +5,18 @@
 //! messages cost exactly 1,000 `active_connections.get`. Counting is one
 //! integer increment; the optional [`Trace`] is what the event log narrates.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
+use std::sync::OnceLock;
+use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::names::Name;
 
 /// The seed's five structures, named as in the seed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Structure {
     ActiveConnections,
@@ -67,7 +70,7 @@ impl Structure {
 }
 
 /// A kind of operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     Get,
@@ -114,22 +117,61 @@ pub fn complexity(structure: Structure, op: Op) -> &'static str {
     }
 }
 
-/// Counters for every (structure, operation) pair. `Cell` lets read-only
-/// look-ups (`&self`) count too; the core lives behind one mutex, so the
-/// counters need no atomics.
+/// One call in this many is timed. Reading the clock costs about as much as a
+/// hash look-up, so timing every call would double the cost being measured;
+/// one in 64 keeps the overhead under 2% and still gives a stable mean.
+pub const SAMPLE_EVERY: u64 = 64;
+
+#[derive(Default)]
+struct OpCell {
+    count: Cell<u64>,
+    timed: Cell<u64>,
+    nanos: Cell<u64>,
+}
+
+/// Counters (and sampled timings) for every (structure, operation) pair.
+/// `Cell` lets read-only look-ups (`&self`) count too; the core lives behind
+/// one mutex, so the counters need no atomics.
 #[derive(Default)]
 pub struct OpCounts {
-    counts: [[Cell<u64>; OP_KINDS]; 5],
+    cells: [[OpCell; OP_KINDS]; 5],
+}
+
+/// What reading the clock twice costs on this machine, subtracted from each
+/// timed call so the mean is the operation's own cost.
+fn clock_overhead_ns() -> u64 {
+    static OVERHEAD: OnceLock<u64> = OnceLock::new();
+    *OVERHEAD.get_or_init(|| {
+        (0..200)
+            .map(|_| {
+                let start = Instant::now();
+                std::hint::black_box(());
+                start.elapsed().as_nanos() as u64
+            })
+            .min()
+            .unwrap_or(0)
+    })
 }
 
 impl OpCounts {
-    pub fn bump(&self, structure: Structure, op: Op) {
-        let cell = &self.counts[structure as usize][op as usize];
-        cell.set(cell.get() + 1);
+    /// Counts one call of `op` on `structure` and runs it; times one call in [`SAMPLE_EVERY`].
+    pub fn measure<R>(&self, structure: Structure, op: Op, f: impl FnOnce() -> R) -> R {
+        let cell = &self.cells[structure as usize][op as usize];
+        let n = cell.count.get();
+        cell.count.set(n + 1);
+        if n % SAMPLE_EVERY != 0 {
+            return f();
+        }
+        let start = Instant::now();
+        let result = f();
+        let ns = (start.elapsed().as_nanos() as u64).saturating_sub(clock_overhead_ns());
+        cell.timed.set(cell.timed.get() + 1);
+        cell.nanos.set(cell.nanos.get() + ns);
+        result
     }
 
     pub fn get(&self, structure: Structure, op: Op) -> u64 {
-        self.counts[structure as usize][op as usize].get()
+        self.cells[structure as usize][op as usize].count.get()
     }
 
     /// A plain copy of every counter, for reports and snapshots.
@@ -138,11 +180,16 @@ impl OpCounts {
             Structure::ALL
                 .iter()
                 .flat_map(|&s| s.ops().iter().map(move |&op| (s, op)))
-                .map(|(s, op)| OpCount {
-                    structure: s,
-                    op,
-                    count: self.get(s, op),
-                    complexity: complexity(s, op),
+                .map(|(s, op)| {
+                    let cell = &self.cells[s as usize][op as usize];
+                    let timed = cell.timed.get();
+                    OpCount {
+                        structure: s,
+                        op,
+                        count: cell.count.get(),
+                        complexity: Cow::Borrowed(complexity(s, op)),
+                        mean_ns: (timed > 0).then(|| cell.nanos.get() as f64 / timed as f64),
+                    }
                 })
                 .collect(),
         )
@@ -150,16 +197,18 @@ impl OpCounts {
 }
 
 /// One row of an [`OpTable`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpCount {
     pub structure: Structure,
     pub op: Op,
     pub count: u64,
-    pub complexity: &'static str,
+    pub complexity: Cow<'static, str>,
+    /// Mean wall time of the sampled calls, in nanoseconds (None before the first sample).
+    pub mean_ns: Option<f64>,
 }
 
 /// Every counter at one instant, one row per operation a structure offers.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct OpTable(pub Vec<OpCount>);
 
 impl OpTable {
@@ -325,15 +374,34 @@ mod tests {
     #[test]
     fn counts_per_structure_and_kind() {
         let c = OpCounts::default();
-        c.bump(Structure::Presence, Op::Insert);
-        c.bump(Structure::Presence, Op::Insert);
-        c.bump(Structure::BlockedUsers, Op::Contains);
+        c.measure(Structure::Presence, Op::Insert, || ());
+        c.measure(Structure::Presence, Op::Insert, || ());
+        c.measure(Structure::BlockedUsers, Op::Contains, || ());
         let t = c.table();
         assert_eq!(t.get(Structure::Presence, Op::Insert), 2);
         assert_eq!(t.get(Structure::BlockedUsers, Op::Contains), 1);
         assert_eq!(t.total(), 3);
-        c.bump(Structure::Presence, Op::Insert);
+        c.measure(Structure::Presence, Op::Insert, || ());
         assert_eq!(c.table().since(&t).total(), 1);
+    }
+
+    #[test]
+    fn one_call_in_sample_every_is_timed() {
+        let c = OpCounts::default();
+        let slow = || std::thread::sleep(std::time::Duration::from_micros(200));
+        for _ in 0..2 * SAMPLE_EVERY {
+            c.measure(Structure::Presence, Op::Iterate, slow);
+        }
+        let row = c
+            .table()
+            .0
+            .into_iter()
+            .find(|r| r.op == Op::Iterate && r.structure == Structure::Presence)
+            .unwrap();
+        assert_eq!(row.count, 2 * SAMPLE_EVERY);
+        let mean = row.mean_ns.expect("two calls were timed");
+        assert!(mean >= 200_000.0, "a 200 us sleep measured as {mean} ns");
+        assert_eq!(c.table().0[0].mean_ns, None, "never called, never timed");
     }
 
     #[test]

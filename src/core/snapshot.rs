@@ -3,21 +3,25 @@
 //! The copy is taken under the core's lock in one pass (O(total size)), then
 //! serialised after the lock is released, so chat traffic waits only for the copy.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::ops::OpTable;
-use crate::core::structures::ConnId;
+use crate::core::structures::{ConnId, ConnInfo};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
 /// The five structures, with every collection sorted so two snapshots of the
 /// same state are byte-identical.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StructuresSnapshot {
     /// user -> connection ids of the user's open devices.
     pub active_connections: BTreeMap<UserId, Vec<ConnId>>,
+    /// connection id -> where it comes from and since when.
+    #[serde(default)]
+    pub connection_details: BTreeMap<ConnId, ConnInfo>,
     /// Sorted online users.
     pub presence: Vec<UserId>,
     /// user -> queued messages, oldest first.
@@ -28,19 +32,19 @@ pub struct StructuresSnapshot {
     pub blocked: BTreeMap<UserId, Vec<UserId>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSnapshot {
     pub len: usize,
     pub messages: Vec<Message>,
 }
 
 /// One invariant of the core and whether it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invariant {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub holds: bool,
     /// What is wrong, when it does not hold.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
@@ -95,7 +99,7 @@ impl StructuresSnapshot {
             .collect();
 
         let check = |name, problem: Option<String>| Invariant {
-            name,
+            name: Cow::Borrowed(name),
             holds: problem.is_none(),
             detail: problem,
         };
@@ -113,32 +117,59 @@ impl StructuresSnapshot {
     }
 }
 
-/// The whole `GET /inspect` document.
-#[derive(Debug, Clone, Serialize)]
+/// The whole `GET /inspect` document. It deserialises too: `vivachat inspect`
+/// renders its tables from this same type, not from loose JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     #[serde(flatten)]
     pub structures: StructuresSnapshot,
-    /// structure -> operation -> count.
-    pub ops: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// structure -> operation -> count (the contract's shape).
+    pub ops: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The same counts with each operation's cost class and sampled mean time.
+    #[serde(default)]
+    pub op_table: OpTable,
     pub invariants: Vec<Invariant>,
     /// The id the next accepted message will get.
     pub next_message_id: u64,
+    /// Facts about the server process, filled in by the network shell.
+    #[serde(default)]
+    pub server: Option<ServerInfo>,
+}
+
+/// Facts about the running server that are not part of the core.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServerInfo {
+    pub version: String,
+    pub uptime_ms: u64,
+    /// Unix time in milliseconds when this snapshot was taken.
+    pub taken_at_ms: u64,
+    /// How long copying the structures held the core's lock, in microseconds:
+    /// chat traffic waits this long while a snapshot is taken.
+    pub hold_us: u64,
+    /// Whether queued messages survive a restart (not yet: in-memory only).
+    pub durable: bool,
+    pub max_message_bytes: usize,
+    pub max_offline: usize,
+    pub outbox_frames: usize,
+    pub connections_served: u64,
 }
 
 impl Snapshot {
     pub fn new(structures: StructuresSnapshot, ops: &OpTable, next_message_id: u64) -> Snapshot {
-        let mut by_structure: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        let mut by_structure: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for row in &ops.0 {
             by_structure
-                .entry(row.structure.name())
+                .entry(row.structure.name().to_string())
                 .or_default()
-                .insert(row.op.name(), row.count);
+                .insert(row.op.name().to_string(), row.count);
         }
         Snapshot {
             invariants: structures.invariants(),
             structures,
             ops: by_structure,
+            op_table: ops.clone(),
             next_message_id,
+            server: None,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! reuse every routing rule unchanged. Each method is one instrumented
 //! operation: it counts itself and, when tracing, records itself.
 
+use serde::{Deserialize, Serialize};
+
 use crate::core::ops::{OpTable, Trace};
 use crate::core::snapshot::StructuresSnapshot;
 use crate::names::{GroupId, UserId};
@@ -17,6 +19,22 @@ pub type ConnId = u64;
 /// that reaches the socket's writer; unit tests store a bare [`ConnId`].
 pub trait ConnHandle: Clone {
     fn id(&self) -> ConnId;
+
+    /// Where and since when, for `/inspect`; a bare id knows neither.
+    fn info(&self) -> ConnInfo {
+        ConnInfo::default()
+    }
+}
+
+/// What `/inspect` shows about one connection besides its id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    /// The peer's address as the server saw it (a tunnel or proxy shows as itself).
+    pub remote: Option<String>,
+    /// Unix time in milliseconds when the connection was accepted.
+    pub connected_at_ms: Option<u64>,
+    /// Frames waiting in its outbox, not yet written to the socket.
+    pub unsent: Option<usize>,
 }
 
 impl ConnHandle for ConnId {

@@ -66,6 +66,7 @@ pub(crate) async fn serve(
         id: shared.next_conn_id.fetch_add(1, Ordering::SeqCst),
         user: user.clone(),
         remote,
+        connected_at_ms: now_ms(),
         outbox: Outbox::new(shared.config.outbox_frames),
     });
     let (sink, stream) = socket.split();

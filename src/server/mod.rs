@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::core::{
-    ChatCore, ConnHandle, ConnId, CoreConfig, Event, MemoryStructures, OpTable, Outcome,
+    ChatCore, ConnHandle, ConnId, ConnInfo, CoreConfig, Event, MemoryStructures, OpTable, Outcome,
+    ServerInfo, Snapshot,
 };
 use crate::event_log::EventLog;
 use crate::names::{Name, UserId};
@@ -71,6 +72,7 @@ pub struct Connection {
     pub id: ConnId,
     pub user: UserId,
     pub remote: SocketAddr,
+    pub connected_at_ms: u64,
     pub outbox: Outbox,
 }
 
@@ -80,6 +82,14 @@ pub type Conn = Arc<Connection>;
 impl ConnHandle for Conn {
     fn id(&self) -> ConnId {
         self.id
+    }
+
+    fn info(&self) -> ConnInfo {
+        ConnInfo {
+            remote: Some(self.remote.to_string()),
+            connected_at_ms: Some(self.connected_at_ms),
+            unsent: Some(self.outbox.len()),
+        }
     }
 }
 
@@ -98,6 +108,7 @@ pub(crate) struct Shared {
     /// Connection tasks still running, and a wake-up for when it reaches zero.
     live_tasks: AtomicUsize,
     all_done: Notify,
+    started: Instant,
 }
 
 impl Shared {
@@ -215,6 +226,7 @@ pub async fn run(
         shutting_down: AtomicBool::new(false),
         live_tasks: AtomicUsize::new(0),
         all_done: Notify::new(),
+        started,
     });
 
     let app = Router::new()
@@ -263,6 +275,29 @@ pub async fn run(
         uptime: started.elapsed(),
         connections_served: shared.next_conn_id.load(Ordering::SeqCst) - 1,
     })
+}
+
+/// Copies the core under its lock (timed: that is how long chat traffic
+/// waits), then adds the server's own facts after releasing it.
+pub(crate) fn take_snapshot(shared: &Shared) -> Snapshot {
+    let core = shared.core();
+    let start = Instant::now();
+    let mut snapshot = core.snapshot();
+    let hold = start.elapsed();
+    drop(core);
+    let config = &shared.config;
+    snapshot.server = Some(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_ms: shared.started.elapsed().as_millis() as u64,
+        taken_at_ms: now_ms(),
+        hold_us: hold.as_micros() as u64,
+        durable: false,
+        max_message_bytes: config.max_message_bytes,
+        max_offline: config.max_offline,
+        outbox_frames: config.outbox_frames,
+        connections_served: shared.next_conn_id.load(Ordering::SeqCst) - 1,
+    });
+    snapshot
 }
 
 /// Tells every connection the server is going away (close code 1001).
@@ -381,8 +416,7 @@ async fn inspect(
         )
             .into_response();
     }
-    // Copy under the lock, serialise after releasing it.
-    let snapshot = shared.core().snapshot();
+    let snapshot = take_snapshot(&shared);
     match serde_json::to_string(&snapshot) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
