@@ -10,6 +10,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
 use crate::core::OpTable;
 use crate::event_log::EventLog;
+use crate::names::Name;
 use crate::server::{self, Config};
 
 #[derive(Debug, Parser)]
@@ -30,6 +31,40 @@ pub struct Cli {
 pub enum Command {
     /// Run the WebSocket chat server, narrating each structure operation.
     Serve(ServeArgs),
+    /// Show every structure of a running server as tables, with operation counts.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The server: http://HOST:PORT (ws:// and a bare HOST[:PORT] work too).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Redraw continuously, highlighting what changed since the last frame.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between frames with --watch, e.g. 500ms or 2s.
+    #[arg(long, default_value = "500ms", value_parser = crate::inspect::parse_interval, requires = "watch")]
+    pub interval: std::time::Duration,
+    /// Print the raw snapshot as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Token for a server started with --admin-token (sent as a Bearer header).
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// Show only this user's rows.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub user: Option<Name>,
+    /// Show only this group and its members' rows.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub group: Option<Name>,
+    /// Rows per table before "... and N more".
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows: u64,
+}
+
+fn parse_name(raw: &str) -> Result<Name, String> {
+    Name::parse(raw.trim_start_matches('#')).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -55,13 +90,37 @@ pub struct ServeArgs {
     /// Do not print the event log (start-up lines and final counts are still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Redraw the inspect tables in this terminal on every change, with the
+    /// latest event-log lines below them, instead of scrolling the log.
+    #[arg(long, conflicts_with = "quiet")]
+    pub dashboard: bool,
 }
 
 /// Runs the command line; the caller turns an error into a message and exit code 1.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Inspect(args) => inspect(args),
     }
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let endpoint = crate::inspect::fetch::Endpoint::parse(&args.url)?;
+    let color = color_stdout();
+    colored::control::set_override(color);
+    crate::inspect::run(crate::inspect::InspectRequest {
+        render: crate::inspect::render::RenderOptions {
+            color,
+            rows: args.rows as usize,
+            user: args.user,
+            group: args.group,
+            source: endpoint.url.clone(),
+        },
+        endpoint,
+        token: args.admin_token,
+        watch: args.watch.then_some(args.interval),
+        json: args.json,
+    })
 }
 
 fn color_stdout() -> bool {
@@ -98,8 +157,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         print_banner(bound, &args);
 
-        let log = (!args.quiet).then(|| EventLog::spawn(Box::new(std::io::stdout()), color));
+        let ring = crate::event_log::LogRing::default();
+        let log = match (args.quiet, args.dashboard) {
+            (true, _) => None,
+            (false, true) => Some(EventLog::spawn(Box::new(ring.clone()), color)),
+            (false, false) => Some(EventLog::spawn(Box::new(std::io::stdout()), color)),
+        };
         let config = Config {
+            dashboard: args.dashboard.then(|| server::Dashboard {
+                ring,
+                color,
+                banner: format!(
+                    "connect: {}",
+                    connect_addresses(bound)
+                        .iter()
+                        .map(|a| format!("ws://{a}/ws/NAME"))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                ),
+            }),
             max_message_bytes: args.max_message_bytes as usize,
             max_offline: args.max_offline as usize,
             admin_token: args.admin_token.clone(),
@@ -195,6 +271,8 @@ fn print_banner(bound: SocketAddr, args: &ServeArgs) {
     }
     if args.quiet {
         println!("Event log off (--quiet). Ctrl-C stops the server.");
+    } else if args.dashboard {
+        println!("Dashboard on: the tables redraw on every change. Ctrl-C stops the server.");
     } else {
         println!("Event log below: one line per event, with each structure operation and its cost. Ctrl-C stops the server.");
     }

@@ -312,3 +312,68 @@ mod tests {
         assert_eq!(log.dropped(), 0);
     }
 }
+
+/// The last few event-log lines, kept in memory for `serve --dashboard`,
+/// which shows them under its tables instead of scrolling them past.
+#[derive(Clone, Debug, Default)]
+pub struct LogRing {
+    inner: std::sync::Arc<std::sync::Mutex<RingInner>>,
+}
+
+#[derive(Debug, Default)]
+struct RingInner {
+    lines: std::collections::VecDeque<String>,
+    partial: String,
+    /// Lines ever written: a change counter for the dashboard.
+    written: u64,
+}
+
+/// Lines a [`LogRing`] keeps.
+const RING_LINES: usize = 10;
+
+impl LogRing {
+    /// The kept lines, oldest first, and how many lines were ever written.
+    pub fn lines(&self) -> (Vec<String>, u64) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (inner.lines.iter().cloned().collect(), inner.written)
+    }
+}
+
+impl Write for LogRing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.partial.push_str(&String::from_utf8_lossy(buf));
+        while let Some(end) = inner.partial.find('\n') {
+            let line: String = inner.partial.drain(..=end).collect();
+            inner.lines.push_back(line.trim_end().to_string());
+            if inner.lines.len() > RING_LINES {
+                inner.lines.pop_front();
+            }
+            inner.written += 1;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_lines_and_counts_all() {
+        let mut ring = LogRing::default();
+        for i in 0..15 {
+            writeln!(ring, "line {i}").unwrap();
+        }
+        write!(ring, "partial").unwrap();
+        let (lines, written) = ring.lines();
+        assert_eq!(written, 15);
+        assert_eq!(lines.len(), RING_LINES);
+        assert_eq!(lines.first().unwrap(), "line 5");
+        assert_eq!(lines.last().unwrap(), "line 14");
+    }
+}

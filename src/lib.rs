@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod core;
 pub mod event_log;
+pub mod inspect;
 pub mod names;
 pub mod protocol;
 pub mod server;

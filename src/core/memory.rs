@@ -49,7 +49,7 @@ fn sorted<'a>(names: impl Iterator<Item = &'a UserId>) -> Vec<UserId> {
 }
 
 // Each method runs its one operation inside `self.ops.measure` (counted, and
-// timed one call in 64), then records it in the trace for the event log.
+// timed one call in 16), then records it in the trace for the event log.
 impl<C: ConnHandle> Structures for MemoryStructures<C> {
     type Conn = C;
 

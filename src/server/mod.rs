@@ -6,6 +6,7 @@
 //! order the core produced them.
 
 mod connection;
+mod dashboard;
 pub mod outbox;
 
 use std::collections::VecDeque;
@@ -49,6 +50,18 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for connections to finish their closing handshake.
     pub shutdown_grace: Duration,
+    /// `serve --dashboard`: redraw the tables in this terminal, with the event
+    /// log's latest lines (which the caller sends to this ring) below them.
+    pub dashboard: Option<Dashboard>,
+}
+
+/// What the dashboard needs from the caller.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    pub ring: crate::event_log::LogRing,
+    pub color: bool,
+    /// The header line: where to connect, so the projector always shows it.
+    pub banner: String,
 }
 
 impl Default for Config {
@@ -60,6 +73,7 @@ impl Default for Config {
             outbox_frames: 1024,
             read_buffer_bytes: 4096,
             shutdown_grace: Duration::from_secs(3),
+            dashboard: None,
         }
     }
 }
@@ -120,7 +134,7 @@ impl Shared {
 }
 
 /// Unix time in milliseconds: the `ts` of accepted messages.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -247,7 +261,19 @@ pub async fn run(
         .into_future(),
     );
 
+    let dashboard_stop = Arc::new(Notify::new());
+    let dashboard = shared
+        .config
+        .dashboard
+        .clone()
+        .map(|d| tokio::spawn(dashboard::run(shared.clone(), d, dashboard_stop.clone())));
+
     shutdown.await;
+    // The dashboard gives the terminal back first, so the shutdown lines are readable.
+    if let Some(dashboard) = dashboard {
+        dashboard_stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(2), dashboard).await;
+    }
     shared.shutting_down.store(true, Ordering::SeqCst);
     stop.notify_one();
     close_all(&shared);

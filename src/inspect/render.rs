@@ -1,0 +1,540 @@
+//! Renders a [`Snapshot`] as tables: one per structure, then the operation
+//! counts and the invariants. Pure: the same snapshot (and previous snapshot)
+//! always gives the same text, which is what the tests check.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
+
+use crate::core::{Snapshot, Structure};
+use crate::names::Name;
+use crate::protocol::{Message, Target};
+
+/// How to render.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// ANSI colours (and terminal-width layout).
+    pub color: bool,
+    /// Rows per table before "... and N more".
+    pub rows: usize,
+    /// Show only this user's rows.
+    pub user: Option<Name>,
+    /// Show only this group, and its members' rows.
+    pub group: Option<Name>,
+    /// Where the snapshot came from, for the header.
+    pub source: String,
+}
+
+/// Names listed in one cell before "... and N more".
+const NAMES_PER_CELL: usize = 8;
+/// Characters of a message shown in the offline table.
+const PREVIEW_CHARS: usize = 24;
+
+/// The seed's justification of each structure, one line each.
+pub fn why(structure: Structure) -> &'static str {
+    match structure {
+        Structure::ActiveConnections => {
+            "Instant O(1) lookup of a user's sockets; the Vec holds several devices (laptop + phone) at once."
+        }
+        Structure::Presence => {
+            "One entry per online user, kept equal to the users with a connection; `who` and presence broadcasts iterate it."
+        }
+        Structure::OfflineMessages => {
+            "A deque appends at the back and pops the front in O(1), so the flush on connect is FIFO; a Vec pops its front in O(n)."
+        }
+        Structure::GroupMembers => {
+            "A set keeps members unique and answers \"may this user post here?\" in O(1)."
+        }
+        Structure::BlockedUsers => {
+            "\"Does bob block alice?\" is asked for every message to bob: one O(1) set look-up."
+        }
+    }
+}
+
+/// The headline cost quoted in each table's title.
+fn headline(structure: Structure) -> &'static str {
+    match structure {
+        Structure::ActiveConnections => "get O(1)",
+        Structure::Presence => "insert/remove O(1), iterate O(n)",
+        Structure::OfflineMessages => "push_back O(1)*, pop_front O(1)",
+        Structure::GroupMembers => "contains O(1), fan-out O(m)",
+        Structure::BlockedUsers => "contains O(1)",
+    }
+}
+
+struct Ctx<'a> {
+    o: &'a RenderOptions,
+    now_ms: u64,
+    /// Users whose rows are shown (None: everyone).
+    users: Option<BTreeSet<Name>>,
+}
+
+impl Ctx<'_> {
+    fn shows(&self, user: &Name) -> bool {
+        self.users.as_ref().is_none_or(|u| u.contains(user))
+    }
+
+    fn paint(&self, text: String, color: Color) -> Cell {
+        let cell = Cell::new(text);
+        if self.o.color {
+            cell.fg(color)
+        } else {
+            cell
+        }
+    }
+
+    fn table(&self, header: &[&str]) -> Table {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED);
+        if self.o.color {
+            t.enforce_styling();
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+        } else {
+            t.force_no_tty();
+        }
+        t.set_header(header.iter().map(|h| {
+            let c = Cell::new(h);
+            if self.o.color {
+                c.add_attribute(Attribute::Bold)
+            } else {
+                c
+            }
+        }));
+        t
+    }
+
+    fn title(&self, out: &mut String, structure: Structure, extra: &str) {
+        let name = structure.name();
+        let ty = structure.rust_type();
+        let cost = headline(structure);
+        if self.o.color {
+            use colored::Colorize;
+            let _ = writeln!(
+                out,
+                "\n{}  {}  {}{extra}",
+                name.bold().cyan(),
+                ty.yellow(),
+                cost.green()
+            );
+            let _ = writeln!(out, "{}", why(structure).dimmed());
+        } else {
+            let _ = writeln!(out, "\n{name}  {ty}  {cost}{extra}");
+            let _ = writeln!(out, "{}", why(structure));
+        }
+    }
+
+    /// A count, with its change since the previous frame.
+    fn count(&self, now: usize, before: Option<Option<usize>>) -> Cell {
+        match before {
+            None => Cell::new(now).set_alignment(CellAlignment::Right),
+            Some(None) => self
+                .paint(now.to_string(), Color::Green)
+                .set_alignment(CellAlignment::Right),
+            Some(Some(b)) if now > b => self
+                .paint(format!("{now} (+{})", now - b), Color::Green)
+                .set_alignment(CellAlignment::Right),
+            Some(Some(b)) if now < b => self
+                .paint(format!("{now} (-{})", b - now), Color::Yellow)
+                .set_alignment(CellAlignment::Right),
+            Some(Some(_)) => Cell::new(now).set_alignment(CellAlignment::Right),
+        }
+    }
+
+    /// The key cell of a row: green and marked "(new)" if absent from the previous frame.
+    fn key(&self, key: &str, is_new: bool) -> Cell {
+        if is_new {
+            self.paint(format!("{key} (new)"), Color::Green)
+        } else {
+            Cell::new(key)
+        }
+    }
+
+    fn ago(&self, then_ms: u64) -> String {
+        let secs = self.now_ms.saturating_sub(then_ms) / 1000;
+        match secs {
+            0..=59 => format!("{secs}s ago"),
+            60..=3599 => format!("{}m ago", secs / 60),
+            _ => format!("{}h{:02}m ago", secs / 3600, secs / 60 % 60),
+        }
+    }
+
+    fn preview(&self, m: &Message) -> String {
+        let mut text: String = m.text.chars().take(PREVIEW_CHARS).collect();
+        if m.text.chars().count() > PREVIEW_CHARS {
+            text.push('…');
+        }
+        let via = match &m.target {
+            Target::Group(g) => format!(" in #{g}"),
+            Target::User(_) => String::new(),
+        };
+        format!(
+            "#{} from {}{via}, {}: {text:?}",
+            m.id,
+            m.from,
+            self.ago(m.ts)
+        )
+    }
+
+    /// Adds "... and N more" when rows were cut, and "gone since last frame" lines.
+    fn finish(&self, out: &mut String, table: Table, hidden: usize, unit: &str, gone: Vec<String>) {
+        let _ = writeln!(out, "{table}");
+        if hidden > 0 {
+            let _ = writeln!(
+                out,
+                "... and {hidden} more {unit} (use --rows or --user to see them)"
+            );
+        }
+        if !gone.is_empty() {
+            let line = format!("gone since the last frame: {}", gone.join(", "));
+            let _ = if self.o.color {
+                use colored::Colorize;
+                writeln!(out, "{}", line.red())
+            } else {
+                writeln!(out, "{line}")
+            };
+        }
+    }
+}
+
+/// "a, b, c ... and N more".
+pub fn name_list<T: std::fmt::Display>(names: &[T], max: usize) -> String {
+    let shown: Vec<String> = names.iter().take(max).map(ToString::to_string).collect();
+    let mut s = shown.join(", ");
+    if names.len() > max {
+        let _ = write!(s, " ... and {} more", names.len() - max);
+    }
+    s
+}
+
+/// A Unix time in milliseconds as a UTC time of day.
+pub fn clock(ms: u64) -> String {
+    let secs = ms / 1000 % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s / 60 % 60),
+    }
+}
+
+fn mean(ns: Option<f64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(ns) if ns < 1_000.0 => format!("{ns:.0} ns"),
+        Some(ns) if ns < 1_000_000.0 => format!("{:.1} µs", ns / 1_000.0),
+        Some(ns) => format!("{:.1} ms", ns / 1_000_000.0),
+    }
+}
+
+/// Renders the snapshot; with `previous`, marks what changed since it.
+pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> String {
+    let st = &s.structures;
+    let now_ms = s.server.as_ref().map_or(0, |i| i.taken_at_ms);
+    let users = match (&o.user, &o.group) {
+        (Some(u), _) => Some(BTreeSet::from([u.clone()])),
+        (None, Some(g)) => Some(
+            st.groups
+                .get(g)
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default(),
+        ),
+        (None, None) => None,
+    };
+    let c = Ctx { o, now_ms, users };
+    let p = previous.map(|p| &p.structures);
+    let mut out = String::new();
+
+    // Header: where, when, how long the snapshot held the core.
+    let mut head = format!("vivachat inspect · {}", o.source);
+    if let Some(info) = &s.server {
+        let _ = write!(
+            head,
+            " · snapshot {} · up {} · core held {} µs · {}",
+            clock(info.taken_at_ms),
+            duration(info.uptime_ms),
+            info.hold_us,
+            if info.durable {
+                "durable"
+            } else {
+                "in memory: lost on restart"
+            }
+        );
+    }
+    let queued: usize = st.offline_messages.values().map(|q| q.len).sum();
+    let summary = format!(
+        "{} connection(s), {} online, {} queued message(s), {} group(s), next message id {}",
+        st.connection_details
+            .len()
+            .max(st.active_connections.values().map(Vec::len).sum()),
+        st.presence.len(),
+        queued,
+        st.groups.len(),
+        s.next_message_id
+    );
+    if o.color {
+        use colored::Colorize;
+        let _ = writeln!(out, "{}\n{}", head.bold(), summary.dimmed());
+    } else {
+        let _ = writeln!(out, "{head}\n{summary}");
+    }
+    if let Some(u) = &o.user {
+        let _ = writeln!(out, "showing only user {u}");
+    }
+    if let Some(g) = &o.group {
+        let _ = writeln!(out, "showing only group {g} and its members");
+    }
+
+    // active_connections
+    c.title(&mut out, Structure::ActiveConnections, "");
+    let mut t = c.table(&[
+        "user",
+        "devices",
+        "connection ids",
+        "remote address",
+        "connected",
+    ]);
+    let rows: Vec<_> = st
+        .active_connections
+        .iter()
+        .filter(|(u, _)| c.shows(u))
+        .collect();
+    for (user, ids) in rows.iter().take(o.rows) {
+        let before = p.map(|p| p.active_connections.get(*user).map(Vec::len));
+        let details: Vec<_> = ids.iter().map(|id| st.connection_details.get(id)).collect();
+        let remotes: Vec<String> = details
+            .iter()
+            .map(|d| {
+                d.and_then(|d| d.remote.clone())
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect();
+        let since: Vec<String> = details
+            .iter()
+            .map(|d| {
+                d.and_then(|d| d.connected_at_ms)
+                    .map_or_else(|| "-".into(), |ms| c.ago(ms))
+            })
+            .collect();
+        t.add_row(vec![
+            c.key(user.as_str(), matches!(before, Some(None))),
+            c.count(ids.len(), before),
+            Cell::new(name_list(ids, NAMES_PER_CELL)),
+            Cell::new(name_list(&remotes, 3)),
+            Cell::new(name_list(&since, 3)),
+        ]);
+    }
+    let gone = p
+        .map(|p| {
+            p.active_connections
+                .keys()
+                .filter(|u| !st.active_connections.contains_key(*u) && c.shows(u))
+                .map(|u| format!("{u} (offline)"))
+                .collect()
+        })
+        .unwrap_or_default();
+    c.finish(
+        &mut out,
+        t,
+        rows.len().saturating_sub(o.rows),
+        "users",
+        gone,
+    );
+
+    // presence
+    let shown: Vec<&Name> = st.presence.iter().filter(|u| c.shows(u)).collect();
+    c.title(
+        &mut out,
+        Structure::Presence,
+        &format!("  size {}", st.presence.len()),
+    );
+    let mut t = c.table(&["online", "members"]);
+    let before = p.map(|p| Some(p.presence.len()));
+    let newly: Vec<String> = shown
+        .iter()
+        .filter(|u| p.is_some_and(|p| !p.presence.contains(**u)))
+        .map(|u| format!("{u} (new)"))
+        .collect();
+    let mut members = name_list(&shown, o.rows.max(NAMES_PER_CELL));
+    if !newly.is_empty() {
+        let _ = write!(members, "\njust arrived: {}", newly.join(", "));
+    }
+    t.add_row(vec![c.count(shown.len(), before), Cell::new(members)]);
+    c.finish(&mut out, t, 0, "", Vec::new());
+
+    // offline_messages
+    c.title(&mut out, Structure::OfflineMessages, "");
+    let mut t = c.table(&["user", "queued", "oldest (popped first)", "newest"]);
+    let rows: Vec<_> = st
+        .offline_messages
+        .iter()
+        .filter(|(u, _)| c.shows(u))
+        .collect();
+    for (user, q) in rows.iter().take(o.rows) {
+        let before = p.map(|p| p.offline_messages.get(*user).map(|q| q.len));
+        let oldest = q.messages.first().map(|m| c.preview(m)).unwrap_or_default();
+        let newest = if q.messages.len() > 1 {
+            q.messages.last().map(|m| c.preview(m)).unwrap_or_default()
+        } else {
+            "(same)".into()
+        };
+        t.add_row(vec![
+            c.key(user.as_str(), matches!(before, Some(None))),
+            c.count(q.len, before),
+            Cell::new(oldest),
+            Cell::new(newest),
+        ]);
+    }
+    let gone = p
+        .map(|p| {
+            p.offline_messages
+                .keys()
+                .filter(|u| !st.offline_messages.contains_key(*u) && c.shows(u))
+                .map(|u| format!("{u} (flushed)"))
+                .collect()
+        })
+        .unwrap_or_default();
+    c.finish(
+        &mut out,
+        t,
+        rows.len().saturating_sub(o.rows),
+        "queues",
+        gone,
+    );
+
+    // group_members
+    c.title(&mut out, Structure::GroupMembers, "");
+    let mut t = c.table(&["group", "size", "members"]);
+    let rows: Vec<_> = st
+        .groups
+        .iter()
+        .filter(|(g, m)| match (&o.group, &o.user) {
+            (Some(only), _) => *g == only,
+            (None, Some(u)) => m.contains(u),
+            (None, None) => true,
+        })
+        .collect();
+    for (group, members) in rows.iter().take(o.rows) {
+        let before = p.map(|p| p.groups.get(*group).map(Vec::len));
+        t.add_row(vec![
+            c.key(&format!("#{group}"), matches!(before, Some(None))),
+            c.count(members.len(), before),
+            Cell::new(name_list(members, NAMES_PER_CELL)),
+        ]);
+    }
+    let gone = p
+        .map(|p| {
+            p.groups
+                .keys()
+                .filter(|g| {
+                    !st.groups.contains_key(*g) && o.group.as_ref().is_none_or(|only| only == *g)
+                })
+                .map(|g| format!("#{g} (empty, removed)"))
+                .collect()
+        })
+        .unwrap_or_default();
+    c.finish(
+        &mut out,
+        t,
+        rows.len().saturating_sub(o.rows),
+        "groups",
+        gone,
+    );
+
+    // blocked_users
+    c.title(&mut out, Structure::BlockedUsers, "");
+    let mut t = c.table(&["user", "blocks", "whom"]);
+    let rows: Vec<_> = st.blocked.iter().filter(|(u, _)| c.shows(u)).collect();
+    for (user, whom) in rows.iter().take(o.rows) {
+        let before = p.map(|p| p.blocked.get(*user).map(Vec::len));
+        t.add_row(vec![
+            c.key(user.as_str(), matches!(before, Some(None))),
+            c.count(whom.len(), before),
+            Cell::new(name_list(whom, NAMES_PER_CELL)),
+        ]);
+    }
+    c.finish(
+        &mut out,
+        t,
+        rows.len().saturating_sub(o.rows),
+        "users",
+        Vec::new(),
+    );
+
+    // Operation counts.
+    if o.color {
+        use colored::Colorize;
+        let _ = writeln!(out, "\n{}", "operations".bold().cyan());
+    } else {
+        let _ = writeln!(out, "\noperations");
+    }
+    let _ = writeln!(
+        out,
+        "Every call on a structure is counted; one call in 16 is timed (mean time per call; - until the 16th call)."
+    );
+    let mut t = c.table(&[
+        "structure",
+        "operation",
+        "count",
+        "since last frame",
+        "cost",
+        "mean time",
+    ]);
+    for row in &s.op_table.0 {
+        let before = previous.map(|p| {
+            p.op_table
+                .0
+                .iter()
+                .find(|r| r.structure == row.structure && r.op == row.op)
+                .map_or(0, |r| r.count)
+        });
+        let change = match before {
+            Some(b) if row.count > b => c.paint(format!("+{}", row.count - b), Color::Green),
+            Some(_) => Cell::new(""),
+            None => Cell::new("-"),
+        };
+        t.add_row(vec![
+            Cell::new(row.structure.name()),
+            Cell::new(row.op.name()),
+            Cell::new(row.count).set_alignment(CellAlignment::Right),
+            change.set_alignment(CellAlignment::Right),
+            Cell::new(&row.complexity),
+            Cell::new(mean(row.mean_ns)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+
+    // Invariants.
+    for inv in &s.invariants {
+        let line = match (&inv.detail, inv.holds) {
+            (_, true) => format!("✔ {}", inv.name),
+            (Some(d), false) => format!("✘ {}: {d}", inv.name),
+            (None, false) => format!("✘ {}", inv.name),
+        };
+        let _ = if o.color {
+            use colored::Colorize;
+            writeln!(
+                out,
+                "{}",
+                if inv.holds {
+                    line.green()
+                } else {
+                    line.red().bold()
+                }
+            )
+        } else {
+            writeln!(out, "{line}")
+        };
+    }
+    out
+}

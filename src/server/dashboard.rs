@@ -1,0 +1,54 @@
+//! `serve --dashboard`: the inspect tables, redrawn in the server's own
+//! terminal whenever something changes, with the latest event-log lines below.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::{take_snapshot, Dashboard, Shared};
+use crate::core::Snapshot;
+use crate::inspect::render::{render, RenderOptions};
+use crate::inspect::Screen;
+
+/// How often to look for a change; a frame is drawn only when there is one
+/// (or once a second, so ages stay current).
+const TICK: Duration = Duration::from_millis(200);
+const REFRESH: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(shared: Arc<Shared>, dashboard: Dashboard, stop: Arc<Notify>) {
+    let screen = Screen::enter();
+    let ring = dashboard.ring;
+    let options = RenderOptions {
+        color: dashboard.color,
+        rows: 15,
+        user: None,
+        group: None,
+        source: dashboard.banner,
+    };
+    let mut previous: Option<Snapshot> = None;
+    let mut last_seen = (u64::MAX, u64::MAX);
+    let mut last_draw = tokio::time::Instant::now();
+    loop {
+        let ops = shared.core().op_table().total();
+        let (lines, written) = ring.lines();
+        if (ops, written) != last_seen || last_draw.elapsed() >= REFRESH {
+            let snapshot = take_snapshot(&shared);
+            let mut frame = render(&snapshot, previous.as_ref(), &options);
+            frame += "\nevent log (latest last):\n";
+            for line in &lines {
+                frame += line;
+                frame.push('\n');
+            }
+            screen.draw(&frame);
+            last_seen = (ops, written);
+            last_draw = tokio::time::Instant::now();
+            previous = Some(snapshot);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = stop.notified() => break,
+        }
+    }
+    drop(screen);
+}
