@@ -289,12 +289,16 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
                     (user.clone(), ids)
                 })
                 .collect(),
-            connection_details: self
-                .active_connections
-                .values()
-                .flatten()
-                .map(|c| (c.id(), c.info()))
-                .collect(),
+            connection_details: {
+                let mut details: Vec<_> = self
+                    .active_connections
+                    .values()
+                    .flatten()
+                    .map(ConnHandle::detail)
+                    .collect();
+                details.sort_unstable_by_key(|d| d.id);
+                details
+            },
             presence: sorted(self.presence.iter()),
             offline_messages: self
                 .offline_messages

@@ -20,7 +20,7 @@ use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 pub use memory::MemoryStructures;
 pub use ops::{Op, OpTable, Structure, Trace};
 pub use snapshot::{Invariant, ServerInfo, Snapshot, StructuresSnapshot};
-pub use structures::{ConnHandle, ConnId, ConnInfo, Structures};
+pub use structures::{ConnDetail, ConnHandle, ConnId, Structures};
 
 /// Limits and switches of the core.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::core::ops::OpTable;
-use crate::core::structures::{ConnId, ConnInfo};
+use crate::core::structures::{ConnDetail, ConnId};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
@@ -19,9 +19,9 @@ use crate::protocol::Message;
 pub struct StructuresSnapshot {
     /// user -> connection ids of the user's open devices.
     pub active_connections: BTreeMap<UserId, Vec<ConnId>>,
-    /// connection id -> where it comes from and since when.
+    /// Every connection: where it comes from and since when, sorted by id.
     #[serde(default)]
-    pub connection_details: BTreeMap<ConnId, ConnInfo>,
+    pub connection_details: Vec<ConnDetail>,
     /// Sorted online users.
     pub presence: Vec<UserId>,
     /// user -> queued messages, oldest first.
@@ -171,5 +171,128 @@ impl Snapshot {
             next_message_id,
             server: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::Name;
+    use crate::protocol::Target;
+    use std::sync::Arc;
+
+    fn n(s: &str) -> Name {
+        Name::parse(s).unwrap()
+    }
+
+    fn healthy() -> StructuresSnapshot {
+        let mut s = StructuresSnapshot::default();
+        s.active_connections.insert(n("alice"), vec![1, 2]);
+        s.presence = vec![n("alice")];
+        s
+    }
+
+    fn broken(s: &StructuresSnapshot) -> Vec<(String, String)> {
+        s.invariants()
+            .into_iter()
+            .filter(|i| !i.holds)
+            .map(|i| (i.name.to_string(), i.detail.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn the_checker_passes_a_healthy_state() {
+        assert!(broken(&healthy()).is_empty());
+    }
+
+    #[test]
+    fn the_checker_catches_each_kind_of_broken_state() {
+        let mut s = healthy();
+        s.presence.push(n("ghost"));
+        assert_eq!(
+            broken(&s)[0].1,
+            r#"online without a connection: ["ghost"]; connected but not online: []"#
+        );
+
+        let mut s = healthy();
+        s.presence.clear();
+        assert!(broken(&s)[0]
+            .1
+            .contains(r#"connected but not online: ["alice"]"#));
+
+        let mut s = healthy();
+        s.offline_messages.insert(
+            n("bob"),
+            QueueSnapshot {
+                len: 0,
+                messages: vec![],
+            },
+        );
+        s.groups.insert(n("g"), vec![]);
+        let b = broken(&s);
+        assert_eq!(b.len(), 1);
+        assert!(b[0].1.contains("offline_messages[bob]") && b[0].1.contains("group_members[g]"));
+
+        let mut s = healthy();
+        s.active_connections.insert(n("bob"), vec![2]);
+        s.presence.push(n("bob"));
+        assert_eq!(
+            broken(&s),
+            [(
+                "connection ids are unique".to_string(),
+                "repeated ids: [2]".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_survives_a_json_round_trip() {
+        let mut s = healthy();
+        s.connection_details.push(ConnDetail {
+            id: 1,
+            remote: Some("127.0.0.1:5000".into()),
+            connected_at_ms: Some(7),
+            unsent: Some(0),
+        });
+        let m = |id, target| crate::protocol::Message {
+            id,
+            from: n("alice"),
+            target,
+            text: Arc::from("hi \"x\""),
+            ts: 5,
+        };
+        s.offline_messages.insert(
+            n("bob"),
+            QueueSnapshot {
+                len: 2,
+                messages: vec![m(1, Target::User(n("bob"))), m(2, Target::Group(n("g")))],
+            },
+        );
+        s.groups.insert(n("g"), vec![n("alice"), n("bob")]);
+        s.blocked.insert(n("bob"), vec![n("eve")]);
+        let ops = crate::core::ops::OpCounts::default();
+        ops.measure(
+            crate::core::Structure::Presence,
+            crate::core::Op::Insert,
+            || (),
+        );
+        let mut snapshot = Snapshot::new(s, &ops.table(), 3);
+        snapshot.server = Some(ServerInfo {
+            version: "0.1.0".into(),
+            hold_us: 12,
+            ..ServerInfo::default()
+        });
+        let json = serde_json::to_string(&snapshot).unwrap();
+        let back: Snapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, snapshot);
+        // The contract's keys are there, in the contract's shapes.
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["active_connections"]["alice"], serde_json::json!([1, 2]));
+        assert_eq!(v["offline_messages"]["bob"]["len"], 2);
+        assert_eq!(
+            v["offline_messages"]["bob"]["messages"][1]["type"],
+            "group_message"
+        );
+        assert_eq!(v["ops"]["presence"]["insert"], 1);
     }
 }

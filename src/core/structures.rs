@@ -21,14 +21,18 @@ pub trait ConnHandle: Clone {
     fn id(&self) -> ConnId;
 
     /// Where and since when, for `/inspect`; a bare id knows neither.
-    fn info(&self) -> ConnInfo {
-        ConnInfo::default()
+    fn detail(&self) -> ConnDetail {
+        ConnDetail {
+            id: self.id(),
+            ..ConnDetail::default()
+        }
     }
 }
 
-/// What `/inspect` shows about one connection besides its id.
+/// What `/inspect` shows about one connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnInfo {
+pub struct ConnDetail {
+    pub id: ConnId,
     /// The peer's address as the server saw it (a tunnel or proxy shows as itself).
     pub remote: Option<String>,
     /// Unix time in milliseconds when the connection was accepted.

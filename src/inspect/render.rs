@@ -311,7 +311,13 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
         .collect();
     for (user, ids) in rows.iter().take(o.rows) {
         let before = p.map(|p| p.active_connections.get(*user).map(Vec::len));
-        let details: Vec<_> = ids.iter().map(|id| st.connection_details.get(id)).collect();
+        let details: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let found = st.connection_details.binary_search_by_key(id, |d| d.id);
+                found.ok().map(|i| &st.connection_details[i])
+            })
+            .collect();
         let remotes: Vec<String> = details
             .iter()
             .map(|d| {
@@ -537,4 +543,172 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
         };
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{ChatCore, ConnId, CoreConfig, MemoryStructures};
+    use crate::protocol::parse_request;
+
+    fn n(s: &str) -> Name {
+        Name::parse(s).unwrap()
+    }
+
+    fn options() -> RenderOptions {
+        RenderOptions {
+            color: false,
+            rows: 20,
+            user: None,
+            group: None,
+            source: "test".into(),
+        }
+    }
+
+    fn send(core: &mut ChatCore<MemoryStructures<ConnId>>, user: &str, conn: ConnId, json: &str) {
+        core.handle(&n(user), &conn, parse_request(json).unwrap(), 1_000);
+    }
+
+    /// alice (2 devices) and bob online; carol has 2 queued; g1 = alice, bob; bob blocks mallory.
+    fn classroom() -> ChatCore<MemoryStructures<ConnId>> {
+        let mut core = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+        core.connect(&n("alice"), 1);
+        core.connect(&n("alice"), 2);
+        core.connect(&n("bob"), 3);
+        send(
+            &mut core,
+            "alice",
+            1,
+            r#"{"type":"message","to":"carol","text":"first of two"}"#,
+        );
+        send(
+            &mut core,
+            "bob",
+            3,
+            r#"{"type":"message","to":"carol","text":"second"}"#,
+        );
+        send(
+            &mut core,
+            "alice",
+            1,
+            r#"{"type":"group_join","group":"g1"}"#,
+        );
+        send(&mut core, "bob", 3, r#"{"type":"group_join","group":"g1"}"#);
+        send(&mut core, "bob", 3, r#"{"type":"block","user":"mallory"}"#);
+        core
+    }
+
+    fn line_with<'a>(text: &'a str, needle: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+    }
+
+    #[test]
+    fn every_structure_has_its_rows() {
+        let text = render(&classroom().snapshot(), None, &options());
+        let alice = line_with(&text, "│ alice");
+        assert!(alice.contains("┆       2 ┆ 1, 2"), "{alice}");
+        assert!(line_with(&text, "│      2 ┆ alice, bob").contains("alice, bob"));
+        let carol = line_with(&text, "│ carol");
+        assert!(
+            carol.contains("┆      2 ┆ #1 from alice") && carol.contains("#2 from bob"),
+            "{carol}"
+        );
+        assert!(line_with(&text, "│ #g1").contains("┆    2 ┆ alice, bob"));
+        assert!(line_with(&text, "│ bob  ┆").contains("mallory"));
+        assert!(line_with(&text, "│ offline_messages   ┆ push_back").contains("┆     2 ┆"));
+        assert!(text.contains("✔ presence == users with >= 1 connection"));
+        for s in Structure::ALL {
+            assert!(text.contains(s.rust_type()), "{}", s.name());
+            assert!(text.contains(why(s)));
+        }
+    }
+
+    #[test]
+    fn changes_since_the_previous_frame_are_marked() {
+        let mut core = classroom();
+        let before = core.snapshot();
+        send(
+            &mut core,
+            "alice",
+            1,
+            r#"{"type":"message","to":"carol","text":"third"}"#,
+        );
+        send(
+            &mut core,
+            "alice",
+            1,
+            r#"{"type":"message","to":"dave","text":"hi"}"#,
+        );
+        core.connect(&n("erin"), 4);
+        core.disconnect(&n("bob"), 3, vec![]);
+        let text = render(&core.snapshot(), Some(&before), &options());
+        assert!(line_with(&text, "│ carol").contains("3 (+1)"));
+        assert!(line_with(&text, "│ dave (new)").contains("1"));
+        assert!(line_with(&text, "│ erin (new)").contains("1"));
+        assert!(text.contains("gone since the last frame: bob (offline)"));
+        assert!(text.contains("just arrived: erin (new)"));
+        assert!(line_with(&text, "│ offline_messages   ┆ push_back").contains("+2"));
+    }
+
+    #[test]
+    fn long_tables_and_lists_are_cut_with_a_count() {
+        let mut core = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+        for i in 0..30u64 {
+            let user = format!("u{i:02}");
+            core.connect(&n(&user), i);
+            send(
+                &mut core,
+                &user,
+                i,
+                r#"{"type":"group_join","group":"big"}"#,
+            );
+        }
+        let text = render(
+            &core.snapshot(),
+            None,
+            &RenderOptions {
+                rows: 5,
+                ..options()
+            },
+        );
+        assert!(text.contains("... and 25 more users"), "{text}");
+        assert!(line_with(&text, "│ #big").contains("... and 22 more"));
+    }
+
+    #[test]
+    fn filters_show_one_user_or_one_group() {
+        let core = classroom();
+        let only_bob = render(
+            &core.snapshot(),
+            None,
+            &RenderOptions {
+                user: Some(n("bob")),
+                ..options()
+            },
+        );
+        assert!(!only_bob.contains("│ alice"), "{only_bob}");
+        assert!(only_bob.contains("│ bob"));
+        assert!(only_bob.contains("│ #g1"), "bob's groups are shown");
+        assert!(!only_bob.contains("│ carol"));
+        let g1 = render(
+            &core.snapshot(),
+            None,
+            &RenderOptions {
+                group: Some(n("g1")),
+                ..options()
+            },
+        );
+        assert!(g1.contains("│ alice") && g1.contains("│ bob") && !g1.contains("│ carol"));
+    }
+
+    #[test]
+    fn a_broken_invariant_is_shown_as_a_failed_check() {
+        let mut snapshot = classroom().snapshot();
+        snapshot.structures.presence.push(n("ghost"));
+        snapshot.invariants = snapshot.structures.invariants();
+        let text = render(&snapshot, None, &options());
+        assert!(text.contains("✘ presence == users with >= 1 connection: online without a connection: [\"ghost\"]"), "{text}");
+    }
 }

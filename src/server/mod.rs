@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::core::{
-    ChatCore, ConnHandle, ConnId, ConnInfo, CoreConfig, Event, MemoryStructures, OpTable, Outcome,
-    ServerInfo, Snapshot,
+    ChatCore, ConnDetail, ConnHandle, ConnId, CoreConfig, Event, MemoryStructures, OpTable,
+    Outcome, ServerInfo, Snapshot,
 };
 use crate::event_log::EventLog;
 use crate::names::{Name, UserId};
@@ -98,8 +98,9 @@ impl ConnHandle for Conn {
         self.id
     }
 
-    fn info(&self) -> ConnInfo {
-        ConnInfo {
+    fn detail(&self) -> ConnDetail {
+        ConnDetail {
+            id: self.id,
             remote: Some(self.remote.to_string()),
             connected_at_ms: Some(self.connected_at_ms),
             unsent: Some(self.outbox.len()),
