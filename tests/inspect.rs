@@ -1,0 +1,299 @@
+//! `vivachat inspect` and `serve --dashboard`, the real binary against a real
+//! server whose state is built through real WebSocket clients.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use serde_json::json;
+use vivachat::core::Snapshot;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Runs `vivachat inspect ARGS` to completion; returns (exit code, stdout, stderr).
+async fn inspect(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(BIN)
+            .arg("inspect")
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn line_with<'a>(text: &'a str, needle: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+}
+
+/// alice on 2 devices and bob online; carol offline with 2 queued; #g1 = alice, bob;
+/// bob blocks mallory.
+async fn classroom(server: &TestServer) -> Vec<common::Client> {
+    let mut alice1 = server.connect("alice").await;
+    let alice2 = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    assert_eq!(alice1.recv().await["user"], "bob");
+    for (c, text) in [(&mut alice1, "from alice"), (&mut bob, "from bob")] {
+        let ack = c
+            .request(json!({"type":"message","to":"carol","text":text}))
+            .await;
+        assert_eq!(ack["status"], "queued");
+    }
+    alice1
+        .request(json!({"type":"group_join","group":"g1"}))
+        .await;
+    bob.request(json!({"type":"group_join","group":"g1"})).await;
+    bob.request(json!({"type":"block","user":"mallory"})).await;
+    vec![alice1, alice2, bob]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_show_the_state_built_by_real_clients() {
+    let server = TestServer::start().await;
+    let _clients = classroom(&server).await;
+    let url = format!("http://{}", server.addr);
+    let (code, text, err) = inspect(&["--url", &url]).await;
+    assert_eq!(code, 0, "{err}");
+    let alice = line_with(&text, "│ alice");
+    assert!(alice.contains("┆       2 ┆"), "two devices: {alice}");
+    assert!(alice.contains("127.0.0.1:"), "remote addresses: {alice}");
+    assert!(
+        line_with(&text, "│      2 ┆ alice, bob").contains("alice, bob"),
+        "presence"
+    );
+    let carol = line_with(&text, "│ carol");
+    assert!(
+        carol.contains("┆      2 ┆") && carol.contains("from alice") && carol.contains("from bob"),
+        "{carol}"
+    );
+    assert!(line_with(&text, "│ #g1").contains("alice, bob"));
+    assert!(line_with(&text, "│ bob  ┆").contains("mallory"));
+    let pushes = line_with(&text, "offline_messages   ┆ push_back");
+    assert!(pushes.contains("┆     2 ┆"), "{pushes}");
+    assert!(text.contains("✔ presence == users with >= 1 connection"));
+    assert!(text.contains("core held"), "hold time in the header");
+
+    // Filters.
+    let (_, only_carol, _) = inspect(&["--url", &url, "--user", "carol"]).await;
+    assert!(
+        only_carol.contains("│ carol") && !only_carol.contains("│ alice"),
+        "{only_carol}"
+    );
+    let (_, rows1, _) = inspect(&["--url", &url, "--rows", "1"]).await;
+    assert!(rows1.contains("... and 1 more users"), "{rows1}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_is_the_servers_snapshot_and_reads_back_typed() {
+    let server = TestServer::start().await;
+    let _clients = classroom(&server).await;
+    let url = format!("http://{}", server.addr);
+    let (code, text, err) = inspect(&["--url", &url, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let printed: Snapshot = serde_json::from_str(&text).expect("--json is a Snapshot");
+    let direct: Snapshot = serde_json::from_value(server.inspect().await).unwrap();
+    assert_eq!(printed.structures, direct.structures);
+    assert_eq!(printed.structures.offline_messages["carol"].len, 2);
+    assert_eq!(printed.structures.connection_details.len(), 3);
+    let info = printed.server.expect("server facts");
+    assert!(!info.durable);
+    assert_eq!(info.max_offline, 10_000);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_one_clear_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, out, err) = inspect(&["--url", &format!("http://127.0.0.1:{port}")]).await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot reach") && err.contains("Is `vivachat serve` running"),
+        "{err}"
+    );
+    let (code, _, err) = inspect(&["--url", "https://example.ngrok.app"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("plain HTTP"), "{err}");
+}
+
+#[tokio::test]
+async fn a_403_says_what_to_do_and_the_token_is_sent() {
+    // A stand-in server that records the request and refuses it, as a real one
+    // does for a non-loopback client without the right token.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(1) {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap();
+            tx.send(String::from_utf8_lossy(&buf[..n]).to_string())
+                .unwrap();
+            let body = "forbidden";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let (code, _, err) = inspect(&[
+        "--url",
+        &format!("http://{addr}"),
+        "--admin-token",
+        "s3cret",
+    ])
+    .await;
+    let request = rx.recv_timeout(WAIT).unwrap();
+    assert!(
+        request.starts_with("GET /inspect HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.contains("Authorization: Bearer s3cret\r\n"),
+        "{request}"
+    );
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("403") && err.contains("--admin-token"),
+        "{err}"
+    );
+}
+
+/// Reads stdout lines of a child on a thread, so waits can time out.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+            Err(_) => panic!("no line with {needle:?}; saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+fn interrupt(child: &mut std::process::Child) {
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "did not exit on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_redraws_and_marks_what_changed() {
+    let server = TestServer::start().await;
+    let mut clients = classroom(&server).await;
+    let url = format!("http://{}", server.addr);
+    let mut child = Command::new(BIN)
+        .args(["inspect", "--url", &url, "--watch", "--interval", "100ms"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut child);
+    let mut seen = Vec::new();
+    wait_for(&lines, "│ carol", &mut seen);
+    // carol's deque grows; the next frame says so.
+    let ack = clients[0]
+        .request(json!({"type":"message","to":"carol","text":"third"}))
+        .await;
+    assert_eq!(ack["status"], "queued");
+    wait_for(&lines, "3 (+1)", &mut seen);
+    // The server goes away: watch keeps going and says so.
+    server.stop().await;
+    wait_for(&lines, "server unreachable since", &mut seen);
+    interrupt(&mut child);
+}
+
+#[test]
+fn serve_dashboard_redraws_the_tables_as_the_class_chats() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0", "--dashboard"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut child);
+    let mut seen = Vec::new();
+    wait_for(&lines, "listening on", &mut seen);
+    let port: u16 = seen
+        .last()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for(
+        &lines,
+        &format!("connect: ws://127.0.0.1:{port}/ws/NAME"),
+        &mut seen,
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _ws = runtime.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/zoe"))
+            .await
+            .unwrap();
+        use futures_util::StreamExt;
+        ws.next().await;
+        ws
+    });
+    wait_for(&lines, "│ zoe (new)", &mut seen);
+    wait_for(&lines, "+ zoe connected", &mut seen);
+    interrupt(&mut child);
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("Final operation counts")),
+        "{rest:?}"
+    );
+}
