@@ -47,6 +47,10 @@ struct Args {
     /// Requests a sender may have unacknowledged at once.
     #[arg(long, default_value_t = 32)]
     window: usize,
+    /// Before the throughput phase, queue this many messages for 1,000 offline
+    /// users, then time a GET /inspect (how long the snapshot holds the core).
+    #[arg(long, default_value_t = 0)]
+    queued: usize,
 }
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -143,6 +147,54 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Queues `n` messages for 1,000 offline users, then fetches /inspect three
+/// times and reports how long the core was held and how large the answer was.
+async fn snapshot_cost(url: &str, n: usize) -> Result<()> {
+    let (ws, _) = connect(url, "queuer").await?;
+    let (mut tx, mut rx) = ws.split();
+    let text = "a queued message of about forty characters";
+    let sender = async move {
+        for i in 0..n {
+            let frame = json!({"type":"message","to":format!("away{:04}", i % 1000),"text":text});
+            tx.feed(Message::text(frame.to_string())).await?;
+        }
+        tx.flush().await?;
+        anyhow::Ok(tx)
+    };
+    let acks = async move {
+        let mut queued = 0;
+        while queued < n {
+            let msg = tokio::time::timeout(LIMIT, rx.next()).await.context("ack timed out")?;
+            let Some(Ok(Message::Text(t))) = msg else { bail!("queuer connection ended") };
+            let v: Value = serde_json::from_str(&t)?;
+            if v["type"] == "ack" && v["status"] == "queued" {
+                queued += 1;
+            } else if v["type"] == "error" {
+                bail!("server refused a message: {v}");
+            }
+        }
+        anyhow::Ok(())
+    };
+    let (_tx, ()) = tokio::try_join!(sender, acks)?;
+    let endpoint = vivachat::inspect::fetch::Endpoint::parse(url)?;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let snapshot = vivachat::inspect::fetch::fetch(&endpoint, None).await?;
+        let fetched = start.elapsed();
+        let info = snapshot.server.clone().context("no server info")?;
+        let size = serde_json::to_string(&snapshot)?.len();
+        let queued: usize = snapshot.structures.offline_messages.values().map(|q| q.len).sum();
+        println!(
+            "snapshot with {} connections, {queued} queued: core held {:.1} ms; GET /inspect took {:.0} ms for {:.1} MB",
+            snapshot.structures.connection_details.len(),
+            info.hold_us as f64 / 1000.0,
+            fetched.as_secs_f64() * 1000.0,
+            size as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -226,6 +278,10 @@ async fn run(args: &Args, url: &str, pid: Option<u32>) -> Result<()> {
             "  server RSS {a} KiB -> {b} KiB: {:.1} KiB per idle connection",
             (b.saturating_sub(a)) as f64 / args.idle.max(1) as f64
         );
+    }
+
+    if args.queued > 0 {
+        snapshot_cost(url, args.queued).await?;
     }
 
     // Phase 2: throughput and latency. Sender i sends to receiver i, at most
