@@ -164,8 +164,12 @@ async fn snapshot_cost(url: &str, n: usize) -> Result<()> {
     let acks = async move {
         let mut queued = 0;
         while queued < n {
-            let msg = tokio::time::timeout(LIMIT, rx.next()).await.context("ack timed out")?;
-            let Some(Ok(Message::Text(t))) = msg else { bail!("queuer connection ended") };
+            let msg = tokio::time::timeout(LIMIT, rx.next())
+                .await
+                .context("ack timed out")?;
+            let Some(Ok(Message::Text(t))) = msg else {
+                bail!("queuer connection ended")
+            };
             let v: Value = serde_json::from_str(&t)?;
             if v["type"] == "ack" && v["status"] == "queued" {
                 queued += 1;
@@ -183,7 +187,12 @@ async fn snapshot_cost(url: &str, n: usize) -> Result<()> {
         let fetched = start.elapsed();
         let info = snapshot.server.clone().context("no server info")?;
         let size = serde_json::to_string(&snapshot)?.len();
-        let queued: usize = snapshot.structures.offline_messages.values().map(|q| q.len).sum();
+        let queued: usize = snapshot
+            .structures
+            .offline_messages
+            .values()
+            .map(|q| q.len)
+            .sum();
         println!(
             "snapshot with {} connections, {queued} queued: core held {:.1} ms; GET /inspect took {:.0} ms for {:.1} MB",
             snapshot.structures.connection_details.len(),

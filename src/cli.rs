@@ -6,9 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use colored::Colorize;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
-use crate::core::OpTable;
 use crate::event_log::EventLog;
 use crate::names::Name;
 use crate::server::{self, Config};
@@ -189,7 +187,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             report.uptime.as_secs_f64(),
             report.connections_served
         );
-        println!("{}", op_table(&report.ops));
+        println!("{}", crate::inspect::render::ops_table(&report.ops, color));
         Ok(())
     })
 }
@@ -289,20 +287,4 @@ fn loopback_for(bound: SocketAddr) -> SocketAddr {
     } else {
         bound
     }
-}
-
-/// The operation counts as a table: structure, operation, count, cost.
-pub fn op_table(ops: &OpTable) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["structure", "operation", "count", "cost"]);
-    for row in &ops.0 {
-        table.add_row([
-            Cell::new(row.structure.name()),
-            Cell::new(row.op.name()),
-            Cell::new(row.count).set_alignment(CellAlignment::Right),
-            Cell::new(&row.complexity),
-        ]);
-    }
-    table
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
 
-use crate::core::{Snapshot, Structure};
+use crate::core::{OpTable, Snapshot, Structure};
 use crate::names::Name;
 use crate::protocol::{Message, Target};
 
@@ -177,6 +177,36 @@ impl Ctx<'_> {
         )
     }
 
+    /// Every operation: count, change since `previous`, cost class and mean time.
+    fn ops_table(&self, ops: &OpTable, previous: Option<&OpTable>) -> Table {
+        let mut header = vec!["structure", "operation", "count"];
+        if previous.is_some() {
+            header.push("since last frame");
+        }
+        header.extend(["cost", "mean time"]);
+        let mut t = self.table(&header);
+        for row in &ops.0 {
+            let mut cells = vec![
+                Cell::new(row.structure.name()),
+                Cell::new(row.op.name()),
+                Cell::new(row.count).set_alignment(CellAlignment::Right),
+            ];
+            if let Some(previous) = previous {
+                let before = previous.get(row.structure, row.op);
+                let change = if row.count > before {
+                    self.paint(format!("+{}", row.count - before), Color::Green)
+                } else {
+                    Cell::new("")
+                };
+                cells.push(change.set_alignment(CellAlignment::Right));
+            }
+            cells.push(Cell::new(&row.complexity));
+            cells.push(Cell::new(mean(row.mean_ns)).set_alignment(CellAlignment::Right));
+            t.add_row(cells);
+        }
+        t
+    }
+
     /// Adds "... and N more" when rows were cut, and "gone since last frame" lines.
     fn finish(&self, out: &mut String, table: Table, hidden: usize, unit: &str, gone: Vec<String>) {
         let _ = writeln!(out, "{table}");
@@ -235,6 +265,23 @@ fn mean(ns: Option<f64>) -> String {
         Some(ns) if ns < 1_000_000.0 => format!("{:.1} µs", ns / 1_000.0),
         Some(ns) => format!("{:.1} ms", ns / 1_000_000.0),
     }
+}
+
+/// The operations table alone (the server prints it when it stops).
+pub fn ops_table(ops: &OpTable, color: bool) -> Table {
+    let options = RenderOptions {
+        color,
+        rows: usize::MAX,
+        user: None,
+        group: None,
+        source: String::new(),
+    };
+    let ctx = Ctx {
+        o: &options,
+        now_ms: 0,
+        users: None,
+    };
+    ctx.ops_table(ops, None)
 }
 
 /// Renders the snapshot; with `previous`, marks what changed since it.
@@ -488,36 +535,7 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
         out,
         "Every call on a structure is counted; one call in 16 is timed (mean time per call; - until the 16th call)."
     );
-    let mut t = c.table(&[
-        "structure",
-        "operation",
-        "count",
-        "since last frame",
-        "cost",
-        "mean time",
-    ]);
-    for row in &s.op_table.0 {
-        let before = previous.map(|p| {
-            p.op_table
-                .0
-                .iter()
-                .find(|r| r.structure == row.structure && r.op == row.op)
-                .map_or(0, |r| r.count)
-        });
-        let change = match before {
-            Some(b) if row.count > b => c.paint(format!("+{}", row.count - b), Color::Green),
-            Some(_) => Cell::new(""),
-            None => Cell::new("-"),
-        };
-        t.add_row(vec![
-            Cell::new(row.structure.name()),
-            Cell::new(row.op.name()),
-            Cell::new(row.count).set_alignment(CellAlignment::Right),
-            change.set_alignment(CellAlignment::Right),
-            Cell::new(&row.complexity),
-            Cell::new(mean(row.mean_ns)).set_alignment(CellAlignment::Right),
-        ]);
-    }
+    let t = c.ops_table(&s.op_table, previous.map(|p| &p.op_table));
     let _ = writeln!(out, "{t}");
 
     // Invariants.
