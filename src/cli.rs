@@ -113,6 +113,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             user: args.user,
             group: args.group,
             source: endpoint.url.clone(),
+            compact: args.watch,
         },
         endpoint,
         token: args.admin_token,

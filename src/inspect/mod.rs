@@ -17,6 +17,30 @@ use crate::core::Snapshot;
 use fetch::{Endpoint, FetchError};
 use render::RenderOptions;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_interval("250").unwrap(), Duration::from_millis(250));
+        assert!(parse_interval("10ms").is_err(), "too short");
+        assert!(parse_interval("soon").is_err());
+        assert!(parse_interval("-1s").is_err());
+    }
+
+    #[test]
+    fn clipping_counts_only_visible_characters() {
+        assert_eq!(clip("abcdef", 3), "abc\x1b[0m");
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("\x1b[32mgreen\x1b[0m", 3), "\x1b[32mgre\x1b[0m");
+        assert_eq!(clip("│ é ┆", 10), "│ é ┆");
+    }
+}
+
 /// Parses "500ms", "2s", "1.5s" or a bare number of milliseconds.
 pub fn parse_interval(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
@@ -109,16 +133,62 @@ impl Screen {
             print_or_exit(&format!("{frame}\n"));
             return;
         }
+        // A frame taller than the window would scroll its top (the header) away:
+        // cut it to fit and say how much is hidden.
+        let (width, height) = terminal::size().map_or((usize::MAX, usize::MAX), |(w, h)| {
+            (w.max(10) as usize, h.max(2) as usize)
+        });
+        let lines: Vec<&str> = frame.lines().collect();
+        let shown = if lines.len() > height {
+            height - 1
+        } else {
+            lines.len()
+        };
         let mut buf = String::with_capacity(frame.len() + 1024);
         buf.push_str("\x1b[H");
-        for line in frame.lines() {
-            buf.push_str(line);
+        for line in &lines[..shown] {
+            // Clipped, never wrapped: a wrapped line would push the header off the top.
+            buf.push_str(&clip(line, width));
             buf.push_str("\x1b[K\r\n");
+        }
+        if shown < lines.len() {
+            buf.push_str(&format!(
+                "... {} more lines: enlarge the window, or filter with --user / --group\x1b[K",
+                lines.len() - shown
+            ));
         }
         buf.push_str("\x1b[J");
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(buf.as_bytes()).and_then(|()| out.flush());
     }
+}
+
+/// The first `width` visible characters of `line`; colour codes are kept
+/// (they take no room) and reset if the line is cut.
+pub fn clip(line: &str, width: usize) -> String {
+    let mut out = String::with_capacity(line.len().min(width * 4));
+    let mut visible = 0;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // An escape sequence: copy through its final letter.
+            out.push(c);
+            for e in chars.by_ref() {
+                out.push(e);
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        if visible == width {
+            out.push_str("\x1b[0m");
+            return out;
+        }
+        out.push(c);
+        visible += 1;
+    }
+    out
 }
 
 impl Drop for Screen {

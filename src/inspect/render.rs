@@ -25,6 +25,8 @@ pub struct RenderOptions {
     pub group: Option<Name>,
     /// Where the snapshot came from, for the header.
     pub source: String,
+    /// For a live screen: leave unused operations out of the operations table.
+    pub compact: bool,
 }
 
 /// Names listed in one cell before "... and N more".
@@ -185,7 +187,7 @@ impl Ctx<'_> {
         }
         header.extend(["cost", "mean time"]);
         let mut t = self.table(&header);
-        for row in &ops.0 {
+        for row in ops.0.iter().filter(|r| !self.o.compact || r.count > 0) {
             let mut cells = vec![
                 Cell::new(row.structure.name()),
                 Cell::new(row.op.name()),
@@ -275,6 +277,7 @@ pub fn ops_table(ops: &OpTable, color: bool) -> Table {
         user: None,
         group: None,
         source: String::new(),
+        compact: false,
     };
     let ctx = Ctx {
         o: &options,
@@ -303,7 +306,7 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
     let mut out = String::new();
 
     // Header: where, when, how long the snapshot held the core.
-    let mut head = format!("vivachat inspect · {}", o.source);
+    let mut head = format!("vivachat · {}", o.source);
     if let Some(info) = &s.server {
         let _ = write!(
             head,
@@ -580,6 +583,7 @@ mod tests {
             user: None,
             group: None,
             source: "test".into(),
+            compact: false,
         }
     }
 

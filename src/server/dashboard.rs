@@ -15,6 +15,8 @@ use crate::inspect::Screen;
 /// (or once a second, so ages stay current).
 const TICK: Duration = Duration::from_millis(200);
 const REFRESH: Duration = Duration::from_secs(1);
+/// Event-log lines shown above the tables.
+const LOG_LINES: usize = 6;
 
 pub(crate) async fn run(shared: Arc<Shared>, dashboard: Dashboard, stop: Arc<Notify>) {
     let screen = Screen::enter();
@@ -25,6 +27,7 @@ pub(crate) async fn run(shared: Arc<Shared>, dashboard: Dashboard, stop: Arc<Not
         user: None,
         group: None,
         source: dashboard.banner,
+        compact: true,
     };
     let mut previous: Option<Snapshot> = None;
     let mut last_seen = (u64::MAX, u64::MAX);
@@ -34,12 +37,21 @@ pub(crate) async fn run(shared: Arc<Shared>, dashboard: Dashboard, stop: Arc<Not
         let (lines, written) = ring.lines();
         if (ops, written) != last_seen || last_draw.elapsed() >= REFRESH {
             let snapshot = take_snapshot(&shared);
-            let mut frame = render(&snapshot, previous.as_ref(), &options);
+            // The event log goes under the header, so a short screen cuts
+            // the long tables at the bottom rather than the latest events.
+            let tables = render(&snapshot, previous.as_ref(), &options);
+            let mut parts = tables.splitn(3, '\n');
+            let mut frame = String::new();
+            for _ in 0..2 {
+                frame += parts.next().unwrap_or_default();
+                frame.push('\n');
+            }
             frame += "\nevent log (latest last):\n";
-            for line in &lines {
+            for line in lines.iter().rev().take(LOG_LINES).rev() {
                 frame += line;
                 frame.push('\n');
             }
+            frame += parts.next().unwrap_or_default();
             screen.draw(&frame);
             last_seen = (ops, written);
             last_draw = tokio::time::Instant::now();
