@@ -31,6 +31,38 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show every structure of a running server as tables, with operation counts.
     Inspect(InspectArgs),
+    /// Chat from this terminal (or from a script, when stdin is not a terminal).
+    #[command(after_help = crate::client::help_text())]
+    Client(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Your name: 1-32 characters of letters, digits, '_', '.', '-'.
+    #[arg(value_parser = parse_name)]
+    pub name: Name,
+    /// The server: ws://HOST:PORT, or wss://HOST for a tunnel (http(s):// works too).
+    #[arg(long, default_value = "ws://127.0.0.1:8000")]
+    pub url: String,
+    /// Print every frame received as its raw JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Colours: auto (on a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// With input from a pipe: after it ends, keep printing what arrives for SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub linger: Option<f64>,
+    /// Send one message (TARGET is bob or '#g1'), print its ack, and exit.
+    #[arg(long, num_args = 2, value_names = ["TARGET", "TEXT"])]
+    pub send: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Args)]
@@ -99,7 +131,45 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Inspect(args) => inspect(args),
+        Command::Client(args) => client(args),
     }
+}
+
+fn client(args: ClientArgs) -> anyhow::Result<()> {
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => color_stdout(),
+    };
+    colored::control::set_override(color);
+    let linger = match args.linger {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            Some(std::time::Duration::from_secs_f64(secs))
+        }
+        Some(secs) => anyhow::bail!("--linger takes a number of seconds, not {secs}"),
+        None => None,
+    };
+    let options = crate::client::ClientOptions {
+        name: args.name,
+        url: crate::client::base_url(&args.url)?,
+        json: args.json,
+        color,
+        linger,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async move {
+        match &args.send {
+            Some(send) => crate::client::send_once(&options, &send[0], &send[1]).await,
+            None => crate::client::run(options).await,
+        }
+    });
+    // Reading stdin blocks a thread that cannot be interrupted: after /quit,
+    // do not wait for it (the line editor's thread likewise).
+    runtime.shutdown_background();
+    result
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@
 //! - [`cli`]: the `vivachat` command line.
 
 pub mod cli;
+pub mod client;
 pub mod core;
 pub mod event_log;
 pub mod inspect;

@@ -32,7 +32,12 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestServer::start_at("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// A server on a given address (to restart one on the port it had).
+    pub async fn start_at(addr: SocketAddr, config: Config) -> TestServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         // VIVACHAT_TEST_LOG=1 prints the server's event log while debugging a test.

@@ -1,0 +1,588 @@
+//! `vivachat client`: an interactive terminal chat client, also scriptable.
+//!
+//! - `input.rs`: parsing what the user types (a plain function).
+//! - `display.rs`: one line per frame received, plain or coloured.
+//! - here: the connection (with reconnects and backoff), the prompt, and the
+//!   scripted and one-shot (`--send`) modes.
+
+pub mod display;
+pub mod input;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::names::Name;
+use display::{frame_line, notice, Sent, Style};
+use input::{parse_line, Command, Target, HELP};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The first wait after a lost connection; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long, after the input ends, to wait for outstanding acks.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// What `client` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub name: Name,
+    /// `ws://` or `wss://` base URL (already rewritten from http(s)).
+    pub url: String,
+    pub json: bool,
+    pub color: bool,
+    pub linger: Option<Duration>,
+}
+
+/// `http(s)://` becomes `ws(s)://`; a bare `host:port` gets `ws://`. Returns the base URL.
+pub fn base_url(raw: &str) -> anyhow::Result<String> {
+    let raw = raw.trim().trim_end_matches('/');
+    let (scheme, rest) = raw.split_once("://").unwrap_or(("ws", raw));
+    let scheme = match scheme {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        other => {
+            bail!("{raw}: unknown scheme {other:?}; use ws://HOST:PORT or wss://HOST (a tunnel)")
+        }
+    };
+    if rest.is_empty() {
+        bail!("{raw}: no host; use ws://HOST:PORT");
+    }
+    // A URL copied from the server's banner may already end in /ws/NAME.
+    let rest = match rest.find("/ws/") {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    Ok(format!("{scheme}://{rest}"))
+}
+
+fn user_url(base: &str, name: &Name) -> String {
+    format!("{base}/ws/{name}")
+}
+
+async fn connect(url: &str) -> anyhow::Result<Ws> {
+    let attempt = tokio_tungstenite::connect_async(url);
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "no answer from {url} within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                    .unwrap_or_default();
+                anyhow!(
+                    "{url} refused the connection (HTTP {}): {body}",
+                    resp.status().as_u16()
+                )
+            }
+            other => anyhow!("cannot connect to {url}: {other}"),
+        })?;
+    Ok(ws)
+}
+
+/// Installs the TLS provider once, so `wss://` works (rustls with ring and bundled roots).
+fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn frame_ref(frame: &Value) -> Option<u64> {
+    frame.get("ref").and_then(Value::as_u64)
+}
+
+/// The commands, as `client --help` lists them.
+pub fn help_text() -> String {
+    let mut text = String::from("Commands at the prompt (or one per line on stdin):\n");
+    for (usage, what) in HELP {
+        text += &format!("  {usage:<22} {what}\n");
+    }
+    text += "\nExamples:\n  vivachat client alice\n  vivachat client bob --url ws://192.168.1.20:8000\n  \
+             vivachat client alice --send bob \"hello\"\n  printf '/join g1\\n#g1 hi all\\n' | vivachat client carol";
+    text
+}
+
+/// `vivachat client NAME --send TARGET TEXT`: one message, its ack, and out.
+/// Messages flushed to NAME on connect are printed, not lost.
+pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow::Result<()> {
+    init_tls();
+    let style = Style {
+        color: options.color,
+    };
+    let target =
+        input::target(to, "--send bob TEXT or --send '#g1' TEXT").map_err(|u| anyhow!(u.0))?;
+    let url = user_url(&options.url, &options.name);
+    let mut ws = connect(&url).await?;
+    let request = match &target {
+        Target::User(u) => json!({"type":"message","to":u.as_str(),"text":text,"ref":1}),
+        Target::Group(g) => json!({"type":"group_message","group":g.as_str(),"text":text,"ref":1}),
+    };
+    ws.send(Message::text(request.to_string())).await?;
+    let sent = Sent {
+        label: format!("to {target}"),
+    };
+    let deadline = Instant::now() + ACK_WAIT;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "no acknowledgement from the server within {} s",
+                    ACK_WAIT.as_secs()
+                )
+            })?;
+        let text = match next {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => bail!("the server closed the connection: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("connection failed: {e}"),
+            None => bail!("the server closed the connection"),
+        };
+        let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if frame["type"] == "welcome" && !options.json {
+            continue;
+        }
+        let answer = frame_ref(&frame) == Some(1);
+        let line = if options.json {
+            text.to_string()
+        } else {
+            frame_line(&frame, answer.then_some(&sent), None, style)
+        };
+        if answer && frame["type"] == "error" {
+            let _ = ws.close(None).await;
+            bail!("{line}");
+        }
+        println!("{line}");
+        if answer {
+            let _ = ws.close(None).await;
+            return Ok(());
+        }
+    }
+}
+
+/// Where lines go: stdout, or above the prompt of the line editor.
+enum Printer {
+    Stdout,
+    Editor(Box<dyn rustyline::ExternalPrinter + Send>),
+}
+
+impl Printer {
+    fn line(&mut self, text: String) {
+        match self {
+            Printer::Stdout => println!("{text}"),
+            Printer::Editor(p) => {
+                if p.print(format!("{text}\n")).is_err() {
+                    println!("{text}");
+                }
+            }
+        }
+    }
+}
+
+enum Event {
+    Frame(u64, String),
+    Lost(u64, String),
+    Connected(u64, Box<Ws>),
+    ConnectFailed(String),
+}
+
+struct Session {
+    options: ClientOptions,
+    style: Style,
+    out: Printer,
+    conversation: Option<Target>,
+    next_ref: u64,
+    pending: HashMap<u64, (Sent, Instant)>,
+    sink: Option<SplitSink<Ws, Message>>,
+    /// Bumped on every new connection, so events of an old one are ignored.
+    generation: u64,
+    backoff: Duration,
+    reconnect_at: Option<Instant>,
+    connecting: bool,
+    events: mpsc::Sender<Event>,
+}
+
+impl Session {
+    fn notice(&mut self, text: &str) {
+        let line = notice(text, self.style);
+        if self.options.json {
+            eprintln!("{line}");
+        } else {
+            self.out.line(line);
+        }
+    }
+
+    fn prompt(&self) -> String {
+        match &self.conversation {
+            Some(t) => format!("{}→{t}> ", self.options.name),
+            None => format!("{}> ", self.options.name),
+        }
+    }
+
+    fn start_connect(&mut self) {
+        self.connecting = true;
+        self.reconnect_at = None;
+        let url = user_url(&self.options.url, &self.options.name);
+        let events = self.events.clone();
+        let generation = self.generation + 1;
+        tokio::spawn(async move {
+            let event = match connect(&url).await {
+                Ok(ws) => Event::Connected(generation, Box::new(ws)),
+                Err(e) => Event::ConnectFailed(format!("{e:#}")),
+            };
+            let _ = events.send(event).await;
+        });
+    }
+
+    fn attach(&mut self, generation: u64, ws: Ws) {
+        self.generation = generation;
+        self.connecting = false;
+        self.backoff = FIRST_BACKOFF;
+        let (sink, mut stream) = ws.split();
+        self.sink = Some(sink);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let why = loop {
+                match stream.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        if events
+                            .send(Event::Frame(generation, t.to_string()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        break match f {
+                            Some(f) => {
+                                format!("closed by the server ({} {})", u16::from(f.code), f.reason)
+                            }
+                            None => "closed by the server".into(),
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "connection ended".into(),
+                }
+            };
+            let _ = events.send(Event::Lost(generation, why)).await;
+        });
+    }
+
+    fn schedule_reconnect(&mut self) {
+        self.reconnect_at = Some(Instant::now() + self.backoff);
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Frame(g, text) if g == self.generation => self.on_frame(&text),
+            Event::Lost(g, why) if g == self.generation && self.sink.is_some() => {
+                self.sink = None;
+                let unanswered = self.pending.len();
+                self.pending.clear();
+                let mut msg = format!(
+                    "connection lost: {why}; reconnecting in {} s",
+                    self.backoff.as_secs()
+                );
+                if unanswered > 0 {
+                    msg += &format!(
+                        " ({unanswered} request(s) got no answer: send them again if needed)"
+                    );
+                }
+                self.notice(&msg);
+                self.schedule_reconnect();
+            }
+            Event::Connected(g, ws) => {
+                let again = self.generation > 0;
+                self.attach(g, *ws);
+                if again {
+                    self.notice("reconnected");
+                }
+            }
+            Event::ConnectFailed(why) => {
+                self.connecting = false;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                let msg = format!(
+                    "still disconnected ({why}); next try in {} s",
+                    self.backoff.as_secs()
+                );
+                self.notice(&msg);
+                self.schedule_reconnect();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_frame(&mut self, text: &str) {
+        let frame: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let answered = frame_ref(&frame).and_then(|r| self.pending.remove(&r));
+        if self.options.json {
+            self.out.line(text.to_string());
+            return;
+        }
+        let rtt = match (&answered, frame["type"].as_str()) {
+            (Some((_, at)), Some("pong")) => Some(at.elapsed()),
+            _ => None,
+        };
+        let line = frame_line(&frame, answered.as_ref().map(|(s, _)| s), rtt, self.style);
+        self.out.line(line);
+    }
+
+    async fn request(&mut self, mut frame: Value, label: String) {
+        let Some(sink) = self.sink.as_mut() else {
+            let when = self
+                .reconnect_at
+                .map(|at| {
+                    format!(
+                        "next try in {} s",
+                        at.saturating_duration_since(Instant::now()).as_secs() + 1
+                    )
+                })
+                .unwrap_or_else(|| "trying now".into());
+            self.notice(&format!("not connected ({when}): not sent"));
+            return;
+        };
+        self.next_ref += 1;
+        let r = self.next_ref;
+        frame["ref"] = json!(r);
+        self.pending.insert(r, (Sent { label }, Instant::now()));
+        if let Err(e) = sink.send(Message::text(frame.to_string())).await {
+            self.pending.remove(&r);
+            self.notice(&format!("could not send: {e}"));
+        }
+    }
+
+    /// Carries out one input line; returns false to quit.
+    async fn on_line(&mut self, line: &str) -> bool {
+        let command = match parse_line(line) {
+            Ok(c) => c,
+            Err(usage) => {
+                self.notice(&usage.0);
+                return true;
+            }
+        };
+        match command {
+            Command::Nothing => {}
+            Command::Quit => return false,
+            Command::Help => {
+                for (usage, what) in HELP {
+                    self.out.line(format!("  {usage:<22} {what}"));
+                }
+            }
+            Command::Converse(target) => {
+                self.notice(&format!("talking to {target}: plain text goes there now"));
+                self.conversation = Some(target);
+            }
+            Command::Say(text) => match self.conversation.clone() {
+                Some(target) => self.send_to(target, text).await,
+                None => {
+                    self.notice("no conversation yet: /to bob (or /to #g1) first, or @bob TEXT")
+                }
+            },
+            Command::SendTo(target, text) => self.send_to(target, text).await,
+            Command::Join(g) => {
+                self.request(
+                    json!({"type":"group_join","group":g.as_str()}),
+                    format!("join #{g}"),
+                )
+                .await
+            }
+            Command::Leave(g) => {
+                self.request(
+                    json!({"type":"group_leave","group":g.as_str()}),
+                    format!("leave #{g}"),
+                )
+                .await
+            }
+            Command::Block(u) => {
+                self.request(
+                    json!({"type":"block","user":u.as_str()}),
+                    format!("block {u}"),
+                )
+                .await
+            }
+            Command::Unblock(u) => {
+                self.request(
+                    json!({"type":"unblock","user":u.as_str()}),
+                    format!("unblock {u}"),
+                )
+                .await
+            }
+            Command::Who => self.request(json!({"type":"who"}), "who".into()).await,
+            Command::Ping => self.request(json!({"type":"ping"}), "ping".into()).await,
+        }
+        true
+    }
+
+    async fn send_to(&mut self, target: Target, text: String) {
+        let frame = match &target {
+            Target::User(u) => json!({"type":"message","to":u.as_str(),"text":text}),
+            Target::Group(g) => json!({"type":"group_message","group":g.as_str(),"text":text}),
+        };
+        self.request(frame, format!("to {target}")).await;
+    }
+
+    async fn close(&mut self) {
+        if let Some(mut sink) = self.sink.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+        }
+    }
+}
+
+/// Where input lines arrive (`None` at the end), how to hand the line editor
+/// its next prompt (interactive only), and where to print.
+struct Input {
+    lines: mpsc::Receiver<Option<String>>,
+    prompts: Option<std::sync::mpsc::Sender<String>>,
+    printer: Printer,
+}
+
+/// Reads input lines: from the line editor on a terminal, else from stdin.
+fn start_input(interactive: bool) -> anyhow::Result<Input> {
+    let (lines_tx, lines_rx) = mpsc::channel(64);
+    if !interactive {
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if lines_tx.send(Some(line)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = lines_tx.send(None).await;
+        });
+        return Ok(Input {
+            lines: lines_rx,
+            prompts: None,
+            printer: Printer::Stdout,
+        });
+    }
+    let mut editor = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
+    let printer = editor
+        .create_external_printer()
+        .context("cannot print above the prompt")?;
+    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        // One line at a time: the next prompt (which shows the conversation)
+        // arrives only after the previous line was carried out.
+        while let Ok(prompt) = prompt_rx.recv() {
+            match editor.readline(&prompt) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    if lines_tx.blocking_send(Some(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    // Ctrl-D, Ctrl-C, or the terminal went away: leave.
+                    let _ = lines_tx.blocking_send(None);
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Input {
+        lines: lines_rx,
+        prompts: Some(prompt_tx),
+        printer: Printer::Editor(Box::new(printer)),
+    })
+}
+
+/// The interactive (or scripted, when stdin is not a terminal) client.
+pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
+    init_tls();
+    let interactive =
+        std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !options.json;
+    // Connect first, so a wrong URL or name is one clear error.
+    let first = connect(&user_url(&options.url, &options.name)).await?;
+    let (events_tx, mut events) = mpsc::channel(1024);
+    let Input {
+        mut lines,
+        prompts: prompt_tx,
+        printer: out,
+    } = start_input(interactive)?;
+    let mut session = Session {
+        style: Style {
+            color: options.color,
+        },
+        options,
+        out,
+        conversation: None,
+        next_ref: 0,
+        pending: HashMap::new(),
+        sink: None,
+        generation: 0,
+        backoff: FIRST_BACKOFF,
+        reconnect_at: None,
+        connecting: false,
+        events: events_tx,
+    };
+    session.attach(1, first);
+    if interactive {
+        session
+            .notice("type /help for commands, /to NAME to start a conversation, Ctrl-D to leave");
+    }
+    let ask_for_line = |session: &Session| {
+        if let Some(tx) = &prompt_tx {
+            let _ = tx.send(session.prompt());
+        }
+    };
+    ask_for_line(&session);
+    let mut input_done: Option<Instant> = None;
+    loop {
+        // After the input ends: wait for outstanding acks (bounded), then linger.
+        let exit_at = input_done.map(|at| {
+            if !session.pending.is_empty() {
+                at + ACK_WAIT
+            } else {
+                at + session.options.linger.unwrap_or_default()
+            }
+        });
+        tokio::select! {
+            Some(event) = events.recv() => session.on_event(event).await,
+            line = lines.recv(), if input_done.is_none() => match line.flatten() {
+                Some(line) => {
+                    if !session.on_line(&line).await {
+                        break;
+                    }
+                    ask_for_line(&session);
+                }
+                None if interactive => break,
+                None => input_done = Some(Instant::now()),
+            },
+            () = tokio::time::sleep_until(session.reconnect_at.unwrap_or_else(Instant::now)),
+                if session.reconnect_at.is_some() && !session.connecting => session.start_connect(),
+            () = tokio::time::sleep_until(exit_at.unwrap_or_else(Instant::now)), if exit_at.is_some() => {
+                if !session.pending.is_empty() && input_done.is_some_and(|at| at.elapsed() >= ACK_WAIT) {
+                    let n = session.pending.len();
+                    session.close().await;
+                    bail!("{n} request(s) were never acknowledged");
+                }
+                if session.pending.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    session.close().await;
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! `vivachat client`, the real binary driven through pipes, against a real server.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use vivachat::server::Config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A scripted client: commands go to its stdin, its stdout lines come back.
+struct Client {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Client {
+    fn start(server: &TestServer, name: &str, extra: &[&str]) -> Client {
+        let url = format!("ws://{}", server.addr);
+        let mut child = Command::new(BIN)
+            .args(["client", name, "--url", &url, "--color", "never"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut client = Client {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        };
+        // "welcome alice: ..." or, with --json, {"type":"welcome",...}.
+        client.expect("welcome");
+        client
+    }
+
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Proves nothing else arrived: a ping's pong comes back with no other line first.
+    fn expect_quiet(&mut self) {
+        self.say("/ping");
+        let line = self.lines.recv_timeout(WAIT).expect("a pong");
+        assert!(
+            line.starts_with("pong: round trip "),
+            "expected only a pong, got {line:?}"
+        );
+    }
+
+    /// Closes stdin and waits for the exit code.
+    fn finish(mut self) -> (i32, Vec<String>) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "client did not exit after EOF");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        (status.code().unwrap_or(-1), rest)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn send_once(server: &TestServer, from: &str, to: &str, text: &str) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            from,
+            "--url",
+            &format!("ws://{}", server.addr),
+            "--color",
+            "never",
+            "--send",
+            to,
+            text,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_exchange_direct_and_group_messages() {
+    let server = TestServer::start().await;
+    let mut alice = Client::start(&server, "alice", &[]);
+    let mut bob = Client::start(&server, "bob", &[]);
+    assert_eq!(alice.expect("* bob"), "* bob is online");
+
+    alice.say("/to bob");
+    alice.expect("! talking to bob");
+    alice.say("hi bob");
+    assert!(alice.expect("✓ delivered").ends_with("(to bob)"));
+    assert_eq!(bob.expect("hi bob"), "alice -> bob: hi bob");
+
+    bob.say("@alice hi alice");
+    assert_eq!(alice.expect("hi alice"), "bob -> alice: hi alice");
+    bob.expect("✓ delivered");
+
+    for c in [&mut alice, &mut bob] {
+        c.say("/join g1");
+        assert_eq!(c.expect("✓ ok"), "✓ ok (join #g1)");
+    }
+    bob.say("#g1 hello group");
+    assert_eq!(alice.expect("hello group"), "#g1 bob: hello group");
+    assert!(bob.expect("✓ delivered").ends_with("(to #g1)"));
+    alice.say("/g g1 second");
+    assert_eq!(bob.expect("second"), "#g1 alice: second");
+    alice.say("/to #g1");
+    alice.say("plain to the group");
+    assert_eq!(bob.expect("plain to"), "#g1 alice: plain to the group");
+    bob.say("/msg alice direct again");
+    assert_eq!(alice.expect("direct again"), "bob -> alice: direct again");
+
+    let (code, _) = alice.finish();
+    assert_eq!(code, 0);
+    bob.expect("* alice is offline");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_user_gets_the_queue_in_order_on_connect() {
+    let server = TestServer::start().await;
+    for text in ["first", "second"] {
+        let (code, out, err) = send_once(&server, "alice", "carol", text);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.trim().starts_with("✓ queued #") && out.contains("(to carol)"),
+            "{out}"
+        );
+    }
+    let mut carol = Client::start(&server, "carol", &[]);
+    assert!(
+        carol.seen[0].contains("2 queued message(s) coming"),
+        "{:?}",
+        carol.seen
+    );
+    let first = carol.expect("first");
+    assert!(
+        first.starts_with("[offline, sent ") && first.ends_with("alice -> carol: first"),
+        "{first}"
+    );
+    let second = carol.expect("alice -> carol");
+    assert!(second.ends_with("alice -> carol: second"), "{second}");
+    carol.expect_quiet();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_and_unblock() {
+    let server = TestServer::start().await;
+    let mut alice = Client::start(&server, "alice", &[]);
+    let mut bob = Client::start(&server, "bob", &[]);
+    alice.expect("* bob is online");
+    bob.say("/block alice");
+    assert_eq!(bob.expect("✓ ok"), "✓ ok (block alice)");
+    alice.say("@bob can you hear me");
+    assert!(
+        alice.expect("✓ sent").ends_with("(to bob)"),
+        "blocked senders see `sent`"
+    );
+    bob.expect_quiet();
+    bob.say("/unblock alice");
+    assert_eq!(bob.expect("✓ ok"), "✓ ok (unblock alice)");
+    alice.say("@bob and now");
+    alice.expect("✓ delivered");
+    assert_eq!(bob.expect("and now"), "alice -> bob: and now");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_slash_command_and_malformed_ones() {
+    let server = TestServer::start().await;
+    let mut zed = Client::start(&server, "zed", &[]);
+    let _amy = Client::start(&server, "amy", &[]);
+    zed.expect("* amy is online");
+
+    zed.say("/help");
+    for usage in [
+        "/to bob | /to #g1",
+        "/msg bob TEXT",
+        "/g g1 TEXT",
+        "/join g1",
+        "/leave g1",
+        "/block bob",
+        "/unblock bob",
+        "/who",
+        "/ping",
+        "/quit",
+    ] {
+        zed.expect(usage);
+    }
+    zed.say("/who");
+    assert_eq!(zed.expect("online:"), "online: amy, zed");
+    zed.say("/ping");
+    zed.expect("pong: round trip ");
+    zed.say("/join g2");
+    zed.expect("✓ ok (join #g2)");
+    zed.say("/leave g2");
+    zed.expect("✓ ok (leave #g2)");
+    zed.say("/g g2 anyone?");
+    assert!(zed.expect("✗ not_member").ends_with("(to #g2)"));
+
+    // Malformed lines: a one-line hint each, and the client keeps working.
+    zed.say("/bogus");
+    assert_eq!(
+        zed.expect("unknown command"),
+        "! unknown command /bogus; /help lists them"
+    );
+    zed.say("/msg amy");
+    assert_eq!(zed.expect("usage"), "! usage: /msg bob TEXT");
+    zed.say("no conversation yet");
+    zed.expect("! no conversation yet: /to bob");
+    zed.say("@no/such x");
+    zed.expect("not a valid user name");
+    zed.say("/to");
+    zed.expect("! usage: /to bob");
+    zed.say("\u{0}\u{1b}[2J@@@///");
+    zed.expect("!");
+    zed.say("/msg amy still alive");
+    zed.expect("✓ delivered");
+
+    // /quit leaves at once, even with stdin still open.
+    zed.say("/quit");
+    let deadline = Instant::now() + WAIT;
+    while zed.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "/quit did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(zed.child.try_wait().unwrap().unwrap().success());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reconnects_after_a_server_restart() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let mut alice = Client::start(&server, "alice", &[]);
+    alice.say("/join g1");
+    alice.expect("✓ ok (join #g1)");
+    server.stop().await;
+    let lost = alice.expect("! connection lost");
+    assert!(lost.contains("reconnecting in 1 s"), "{lost}");
+    alice.say("@bob while down");
+    alice.expect("! not connected");
+
+    let server = TestServer::start_at(addr, Config::default()).await;
+    alice.expect("! reconnected");
+    alice.expect("welcome alice:");
+    alice.say("@bob after restart");
+    assert!(alice.expect("✓ queued").ends_with("(to bob)"));
+    // The restarted server is new and in memory: the group is gone, and the client says so plainly.
+    alice.say("#g1 still there?");
+    alice.expect("✗ not_member");
+    let (code, _) = alice.finish();
+    assert_eq!(code, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_exit_codes_and_json() {
+    let server = TestServer::start().await;
+    let (code, out, err) = send_once(&server, "alice", "#nowhere", "hi");
+    assert_eq!(code, 1);
+    assert!(out.trim().is_empty(), "{out}");
+    assert!(
+        err.contains("✗ not_member") && err.contains("(to #nowhere)"),
+        "{err}"
+    );
+    let (code, _, err) = send_once(&server, "alice", "no/such", "hi");
+    assert_eq!(code, 1);
+    assert!(err.contains("not a valid user name"), "{err}");
+
+    let mut bob = Client::start(&server, "bob", &["--json"]);
+    let (code, out, _) = send_once(&server, "alice", "bob", "raw please");
+    assert_eq!(code, 0);
+    assert!(out.contains("✓ delivered"));
+    let raw = bob.expect("raw please");
+    let frame: serde_json::Value =
+        serde_json::from_str(&raw).expect("--json prints frames as JSON");
+    assert_eq!(frame["type"], "message");
+    assert_eq!(frame["from"], "alice");
+
+    // EOF with nothing pending: exits 0 at once; --linger keeps it listening.
+    let (code, _) = bob.finish();
+    assert_eq!(code, 0);
+    let carol = Client::start(&server, "carol", &["--linger", "1"]);
+    let started = Instant::now();
+    let (code, _) = carol.finish();
+    assert_eq!(code, 0);
+    assert!(started.elapsed() >= Duration::from_millis(900), "lingered");
+    server.stop().await;
+}
+
+#[test]
+fn connection_problems_are_clear_errors() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "alice",
+            "--url",
+            &format!("ws://127.0.0.1:{port}"),
+            "--send",
+            "bob",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to ws://127.0.0.1:"), "{err}");
+
+    // wss:// goes through TLS: against a plain TCP socket the handshake fails as TLS.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = plain.accept() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nnot tls");
+        }
+    });
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "alice",
+            "--url",
+            &format!("https://127.0.0.1:{port}"),
+            "--send",
+            "bob",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wss://127.0.0.1:") && !err.contains("scheme"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["client", "bad name"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may only use letters"));
+}
