@@ -141,7 +141,9 @@ async fn two_clients_exchange_direct_and_group_messages() {
     alice.say("/to bob");
     alice.expect("! talking to bob");
     alice.say("hi bob");
-    assert!(alice.expect("✓ delivered").ends_with("(to bob)"));
+    assert!(alice
+        .expect("✓ delivered")
+        .ends_with(r#"(to bob: "hi bob")"#));
     assert_eq!(bob.expect("hi bob"), "alice -> bob: hi bob");
 
     bob.say("@alice hi alice");
@@ -154,7 +156,9 @@ async fn two_clients_exchange_direct_and_group_messages() {
     }
     bob.say("#g1 hello group");
     assert_eq!(alice.expect("hello group"), "#g1 bob: hello group");
-    assert!(bob.expect("✓ delivered").ends_with("(to #g1)"));
+    assert!(bob
+        .expect("✓ delivered")
+        .ends_with(r#"(to #g1: "hello group")"#));
     alice.say("/g g1 second");
     assert_eq!(bob.expect("second"), "#g1 alice: second");
     alice.say("/to #g1");
@@ -207,7 +211,9 @@ async fn block_and_unblock() {
     assert_eq!(bob.expect("✓ ok"), "✓ ok (block alice)");
     alice.say("@bob can you hear me");
     assert!(
-        alice.expect("✓ sent").ends_with("(to bob)"),
+        alice
+            .expect("✓ sent")
+            .ends_with(r#"(to bob: "can you hear me")"#),
         "blocked senders see `sent`"
     );
     bob.expect_quiet();
@@ -250,7 +256,9 @@ async fn every_slash_command_and_malformed_ones() {
     zed.say("/leave g2");
     zed.expect("✓ ok (leave #g2)");
     zed.say("/g g2 anyone?");
-    assert!(zed.expect("✗ not_member").ends_with("(to #g2)"));
+    assert!(zed
+        .expect("✗ not_member")
+        .ends_with(r#"(to #g2: "anyone?")"#));
 
     // Malformed lines: a one-line hint each, and the client keeps working.
     zed.say("/bogus");
@@ -299,7 +307,9 @@ async fn the_client_reconnects_after_a_server_restart() {
     alice.expect("! reconnected");
     alice.expect("welcome alice:");
     alice.say("@bob after restart");
-    assert!(alice.expect("✓ queued").ends_with("(to bob)"));
+    assert!(alice
+        .expect("✓ queued")
+        .ends_with(r#"(to bob: "after restart")"#));
     // The restarted server is new and in memory: the group is gone, and the client says so plainly.
     alice.say("#g1 still there?");
     alice.expect("✗ not_member");

@@ -103,6 +103,16 @@ fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// How an ack names the message it answers: `to bob: "see you at 3"`.
+fn sent_label(target: &Target, text: &str) -> String {
+    const PREVIEW: usize = 30;
+    let mut preview: String = text.chars().take(PREVIEW).collect();
+    if text.chars().count() > PREVIEW {
+        preview.push('…');
+    }
+    format!("to {target}: {preview:?}")
+}
+
 fn frame_ref(frame: &Value) -> Option<u64> {
     frame.get("ref").and_then(Value::as_u64)
 }
@@ -432,11 +442,12 @@ impl Session {
     }
 
     async fn send_to(&mut self, target: Target, text: String) {
+        let label = sent_label(&target, &text);
         let frame = match &target {
             Target::User(u) => json!({"type":"message","to":u.as_str(),"text":text}),
             Target::Group(g) => json!({"type":"group_message","group":g.as_str(),"text":text}),
         };
-        self.request(frame, format!("to {target}")).await;
+        self.request(frame, label).await;
     }
 
     async fn close(&mut self) {
