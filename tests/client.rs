@@ -180,7 +180,7 @@ async fn an_offline_user_gets_the_queue_in_order_on_connect() {
         let (code, out, err) = send_once(&server, "alice", "carol", text);
         assert_eq!(code, 0, "{err}");
         assert!(
-            out.trim().starts_with("✓ queued #") && out.contains("(to carol)"),
+            out.trim().starts_with("✓ queued #") && out.contains(&format!("(to carol: {text:?})")),
             "{out}"
         );
     }

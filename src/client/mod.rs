@@ -145,7 +145,7 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
     };
     ws.send(Message::text(request.to_string())).await?;
     let sent = Sent {
-        label: format!("to {target}"),
+        label: sent_label(&target, text),
     };
     let deadline = Instant::now() + ACK_WAIT;
     loop {
