@@ -325,7 +325,7 @@ async fn send_exit_codes_and_json() {
     assert_eq!(code, 1);
     assert!(out.trim().is_empty(), "{out}");
     assert!(
-        err.contains("✗ not_member") && err.contains("(to #nowhere)"),
+        err.contains("✗ not_member") && err.contains(r#"(to #nowhere: "hi")"#),
         "{err}"
     );
     let (code, _, err) = send_once(&server, "alice", "no/such", "hi");
