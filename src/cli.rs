@@ -34,6 +34,82 @@ pub enum Command {
     /// Chat from this terminal (or from a script, when stdin is not a terminal).
     #[command(after_help = crate::client::help_text())]
     Client(ClientArgs),
+    /// Prove each Big-O claim with counted operations and timings; load-test the server.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub structures: StructuresArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Each structure the seed chose against the naive one (the default).
+    Structures(StructuresArgs),
+    /// Routing through the in-memory core alone, without sockets.
+    Core(CoreArgs),
+    /// A real server under load over real WebSockets.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StructuresArgs {
+    /// Sizes N to measure, e.g. 100,1000,10000,100000 (1e5 works too).
+    #[arg(long, value_parser = crate::bench::parse_sizes)]
+    pub sizes: Option<Vec<usize>>,
+    /// A shorter run for the classroom: N up to 10,000, fewer repetitions (under 3 s).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a log-log chart of time per operation against N to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoreArgs {
+    /// Online users the messages are routed between.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Messages to route.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub messages: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// A running server; without it, `vivachat serve` is started on a free port.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Connected users, paired for direct messages.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Total messages per second, open loop (latency from each message's intended send time).
+    #[arg(long, default_value_t = 5000.0)]
+    pub rate: f64,
+    /// Closed loop instead: each sender keeps W messages in flight.
+    #[arg(long, value_name = "W")]
+    pub window: Option<usize>,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+    /// Memory mode: open N idle connections and report memory per connection.
+    #[arg(long, value_name = "N")]
+    pub conns: Option<usize>,
+    /// Memory mode: one user per connection (each arrival is then broadcast to all).
+    #[arg(long, requires = "conns")]
+    pub distinct: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -132,7 +208,78 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Inspect(args) => inspect(args),
         Command::Client(args) => client(args),
+        Command::Bench(args) => bench(args),
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let color = color_stdout();
+    colored::control::set_override(color);
+    match args
+        .command
+        .unwrap_or(BenchCommand::Structures(args.structures))
+    {
+        BenchCommand::Structures(a) => {
+            let options = crate::bench::StructuresOptions {
+                sizes: a.sizes,
+                quick: a.quick,
+                json: a.json,
+                plot: a.plot.clone(),
+                color,
+            };
+            let report = crate::bench::run_structures(&options)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", crate::bench::render_structures(&report, color));
+                if let Some(path) = a.plot {
+                    println!("chart written to {}", path.display());
+                }
+            }
+        }
+        BenchCommand::Core(a) => {
+            let r = crate::bench::core::run(a.users, a.messages);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "routed {} direct messages between {} online users through the core in {:.2} s:\n  \
+                     {:.0} messages per second, {:.0} ns per message (one core, no sockets, no JSON)",
+                    r.messages, r.users, r.seconds, r.messages_per_second, r.ns_per_message
+                );
+                println!("  structure operations per message:");
+                for (op, n) in &r.ops_per_message {
+                    println!("    {op}: {n}");
+                }
+            }
+        }
+        BenchCommand::Load(a) => {
+            let options = crate::bench::load::LoadOptions {
+                url: a.url,
+                clients: a.clients,
+                rate: a.window.is_none().then_some(a.rate),
+                window: a.window,
+                secs: a.secs,
+                conns: a.conns,
+                distinct: a.distinct,
+            };
+            let bar = indicatif::ProgressBar::new(1000);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(crate::bench::load::run(&options, &|f| {
+                bar.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64)
+            }))?;
+            bar.finish_and_clear();
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", crate::bench::load::render(&report));
+            }
+            runtime.shutdown_background();
+        }
+    }
+    Ok(())
 }
 
 fn client(args: ClientArgs) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@
 //! - [`event_log`]: narrates each event with the structure operations it cost.
 //! - [`cli`]: the `vivachat` command line.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod core;

@@ -1,0 +1,450 @@
+//! `vivachat bench load`: an end-to-end load test over real WebSockets.
+//!
+//! Open loop (`--rate`): every message has an intended send time, and its
+//! latency is measured from that time, so a stalled server cannot hide its
+//! queueing by slowing the senders down. Closed loop (`--window`): each sender
+//! keeps W messages in flight, for peak throughput. Memory (`--conns`): N idle
+//! connections and the server's resident memory per connection.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// A running server (ws://HOST:PORT); None starts `vivachat serve` as a child.
+    pub url: Option<String>,
+    pub clients: usize,
+    /// Total messages per second (open loop).
+    pub rate: Option<f64>,
+    /// Messages in flight per sender (closed loop).
+    pub window: Option<usize>,
+    pub secs: f64,
+    /// Memory mode: this many idle connections.
+    pub conns: Option<usize>,
+    /// In memory mode, one user per connection (each arrival is then broadcast).
+    pub distinct: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    pub mode: String,
+    pub clients: usize,
+    pub seconds: f64,
+    pub offered: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub achieved_rate: f64,
+    /// Microseconds from intended send time to the recipient reading it.
+    pub latency_us: Latency,
+    pub server_rss_kib_before: Option<u64>,
+    pub server_rss_kib_after: Option<u64>,
+    /// CPU the server used during the measured phase, in seconds.
+    pub server_cpu_seconds: Option<f64>,
+    pub idle_connections: Option<usize>,
+    pub kib_per_connection: Option<f64>,
+}
+
+/// The server under test: a child we started, or one given by URL.
+struct Target {
+    url: String,
+    child: Option<Child>,
+}
+
+impl Target {
+    fn start(url: Option<&str>) -> anyhow::Result<Target> {
+        if let Some(url) = url {
+            return Ok(Target {
+                url: crate::client::base_url(url)?,
+                child: None,
+            });
+        }
+        let exe = std::env::current_exe().context("cannot find the vivachat binary")?;
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--quiet",
+                "--port",
+                "0",
+                "--max-offline",
+                "10000000",
+                "--outbox-frames",
+                "100000",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start vivachat serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .context("the server exited before listening")??;
+            if let Some(addr) = line.strip_prefix("vivachat listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Target {
+            url: format!("ws://{addr}"),
+            child: Some(child),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            for _ in 0..100 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Resident memory of a process, in KiB (Linux /proc).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every mainstream architecture.
+    Some(ticks / 100.0)
+}
+
+async fn connect(url: &str, user: &str, source: u8) -> anyhow::Result<Ws> {
+    let full = format!("{url}/ws/{user}");
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let addr: std::net::SocketAddr = match host.parse() {
+        Ok(addr) => addr,
+        Err(_) => return Ok(tokio_tungstenite::connect_async(full).await?.0),
+    };
+    // Many connections to one loopback port: spread the source addresses over
+    // 127.0.0.x so the ephemeral ports of one address do not run out.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if addr.ip().is_loopback() {
+        socket.bind(std::net::SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
+    }
+    let stream = socket.connect(addr).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(full, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
+    Ok(ws)
+}
+
+fn percentiles(mut xs: Vec<u64>) -> Latency {
+    if xs.is_empty() {
+        return Latency::default();
+    }
+    xs.sort_unstable();
+    let at = |p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
+    Latency {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: *xs.last().unwrap_or(&0),
+    }
+}
+
+/// Runs the load test; `progress` gets the fraction done.
+pub async fn run(
+    options: &LoadOptions,
+    progress: &(dyn Fn(f64) + Sync),
+) -> anyhow::Result<LoadReport> {
+    let target = Target::start(options.url.as_deref())?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = target.pid();
+    let mut report = LoadReport {
+        server_rss_kib_before: pid.and_then(rss_kib),
+        ..LoadReport::default()
+    };
+    if let Some(n) = options.conns {
+        return memory(&target, n, options.distinct, report, progress).await;
+    }
+    let clients = options.clients.max(2);
+    report.clients = clients;
+    report.seconds = options.secs;
+    let epoch = Instant::now();
+    let mut sockets = Vec::with_capacity(clients);
+    for i in 0..clients {
+        sockets.push(connect(&target.url, &format!("load{i:05}"), 1 + (i / 20_000) as u8).await?);
+    }
+    // Let every arrival's presence broadcast pass before the clock starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu_before = pid.and_then(cpu_secs);
+    let start = Instant::now();
+    let stop_at = start + Duration::from_secs_f64(options.secs);
+    let per_client_rate = options.rate.map(|r| r / clients as f64);
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let peer = if i % 2 == 0 { (i + 1) % clients } else { i - 1 };
+        let (mut tx, mut rx) = ws.split();
+        let window = options.window.map(|w| Arc::new(Semaphore::new(w.max(1))));
+        let (window_tx, window_rx) = (window.clone(), window);
+        let sent = sent.clone();
+        let sender = tokio::spawn(async move {
+            let mut seq = 0u64;
+            loop {
+                let intended = match per_client_rate {
+                    Some(r) if r > 0.0 => start + Duration::from_secs_f64(seq as f64 / r),
+                    _ => Instant::now(),
+                };
+                if intended >= stop_at {
+                    break;
+                }
+                if let Some(w) = &window_tx {
+                    match tokio::time::timeout_at(stop_at, w.acquire()).await {
+                        Ok(Ok(permit)) => permit.forget(),
+                        _ => break,
+                    }
+                } else {
+                    tokio::time::sleep_until(intended).await;
+                }
+                let at = intended.duration_since(epoch).as_micros();
+                let frame = json!({"type":"message","to":format!("load{peer:05}"),"text":format!("{i} {seq} {at}")});
+                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                seq += 1;
+            }
+            tx
+        });
+        let receiver = tokio::spawn(async move {
+            let mut seen: HashSet<u64> = HashSet::new();
+            let mut last: Option<u64> = None;
+            let (mut dups, mut disorder) = (0u64, 0u64);
+            let mut latencies = Vec::new();
+            loop {
+                let next =
+                    tokio::time::timeout_at(stop_at + Duration::from_secs(5), rx.next()).await;
+                let Ok(Some(Ok(Message::Text(t)))) = next else {
+                    break;
+                };
+                let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                match v["type"].as_str() {
+                    Some("ack") => {
+                        if let Some(w) = &window_rx {
+                            w.add_permits(1);
+                        }
+                    }
+                    Some("message") => {
+                        let text = v["text"].as_str().unwrap_or("");
+                        let mut parts = text
+                            .split(' ')
+                            .skip(1)
+                            .map(|p| p.parse::<u64>().unwrap_or(0));
+                        let (seq, at) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                        latencies.push((epoch.elapsed().as_micros() as u64).saturating_sub(at));
+                        if !seen.insert(seq) {
+                            dups += 1;
+                        } else if last.is_some_and(|l| seq < l) {
+                            disorder += 1;
+                        }
+                        last = Some(last.map_or(seq, |l| l.max(seq)));
+                    }
+                    _ => {}
+                }
+            }
+            (seen.len() as u64, dups, disorder, latencies)
+        });
+        tasks.push((sender, receiver));
+    }
+    let ticker = async {
+        while Instant::now() < stop_at {
+            progress(start.elapsed().as_secs_f64() / options.secs);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    ticker.await;
+    let mut senders = Vec::new();
+    for (s, _) in &mut tasks {
+        senders.push(s.await?);
+    }
+    let sent_total = sent.load(Ordering::Relaxed);
+    let cpu = pid.and_then(cpu_secs).zip(cpu_before).map(|(b, a)| b - a);
+    // Receivers stop once nothing has arrived for a while after the end.
+    let mut latencies = Vec::new();
+    let (mut delivered, mut dups, mut disorder) = (0, 0, 0);
+    for (_, r) in tasks {
+        let (d, du, o, l) = r.await?;
+        delivered += d;
+        dups += du;
+        disorder += o;
+        latencies.extend(l);
+    }
+    drop(senders);
+    report.mode = if options.window.is_some() {
+        "closed loop"
+    } else {
+        "open loop"
+    }
+    .into();
+    report.offered = match options.rate {
+        Some(r) if options.window.is_none() => (r * options.secs).round() as u64,
+        _ => sent_total,
+    };
+    report.sent = sent_total;
+    report.delivered = delivered;
+    report.lost = sent_total.saturating_sub(delivered);
+    report.duplicates = dups;
+    report.out_of_order = disorder;
+    report.achieved_rate = delivered as f64 / options.secs;
+    report.latency_us = percentiles(latencies);
+    report.server_rss_kib_after = pid.and_then(rss_kib);
+    report.server_cpu_seconds = cpu;
+    progress(1.0);
+    Ok(report)
+}
+
+async fn memory(
+    target: &Target,
+    n: usize,
+    distinct: bool,
+    mut report: LoadReport,
+    progress: &(dyn Fn(f64) + Sync),
+) -> anyhow::Result<LoadReport> {
+    let Some(pid) = target.pid() else {
+        bail!("memory mode reads the server's memory from /proc: run it without --url");
+    };
+    let mut held = Vec::with_capacity(n);
+    let mut readers = Vec::new();
+    for i in 0..n {
+        let user = if distinct {
+            format!("idle{i:06}")
+        } else {
+            "idle".to_string()
+        };
+        let ws = connect(&target.url, &user, 1 + (i / 20_000) as u8)
+            .await
+            .with_context(|| {
+                format!("connection {i} of {n} failed (raise the open-file limit: ulimit -n)")
+            })?;
+        let (tx, mut rx) = ws.split();
+        // Read everything (presence frames) so no outbox fills.
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = rx.next().await {}
+        }));
+        held.push(tx);
+        if i % 500 == 0 {
+            progress(i as f64 / n as f64);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    report.mode = "memory".into();
+    report.idle_connections = Some(n);
+    report.server_rss_kib_after = rss_kib(pid);
+    report.kib_per_connection = report
+        .server_rss_kib_after
+        .zip(report.server_rss_kib_before)
+        .map(|(after, before)| after.saturating_sub(before) as f64 / n.max(1) as f64);
+    for r in readers {
+        r.abort();
+    }
+    progress(1.0);
+    Ok(report)
+}
+
+/// The report as a table.
+pub fn render(r: &LoadReport) -> String {
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["measure", "value"]);
+    let mut row = |k: &str, v: String| {
+        t.add_row(vec![k.to_string(), v]);
+    };
+    row("mode", r.mode.clone());
+    if let Some(n) = r.idle_connections {
+        row("idle connections", n.to_string());
+        if let Some(k) = r.kib_per_connection {
+            row("server memory per connection", format!("{k:.1} KiB"));
+        }
+    } else {
+        row("clients", r.clients.to_string());
+        row("seconds", format!("{:.1}", r.seconds));
+        row("offered", r.offered.to_string());
+        row("sent", r.sent.to_string());
+        row("delivered", r.delivered.to_string());
+        row("lost", r.lost.to_string());
+        row("duplicates", r.duplicates.to_string());
+        row("out of order", r.out_of_order.to_string());
+        row("achieved rate", format!("{:.0} msgs/s", r.achieved_rate));
+        let l = &r.latency_us;
+        row(
+            "latency p50 / p90 / p99",
+            format!("{} / {} / {} µs", l.p50, l.p90, l.p99),
+        );
+        row("latency p99.9 / max", format!("{} / {} µs", l.p999, l.max));
+        if let Some(cpu) = r.server_cpu_seconds {
+            row(
+                "server CPU",
+                format!(
+                    "{cpu:.2} s ({:.2} µs per delivered message)",
+                    cpu * 1e6 / r.delivered.max(1) as f64
+                ),
+            );
+        }
+    }
+    if let (Some(a), Some(b)) = (r.server_rss_kib_before, r.server_rss_kib_after) {
+        row("server RSS before / after", format!("{a} / {b} KiB"));
+    }
+    t.to_string()
+}
