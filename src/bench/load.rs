@@ -6,7 +6,6 @@
 //! keeps W messages in flight, for peak throughput. Memory (`--conns`): N idle
 //! connections and the server's resident memory per connection.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +15,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -63,12 +61,37 @@ pub struct LoadReport {
     pub achieved_rate: f64,
     /// Microseconds from intended send time to the recipient reading it.
     pub latency_us: Latency,
+    /// Microseconds from the actual send to the recipient reading it: the
+    /// difference from `latency_us` is the generator's own lateness (its
+    /// timers tick every millisecond), not the server's.
+    pub service_latency_us: Latency,
     pub server_rss_kib_before: Option<u64>,
     pub server_rss_kib_after: Option<u64>,
     /// CPU the server used during the measured phase, in seconds.
     pub server_cpu_seconds: Option<f64>,
     pub idle_connections: Option<usize>,
     pub kib_per_connection: Option<f64>,
+}
+
+/// The sequence numbers seen from one sender: a bitset, since they count up from 0.
+#[derive(Default)]
+struct SeqSet {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl SeqSet {
+    /// Returns false if `seq` was seen before.
+    fn insert(&mut self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        let fresh = self.bits[word] & (1 << bit) == 0;
+        self.bits[word] |= 1 << bit;
+        self.len += u64::from(fresh);
+        fresh
+    }
 }
 
 /// The server under test: a child we started, or one given by URL.
@@ -172,7 +195,13 @@ async fn connect(url: &str, user: &str, source: u8) -> anyhow::Result<Ws> {
         .unwrap_or("");
     let addr: std::net::SocketAddr = match host.parse() {
         Ok(addr) => addr,
-        Err(_) => return Ok(tokio_tungstenite::connect_async(full).await?.0),
+        Err(_) => {
+            return Ok(
+                tokio_tungstenite::connect_async_with_config(full, None, true)
+                    .await?
+                    .0,
+            )
+        }
     };
     // Many connections to one loopback port: spread the source addresses over
     // 127.0.0.x so the ephemeral ports of one address do not run out.
@@ -181,6 +210,7 @@ async fn connect(url: &str, user: &str, source: u8) -> anyhow::Result<Ws> {
         socket.bind(std::net::SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
     }
     let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
     let (ws, _) =
         tokio_tungstenite::client_async(full, tokio_tungstenite::MaybeTlsStream::Plain(stream))
             .await?;
@@ -258,8 +288,12 @@ pub async fn run(
                     tokio::time::sleep_until(intended).await;
                 }
                 let at = intended.duration_since(epoch).as_micros();
-                let frame = json!({"type":"message","to":format!("load{peer:05}"),"text":format!("{i} {seq} {at}")});
-                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                let now = epoch.elapsed().as_micros();
+                // Formatted directly: the generator must cost less than the server.
+                let frame = format!(
+                    r#"{{"type":"message","to":"load{peer:05}","text":"{i} {seq} {at} {now}"}}"#
+                );
+                if tx.send(Message::text(frame)).await.is_err() {
                     break;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -268,42 +302,53 @@ pub async fn run(
             tx
         });
         let receiver = tokio::spawn(async move {
-            let mut seen: HashSet<u64> = HashSet::new();
+            let mut seen = SeqSet::default();
             let mut last: Option<u64> = None;
             let (mut dups, mut disorder) = (0u64, 0u64);
             let mut latencies = Vec::new();
+            let mut service = Vec::new();
             loop {
                 let next =
                     tokio::time::timeout_at(stop_at + Duration::from_secs(5), rx.next()).await;
                 let Ok(Some(Ok(Message::Text(t)))) = next else {
                     break;
                 };
-                let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                match v["type"].as_str() {
-                    Some("ack") => {
-                        if let Some(w) = &window_rx {
-                            w.add_permits(1);
-                        }
+                // Read by string search, not by parsing JSON: the frames are the
+                // server's, in a known shape, and the generator must stay cheap.
+                if t.contains(r#""type":"ack""#) {
+                    if let Some(w) = &window_rx {
+                        w.add_permits(1);
                     }
-                    Some("message") => {
-                        let text = v["text"].as_str().unwrap_or("");
-                        let mut parts = text
-                            .split(' ')
-                            .skip(1)
-                            .map(|p| p.parse::<u64>().unwrap_or(0));
-                        let (seq, at) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-                        latencies.push((epoch.elapsed().as_micros() as u64).saturating_sub(at));
-                        if !seen.insert(seq) {
-                            dups += 1;
-                        } else if last.is_some_and(|l| seq < l) {
-                            disorder += 1;
-                        }
-                        last = Some(last.map_or(seq, |l| l.max(seq)));
-                    }
-                    _ => {}
+                    continue;
                 }
+                if !t.starts_with(r#"{"type":"message""#) {
+                    continue;
+                }
+                let text = t
+                    .split(r#""text":""#)
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("");
+                let mut parts = text
+                    .split(' ')
+                    .skip(1)
+                    .map(|p| p.parse::<u64>().unwrap_or(0));
+                let (seq, at, sent) = (
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                );
+                let now = epoch.elapsed().as_micros() as u64;
+                latencies.push(now.saturating_sub(at));
+                service.push(now.saturating_sub(sent));
+                if !seen.insert(seq) {
+                    dups += 1;
+                } else if last.is_some_and(|l| seq < l) {
+                    disorder += 1;
+                }
+                last = Some(last.map_or(seq, |l| l.max(seq)));
             }
-            (seen.len() as u64, dups, disorder, latencies)
+            (seen.len, dups, disorder, latencies, service)
         });
         tasks.push((sender, receiver));
     }
@@ -321,14 +366,15 @@ pub async fn run(
     let sent_total = sent.load(Ordering::Relaxed);
     let cpu = pid.and_then(cpu_secs).zip(cpu_before).map(|(b, a)| b - a);
     // Receivers stop once nothing has arrived for a while after the end.
-    let mut latencies = Vec::new();
+    let (mut latencies, mut service) = (Vec::new(), Vec::new());
     let (mut delivered, mut dups, mut disorder) = (0, 0, 0);
     for (_, r) in tasks {
-        let (d, du, o, l) = r.await?;
+        let (d, du, o, l, sv) = r.await?;
         delivered += d;
         dups += du;
         disorder += o;
         latencies.extend(l);
+        service.extend(sv);
     }
     drop(senders);
     report.mode = if options.window.is_some() {
@@ -348,6 +394,7 @@ pub async fn run(
     report.out_of_order = disorder;
     report.achieved_rate = delivered as f64 / options.secs;
     report.latency_us = percentiles(latencies);
+    report.service_latency_us = percentiles(service);
     report.server_rss_kib_after = pid.and_then(rss_kib);
     report.server_cpu_seconds = cpu;
     progress(1.0);
@@ -433,6 +480,11 @@ pub fn render(r: &LoadReport) -> String {
             format!("{} / {} / {} µs", l.p50, l.p90, l.p99),
         );
         row("latency p99.9 / max", format!("{} / {} µs", l.p999, l.max));
+        let l = &r.service_latency_us;
+        row(
+            "from actual send: p50 / p99 / max",
+            format!("{} / {} / {} µs", l.p50, l.p99, l.max),
+        );
         if let Some(cpu) = r.server_cpu_seconds {
             row(
                 "server CPU",

@@ -72,7 +72,8 @@ fn user_url(base: &str, name: &Name) -> String {
 }
 
 async fn connect(url: &str) -> anyhow::Result<Ws> {
-    let attempt = tokio_tungstenite::connect_async(url);
+    // Nagle off: a typed line should leave at once.
+    let attempt = tokio_tungstenite::connect_async_with_config(url, None, true);
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| {

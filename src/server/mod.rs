@@ -21,6 +21,7 @@ use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -253,6 +254,11 @@ pub async fn run(
 
     let stop = Arc::new(Notify::new());
     let stop_http = stop.clone();
+    // No Nagle delay: chat frames are small and must leave at once, not wait
+    // up to 40 ms for the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http = tokio::spawn(
         axum::serve(
             listener,
