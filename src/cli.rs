@@ -60,8 +60,8 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, Args)]
 pub struct StructuresArgs {
     /// Sizes N to measure, e.g. 100,1000,10000,100000 (1e5 works too).
-    #[arg(long, value_parser = crate::bench::parse_sizes)]
-    pub sizes: Option<Vec<usize>>,
+    #[arg(long, value_parser = |s: &str| crate::bench::parse_sizes(s).map(Sizes))]
+    pub sizes: Option<Sizes>,
     /// A shorter run for the classroom: N up to 10,000, fewer repetitions (under 3 s).
     #[arg(long)]
     pub quick: bool,
@@ -72,6 +72,10 @@ pub struct StructuresArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
 }
+
+/// A list of sizes (one argument, comma-separated).
+#[derive(Debug, Clone)]
+pub struct Sizes(pub Vec<usize>);
 
 #[derive(Debug, Args)]
 pub struct CoreArgs {
@@ -221,7 +225,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     {
         BenchCommand::Structures(a) => {
             let options = crate::bench::StructuresOptions {
-                sizes: a.sizes,
+                sizes: a.sizes.map(|s| s.0),
                 quick: a.quick,
                 json: a.json,
                 plot: a.plot.clone(),

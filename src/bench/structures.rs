@@ -653,3 +653,70 @@ fn judge(
     summary += &cross;
     (confirmed, verdict, summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_a_vec_of_5_by_remove_0_moves_4_3_2_1_elements() {
+        let vec = Workload::QueueDrain.count(1, 5, 5);
+        assert_eq!(vec.moves * 5.0, 10.0, "4 + 3 + 2 + 1 + 0");
+        assert_eq!((vec.hashes, vec.comparisons), (0.0, 0.0));
+        let deque = Workload::QueueDrain.count(0, 5, 5);
+        assert_eq!(deque, Counts::default(), "pop_front moves nothing");
+    }
+
+    #[test]
+    fn hash_look_ups_cost_one_hash_whatever_n() {
+        for n in [10, 1_000] {
+            let set = Workload::Presence.count(0, n, 500);
+            assert_eq!(set.hashes, 1.0, "n = {n}");
+            assert!(set.comparisons >= 1.0 && set.comparisons < 1.1, "{set:?}");
+            let map = Workload::Presence.count(2, n, 500);
+            assert_eq!(
+                (map.hashes, map.comparisons),
+                (set.hashes, set.comparisons),
+                "a set is a map's keys"
+            );
+            let block = Workload::BlockCheck.count(0, n, 500);
+            assert_eq!(block.hashes, 2.0, "recipient, then sender");
+        }
+    }
+
+    #[test]
+    fn scans_compare_about_half_the_keys_on_a_hit_and_all_on_a_miss() {
+        // The queries are a fixed pseudo-random sequence: the same counts everywhere.
+        let scan = Workload::Presence.count(1, 1_000, 2_000);
+        assert!((400.0..600.0).contains(&scan.comparisons), "{scan:?}");
+        assert_eq!(
+            scan,
+            Workload::Presence.count(1, 1_000, 2_000),
+            "deterministic"
+        );
+        // A join checks the whole group (a miss: the joiner is new), then pushes.
+        let join = Workload::GroupJoin.count(1, 100, 10);
+        assert_eq!(
+            join.comparisons,
+            100.0 + 4.5,
+            "100, 101, ... 109: mean 104.5"
+        );
+    }
+
+    #[test]
+    fn a_comparison_finds_the_classes_and_judges_the_claim() {
+        let budget = Budget {
+            sizes: vec![100, 1_000, 10_000],
+            ops: 2_000,
+            visits: 1_000_000,
+            reps: 3,
+        };
+        let mut steps = 0;
+        let r = compare(Workload::ConnectionLookup, &budget, &mut || steps += 1);
+        assert_eq!(steps, 2 * 3 + 1);
+        assert_eq!(r.variants[0].class, Some(Class::Constant));
+        assert_eq!(r.variants[1].class, Some(Class::Linear));
+        assert!(r.confirmed, "{}", r.verdict);
+        assert!(r.summary.contains("At N = 10,000"), "{}", r.summary);
+    }
+}

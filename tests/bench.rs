@@ -1,0 +1,171 @@
+//! `vivachat bench`, the real binary: JSON shape, the chart, and a short load
+//! test against a real server in which nothing may be lost.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestServer;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn structures_json_has_the_documented_shape_and_a_chart_is_written() {
+    let svg = std::env::temp_dir().join(format!("vivachat-bench-{}.svg", std::process::id()));
+    let (code, out, err) = run(&[
+        "bench",
+        "--sizes",
+        "10,100",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).expect("--json is JSON");
+    assert_eq!(report["sizes"], serde_json::json!([10, 100]));
+    let comparisons = report["comparisons"].as_array().unwrap();
+    let workloads: Vec<&str> = comparisons
+        .iter()
+        .map(|c| c["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        workloads,
+        [
+            "queue_drain",
+            "presence",
+            "connection_lookup",
+            "group_join",
+            "block_check"
+        ]
+    );
+    for c in comparisons {
+        for key in [
+            "title",
+            "claim",
+            "verdict",
+            "summary",
+            "confirmed",
+            "crossover",
+        ] {
+            assert!(c.get(key).is_some(), "{key} missing in {c}");
+        }
+        let variants = c["variants"].as_array().unwrap();
+        assert!(variants.len() >= 2);
+        assert_eq!(variants[0]["chosen"], true);
+        for v in variants {
+            assert!(
+                v["name"].is_string() && v.get("time_slope").is_some() && v.get("class").is_some()
+            );
+            for p in v["points"].as_array().unwrap() {
+                for key in ["n", "ops", "ns_median", "ns_min", "ns_max"] {
+                    assert!(p[key].is_number(), "{key} in {p}");
+                }
+                for key in ["hashes", "comparisons", "moves"] {
+                    assert!(p["counts"][key].is_number(), "{key} in {p}");
+                }
+            }
+        }
+    }
+    // Counted work is exact: popping 10 from a Vec of 10 moves 9+8+...+0 = 45, 4.5 per pop.
+    let vec_drain = &comparisons[0]["variants"][1]["points"][0];
+    assert_eq!(vec_drain["counts"]["moves"], 4.5);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("VecDeque::pop_front"),
+        "{}",
+        &chart[..200.min(chart.len())]
+    );
+    let _ = std::fs::remove_file(svg);
+
+    let (code, text, _) = run(&["bench", "structures", "--sizes", "10,100"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("seed: \"Deque is O(1) to pop from the front; a List is O(N)\""),
+        "{text}"
+    );
+    assert!(text.contains("log-log slope"));
+    let (code, _, err) = run(&["bench", "--sizes", "100"]);
+    assert_eq!(code, 2, "one size cannot be fitted");
+    assert!(err.contains("at least two sizes"), "{err}");
+}
+
+#[test]
+fn core_reports_two_operations_per_message() {
+    let (code, out, err) = run(&[
+        "bench",
+        "core",
+        "--users",
+        "50",
+        "--messages",
+        "20000",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["ops_per_message"]["active_connections.get"], 1.0);
+    assert_eq!(r["ops_per_message"]["blocked_users.contains"], 1.0);
+    assert!(r["messages_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_load_test_against_a_real_server_loses_nothing() {
+    let server = TestServer::start().await;
+    let url = format!("ws://{}", server.addr);
+    for mode in [&["--rate", "400"][..], &["--window", "4"][..]] {
+        let mut args = vec![
+            "bench",
+            "load",
+            "--url",
+            &url,
+            "--clients",
+            "6",
+            "--secs",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(mode);
+        let (code, out, err) = tokio::task::spawn_blocking({
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                run(&a)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{err}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        let sent = r["sent"].as_u64().unwrap();
+        assert!(sent > 0, "{r}");
+        assert_eq!(r["delivered"], sent, "{r}");
+        assert_eq!(r["lost"], 0);
+        assert_eq!(r["duplicates"], 0);
+        assert_eq!(r["out_of_order"], 0);
+        assert!(
+            r["latency_us"]["p99"].as_u64().unwrap() >= r["latency_us"]["p50"].as_u64().unwrap()
+        );
+    }
+    server.stop().await;
+}
+
+#[test]
+fn memory_mode_reports_memory_per_idle_connection() {
+    // Without --url the bench starts its own server, as a child, to read its memory.
+    let (code, out, err) = run(&["bench", "load", "--conns", "200", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["mode"], "memory");
+    assert_eq!(r["idle_connections"], 200);
+    let kib = r["kib_per_connection"].as_f64().unwrap();
+    assert!(kib > 0.0 && kib < 1024.0, "{kib} KiB per connection");
+}
