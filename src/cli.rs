@@ -112,6 +112,9 @@ pub struct LoadArgs {
     /// Memory mode: one user per connection (each arrival is then broadcast to all).
     #[arg(long, requires = "conns")]
     pub distinct: bool,
+    /// Memory mode: also queue this many messages, then time how long a snapshot holds the core.
+    #[arg(long, requires = "conns", default_value_t = 0)]
+    pub queued: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -266,6 +269,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 secs: a.secs,
                 conns: a.conns,
                 distinct: a.distinct,
+                queued: a.queued,
             };
             let bar = indicatif::ProgressBar::new(1000);
             let runtime = tokio::runtime::Builder::new_multi_thread()

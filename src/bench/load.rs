@@ -36,6 +36,9 @@ pub struct LoadOptions {
     pub conns: Option<usize>,
     /// In memory mode, one user per connection (each arrival is then broadcast).
     pub distinct: bool,
+    /// In memory mode, also queue this many messages for 1,000 offline users and
+    /// time `GET /inspect` (how long a snapshot holds the core).
+    pub queued: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -71,6 +74,10 @@ pub struct LoadReport {
     pub server_cpu_seconds: Option<f64>,
     pub idle_connections: Option<usize>,
     pub kib_per_connection: Option<f64>,
+    /// With `--queued`: how long each of three snapshots held the core, in µs.
+    pub snapshot_hold_us: Vec<u64>,
+    /// With `--queued`: the size of the snapshot's JSON, in bytes.
+    pub snapshot_bytes: Option<usize>,
 }
 
 /// The sequence numbers seen from one sender: a bitset, since they count up from 0.
@@ -245,7 +252,11 @@ pub async fn run(
         ..LoadReport::default()
     };
     if let Some(n) = options.conns {
-        return memory(&target, n, options.distinct, report, progress).await;
+        let mut report = memory(&target, n, options.distinct, report, progress).await?;
+        if options.queued > 0 {
+            snapshot_cost(&target.url, options.queued, &mut report).await?;
+        }
+        return Ok(report);
     }
     let clients = options.clients.max(2);
     report.clients = clients;
@@ -449,6 +460,50 @@ async fn memory(
     Ok(report)
 }
 
+/// Queues `n` messages for 1,000 offline users, then takes three snapshots.
+async fn snapshot_cost(url: &str, n: usize, report: &mut LoadReport) -> anyhow::Result<()> {
+    let ws = connect(url, "queuer", 1).await?;
+    let (mut tx, mut rx) = ws.split();
+    let sender = async move {
+        for i in 0..n {
+            let frame = format!(
+                r#"{{"type":"message","to":"away{:04}","text":"a queued message of about forty characters"}}"#,
+                i % 1000
+            );
+            tx.feed(Message::text(frame)).await?;
+        }
+        tx.flush().await?;
+        anyhow::Ok(tx)
+    };
+    let acks = async move {
+        let mut queued = 0;
+        while queued < n {
+            let next = tokio::time::timeout(Duration::from_secs(60), rx.next())
+                .await
+                .context("ack timed out")?;
+            let Some(Ok(Message::Text(t))) = next else {
+                bail!("the queuer's connection ended")
+            };
+            if t.contains(r#""status":"queued""#) {
+                queued += 1;
+            } else if t.contains(r#""type":"error""#) {
+                bail!("the server refused a message: {t}");
+            }
+        }
+        anyhow::Ok(())
+    };
+    let (_tx, ()) = tokio::try_join!(sender, acks)?;
+    let endpoint = crate::inspect::fetch::Endpoint::parse(url)?;
+    for _ in 0..3 {
+        let snapshot = crate::inspect::fetch::fetch(&endpoint, None).await?;
+        report
+            .snapshot_hold_us
+            .push(snapshot.server.as_ref().map_or(0, |s| s.hold_us));
+        report.snapshot_bytes = Some(serde_json::to_string(&snapshot)?.len());
+    }
+    Ok(())
+}
+
 /// The report as a table.
 pub fn render(r: &LoadReport) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
@@ -463,6 +518,20 @@ pub fn render(r: &LoadReport) -> String {
         row("idle connections", n.to_string());
         if let Some(k) = r.kib_per_connection {
             row("server memory per connection", format!("{k:.1} KiB"));
+        }
+        if !r.snapshot_hold_us.is_empty() {
+            let holds: Vec<String> = r
+                .snapshot_hold_us
+                .iter()
+                .map(|h| format!("{:.1}", *h as f64 / 1000.0))
+                .collect();
+            row(
+                "snapshot held the core (3 takes)",
+                format!("{} ms", holds.join(", ")),
+            );
+            if let Some(b) = r.snapshot_bytes {
+                row("snapshot size", format!("{:.1} MB", b as f64 / 1e6));
+            }
         }
     } else {
         row("clients", r.clients.to_string());
