@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -54,11 +54,17 @@ impl Hash for Probe {
 pub trait Key: Clone + Eq + Hash {
     /// Whether this key counts (so element moves are counted too).
     const COUNTS: bool;
+    /// The hasher of the maps and sets: random keys (SipHash with a per-map
+    /// seed, as in the server) when timing; fixed keys when counting, so the
+    /// collisions, and therefore the counted comparisons, are the same on
+    /// every run and every machine.
+    type Hasher: BuildHasher + Default + Clone;
     fn make(i: usize) -> Self;
 }
 
 impl Key for String {
     const COUNTS: bool = false;
+    type Hasher = std::collections::hash_map::RandomState;
     fn make(i: usize) -> String {
         format!("user{i:07}")
     }
@@ -66,6 +72,7 @@ impl Key for String {
 
 impl Key for Probe {
     const COUNTS: bool = true;
+    type Hasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
     fn make(i: usize) -> Probe {
         Probe(String::make(i))
     }
@@ -247,8 +254,8 @@ impl Workload {
                     .into_iter()
                     .map(|i| keys[i].clone())
                     .collect();
-                let set: HashSet<K> = keys.iter().cloned().collect();
-                let map: HashMap<K, Vec<u64>> =
+                let set: HashSet<K, K::Hasher> = keys.iter().cloned().collect();
+                let map: HashMap<K, Vec<u64>, K::Hasher> =
                     keys.iter().map(|key| (key.clone(), vec![1])).collect();
                 reset();
                 for _ in 0..reps {
@@ -269,7 +276,7 @@ impl Workload {
                     .into_iter()
                     .map(|i| keys[i].clone())
                     .collect();
-                let map: HashMap<K, Vec<u64>> =
+                let map: HashMap<K, Vec<u64>, K::Hasher> =
                     keys.iter().map(|key| (key.clone(), vec![1, 2])).collect();
                 let pairs: Vec<(K, Vec<u64>)> =
                     keys.iter().map(|key| (key.clone(), vec![1, 2])).collect();
@@ -292,7 +299,7 @@ impl Workload {
             }
             (Workload::GroupJoin, v) => {
                 let joiners: Vec<K> = (n..n + k).map(K::make).collect();
-                let set: HashSet<K> = keys.iter().cloned().collect();
+                let set: HashSet<K, K::Hasher> = keys.iter().cloned().collect();
                 reset();
                 for _ in 0..reps {
                     let mut members_set = set.clone();
@@ -315,7 +322,7 @@ impl Workload {
             (Workload::BlockCheck, v) => {
                 // User i blocks user (7i + 1) mod n: n block pairs.
                 let blocked = |i: usize| (7 * i + 1) % n;
-                let mut map: HashMap<K, HashSet<K>> = HashMap::new();
+                let mut map: HashMap<K, HashSet<K, K::Hasher>, K::Hasher> = HashMap::default();
                 let mut pairs: Vec<(K, K)> = Vec::with_capacity(n);
                 for i in 0..n {
                     map.entry(keys[i].clone())
