@@ -106,6 +106,9 @@ pub struct LoadArgs {
     /// How long to send, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub secs: f64,
+    /// Group fan-out: clients form groups of K and post group messages.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(2..))]
+    pub group_size: Option<u64>,
     /// Memory mode: open N idle connections and report memory per connection.
     #[arg(long, value_name = "N")]
     pub conns: Option<usize>,
@@ -267,6 +270,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 rate: a.window.is_none().then_some(a.rate),
                 window: a.window,
                 secs: a.secs,
+                group_size: a.group_size.map(|k| k as usize),
                 conns: a.conns,
                 distinct: a.distinct,
                 queued: a.queued,

@@ -121,7 +121,11 @@ fn core_reports_two_operations_per_message() {
 async fn a_short_load_test_against_a_real_server_loses_nothing() {
     let server = TestServer::start().await;
     let url = format!("ws://{}", server.addr);
-    for mode in [&["--rate", "400"][..], &["--window", "4"][..]] {
+    for mode in [
+        &["--rate", "400"][..],
+        &["--window", "4"][..],
+        &["--group-size", "3", "--rate", "300"][..],
+    ] {
         let mut args = vec![
             "bench",
             "load",
@@ -147,7 +151,15 @@ async fn a_short_load_test_against_a_real_server_loses_nothing() {
         let r: Value = serde_json::from_str(&out).unwrap();
         let sent = r["sent"].as_u64().unwrap();
         assert!(sent > 0, "{r}");
-        assert_eq!(r["delivered"], sent, "{r}");
+        assert_eq!(r["delivered"], r["expected"], "{r}");
+        if mode[0] != "--group-size" {
+            assert_eq!(r["expected"], sent, "one delivery per direct message");
+        } else {
+            assert!(
+                r["expected"].as_u64().unwrap() >= sent,
+                "group messages fan out"
+            );
+        }
         assert_eq!(r["lost"], 0);
         assert_eq!(r["duplicates"], 0);
         assert_eq!(r["out_of_order"], 0);

@@ -32,6 +32,8 @@ pub struct LoadOptions {
     /// Messages in flight per sender (closed loop).
     pub window: Option<usize>,
     pub secs: f64,
+    /// Group fan-out instead of pairs: clients form groups of K and post to them.
+    pub group_size: Option<usize>,
     /// Memory mode: this many idle connections.
     pub conns: Option<usize>,
     /// In memory mode, one user per connection (each arrival is then broadcast).
@@ -57,6 +59,8 @@ pub struct LoadReport {
     pub seconds: f64,
     pub offered: u64,
     pub sent: u64,
+    /// Deliveries that should happen: one per direct message, K-1 per group message.
+    pub expected: u64,
     pub delivered: u64,
     pub lost: u64,
     pub duplicates: u64,
@@ -266,8 +270,23 @@ pub async fn run(
     for i in 0..clients {
         sockets.push(connect(&target.url, &format!("load{i:05}"), 1 + (i / 20_000) as u8).await?);
     }
-    // Let every arrival's presence broadcast pass before the clock starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Join the groups (in group mode), and let every arrival's presence
+    // broadcast pass before the clock starts: a pong comes after everything
+    // routed to that connection before it.
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        if let Some(k) = options.group_size {
+            let join = format!(r#"{{"type":"group_join","group":"lg{}"}}"#, i / k.max(2));
+            ws.send(Message::text(join)).await?;
+        }
+        ws.send(Message::text(r#"{"type":"ping"}"#)).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""type":"pong""#) => break,
+                Ok(Some(Ok(_))) => {}
+                _ => bail!("a client's connection failed before the test began"),
+            }
+        }
+    }
     let cpu_before = pid.and_then(cpu_secs);
     let start = Instant::now();
     let stop_at = start + Duration::from_secs_f64(options.secs);
@@ -276,6 +295,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
         let peer = if i % 2 == 0 { (i + 1) % clients } else { i - 1 };
+        let group = options.group_size.map(|k| i / k.max(2));
         let (mut tx, mut rx) = ws.split();
         let window = options.window.map(|w| Arc::new(Semaphore::new(w.max(1))));
         let (window_tx, window_rx) = (window.clone(), window);
@@ -301,20 +321,25 @@ pub async fn run(
                 let at = intended.duration_since(epoch).as_micros();
                 let now = epoch.elapsed().as_micros();
                 // Formatted directly: the generator must cost less than the server.
-                let frame = format!(
-                    r#"{{"type":"message","to":"load{peer:05}","text":"{i} {seq} {at} {now}"}}"#
-                );
+                let frame = match group {
+                    Some(g) => format!(
+                        r#"{{"type":"group_message","group":"lg{g}","text":"{i} {seq} {at} {now}"}}"#
+                    ),
+                    None => format!(
+                        r#"{{"type":"message","to":"load{peer:05}","text":"{i} {seq} {at} {now}"}}"#
+                    ),
+                };
                 if tx.send(Message::text(frame)).await.is_err() {
                     break;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
                 seq += 1;
             }
-            tx
+            (tx, seq)
         });
         let receiver = tokio::spawn(async move {
-            let mut seen = SeqSet::default();
-            let mut last: Option<u64> = None;
+            // Per sender: which sequence numbers arrived, and the highest so far.
+            let mut seen: std::collections::HashMap<u64, (SeqSet, u64)> = Default::default();
             let (mut dups, mut disorder) = (0u64, 0u64);
             let mut latencies = Vec::new();
             let mut service = Vec::new();
@@ -332,7 +357,9 @@ pub async fn run(
                     }
                     continue;
                 }
-                if !t.starts_with(r#"{"type":"message""#) {
+                if !(t.starts_with(r#"{"type":"message""#)
+                    || t.starts_with(r#"{"type":"group_message""#))
+                {
                     continue;
                 }
                 let text = t
@@ -340,11 +367,9 @@ pub async fn run(
                     .nth(1)
                     .and_then(|r| r.split('"').next())
                     .unwrap_or("");
-                let mut parts = text
-                    .split(' ')
-                    .skip(1)
-                    .map(|p| p.parse::<u64>().unwrap_or(0));
-                let (seq, at, sent) = (
+                let mut parts = text.split(' ').map(|p| p.parse::<u64>().unwrap_or(0));
+                let (from, seq, at, sent) = (
+                    parts.next().unwrap_or(0),
                     parts.next().unwrap_or(0),
                     parts.next().unwrap_or(0),
                     parts.next().unwrap_or(0),
@@ -352,14 +377,16 @@ pub async fn run(
                 let now = epoch.elapsed().as_micros() as u64;
                 latencies.push(now.saturating_sub(at));
                 service.push(now.saturating_sub(sent));
-                if !seen.insert(seq) {
+                let (set, highest) = seen.entry(from).or_insert((SeqSet::default(), 0));
+                if !set.insert(seq) {
                     dups += 1;
-                } else if last.is_some_and(|l| seq < l) {
+                } else if set.len > 1 && seq < *highest {
                     disorder += 1;
                 }
-                last = Some(last.map_or(seq, |l| l.max(seq)));
+                *highest = (*highest).max(seq);
             }
-            (seen.len, dups, disorder, latencies, service)
+            let delivered = seen.values().map(|(set, _)| set.len).sum::<u64>();
+            (delivered, dups, disorder, latencies, service)
         });
         tasks.push((sender, receiver));
     }
@@ -371,8 +398,11 @@ pub async fn run(
     };
     ticker.await;
     let mut senders = Vec::new();
+    let mut per_sender_sent = Vec::new();
     for (s, _) in &mut tasks {
-        senders.push(s.await?);
+        let (tx, n) = s.await?;
+        senders.push(tx);
+        per_sender_sent.push(n);
     }
     let sent_total = sent.load(Ordering::Relaxed);
     let cpu = pid.and_then(cpu_secs).zip(cpu_before).map(|(b, a)| b - a);
@@ -400,7 +430,19 @@ pub async fn run(
     };
     report.sent = sent_total;
     report.delivered = delivered;
-    report.lost = sent_total.saturating_sub(delivered);
+    // A group message reaches every other member of its group.
+    let expected = match options.group_size {
+        Some(k) => (0..clients)
+            .map(|i| {
+                let g = i / k.max(2);
+                let members = (g * k.max(2)..((g + 1) * k.max(2)).min(clients)).count() as u64;
+                per_sender_sent[i] * members.saturating_sub(1)
+            })
+            .sum(),
+        None => sent_total,
+    };
+    report.expected = expected;
+    report.lost = expected.saturating_sub(delivered);
     report.duplicates = dups;
     report.out_of_order = disorder;
     report.achieved_rate = delivered as f64 / options.secs;
@@ -538,6 +580,7 @@ pub fn render(r: &LoadReport) -> String {
         row("seconds", format!("{:.1}", r.seconds));
         row("offered", r.offered.to_string());
         row("sent", r.sent.to_string());
+        row("expected deliveries", r.expected.to_string());
         row("delivered", r.delivered.to_string());
         row("lost", r.lost.to_string());
         row("duplicates", r.duplicates.to_string());
