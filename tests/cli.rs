@@ -1,105 +1,32 @@
 //! The real `vivachat` binary, driven through pipes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Proc, BIN};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A running `vivachat serve`, its stdout lines arriving on a channel.
-struct Served {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("vivachat binary runs");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Served {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stdout line containing `needle`; returns it.
-    fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn port(&mut self) -> u16 {
-        let line = self.wait_line("listening on");
-        line.rsplit(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .expect("port in the banner")
-    }
-
-    /// Sends SIGINT (Ctrl-C) and waits for a clean exit; returns the rest of stdout.
-    fn interrupt(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + WAIT;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after Ctrl-C"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(exit.success(), "exit status {exit:?}");
-        let rest: Vec<String> = self.lines.iter().collect();
-        rest.join("\n")
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `vivachat serve ARGS` and returns it with the port from its banner.
+fn serve(args: &[&str]) -> (Proc, u16) {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let mut served = Proc::spawn(&all);
+    let line = served.expect("listening on");
+    let port = line
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("port in the banner");
+    (served, port)
 }
 
 async fn recv_json(
@@ -166,9 +93,8 @@ fn bad_flags_and_a_busy_port_are_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_narrates_chats_and_shuts_down_on_ctrl_c_with_final_counts() {
-    let mut served = Served::start(&["--port", "0"]);
-    let port = served.port();
-    served.wait_line("Event log below");
+    let (mut served, port) = serve(&["--port", "0"]);
+    served.expect("Event log below");
     let url = |u: &str| format!("ws://127.0.0.1:{port}/ws/{u}");
     let (mut bob, _) = tokio_tungstenite::connect_async(url("bob")).await.unwrap();
     recv_json(&mut bob).await;
@@ -193,13 +119,13 @@ async fn serve_narrates_chats_and_shuts_down_on_ctrl_c_with_final_counts() {
         .unwrap();
     assert_eq!(recv_json(&mut alice).await["status"], "queued");
 
-    let line = served.wait_line("alice -> bob");
+    let line = served.expect("alice -> bob");
     assert!(
         line.contains("blocked_users[bob].contains(alice) O(1)")
             && line.contains("active_connections.get(bob) O(1), 1 devices"),
         "{line}"
     );
-    let line = served.wait_line("alice -> carol");
+    let line = served.expect("alice -> carol");
     assert!(
         line.contains("offline_messages[carol].push_back O(1)*, len 1"),
         "{line}"
@@ -222,12 +148,11 @@ async fn serve_narrates_chats_and_shuts_down_on_ctrl_c_with_final_counts() {
 
 #[test]
 fn quiet_turns_the_event_log_off_and_0_0_0_0_prints_addresses() {
-    let mut served = Served::start(&["--port", "0", "--quiet", "--host", "0.0.0.0"]);
-    let port = served.port();
-    let line = served.wait_line(&format!("ws://127.0.0.1:{port}/ws/YOUR_NAME"));
+    let (mut served, port) = serve(&["--port", "0", "--quiet", "--host", "0.0.0.0"]);
+    let line = served.expect(&format!("ws://127.0.0.1:{port}/ws/YOUR_NAME"));
     assert!(line.contains("this machine only"));
-    served.wait_line("--admin-token");
-    served.wait_line("Event log off");
+    served.expect("--admin-token");
+    served.expect("Event log off");
     let rest = served.interrupt();
     assert!(!rest.contains(" connected (conn"), "{rest}");
     assert!(rest.contains("Final operation counts"));

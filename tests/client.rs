@@ -2,111 +2,32 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{Proc, TestServer, BIN};
 use vivachat::server::Config;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
-const WAIT: Duration = Duration::from_secs(15);
-
 /// A scripted client: commands go to its stdin, its stdout lines come back.
-struct Client {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+fn client(server: &TestServer, name: &str, extra: &[&str]) -> Proc {
+    let url = format!("ws://{}", server.addr);
+    let mut args = vec!["client", name, "--url", &url, "--color", "never"];
+    args.extend_from_slice(extra);
+    let mut c = Proc::spawn(&args);
+    // "welcome alice: ..." or, with --json, {"type":"welcome",...}.
+    c.expect("welcome");
+    c
 }
 
-impl Client {
-    fn start(server: &TestServer, name: &str, extra: &[&str]) -> Client {
-        let url = format!("ws://{}", server.addr);
-        let mut child = Command::new(BIN)
-            .args(["client", name, "--url", &url, "--color", "never"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut client = Client {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        };
-        // "welcome alice: ..." or, with --json, {"type":"welcome",...}.
-        client.expect("welcome");
-        client
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for a line containing `needle`; returns it.
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// Proves nothing else arrived: a ping's pong comes back with no other line first.
-    fn expect_quiet(&mut self) {
-        self.say("/ping");
-        let line = self.lines.recv_timeout(WAIT).expect("a pong");
-        assert!(
-            line.starts_with("pong: round trip "),
-            "expected only a pong, got {line:?}"
-        );
-    }
-
-    /// Closes stdin and waits for the exit code.
-    fn finish(mut self) -> (i32, Vec<String>) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "client did not exit after EOF");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let rest: Vec<String> = self.lines.try_iter().collect();
-        (status.code().unwrap_or(-1), rest)
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Proves nothing else arrived: a ping's pong comes back with no other line first.
+fn expect_quiet(c: &mut Proc) {
+    c.say("/ping");
+    let line = c.next_line();
+    assert!(
+        line.starts_with("pong: round trip "),
+        "expected only a pong, got {line:?}"
+    );
 }
 
 fn send_once(server: &TestServer, from: &str, to: &str, text: &str) -> (i32, String, String) {
@@ -134,8 +55,8 @@ fn send_once(server: &TestServer, from: &str, to: &str, text: &str) -> (i32, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_exchange_direct_and_group_messages() {
     let server = TestServer::start().await;
-    let mut alice = Client::start(&server, "alice", &[]);
-    let mut bob = Client::start(&server, "bob", &[]);
+    let mut alice = client(&server, "alice", &[]);
+    let mut bob = client(&server, "bob", &[]);
     assert_eq!(alice.expect("* bob"), "* bob is online");
 
     alice.say("/to bob");
@@ -184,7 +105,7 @@ async fn an_offline_user_gets_the_queue_in_order_on_connect() {
             "{out}"
         );
     }
-    let mut carol = Client::start(&server, "carol", &[]);
+    let mut carol = client(&server, "carol", &[]);
     assert!(
         carol.seen[0].contains("2 queued message(s) coming"),
         "{:?}",
@@ -197,15 +118,15 @@ async fn an_offline_user_gets_the_queue_in_order_on_connect() {
     );
     let second = carol.expect("alice -> carol");
     assert!(second.ends_with("alice -> carol: second"), "{second}");
-    carol.expect_quiet();
+    expect_quiet(&mut carol);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_and_unblock() {
     let server = TestServer::start().await;
-    let mut alice = Client::start(&server, "alice", &[]);
-    let mut bob = Client::start(&server, "bob", &[]);
+    let mut alice = client(&server, "alice", &[]);
+    let mut bob = client(&server, "bob", &[]);
     alice.expect("* bob is online");
     bob.say("/block alice");
     assert_eq!(bob.expect("✓ ok"), "✓ ok (block alice)");
@@ -216,7 +137,7 @@ async fn block_and_unblock() {
             .ends_with(r#"(to bob: "can you hear me")"#),
         "blocked senders see `sent`"
     );
-    bob.expect_quiet();
+    expect_quiet(&mut bob);
     bob.say("/unblock alice");
     assert_eq!(bob.expect("✓ ok"), "✓ ok (unblock alice)");
     alice.say("@bob and now");
@@ -228,8 +149,8 @@ async fn block_and_unblock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_slash_command_and_malformed_ones() {
     let server = TestServer::start().await;
-    let mut zed = Client::start(&server, "zed", &[]);
-    let _amy = Client::start(&server, "amy", &[]);
+    let mut zed = client(&server, "zed", &[]);
+    let _amy = client(&server, "amy", &[]);
     zed.expect("* amy is online");
 
     zed.say("/help");
@@ -281,12 +202,10 @@ async fn every_slash_command_and_malformed_ones() {
 
     // /quit leaves at once, even with stdin still open.
     zed.say("/quit");
-    let deadline = Instant::now() + WAIT;
-    while zed.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "/quit did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(zed.child.try_wait().unwrap().unwrap().success());
+    assert!(
+        zed.exited().success(),
+        "/quit exits at once, with stdin still open"
+    );
     server.stop().await;
 }
 
@@ -294,7 +213,7 @@ async fn every_slash_command_and_malformed_ones() {
 async fn the_client_reconnects_after_a_server_restart() {
     let server = TestServer::start().await;
     let addr = server.addr;
-    let mut alice = Client::start(&server, "alice", &[]);
+    let mut alice = client(&server, "alice", &[]);
     alice.say("/join g1");
     alice.expect("✓ ok (join #g1)");
     server.stop().await;
@@ -332,7 +251,7 @@ async fn send_exit_codes_and_json() {
     assert_eq!(code, 1);
     assert!(err.contains("not a valid user name"), "{err}");
 
-    let mut bob = Client::start(&server, "bob", &["--json"]);
+    let mut bob = client(&server, "bob", &["--json"]);
     let (code, out, _) = send_once(&server, "alice", "bob", "raw please");
     assert_eq!(code, 0);
     assert!(out.contains("✓ delivered"));
@@ -345,7 +264,7 @@ async fn send_exit_codes_and_json() {
     // EOF with nothing pending: exits 0 at once; --linger keeps it listening.
     let (code, _) = bob.finish();
     assert_eq!(code, 0);
-    let carol = Client::start(&server, "carol", &["--linger", "1"]);
+    let carol = client(&server, "carol", &["--linger", "1"]);
     let started = Instant::now();
     let (code, _) = carol.finish();
     assert_eq!(code, 0);

@@ -3,16 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::TestServer;
+use common::{Proc, TestServer, BIN};
 use serde_json::json;
 use vivachat::core::Snapshot;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Runs `vivachat inspect ARGS` to completion; returns (exit code, stdout, stderr).
@@ -182,103 +181,31 @@ async fn a_403_says_what_to_do_and_the_token_is_sent() {
     );
 }
 
-/// Reads stdout lines of a child on a thread, so waits can time out.
-fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                let hit = line.contains(needle);
-                seen.push(line);
-                if hit {
-                    return;
-                }
-            }
-            Err(_) => panic!("no line with {needle:?}; saw:\n{}", seen.join("\n")),
-        }
-    }
-}
-
-fn interrupt(child: &mut std::process::Child) {
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "did not exit on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_redraws_and_marks_what_changed() {
     let server = TestServer::start().await;
     let mut clients = classroom(&server).await;
     let url = format!("http://{}", server.addr);
-    let mut child = Command::new(BIN)
-        .args(["inspect", "--url", &url, "--watch", "--interval", "100ms"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    let mut seen = Vec::new();
-    wait_for(&lines, "│ carol", &mut seen);
+    let mut watch = Proc::spawn(&["inspect", "--url", &url, "--watch", "--interval", "100ms"]);
+    watch.expect("│ carol");
     // carol's deque grows; the next frame says so.
     let ack = clients[0]
         .request(json!({"type":"message","to":"carol","text":"third"}))
         .await;
     assert_eq!(ack["status"], "queued");
-    wait_for(&lines, "3 (+1)", &mut seen);
+    watch.expect("3 (+1)");
     // The server goes away: watch keeps going and says so.
     server.stop().await;
-    wait_for(&lines, "server unreachable since", &mut seen);
-    interrupt(&mut child);
+    watch.expect("server unreachable since");
+    watch.interrupt();
 }
 
 #[test]
 fn serve_dashboard_redraws_the_tables_as_the_class_chats() {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--port", "0", "--dashboard"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    let mut seen = Vec::new();
-    wait_for(&lines, "listening on", &mut seen);
-    let port: u16 = seen
-        .last()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    wait_for(
-        &lines,
-        &format!("connect: ws://127.0.0.1:{port}/ws/NAME"),
-        &mut seen,
-    );
+    let mut served = Proc::spawn(&["serve", "--port", "0", "--dashboard"]);
+    let line = served.expect("listening on");
+    let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    served.expect(&format!("connect: ws://127.0.0.1:{port}/ws/NAME"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _ws = runtime.block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/zoe"))
@@ -288,12 +215,8 @@ fn serve_dashboard_redraws_the_tables_as_the_class_chats() {
         ws.next().await;
         ws
     });
-    wait_for(&lines, "│ zoe (new)", &mut seen);
-    wait_for(&lines, "+ zoe connected", &mut seen);
-    interrupt(&mut child);
-    let rest: Vec<String> = lines.iter().collect();
-    assert!(
-        rest.iter().any(|l| l.contains("Final operation counts")),
-        "{rest:?}"
-    );
+    served.expect("│ zoe (new)");
+    served.expect("+ zoe connected");
+    let rest = served.interrupt();
+    assert!(rest.contains("Final operation counts"), "{rest}");
 }

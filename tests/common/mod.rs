@@ -260,3 +260,130 @@ impl Client {
         .await;
     }
 }
+
+/// A child process (the real `vivachat` binary) whose stdout lines arrive on a
+/// channel, so every wait for a line can time out.
+pub struct Proc {
+    pub child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far, for failure messages.
+    pub seen: Vec<String>,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
+
+impl Proc {
+    /// Runs `vivachat ARGS` with stdin and stdout piped.
+    pub fn spawn(args: &[&str]) -> Proc {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the vivachat binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Writes one line to its stdin.
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits (at most WAIT) for a stdout line containing `needle`; returns it.
+    pub fn expect(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// The next stdout line, whatever it is.
+    pub fn next_line(&mut self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(WAIT)
+            .expect("a line within the wait");
+        self.seen.push(line.clone());
+        line
+    }
+
+    fn wait_exit(&mut self, what: &str) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "did not exit after {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C), expects a clean exit, and returns the rest of stdout.
+    pub fn interrupt(mut self) -> String {
+        let ok = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = self.wait_exit("Ctrl-C");
+        assert!(status.success(), "exit status {status:?}");
+        let rest: Vec<String> = self.lines.iter().collect();
+        rest.join("\n")
+    }
+
+    /// Closes stdin and returns the exit code and the remaining stdout lines.
+    pub fn finish(mut self) -> (i32, Vec<String>) {
+        drop(self.stdin.take());
+        let status = self.wait_exit("end of input");
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        (status.code().unwrap_or(-1), rest)
+    }
+
+    /// Waits for the process to exit on its own (e.g. after /quit).
+    pub fn exited(&mut self) -> std::process::ExitStatus {
+        self.wait_exit("its own exit")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
