@@ -55,6 +55,28 @@ impl<C: Clone> Plan<C> {
     }
 }
 
+/// Who sent a request, on which connection, with which `ref`, and when.
+struct Sender<'a, C> {
+    user: &'a UserId,
+    conn: &'a C,
+    reference: Ref,
+    now_ms: u64,
+}
+
+/// Gives an accepted message its id. One counter serves direct and group
+/// messages, so ids increase in the order the core processed them.
+fn stamp(next_id: &mut u64, from: &UserId, target: Target, text: Arc<str>, ts: u64) -> Message {
+    let id = *next_id;
+    *next_id += 1;
+    Message {
+        id,
+        from: from.clone(),
+        target,
+        text,
+        ts,
+    }
+}
+
 fn ack(reference: Ref, id: Option<u64>, status: AckStatus) -> ServerFrame {
     ServerFrame::Ack {
         reference,
@@ -230,18 +252,26 @@ impl<S: Structures> ChatCore<S> {
         let mut plan = Plan::new();
         let event = match request {
             Request::Message { to, text } => {
-                let routed = self.route_message(
-                    &mut plan, user, conn, to, text, reference, now_ms, &mut trace,
-                );
+                let sender = Sender {
+                    user,
+                    conn,
+                    reference,
+                    now_ms,
+                };
+                let routed = self.route_message(&mut plan, sender, to, text, &mut trace);
                 match routed {
                     Ok(event) => event,
                     Err(error) => return self.refuse_traced(user, conn, error, trace),
                 }
             }
             Request::GroupMessage { group, text } => {
-                let routed = self.route_group_message(
-                    &mut plan, user, conn, group, text, reference, now_ms, &mut trace,
-                );
+                let sender = Sender {
+                    user,
+                    conn,
+                    reference,
+                    now_ms,
+                };
+                let routed = self.route_group_message(&mut plan, sender, group, text, &mut trace);
                 match routed {
                     Ok(event) => event,
                     Err(error) => return self.refuse_traced(user, conn, error, trace),
@@ -302,18 +332,20 @@ impl<S: Structures> ChatCore<S> {
     /// The seed's message flow: blocked? then online (push to every device) or
     /// offline (append to the deque). Exactly one `blocked_users.contains` and
     /// one `active_connections.get` per message, plus `len` and `push_back` when offline.
-    #[allow(clippy::too_many_arguments)]
     fn route_message(
         &mut self,
         plan: &mut Plan<S::Conn>,
-        from: &UserId,
-        conn: &S::Conn,
+        sender: Sender<'_, S::Conn>,
         to: UserId,
         text: Arc<str>,
-        reference: Ref,
-        now_ms: u64,
         trace: &mut Trace,
     ) -> Result<Event, RequestError> {
+        let Sender {
+            user: from,
+            conn,
+            reference,
+            now_ms,
+        } = sender;
         let s = &mut self.structures;
         // A block is checked first and answered `sent`, like a delivery to
         // nobody, so the sender cannot tell that they are blocked.
@@ -341,15 +373,14 @@ impl<S: Structures> ChatCore<S> {
             }
             AckStatus::Queued
         };
-        let id = self.next_message_id;
-        self.next_message_id += 1;
-        let message = Message {
-            id,
-            from: from.clone(),
-            target: Target::User(to.clone()),
+        let message = stamp(
+            &mut self.next_message_id,
+            from,
+            Target::User(to.clone()),
             text,
-            ts: now_ms,
-        };
+            now_ms,
+        );
+        let id = message.id;
         match status {
             AckStatus::Delivered => {
                 let frame = plan.frame(ServerFrame::Chat {
@@ -378,18 +409,20 @@ impl<S: Structures> ChatCore<S> {
     /// Fan-out to a group: every member's devices except the sending one;
     /// offline members get it queued (skipped if their deque is full);
     /// members who block the sender get nothing. O(m + their devices).
-    #[allow(clippy::too_many_arguments)]
     fn route_group_message(
         &mut self,
         plan: &mut Plan<S::Conn>,
-        from: &UserId,
-        conn: &S::Conn,
+        sender: Sender<'_, S::Conn>,
         group: GroupId,
         text: Arc<str>,
-        reference: Ref,
-        now_ms: u64,
         trace: &mut Trace,
     ) -> Result<Event, RequestError> {
+        let Sender {
+            user: from,
+            conn,
+            reference,
+            now_ms,
+        } = sender;
         let s = &mut self.structures;
         if !s.is_member(&group, from, trace) {
             return Err(RequestError::new(
@@ -398,15 +431,14 @@ impl<S: Structures> ChatCore<S> {
                 reference,
             ));
         }
-        let id = self.next_message_id;
-        self.next_message_id += 1;
-        let message = Message {
-            id,
-            from: from.clone(),
-            target: Target::Group(group.clone()),
+        let message = stamp(
+            &mut self.next_message_id,
+            from,
+            Target::Group(group.clone()),
             text,
-            ts: now_ms,
-        };
+            now_ms,
+        );
+        let id = message.id;
         let frame = plan.frame(ServerFrame::Chat {
             message: message.clone(),
             offline: false,
