@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Shared helpers for the classroom demos. Each demo starts its own server on a
+# free port, drives scripted clients, narrates each step, shows the real
+# `inspect` tables, and exits non-zero if anything did not happen as narrated.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${VIVACHAT:-}" ]; then
+  if [ -x "$ROOT/target/release/vivachat" ]; then VIVACHAT="$ROOT/target/release/vivachat"
+  elif [ -x "$ROOT/target/debug/vivachat" ]; then VIVACHAT="$ROOT/target/debug/vivachat"
+  else (cd "$ROOT" && cargo build --quiet) && VIVACHAT="$ROOT/target/debug/vivachat"; fi
+fi
+PAUSE=0
+for arg in "$@"; do [ "$arg" = "--pause" ] && PAUSE=1; done
+WORK="$(mktemp -d)"
+PIDS=()
+FDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+
+bold() { if [ -t 1 ]; then printf '\033[1m%s\033[0m\n' "$*"; else printf '%s\n' "$*"; fi; }
+
+# step "what happens now": the narration, then (with --pause) wait for Enter.
+step() {
+  echo
+  bold "==> $*"
+  if [ "$PAUSE" = 1 ]; then read -r -p "    (Enter to go on) " _ </dev/tty; fi
+}
+
+fail() { echo "DEMO FAILED: $*" >&2; exit 1; }
+
+# Starts `vivachat serve` on a free port; sets URL (ws) and HTTP.
+start_server() {
+  "$VIVACHAT" serve --port 0 --quiet >"$WORK/server.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 100); do
+    if grep -q "listening on" "$WORK/server.log"; then break; fi
+    sleep 0.1
+  done
+  local port
+  port="$(grep -m1 "listening on" "$WORK/server.log" | sed 's/.*://')" || fail "the server did not start"
+  URL="ws://127.0.0.1:$port"
+  HTTP="http://127.0.0.1:$port"
+  echo "server on $URL"
+}
+
+# connect NAME [FD]: a scripted client whose stdin stays open (fd FD) and whose
+# output goes to $WORK/NAME.out (or NAME-FD.out for a second device).
+connect() {
+  local name="$1" fd="$2" out="$WORK/$1-$2.out"
+  mkfifo "$WORK/$name-$fd.in"
+  # The new client must not inherit the other clients' input fds, or closing
+  # one of them later would not give that client its end of input.
+  local close=""
+  for f in "${FDS[@]}"; do close+=" $f>&-"; done
+  eval "\"\$VIVACHAT\" client \"\$name\" --url \"\$URL\" --color never <\"\$WORK/\$name-\$fd.in\" >\"\$out\" 2>&1 $close &"
+  PIDS+=("$!")
+  eval "exec $fd>\"$WORK/$name-$fd.in\""
+  FDS+=("$fd")
+  wait_for "$out" "welcome $name"
+}
+
+# say FD LINE: types LINE into the client holding fd FD.
+say() { echo "$2" >&"$1"; }
+
+# disconnect FD: closes that client's input; it waits for its acks and leaves.
+disconnect() { eval "exec $1>&-"; }
+
+# wait_for FILE TEXT: waits (at most 15 s) until FILE has a line containing TEXT.
+wait_for() {
+  for _ in $(seq 150); do
+    if grep -qF -- "$2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "--- $1:" >&2; cat "$1" >&2 || true
+  fail "expected \"$2\" in $(basename "$1")"
+}
+
+# lacks FILE TEXT: FILE must not contain TEXT.
+lacks() { if grep -qF -- "$2" "$1"; then fail "$(basename "$1") should not contain \"$2\""; fi; }
+
+out() { echo "$WORK/$1.out"; }
+
+# show [ARGS]: the real inspect tables right now.
+show() { "$VIVACHAT" inspect --url "$HTTP" "$@"; }
+
+# check "what" PYTHON_EXPR: an assertion on the /inspect snapshot `d`.
+check() {
+  local what="$1" expr="$2"
+  if "$VIVACHAT" inspect --url "$HTTP" --json | python3 -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if ($expr) else 1)"; then
+    echo "    ✔ $what"
+  else
+    fail "$what"
+  fi
+}
