@@ -272,13 +272,11 @@ pub enum ServerFrame {
         status: AckStatus,
     },
     Error(RequestError),
+    /// Exactly the contract's shapes: a `ref` is echoed in acks and errors only.
     Who {
-        reference: Ref,
         online: Vec<UserId>,
     },
-    Pong {
-        reference: Ref,
-    },
+    Pong,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -331,13 +329,8 @@ enum Wire<'a> {
     },
     Who {
         online: &'a [UserId],
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: &'a Ref,
     },
-    Pong {
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: &'a Ref,
-    },
+    Pong,
 }
 
 impl Message {
@@ -437,8 +430,8 @@ impl ServerFrame {
                 detail: &e.detail,
                 reference: &e.reference,
             },
-            ServerFrame::Who { reference, online } => Wire::Who { online, reference },
-            ServerFrame::Pong { reference } => Wire::Pong { reference },
+            ServerFrame::Who { online } => Wire::Who { online },
+            ServerFrame::Pong => Wire::Pong,
         };
         // Serialising these plain structs into a String cannot fail.
         serde_json::to_string(&wire).unwrap_or_default()
@@ -655,9 +648,6 @@ mod tests {
             err,
             json!({"type":"error","code":"not_member","detail":"d","ref":"r"})
         );
-        assert_eq!(
-            ServerFrame::Pong { reference: None }.to_json(),
-            r#"{"type":"pong"}"#
-        );
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
     }
 }

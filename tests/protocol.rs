@@ -446,6 +446,15 @@ async fn who_and_ping() {
         zed.request(json!({"type":"ping"})).await,
         json!({"type":"pong"})
     );
+    // Exactly the contract's shapes, even when the request carried a ref.
+    assert_eq!(
+        zed.request(json!({"type":"who","ref":"w1"})).await,
+        json!({"type":"who","online":["amy","zed"]})
+    );
+    assert_eq!(
+        zed.request(json!({"type":"ping","ref":7})).await,
+        json!({"type":"pong"})
+    );
     server.stop().await;
 }
 

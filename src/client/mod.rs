@@ -343,7 +343,15 @@ impl Session {
 
     fn on_frame(&mut self, text: &str) {
         let frame: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-        let answered = frame_ref(&frame).and_then(|r| self.pending.remove(&r));
+        // Acks and errors carry our `ref`; `who` and `pong` do not (the
+        // contract's exact shapes), but they answer requests in order.
+        let answered = frame_ref(&frame)
+            .and_then(|r| self.pending.remove(&r))
+            .or_else(|| match frame["type"].as_str() {
+                Some("pong") => self.take_oldest("ping"),
+                Some("who") => self.take_oldest("who"),
+                _ => None,
+            });
         if self.options.json {
             self.out.line(text.to_string());
             return;
@@ -354,6 +362,17 @@ impl Session {
         };
         let line = frame_line(&frame, answered.as_ref().map(|(s, _)| s), rtt, self.style);
         self.out.line(line);
+    }
+
+    /// The oldest outstanding request with this label.
+    fn take_oldest(&mut self, label: &str) -> Option<(Sent, Instant)> {
+        let oldest = self
+            .pending
+            .iter()
+            .filter(|(_, (sent, _))| sent.label == label)
+            .map(|(r, _)| *r)
+            .min()?;
+        self.pending.remove(&oldest)
     }
 
     async fn request(&mut self, mut frame: Value, label: String) {

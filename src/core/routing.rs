@@ -315,14 +315,14 @@ impl<S: Structures> ChatCore<S> {
                 let mut online = self.structures.online_users(&mut trace);
                 online.sort_unstable();
                 let count = online.len();
-                plan.reply(conn, ServerFrame::Who { reference, online });
+                plan.reply(conn, ServerFrame::Who { online });
                 Event::Who {
                     user: user.clone(),
                     online: count,
                 }
             }
             Request::Ping => {
-                plan.reply(conn, ServerFrame::Pong { reference });
+                plan.reply(conn, ServerFrame::Pong);
                 Event::Ping { user: user.clone() }
             }
         };
