@@ -275,6 +275,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 distinct: a.distinct,
                 queued: a.queued,
             };
+            // The generator holds one socket per client too.
+            let _ = server::raise_fd_limit();
             let bar = indicatif::ProgressBar::new(1000);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -358,6 +360,8 @@ fn color_stdout() -> bool {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let color = color_stdout();
     colored::control::set_override(color);
+    // Each connection is a file descriptor: a default limit of 1,024 would cap the class.
+    let fd_limit = server::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -384,6 +388,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let bound = listener.local_addr()?;
         let shutdown = shutdown_signal()?;
         print_banner(bound, &args);
+        if let Some((_, after)) = fd_limit.filter(|(_, after)| *after < 4096) {
+            println!(
+                "{}",
+                format!(
+                    "Note: this process may open only {after} files, so at most about {after} connections; \
+                     raise it with `ulimit -n 65536` before starting."
+                )
+                .yellow()
+            );
+        }
 
         let ring = crate::event_log::LogRing::default();
         let log = match (args.quiet, args.dashboard) {
