@@ -1,0 +1,326 @@
+//! Model-based property test of the core: random sequences of connect,
+//! disconnect, direct and group messages, joins, leaves, blocks and unblocks,
+//! run against `ChatCore` and against a trivially correct reference model.
+//! After every step the invariants must hold and every delivery, ack and
+//! queue must be exactly what the model predicts, so every accepted message is
+//! delivered exactly once or queued exactly once.
+//!
+//! `PROPTEST_CASES=2000 cargo test --test model` runs a longer search.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use proptest::prelude::*;
+use vivachat::core::{ChatCore, ConnId, CoreConfig, MemoryStructures, Outcome};
+use vivachat::names::Name;
+use vivachat::protocol::{parse_request, ServerFrame, Target};
+
+const USERS: [&str; 4] = ["ann", "ben", "cy", "dee"];
+const GROUPS: [&str; 2] = ["g1", "g2"];
+const MAX_OFFLINE: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Connect(usize),
+    /// Disconnect the k-th open connection (mod how many there are).
+    Disconnect(usize),
+    /// From the k-th open connection to a user.
+    Message(usize, usize),
+    Join(usize, usize),
+    Leave(usize, usize),
+    Post(usize, usize),
+    Block(usize, usize),
+    Unblock(usize, usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..USERS.len()).prop_map(Step::Connect),
+        2 => any::<usize>().prop_map(Step::Disconnect),
+        4 => (any::<usize>(), 0..USERS.len()).prop_map(|(c, u)| Step::Message(c, u)),
+        2 => (any::<usize>(), 0..GROUPS.len()).prop_map(|(c, g)| Step::Join(c, g)),
+        1 => (any::<usize>(), 0..GROUPS.len()).prop_map(|(c, g)| Step::Leave(c, g)),
+        3 => (any::<usize>(), 0..GROUPS.len()).prop_map(|(c, g)| Step::Post(c, g)),
+        1 => (any::<usize>(), 0..USERS.len()).prop_map(|(c, u)| Step::Block(c, u)),
+        1 => (any::<usize>(), 0..USERS.len()).prop_map(|(c, u)| Step::Unblock(c, u)),
+    ]
+}
+
+/// The reference model: plain collections, no cleverness.
+#[derive(Default)]
+struct Model {
+    /// Open connections in opening order: (id, user).
+    open: Vec<(ConnId, usize)>,
+    queues: HashMap<usize, VecDeque<u64>>,
+    groups: HashMap<usize, BTreeSet<usize>>,
+    /// (blocker, blocked)
+    blocks: HashSet<(usize, usize)>,
+    next_id: u64,
+}
+
+impl Model {
+    fn conns_of(&self, user: usize) -> BTreeSet<ConnId> {
+        self.open
+            .iter()
+            .filter(|(_, u)| *u == user)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+}
+
+fn n(s: &str) -> Name {
+    Name::parse(s).unwrap()
+}
+
+/// Which message ids each connection received in this outcome, and the acks.
+fn received(outcome: &Outcome<ConnId>) -> (BTreeMap<ConnId, Vec<u64>>, Vec<String>) {
+    let mut got: BTreeMap<ConnId, Vec<u64>> = BTreeMap::new();
+    let mut acks = Vec::new();
+    for d in &outcome.deliveries {
+        match &outcome.frames[d.frame] {
+            ServerFrame::Chat { message, .. } => got.entry(d.conn).or_default().push(message.id),
+            ServerFrame::Ack { status, .. } => acks.push(format!("{status:?}")),
+            ServerFrame::Error(e) => acks.push(format!("{:?}", e.code)),
+            _ => {}
+        }
+    }
+    (got, acks)
+}
+
+fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut core: ChatCore<MemoryStructures<ConnId>> = ChatCore::new(
+        MemoryStructures::default(),
+        CoreConfig {
+            max_offline: MAX_OFFLINE,
+            trace: false,
+        },
+    );
+    let mut m = Model {
+        next_id: 1,
+        ..Model::default()
+    };
+    let mut next_conn: ConnId = 1;
+    for step in steps {
+        let pick = |k: usize, m: &Model| (!m.open.is_empty()).then(|| m.open[k % m.open.len()]);
+        match step {
+            Step::Connect(u) => {
+                let conn = next_conn;
+                next_conn += 1;
+                let outcome = core.connect(&n(USERS[u]), conn);
+                let (got, _) = received(&outcome);
+                m.open.push((conn, u));
+                // The new connection gets the user's whole queue, oldest first, once.
+                let expected: Vec<u64> = m.queues.remove(&u).map(Vec::from).unwrap_or_default();
+                prop_assert_eq!(got.get(&conn).cloned().unwrap_or_default(), expected);
+            }
+            Step::Disconnect(k) => {
+                let Some((conn, u)) = pick(k, &m) else {
+                    continue;
+                };
+                core.disconnect(&n(USERS[u]), conn, vec![]);
+                m.open.retain(|(c, _)| *c != conn);
+            }
+            Step::Message(k, to) => {
+                let Some((conn, from)) = pick(k, &m) else {
+                    continue;
+                };
+                let text = format!(r#"{{"type":"message","to":"{}","text":"x"}}"#, USERS[to]);
+                let outcome = core.handle(&n(USERS[from]), &conn, parse_request(&text).unwrap(), 0);
+                let (got, acks) = received(&outcome);
+                let online = m.conns_of(to);
+                let expected_ack = if m.blocks.contains(&(to, from)) {
+                    "Sent"
+                } else if !online.is_empty() {
+                    "Delivered"
+                } else if m.queues.get(&to).map_or(0, VecDeque::len) >= MAX_OFFLINE {
+                    "InboxFull"
+                } else {
+                    "Queued"
+                };
+                prop_assert_eq!(acks, vec![expected_ack.to_string()]);
+                if expected_ack == "InboxFull" {
+                    prop_assert!(got.is_empty());
+                    continue;
+                }
+                let id = m.next_id;
+                m.next_id += 1;
+                let expected: BTreeMap<ConnId, Vec<u64>> = match expected_ack {
+                    "Delivered" => online.iter().map(|c| (*c, vec![id])).collect(),
+                    _ => BTreeMap::new(),
+                };
+                prop_assert_eq!(
+                    got,
+                    expected,
+                    "deliveries of message {} to {}",
+                    id,
+                    USERS[to]
+                );
+                if expected_ack == "Queued" {
+                    m.queues.entry(to).or_default().push_back(id);
+                }
+            }
+            Step::Join(k, g) | Step::Leave(k, g) => {
+                let Some((conn, u)) = pick(k, &m) else {
+                    continue;
+                };
+                let kind = if matches!(step, Step::Join(..)) {
+                    "group_join"
+                } else {
+                    "group_leave"
+                };
+                let text = format!(r#"{{"type":"{kind}","group":"{}"}}"#, GROUPS[g]);
+                let outcome = core.handle(&n(USERS[u]), &conn, parse_request(&text).unwrap(), 0);
+                prop_assert_eq!(received(&outcome).1, vec!["Ok".to_string()]);
+                let members = m.groups.entry(g).or_default();
+                if kind == "group_join" {
+                    members.insert(u);
+                } else {
+                    members.remove(&u);
+                    if members.is_empty() {
+                        m.groups.remove(&g);
+                    }
+                }
+            }
+            Step::Post(k, g) => {
+                let Some((conn, from)) = pick(k, &m) else {
+                    continue;
+                };
+                let text = format!(
+                    r#"{{"type":"group_message","group":"{}","text":"x"}}"#,
+                    GROUPS[g]
+                );
+                let outcome = core.handle(&n(USERS[from]), &conn, parse_request(&text).unwrap(), 0);
+                let (got, acks) = received(&outcome);
+                let members = m.groups.get(&g).cloned().unwrap_or_default();
+                if !members.contains(&from) {
+                    prop_assert_eq!(acks, vec!["NotMember".to_string()]);
+                    prop_assert!(got.is_empty());
+                    continue;
+                }
+                let id = m.next_id;
+                m.next_id += 1;
+                let mut expected: BTreeMap<ConnId, Vec<u64>> = BTreeMap::new();
+                let mut queued = 0;
+                for member in members {
+                    if m.blocks.contains(&(member, from)) {
+                        continue;
+                    }
+                    let conns = m.conns_of(member);
+                    if conns.is_empty() {
+                        let q = m.queues.entry(member).or_default();
+                        if q.len() < MAX_OFFLINE {
+                            q.push_back(id);
+                            queued += 1;
+                        }
+                    } else {
+                        for c in conns.into_iter().filter(|c| *c != conn) {
+                            expected.insert(c, vec![id]);
+                        }
+                    }
+                }
+                m.queues.retain(|_, q| !q.is_empty());
+                let status = if !expected.is_empty() {
+                    "Delivered"
+                } else if queued > 0 {
+                    "Queued"
+                } else {
+                    "Sent"
+                };
+                prop_assert_eq!(acks, vec![status.to_string()]);
+                prop_assert_eq!(got, expected, "fan-out of group message {}", id);
+            }
+            Step::Block(k, whom) | Step::Unblock(k, whom) => {
+                let Some((conn, by)) = pick(k, &m) else {
+                    continue;
+                };
+                let kind = if matches!(step, Step::Block(..)) {
+                    "block"
+                } else {
+                    "unblock"
+                };
+                let text = format!(r#"{{"type":"{kind}","user":"{}"}}"#, USERS[whom]);
+                let outcome = core.handle(&n(USERS[by]), &conn, parse_request(&text).unwrap(), 0);
+                prop_assert_eq!(received(&outcome).1, vec!["Ok".to_string()]);
+                if kind == "block" {
+                    m.blocks.insert((by, whom));
+                } else {
+                    m.blocks.remove(&(by, whom));
+                }
+            }
+        }
+        // After every step: the invariants, and the queues exactly as the model has them.
+        let snapshot = core.snapshot();
+        for inv in &snapshot.invariants {
+            prop_assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
+        }
+        let queues: BTreeMap<String, Vec<u64>> = snapshot
+            .structures
+            .offline_messages
+            .iter()
+            .map(|(u, q)| (u.to_string(), q.messages.iter().map(|msg| msg.id).collect()))
+            .collect();
+        let model_queues: BTreeMap<String, Vec<u64>> = m
+            .queues
+            .iter()
+            .map(|(u, q)| (USERS[*u].to_string(), q.iter().copied().collect()))
+            .collect();
+        prop_assert_eq!(queues, model_queues);
+        let online: Vec<String> = snapshot
+            .structures
+            .presence
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let model_online: BTreeSet<String> =
+            m.open.iter().map(|(_, u)| USERS[*u].to_string()).collect();
+        prop_assert_eq!(online, model_online.into_iter().collect::<Vec<_>>());
+        // Every queued message belongs to its target: direct ones to the user, group ones to a member.
+        for (user, q) in &snapshot.structures.offline_messages {
+            for msg in &q.messages {
+                if let Target::User(to) = &msg.target {
+                    prop_assert_eq!(to, user);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_core_agrees_with_the_reference_model(steps in proptest::collection::vec(step(), 1..80)) {
+        run(steps)?;
+    }
+
+    /// Whatever arrives as a frame, parsing returns a request or an error: it never panics.
+    #[test]
+    fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = parse_request(&text);
+    }
+
+    /// Well-formed JSON of arbitrary shape: still a request or an error, never a panic.
+    #[test]
+    fn parsing_arbitrary_json_never_panics(
+        kind in prop_oneof![
+            Just("message".to_string()),
+            Just("group_message".to_string()),
+            Just("who".to_string()),
+            Just("block".to_string()),
+            ".*",
+        ],
+        to in ".{0,40}",
+        text in any::<String>(),
+        r in any::<i64>(),
+    ) {
+        let frame = serde_json::json!({"type": kind, "to": to, "user": to, "group": to, "text": text, "ref": r});
+        match parse_request(&frame.to_string()) {
+            Ok(envelope) => prop_assert_eq!(envelope.reference, Some(serde_json::json!(r))),
+            Err(error) => prop_assert!(error.reference.is_none() || error.reference == Some(serde_json::json!(r))),
+        }
+    }
+}
