@@ -179,6 +179,13 @@ pub struct InspectArgs {
     pub rows: u64,
 }
 
+fn parse_rate(raw: &str) -> Result<f64, String> {
+    raw.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .ok_or_else(|| format!("{raw:?} is not a positive number of requests per second"))
+}
+
 fn parse_name(raw: &str) -> Result<Name, String> {
     Name::parse(raw.trim_start_matches('#')).map_err(|e| e.to_string())
 }
@@ -203,6 +210,9 @@ pub struct ServeArgs {
     /// Lets non-loopback clients read /inspect with 'Authorization: Bearer TOKEN'.
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
+    /// Requests per second each connection may send; beyond it they get `rate_limited`. Off by default.
+    #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
+    pub rate_limit: Option<f64>,
     /// Do not print the event log (start-up lines and final counts are still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -422,6 +432,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_offline: args.max_offline as usize,
             admin_token: args.admin_token.clone(),
             outbox_frames: args.outbox_frames as usize,
+            rate_limit: args.rate_limit,
             ..Config::default()
         };
         let report = server::run(listener, config, log, shutdown).await?;

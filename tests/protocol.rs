@@ -821,3 +821,56 @@ async fn websocket_level_pings_are_answered() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn rate_limiting_is_off_by_default_and_answers_rate_limited_when_on() {
+    // Off by default: 50 requests at once are all accepted.
+    let server = TestServer::start().await;
+    let mut c = server.connect("alice").await;
+    for i in 0..50 {
+        c.send(json!({"type":"message","to":"bob","text":"x","ref":i}))
+            .await;
+    }
+    for _ in 0..50 {
+        assert_eq!(c.recv().await["status"], "queued");
+    }
+    server.stop().await;
+
+    // --rate-limit 5: a burst of 5, then `rate_limited` with the ref, nothing stored.
+    let server = TestServer::start_with(Config {
+        rate_limit: Some(5.0),
+        ..Config::default()
+    })
+    .await;
+    let mut c = server.connect("alice").await;
+    for i in 0..12 {
+        c.send(json!({"type":"message","to":"bob","text":"x","ref":i}))
+            .await;
+    }
+    let mut queued = 0;
+    for i in 0..12 {
+        let v = c.recv().await;
+        if v["type"] == "ack" {
+            queued += 1;
+        } else {
+            assert_eq!(v["code"], "rate_limited", "{v}");
+            assert_eq!(v["ref"], i, "the ref comes back");
+        }
+    }
+    assert!(
+        (5..=6).contains(&queued),
+        "{queued} accepted in the first burst"
+    );
+    assert_eq!(
+        server.inspect().await["offline_messages"]["bob"]["len"],
+        queued
+    );
+    // The connection stays usable, and the bucket refills.
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    assert_eq!(
+        c.request(json!({"type":"message","to":"bob","text":"later"}))
+            .await["status"],
+        "queued"
+    );
+    server.stop().await;
+}

@@ -13,6 +13,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
+use super::limits::TokenBucket;
 use super::outbox::{Next, Outbox};
 use super::{carry_out, now_ms, Conn, Connection, Shared};
 use crate::names::UserId;
@@ -130,6 +131,10 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
 
 async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSocket>) -> Ending {
     let limit = shared.config.max_message_bytes;
+    let mut bucket = shared
+        .config
+        .rate_limit
+        .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
     loop {
         let frame = tokio::select! {
             frame = async {
@@ -146,11 +151,26 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
                 }
                 match parse_request(&text) {
                     Ok(envelope) => {
-                        let now = now_ms();
-                        let mut core = shared.core();
-                        let outcome = core.handle(&conn.user, conn, envelope, now);
-                        carry_out(&mut core, outcome, shared.log.as_ref());
-                        continue;
+                        // Over the rate limit (when one is set): refused, not routed.
+                        let over = bucket
+                            .as_mut()
+                            .is_some_and(|b| !b.take(std::time::Instant::now()));
+                        if over {
+                            let rate = shared.config.rate_limit.unwrap_or_default();
+                            RequestError::new(
+                                ErrorCode::RateLimited,
+                                format!(
+                                    "over {rate} requests per second; slow down and send it again"
+                                ),
+                                envelope.reference,
+                            )
+                        } else {
+                            let now = now_ms();
+                            let mut core = shared.core();
+                            let outcome = core.handle(&conn.user, conn, envelope, now);
+                            carry_out(&mut core, outcome, shared.log.as_ref());
+                            continue;
+                        }
                     }
                     Err(error) => error,
                 }

@@ -7,6 +7,7 @@
 
 mod connection;
 mod dashboard;
+pub mod limits;
 pub mod outbox;
 
 use std::collections::VecDeque;
@@ -51,6 +52,9 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for connections to finish their closing handshake.
     pub shutdown_grace: Duration,
+    /// Requests per second each connection may send (`rate_limited` beyond);
+    /// None, the default, means no limit, as the protocol contract says.
+    pub rate_limit: Option<f64>,
     /// `serve --dashboard`: redraw the tables in this terminal, with the event
     /// log's latest lines (which the caller sends to this ring) below them.
     pub dashboard: Option<Dashboard>,
@@ -74,6 +78,7 @@ impl Default for Config {
             outbox_frames: 1024,
             read_buffer_bytes: 4096,
             shutdown_grace: Duration::from_secs(3),
+            rate_limit: None,
             dashboard: None,
         }
     }
