@@ -210,6 +210,12 @@ pub struct ServeArgs {
     /// Lets non-loopback clients read /inspect with 'Authorization: Bearer TOKEN'.
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
+    /// Connections the server holds at most; beyond it upgrades get HTTP 503.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Connections one remote address holds at most (HTTP 429 beyond). A class behind one NAT or tunnel shares an address.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_ip: u64,
     /// Requests per second each connection may send; beyond it they get `rate_limited`. Off by default.
     #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
@@ -433,6 +439,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin_token: args.admin_token.clone(),
             outbox_frames: args.outbox_frames as usize,
             rate_limit: args.rate_limit,
+            max_connections: args.max_connections as usize,
+            max_connections_per_ip: args.max_connections_per_ip as usize,
             ..Config::default()
         };
         let report = server::run(listener, config, log, shutdown).await?;

@@ -874,3 +874,53 @@ async fn rate_limiting_is_off_by_default_and_answers_rate_limited_when_on() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn connection_limits_refuse_at_the_upgrade_and_free_slots_on_close() {
+    let server = TestServer::start_with(Config {
+        max_connections: 2,
+        ..Config::default()
+    })
+    .await;
+    let a = server.connect("a").await;
+    let _b = server.connect("b").await;
+    match server.connect_raw("/ws/c").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503)
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        server.inspect().await["presence"],
+        json!(["a", "b"]),
+        "the refusal changed nothing"
+    );
+    a.close().await;
+    // The slot is free again once the connection has gone.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        if server.connect_raw("/ws/c").await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+
+    let server = TestServer::start_with(Config {
+        max_connections_per_ip: 1,
+        ..Config::default()
+    })
+    .await;
+    let _a = server.connect("a").await;
+    match server.connect_raw("/ws/b").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429)
+        }
+        other => panic!("expected HTTP 429, got {:?}", other.map(|_| ())),
+    }
+    server.stop().await;
+}

@@ -52,6 +52,11 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for connections to finish their closing handshake.
     pub shutdown_grace: Duration,
+    /// Connections the server holds at most (HTTP 503 beyond).
+    pub max_connections: usize,
+    /// Connections one remote address holds at most (HTTP 429 beyond). A whole
+    /// class behind one NAT or tunnel shares one address, so keep it high.
+    pub max_connections_per_ip: usize,
     /// Requests per second each connection may send (`rate_limited` beyond);
     /// None, the default, means no limit, as the protocol contract says.
     pub rate_limit: Option<f64>,
@@ -79,6 +84,8 @@ impl Default for Config {
             read_buffer_bytes: 4096,
             shutdown_grace: Duration::from_secs(3),
             rate_limit: None,
+            max_connections: 100_000,
+            max_connections_per_ip: 50_000,
             dashboard: None,
         }
     }
@@ -130,6 +137,7 @@ pub(crate) struct Shared {
     live_tasks: AtomicUsize,
     all_done: Notify,
     started: Instant,
+    slots: Arc<limits::Slots>,
 }
 
 impl Shared {
@@ -248,6 +256,7 @@ pub async fn run(
         live_tasks: AtomicUsize::new(0),
         all_done: Notify::new(),
         started,
+        slots: Arc::default(),
     });
 
     let app = Router::new()
@@ -390,6 +399,29 @@ async fn ws_upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
     }
     let config = &shared.config;
+    let ip = remote.ip().to_canonical();
+    let slot = match shared
+        .slots
+        .reserve(ip, config.max_connections, config.max_connections_per_ip)
+    {
+        Ok(slot) => slot,
+        Err(full) => {
+            let (status, why) = match full {
+                limits::Full::Server(n) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the server holds its maximum of {n} connections (--max-connections); try again later"),
+                ),
+                limits::Full::Address(n) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{ip} already holds {n} connections (--max-connections-per-ip); close some first"),
+                ),
+            };
+            if let Some(log) = &shared.log {
+                log.line(format!("! refused {user} from {remote}: {why}"));
+            }
+            return (status, format!("{why}\n")).into_response();
+        }
+    };
     // tungstenite refuses anything past this on its own; between our limit and
     // this one, the reader answers `too_large` itself (see connection.rs).
     let hard_limit = config
@@ -404,7 +436,12 @@ async fn ws_upgrade(
         .max_write_buffer_size(WRITE_BUFFER_BYTES + hard_limit)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| connection::serve(shared, socket, user, remote))
+        .on_upgrade(move |socket| async move {
+            // Held for the connection's lifetime; dropped (freed) with the
+            // closure if the upgrade never completes.
+            let _slot = slot;
+            connection::serve(shared, socket, user, remote).await
+        })
 }
 
 /// `/ws` and `/ws/` (empty name) and `/ws/a/b` are bad names, not missing pages.
