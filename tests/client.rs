@@ -272,23 +272,20 @@ async fn send_exit_codes_and_json() {
     server.stop().await;
 }
 
+/// `vivachat client alice --url URL --send bob x`, run to completion.
+fn send_via(url: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args(["client", "alice", "--url", url, "--send", "bob", "x"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn connection_problems_are_clear_errors() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();
     drop(free);
-    let out = Command::new(BIN)
-        .args([
-            "client",
-            "alice",
-            "--url",
-            &format!("ws://127.0.0.1:{port}"),
-            "--send",
-            "bob",
-            "x",
-        ])
-        .output()
-        .unwrap();
+    let out = send_via(&format!("ws://127.0.0.1:{port}"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to ws://127.0.0.1:"), "{err}");
@@ -301,18 +298,7 @@ fn connection_problems_are_clear_errors() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nnot tls");
         }
     });
-    let out = Command::new(BIN)
-        .args([
-            "client",
-            "alice",
-            "--url",
-            &format!("https://127.0.0.1:{port}"),
-            "--send",
-            "bob",
-            "x",
-        ])
-        .output()
-        .unwrap();
+    let out = send_via(&format!("https://127.0.0.1:{port}"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -671,13 +671,7 @@ async fn bad_names_are_refused_at_the_upgrade_and_change_nothing() {
         &format!("/ws/{}", "x".repeat(33)),
         "/ws/%C3%A9",
     ] {
-        match server.connect_raw(path).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                assert_eq!(resp.status().as_u16(), 400, "{path}");
-            }
-            Err(e) => panic!("{path}: expected HTTP 400, got {e}"),
-            Ok(_) => panic!("{path}: expected a refusal"),
-        }
+        assert_eq!(server.refused_status(path).await, 400, "{path}");
     }
     let state = server.inspect().await;
     assert_eq!(state["presence"], json!([]));
@@ -884,12 +878,7 @@ async fn connection_limits_refuse_at_the_upgrade_and_free_slots_on_close() {
     .await;
     let a = server.connect("a").await;
     let _b = server.connect("b").await;
-    match server.connect_raw("/ws/c").await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status().as_u16(), 503)
-        }
-        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(server.refused_status("/ws/c").await, 503);
     assert_eq!(
         server.inspect().await["presence"],
         json!(["a", "b"]),
@@ -916,11 +905,6 @@ async fn connection_limits_refuse_at_the_upgrade_and_free_slots_on_close() {
     })
     .await;
     let _a = server.connect("a").await;
-    match server.connect_raw("/ws/b").await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status().as_u16(), 429)
-        }
-        other => panic!("expected HTTP 429, got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(server.refused_status("/ws/b").await, 429);
     server.stop().await;
 }

@@ -428,37 +428,28 @@ impl Session {
             },
             Command::SendTo(target, text) => self.send_to(target, text).await,
             Command::Join(g) => {
-                self.request(
-                    json!({"type":"group_join","group":g.as_str()}),
-                    format!("join #{g}"),
-                )
-                .await
+                self.named("group_join", "group", &g, format!("join #{g}"))
+                    .await
             }
             Command::Leave(g) => {
-                self.request(
-                    json!({"type":"group_leave","group":g.as_str()}),
-                    format!("leave #{g}"),
-                )
-                .await
+                self.named("group_leave", "group", &g, format!("leave #{g}"))
+                    .await
             }
-            Command::Block(u) => {
-                self.request(
-                    json!({"type":"block","user":u.as_str()}),
-                    format!("block {u}"),
-                )
-                .await
-            }
+            Command::Block(u) => self.named("block", "user", &u, format!("block {u}")).await,
             Command::Unblock(u) => {
-                self.request(
-                    json!({"type":"unblock","user":u.as_str()}),
-                    format!("unblock {u}"),
-                )
-                .await
+                self.named("unblock", "user", &u, format!("unblock {u}"))
+                    .await
             }
             Command::Who => self.request(json!({"type":"who"}), "who".into()).await,
             Command::Ping => self.request(json!({"type":"ping"}), "ping".into()).await,
         }
         true
+    }
+
+    /// A request with one name field: `{"type":KIND, FIELD: NAME}`.
+    async fn named(&mut self, kind: &str, field: &str, name: &Name, label: String) {
+        self.request(json!({"type": kind, field: name.as_str()}), label)
+            .await
     }
 
     async fn send_to(&mut self, target: Target, text: String) {

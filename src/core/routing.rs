@@ -248,38 +248,30 @@ impl<S: Structures> ChatCore<S> {
         now_ms: u64,
     ) -> Outcome<S::Conn> {
         let Envelope { reference, request } = envelope;
+        let sender = Sender {
+            user,
+            conn,
+            reference,
+            now_ms,
+        };
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
         let event = match request {
             Request::Message { to, text } => {
-                let sender = Sender {
-                    user,
-                    conn,
-                    reference,
-                    now_ms,
-                };
-                let routed = self.route_message(&mut plan, sender, to, text, &mut trace);
-                match routed {
+                match self.route_message(&mut plan, sender, to, text, &mut trace) {
                     Ok(event) => event,
                     Err(error) => return self.refuse_traced(user, conn, error, trace),
                 }
             }
             Request::GroupMessage { group, text } => {
-                let sender = Sender {
-                    user,
-                    conn,
-                    reference,
-                    now_ms,
-                };
-                let routed = self.route_group_message(&mut plan, sender, group, text, &mut trace);
-                match routed {
+                match self.route_group_message(&mut plan, sender, group, text, &mut trace) {
                     Ok(event) => event,
                     Err(error) => return self.refuse_traced(user, conn, error, trace),
                 }
             }
             Request::GroupJoin { group } => {
                 let members = self.structures.join_group(&group, user, &mut trace);
-                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Joined {
                     user: user.clone(),
                     group,
@@ -288,7 +280,7 @@ impl<S: Structures> ChatCore<S> {
             }
             Request::GroupLeave { group } => {
                 let was_member = self.structures.leave_group(&group, user, &mut trace);
-                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Left {
                     user: user.clone(),
                     group,
@@ -297,7 +289,7 @@ impl<S: Structures> ChatCore<S> {
             }
             Request::Block { user: whom } => {
                 self.structures.block(user, &whom, &mut trace);
-                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Blocked {
                     by: user.clone(),
                     whom,
@@ -305,7 +297,7 @@ impl<S: Structures> ChatCore<S> {
             }
             Request::Unblock { user: whom } => {
                 self.structures.unblock(user, &whom, &mut trace);
-                plan.reply(conn, ack(reference, None, AckStatus::Ok));
+                plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Unblocked {
                     by: user.clone(),
                     whom,

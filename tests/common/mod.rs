@@ -83,6 +83,15 @@ impl TestServer {
         })
     }
 
+    /// The HTTP status of an upgrade to `path` that must be refused.
+    pub async fn refused_status(&self, path: &str) -> u16 {
+        match self.connect_raw(path).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{path}: expected an HTTP refusal, got {e}"),
+            Ok(_) => panic!("{path}: expected a refusal, the upgrade succeeded"),
+        }
+    }
+
     /// A plain HTTP GET; returns (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path, &[]).await
