@@ -13,6 +13,8 @@ fi
 PAUSE=0
 for arg in "$@"; do [ "$arg" = "--pause" ] && PAUSE=1; done
 WORK="$(mktemp -d)"
+# Client tokens go to this demo's own directory, not the user's real config.
+export XDG_CONFIG_HOME="$WORK/config"
 PIDS=()
 FDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT

@@ -142,6 +142,10 @@ pub struct ClientArgs {
     /// Send one message (TARGET is bob or '#g1'), print its ack, and exit.
     #[arg(long, num_args = 2, value_names = ["TARGET", "TEXT"])]
     pub send: Option<Vec<String>>,
+    /// The token of your name on this server, for a second device. Without it the
+    /// client uses (and on first use creates) the one saved in your config directory.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -186,6 +190,13 @@ fn parse_rate(raw: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{raw:?} is not a positive number of requests per second"))
 }
 
+fn parse_seconds(raw: &str) -> Result<f64, String> {
+    raw.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && (0.0..=86_400.0).contains(s))
+        .ok_or_else(|| format!("{raw:?} is not a number of seconds from 0 to 86400"))
+}
+
 fn parse_name(raw: &str) -> Result<Name, String> {
     Name::parse(raw.trim_start_matches('#')).map_err(|e| e.to_string())
 }
@@ -216,6 +227,24 @@ pub struct ServeArgs {
     /// Connections one remote address holds at most (HTTP 429 beyond). A class behind one NAT or tunnel shares an address.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_ip: u64,
+    /// Connections one user (all their devices together) holds at most (HTTP 429 beyond).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_user: u64,
+    /// Longest message text, in characters (`limit_reached` beyond). Off by default: --max-message-bytes bounds it.
+    #[arg(long, value_name = "CHARS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_text_chars: Option<u64>,
+    /// Groups the server holds at most; creating one more gets `limit_reached`.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_groups: u64,
+    /// Members one group holds at most.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_group_size: u64,
+    /// Users one user may block at most.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_blocked: u64,
+    /// Close a connection (code 4000) that answered no ping for this many seconds; 0 never does.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub idle_timeout: f64,
     /// Requests per second each connection may send; beyond it they get `rate_limited`. Off by default.
     #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
@@ -326,12 +355,37 @@ fn client(args: ClientArgs) -> anyhow::Result<()> {
         Some(secs) => anyhow::bail!("--linger takes a number of seconds, not {secs}"),
         None => None,
     };
+    let url = crate::client::base_url(&args.url)?;
+    let token = crate::client::token::config_dir().and_then(|dir| {
+        crate::client::token::token_for(&dir, &url, args.name.as_str(), args.token.as_deref())
+    });
+    let token = match (token, &args.token) {
+        (Ok(t), _) => {
+            if t.saved_now {
+                eprintln!(
+                    "{}",
+                    format!(
+                        "Your token for {} on {url} is saved in {} (readable by you only). \
+                         The server ties the name to it: on another device, pass it with --token.",
+                        args.name,
+                        t.path.display()
+                    )
+                    .dimmed()
+                );
+            }
+            t.token
+        }
+        // Nowhere to save a token, but one was given: use it as it is.
+        (Err(_), Some(given)) => given.clone(),
+        (Err(e), None) => return Err(e),
+    };
     let options = crate::client::ClientOptions {
         name: args.name,
-        url: crate::client::base_url(&args.url)?,
+        url,
         json: args.json,
         color,
         linger,
+        token: Some(token),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -441,6 +495,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             rate_limit: args.rate_limit,
             max_connections: args.max_connections as usize,
             max_connections_per_ip: args.max_connections_per_ip as usize,
+            max_connections_per_user: args.max_connections_per_user as usize,
+            max_text_chars: args.max_text_chars.map(|n| n as usize),
+            max_groups: args.max_groups as usize,
+            max_group_size: args.max_group_size as usize,
+            max_blocked: args.max_blocked as usize,
+            idle_timeout: (args.idle_timeout > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(args.idle_timeout)),
             ..Config::default()
         };
         let report = server::run(listener, config, log, shutdown).await?;
@@ -526,8 +587,11 @@ fn print_banner(bound: SocketAddr, args: &ServeArgs) {
     if !bound.ip().is_loopback() && args.admin_token.is_none() {
         println!(
             "{}",
-            "Note: /inspect answers this machine only; pass --admin-token TOKEN to open it to others."
+            "Warning: listening beyond this machine without --admin-token. /inspect (every queued \
+             message) still answers this machine only; pass --admin-token TOKEN to open it to others. \
+             Names are open until claimed: `vivachat client` claims yours with a token."
                 .yellow()
+                .bold()
         );
     }
     if args.quiet {

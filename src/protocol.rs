@@ -50,6 +50,7 @@ pub enum ErrorCode {
     InboxFull,
     TooLarge,
     RateLimited,
+    LimitReached,
 }
 
 /// A request that was refused, with everything needed to answer it.

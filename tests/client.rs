@@ -3,10 +3,9 @@
 mod common;
 
 use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestServer, BIN};
+use common::{Proc, TestServer};
 use vivachat::server::Config;
 
 /// A scripted client: commands go to its stdin, its stdout lines come back.
@@ -31,7 +30,7 @@ fn expect_quiet(c: &mut Proc) {
 }
 
 fn send_once(server: &TestServer, from: &str, to: &str, text: &str) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = common::command()
         .args([
             "client",
             from,
@@ -274,7 +273,7 @@ async fn send_exit_codes_and_json() {
 
 /// `vivachat client alice --url URL --send bob x`, run to completion.
 fn send_via(url: &str) -> std::process::Output {
-    Command::new(BIN)
+    common::command()
         .args(["client", "alice", "--url", url, "--send", "bob", "x"])
         .output()
         .unwrap()
@@ -306,10 +305,88 @@ fn connection_problems_are_clear_errors() {
         "{err}"
     );
 
-    let out = Command::new(BIN)
+    let out = common::command()
         .args(["client", "bad name"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("may only use letters"));
+}
+
+/// `vivachat client NAME --send bob TEXT` from "another device": its own config directory.
+fn send_from_device(
+    server: &TestServer,
+    config: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let url = format!("ws://{}", server.addr);
+    let mut args = vec![
+        "client", "ada", "--url", &url, "--color", "never", "--send", "bob", "hi",
+    ];
+    args.extend_from_slice(extra);
+    let mut command = std::process::Command::new(common::BIN);
+    command.env("XDG_CONFIG_HOME", config).args(args);
+    command.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_claims_its_name_and_another_device_needs_the_token() {
+    let server = TestServer::start().await;
+    let laptop = std::env::temp_dir().join(format!("vivachat-laptop-{}", std::process::id()));
+    let phone = std::env::temp_dir().join(format!("vivachat-phone-{}", std::process::id()));
+    for dir in [&laptop, &phone] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // First use: a token is created, saved privately, and claims the name.
+    let out = send_from_device(&server, &laptop, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("--token") && note.contains("tokens.json"),
+        "{note}"
+    );
+    let file = laptop.join("vivachat").join("tokens.json");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = saved[format!("ws://{}", server.addr)]["ada"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // The same device again: the saved token, no new note.
+    let out = send_from_device(&server, &laptop, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another device without the token is refused, clearly, and never shown the token.
+    let out = send_from_device(&server, &phone, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") && err.contains("claimed") && err.contains("--token"),
+        "{err}"
+    );
+    assert!(!err.contains(&token));
+    // With --token it is ada, and the phone remembers the token from then on.
+    let out = send_from_device(&server, &phone, &["--token", &token]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = send_from_device(&server, &phone, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let state = server.inspect().await;
+    assert_eq!(state["server"]["claimed_names"], serde_json::json!(["ada"]));
+    assert!(!state.to_string().contains(&token));
+    server.stop().await;
+    for dir in [&laptop, &phone] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -17,6 +17,10 @@ use vivachat::protocol::{parse_request, ServerFrame, Target};
 const USERS: [&str; 4] = ["ann", "ben", "cy", "dee"];
 const GROUPS: [&str; 2] = ["g1", "g2"];
 const MAX_OFFLINE: usize = 3;
+// Small limits, so random runs hit them often.
+const MAX_GROUPS: usize = 1;
+const MAX_GROUP_SIZE: usize = 3;
+const MAX_BLOCKED: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -92,6 +96,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         CoreConfig {
             max_offline: MAX_OFFLINE,
             trace: false,
+            max_text_chars: None,
+            max_groups: MAX_GROUPS,
+            max_group_size: MAX_GROUP_SIZE,
+            max_blocked: MAX_BLOCKED,
         },
     );
     let mut m = Model {
@@ -169,6 +177,15 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 };
                 let text = format!(r#"{{"type":"{kind}","group":"{}"}}"#, GROUPS[g]);
                 let outcome = core.handle(&n(USERS[u]), &conn, parse_request(&text).unwrap(), 0);
+                let is_member = m.groups.get(&g).is_some_and(|g| g.contains(&u));
+                let size = m.groups.get(&g).map_or(0, BTreeSet::len);
+                let refused = kind == "group_join"
+                    && !is_member
+                    && ((size == 0 && m.groups.len() >= MAX_GROUPS) || size >= MAX_GROUP_SIZE);
+                if refused {
+                    prop_assert_eq!(received(&outcome).1, vec!["LimitReached".to_string()]);
+                    continue;
+                }
                 prop_assert_eq!(received(&outcome).1, vec!["Ok".to_string()]);
                 let members = m.groups.entry(g).or_default();
                 if kind == "group_join" {
@@ -239,6 +256,11 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 };
                 let text = format!(r#"{{"type":"{kind}","user":"{}"}}"#, USERS[whom]);
                 let outcome = core.handle(&n(USERS[by]), &conn, parse_request(&text).unwrap(), 0);
+                let blocking = m.blocks.iter().filter(|(b, _)| *b == by).count();
+                if kind == "block" && blocking >= MAX_BLOCKED && !m.blocks.contains(&(by, whom)) {
+                    prop_assert_eq!(received(&outcome).1, vec!["LimitReached".to_string()]);
+                    continue;
+                }
                 prop_assert_eq!(received(&outcome).1, vec!["Ok".to_string()]);
                 if kind == "block" {
                     m.blocks.insert((by, whom));

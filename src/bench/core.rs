@@ -30,7 +30,7 @@ pub fn run(users: usize, messages: usize) -> CoreReport {
         MemoryStructures::default(),
         CoreConfig {
             max_offline: usize::MAX,
-            trace: false,
+            ..CoreConfig::default()
         },
     );
     let names: Vec<Name> = (0..users)

@@ -7,6 +7,7 @@
 
 pub mod display;
 pub mod input;
+pub mod token;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -43,6 +44,8 @@ pub struct ClientOptions {
     pub json: bool,
     pub color: bool,
     pub linger: Option<Duration>,
+    /// The name's token, sent as `?token=` on every connection.
+    pub token: Option<String>,
 }
 
 /// `http(s)://` becomes `ws(s)://`; a bare `host:port` gets `ws://`. Returns the base URL.
@@ -67,13 +70,19 @@ pub fn base_url(raw: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{rest}"))
 }
 
-fn user_url(base: &str, name: &Name) -> String {
-    format!("{base}/ws/{name}")
+fn user_url(options: &ClientOptions) -> String {
+    let (base, name) = (&options.url, &options.name);
+    match &options.token {
+        Some(token) => format!("{base}/ws/{name}?token={}", token::query_escape(token)),
+        None => format!("{base}/ws/{name}"),
+    }
 }
 
-async fn connect(url: &str) -> anyhow::Result<Ws> {
+async fn connect(full_url: &str) -> anyhow::Result<Ws> {
+    // Messages name the address without the token, which must never be printed.
+    let url = full_url.split('?').next().unwrap_or(full_url);
     // Nagle off: a typed line should leave at once.
-    let attempt = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let attempt = tokio_tungstenite::connect_async_with_config(full_url, None, true);
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| {
@@ -138,8 +147,7 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
     };
     let target =
         input::target(to, "--send bob TEXT or --send '#g1' TEXT").map_err(|u| anyhow!(u.0))?;
-    let url = user_url(&options.url, &options.name);
-    let mut ws = connect(&url).await?;
+    let mut ws = connect(&user_url(options)).await?;
     let request = match &target {
         Target::User(u) => json!({"type":"message","to":u.as_str(),"text":text,"ref":1}),
         Target::Group(g) => json!({"type":"group_message","group":g.as_str(),"text":text,"ref":1}),
@@ -249,7 +257,7 @@ impl Session {
     fn start_connect(&mut self) {
         self.connecting = true;
         self.reconnect_at = None;
-        let url = user_url(&self.options.url, &self.options.name);
+        let url = user_url(&self.options);
         let events = self.events.clone();
         let generation = self.generation + 1;
         tokio::spawn(async move {
@@ -535,7 +543,7 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
     let interactive =
         std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !options.json;
     // Connect first, so a wrong URL or name is one clear error.
-    let first = connect(&user_url(&options.url, &options.name)).await?;
+    let first = connect(&user_url(&options)).await?;
     let (events_tx, mut events) = mpsc::channel(1024);
     let Input {
         mut lines,

@@ -238,6 +238,22 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         members
     }
 
+    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize {
+        let len = self.ops.measure(GroupMembers, Op::Len, || {
+            self.group_members.get(group).map_or(0, HashSet::len)
+        });
+        trace.record(GroupMembers, Op::Len, Some(group), None, Some(len));
+        len
+    }
+
+    fn group_count(&self, trace: &mut Trace) -> usize {
+        let len = self
+            .ops
+            .measure(GroupMembers, Op::Len, || self.group_members.len());
+        trace.record(GroupMembers, Op::Len, None, None, Some(len));
+        len
+    }
+
     fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
         let added = self.ops.measure(BlockedUsers, Op::Insert, || {
             self.blocked_users
@@ -272,6 +288,14 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         });
         trace.record(BlockedUsers, Op::Contains, Some(by), Some(whom), None);
         blocked
+    }
+
+    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize {
+        let len = self.ops.measure(BlockedUsers, Op::Len, || {
+            self.blocked_users.get(by).map_or(0, HashSet::len)
+        });
+        trace.record(BlockedUsers, Op::Len, Some(by), None, Some(len));
+        len
     }
 
     fn op_table(&self) -> OpTable {

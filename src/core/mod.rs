@@ -6,6 +6,7 @@
 //! (`crate::server`) only carries outcomes out, so everything here is tested
 //! without a socket.
 
+pub mod claims;
 pub mod memory;
 pub mod ops;
 pub mod routing;
@@ -29,6 +30,14 @@ pub struct CoreConfig {
     pub max_offline: usize,
     /// Record a [`Trace`] of every event for the event log. Counting is always on.
     pub trace: bool,
+    /// Longest text of a message, in characters; `None` leaves only the frame-size limit.
+    pub max_text_chars: Option<usize>,
+    /// Groups the server holds at most; creating one more is `limit_reached`.
+    pub max_groups: usize,
+    /// Members one group holds at most.
+    pub max_group_size: usize,
+    /// Users one user may block at most.
+    pub max_blocked: usize,
 }
 
 impl Default for CoreConfig {
@@ -36,6 +45,10 @@ impl Default for CoreConfig {
         CoreConfig {
             max_offline: 10_000,
             trace: false,
+            max_text_chars: None,
+            max_groups: 10_000,
+            max_group_size: 10_000,
+            max_blocked: 10_000,
         }
     }
 }

@@ -255,6 +255,9 @@ impl<S: Structures> ChatCore<S> {
             now_ms,
         };
         let mut trace = self.new_trace();
+        if let Err(error) = self.check_text(&request, &sender.reference) {
+            return self.refuse_traced(user, conn, error, trace);
+        }
         let mut plan = Plan::new();
         let event = match request {
             Request::Message { to, text } => {
@@ -270,6 +273,11 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::GroupJoin { group } => {
+                if let Err(error) =
+                    self.may_join(&group, user, sender.reference.clone(), &mut trace)
+                {
+                    return self.refuse_traced(user, conn, error, trace);
+                }
                 let members = self.structures.join_group(&group, user, &mut trace);
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Joined {
@@ -288,6 +296,11 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::Block { user: whom } => {
+                if let Err(error) =
+                    self.may_block(user, &whom, sender.reference.clone(), &mut trace)
+                {
+                    return self.refuse_traced(user, conn, error, trace);
+                }
                 self.structures.block(user, &whom, &mut trace);
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Blocked {
@@ -468,6 +481,83 @@ impl<S: Structures> ChatCore<S> {
             connections,
             queued,
         })
+    }
+
+    /// `--max-text-chars`: counted in characters, as a reader would count them.
+    /// O(n) in the text, which parsing has already paid for.
+    fn check_text(&self, request: &Request, reference: &Ref) -> Result<(), RequestError> {
+        let (Request::Message { text, .. } | Request::GroupMessage { text, .. }) = request else {
+            return Ok(());
+        };
+        match self.config.max_text_chars {
+            Some(max) if text.chars().count() > max => Err(RequestError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "text of {} characters is over this server's limit of {max} (--max-text-chars); \
+                     split it into shorter messages",
+                    text.chars().count()
+                ),
+                reference.clone(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `--max-group-size` and `--max-groups`. A member joining again is always
+    /// fine (joining is idempotent). Costs one O(1) `len`, plus one more only
+    /// when the group is new or full.
+    fn may_join(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        reference: Ref,
+        trace: &mut Trace,
+    ) -> Result<(), RequestError> {
+        let s = &self.structures;
+        let size = s.group_len(group, trace);
+        let (max_size, max_groups) = (self.config.max_group_size, self.config.max_groups);
+        let detail = if size == 0 && s.group_count(trace) >= max_groups {
+            format!(
+                "this server already has its maximum of {max_groups} groups (--max-groups); \
+                 join an existing group instead"
+            )
+        } else if size >= max_size && !s.is_member(group, user, trace) {
+            format!("group {group} is full ({max_size} members, --max-group-size)")
+        } else {
+            return Ok(());
+        };
+        Err(RequestError::new(
+            ErrorCode::LimitReached,
+            detail,
+            reference,
+        ))
+    }
+
+    /// `--max-blocked`: how many users one user may block. Blocking someone
+    /// already blocked is always fine.
+    fn may_block(
+        &self,
+        by: &UserId,
+        whom: &UserId,
+        reference: Ref,
+        trace: &mut Trace,
+    ) -> Result<(), RequestError> {
+        let s = &self.structures;
+        let max = self.config.max_blocked;
+        if s.blocked_len(by, trace) >= max && !s.is_blocked(by, whom, trace) {
+            return Err(RequestError::new(
+                ErrorCode::LimitReached,
+                format!("you already block {max} users (--max-blocked); unblock someone first"),
+                reference,
+            ));
+        }
+        Ok(())
+    }
+
+    /// One user's open connections (one `active_connections` look-up, counted).
+    pub fn devices(&mut self, user: &UserId) -> Vec<S::Conn> {
+        let mut trace = self.new_trace();
+        self.structures.connections(user, &mut trace).to_vec()
     }
 
     /// Every open connection, for a graceful shutdown that closes each with 1001.

@@ -152,6 +152,9 @@ pub struct ServerInfo {
     pub max_offline: usize,
     pub outbox_frames: usize,
     pub connections_served: u64,
+    /// Names claimed with a token (never the tokens or their hashes).
+    #[serde(default)]
+    pub claimed_names: Vec<crate::names::UserId>,
 }
 
 impl Snapshot {

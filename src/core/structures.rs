@@ -85,12 +85,18 @@ pub trait Structures {
     fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool;
     /// Every member, in no particular order. O(m).
     fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId>;
+    /// Members of one group (0 when it does not exist), for `--max-group-size`. O(1).
+    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize;
+    /// How many groups exist, for `--max-groups`. O(1).
+    fn group_count(&self, trace: &mut Trace) -> usize;
 
     // blocked_users: HashMap<UserId, HashSet<UserId>>, "whom each user blocks"
     fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
     fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
     /// Does `by` block `whom`? Asked once per delivered message. O(1).
     fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
+    /// How many users `by` blocks, for `--max-blocked`. O(1).
+    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize;
 
     /// Every operation counter.
     fn op_table(&self) -> OpTable;

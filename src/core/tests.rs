@@ -14,6 +14,7 @@ fn core_with(max_offline: usize) -> TestCore {
         CoreConfig {
             max_offline,
             trace: true,
+            ..CoreConfig::default()
         },
     )
 }
@@ -624,4 +625,76 @@ fn group_fan_out_skips_a_member_whose_queue_is_full() {
         [json!({"type":"ack","id":2,"status":"sent"})]
     );
     assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 1);
+}
+
+#[test]
+fn limits_refuse_with_limit_reached_and_change_nothing() {
+    let mut core = ChatCore::new(
+        MemoryStructures::default(),
+        CoreConfig {
+            max_text_chars: Some(3),
+            max_groups: 1,
+            max_group_size: 1,
+            max_blocked: 1,
+            ..CoreConfig::default()
+        },
+    );
+    core.connect(&n("ann"), 1);
+    core.connect(&n("ben"), 2);
+    let code = |outcome: &Outcome<ConnId>, conn| frames(outcome, conn)[0]["code"].clone();
+    let long = send(
+        &mut core,
+        "ann",
+        1,
+        json!({"type":"message","to":"ben","text":"abcd"}),
+    );
+    assert_eq!(code(&long, 1), "limit_reached");
+    assert!(long.frames_for(2).is_empty(), "nothing reached ben");
+    // Three characters of two bytes each are three characters.
+    let ok = send(
+        &mut core,
+        "ann",
+        1,
+        json!({"type":"message","to":"ben","text":"ééé"}),
+    );
+    assert_eq!(frames(&ok, 2)[0]["text"], "ééé");
+    let joined = send(
+        &mut core,
+        "ann",
+        1,
+        json!({"type":"group_join","group":"g"}),
+    );
+    assert_eq!(frames(&joined, 1)[0]["status"], "ok");
+    let again = send(
+        &mut core,
+        "ann",
+        1,
+        json!({"type":"group_join","group":"g"}),
+    );
+    assert_eq!(
+        frames(&again, 1)[0]["status"],
+        "ok",
+        "a member may join again"
+    );
+    let full = send(
+        &mut core,
+        "ben",
+        2,
+        json!({"type":"group_join","group":"g"}),
+    );
+    assert_eq!(code(&full, 2), "limit_reached");
+    let second = send(
+        &mut core,
+        "ben",
+        2,
+        json!({"type":"group_join","group":"h"}),
+    );
+    assert_eq!(code(&second, 2), "limit_reached");
+    send(&mut core, "ann", 1, json!({"type":"block","user":"cy"}));
+    let more = send(&mut core, "ann", 1, json!({"type":"block","user":"dee"}));
+    assert_eq!(code(&more, 1), "limit_reached");
+    let s = core.snapshot().structures;
+    assert_eq!(s.groups.len(), 1);
+    assert_eq!(s.groups[&n("g")].len(), 1);
+    assert_eq!(s.blocked[&n("ann")].len(), 1);
 }

@@ -22,8 +22,8 @@ pub enum FetchError {
     #[error("cannot reach {url}: {cause}. Is `vivachat serve` running there?")]
     Unreachable { url: String, cause: String },
     #[error(
-        "{url} refused access (403): /inspect answers only the server's own machine \
-         unless the server runs with --admin-token; pass the same token with --admin-token"
+        "{url} refused access (403): without --admin-token the server answers /inspect only \
+         from its own machine; if it runs with --admin-token, pass the same token with --admin-token"
     )]
     Forbidden { url: String },
     #[error("{url} answered HTTP {status}: {body}")]

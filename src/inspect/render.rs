@@ -338,6 +338,14 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
     } else {
         let _ = writeln!(out, "{head}\n{summary}");
     }
+    if let Some(info) = s.server.as_ref().filter(|i| !i.claimed_names.is_empty()) {
+        let _ = writeln!(
+            out,
+            "name claims (HashMap<UserId, Argon2id hash>: O(1) look-up, then one slow check by design): {} claimed: {}",
+            info.claimed_names.len(),
+            name_list(&info.claimed_names, o.rows.max(NAMES_PER_CELL))
+        );
+    }
     if let Some(u) = &o.user {
         let _ = writeln!(out, "showing only user {u}");
     }
@@ -624,6 +632,25 @@ mod tests {
         text.lines()
             .find(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+    }
+
+    #[test]
+    fn claimed_names_are_listed_without_tokens() {
+        let mut snapshot = classroom().snapshot();
+        let plain = render(&snapshot, None, &options());
+        assert!(
+            !plain.contains("name claims"),
+            "no line while nothing is claimed"
+        );
+        snapshot.server = Some(crate::core::ServerInfo {
+            claimed_names: vec![n("alice"), n("bob")],
+            ..Default::default()
+        });
+        let text = render(&snapshot, None, &options());
+        assert!(
+            line_with(&text, "name claims").contains("2 claimed: alice, bob"),
+            "{text}"
+        );
     }
 
     #[test]

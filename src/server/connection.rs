@@ -7,12 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
+use super::admission::Admitted;
 use super::limits::TokenBucket;
 use super::outbox::{Next, Outbox};
 use super::{carry_out, now_ms, Conn, Connection, Shared};
@@ -22,6 +23,10 @@ use crate::protocol::{parse_request, ErrorCode, RequestError};
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_POLICY: u16 = 1008;
 pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
+/// Application close code (4000-4999 are free for applications): no pong in time.
+pub(crate) const CLOSE_IDLE: u16 = 4000;
+/// The name was just claimed with a token this connection does not have.
+pub(crate) const CLOSE_CLAIMED: u16 = 4001;
 
 pub(crate) fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame {
@@ -54,6 +59,8 @@ enum Ending {
     Gone,
     /// The client sent a message over the size limit: answer, then close with 1009.
     TooLarge(usize),
+    /// Nothing heard, not even a pong, for the idle timeout: close with 4000.
+    Idle(Duration),
 }
 
 pub(crate) async fn serve(
@@ -61,6 +68,7 @@ pub(crate) async fn serve(
     socket: WebSocket,
     user: UserId,
     remote: SocketAddr,
+    admitted: Admitted,
 ) {
     let _live = LiveTask::new(&shared);
     let conn: Conn = Arc::new(Connection {
@@ -69,6 +77,7 @@ pub(crate) async fn serve(
         remote,
         connected_at_ms: now_ms(),
         outbox: Outbox::new(shared.config.outbox_frames),
+        authenticated: admitted.authenticated,
     });
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, conn.clone()));
@@ -79,6 +88,9 @@ pub(crate) async fn serve(
             conn.outbox
                 .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
         } else {
+            if admitted.claimed_now {
+                close_unclaimed(&shared, &mut core, &user);
+            }
             let outcome = core.connect(&user, conn.clone());
             // The welcome and the whole offline flush are exempt from the
             // slow-client bound; only what comes after counts against it.
@@ -98,6 +110,35 @@ pub(crate) async fn serve(
     }
 }
 
+/// The name has just been claimed: its connections without the token (which
+/// may be someone else's) are closed with 4001 before the owner is registered,
+/// so from now on only the owner's devices receive its messages. What they
+/// had not yet been sent goes back to the queue, for the owner.
+fn close_unclaimed(shared: &Shared, core: &mut super::Core, user: &UserId) {
+    for device in core.devices(user) {
+        if device.authenticated {
+            continue;
+        }
+        let unsent = device
+            .outbox
+            .take_and_close(Some(close_frame(
+                CLOSE_CLAIMED,
+                "this name was just claimed with a token; reconnect with it or use another name",
+            )))
+            .iter()
+            .filter_map(|o| o.message.clone())
+            .collect();
+        if let Some(log) = &shared.log {
+            log.line(format!(
+                "! closed {user} (conn {}): the name was claimed and this connection has no token",
+                device.id
+            ));
+        }
+        let outcome = core.disconnect(user, device.id, unsent);
+        carry_out(core, outcome, shared.log.as_ref());
+    }
+}
+
 /// Removes the connection from the core, atomically with closing its outbox,
 /// so no frame can be routed to it in between and then lost.
 fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
@@ -107,6 +148,19 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
     }
     let unsent = match ending {
         Ending::Gone => conn.outbox.take_and_close(None),
+        Ending::Idle(timeout) => {
+            if let Some(log) = &shared.log {
+                log.line(format!(
+                    "! closed {} (conn {}): nothing heard for {} s, not even a pong (--idle-timeout)",
+                    conn.user,
+                    conn.id,
+                    timeout.as_secs_f64()
+                ));
+            }
+            // Its unsent messages were probably never read: they go back to the queue.
+            conn.outbox
+                .take_and_close(Some(close_frame(CLOSE_IDLE, "idle: no pong in time")))
+        }
         Ending::TooLarge(size) => {
             let limit = shared.config.max_message_bytes;
             let error = RequestError::new(
@@ -134,7 +188,17 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
     let mut bucket = shared
         .config
         .rate_limit
-        .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+        .map(|rate| TokenBucket::new(rate, Instant::now()));
+    // One timer per connection, at a third of the idle timeout: after one quiet
+    // third it asks for a ping, after the whole timeout it gives up. Any frame
+    // counts as a sign of life, so a chatty client is never pinged.
+    let idle_timeout = shared.config.idle_timeout;
+    let period = idle_timeout.map_or(Duration::from_secs(3600), |t| {
+        (t / 3).max(Duration::from_millis(10))
+    });
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     loop {
         let frame = tokio::select! {
             frame = async {
@@ -143,7 +207,17 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
             } => frame,
             // Evicted, or the server is shutting down: stop reading.
             () = conn.outbox.closed() => return Ending::Gone,
+            _ = check.tick(), if idle_timeout.is_some() => {
+                let quiet = last_heard.elapsed();
+                match idle_timeout {
+                    Some(timeout) if quiet >= timeout => return Ending::Idle(timeout),
+                    _ if quiet >= period => conn.outbox.request_ping(),
+                    _ => {}
+                }
+                continue;
+            }
         };
+        last_heard = Instant::now();
         let refusal = match frame {
             Some(Ok(WsMessage::Text(text))) => {
                 if text.len() > limit {
@@ -152,9 +226,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
                 match parse_request(&text) {
                     Ok(envelope) => {
                         // Over the rate limit (when one is set): refused, not routed.
-                        let over = bucket
-                            .as_mut()
-                            .is_some_and(|b| !b.take(std::time::Instant::now()));
+                        let over = bucket.as_mut().is_some_and(|b| !b.take(last_heard));
                         if over {
                             let rate = shared.config.rate_limit.unwrap_or_default();
                             RequestError::new(
@@ -219,6 +291,10 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
                     }
                     sink.flush().await.map(|()| true)
                 }
+                Next::Ping => sink
+                    .send(WsMessage::Ping(Default::default()))
+                    .await
+                    .map(|()| true),
                 Next::Close(frame) => {
                     if let Some(frame) = frame {
                         sink.send(WsMessage::Close(Some(frame))).await?;

@@ -1,5 +1,5 @@
 //! Limits: per-connection message rate (a token bucket), and how many
-//! connections the server, and one remote address, may hold.
+//! connections the server, one remote address and one user may hold.
 //!
 //! The bucket holds up to `rate` tokens (one second's worth, so short bursts
 //! pass) and refills continuously at `rate` per second; each request takes
@@ -10,11 +10,29 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Open connections in all and per remote address, counted from the moment an
-/// upgrade is accepted until its task ends.
+use crate::names::UserId;
+
+/// Open connections in all, per remote address and per user, counted from the
+/// moment an upgrade is accepted until its task ends. Two small maps of
+/// counters under one lock: O(1) per connect and disconnect.
 #[derive(Debug, Default)]
 pub struct Slots {
-    inner: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    inner: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    per_user: HashMap<UserId, usize>,
+}
+
+/// The three connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotLimits {
+    pub total: usize,
+    pub per_ip: usize,
+    pub per_user: usize,
 }
 
 /// Why a connection was refused a slot.
@@ -22,6 +40,18 @@ pub struct Slots {
 pub enum Full {
     Server(usize),
     Address(usize),
+    User(usize),
+}
+
+/// Decrements a counter, removing it at zero so the map does not keep every
+/// address or name ever seen.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl Slots {
@@ -30,27 +60,31 @@ impl Slots {
     pub fn reserve(
         self: &Arc<Self>,
         ip: IpAddr,
-        max_total: usize,
-        max_per_ip: usize,
+        user: &UserId,
+        limits: SlotLimits,
     ) -> Result<Slot, Full> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.0 >= max_total {
-            return Err(Full::Server(max_total));
+        if inner.total >= limits.total {
+            return Err(Full::Server(limits.total));
         }
-        let here = inner.1.entry(ip).or_default();
-        if *here >= max_per_ip {
-            return Err(Full::Address(max_per_ip));
+        if inner.per_ip.get(&ip).copied().unwrap_or(0) >= limits.per_ip {
+            return Err(Full::Address(limits.per_ip));
         }
-        *here += 1;
-        inner.0 += 1;
+        if inner.per_user.get(user).copied().unwrap_or(0) >= limits.per_user {
+            return Err(Full::User(limits.per_user));
+        }
+        inner.total += 1;
+        *inner.per_ip.entry(ip).or_default() += 1;
+        *inner.per_user.entry(user.clone()).or_default() += 1;
         Ok(Slot {
             slots: self.clone(),
             ip,
+            user: user.clone(),
         })
     }
 
     pub fn total(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 }
 
@@ -59,18 +93,15 @@ impl Slots {
 pub struct Slot {
     slots: Arc<Slots>,
     ip: IpAddr,
+    user: UserId,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut inner = self.slots.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.0 = inner.0.saturating_sub(1);
-        if let Some(n) = inner.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                inner.1.remove(&self.ip);
-            }
-        }
+        inner.total = inner.total.saturating_sub(1);
+        release(&mut inner.per_ip, &self.ip);
+        release(&mut inner.per_user, &self.user);
     }
 }
 
@@ -130,18 +161,35 @@ mod tests {
     }
 
     #[test]
-    fn slots_count_in_all_and_per_address_and_free_on_drop() {
+    fn slots_count_in_all_per_address_and_per_user_and_free_on_drop() {
         let slots = Arc::new(Slots::default());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = slots.reserve(a, 3, 2).unwrap();
-        let _s2 = slots.reserve(a, 3, 2).unwrap();
-        assert_eq!(slots.reserve(a, 3, 2).unwrap_err(), Full::Address(2));
-        let _s3 = slots.reserve(b, 3, 2).unwrap();
-        assert_eq!(slots.reserve(b, 3, 2).unwrap_err(), Full::Server(3));
+        let (ann, ben) = (
+            crate::names::Name::parse("ann").unwrap(),
+            crate::names::Name::parse("ben").unwrap(),
+        );
+        let limits = SlotLimits {
+            total: 4,
+            per_ip: 2,
+            per_user: 2,
+        };
+        let s1 = slots.reserve(a, &ann, limits).unwrap();
+        let _s2 = slots.reserve(a, &ben, limits).unwrap();
+        assert_eq!(
+            slots.reserve(a, &ben, limits).unwrap_err(),
+            Full::Address(2)
+        );
+        let _s3 = slots.reserve(b, &ann, limits).unwrap();
+        assert_eq!(slots.reserve(b, &ann, limits).unwrap_err(), Full::User(2));
+        let _s4 = slots.reserve(b, &ben, limits).unwrap();
+        assert_eq!(slots.reserve(b, &ben, limits).unwrap_err(), Full::Server(4));
         drop(s1);
-        assert_eq!(slots.total(), 2);
-        assert!(slots.reserve(a, 3, 2).is_ok());
+        assert_eq!(slots.total(), 3);
+        assert!(slots.reserve(a, &ann, limits).is_ok());
+        // Counters at zero are removed, not kept for every name ever seen.
+        let inner = slots.inner.lock().unwrap();
+        assert!(inner.per_user.values().all(|n| *n > 0));
     }
 
     #[test]

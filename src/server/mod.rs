@@ -5,6 +5,7 @@
 //! ([`carry_out`]) before unlocking, so every connection sees frames in the
 //! order the core produced them.
 
+mod admission;
 mod connection;
 mod dashboard;
 pub mod limits;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
-use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -57,9 +58,20 @@ pub struct Config {
     /// Connections one remote address holds at most (HTTP 429 beyond). A whole
     /// class behind one NAT or tunnel shares one address, so keep it high.
     pub max_connections_per_ip: usize,
+    /// Connections one user (all their devices) holds at most (HTTP 429 beyond).
+    pub max_connections_per_user: usize,
     /// Requests per second each connection may send (`rate_limited` beyond);
     /// None, the default, means no limit, as the protocol contract says.
     pub rate_limit: Option<f64>,
+    /// Longest message text in characters (`limit_reached` beyond); None: only the frame limit.
+    pub max_text_chars: Option<usize>,
+    /// Groups the server holds, members per group, users one user may block.
+    pub max_groups: usize,
+    pub max_group_size: usize,
+    pub max_blocked: usize,
+    /// A connection from which nothing (not even a pong) was heard for this
+    /// long is closed (4000); the server pings at a third of it. None: never.
+    pub idle_timeout: Option<Duration>,
     /// `serve --dashboard`: redraw the tables in this terminal, with the event
     /// log's latest lines (which the caller sends to this ring) below them.
     pub dashboard: Option<Dashboard>,
@@ -86,6 +98,12 @@ impl Default for Config {
             rate_limit: None,
             max_connections: 100_000,
             max_connections_per_ip: 50_000,
+            max_connections_per_user: 20_000,
+            max_text_chars: None,
+            max_groups: 10_000,
+            max_group_size: 10_000,
+            max_blocked: 10_000,
+            idle_timeout: Some(Duration::from_secs(60)),
             dashboard: None,
         }
     }
@@ -101,6 +119,8 @@ pub struct Connection {
     pub remote: SocketAddr,
     pub connected_at_ms: u64,
     pub outbox: Outbox,
+    /// It presented the token of a claimed name (false: the name was open).
+    pub authenticated: bool,
 }
 
 /// The handle the core stores: cloning it is one atomic increment.
@@ -121,7 +141,7 @@ impl ConnHandle for Conn {
     }
 }
 
-type Core = ChatCore<MemoryStructures<Conn>>;
+pub(crate) type Core = ChatCore<MemoryStructures<Conn>>;
 
 /// State shared by every task of one server.
 pub(crate) struct Shared {
@@ -138,6 +158,8 @@ pub(crate) struct Shared {
     all_done: Notify,
     started: Instant,
     slots: Arc<limits::Slots>,
+    /// Name claims and the hasher that checks their tokens.
+    gate: admission::Gate,
 }
 
 impl Shared {
@@ -245,6 +267,10 @@ pub async fn run(
         CoreConfig {
             max_offline: config.max_offline,
             trace: log.is_some(),
+            max_text_chars: config.max_text_chars,
+            max_groups: config.max_groups,
+            max_group_size: config.max_group_size,
+            max_blocked: config.max_blocked,
         },
     );
     let shared = Arc::new(Shared {
@@ -257,6 +283,7 @@ pub async fn run(
         all_done: Notify::new(),
         started,
         slots: Arc::default(),
+        gate: admission::Gate::default(),
     });
 
     let app = Router::new()
@@ -343,6 +370,7 @@ pub(crate) fn take_snapshot(shared: &Shared) -> Snapshot {
         max_offline: config.max_offline,
         outbox_frames: config.outbox_frames,
         connections_served: shared.next_conn_id.load(Ordering::SeqCst) - 1,
+        claimed_names: shared.gate.claimed_names(),
     });
     snapshot
 }
@@ -377,10 +405,17 @@ fn bad_name(raw: &str, why: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// The query of `/ws/NAME?token=SECRET`; other parameters are ignored.
+#[derive(serde::Deserialize)]
+struct ConnectQuery {
+    token: Option<String>,
+}
+
 async fn ws_upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ConnectQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     // The name is checked before the upgrade, so a bad one changes nothing.
@@ -400,10 +435,12 @@ async fn ws_upgrade(
     }
     let config = &shared.config;
     let ip = remote.ip().to_canonical();
-    let slot = match shared
-        .slots
-        .reserve(ip, config.max_connections, config.max_connections_per_ip)
-    {
+    let limits = limits::SlotLimits {
+        total: config.max_connections,
+        per_ip: config.max_connections_per_ip,
+        per_user: config.max_connections_per_user,
+    };
+    let slot = match shared.slots.reserve(ip, &user, limits) {
         Ok(slot) => slot,
         Err(full) => {
             let (status, why) = match full {
@@ -415,6 +452,10 @@ async fn ws_upgrade(
                     StatusCode::TOO_MANY_REQUESTS,
                     format!("{ip} already holds {n} connections (--max-connections-per-ip); close some first"),
                 ),
+                limits::Full::User(n) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{user} already has {n} connections open (--max-connections-per-user); close a device first"),
+                ),
             };
             if let Some(log) = &shared.log {
                 log.line(format!("! refused {user} from {remote}: {why}"));
@@ -422,6 +463,31 @@ async fn ws_upgrade(
             return (status, format!("{why}\n")).into_response();
         }
     };
+    // The claim is checked last: it is the one check that costs real CPU.
+    let token = match &query {
+        Ok(Query(q)) => q.token.as_deref(),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
+    };
+    let admitted = match shared.gate.admit(&user, token).await {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            if let Some(log) = &shared.log {
+                log.line(format!(
+                    "! refused {user} from {remote}: {}",
+                    refused.reason
+                ));
+            }
+            return (refused.status, format!("{}\n", refused.reason)).into_response();
+        }
+    };
+    if admitted.claimed_now {
+        if let Some(log) = &shared.log {
+            log.line(format!(
+                "+ {user} claimed with a token (only its Argon2id hash is kept); \
+                 from now on connections as {user} need it"
+            ));
+        }
+    }
     // tungstenite refuses anything past this on its own; between our limit and
     // this one, the reader answers `too_large` itself (see connection.rs).
     let hard_limit = config
@@ -440,7 +506,7 @@ async fn ws_upgrade(
             // Held for the connection's lifetime; dropped (freed) with the
             // closure if the upgrade never completes.
             let _slot = slot;
-            connection::serve(shared, socket, user, remote).await
+            connection::serve(shared, socket, user, remote, admitted).await
         })
 }
 
@@ -464,18 +530,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Headers a reverse proxy or tunnel adds: a request carrying one came from
+/// somewhere else, even though it reaches us from the proxy on loopback.
+const FORWARDED_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+];
+
+/// Without `--admin-token`: this machine only, and not through a proxy or
+/// tunnel (whose agent connects from loopback on behalf of the whole internet).
+/// With it: the Bearer token from everyone, loopback included, since other
+/// users of a shared machine, and tunnels that add no header, are loopback too.
 fn may_inspect(config: &Config, remote: &SocketAddr, headers: &HeaderMap) -> bool {
-    if remote.ip().to_canonical().is_loopback() {
-        return true;
+    match &config.admin_token {
+        None => {
+            remote.ip().to_canonical().is_loopback()
+                && !FORWARDED_HEADERS.iter().any(|h| headers.contains_key(*h))
+        }
+        Some(token) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
     }
-    let Some(token) = &config.admin_token else {
-        return false;
-    };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
 }
 
 async fn inspect(
@@ -486,8 +566,9 @@ async fn inspect(
     if !may_inspect(&shared.config, &remote, &headers) {
         return (
             StatusCode::FORBIDDEN,
-            "/inspect shows every queued message, so it answers loopback clients only; \
-             start the server with --admin-token TOKEN and send 'Authorization: Bearer TOKEN'\n",
+            "/inspect shows every queued message: without --admin-token it answers only \
+             this machine (not through a proxy or tunnel); with --admin-token TOKEN it needs \
+             'Authorization: Bearer TOKEN' (vivachat inspect --admin-token TOKEN)\n",
         )
             .into_response();
     }
@@ -542,7 +623,7 @@ mod tests {
     }
 
     #[test]
-    fn inspect_is_loopback_only_unless_a_token_matches() {
+    fn inspect_is_loopback_only_or_needs_the_token_from_everyone() {
         let open = Config::default();
         let with_token = Config {
             admin_token: Some("s3cret".into()),
@@ -554,6 +635,13 @@ mod tests {
         let mapped_loop: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
         for addr in [v4_loop, v6_loop, mapped_loop] {
             assert!(may_inspect(&open, &addr, &headers(None)), "{addr}");
+            // With a token set, loopback needs it too.
+            assert!(!may_inspect(&with_token, &addr, &headers(None)), "{addr}");
+            assert!(may_inspect(
+                &with_token,
+                &addr,
+                &headers(Some("Bearer s3cret"))
+            ));
         }
         assert!(!may_inspect(&open, &lan, &headers(Some("Bearer s3cret"))));
         assert!(!may_inspect(&with_token, &lan, &headers(None)));
@@ -573,6 +661,17 @@ mod tests {
             &lan,
             &headers(Some("Bearer s3cret"))
         ));
+    }
+
+    #[test]
+    fn a_request_through_a_proxy_or_tunnel_is_not_local() {
+        let open = Config::default();
+        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        for name in FORWARDED_HEADERS {
+            let mut h = HeaderMap::new();
+            h.insert(name, "203.0.113.9".parse().unwrap());
+            assert!(!may_inspect(&open, &v4_loop, &h), "{name}");
+        }
     }
 
     #[cfg(unix)]

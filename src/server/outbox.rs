@@ -54,12 +54,15 @@ struct Inner {
     /// connect-time flush of the offline deque, which may be up to --max-offline
     /// long and must not get a new connection evicted on arrival.
     backlog: usize,
+    /// The reader heard nothing for a while: the writer should send a ping.
+    ping_due: bool,
 }
 
 /// What the writer should do next.
 #[derive(Debug)]
 pub enum Next {
     Frames(Vec<Outgoing>),
+    Ping,
     Close(Option<CloseFrame>),
     Stop,
 }
@@ -89,6 +92,7 @@ impl Outbox {
                 frames: VecDeque::new(),
                 state: State::Open,
                 backlog: 0,
+                ping_due: false,
             }),
             capacity: capacity.max(1),
             wake_writer: Notify::new(),
@@ -138,6 +142,17 @@ impl Outbox {
         inner.state = state;
         self.wake_writer.notify_one();
         self.state_changed.notify_waiters();
+    }
+
+    /// Asks the writer for a WebSocket ping (after any queued frames); a live
+    /// client answers it with a pong, which is what the idle timeout waits for.
+    pub fn request_ping(&self) {
+        let mut inner = self.lock();
+        if inner.state == State::Open {
+            inner.ping_due = true;
+            drop(inner);
+            self.wake_writer.notify_one();
+        }
     }
 
     /// Graceful close: what is queued is still written, then `frame`. No-op unless open.
@@ -242,6 +257,9 @@ impl Outbox {
                     drop(inner);
                     self.drained.notify_waiters();
                     return Next::Frames(batch);
+                }
+                if std::mem::take(&mut inner.ping_due) && inner.state == State::Open {
+                    return Next::Ping;
                 }
                 if let State::Draining(frame) = &inner.state {
                     let frame = frame.clone();

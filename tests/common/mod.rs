@@ -278,11 +278,35 @@ pub struct Proc {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
 
+/// A config directory of this test process's own, so client tokens never land
+/// in the real home directory (one test process is like one user's machine).
+pub fn config_home() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vivachat-test-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    })
+    .clone()
+}
+
+/// `vivachat` as a command, with this process's own config directory.
+pub fn command() -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command.env("XDG_CONFIG_HOME", config_home());
+    command
+}
+
 impl Proc {
     /// Runs `vivachat ARGS` with stdin and stdout piped.
     pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_with(command(), args)
+    }
+
+    /// Runs `command ARGS` with stdin and stdout piped (another device: another config dir).
+    pub fn spawn_with(mut command: std::process::Command, args: &[&str]) -> Proc {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(BIN)
+        let mut child = command
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -1,0 +1,236 @@
+//! The client's name tokens: one random secret per (server, name), kept in the
+//! user's config directory with owner-only permissions.
+//!
+//! The first connection that brings a token claims the name on that server;
+//! after that only connections with the same token may use it. The client
+//! creates the token on first use and sends it every time, so a student never
+//! has to think about it; `--token` carries it to a second device.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+/// server base URL -> name -> token
+type Store = BTreeMap<String, BTreeMap<String, String>>;
+
+const FILE: &str = "tokens.json";
+
+/// Where tokens live: `$XDG_CONFIG_HOME/vivachat`, else `~/.config/vivachat`.
+pub fn config_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("vivachat"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".config").join("vivachat")),
+        None => bail!(
+            "cannot tell where to keep your name token: neither XDG_CONFIG_HOME nor HOME is set; \
+             pass --token TOKEN"
+        ),
+    }
+}
+
+/// 128 random bits as 32 hex digits: unguessable, and safe in a URL as it is.
+pub fn generate() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What [`token_for`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub token: String,
+    /// Newly created or newly saved (the first connection will claim the name).
+    pub saved_now: bool,
+    pub path: PathBuf,
+}
+
+/// The token for `name` on `server`: `given` if there is one (and saved, so
+/// the flag is needed only once per device), else the saved one, else a new
+/// one, saved before it is ever sent.
+pub fn token_for(
+    dir: &Path,
+    server: &str,
+    name: &str,
+    given: Option<&str>,
+) -> anyhow::Result<Token> {
+    let path = dir.join(FILE);
+    let mut store = load(&path)?;
+    let saved = store.get(server).and_then(|names| names.get(name)).cloned();
+    let (token, saved_now) = match (given, saved) {
+        (Some(given), Some(saved)) if given == saved => (saved, false),
+        (None, Some(saved)) => (saved, false),
+        (given, _) => {
+            let token = match given {
+                Some(given) => given.to_string(),
+                None => generate()?,
+            };
+            store
+                .entry(server.to_string())
+                .or_default()
+                .insert(name.to_string(), token.clone());
+            save(dir, &path, &store)?;
+            (token, true)
+        }
+    };
+    Ok(Token {
+        token,
+        saved_now,
+        path,
+    })
+}
+
+fn load(path: &Path) -> anyhow::Result<Store> {
+    match fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a token file this version can read; move it aside and \
+                 connect again (names it claimed will need their tokens: see --token)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a temporary file with mode 0600 and renames it over the old one, so
+/// a crash never leaves a half-written file and the tokens are never readable
+/// by other users, not even for a moment.
+fn save(dir: &Path, path: &Path, store: &Store) -> anyhow::Result<()> {
+    create_private_dir(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(store)?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        // A leftover temporary file keeps its old mode: set it explicitly.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Percent-encodes a token for the query string (a `--token` may hold any character).
+pub fn query_escape(token: &str) -> String {
+    let mut out = String::with_capacity(token.len());
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "vivachat-token-{tag}-{}-{}",
+            std::process::id(),
+            generate().unwrap()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn created_once_per_server_and_name_then_reused() {
+        let dir = temp_dir("reuse").join("vivachat");
+        let a = token_for(&dir, "ws://h:1", "bob", None).unwrap();
+        assert!(a.saved_now);
+        assert_eq!(a.token.len(), 32);
+        assert!(a.token.bytes().all(|b| b.is_ascii_hexdigit()));
+        let again = token_for(&dir, "ws://h:1", "bob", None).unwrap();
+        assert_eq!(
+            (again.token.as_str(), again.saved_now),
+            (a.token.as_str(), false)
+        );
+        // Another name, or the same name on another server, has its own token.
+        let other = token_for(&dir, "ws://h:1", "ann", None).unwrap();
+        let elsewhere = token_for(&dir, "ws://h:2", "bob", None).unwrap();
+        assert_ne!(other.token, a.token);
+        assert_ne!(elsewhere.token, a.token);
+        // --token wins, and is remembered from then on.
+        let given = token_for(&dir, "ws://h:1", "bob", Some("typed")).unwrap();
+        assert_eq!((given.token.as_str(), given.saved_now), ("typed", true));
+        assert_eq!(
+            token_for(&dir, "ws://h:1", "bob", None).unwrap().token,
+            "typed"
+        );
+        let same = token_for(&dir, "ws://h:1", "bob", Some("typed")).unwrap();
+        assert!(!same.saved_now);
+        // On a second device, --token is saved the first time.
+        let dir2 = temp_dir("device2").join("vivachat");
+        let first = token_for(&dir2, "ws://h:1", "bob", Some(&a.token)).unwrap();
+        assert!(first.saved_now);
+        assert_eq!(
+            token_for(&dir2, "ws://h:1", "bob", None).unwrap().token,
+            a.token
+        );
+        let _ = fs::remove_dir_all(dir.parent().unwrap());
+        let _ = fs::remove_dir_all(dir2.parent().unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_and_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("perm").join("vivachat");
+        let t = token_for(&dir, "ws://h:1", "bob", None).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&t.path), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        let _ = fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[test]
+    fn an_unreadable_file_is_a_clear_error_not_a_new_token() {
+        let dir = temp_dir("bad").join("vivachat");
+        create_private_dir(&dir).unwrap();
+        fs::write(dir.join(FILE), "not json").unwrap();
+        let err = token_for(&dir, "ws://h:1", "bob", None).unwrap_err();
+        assert!(format!("{err:#}").contains("move it aside"), "{err:#}");
+        assert_eq!(fs::read_to_string(dir.join(FILE)).unwrap(), "not json");
+        let _ = fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[test]
+    fn tokens_are_escaped_for_the_query() {
+        assert_eq!(query_escape("abc-09_.~"), "abc-09_.~");
+        assert_eq!(query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+}

@@ -1,0 +1,487 @@
+//! Attacks on a real server: impersonation, admin access, floods, limits,
+//! junk upgrade attempts, and clients that never read.
+//! (Oversize and deeply nested frames: tests/protocol.rs and tests/stress.rs.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{http_get, Seen, TestServer, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use vivachat::server::Config;
+
+fn has(list: &Value, name: &str) -> bool {
+    list.as_array()
+        .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(name)))
+}
+
+trait Ask {
+    /// Sends a request and returns its reply, skipping presence frames.
+    async fn ask(&mut self, frame: Value) -> Value;
+}
+
+impl Ask for common::Client {
+    async fn ask(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv_skipping_presence().await
+    }
+}
+
+/// The close code a client gets next, skipping any frames still in flight.
+async fn close_code(client: &mut common::Client) -> Option<u16> {
+    loop {
+        match client.next_seen().await {
+            Seen::Frame(_) => continue,
+            Seen::Close(frame) => return frame.map(|f| u16::from(f.code)),
+            Seen::Ended => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_name_refuses_impostors_and_they_never_see_its_messages() {
+    let server = TestServer::start().await;
+    let token = "0123456789abcdef0123456789abcdef";
+    let bob = server.connect(&format!("bob?token={token}")).await;
+    assert_eq!(
+        bob.welcome["user"], "bob",
+        "the query is not part of the name"
+    );
+    bob.close().await;
+    let mut alice = server.connect("alice").await;
+    let ack = alice
+        .request(json!({"type":"message","to":"bob","text":"for bob only","ref":1}))
+        .await;
+    assert_eq!(ack["status"], "queued");
+
+    // Without the token, with a wrong one, with one differing in one character.
+    for path in [
+        "/ws/bob".to_string(),
+        "/ws/bob?token=".to_string(),
+        "/ws/bob?token=guess".to_string(),
+        format!("/ws/bob?token={}", &token[..31]),
+        format!("/ws/bob?token={token}0"),
+    ] {
+        match server.connect_raw(&path).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 401, "{path}");
+                let body =
+                    String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+                assert!(body.contains("claimed"), "{path}: {body}");
+            }
+            Err(e) => panic!("{path}: expected 401, got {e}"),
+            Ok(_) => panic!("{path}: an impostor was let in"),
+        }
+    }
+
+    // Nothing changed: bob is offline, his message still waits, and /inspect
+    // shows that bob is claimed but neither the token nor its hash.
+    let (_, raw) = server.get("/inspect").await;
+    assert!(!raw.contains(token) && !raw.contains("argon2"), "{raw}");
+    let state: Value = serde_json::from_str(&raw).unwrap();
+    assert!(!has(&state["presence"], "bob"));
+    assert_eq!(state["offline_messages"]["bob"]["len"], 1);
+    assert!(has(&state["server"]["claimed_names"], "bob"));
+    assert!(!has(&state["server"]["claimed_names"], "alice"));
+
+    // The owner gets it; names never claimed stay open to plain clients.
+    let mut bob = server.connect(&format!("bob?token={token}")).await;
+    assert_eq!(bob.welcome["queued"], 1);
+    assert_eq!(bob.recv().await["text"], "for bob only");
+    let dave = server.connect("dave").await;
+    dave.close().await;
+    alice.close().await;
+    bob.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claiming_a_name_closes_its_connections_that_have_no_token() {
+    let server = TestServer::start().await;
+    let mut impostor = server.connect("eve").await;
+    let mut alice = server.connect("alice").await;
+    // alice sees eve's presence from the impostor; skip it.
+    let mut owner = server.connect("eve?token=the-real-eve").await;
+    assert_eq!(
+        close_code(&mut impostor).await,
+        Some(4001),
+        "the token-less connection is closed when the name is claimed"
+    );
+    let ack = alice
+        .request(json!({"type":"message","to":"eve","text":"hi eve","ref":1}))
+        .await;
+    let ack = if ack["type"] == "presence" {
+        alice.recv_skipping_presence().await
+    } else {
+        ack
+    };
+    assert_eq!(ack["status"], "delivered");
+    assert_eq!(owner.recv_skipping_presence().await["text"], "hi eve");
+    let state = server.inspect().await;
+    assert_eq!(
+        state["active_connections"]["eve"].as_array().map(Vec::len),
+        Some(1),
+        "{state}"
+    );
+    // The impostor cannot come back.
+    assert_eq!(server.refused_status("/ws/eve").await, 401);
+    alice.close().await;
+    owner.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_inspect_needs_it_from_everyone() {
+    let server = TestServer::start_with(Config {
+        admin_token: Some("s3cret".into()),
+        ..Config::default()
+    })
+    .await;
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "Bearer s3cre")],
+        vec![("Authorization", "s3cret")],
+        vec![("Authorization", "Basic s3cret")],
+    ] {
+        let (status, body) = http_get(server.addr, "/inspect", &headers).await;
+        assert_eq!(status, 403, "{headers:?}");
+        assert!(body.contains("--admin-token"), "{body}");
+        assert!(!body.contains("presence"), "no data leaks: {body}");
+    }
+    let (status, body) = http_get(
+        server.addr,
+        "/inspect",
+        &[("Authorization", "Bearer s3cret")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    server.stop().await;
+
+    // Without a token: a request relayed by a proxy or tunnel is not local.
+    let server = TestServer::start().await;
+    assert_eq!(server.get("/inspect").await.0, 200);
+    let (status, _) = http_get(
+        server.addr,
+        "/inspect",
+        &[("X-Forwarded-For", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_rate_limited_and_a_normal_client_keeps_chatting() {
+    let rate = 100.0;
+    let server = TestServer::start_with(Config {
+        rate_limit: Some(rate),
+        ..Config::default()
+    })
+    .await;
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    let _ = alice.recv().await; // bob's presence
+    let flooder = server.connect("mallory").await;
+    let _ = alice.recv().await;
+    let _ = bob.recv().await;
+
+    // mallory sends as fast as the socket takes it, and reads every reply.
+    let started = Instant::now();
+    let (mut tx, mut rx) = flooder.ws.split();
+    let flood = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            let frame = json!({"type":"message","to":"nobody","text":"spam"}).to_string();
+            for _ in 0..100 {
+                if tx.feed(Message::text(frame.clone())).await.is_err() {
+                    return sent;
+                }
+                sent += 1;
+            }
+            if tx.flush().await.is_err() {
+                return sent;
+            }
+        }
+        sent
+    });
+    let replies = tokio::spawn(async move {
+        let (mut accepted, mut limited) = (0u64, 0u64);
+        while let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_secs(2), rx.next()).await
+        {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            match (v["type"].as_str(), v["code"].as_str()) {
+                (Some("ack"), _) => accepted += 1,
+                (_, Some("rate_limited")) => limited += 1,
+                _ => panic!("unexpected reply to the flood: {v}"),
+            }
+        }
+        (accepted, limited)
+    });
+
+    // Meanwhile alice and bob chat; every message arrives, in order, promptly.
+    let mut latencies = Vec::new();
+    for i in 0..100 {
+        let sent = Instant::now();
+        alice
+            .send(json!({"type":"message","to":"bob","text":format!("m{i}"),"ref":i}))
+            .await;
+        let got = bob.recv().await;
+        latencies.push(sent.elapsed());
+        assert_eq!(
+            got["text"],
+            format!("m{i}"),
+            "nothing lost, nothing reordered"
+        );
+        assert_eq!(alice.recv().await["status"], "delivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = flood.await.unwrap();
+    let (accepted, limited) = replies.await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    let worst = *latencies.last().unwrap();
+    eprintln!(
+        "flood: {sent} sent, {accepted} accepted, {limited} rate_limited in {elapsed:.1} s; \
+         alice->bob median {median:?}, worst {worst:?}"
+    );
+    assert!(limited > 0, "the flood was limited");
+    // One second of burst, then the rate: never more than that was accepted.
+    assert!(
+        accepted as f64 <= rate * (elapsed + 1.0) + 1.0,
+        "{accepted} accepted in {elapsed:.1} s at {rate}/s"
+    );
+    // Generous bounds (a debug build on a busy 2-core machine): a starved
+    // client would take seconds, not milliseconds.
+    assert!(median < Duration::from_millis(100), "median {median:?}");
+    assert!(worst < Duration::from_secs(2), "worst {worst:?}");
+    alice.close().await;
+    bob.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_upgrades_with_invalid_names_change_nothing() {
+    let server = TestServer::start().await;
+    let bad = [
+        "bad%20name",
+        "%00",
+        "a/b",
+        "",
+        "%C3%A9t%C3%A9",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "bob!",
+        "..%2F..",
+        "%FF",
+        "a%2Fb",
+    ];
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let mut statuses = std::collections::BTreeMap::<String, u32>::new();
+                for i in 0..1250 {
+                    let name = bad[(t + i) % bad.len()];
+                    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let request = format!(
+                        "GET /ws/{name} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+                         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                    );
+                    tcp.write_all(request.as_bytes()).await.unwrap();
+                    let mut head = [0u8; 12];
+                    tokio::time::timeout(WAIT, tcp.read_exact(&mut head))
+                        .await
+                        .expect("every attempt is answered")
+                        .unwrap();
+                    *statuses
+                        .entry(String::from_utf8_lossy(&head[9..12]).to_string())
+                        .or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        let statuses = t.await.unwrap();
+        assert_eq!(
+            statuses.keys().collect::<Vec<_>>(),
+            vec!["400"],
+            "{statuses:?}"
+        );
+        total += statuses["400"];
+    }
+    assert_eq!(total, 10_000);
+
+    // The server is untouched and still serves.
+    let state = server.inspect().await;
+    assert_eq!(
+        state["server"]["connections_served"], 0,
+        "{}",
+        state["server"]
+    );
+    assert_eq!(state["presence"], json!([]));
+    let mut alice = server.connect("alice").await;
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+    alice.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_closed_and_their_presence_updated() {
+    let server = TestServer::start_with(Config {
+        idle_timeout: Some(Duration::from_millis(900)),
+        outbox_frames: 64,
+        ..Config::default()
+    })
+    .await;
+    let mut talker = server.connect("talker").await;
+    assert_eq!(
+        talker
+            .request(json!({"type":"group_join","group":"g","ref":0}))
+            .await["status"],
+        "ok"
+    );
+    // Ten connections that read their welcome and join a group, then never read again.
+    let mut silent = Vec::new();
+    for i in 0..10 {
+        let mut c = server.connect(&format!("silent{i}")).await;
+        c.send(json!({"type":"group_join","group":"g"})).await;
+        silent.push(c);
+    }
+    // And one that reads (so it answers pings) but never sends anything.
+    let mut reader = server.connect("reader").await;
+    let reading = tokio::spawn(async move {
+        let mut frames = 0;
+        let end = Instant::now() + Duration::from_secs(4);
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(end.into(), reader.ws.next()).await {
+            frames += 1;
+        }
+        (reader, frames)
+    });
+    // The talker posts large group messages nobody silent reads, and reads its acks.
+    let (mut talk, mut acks) = talker.ws.split();
+    let acking = tokio::spawn(async move {
+        let end = Instant::now() + Duration::from_secs(4);
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(end.into(), acks.next()).await {}
+        acks
+    });
+    let text = "x".repeat(4096);
+    for i in 0..200 {
+        let frame = json!({"type":"group_message","group":"g","text":text,"ref":i});
+        talk.send(Message::text(frame.to_string())).await.unwrap();
+    }
+    let state = server
+        .wait_for_state("only the talker and the reader left", |s| {
+            s["presence"] == json!(["reader", "talker"])
+        })
+        .await;
+    assert_eq!(state["invariants"].as_array().unwrap().len(), 3);
+    assert!(state["invariants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["holds"] == true));
+    // Each silent one was closed, as too slow (1008) or as idle (4000).
+    for mut c in silent {
+        let code = close_code(&mut c).await;
+        assert!(matches!(code, Some(1008 | 4000) | None), "{code:?}");
+    }
+    // The reader, idle but answering pings, outlived several timeouts.
+    let (reader, _) = reading.await.unwrap();
+    let state = server.inspect().await;
+    assert!(has(&state["presence"], "reader"), "{state}");
+    let _ = acking.await.unwrap();
+    reader.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_and_length_limits_answer_limit_reached_and_change_nothing() {
+    let server = TestServer::start_with(Config {
+        max_text_chars: Some(5),
+        max_groups: 2,
+        max_group_size: 2,
+        max_blocked: 1,
+        max_connections_per_user: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut a = server.connect("ann").await;
+    let refused = |v: &Value, r: i64| {
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["code"], "limit_reached", "{v}");
+        assert_eq!(v["ref"], r, "{v}");
+    };
+    // Text: 5 characters (not bytes) pass, 6 do not.
+    let ok = a
+        .ask(json!({"type":"message","to":"zed","text":"ééééé","ref":1}))
+        .await;
+    assert_eq!(ok["status"], "queued");
+    let v = a
+        .ask(json!({"type":"message","to":"zed","text":"123456","ref":2}))
+        .await;
+    refused(&v, 2);
+    assert!(v["detail"].as_str().unwrap().contains("--max-text-chars"));
+    // Groups: two exist, a third is refused; a full group refuses a newcomer
+    // but a member may join again.
+    for (i, g) in ["g1", "g2"].iter().enumerate() {
+        let v = a
+            .ask(json!({"type":"group_join","group":g,"ref":10 + i}))
+            .await;
+        assert_eq!(v["status"], "ok");
+    }
+    refused(
+        &a.ask(json!({"type":"group_join","group":"g3","ref":12}))
+            .await,
+        12,
+    );
+    let mut b = server.connect("ben").await;
+    assert_eq!(
+        b.ask(json!({"type":"group_join","group":"g1","ref":1}))
+            .await["status"],
+        "ok"
+    );
+    let mut c = server.connect("cat").await;
+    refused(
+        &c.ask(json!({"type":"group_join","group":"g1","ref":1}))
+            .await,
+        1,
+    );
+    assert_eq!(
+        b.ask(json!({"type":"group_join","group":"g1","ref":2}))
+            .await["status"],
+        "ok"
+    );
+    // Blocks: one allowed, the same one again fine, a second refused.
+    for r in [20, 21] {
+        assert_eq!(
+            a.ask(json!({"type":"block","user":"zed","ref":r})).await["status"],
+            "ok"
+        );
+    }
+    refused(
+        &a.ask(json!({"type":"block","user":"yan","ref":22})).await,
+        22,
+    );
+    let state = server.inspect().await;
+    assert_eq!(state["offline_messages"]["zed"]["len"], 1);
+    assert_eq!(state["groups"]["g1"], json!(["ann", "ben"]));
+    assert!(state["groups"].get("g3").is_none());
+    assert_eq!(state["blocked"]["ann"], json!(["zed"]));
+    // Connections per user: a third device is refused at the upgrade.
+    let second = server.connect("ann").await;
+    assert_eq!(server.refused_status("/ws/ann").await, 429);
+    second.close().await;
+    for client in [a, b, c] {
+        client.close().await;
+    }
+    server.stop().await;
+}
