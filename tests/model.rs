@@ -307,6 +307,40 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Parses `text` and, if it is a request, handles it from a connected user in a
+/// core with small limits: the sender gets exactly one reply, and the
+/// invariants hold afterwards.
+fn handle_once(text: &str) -> Result<(), TestCaseError> {
+    let mut core: ChatCore<MemoryStructures<ConnId>> = ChatCore::new(
+        MemoryStructures::default(),
+        CoreConfig {
+            max_offline: 1,
+            max_text_chars: Some(10),
+            max_groups: 1,
+            max_group_size: 1,
+            max_blocked: 1,
+            ..CoreConfig::default()
+        },
+    );
+    let ann = n("ann");
+    core.connect(&ann, 1);
+    let outcome = match parse_request(text) {
+        Ok(envelope) => core.handle(&ann, &1, envelope, 0),
+        Err(error) => core.refuse(&ann, &1, error),
+    };
+    // A message to oneself also arrives on the sending device: count only replies.
+    let replies = outcome
+        .frames_for(1)
+        .into_iter()
+        .filter(|f| !matches!(f, ServerFrame::Chat { .. }))
+        .count();
+    prop_assert_eq!(replies, 1, "one reply to {:?}", text);
+    for inv in core.snapshot().invariants {
+        prop_assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128),
@@ -318,11 +352,12 @@ proptest! {
         run(steps)?;
     }
 
-    /// Whatever arrives as a frame, parsing returns a request or an error: it never panics.
+    /// Whatever arrives as a frame, parsing returns a request or an error, and
+    /// handling it answers the sender exactly once: it never panics.
     #[test]
-    fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn parsing_and_handling_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let text = String::from_utf8_lossy(&bytes);
-        let _ = parse_request(&text);
+        handle_once(&text)?;
     }
 
     /// Well-formed JSON of arbitrary shape: still a request or an error, never a panic.
@@ -344,5 +379,6 @@ proptest! {
             Ok(envelope) => prop_assert_eq!(envelope.reference, Some(serde_json::json!(r))),
             Err(error) => prop_assert!(error.reference.is_none() || error.reference == Some(serde_json::json!(r))),
         }
+        handle_once(&frame.to_string())?;
     }
 }
