@@ -248,6 +248,10 @@ pub struct ServeArgs {
     /// Requests per second each connection may send; beyond it they get `rate_limited`. Off by default.
     #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
+    /// Keep offline queues, groups, blocks and name claims in this SQLite file
+    /// (created if missing), so a restart or crash loses no acknowledged message.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<std::path::PathBuf>,
     /// Do not print the event log (start-up lines and final counts are still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -432,6 +436,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     colored::control::set_override(color);
     // Each connection is a file descriptor: a default limit of 1,024 would cap the class.
     let fd_limit = server::raise_fd_limit();
+    // The data file is checked before anything listens: a damaged or newer
+    // file is a clear error and exit, never a silent reset.
+    let durable = match &args.data {
+        Some(path) => {
+            let (store, loaded) = crate::store::Store::open(path)?;
+            Some(crate::store::Durable { store, loaded })
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -458,6 +471,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let bound = listener.local_addr()?;
         let shutdown = shutdown_signal()?;
         print_banner(bound, &args);
+        match &durable {
+            Some(d) => println!(
+                "Durable: {} ({}); every `queued` ack is sent after the write.",
+                d.store.path().display().to_string().bold(),
+                d.loaded.summary()
+            ),
+            None => println!(
+                "{}",
+                "In memory: queued messages, groups, blocks and name claims are lost when the server stops (--data PATH keeps them)."
+                    .dimmed()
+            ),
+        }
         if let Some((_, after)) = fd_limit.filter(|(_, after)| *after < 4096) {
             println!(
                 "{}",
@@ -496,6 +521,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: args.max_connections as usize,
             max_connections_per_ip: args.max_connections_per_ip as usize,
             max_connections_per_user: args.max_connections_per_user as usize,
+            durable,
             max_text_chars: args.max_text_chars.map(|n| n as usize),
             max_groups: args.max_groups as usize,
             max_group_size: args.max_group_size as usize,
@@ -512,6 +538,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             report.connections_served
         );
         println!("{}", crate::inspect::render::ops_table(&report.ops, color));
+        if let Some(path) = &args.data {
+            println!("Everything acknowledged is saved in {}.", path.display());
+        }
         Ok(())
     })
 }

@@ -10,6 +10,8 @@
 //! - [`server`]: the network shell (tokio + axum WebSockets): one reader and
 //!   one writer per connection, carrying out what the core decides.
 //!   `server::run(listener, config, shutdown)` is the seam tests use.
+//! - [`store`]: durable mode (`serve --data`): the queues, groups, blocks
+//!   and name claims in SQLite, written through with group commit.
 //! - [`event_log`]: narrates each event with the structure operations it cost.
 //! - [`cli`]: the `vivachat` command line.
 
@@ -22,3 +24,4 @@ pub mod inspect;
 pub mod names;
 pub mod protocol;
 pub mod server;
+pub mod store;

@@ -13,20 +13,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Starts `vivachat serve ARGS` and returns it with the port from its banner.
 fn serve(args: &[&str]) -> (Proc, u16) {
-    let mut all = vec!["serve"];
-    all.extend_from_slice(args);
-    let mut served = Proc::spawn(&all);
-    let line = served.expect("listening on");
-    let port = line
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .expect("port in the banner");
-    (served, port)
+    Proc::serve(args)
 }
 
 async fn recv_json(

@@ -110,7 +110,10 @@ async fn json_is_the_servers_snapshot_and_reads_back_typed() {
     assert_eq!(printed.structures.offline_messages["carol"].len, 2);
     assert_eq!(printed.structures.connection_details.len(), 3);
     let info = printed.server.expect("server facts");
-    assert!(!info.durable);
+    // In memory unless the suite runs in durable mode (VIVACHAT_TEST_DURABLE).
+    let durable = std::env::var_os("VIVACHAT_TEST_DURABLE").is_some();
+    assert_eq!(info.durable, durable);
+    assert_eq!(info.data_path.is_some(), durable);
     assert_eq!(info.max_offline, 10_000);
     server.stop().await;
 }

@@ -3,14 +3,18 @@
 //! run against `ChatCore` and against a trivially correct reference model.
 //! After every step the invariants must hold and every delivery, ack and
 //! queue must be exactly what the model predicts, so every accepted message is
-//! delivered exactly once or queued exactly once.
+//! delivered exactly once or queued exactly once. Durable mode is checked on
+//! the way: replaying the core's journal into a fresh core gives back exactly
+//! the queues, groups and blocks after every step.
 //!
 //! `PROPTEST_CASES=2000 cargo test --test model` runs a longer search.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use proptest::prelude::*;
-use vivachat::core::{ChatCore, ConnId, CoreConfig, MemoryStructures, Outcome};
+use vivachat::core::{
+    Change, ChatCore, ConnId, CoreConfig, DurableState, MemoryStructures, Outcome,
+};
 use vivachat::names::Name;
 use vivachat::protocol::{parse_request, ServerFrame, Target};
 
@@ -71,6 +75,76 @@ impl Model {
     }
 }
 
+/// What durable mode's disk would hold: the journal applied in order, with a
+/// flushed message deleted once it was sent (here: as soon as it is sent).
+#[derive(Default)]
+struct Disk {
+    queues: BTreeMap<Name, BTreeMap<u64, vivachat::protocol::Message>>,
+    groups: BTreeMap<Name, BTreeSet<Name>>,
+    blocks: BTreeMap<Name, BTreeSet<Name>>,
+}
+
+impl Disk {
+    fn apply(&mut self, outcome: &Outcome<ConnId>) {
+        for change in &outcome.changes {
+            match change.clone() {
+                Change::Queued { user, message } => {
+                    self.queues
+                        .entry(user)
+                        .or_default()
+                        .insert(message.id, message);
+                }
+                Change::Joined { group, user } => {
+                    self.groups.entry(group).or_default().insert(user);
+                }
+                Change::Left { group, user } => {
+                    self.groups.entry(group).or_default().remove(&user);
+                }
+                Change::Blocked { by, whom } => {
+                    self.blocks.entry(by).or_default().insert(whom);
+                }
+                Change::Unblocked { by, whom } => {
+                    self.blocks.entry(by).or_default().remove(&whom);
+                }
+            }
+        }
+    }
+
+    /// `user` connected and `outcome` flushed their queue to the socket.
+    fn flushed(&mut self, user: &Name, outcome: &Outcome<ConnId>) {
+        for d in &outcome.deliveries {
+            if let ServerFrame::Chat {
+                message,
+                offline: true,
+            } = &outcome.frames[d.frame]
+            {
+                if let Some(queue) = self.queues.get_mut(user) {
+                    queue.remove(&message.id);
+                }
+            }
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+    }
+
+    fn state(&self) -> DurableState {
+        let list = |m: &BTreeMap<Name, BTreeSet<Name>>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                .collect()
+        };
+        DurableState {
+            queues: self
+                .queues
+                .iter()
+                .map(|(u, q)| (u.clone(), q.values().cloned().collect()))
+                .collect(),
+            groups: list(&self.groups),
+            blocks: list(&self.blocks),
+            next_message_id: 1,
+        }
+    }
+}
+
 fn n(s: &str) -> Name {
     Name::parse(s).unwrap()
 }
@@ -92,7 +166,7 @@ fn received(outcome: &Outcome<ConnId>) -> (BTreeMap<ConnId, Vec<u64>>, Vec<Strin
 
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut core: ChatCore<MemoryStructures<ConnId>> = ChatCore::new(
-        MemoryStructures::default(),
+        MemoryStructures::journaled(),
         CoreConfig {
             max_offline: MAX_OFFLINE,
             trace: false,
@@ -107,6 +181,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         ..Model::default()
     };
     let mut next_conn: ConnId = 1;
+    let mut disk = Disk::default();
     for step in steps {
         let pick = |k: usize, m: &Model| (!m.open.is_empty()).then(|| m.open[k % m.open.len()]);
         match step {
@@ -114,6 +189,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let conn = next_conn;
                 next_conn += 1;
                 let outcome = core.connect(&n(USERS[u]), conn);
+                disk.apply(&outcome);
+                disk.flushed(&n(USERS[u]), &outcome);
                 let (got, _) = received(&outcome);
                 m.open.push((conn, u));
                 // The new connection gets the user's whole queue, oldest first, once.
@@ -124,7 +201,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let Some((conn, u)) = pick(k, &m) else {
                     continue;
                 };
-                core.disconnect(&n(USERS[u]), conn, vec![]);
+                disk.apply(&core.disconnect(&n(USERS[u]), conn, vec![]));
                 m.open.retain(|(c, _)| *c != conn);
             }
             Step::Message(k, to) => {
@@ -133,6 +210,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 };
                 let text = format!(r#"{{"type":"message","to":"{}","text":"x"}}"#, USERS[to]);
                 let outcome = core.handle(&n(USERS[from]), &conn, parse_request(&text).unwrap(), 0);
+                disk.apply(&outcome);
                 let (got, acks) = received(&outcome);
                 let online = m.conns_of(to);
                 let expected_ack = if m.blocks.contains(&(to, from)) {
@@ -177,6 +255,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 };
                 let text = format!(r#"{{"type":"{kind}","group":"{}"}}"#, GROUPS[g]);
                 let outcome = core.handle(&n(USERS[u]), &conn, parse_request(&text).unwrap(), 0);
+                disk.apply(&outcome);
                 let is_member = m.groups.get(&g).is_some_and(|g| g.contains(&u));
                 let size = m.groups.get(&g).map_or(0, BTreeSet::len);
                 let refused = kind == "group_join"
@@ -206,6 +285,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     GROUPS[g]
                 );
                 let outcome = core.handle(&n(USERS[from]), &conn, parse_request(&text).unwrap(), 0);
+                disk.apply(&outcome);
                 let (got, acks) = received(&outcome);
                 let members = m.groups.get(&g).cloned().unwrap_or_default();
                 if !members.contains(&from) {
@@ -256,6 +336,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 };
                 let text = format!(r#"{{"type":"{kind}","user":"{}"}}"#, USERS[whom]);
                 let outcome = core.handle(&n(USERS[by]), &conn, parse_request(&text).unwrap(), 0);
+                disk.apply(&outcome);
                 let blocking = m.blocks.iter().filter(|(b, _)| *b == by).count();
                 if kind == "block" && blocking >= MAX_BLOCKED && !m.blocks.contains(&(by, whom)) {
                     prop_assert_eq!(received(&outcome).1, vec!["LimitReached".to_string()]);
@@ -271,6 +352,17 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         }
         // After every step: the invariants, and the queues exactly as the model has them.
         let snapshot = core.snapshot();
+        // Durable mode: replaying the journal gives back exactly the durable state.
+        let mut restored: ChatCore<MemoryStructures<ConnId>> =
+            ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+        restored.restore(&disk.state());
+        let again = restored.snapshot().structures;
+        prop_assert_eq!(
+            &again.offline_messages,
+            &snapshot.structures.offline_messages
+        );
+        prop_assert_eq!(&again.groups, &snapshot.structures.groups);
+        prop_assert_eq!(&again.blocked, &snapshot.structures.blocked);
         for inv in &snapshot.invariants {
             prop_assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
         }

@@ -59,6 +59,10 @@ pub fn token_for(
     given: Option<&str>,
 ) -> anyhow::Result<Token> {
     let path = dir.join(FILE);
+    // Two clients started at once (two terminals, or tests in parallel) must
+    // not both read the file and then each write back only its own new token.
+    create_private_dir(dir)?;
+    let _lock = Lock::take(&dir.join("tokens.lock"))?;
     let mut store = load(&path)?;
     let saved = store.get(server).and_then(|names| names.get(name)).cloned();
     let (token, saved_now) = match (given, saved) {
@@ -73,7 +77,7 @@ pub fn token_for(
                 .entry(server.to_string())
                 .or_default()
                 .insert(name.to_string(), token.clone());
-            save(dir, &path, &store)?;
+            save(&path, &store)?;
             (token, true)
         }
     };
@@ -82,6 +86,34 @@ pub fn token_for(
         saved_now,
         path,
     })
+}
+
+/// An exclusive advisory lock on a file, released when dropped (or when the
+/// process dies, so a crash never leaves it held).
+struct Lock(#[allow(dead_code)] fs::File);
+
+impl Lock {
+    fn take(path: &Path) -> anyhow::Result<Lock> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock only acts on the descriptor, which `file` keeps open.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                anyhow::bail!(
+                    "cannot lock {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(Lock(file))
+    }
 }
 
 fn load(path: &Path) -> anyhow::Result<Store> {
@@ -101,8 +133,7 @@ fn load(path: &Path) -> anyhow::Result<Store> {
 /// Writes a temporary file with mode 0600 and renames it over the old one, so
 /// a crash never leaves a half-written file and the tokens are never readable
 /// by other users, not even for a moment.
-fn save(dir: &Path, path: &Path, store: &Store) -> anyhow::Result<()> {
-    create_private_dir(dir)?;
+fn save(path: &Path, store: &Store) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(store)?;
     let mut options = fs::OpenOptions::new();
@@ -203,6 +234,25 @@ mod tests {
         );
         let _ = fs::remove_dir_all(dir.parent().unwrap());
         let _ = fs::remove_dir_all(dir2.parent().unwrap());
+    }
+
+    #[test]
+    fn concurrent_first_uses_keep_every_token() {
+        let dir = temp_dir("race").join("vivachat");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    token_for(&dir, &format!("ws://h:{i}"), "bob", None).unwrap().token
+                })
+            })
+            .collect();
+        let tokens: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for (i, token) in tokens.iter().enumerate() {
+            let again = token_for(&dir, &format!("ws://h:{i}"), "bob", None).unwrap();
+            assert_eq!(&again.token, token, "server {i}'s token survived the others");
+        }
+        let _ = fs::remove_dir_all(dir.parent().unwrap());
     }
 
     #[cfg(unix)]

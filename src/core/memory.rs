@@ -5,6 +5,7 @@
 
 use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
 
+use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{Op, OpCounts, OpTable, Structure, Trace};
 use crate::core::snapshot::{QueueSnapshot, StructuresSnapshot};
 use crate::core::structures::{ConnHandle, ConnId, Structures};
@@ -27,6 +28,8 @@ pub struct MemoryStructures<C> {
     /// Keyed by the blocker: "does bob block alice" is asked for every message to bob.
     blocked_users: HashMap<UserId, HashSet<UserId>>,
     ops: OpCounts,
+    /// Durable mode only: the changes to write to disk, taken after each rule.
+    journal: Option<Vec<Change>>,
 }
 
 impl<C> Default for MemoryStructures<C> {
@@ -38,6 +41,23 @@ impl<C> Default for MemoryStructures<C> {
             group_members: HashMap::new(),
             blocked_users: HashMap::new(),
             ops: OpCounts::default(),
+            journal: None,
+        }
+    }
+}
+
+impl<C> MemoryStructures<C> {
+    /// Structures that journal every durable change (for `serve --data`).
+    pub fn journaled() -> Self {
+        MemoryStructures {
+            journal: Some(Vec::new()),
+            ..MemoryStructures::default()
+        }
+    }
+
+    fn journal(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(journal) = &mut self.journal {
+            journal.push(change());
         }
     }
 }
@@ -147,6 +167,10 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
     }
 
     fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
+        self.journal(|| Change::Queued {
+            user: user.clone(),
+            message: message.clone(),
+        });
         let len = self.ops.measure(OfflineMessages, Op::PushBack, || {
             let queue = self.offline_messages.entry(user.clone()).or_default();
             queue.push_back(message);
@@ -174,11 +198,16 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
     }
 
     fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
-        let size = self.ops.measure(GroupMembers, Op::Insert, || {
+        let (added, size) = self.ops.measure(GroupMembers, Op::Insert, || {
             let members = self.group_members.entry(group.clone()).or_default();
-            members.insert(user.clone());
-            members.len()
+            (members.insert(user.clone()), members.len())
         });
+        if added {
+            self.journal(|| Change::Joined {
+                group: group.clone(),
+                user: user.clone(),
+            });
+        }
         trace.record(
             GroupMembers,
             Op::Insert,
@@ -201,6 +230,12 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             }
             (removed, size)
         });
+        if was_member {
+            self.journal(|| Change::Left {
+                group: group.clone(),
+                user: user.clone(),
+            });
+        }
         trace.record(
             GroupMembers,
             Op::Remove,
@@ -261,6 +296,12 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
                 .or_default()
                 .insert(whom.clone())
         });
+        if added {
+            self.journal(|| Change::Blocked {
+                by: by.clone(),
+                whom: whom.clone(),
+            });
+        }
         trace.record(BlockedUsers, Op::Insert, Some(by), Some(whom), None);
         added
     }
@@ -276,6 +317,12 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             }
             removed
         });
+        if removed {
+            self.journal(|| Change::Unblocked {
+                by: by.clone(),
+                whom: whom.clone(),
+            });
+        }
         trace.record(BlockedUsers, Op::Remove, Some(by), Some(whom), None);
         removed
     }
@@ -296,6 +343,40 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         });
         trace.record(BlockedUsers, Op::Len, Some(by), None, Some(len));
         len
+    }
+
+    fn take_changes(&mut self) -> Vec<Change> {
+        match &mut self.journal {
+            Some(journal) => std::mem::take(journal),
+            None => Vec::new(),
+        }
+    }
+
+    fn restore(&mut self, state: &DurableState) {
+        for (user, queue) in &state.queues {
+            if !queue.is_empty() {
+                self.offline_messages
+                    .entry(user.clone())
+                    .or_default()
+                    .extend(queue.iter().cloned());
+            }
+        }
+        for (group, members) in &state.groups {
+            if !members.is_empty() {
+                self.group_members
+                    .entry(group.clone())
+                    .or_default()
+                    .extend(members.iter().cloned());
+            }
+        }
+        for (by, whom) in &state.blocks {
+            if !whom.is_empty() {
+                self.blocked_users
+                    .entry(by.clone())
+                    .or_default()
+                    .extend(whom.iter().cloned());
+            }
+        }
     }
 
     fn op_table(&self) -> OpTable {

@@ -7,6 +7,7 @@
 //! without a socket.
 
 pub mod claims;
+pub mod journal;
 pub mod memory;
 pub mod ops;
 pub mod routing;
@@ -18,6 +19,7 @@ mod tests;
 use crate::names::{GroupId, UserId};
 use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 
+pub use journal::{Change, DurableState};
 pub use memory::MemoryStructures;
 pub use ops::{Op, OpTable, Structure, Trace};
 pub use snapshot::{Invariant, ServerInfo, Snapshot, StructuresSnapshot};
@@ -93,6 +95,9 @@ pub struct Outcome<C> {
     pub deliveries: Vec<Delivery<C>>,
     pub event: Event,
     pub trace: Trace,
+    /// Durable changes to write before any of `deliveries` is sent (empty
+    /// unless the journal is on).
+    pub changes: Vec<Change>,
 }
 
 impl<C: Clone> Outcome<C> {
@@ -191,6 +196,27 @@ impl<S: Structures> ChatCore<S> {
 
     pub fn config(&self) -> &CoreConfig {
         &self.config
+    }
+
+    /// Loads what durable mode saved: queues, groups, blocks, and the next id
+    /// (never one that may have been used before the restart).
+    pub fn restore(&mut self, state: &DurableState) {
+        self.structures.restore(state);
+        let highest = state
+            .queues
+            .iter()
+            .flat_map(|(_, q)| q.iter().map(|m| m.id))
+            .max()
+            .unwrap_or(0);
+        self.next_message_id = self
+            .next_message_id
+            .max(state.next_message_id)
+            .max(highest + 1);
+    }
+
+    /// The id the next accepted message will get.
+    pub fn next_message_id(&self) -> u64 {
+        self.next_message_id
     }
 
     pub fn op_table(&self) -> OpTable {

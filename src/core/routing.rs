@@ -51,6 +51,7 @@ impl<C: Clone> Plan<C> {
             deliveries: self.deliveries,
             event,
             trace,
+            changes: Vec::new(),
         }
     }
 }
@@ -88,6 +89,13 @@ fn ack(reference: Ref, id: Option<u64>, status: AckStatus) -> ServerFrame {
 impl<S: Structures> ChatCore<S> {
     fn new_trace(&self) -> Trace {
         Trace::new(self.config.trace)
+    }
+
+    /// The outcome, with the durable changes the rule made (none unless the journal is on).
+    fn finish(&mut self, plan: Plan<S::Conn>, event: Event, trace: Trace) -> Outcome<S::Conn> {
+        let mut outcome = plan.finish(event, trace);
+        outcome.changes = self.structures.take_changes();
+        outcome
     }
 
     /// Sends one presence frame to every connection of every online user but `user`.
@@ -163,7 +171,7 @@ impl<S: Structures> ChatCore<S> {
             flushed: queued,
             notified,
         };
-        plan.finish(event, trace)
+        self.finish(plan, event, trace)
     }
 
     /// A connection closed (or was evicted). `undelivered` are chat messages
@@ -213,7 +221,7 @@ impl<S: Structures> ChatCore<S> {
             requeued,
             notified,
         };
-        plan.finish(event, trace)
+        self.finish(plan, event, trace)
     }
 
     /// Answers a frame that could not be parsed: the error goes to the sender only.
@@ -331,7 +339,7 @@ impl<S: Structures> ChatCore<S> {
                 Event::Ping { user: user.clone() }
             }
         };
-        plan.finish(event, trace)
+        self.finish(plan, event, trace)
     }
 
     /// The seed's message flow: blocked? then online (push to every device) or

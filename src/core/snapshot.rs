@@ -146,8 +146,11 @@ pub struct ServerInfo {
     /// How long copying the structures held the core's lock, in microseconds:
     /// chat traffic waits this long while a snapshot is taken.
     pub hold_us: u64,
-    /// Whether queued messages survive a restart (not yet: in-memory only).
+    /// Whether queued messages, groups, blocks and claims survive a restart (`serve --data`).
     pub durable: bool,
+    /// The database file, in durable mode.
+    #[serde(default)]
+    pub data_path: Option<String>,
     pub max_message_bytes: usize,
     pub max_offline: usize,
     pub outbox_frames: usize,

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{OpTable, Trace};
 use crate::core::snapshot::StructuresSnapshot;
 use crate::names::{GroupId, UserId};
@@ -97,6 +98,11 @@ pub trait Structures {
     fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
     /// How many users `by` blocks, for `--max-blocked`. O(1).
     fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize;
+
+    /// The durable changes made since the last call (see `core::journal`).
+    fn take_changes(&mut self) -> Vec<Change>;
+    /// Loads durable state into empty structures (not counted: it is not routing).
+    fn restore(&mut self, state: &DurableState);
 
     /// Every operation counter.
     fn op_table(&self) -> OpTable;

@@ -314,10 +314,10 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
             clock(info.taken_at_ms),
             duration(info.uptime_ms),
             info.hold_us,
-            if info.durable {
-                "durable"
-            } else {
-                "in memory: lost on restart"
+            match (&info.durable, &info.data_path) {
+                (true, Some(path)) => format!("durable: {path}"),
+                (true, None) => "durable".to_string(),
+                (false, _) => "in memory: lost on restart".to_string(),
             }
         );
     }

@@ -5,13 +5,14 @@
 //! guessed tokens can cost the server at most one core and never delays chat.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use tokio::sync::Semaphore;
 
 use crate::core::claims::{hash_token, verify_token, Check, Claims, TokenHash};
 use crate::names::UserId;
+use crate::store::Store;
 
 /// Longest accepted token: enough for any generated secret, and a bound on
 /// what one request can make the hasher read.
@@ -50,6 +51,8 @@ impl Refused {
 pub struct Gate {
     pub claims: Mutex<Claims>,
     hasher: Hasher,
+    /// Durable mode: a claim is on disk before its connection is admitted.
+    store: Option<Arc<Store>>,
 }
 
 struct Hasher {
@@ -89,6 +92,19 @@ impl Hasher {
 }
 
 impl Gate {
+    /// A gate with the claims durable mode loaded.
+    pub fn new(store: Option<Arc<Store>>, loaded: Vec<(UserId, TokenHash)>) -> Gate {
+        let mut claims = Claims::default();
+        for (user, hash) in loaded {
+            let _ = claims.claim(&user, hash);
+        }
+        Gate {
+            claims: Mutex::new(claims),
+            hasher: Hasher::default(),
+            store,
+        }
+    }
+
     fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -141,12 +157,15 @@ impl Gate {
             (Check::Claim, Some(t)) => {
                 let owned = t.to_string();
                 let hash = self.hasher.run(move || hash_token(&owned)).await?;
-                let claimed = self.claims().claim(user, hash);
+                let claimed = self.claims().claim(user, hash.clone());
                 match claimed {
-                    Ok(()) => Ok(Admitted {
-                        authenticated: true,
-                        claimed_now: true,
-                    }),
+                    Ok(()) => {
+                        self.persist(user, &hash).await?;
+                        Ok(Admitted {
+                            authenticated: true,
+                            claimed_now: true,
+                        })
+                    }
                     // Someone else claimed it while this token was hashing.
                     Err(winner) => {
                         if self.verify(t, winner).await? {
@@ -160,6 +179,26 @@ impl Gate {
                     }
                 }
             }
+        }
+    }
+
+    /// Durable mode: waits until the claim is on disk, so a crash cannot hand
+    /// the name to someone else after its owner was told it is theirs.
+    async fn persist(&self, user: &UserId, hash: &TokenHash) -> Result<(), Refused> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let written = match store.claim(user, hash) {
+            Some(seq) => store.committed(seq).await,
+            None => false,
+        };
+        if written {
+            Ok(())
+        } else {
+            Err(Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: "the server is shutting down; try again in a moment".to_string(),
+            })
         }
     }
 

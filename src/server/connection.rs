@@ -80,7 +80,7 @@ pub(crate) async fn serve(
         authenticated: admitted.authenticated,
     });
     let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, conn.clone()));
+    let mut writer = tokio::spawn(write_loop(sink, conn.clone(), shared.store.clone()));
     {
         let mut core = shared.core();
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -96,7 +96,7 @@ pub(crate) async fn serve(
             // slow-client bound; only what comes after counts against it.
             let own = outcome.deliveries.iter().filter(|d| d.conn.id == conn.id);
             conn.outbox.allow_backlog(own.count());
-            carry_out(&mut core, outcome, shared.log.as_ref());
+            carry_out(&mut core, outcome, &shared);
         }
     }
     let ending = read_loop(&shared, &conn, stream).await;
@@ -135,7 +135,7 @@ fn close_unclaimed(shared: &Shared, core: &mut super::Core, user: &UserId) {
             ));
         }
         let outcome = core.disconnect(user, device.id, unsent);
-        carry_out(core, outcome, shared.log.as_ref());
+        carry_out(core, outcome, shared);
     }
 }
 
@@ -172,7 +172,7 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
                 None,
             );
             let refusal = core.refuse(&conn.user, conn, error);
-            carry_out(&mut core, refusal, shared.log.as_ref());
+            carry_out(&mut core, refusal, shared);
             conn.outbox
                 .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
             Vec::new()
@@ -180,7 +180,7 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
     };
     let unsent = unsent.iter().filter_map(|o| o.message.clone()).collect();
     let outcome = core.disconnect(&conn.user, conn.id, unsent);
-    carry_out(&mut core, outcome, shared.log.as_ref());
+    carry_out(&mut core, outcome, shared);
 }
 
 async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSocket>) -> Ending {
@@ -240,7 +240,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
                             let now = now_ms();
                             let mut core = shared.core();
                             let outcome = core.handle(&conn.user, conn, envelope, now);
-                            carry_out(&mut core, outcome, shared.log.as_ref());
+                            carry_out(&mut core, outcome, shared);
                             continue;
                         }
                     }
@@ -265,7 +265,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
         };
         let mut core = shared.core();
         let outcome = core.refuse(&conn.user, conn, refusal);
-        carry_out(&mut core, outcome, shared.log.as_ref());
+        carry_out(&mut core, outcome, shared);
     }
 }
 
@@ -278,7 +278,11 @@ fn too_large(error: axum::Error) -> Option<usize> {
     }
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    conn: Conn,
+    store: Option<Arc<crate::store::Store>>,
+) {
     loop {
         let next = conn.outbox.next().await;
         let write = async {
@@ -286,10 +290,28 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn) {
                 Next::Frames(frames) => {
                     // feed, then one flush: tungstenite gathers up to 8 KiB per
                     // write, so a burst costs a few system calls, not one per frame.
-                    for frame in frames {
+                    for frame in &frames {
+                        if let Some(store) = store.as_deref() {
+                            // Durable mode: nothing leaves before its changes are on disk.
+                            if frame.seq > store.committed_now() {
+                                sink.flush().await?;
+                                if !store.committed(frame.seq).await {
+                                    return Ok(false);
+                                }
+                            }
+                        }
                         sink.feed(WsMessage::Text(frame.text.clone())).await?;
                     }
-                    sink.flush().await.map(|()| true)
+                    sink.flush().await?;
+                    // Written to the socket: flushed queue messages may now leave the disk.
+                    if let Some(store) = store.as_deref() {
+                        for frame in frames.iter().filter(|f| f.flushed) {
+                            if let Some(message) = &frame.message {
+                                store.flushed(&conn.user, message.id);
+                            }
+                        }
+                    }
+                    Ok(true)
                 }
                 Next::Ping => sink
                     .send(WsMessage::Ping(Default::default()))

@@ -34,7 +34,7 @@ use crate::core::{
 };
 use crate::event_log::EventLog;
 use crate::names::{Name, UserId};
-use crate::protocol::Message;
+use crate::protocol::{Message, ServerFrame};
 use outbox::{Encoded, Outbox, Outgoing, PushError};
 
 /// Everything `serve` can be told.
@@ -75,6 +75,8 @@ pub struct Config {
     /// `serve --dashboard`: redraw the tables in this terminal, with the event
     /// log's latest lines (which the caller sends to this ring) below them.
     pub dashboard: Option<Dashboard>,
+    /// `serve --data`: the open store and the state it loaded. None: in memory only.
+    pub durable: Option<crate::store::Durable>,
 }
 
 /// What the dashboard needs from the caller.
@@ -105,6 +107,7 @@ impl Default for Config {
             max_blocked: 10_000,
             idle_timeout: Some(Duration::from_secs(60)),
             dashboard: None,
+            durable: None,
         }
     }
 }
@@ -160,6 +163,8 @@ pub(crate) struct Shared {
     slots: Arc<limits::Slots>,
     /// Name claims and the hasher that checks their tokens.
     gate: admission::Gate,
+    /// Durable mode's store; None in memory.
+    store: Option<Arc<crate::store::Store>>,
 }
 
 impl Shared {
@@ -185,9 +190,20 @@ pub fn now_ms() -> u64 {
 /// the core, which re-queues them in the offline deque if it was the user's
 /// last device. The eviction's own outcome (presence `offline`) is carried
 /// out in the same loop, so routing never waits for any socket.
-pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&EventLog>) {
+///
+/// Durable mode: the outcome's changes go to the store first, and its frames
+/// carry the batch number, so the writer holds them until that batch is on
+/// disk. An ack of `queued` therefore always follows the write.
+pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, shared: &Shared) {
+    let log = shared.log.as_ref();
     let mut work = VecDeque::from([outcome]);
-    while let Some(outcome) = work.pop_front() {
+    while let Some(mut outcome) = work.pop_front() {
+        let seq = match &shared.store {
+            Some(store) => store
+                .submit(std::mem::take(&mut outcome.changes), core.next_message_id())
+                .unwrap_or(0),
+            None => 0,
+        };
         // Each frame is serialised once, however many connections it fans out to.
         let encoded: Vec<Outgoing> = outcome
             .frames
@@ -196,6 +212,8 @@ pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, log: Option<&Ev
                 Arc::new(Encoded {
                     text: Utf8Bytes::from(frame.to_json()),
                     message: frame.chat_message().cloned(),
+                    seq,
+                    flushed: matches!(frame, ServerFrame::Chat { offline: true, .. }),
                 })
             })
             .collect();
@@ -262,8 +280,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Report> {
     let started = Instant::now();
-    let core = ChatCore::new(
-        MemoryStructures::default(),
+    let durable = config.durable.clone();
+    let structures = match durable {
+        Some(_) => MemoryStructures::journaled(),
+        None => MemoryStructures::default(),
+    };
+    let mut core = ChatCore::new(
+        structures,
         CoreConfig {
             max_offline: config.max_offline,
             trace: log.is_some(),
@@ -272,6 +295,14 @@ pub async fn run(
             max_group_size: config.max_group_size,
             max_blocked: config.max_blocked,
         },
+    );
+    if let Some(d) = &durable {
+        core.restore(&d.loaded.state);
+    }
+    let store = durable.as_ref().map(|d| d.store.clone());
+    let gate = admission::Gate::new(
+        store.clone(),
+        durable.map(|d| d.loaded.claims).unwrap_or_default(),
     );
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
@@ -283,7 +314,8 @@ pub async fn run(
         all_done: Notify::new(),
         started,
         slots: Arc::default(),
-        gate: admission::Gate::default(),
+        gate,
+        store,
     });
 
     let app = Router::new()
@@ -341,6 +373,11 @@ pub async fn run(
     let _ = tokio::time::timeout(grace, http).await;
 
     let ops = shared.core().op_table();
+    // Everything acknowledged is already on disk; this writes what is left
+    // (flushed-message deletions, the last requeues) and closes the file cleanly.
+    if let Some(store) = shared.store.clone() {
+        let _ = tokio::task::spawn_blocking(move || store.close(grace)).await;
+    }
     if let Some(log) = &shared.log {
         log.flush(Duration::from_secs(2));
     }
@@ -365,7 +402,11 @@ pub(crate) fn take_snapshot(shared: &Shared) -> Snapshot {
         uptime_ms: shared.started.elapsed().as_millis() as u64,
         taken_at_ms: now_ms(),
         hold_us: hold.as_micros() as u64,
-        durable: false,
+        durable: shared.store.is_some(),
+        data_path: shared
+            .store
+            .as_ref()
+            .map(|s| s.path().display().to_string()),
         max_message_bytes: config.max_message_bytes,
         max_offline: config.max_offline,
         outbox_frames: config.outbox_frames,

@@ -20,6 +20,12 @@ pub struct Encoded {
     pub text: Utf8Bytes,
     /// The chat message inside, kept so an unsent one can go back to the offline deque.
     pub message: Option<Message>,
+    /// Durable mode: the store batch that must be on disk before this frame
+    /// is written (0: none).
+    pub seq: u64,
+    /// A message flushed from the offline queue: once written to the socket,
+    /// durable mode deletes it from disk.
+    pub flushed: bool,
 }
 
 /// One frame waiting in an outbox. An `Arc` keeps each queued slot at 8 bytes:
@@ -281,6 +287,8 @@ mod tests {
         Arc::new(Encoded {
             text: Utf8Bytes::from_static(s),
             message: None,
+            seq: 0,
+            flushed: false,
         })
     }
 

@@ -36,7 +36,12 @@ impl TestServer {
     }
 
     /// A server on a given address (to restart one on the port it had).
-    pub async fn start_at(addr: SocketAddr, config: Config) -> TestServer {
+    /// `VIVACHAT_TEST_DURABLE=1` runs every test server in durable mode, each
+    /// on a fresh data file (CI runs the protocol and stress suites both ways).
+    pub async fn start_at(addr: SocketAddr, mut config: Config) -> TestServer {
+        if config.durable.is_none() && std::env::var_os("VIVACHAT_TEST_DURABLE").is_some() {
+            config.durable = Some(open_store(&temp_data_file("suite")));
+        }
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -278,6 +283,22 @@ pub struct Proc {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vivachat");
 
+/// A fresh path for a data file, in a directory of its own.
+pub fn temp_data_file(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("vivachat-data-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("chat.db")
+}
+
+/// Opens a data file for a test server (`Config { durable: Some(..) }`).
+pub fn open_store(path: &std::path::Path) -> vivachat::store::Durable {
+    let (store, loaded) = vivachat::store::Store::open(path).expect("the data file opens");
+    vivachat::store::Durable { store, loaded }
+}
+
 /// A config directory of this test process's own, so client tokens never land
 /// in the real home directory (one test process is like one user's machine).
 pub fn config_home() -> std::path::PathBuf {
@@ -407,6 +428,28 @@ impl Proc {
     /// Waits for the process to exit on its own (e.g. after /quit).
     pub fn exited(&mut self) -> std::process::ExitStatus {
         self.wait_exit("its own exit")
+    }
+
+    /// Starts `vivachat serve ARGS` and returns it with the port from its banner.
+    pub fn serve(args: &[&str]) -> (Proc, u16) {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        let mut served = Proc::spawn(&all);
+        let line = served.expect("listening on");
+        let port = line
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("port in the banner");
+        (served, port)
+    }
+
+    /// SIGKILL: the process gets no chance to flush or clean up (a crash).
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,749 @@
+//! Durable mode (`serve --data PATH`): the offline queues, groups, blocks and
+//! name claims in SQLite, so a restart or a crash loses nothing that was
+//! acknowledged.
+//!
+//! The in-memory structures stay what routing reads; this module only writes
+//! the core's [`Change`]s through to disk. One thread owns the database and
+//! commits whatever has arrived since its last commit in one transaction
+//! (group commit): while one `fsync` runs, the next batch gathers, so the cost
+//! of a commit is shared by every message in it. Each batch has a sequence
+//! number; the server holds back the frames of an outcome (the `queued` ack
+//! above all) until [`Store::committed`] has passed its number.
+//!
+//! A queued message is deleted from disk only after the server wrote it to the
+//! recipient's socket ([`Store::flushed`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags};
+use tokio::sync::watch;
+
+use crate::core::claims::TokenHash;
+use crate::core::{Change, DurableState};
+use crate::names::{Name, UserId};
+use crate::protocol::{Message, Target};
+
+/// The schema this version writes. A file with a higher number came from a
+/// newer vivachat and is refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Marks the file as vivachat's (`PRAGMA application_id`): "VIVA".
+const APPLICATION_ID: i64 = 0x5649_5641;
+
+/// MIGRATIONS[i] takes a database from version i to i + 1.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE offline_messages (
+        owner    TEXT    NOT NULL,
+        id       INTEGER NOT NULL,
+        sender   TEXT    NOT NULL,
+        to_group TEXT,
+        text     TEXT    NOT NULL,
+        ts       INTEGER NOT NULL,
+        PRIMARY KEY (owner, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE group_members (
+        grp  TEXT NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (grp, user)
+    ) WITHOUT ROWID;
+    CREATE TABLE blocked_users (
+        by_user TEXT NOT NULL,
+        whom    TEXT NOT NULL,
+        PRIMARY KEY (by_user, whom)
+    ) WITHOUT ROWID;
+    CREATE TABLE name_claims (
+        user TEXT PRIMARY KEY NOT NULL,
+        hash TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+"];
+
+/// Message ids are reserved on disk this far ahead, so ids stay unique across
+/// a crash without a write per message: a restart continues after the reservation.
+const ID_MARGIN: u64 = 100_000;
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 50_000;
+
+/// Why the data file cannot be used. Each says what to do; none changes the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not a SQLite database, or damaged ({cause}). It was left untouched; move it aside to start with an empty one")]
+    Corrupt { path: String, cause: String },
+    #[error("{path} is a SQLite database, but not one of vivachat's (application id {found:#x}); it was left untouched: choose another --data file")]
+    Foreign { path: String, found: i64 },
+    #[error("{path} was written by a newer vivachat (schema version {found}; this version reads up to {SCHEMA_VERSION}). It was left untouched: upgrade vivachat, or choose another --data file")]
+    Newer { path: String, found: i64 },
+    #[error("cannot open {path}: {cause}")]
+    Open { path: String, cause: String },
+}
+
+/// What was loaded on start.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    pub state: DurableState,
+    pub claims: Vec<(UserId, TokenHash)>,
+}
+
+impl Loaded {
+    /// "restored 3 groups, 41 queued messages for 5 users, ..."
+    pub fn summary(&self) -> String {
+        let s = &self.state;
+        format!(
+            "restored {} group(s), {} queued message(s) for {} user(s), {} block(s), {} claimed name(s)",
+            s.groups.len(),
+            s.queued_messages(),
+            s.queues.len(),
+            s.block_count(),
+            self.claims.len()
+        )
+    }
+}
+
+enum Job {
+    Changes {
+        seq: u64,
+        changes: Vec<Change>,
+        reserve_ids: Option<u64>,
+    },
+    Claimed {
+        seq: u64,
+        user: UserId,
+        hash: TokenHash,
+    },
+    Flushed {
+        user: UserId,
+        id: u64,
+    },
+}
+
+impl Job {
+    fn seq(&self) -> u64 {
+        match self {
+            Job::Changes { seq, .. } | Job::Claimed { seq, .. } => *seq,
+            Job::Flushed { .. } => 0,
+        }
+    }
+}
+
+struct Submitter {
+    next_seq: u64,
+    /// Ids are reserved on disk up to (not including) this one.
+    reserved_ids: u64,
+    tx: Option<mpsc::Sender<Job>>,
+}
+
+/// The durable store: a handle to the writer thread.
+pub struct Store {
+    path: PathBuf,
+    /// Sequence numbers are taken and sent under one lock, so the writer sees
+    /// them in order and "committed up to N" means every batch up to N.
+    submitter: Mutex<Submitter>,
+    committed: watch::Receiver<u64>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// What `serve --data` hands the server: the open store and what it loaded.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    pub store: Arc<Store>,
+    pub loaded: Loaded,
+}
+
+fn text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl Store {
+    /// Opens (or creates) the database, checks it, migrates it, loads it, and
+    /// starts the writer thread. A damaged, foreign or newer file is an error
+    /// before anything is written to it.
+    pub fn open(path: &Path) -> Result<(Arc<Store>, Loaded), StoreError> {
+        let shown = text(path);
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: shown.clone(),
+            cause: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            cause: e.to_string(),
+        })?;
+        // Reads only, until the file is known to be ours and not newer.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        let app_id: i64 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
+            return Err(StoreError::Foreign {
+                path: shown,
+                found: app_id,
+            });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer {
+                path: shown,
+                found: version,
+            });
+        }
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path: shown,
+                cause: check,
+            });
+        }
+        // WAL: readers never block the writer, and a commit appends to the log
+        // instead of rewriting pages. FULL: a commit is on disk when it returns.
+        let setup = || -> rusqlite::Result<()> {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                conn.execute_batch(&format!(
+                    "BEGIN; {sql} PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID}; COMMIT;",
+                    from + 1
+                ))?;
+            }
+            Ok(())
+        };
+        setup().map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            cause: e.to_string(),
+        })?;
+        let loaded = load(&conn).map_err(|cause| StoreError::Corrupt {
+            path: shown.clone(),
+            cause,
+        })?;
+        let (tx, rx) = mpsc::channel();
+        let (committed_tx, committed) = watch::channel(0);
+        let thread = std::thread::Builder::new()
+            .name("vivachat-store".into())
+            .spawn(move || write_loop(conn, rx, committed_tx))
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                cause: e.to_string(),
+            })?;
+        let store = Store {
+            path: path.to_path_buf(),
+            submitter: Mutex::new(Submitter {
+                next_seq: 1,
+                reserved_ids: loaded.state.next_message_id,
+                tx: Some(tx),
+            }),
+            committed,
+            thread: Mutex::new(Some(thread)),
+        };
+        Ok((Arc::new(store), loaded))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submitter(&self) -> std::sync::MutexGuard<'_, Submitter> {
+        self.submitter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one outcome's changes to disk; returns the sequence number to
+    /// wait for, or None when there was nothing to write. `next_message_id` is
+    /// the core's: when it nears the reserved range, a new range is reserved.
+    /// Call it under the core lock, so batches reach the disk in core order.
+    pub fn submit(&self, changes: Vec<Change>, next_message_id: u64) -> Option<u64> {
+        let mut s = self.submitter();
+        let reserve_ids = (next_message_id + ID_MARGIN > s.reserved_ids).then(|| {
+            s.reserved_ids = next_message_id + 2 * ID_MARGIN;
+            s.reserved_ids
+        });
+        if changes.is_empty() && reserve_ids.is_none() {
+            return None;
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let job = Job::Changes {
+            seq,
+            changes,
+            reserve_ids,
+        };
+        s.tx.as_ref().map(|tx| tx.send(job))?.ok()?;
+        Some(seq)
+    }
+
+    /// Records a name claim; wait for the returned number before admitting it.
+    pub fn claim(&self, user: &UserId, hash: &TokenHash) -> Option<u64> {
+        let mut s = self.submitter();
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let job = Job::Claimed {
+            seq,
+            user: user.clone(),
+            hash: hash.clone(),
+        };
+        s.tx.as_ref().map(|tx| tx.send(job))?.ok()?;
+        Some(seq)
+    }
+
+    /// A queued message was written to `user`'s socket: it may leave the disk.
+    pub fn flushed(&self, user: &UserId, id: u64) {
+        let s = self.submitter();
+        if let Some(tx) = &s.tx {
+            let _ = tx.send(Job::Flushed {
+                user: user.clone(),
+                id,
+            });
+        }
+    }
+
+    /// Resolves once batch `seq` is on disk; false if the store has stopped.
+    pub async fn committed(&self, seq: u64) -> bool {
+        let mut rx = self.committed.clone();
+        let reached = rx.wait_for(|c| *c >= seq).await.is_ok();
+        reached
+    }
+
+    /// The highest batch on disk.
+    pub fn committed_now(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Writes everything submitted so far, then stops the writer thread.
+    /// Waits at most `grace`; returns false if the writer did not finish in time.
+    pub fn close(&self, grace: Duration) -> bool {
+        self.submitter().tx = None;
+        let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + grace;
+        while !thread.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = thread.join();
+        true
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close(Duration::from_secs(5));
+    }
+}
+
+fn name(raw: String) -> Result<UserId, String> {
+    Name::parse(&raw).map_err(|e| format!("stored name {raw:?} is invalid: {e}"))
+}
+
+fn load(conn: &Connection) -> Result<Loaded, String> {
+    let err = |e: rusqlite::Error| e.to_string();
+    let mut loaded = Loaded::default();
+    let mut stmt = conn
+        .prepare(
+            "SELECT owner, id, sender, to_group, text, ts FROM offline_messages ORDER BY owner, id",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(err)?;
+    let queues = &mut loaded.state.queues;
+    for row in rows {
+        let (owner, id, sender, to_group, body, ts) = row.map_err(err)?;
+        let owner = name(owner)?;
+        let target = match to_group {
+            Some(g) => Target::Group(name(g)?),
+            None => Target::User(owner.clone()),
+        };
+        let message = Message {
+            id: id as u64,
+            from: name(sender)?,
+            target,
+            text: body.into(),
+            ts: ts as u64,
+        };
+        match queues.last_mut() {
+            Some((user, queue)) if *user == owner => queue.push(message),
+            _ => queues.push((owner, vec![message])),
+        }
+    }
+    let pairs = |sql: &str| -> Result<Vec<(UserId, Vec<UserId>)>, String> {
+        let mut stmt = conn.prepare(sql).map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?;
+        let mut out: Vec<(UserId, Vec<UserId>)> = Vec::new();
+        for row in rows {
+            let (key, value) = row.map_err(err)?;
+            let (key, value) = (name(key)?, name(value)?);
+            match out.last_mut() {
+                Some((k, values)) if *k == key => values.push(value),
+                _ => out.push((key, vec![value])),
+            }
+        }
+        Ok(out)
+    };
+    loaded.state.groups = pairs("SELECT grp, user FROM group_members ORDER BY grp, user")?;
+    loaded.state.blocks = pairs("SELECT by_user, whom FROM blocked_users ORDER BY by_user, whom")?;
+    let mut stmt = conn
+        .prepare("SELECT user, hash FROM name_claims ORDER BY user")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(err)?;
+    for row in rows {
+        let (user, hash) = row.map_err(err)?;
+        let hash = TokenHash::from_phc(&hash)
+            .ok_or_else(|| format!("the claim of {user} has an unreadable hash"))?;
+        loaded.claims.push((name(user)?, hash));
+    }
+    let next: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'next_message_id'",
+            [],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(err(e)),
+        })?;
+    loaded.state.next_message_id = next.map_or(1, |n| n.max(1) as u64);
+    Ok(loaded)
+}
+
+/// Applies a batch of jobs in one transaction.
+fn apply(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut queue = tx.prepare_cached(
+            "INSERT OR REPLACE INTO offline_messages (owner, id, sender, to_group, text, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut unqueue =
+            tx.prepare_cached("DELETE FROM offline_messages WHERE owner = ?1 AND id = ?2")?;
+        let mut join =
+            tx.prepare_cached("INSERT OR IGNORE INTO group_members (grp, user) VALUES (?1, ?2)")?;
+        let mut leave =
+            tx.prepare_cached("DELETE FROM group_members WHERE grp = ?1 AND user = ?2")?;
+        let mut block = tx.prepare_cached(
+            "INSERT OR IGNORE INTO blocked_users (by_user, whom) VALUES (?1, ?2)",
+        )?;
+        let mut unblock =
+            tx.prepare_cached("DELETE FROM blocked_users WHERE by_user = ?1 AND whom = ?2")?;
+        let mut claim =
+            tx.prepare_cached("INSERT OR REPLACE INTO name_claims (user, hash) VALUES (?1, ?2)")?;
+        let mut reserve = tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('next_message_id', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+        )?;
+        for job in jobs {
+            match job {
+                Job::Changes {
+                    changes,
+                    reserve_ids,
+                    ..
+                } => {
+                    if let Some(ids) = reserve_ids {
+                        reserve.execute([*ids as i64])?;
+                    }
+                    for change in changes {
+                        match change {
+                            Change::Queued { user, message } => {
+                                let group = match &message.target {
+                                    Target::Group(g) => Some(g.as_str()),
+                                    Target::User(_) => None,
+                                };
+                                queue.execute(params![
+                                    user.as_str(),
+                                    message.id as i64,
+                                    message.from.as_str(),
+                                    group,
+                                    &*message.text,
+                                    message.ts as i64
+                                ])?;
+                            }
+                            Change::Joined { group, user } => {
+                                join.execute([group.as_str(), user.as_str()])?;
+                            }
+                            Change::Left { group, user } => {
+                                leave.execute([group.as_str(), user.as_str()])?;
+                            }
+                            Change::Blocked { by, whom } => {
+                                block.execute([by.as_str(), whom.as_str()])?;
+                            }
+                            Change::Unblocked { by, whom } => {
+                                unblock.execute([by.as_str(), whom.as_str()])?;
+                            }
+                        }
+                    }
+                }
+                Job::Claimed { user, hash, .. } => {
+                    claim.execute([user.as_str(), hash.as_phc()])?;
+                }
+                Job::Flushed { user, id } => {
+                    unqueue.execute(params![user.as_str(), *id as i64])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// The writer thread: take everything waiting, commit it as one transaction,
+/// announce the highest sequence number, repeat. Ends when the sender is dropped.
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, committed: watch::Sender<u64>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let high = jobs.iter().map(Job::seq).max().unwrap_or(0);
+        // Nothing is acknowledged until it is written, so a failing disk
+        // stalls acks rather than losing messages; say so and keep trying.
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = apply(&mut conn, &jobs) {
+            eprintln!(
+                "vivachat: cannot write to the data file ({e}); acks wait until it works. Retrying in {} ms",
+                wait.as_millis()
+            );
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        committed.send_modify(|c| *c = (*c).max(high));
+    }
+    // A clean stop folds the log back into the database file.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::claims::hash_token;
+
+    fn n(s: &str) -> UserId {
+        Name::parse(s).unwrap()
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "vivachat-store-{tag}-{}-{}",
+            std::process::id(),
+            crate::client::token::generate().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("chat.db")
+    }
+
+    fn message(id: u64, from: &str, target: Target) -> Message {
+        Message {
+            id,
+            from: n(from),
+            target,
+            text: format!("text {id}").into(),
+            ts: 1_000 + id,
+        }
+    }
+
+    fn wait(store: &Store, seq: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.committed_now() < seq {
+            assert!(std::time::Instant::now() < deadline, "commit timed out");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn changes_survive_a_reopen_in_order_and_flushed_ones_do_not() {
+        let path = temp("reopen");
+        let (store, loaded) = Store::open(&path).unwrap();
+        assert_eq!(
+            loaded.state,
+            DurableState {
+                next_message_id: 1,
+                ..Default::default()
+            }
+        );
+        let g = Target::Group(n("g1"));
+        let changes = vec![
+            Change::Queued {
+                user: n("bob"),
+                message: message(3, "ann", Target::User(n("bob"))),
+            },
+            Change::Queued {
+                user: n("bob"),
+                message: message(5, "cy", g.clone()),
+            },
+            Change::Queued {
+                user: n("cy"),
+                message: message(4, "ann", Target::User(n("cy"))),
+            },
+            Change::Joined {
+                group: n("g1"),
+                user: n("bob"),
+            },
+            Change::Joined {
+                group: n("g1"),
+                user: n("cy"),
+            },
+            Change::Joined {
+                group: n("g2"),
+                user: n("cy"),
+            },
+            Change::Left {
+                group: n("g2"),
+                user: n("cy"),
+            },
+            Change::Blocked {
+                by: n("bob"),
+                whom: n("eve"),
+            },
+            Change::Blocked {
+                by: n("bob"),
+                whom: n("dan"),
+            },
+            Change::Unblocked {
+                by: n("bob"),
+                whom: n("dan"),
+            },
+        ];
+        let seq = store.submit(changes, 6).unwrap();
+        let hash = hash_token("t");
+        let claim = store.claim(&n("bob"), &hash).unwrap();
+        assert!(claim > seq);
+        store.flushed(&n("cy"), 4);
+        assert!(store.close(Duration::from_secs(10)));
+        drop(store);
+
+        let (store, loaded) = Store::open(&path).unwrap();
+        let s = &loaded.state;
+        assert_eq!(s.queues.len(), 1, "cy's flushed message is gone");
+        assert_eq!(s.queues[0].0, n("bob"));
+        let ids: Vec<u64> = s.queues[0].1.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![3, 5]);
+        assert_eq!(s.queues[0].1[1], message(5, "cy", g));
+        assert_eq!(s.groups, vec![(n("g1"), vec![n("bob"), n("cy")])]);
+        assert_eq!(s.blocks, vec![(n("bob"), vec![n("eve")])]);
+        assert_eq!(loaded.claims, vec![(n("bob"), hash)]);
+        // Ids were reserved ahead: a restart never reuses one.
+        assert!(s.next_message_id >= 6 + ID_MARGIN, "{}", s.next_message_id);
+        assert!(loaded.summary().contains(
+            "1 group(s), 2 queued message(s) for 1 user(s), 1 block(s), 1 claimed name(s)"
+        ));
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn group_commit_acknowledges_every_batch_in_order() {
+        let path = temp("batches");
+        let (store, _) = Store::open(&path).unwrap();
+        let mut last = 0;
+        for i in 0..2_000u64 {
+            let change = Change::Queued {
+                user: n("bob"),
+                message: message(i + 1, "ann", Target::User(n("bob"))),
+            };
+            let seq = store.submit(vec![change], i + 2).unwrap();
+            assert!(seq > last, "sequence numbers increase");
+            last = seq;
+        }
+        assert_eq!(store.submit(Vec::new(), 10), None, "nothing to write");
+        wait(&store, last);
+        drop(store);
+        let (_, loaded) = Store::open(&path).unwrap();
+        assert_eq!(loaded.state.queued_messages(), 2_000);
+        let ids: Vec<u64> = loaded.state.queues[0].1.iter().map(|m| m.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn damaged_foreign_and_newer_files_are_refused_and_left_untouched() {
+        let path = temp("bad");
+        std::fs::write(
+            &path,
+            b"this is not a database, it is a text file. ".repeat(200),
+        )
+        .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path).expect_err("refused");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("left untouched"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+
+        let foreign = temp("foreign");
+        let conn = Connection::open(&foreign).unwrap();
+        conn.execute_batch("CREATE TABLE recipes (name TEXT)")
+            .unwrap();
+        drop(conn);
+        let before = std::fs::read(&foreign).unwrap();
+        let err = Store::open(&foreign).expect_err("refused");
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        assert_eq!(std::fs::read(&foreign).unwrap(), before);
+
+        let newer = temp("newer");
+        let (store, _) = Store::open(&newer).unwrap();
+        drop(store);
+        let conn = Connection::open(&newer).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let before = std::fs::read(&newer).unwrap();
+        let err = Store::open(&newer).expect_err("refused");
+        assert!(matches!(err, StoreError::Newer { found: 99, .. }), "{err}");
+        assert!(err.to_string().contains("newer vivachat"), "{err}");
+        assert_eq!(std::fs::read(&newer).unwrap(), before);
+        for p in [path, foreign, newer] {
+            let _ = std::fs::remove_dir_all(p.parent().unwrap());
+        }
+    }
+
+    #[test]
+    fn an_older_schema_is_migrated() {
+        // Version 0 is an empty file: migrating it is creating the schema.
+        let path = temp("migrate");
+        std::fs::write(&path, b"").unwrap();
+        let (store, _) = Store::open(&path).unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}

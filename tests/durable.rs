@@ -1,0 +1,289 @@
+//! Durable mode (`serve --data`): restarts, crashes (kill -9 at random points),
+//! and data files that must be refused untouched.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{open_store, temp_data_file, Proc, TestServer, WAIT};
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use vivachat::server::Config;
+
+fn durable(path: &std::path::Path) -> Config {
+    Config {
+        durable: Some(open_store(path)),
+        ..Config::default()
+    }
+}
+
+/// Connects as `path` (e.g. "bob" or "bob?token=t") and returns the welcome and
+/// the `queued` messages flushed after it.
+async fn flush(server: &TestServer, path: &str) -> (common::Client, Vec<Value>) {
+    let mut client = server.connect(path).await;
+    let queued = client.welcome["queued"].as_u64().unwrap();
+    let mut messages = Vec::new();
+    for _ in 0..queued {
+        let m = client.recv().await;
+        assert_eq!(m["offline"], true, "{m}");
+        messages.push(m);
+    }
+    (client, messages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_every_queue_group_block_and_claim() {
+    let path = temp_data_file("restart");
+    let server = TestServer::start_with(durable(&path)).await;
+    // alice claims her name; bob joins a group, blocks eve, and leaves.
+    let mut alice = server.connect("alice?token=alices-secret").await;
+    let mut bob = server.connect("bob").await;
+    let _ = alice.recv().await; // bob online
+    for (i, request) in [
+        json!({"type":"group_join","group":"g1","ref":1}),
+        json!({"type":"block","user":"eve","ref":2}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ack = bob.request(request).await;
+        assert_eq!(ack["ref"], i + 1, "{ack}");
+        assert_eq!(ack["status"], "ok", "{ack}");
+    }
+    bob.close().await;
+    assert_eq!(alice.recv().await["status"], "offline");
+    let mut expected = Vec::new();
+    for i in 0..50 {
+        let ack = alice
+            .request(json!({"type":"message","to":"bob","text":format!("m{i}"),"ref":i}))
+            .await;
+        assert_eq!(ack["status"], "queued", "{ack}");
+        expected.push(ack["id"].as_u64().unwrap());
+    }
+    let ack = alice
+        .request(json!({"type":"group_join","group":"g1","ref":"j"}))
+        .await;
+    assert_eq!(ack["status"], "ok");
+    let ack = alice
+        .request(json!({"type":"group_message","group":"g1","text":"to the group","ref":"g"}))
+        .await;
+    assert_eq!(ack["status"], "queued");
+    expected.push(ack["id"].as_u64().unwrap());
+    let mut eve = server.connect("eve").await;
+    let ack = eve
+        .request(json!({"type":"message","to":"bob","text":"let me in","ref":1}))
+        .await;
+    assert_eq!(ack["status"], "sent", "blocked: not queued");
+    let last_id = ack["id"].as_u64().unwrap();
+    let state = server.inspect().await;
+    assert_eq!(state["server"]["durable"], true);
+    assert_eq!(state["server"]["data_path"], path.display().to_string());
+    alice.close().await;
+    eve.close().await;
+    server.stop().await;
+
+    // Restart on the same file.
+    let server = TestServer::start_with(durable(&path)).await;
+    let state = server.inspect().await;
+    assert_eq!(state["offline_messages"]["bob"]["len"], 51);
+    assert_eq!(state["groups"]["g1"], json!(["alice", "bob"]));
+    assert_eq!(state["blocked"]["bob"], json!(["eve"]));
+    assert_eq!(state["server"]["claimed_names"], json!(["alice"]));
+    assert!(
+        state["next_message_id"].as_u64().unwrap() > last_id,
+        "ids are never reused"
+    );
+    assert_eq!(
+        server.refused_status("/ws/alice").await,
+        401,
+        "the claim survived"
+    );
+    let (mut bob, messages) = flush(&server, "bob").await;
+    let ids: Vec<u64> = messages.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, expected, "every message, in order, exactly once");
+    assert_eq!(messages[0]["text"], "m0");
+    assert_eq!(messages[50]["group"], "g1");
+    bob.assert_nothing_pending().await;
+    // The group and the block still work after the restart.
+    let mut alice = server.connect("alice?token=alices-secret").await;
+    let _ = bob.recv().await; // alice online
+    let ack = alice
+        .request(json!({"type":"group_message","group":"g1","text":"live","ref":1}))
+        .await;
+    assert_eq!(ack["status"], "delivered");
+    assert!(ack["id"].as_u64().unwrap() > last_id);
+    assert_eq!(bob.recv().await["text"], "live");
+    let mut eve = server.connect("eve").await;
+    let _ = bob.recv().await; // eve online
+    assert_eq!(
+        eve.request(json!({"type":"message","to":"bob","text":"still blocked","ref":1}))
+            .await["status"],
+        "sent"
+    );
+    bob.assert_nothing_pending().await;
+    for c in [alice, bob, eve] {
+        c.close().await;
+    }
+    server.stop().await;
+
+    // What bob received was deleted from disk once written to his socket.
+    let server = TestServer::start_with(durable(&path)).await;
+    let state = server.inspect().await;
+    assert_eq!(state["offline_messages"], json!({}), "{state}");
+    assert_eq!(state["groups"]["g1"], json!(["alice", "bob"]));
+    server.stop().await;
+}
+
+/// A tiny deterministic generator: the seed is printed, so a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+async fn ws(port: u16, path: &str) -> common::Client {
+    let url = format!("ws://127.0.0.1:{port}/ws/{path}");
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    common::Client {
+        ws,
+        welcome: Value::Null,
+    }
+}
+
+/// The real server, killed with SIGKILL right after it acknowledged a random
+/// number of `queued` messages: after a restart, every acknowledged message is
+/// there, in order, once. `VIVACHAT_CRASH_ROUNDS=50` runs a longer search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_queued_acks_loses_none_of_them() {
+    let rounds: u64 = std::env::var("VIVACHAT_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(6);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("crash test seed {seed}");
+    let mut rng = Lcg(seed);
+    let path = temp_data_file("crash");
+    let data = path.to_str().unwrap();
+    const BURST: u64 = 300;
+    for round in 0..rounds {
+        let (server, port) = Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+        // A burst of messages to an offline user, sent without waiting.
+        let recipient = format!("bob{round}");
+        let mut sender = ws(port, "alice").await;
+        let _ = sender.recv().await; // welcome
+        for i in 0..BURST {
+            let frame =
+                json!({"type":"message","to":recipient,"text":format!("r{round} m{i}"),"ref":i});
+            sender
+                .ws
+                .feed(Message::text(frame.to_string()))
+                .await
+                .unwrap();
+        }
+        sender.ws.flush().await.unwrap();
+        // Read acks until a random point, then kill the server without warning.
+        let kill_after = 1 + rng.below(BURST);
+        let mut acked = BTreeSet::new();
+        while (acked.len() as u64) < kill_after {
+            let ack = sender.recv().await;
+            assert_eq!(ack["status"], "queued", "{ack}");
+            acked.insert(ack["id"].as_u64().unwrap());
+        }
+        server.kill_9();
+
+        let (server, port) = Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+        let mut bob = ws(port, &recipient).await;
+        let welcome = bob.recv().await;
+        let queued = welcome["queued"].as_u64().unwrap();
+        let mut got = Vec::new();
+        for _ in 0..queued {
+            let m = bob.recv().await;
+            assert_eq!(m["to"], recipient.as_str());
+            got.push(m["id"].as_u64().unwrap());
+        }
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: in order, no duplicates: {got:?}"
+        );
+        eprintln!(
+            "round {round}: killed after {kill_after} acks; {} queued after the restart",
+            got.len()
+        );
+        let got: BTreeSet<u64> = got.into_iter().collect();
+        let missing: Vec<_> = acked.difference(&got).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round} (seed {seed}): killed after {kill_after} acks; acknowledged but lost: {missing:?}"
+        );
+        bob.close().await;
+        // A clean stop this time, so the flushed messages leave the disk.
+        let rest = server.interrupt();
+        assert!(rest.contains("saved in"), "{rest}");
+    }
+}
+
+#[test]
+fn a_damaged_or_newer_data_file_is_a_clear_error_and_left_untouched() {
+    let damaged = temp_data_file("damaged");
+    std::fs::write(&damaged, "definitely not SQLite\n".repeat(100)).unwrap();
+    let newer = temp_data_file("newer");
+    drop(open_store(&newer));
+    let conn = rusqlite::Connection::open(&newer).unwrap();
+    conn.execute_batch("PRAGMA user_version = 7").unwrap();
+    drop(conn);
+    for (path, says) in [(&damaged, "damaged"), (&newer, "newer vivachat")] {
+        let before = std::fs::read(path).unwrap();
+        let out = common::command()
+            .args(["serve", "--port", "0", "--data", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(says) && err.contains("left untouched"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("listening"), "it never listened: {stdout}");
+        assert_eq!(std::fs::read(path).unwrap(), before, "untouched");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_data_nothing_survives_a_restart() {
+    let server = TestServer::start_with(Config::default()).await;
+    if server.inspect().await["server"]["durable"] == true {
+        return; // the whole suite runs durable (VIVACHAT_TEST_DURABLE)
+    }
+    let mut alice = server.connect("alice").await;
+    assert_eq!(
+        alice
+            .request(json!({"type":"message","to":"bob","text":"lost","ref":1}))
+            .await["status"],
+        "queued"
+    );
+    alice.close().await;
+    let addr = server.addr;
+    server.stop().await;
+    let server = TestServer::start_at(addr, Config::default()).await;
+    let bob = server.connect("bob").await;
+    assert_eq!(bob.welcome["queued"], 0, "in memory: the seed's behaviour");
+    bob.close().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    server.stop().await;
+}
