@@ -30,10 +30,12 @@ step() {
 
 fail() { echo "DEMO FAILED: $*" >&2; exit 1; }
 
-# Starts `vivachat serve` on a free port; sets URL (ws) and HTTP.
+# start_server [SERVE FLAGS]: starts `vivachat serve` on a free port; sets URL
+# (ws), HTTP and SERVER_PID, and keeps its output in $WORK/server.log.
 start_server() {
-  "$VIVACHAT" serve --port 0 --quiet >"$WORK/server.log" 2>&1 &
-  PIDS+=("$!")
+  "$VIVACHAT" serve --port 0 --quiet "$@" >"$WORK/server.log" 2>&1 &
+  SERVER_PID="$!"
+  PIDS+=("$SERVER_PID")
   for _ in $(seq 100); do
     if grep -q "listening on" "$WORK/server.log"; then break; fi
     sleep 0.1

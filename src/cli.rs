@@ -118,6 +118,13 @@ pub struct LoadArgs {
     /// Memory mode: also queue this many messages, then time how long a snapshot holds the core.
     #[arg(long, requires = "conns", default_value_t = 0)]
     pub queued: usize,
+    /// Send to users who never connect: every message is queued, and the
+    /// latency measured is until its `queued` ack (after the disk write with --data).
+    #[arg(long, conflicts_with_all = ["group_size", "conns"])]
+    pub offline: bool,
+    /// Start the server in durable mode on this SQLite file (`serve --data PATH`).
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    pub data: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -323,6 +330,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 conns: a.conns,
                 distinct: a.distinct,
                 queued: a.queued,
+                offline: a.offline,
+                data: a.data,
             };
             // The generator holds one socket per client too.
             let _ = server::raise_fd_limit();

@@ -177,6 +177,14 @@ impl Store {
             path: shown.clone(),
             cause: e.to_string(),
         };
+        // It holds private messages and token hashes: readable by the owner
+        // only. SQLite gives its -wal and -shm files the same permissions.
+        if !path.exists() {
+            create_private_file(path).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                cause: e.to_string(),
+            })?;
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -353,6 +361,17 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.close(Duration::from_secs(5));
     }
+}
+
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
 }
 
 fn name(raw: String) -> Result<UserId, String> {
@@ -665,6 +684,27 @@ mod tests {
             "1 group(s), 2 queued message(s) for 1 user(s), 1 block(s), 1 claimed name(s)"
         ));
         drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_data_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp("private");
+        let (store, _) = Store::open(&path).unwrap();
+        store.submit(Vec::new(), 1);
+        drop(store);
+        for file in [path.clone(), path.with_extension("db-wal")] {
+            if let Ok(meta) = std::fs::metadata(&file) {
+                assert_eq!(
+                    meta.permissions().mode() & 0o777,
+                    0o600,
+                    "{}",
+                    file.display()
+                );
+            }
+        }
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -181,3 +181,40 @@ fn memory_mode_reports_memory_per_idle_connection() {
     let kib = r["kib_per_connection"].as_f64().unwrap();
     assert!(kib > 0.0 && kib < 1024.0, "{kib} KiB per connection");
 }
+
+#[test]
+fn offline_mode_measures_queued_acks_against_a_durable_server() {
+    let data = std::env::temp_dir().join(format!("vivachat-bench-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&data);
+    let (code, out, err) = run(&[
+        "bench",
+        "load",
+        "--offline",
+        "--clients",
+        "4",
+        "--window",
+        "8",
+        "--secs",
+        "1",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r["mode"].as_str().unwrap().contains("durable"), "{r}");
+    let sent = r["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{r}");
+    // Every message was acknowledged `queued`, and each ack has a latency.
+    assert_eq!(r["delivered"], sent, "{r}");
+    assert_eq!(r["lost"], 0);
+    assert!(r["latency_us"]["p50"].as_u64().unwrap() > 0);
+    // And they are all on disk, for the users who never connected.
+    let (store, loaded) = vivachat::store::Store::open(&data).unwrap();
+    assert_eq!(loaded.state.queued_messages() as u64, sent);
+    assert_eq!(loaded.state.queues.len(), 4);
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", data.display()));
+    }
+}

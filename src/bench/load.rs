@@ -41,6 +41,11 @@ pub struct LoadOptions {
     /// In memory mode, also queue this many messages for 1,000 offline users and
     /// time `GET /inspect` (how long a snapshot holds the core).
     pub queued: usize,
+    /// Send to users who never connect: every message is queued, and its ack
+    /// (sent after the disk write in durable mode) is what is measured.
+    pub offline: bool,
+    /// Start the server with `--data PATH` (durable mode).
+    pub data: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -112,25 +117,32 @@ struct Target {
 }
 
 impl Target {
-    fn start(url: Option<&str>) -> anyhow::Result<Target> {
+    fn start(url: Option<&str>, data: Option<&std::path::Path>) -> anyhow::Result<Target> {
         if let Some(url) = url {
+            if data.is_some() {
+                bail!("--data starts a durable server; with --url, start it yourself with `serve --data`");
+            }
             return Ok(Target {
                 url: crate::client::base_url(url)?,
                 child: None,
             });
         }
         let exe = std::env::current_exe().context("cannot find the vivachat binary")?;
-        let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--quiet",
-                "--port",
-                "0",
-                "--max-offline",
-                "10000000",
-                "--outbox-frames",
-                "100000",
-            ])
+        let mut command = Command::new(exe);
+        command.args([
+            "serve",
+            "--quiet",
+            "--port",
+            "0",
+            "--max-offline",
+            "10000000",
+            "--outbox-frames",
+            "100000",
+        ]);
+        if let Some(path) = data {
+            command.arg("--data").arg(path);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .context("cannot start vivachat serve")?;
@@ -248,7 +260,7 @@ pub async fn run(
     options: &LoadOptions,
     progress: &(dyn Fn(f64) + Sync),
 ) -> anyhow::Result<LoadReport> {
-    let target = Target::start(options.url.as_deref())?;
+    let target = Target::start(options.url.as_deref(), options.data.as_deref())?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pid = target.pid();
     let mut report = LoadReport {
@@ -300,6 +312,13 @@ pub async fn run(
         let window = options.window.map(|w| Arc::new(Semaphore::new(w.max(1))));
         let (window_tx, window_rx) = (window.clone(), window);
         let sent = sent.clone();
+        // Offline mode: acks come back in send order, so a FIFO of send times
+        // gives each ack its latency.
+        let pending = options
+            .offline
+            .then(|| Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new())));
+        let (pending_tx, pending_rx) = (pending.clone(), pending);
+        let offline = options.offline;
         let sender = tokio::spawn(async move {
             let mut seq = 0u64;
             loop {
@@ -325,10 +344,18 @@ pub async fn run(
                     Some(g) => format!(
                         r#"{{"type":"group_message","group":"lg{g}","text":"{i} {seq} {at} {now}"}}"#
                     ),
+                    None if offline => format!(
+                        r#"{{"type":"message","to":"away{i:05}","text":"{i} {seq} {at} {now}"}}"#
+                    ),
                     None => format!(
                         r#"{{"type":"message","to":"load{peer:05}","text":"{i} {seq} {at} {now}"}}"#
                     ),
                 };
+                if let Some(p) = &pending_tx {
+                    p.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back((at as u64, now as u64));
+                }
                 if tx.send(Message::text(frame)).await.is_err() {
                     break;
                 }
@@ -354,6 +381,19 @@ pub async fn run(
                 if t.contains(r#""type":"ack""#) {
                     if let Some(w) = &window_rx {
                         w.add_permits(1);
+                    }
+                    if let Some(p) = &pending_rx {
+                        let times = p.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        if let Some((at, sent)) = times.filter(|_| t.contains(r#""queued""#)) {
+                            let now = epoch.elapsed().as_micros() as u64;
+                            latencies.push(now.saturating_sub(at));
+                            service.push(now.saturating_sub(sent));
+                            let (set, highest) =
+                                seen.entry(i as u64).or_insert((SeqSet::default(), 0));
+                            let n = set.len;
+                            set.insert(n);
+                            *highest = n;
+                        }
                     }
                     continue;
                 }
@@ -418,12 +458,16 @@ pub async fn run(
         service.extend(sv);
     }
     drop(senders);
-    report.mode = if options.window.is_some() {
-        "closed loop"
-    } else {
-        "open loop"
+    report.mode = match (options.window.is_some(), options.offline) {
+        (true, false) => "closed loop",
+        (false, false) => "open loop",
+        (true, true) => "closed loop, offline recipients (latency: until the queued ack)",
+        (false, true) => "open loop, offline recipients (latency: until the queued ack)",
     }
     .into();
+    if options.data.is_some() {
+        report.mode += ", durable (--data)";
+    }
     report.offered = match options.rate {
         Some(r) if options.window.is_none() => (r * options.secs).round() as u64,
         _ => sent_total,

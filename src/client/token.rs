@@ -243,14 +243,19 @@ mod tests {
             .map(|i| {
                 let dir = dir.clone();
                 std::thread::spawn(move || {
-                    token_for(&dir, &format!("ws://h:{i}"), "bob", None).unwrap().token
+                    token_for(&dir, &format!("ws://h:{i}"), "bob", None)
+                        .unwrap()
+                        .token
                 })
             })
             .collect();
         let tokens: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         for (i, token) in tokens.iter().enumerate() {
             let again = token_for(&dir, &format!("ws://h:{i}"), "bob", None).unwrap();
-            assert_eq!(&again.token, token, "server {i}'s token survived the others");
+            assert_eq!(
+                &again.token, token,
+                "server {i}'s token survived the others"
+            );
         }
         let _ = fs::remove_dir_all(dir.parent().unwrap());
     }

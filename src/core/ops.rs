@@ -63,8 +63,8 @@ impl Structure {
             Structure::ActiveConnections => &[Get, Insert, Remove, Iterate],
             Structure::Presence => &[Insert, Remove, Iterate],
             Structure::OfflineMessages => &[Len, PushBack, PopFront],
-            Structure::GroupMembers => &[Contains, Insert, Remove, Iterate],
-            Structure::BlockedUsers => &[Contains, Insert, Remove],
+            Structure::GroupMembers => &[Contains, Insert, Remove, Iterate, Len],
+            Structure::BlockedUsers => &[Contains, Insert, Remove, Len],
         }
     }
 }

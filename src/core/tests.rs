@@ -514,9 +514,9 @@ fn op_counts_for_a_scripted_sequence() {
         1,
         json!({"type":"message","to":"bob","text":"x"}),
     ); // contains, get, len, push_back
-    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"})); // group insert
+    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"})); // len(g), len (a new group), insert
     c.connect(&n("bob"), 2); // insert, presence insert, iterate, len, pop_front, get(alice)
-    send(&mut c, "bob", 2, json!({"type":"block","user":"alice"})); // blocked insert
+    send(&mut c, "bob", 2, json!({"type":"block","user":"alice"})); // blocked len, insert
     send(
         &mut c,
         "alice",
@@ -540,8 +540,10 @@ fn op_counts_for_a_scripted_sequence() {
         (GroupMembers, Insert, 1),
         (GroupMembers, Contains, 1),
         (GroupMembers, Iterate, 1),
+        (GroupMembers, Len, 2),
         (BlockedUsers, Insert, 1),
         (BlockedUsers, Contains, 2),
+        (BlockedUsers, Len, 1),
     ];
     for (s, op, count) in expect {
         assert_eq!(t.get(s, op), count, "{}.{}", s.name(), op.name());
