@@ -8,27 +8,27 @@ step "In memory first: alice queues a message for bob, then the server is killed
 start_server
 "$VIVACHAT" client alice --url "$URL" --color never --send bob "this one will be lost" | tee "$WORK/mem.out"
 grep -q "queued #1" "$WORK/mem.out" || fail "the message was not queued"
-kill -9 "$SERVER_PID"
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 echo "    (kill -9: no goodbye, no flush)"
 
 step "Restart in memory: bob's queue is gone, although alice was told 'queued'"
 start_server
 check "bob has nothing waiting" "'bob' not in d['offline_messages']"
-kill "$SERVER_PID"
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 step "Now durable: serve --data $WORK/chat.db writes offline_messages to SQLite before each 'queued' ack"
 start_server --data "$WORK/chat.db"
-grep "Durable:" "$WORK/server.log"
+grep "Durable:" "$SERVER_LOG"
 "$VIVACHAT" client alice --url "$URL" --color never --send bob "first, kept on disk" | tee "$WORK/d1.out"
 "$VIVACHAT" client alice --url "$URL" --color never --send bob "second, also kept" | tee "$WORK/d2.out"
 grep -q "queued" "$WORK/d2.out" || fail "the message was not queued"
-kill -9 "$SERVER_PID"
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 echo "    (kill -9 again, right after the acks)"
 
 step "Restart on the same file: the server says what it restored, and bob gets both, in order"
 start_server --data "$WORK/chat.db"
-grep "Durable:" "$WORK/server.log"
-grep -q "2 queued message(s) for 1 user(s)" "$WORK/server.log" || fail "the restart did not restore both messages"
+grep "Durable:" "$SERVER_LOG"
+grep -q "2 queued message(s) for 1 user(s)" "$SERVER_LOG" || fail "the restart did not restore both messages"
 show --user bob
 connect bob 7
 wait_for "$(out bob-7)" "alice -> bob: second, also kept"

@@ -31,17 +31,22 @@ step() {
 fail() { echo "DEMO FAILED: $*" >&2; exit 1; }
 
 # start_server [SERVE FLAGS]: starts `vivachat serve` on a free port; sets URL
-# (ws), HTTP and SERVER_PID, and keeps its output in $WORK/server.log.
+# (ws), HTTP, SERVER_PID and SERVER_LOG (each server writes its own log, so a
+# stopping server cannot scribble over the next one's).
+SERVERS=0
 start_server() {
-  "$VIVACHAT" serve --port 0 --quiet "$@" >"$WORK/server.log" 2>&1 &
+  SERVERS=$((SERVERS + 1))
+  SERVER_LOG="$WORK/server-$SERVERS.log"
+  "$VIVACHAT" serve --port 0 --quiet "$@" >"$SERVER_LOG" 2>&1 &
   SERVER_PID="$!"
   PIDS+=("$SERVER_PID")
   for _ in $(seq 100); do
-    if grep -q "listening on" "$WORK/server.log"; then break; fi
+    if grep -q "listening on" "$SERVER_LOG"; then break; fi
     sleep 0.1
   done
   local port
-  port="$(grep -m1 "listening on" "$WORK/server.log" | sed 's/.*://')" || fail "the server did not start"
+  port="$(grep -m1 "listening on" "$SERVER_LOG" | sed 's/.*://')"
+  [ -n "$port" ] || { cat "$SERVER_LOG" >&2; fail "the server did not start"; }
   URL="ws://127.0.0.1:$port"
   HTTP="http://127.0.0.1:$port"
   echo "server on $URL"

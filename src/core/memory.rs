@@ -62,6 +62,21 @@ impl<C> MemoryStructures<C> {
     }
 }
 
+/// Restoring: adds each saved list under its key, never creating an empty
+/// entry (the invariant says none is kept).
+fn extend_each<K, V, C>(map: &mut HashMap<K, C>, saved: &[(K, Vec<V>)])
+where
+    K: Clone + Eq + std::hash::Hash,
+    V: Clone,
+    C: Default + Extend<V>,
+{
+    for (key, values) in saved.iter().filter(|(_, v)| !v.is_empty()) {
+        map.entry(key.clone())
+            .or_default()
+            .extend(values.iter().cloned());
+    }
+}
+
 fn sorted<'a>(names: impl Iterator<Item = &'a UserId>) -> Vec<UserId> {
     let mut v: Vec<UserId> = names.cloned().collect();
     v.sort_unstable();
@@ -353,30 +368,9 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
     }
 
     fn restore(&mut self, state: &DurableState) {
-        for (user, queue) in &state.queues {
-            if !queue.is_empty() {
-                self.offline_messages
-                    .entry(user.clone())
-                    .or_default()
-                    .extend(queue.iter().cloned());
-            }
-        }
-        for (group, members) in &state.groups {
-            if !members.is_empty() {
-                self.group_members
-                    .entry(group.clone())
-                    .or_default()
-                    .extend(members.iter().cloned());
-            }
-        }
-        for (by, whom) in &state.blocks {
-            if !whom.is_empty() {
-                self.blocked_users
-                    .entry(by.clone())
-                    .or_default()
-                    .extend(whom.iter().cloned());
-            }
-        }
+        extend_each(&mut self.offline_messages, &state.queues);
+        extend_each(&mut self.group_members, &state.groups);
+        extend_each(&mut self.blocked_users, &state.blocks);
     }
 
     fn op_table(&self) -> OpTable {

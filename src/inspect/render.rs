@@ -651,6 +651,29 @@ mod tests {
             line_with(&text, "name claims").contains("2 claimed: alice, bob"),
             "{text}"
         );
+        assert!(text
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("in memory: lost on restart"));
+    }
+
+    #[test]
+    fn the_header_says_where_the_data_lives() {
+        let mut snapshot = classroom().snapshot();
+        snapshot.server = Some(crate::core::ServerInfo {
+            durable: true,
+            data_path: Some("/srv/chat.db".into()),
+            ..Default::default()
+        });
+        let text = render(&snapshot, None, &options());
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("durable: /srv/chat.db"),
+            "{text}"
+        );
     }
 
     #[test]
