@@ -252,6 +252,9 @@ pub struct ServeArgs {
     /// Close a connection (code 4000) that answered no ping for this many seconds; 0 never does.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_seconds)]
     pub idle_timeout: f64,
+    /// Close a TCP connection that has not become a WebSocket (or finished its HTTP request) this many seconds after it opened; 0 never does.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub handshake_timeout: f64,
     /// Requests per second each connection may send; beyond it they get `rate_limited`. Off by default.
     #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
@@ -537,6 +540,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_blocked: args.max_blocked as usize,
             idle_timeout: (args.idle_timeout > 0.0)
                 .then(|| std::time::Duration::from_secs_f64(args.idle_timeout)),
+            handshake_timeout: (args.handshake_timeout > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(args.handshake_timeout)),
             ..Config::default()
         };
         let report = server::run(listener, config, log, shutdown).await?;

@@ -485,3 +485,44 @@ async fn count_and_length_limits_answer_limit_reached_and_change_nothing() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_that_never_finish_the_handshake_are_closed() {
+    let server = TestServer::start_with(Config {
+        handshake_timeout: Some(Duration::from_millis(500)),
+        ..Config::default()
+    })
+    .await;
+    // A real client first: once upgraded, the deadline no longer applies to it.
+    let mut alice = server.connect("alice").await;
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for i in 0..60 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if i % 2 == 1 {
+            // Half a request: the classic slowloris.
+            tcp.write_all(b"GET /ws/bob HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        idle.push(tcp);
+    }
+    for mut tcp in idle {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("the server closes it well before the test's own timeout");
+        // Closed: end of file, or a reset.
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450),
+        "not before the deadline: {waited:?}"
+    );
+    // alice is past the deadline and still chats; plain HTTP still works.
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+    assert_eq!(server.get("/healthz").await.0, 200);
+    alice.close().await;
+    server.stop().await;
+}

@@ -8,6 +8,7 @@
 mod admission;
 mod connection;
 mod dashboard;
+pub mod handshake;
 pub mod limits;
 pub mod outbox;
 
@@ -23,7 +24,6 @@ use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -72,6 +72,9 @@ pub struct Config {
     /// A connection from which nothing (not even a pong) was heard for this
     /// long is closed (4000); the server pings at a third of it. None: never.
     pub idle_timeout: Option<Duration>,
+    /// A TCP connection that has not become a WebSocket this long after it
+    /// opened is closed when it next waits to read. None: never.
+    pub handshake_timeout: Option<Duration>,
     /// `serve --dashboard`: redraw the tables in this terminal, with the event
     /// log's latest lines (which the caller sends to this ring) below them.
     pub dashboard: Option<Dashboard>,
@@ -106,6 +109,7 @@ impl Default for Config {
             max_group_size: 10_000,
             max_blocked: 10_000,
             idle_timeout: Some(Duration::from_secs(60)),
+            handshake_timeout: Some(Duration::from_secs(10)),
             dashboard: None,
             durable: None,
         }
@@ -327,15 +331,11 @@ pub async fn run(
 
     let stop = Arc::new(Notify::new());
     let stop_http = stop.clone();
-    // No Nagle delay: chat frames are small and must leave at once, not wait
-    // up to 40 ms for the peer's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = handshake::GuardedListener::new(listener, shared.config.handshake_timeout);
     let http = tokio::spawn(
         axum::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            app.into_make_service_with_connect_info::<handshake::Peer>(),
         )
         .with_graceful_shutdown(async move { stop_http.notified().await })
         .into_future(),
@@ -454,11 +454,12 @@ struct ConnectQuery {
 
 async fn ws_upgrade(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<handshake::Peer>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ConnectQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    let remote = peer.addr;
     // The name is checked before the upgrade, so a bad one changes nothing.
     let user = match path {
         Ok(Path(raw)) => match Name::parse(&raw) {
@@ -535,6 +536,7 @@ async fn ws_upgrade(
         .max_message_bytes
         .saturating_mul(2)
         .max(config.max_message_bytes + 65_536);
+    peer.upgraded();
     upgrade
         .read_buffer_size(config.read_buffer_bytes)
         // The writer feeds a batch of frames and flushes once: up to 8 KiB of
@@ -601,10 +603,10 @@ fn may_inspect(config: &Config, remote: &SocketAddr, headers: &HeaderMap) -> boo
 
 async fn inspect(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<handshake::Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if !may_inspect(&shared.config, &remote, &headers) {
+    if !may_inspect(&shared.config, &peer.addr, &headers) {
         return (
             StatusCode::FORBIDDEN,
             "/inspect shows every queued message: without --admin-token it answers only \
