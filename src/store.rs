@@ -23,7 +23,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::watch;
 
 use crate::core::claims::TokenHash;
-use crate::core::{Change, DurableState};
+use crate::core::{Change, DiskStats, DurableState};
 use crate::names::{Name, UserId};
 use crate::protocol::{Message, Target};
 
@@ -125,6 +125,18 @@ enum Job {
 }
 
 impl Job {
+    /// How many rows this job writes or deletes.
+    fn changes(&self) -> u64 {
+        match self {
+            Job::Changes {
+                changes,
+                reserve_ids,
+                ..
+            } => changes.len() as u64 + u64::from(reserve_ids.is_some()),
+            Job::Claimed { .. } | Job::Flushed { .. } => 1,
+        }
+    }
+
     fn seq(&self) -> u64 {
         match self {
             Job::Changes { seq, .. } | Job::Claimed { seq, .. } => *seq,
@@ -148,6 +160,7 @@ pub struct Store {
     submitter: Mutex<Submitter>,
     committed: watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<Mutex<DiskStats>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -249,9 +262,11 @@ impl Store {
         })?;
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(0);
+        let stats = Arc::new(Mutex::new(DiskStats::default()));
+        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("vivachat-store".into())
-            .spawn(move || write_loop(conn, rx, committed_tx))
+            .spawn(move || write_loop(conn, rx, committed_tx, thread_stats))
             .map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 cause: e.to_string(),
@@ -265,6 +280,7 @@ impl Store {
             }),
             committed,
             thread: Mutex::new(Some(thread)),
+            stats,
         };
         Ok((Arc::new(store), loaded))
     }
@@ -331,6 +347,11 @@ impl Store {
         let mut rx = self.committed.clone();
         let reached = rx.wait_for(|c| *c >= seq).await.is_ok();
         reached
+    }
+
+    /// Changes written and commits made so far (group commit, visible).
+    pub fn stats(&self) -> DiskStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The highest batch on disk.
@@ -542,7 +563,12 @@ fn apply(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
 
 /// The writer thread: take everything waiting, commit it as one transaction,
 /// announce the highest sequence number, repeat. Ends when the sender is dropped.
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, committed: watch::Sender<u64>) {
+fn write_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    committed: watch::Sender<u64>,
+    stats: Arc<Mutex<DiskStats>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -562,6 +588,13 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, committed: watch::S
             );
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        let changes: u64 = jobs.iter().map(Job::changes).sum();
+        {
+            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.changes += changes;
+            s.commits += 1;
+            s.largest_commit = s.largest_commit.max(changes);
         }
         committed.send_modify(|c| *c = (*c).max(high));
     }
@@ -724,6 +757,14 @@ mod tests {
         }
         assert_eq!(store.submit(Vec::new(), 10), None, "nothing to write");
         wait(&store, last);
+        let stats = store.stats();
+        assert!(stats.changes >= 2_000, "{stats:?}");
+        // Group commit: far fewer commits than changes (each batch waited for the last fsync).
+        assert!(
+            stats.commits >= 1 && stats.commits <= stats.changes,
+            "{stats:?}"
+        );
+        assert!(stats.largest_commit >= 1, "{stats:?}");
         drop(store);
         let (_, loaded) = Store::open(&path).unwrap();
         assert_eq!(loaded.state.queued_messages(), 2_000);

@@ -80,6 +80,17 @@ async fn a_restart_keeps_every_queue_group_block_and_claim() {
     let state = server.inspect().await;
     assert_eq!(state["server"]["durable"], true);
     assert_eq!(state["server"]["data_path"], path.display().to_string());
+    // Group commit, visible: every change counted, never more commits than changes.
+    let disk = &state["server"]["disk"];
+    let (changes, commits) = (
+        disk["changes"].as_u64().unwrap(),
+        disk["commits"].as_u64().unwrap(),
+    );
+    assert!(
+        changes >= 54,
+        "51 queued, 2 joins, 1 block, 1 claim: {disk}"
+    );
+    assert!(commits >= 1 && commits <= changes, "{disk}");
     alice.close().await;
     eve.close().await;
     server.stop().await;

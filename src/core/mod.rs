@@ -22,7 +22,7 @@ use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 pub use journal::{Change, DurableState};
 pub use memory::MemoryStructures;
 pub use ops::{Op, OpTable, Structure, Trace};
-pub use snapshot::{Invariant, ServerInfo, Snapshot, StructuresSnapshot};
+pub use snapshot::{DiskStats, Invariant, ServerInfo, Snapshot, StructuresSnapshot};
 pub use structures::{ConnDetail, ConnHandle, ConnId, Structures};
 
 /// Limits and switches of the core.

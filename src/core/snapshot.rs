@@ -151,6 +151,9 @@ pub struct ServerInfo {
     /// The database file, in durable mode.
     #[serde(default)]
     pub data_path: Option<String>,
+    /// Durable mode's group commit at work: changes written, in how many commits.
+    #[serde(default)]
+    pub disk: Option<DiskStats>,
     pub max_message_bytes: usize,
     pub max_offline: usize,
     pub outbox_frames: usize,
@@ -158,6 +161,18 @@ pub struct ServerInfo {
     /// Names claimed with a token (never the tokens or their hashes).
     #[serde(default)]
     pub claimed_names: Vec<crate::names::UserId>,
+}
+
+/// What the store's writer thread has done since the server started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DiskStats {
+    /// Changes written (queued messages, joins, leaves, blocks, unblocks,
+    /// claims, deletions of flushed messages).
+    pub changes: u64,
+    /// Transactions committed: one fsync each.
+    pub commits: u64,
+    /// The most changes one commit carried.
+    pub largest_commit: u64,
 }
 
 impl Snapshot {

@@ -338,6 +338,14 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
     } else {
         let _ = writeln!(out, "{head}\n{summary}");
     }
+    if let Some(disk) = s.server.as_ref().and_then(|i| i.disk) {
+        let per_commit = disk.changes as f64 / disk.commits.max(1) as f64;
+        let _ = writeln!(
+            out,
+            "disk (SQLite, group commit): {} change(s) in {} commit(s), {per_commit:.1} per fsync on average, at most {} in one",
+            disk.changes, disk.commits, disk.largest_commit
+        );
+    }
     if let Some(info) = s.server.as_ref().filter(|i| !i.claimed_names.is_empty()) {
         let _ = writeln!(
             out,
@@ -672,6 +680,21 @@ mod tests {
                 .next()
                 .unwrap()
                 .ends_with("durable: /srv/chat.db"),
+            "{text}"
+        );
+        assert!(!text.contains("group commit"), "no disk line without stats");
+        if let Some(info) = &mut snapshot.server {
+            info.disk = Some(crate::core::DiskStats {
+                changes: 300,
+                commits: 12,
+                largest_commit: 90,
+            });
+        }
+        let text = render(&snapshot, None, &options());
+        assert!(
+            line_with(&text, "group commit").contains(
+                "300 change(s) in 12 commit(s), 25.0 per fsync on average, at most 90 in one"
+            ),
             "{text}"
         );
     }

@@ -407,6 +407,7 @@ pub(crate) fn take_snapshot(shared: &Shared) -> Snapshot {
             .store
             .as_ref()
             .map(|s| s.path().display().to_string()),
+        disk: shared.store.as_ref().map(|s| s.stats()),
         max_message_bytes: config.max_message_bytes,
         max_offline: config.max_offline,
         outbox_frames: config.outbox_frames,
