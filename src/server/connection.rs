@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::admission::Admitted;
 use super::limits::TokenBucket;
-use super::outbox::{Next, Outbox};
+use super::outbox::{unsent_messages, Next, Outbox};
 use super::{carry_out, now_ms, Conn, Connection, Shared};
 use crate::names::UserId;
 use crate::protocol::{parse_request, ErrorCode, RequestError};
@@ -119,15 +119,10 @@ fn close_unclaimed(shared: &Shared, core: &mut super::Core, user: &UserId) {
         if device.authenticated {
             continue;
         }
-        let unsent = device
-            .outbox
-            .take_and_close(Some(close_frame(
-                CLOSE_CLAIMED,
-                "this name was just claimed with a token; reconnect with it or use another name",
-            )))
-            .iter()
-            .filter_map(|o| o.message.clone())
-            .collect();
+        let unsent = unsent_messages(&device.outbox.take_and_close(Some(close_frame(
+            CLOSE_CLAIMED,
+            "this name was just claimed with a token; reconnect with it or use another name",
+        ))));
         if let Some(log) = &shared.log {
             log.line(format!(
                 "! closed {user} (conn {}): the name was claimed and this connection has no token",
@@ -178,8 +173,7 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
             Vec::new()
         }
     };
-    let unsent = unsent.iter().filter_map(|o| o.message.clone()).collect();
-    let outcome = core.disconnect(&conn.user, conn.id, unsent);
+    let outcome = core.disconnect(&conn.user, conn.id, unsent_messages(&unsent));
     carry_out(&mut core, outcome, shared);
 }
 

@@ -34,7 +34,7 @@ use crate::core::{
 };
 use crate::event_log::EventLog;
 use crate::names::{Name, UserId};
-use crate::protocol::{Message, ServerFrame};
+use crate::protocol::ServerFrame;
 use outbox::{Encoded, Outbox, Outgoing, PushError};
 
 /// Everything `serve` can be told.
@@ -245,13 +245,7 @@ pub(crate) fn carry_out(core: &mut Core, outcome: Outcome<Conn>, shared: &Shared
             log.event(outcome.event, outcome.trace);
         }
         for (conn, refused) in evicted {
-            let unsent: Vec<Message> = conn
-                .outbox
-                .abort()
-                .iter()
-                .chain(&refused)
-                .filter_map(|o| o.message.clone())
-                .collect();
+            let unsent = outbox::unsent_messages(conn.outbox.abort().iter().chain(&refused));
             if let Some(log) = log {
                 log.line(format!(
                     "! evicted {} (conn {}): its outbox held {} frames unread (client too slow or stuck)",

@@ -33,6 +33,15 @@ pub struct Encoded {
 /// and the slots, not the shared frames, are what multiply.
 pub type Outgoing = Arc<Encoded>;
 
+/// The chat messages among unsent frames, oldest first: what goes back to
+/// the offline queue when a connection ends before writing them.
+pub fn unsent_messages<'a>(frames: impl IntoIterator<Item = &'a Outgoing>) -> Vec<Message> {
+    frames
+        .into_iter()
+        .filter_map(|o| o.message.clone())
+        .collect()
+}
+
 /// Why a push was refused; the frame comes back to the caller.
 #[derive(Debug)]
 pub enum PushError {
