@@ -75,6 +75,19 @@ impl Model {
     }
 }
 
+/// One request from `user` on `conn`, handled by the core, its journal applied to the disk model.
+fn handle(
+    core: &mut ChatCore<MemoryStructures<ConnId>>,
+    disk: &mut Disk,
+    user: &str,
+    conn: ConnId,
+    text: &str,
+) -> Outcome<ConnId> {
+    let outcome = core.handle(&n(user), &conn, parse_request(text).unwrap(), 0);
+    disk.apply(&outcome);
+    outcome
+}
+
 /// What durable mode's disk would hold: the journal applied in order, with a
 /// flushed message deleted once it was sent (here: as soon as it is sent).
 #[derive(Default)]
@@ -209,8 +222,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let text = format!(r#"{{"type":"message","to":"{}","text":"x"}}"#, USERS[to]);
-                let outcome = core.handle(&n(USERS[from]), &conn, parse_request(&text).unwrap(), 0);
-                disk.apply(&outcome);
+                let outcome = handle(&mut core, &mut disk, USERS[from], conn, &text);
                 let (got, acks) = received(&outcome);
                 let online = m.conns_of(to);
                 let expected_ack = if m.blocks.contains(&(to, from)) {
@@ -254,8 +266,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     "group_leave"
                 };
                 let text = format!(r#"{{"type":"{kind}","group":"{}"}}"#, GROUPS[g]);
-                let outcome = core.handle(&n(USERS[u]), &conn, parse_request(&text).unwrap(), 0);
-                disk.apply(&outcome);
+                let outcome = handle(&mut core, &mut disk, USERS[u], conn, &text);
                 let is_member = m.groups.get(&g).is_some_and(|g| g.contains(&u));
                 let size = m.groups.get(&g).map_or(0, BTreeSet::len);
                 let refused = kind == "group_join"
@@ -284,8 +295,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     r#"{{"type":"group_message","group":"{}","text":"x"}}"#,
                     GROUPS[g]
                 );
-                let outcome = core.handle(&n(USERS[from]), &conn, parse_request(&text).unwrap(), 0);
-                disk.apply(&outcome);
+                let outcome = handle(&mut core, &mut disk, USERS[from], conn, &text);
                 let (got, acks) = received(&outcome);
                 let members = m.groups.get(&g).cloned().unwrap_or_default();
                 if !members.contains(&from) {
@@ -335,8 +345,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     "unblock"
                 };
                 let text = format!(r#"{{"type":"{kind}","user":"{}"}}"#, USERS[whom]);
-                let outcome = core.handle(&n(USERS[by]), &conn, parse_request(&text).unwrap(), 0);
-                disk.apply(&outcome);
+                let outcome = handle(&mut core, &mut disk, USERS[by], conn, &text);
                 let blocking = m.blocks.iter().filter(|(b, _)| *b == by).count();
                 if kind == "block" && blocking >= MAX_BLOCKED && !m.blocks.contains(&(by, whom)) {
                     prop_assert_eq!(received(&outcome).1, vec!["LimitReached".to_string()]);
