@@ -1,15 +1,17 @@
-//! The `vivachat` command line: argument parsing and the `serve` front end.
+//! The `vivachat` command line: the arguments (clap) and which module runs
+//! each command. Defaults are the constants the server and core use.
 
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use colored::Colorize;
 
-use crate::event_log::EventLog;
+use crate::core::{MAX_BLOCKED, MAX_GROUPS, MAX_GROUP_SIZE, MAX_OFFLINE};
 use crate::names::Name;
-use crate::server::{self, Config};
+use crate::server::config::{
+    HANDSHAKE_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
+    MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, OUTBOX_FRAMES,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -204,6 +206,36 @@ fn parse_seconds(raw: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{raw:?} is not a number of seconds from 0 to 86400"))
 }
 
+/// "64MiB", "2GiB", "500kB", "1000": a size in bytes (binary and decimal units).
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let t = raw.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "{raw:?}: unknown unit; use a size like 64MiB, 500MB or 2GiB"
+            ))
+        }
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .map(|n| (n * scale) as u64)
+        .filter(|bytes| *bytes >= 4096)
+        .ok_or_else(|| format!("{raw:?} is not a size of at least 4KiB, like 64MiB"))
+}
+
 fn parse_name(raw: &str) -> Result<Name, String> {
     Name::parse(raw.trim_start_matches('#')).map_err(|e| e.to_string())
 }
@@ -217,43 +249,43 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Largest accepted WebSocket message, in bytes; larger gets `too_large` and a 1009 close.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    #[arg(long, default_value_t = MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_message_bytes: u64,
     /// Longest offline queue per user; direct messages beyond it get `inbox_full`.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = MAX_OFFLINE, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_offline: u64,
     /// Frames a connection may have unsent before it is evicted as too slow.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = OUTBOX_FRAMES, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub outbox_frames: u64,
     /// Lets non-loopback clients read /inspect with 'Authorization: Bearer TOKEN'.
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
     /// Connections the server holds at most; beyond it upgrades get HTTP 503.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
     /// Connections one remote address holds at most (HTTP 429 beyond). A class behind one NAT or tunnel shares an address.
-    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = MAX_CONNECTIONS_PER_IP, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_ip: u64,
     /// Connections one user (all their devices together) holds at most (HTTP 429 beyond).
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = MAX_CONNECTIONS_PER_USER, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_user: u64,
     /// Longest message text, in characters (`limit_reached` beyond). Off by default: --max-message-bytes bounds it.
     #[arg(long, value_name = "CHARS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_text_chars: Option<u64>,
     /// Groups the server holds at most; creating one more gets `limit_reached`.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = MAX_GROUPS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_groups: u64,
     /// Members one group holds at most.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = MAX_GROUP_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_group_size: u64,
     /// Users one user may block at most.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = MAX_BLOCKED, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_blocked: u64,
     /// Close a connection (code 4000) that answered no ping for this many seconds; 0 never does.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value_t = IDLE_TIMEOUT_SECS, value_parser = parse_seconds)]
     pub idle_timeout: f64,
     /// Close a TCP connection that has not become a WebSocket (or finished its HTTP request) this many seconds after it opened; 0 never does.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value_t = HANDSHAKE_TIMEOUT_SECS, value_parser = parse_seconds)]
     pub handshake_timeout: f64,
     /// Requests per second each connection may send; beyond it they get `rate_limited`. Off by default.
     #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
@@ -262,6 +294,10 @@ pub struct ServeArgs {
     /// (created if missing), so a restart or crash loses no acknowledged message.
     #[arg(long, value_name = "PATH")]
     pub data: Option<std::path::PathBuf>,
+    /// With --data: keep the data file under this size (e.g. 64MiB, 2GiB). Past it,
+    /// what needs the disk is refused with `unavailable` until space is freed.
+    #[arg(long, value_name = "SIZE", requires = "data", value_parser = parse_size)]
+    pub max_data_size: Option<u64>,
     /// Do not print the event log (start-up lines and final counts are still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -274,7 +310,11 @@ pub struct ServeArgs {
 /// Runs the command line; the caller turns an error into a message and exit code 1.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => {
+            let color = color_stdout();
+            colored::control::set_override(color);
+            crate::serve::run(args, color)
+        }
         Command::Inspect(args) => inspect(args),
         Command::Client(args) => client(args),
         Command::Bench(args) => bench(args),
@@ -337,7 +377,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 data: a.data,
             };
             // The generator holds one socket per client too.
-            let _ = server::raise_fd_limit();
+            let _ = crate::server::limits::raise_fd_limit();
             let bar = indicatif::ProgressBar::new(1000);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -372,29 +412,7 @@ fn client(args: ClientArgs) -> anyhow::Result<()> {
         None => None,
     };
     let url = crate::client::base_url(&args.url)?;
-    let token = crate::client::token::config_dir().and_then(|dir| {
-        crate::client::token::token_for(&dir, &url, args.name.as_str(), args.token.as_deref())
-    });
-    let token = match (token, &args.token) {
-        (Ok(t), _) => {
-            if t.saved_now {
-                eprintln!(
-                    "{}",
-                    format!(
-                        "Your token for {} on {url} is saved in {} (readable by you only). \
-                         The server ties the name to it: on another device, pass it with --token.",
-                        args.name,
-                        t.path.display()
-                    )
-                    .dimmed()
-                );
-            }
-            t.token
-        }
-        // Nowhere to save a token, but one was given: use it as it is.
-        (Err(_), Some(given)) => given.clone(),
-        (Err(e), None) => return Err(e),
-    };
+    let token = crate::client::token::resolve(&url, &args.name, args.token.as_deref())?;
     let options = crate::client::ClientOptions {
         name: args.name,
         url,
@@ -439,222 +457,23 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     })
 }
 
-fn color_stdout() -> bool {
+pub fn color_stdout() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let color = color_stdout();
-    colored::control::set_override(color);
-    // Each connection is a file descriptor: a default limit of 1,024 would cap the class.
-    let fd_limit = server::raise_fd_limit();
-    // The data file is checked before anything listens: a damaged or newer
-    // file is a clear error and exit, never a silent reset.
-    let durable = match &args.data {
-        Some(path) => {
-            let (store, loaded) = crate::store::Store::open(path)?;
-            Some(crate::store::Durable { store, loaded })
-        }
-        None => None,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("could not start the async runtime")?;
-    runtime.block_on(async move {
-        let addr = SocketAddr::new(args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            let hint = match e.kind() {
-                std::io::ErrorKind::AddrInUse => format!(
-                    "port {} is already in use: stop the other server or choose another with --port",
-                    args.port
-                ),
-                std::io::ErrorKind::PermissionDenied => {
-                    "permission denied: ports below 1024 need root; use --port 8000".into()
-                }
-                std::io::ErrorKind::AddrNotAvailable => format!(
-                    "{} is not an address of this machine: use 127.0.0.1 or 0.0.0.0",
-                    args.host
-                ),
-                _ => "check --host and --port".into(),
-            };
-            anyhow::anyhow!("cannot listen on {addr}: {e} ({hint})")
-        })?;
-        let bound = listener.local_addr()?;
-        let shutdown = shutdown_signal()?;
-        print_banner(bound, &args);
-        match &durable {
-            Some(d) => println!(
-                "Durable: {} ({}); every `queued` ack is sent after the write.",
-                d.store.path().display().to_string().bold(),
-                d.loaded.summary()
-            ),
-            None => println!(
-                "{}",
-                "In memory: queued messages, groups, blocks and name claims are lost when the server stops (--data PATH keeps them)."
-                    .dimmed()
-            ),
-        }
-        if let Some((_, after)) = fd_limit.filter(|(_, after)| *after < 4096) {
-            println!(
-                "{}",
-                format!(
-                    "Note: this process may open only {after} files, so at most about {after} connections; \
-                     raise it with `ulimit -n 65536` before starting."
-                )
-                .yellow()
-            );
-        }
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
 
-        let ring = crate::event_log::LogRing::default();
-        let log = match (args.quiet, args.dashboard) {
-            (true, _) => None,
-            (false, true) => Some(EventLog::spawn(Box::new(ring.clone()), color)),
-            (false, false) => Some(EventLog::spawn(Box::new(std::io::stdout()), color)),
-        };
-        let config = Config {
-            dashboard: args.dashboard.then(|| server::Dashboard {
-                ring,
-                color,
-                banner: format!(
-                    "connect: {}",
-                    connect_addresses(bound)
-                        .iter()
-                        .map(|a| format!("ws://{a}/ws/NAME"))
-                        .collect::<Vec<_>>()
-                        .join("  ")
-                ),
-            }),
-            max_message_bytes: args.max_message_bytes as usize,
-            max_offline: args.max_offline as usize,
-            admin_token: args.admin_token.clone(),
-            outbox_frames: args.outbox_frames as usize,
-            rate_limit: args.rate_limit,
-            max_connections: args.max_connections as usize,
-            max_connections_per_ip: args.max_connections_per_ip as usize,
-            max_connections_per_user: args.max_connections_per_user as usize,
-            durable,
-            max_text_chars: args.max_text_chars.map(|n| n as usize),
-            max_groups: args.max_groups as usize,
-            max_group_size: args.max_group_size as usize,
-            max_blocked: args.max_blocked as usize,
-            idle_timeout: (args.idle_timeout > 0.0)
-                .then(|| std::time::Duration::from_secs_f64(args.idle_timeout)),
-            handshake_timeout: (args.handshake_timeout > 0.0)
-                .then(|| std::time::Duration::from_secs_f64(args.handshake_timeout)),
-            ..Config::default()
-        };
-        let report = server::run(listener, config, log, shutdown).await?;
-        println!(
-            "\n{} after {:.1}s, {} connection(s) served. Final operation counts:",
-            "Stopped".bold(),
-            report.uptime.as_secs_f64(),
-            report.connections_served
-        );
-        println!("{}", crate::inspect::render::ops_table(&report.ops, color));
-        if let Some(path) = &args.data {
-            println!("Everything acknowledged is saved in {}.", path.display());
-        }
-        Ok(())
-    })
-}
-
-/// Registers for Ctrl-C and SIGTERM at once (so a signal that arrives while the
-/// banner prints is not fatal) and returns a future that resolves on either.
-#[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {},
-            _ = terminate.recv() => {},
-        }
-        println!("\nShutting down: closing every connection with code 1001 (going away)...");
-    })
-}
-
-#[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-        println!("\nShutting down: closing every connection with code 1001 (going away)...");
-    })
-}
-
-/// The addresses people can type: with an unspecified host, every interface's.
-fn connect_addresses(bound: SocketAddr) -> Vec<SocketAddr> {
-    if !bound.ip().is_unspecified() {
-        return vec![bound];
-    }
-    let want_v6 = bound.is_ipv6();
-    let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|iface| iface.ip())
-        // 0.0.0.0 listens on IPv4 only; :: on both on most systems.
-        .filter(|ip| want_v6 || ip.is_ipv4())
-        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
-        .map(|ip| SocketAddr::new(ip, bound.port()))
-        .collect();
-    addrs.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv6(), a.ip()));
-    addrs.dedup();
-    addrs
-}
-
-fn print_banner(bound: SocketAddr, args: &ServeArgs) {
-    println!(
-        "{} listening on {}",
-        "vivachat".bold().green(),
-        bound.to_string().bold()
-    );
-    println!("Connect a client to one of:");
-    for addr in connect_addresses(bound) {
-        let note = if addr.ip().is_loopback() {
-            "  (this machine only)"
-        } else {
-            "  (other machines on the network)"
-        };
-        println!(
-            "  {}{}",
-            format!("ws://{addr}/ws/YOUR_NAME").cyan(),
-            note.dimmed()
-        );
-    }
-    println!(
-        "Inspect the structures: {}   Health: {}",
-        format!("http://{}/inspect", loopback_for(bound)).cyan(),
-        format!("http://{}/healthz", loopback_for(bound)).cyan()
-    );
-    if !bound.ip().is_loopback() && args.admin_token.is_none() {
-        println!(
-            "{}",
-            "Warning: listening beyond this machine without --admin-token. /inspect (every queued \
-             message) still answers this machine only; pass --admin-token TOKEN to open it to others. \
-             Names are open until claimed: `vivachat client` claims yours with a token."
-                .yellow()
-                .bold()
-        );
-    }
-    if args.quiet {
-        println!("Event log off (--quiet). Ctrl-C stops the server.");
-    } else if args.dashboard {
-        println!("Dashboard on: the tables redraw on every change. Ctrl-C stops the server.");
-    } else {
-        println!("Event log below: one line per event, with each structure operation and its cost. Ctrl-C stops the server.");
-    }
-}
-
-fn loopback_for(bound: SocketAddr) -> SocketAddr {
-    if bound.ip().is_unspecified() {
-        let ip: IpAddr = if bound.is_ipv6() {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(ip, bound.port())
-    } else {
-        bound
+    #[test]
+    fn sizes_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("500kB"), Ok(500_000));
+        assert_eq!(parse_size("1.5 MiB"), Ok(1_572_864));
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert!(parse_size("12").is_err(), "below 4 KiB");
+        assert!(parse_size("64 parsecs").is_err());
+        assert!(parse_size("-1MiB").is_err());
     }
 }

@@ -38,7 +38,7 @@ pub struct Envelope {
 }
 
 /// The error codes of the contract, spelled as on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadJson,
@@ -51,6 +51,9 @@ pub enum ErrorCode {
     TooLarge,
     RateLimited,
     LimitReached,
+    /// Durable mode: the data file cannot be written now, so nothing that
+    /// must be kept (a queued message, a join, a block) is accepted.
+    Unavailable,
 }
 
 /// A request that was refused, with everything needed to answer it.
@@ -217,6 +220,16 @@ pub enum Target {
     Group(GroupId),
 }
 
+/// As people type it: `bob`, or `#g1` for a group.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::User(u) => write!(f, "{u}"),
+            Target::Group(g) => write!(f, "#{g}"),
+        }
+    }
+}
+
 /// A chat message as the server accepted it. This is what an offline deque
 /// holds; the text is shared, so fan-out to a group of 30 copies no bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +243,7 @@ pub struct Message {
 }
 
 /// `delivered`, `queued`, `sent` or `ok`: what happened to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AckStatus {
     /// Pushed to at least one open connection of the recipient.
@@ -243,7 +256,7 @@ pub enum AckStatus {
     Ok,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     Online,
@@ -445,6 +458,184 @@ impl ServerFrame {
             _ => None,
         }
     }
+}
+
+/// What a client sends, borrowed from a [`Request`] only to be serialised.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireRequest<'a> {
+    Message { to: &'a str, text: &'a str },
+    GroupJoin { group: &'a str },
+    GroupLeave { group: &'a str },
+    GroupMessage { group: &'a str, text: &'a str },
+    Block { user: &'a str },
+    Unblock { user: &'a str },
+    Who,
+    Ping,
+}
+
+#[derive(Serialize)]
+struct WireEnvelope<'a> {
+    #[serde(flatten)]
+    request: WireRequest<'a>,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<u64>,
+}
+
+impl Request {
+    /// A message to a user or a group.
+    pub fn chat(target: &Target, text: &str) -> Request {
+        match target {
+            Target::User(to) => Request::Message {
+                to: to.clone(),
+                text: Arc::from(text),
+            },
+            Target::Group(group) => Request::GroupMessage {
+                group: group.clone(),
+                text: Arc::from(text),
+            },
+        }
+    }
+
+    /// The JSON text a client sends, with `ref` when given: the inverse of
+    /// [`parse_request`].
+    pub fn to_json(&self, reference: Option<u64>) -> String {
+        let request = match self {
+            Request::Message { to, text } => WireRequest::Message {
+                to: to.as_str(),
+                text,
+            },
+            Request::GroupJoin { group } => WireRequest::GroupJoin {
+                group: group.as_str(),
+            },
+            Request::GroupLeave { group } => WireRequest::GroupLeave {
+                group: group.as_str(),
+            },
+            Request::GroupMessage { group, text } => WireRequest::GroupMessage {
+                group: group.as_str(),
+                text,
+            },
+            Request::Block { user } => WireRequest::Block {
+                user: user.as_str(),
+            },
+            Request::Unblock { user } => WireRequest::Unblock {
+                user: user.as_str(),
+            },
+            Request::Who => WireRequest::Who,
+            Request::Ping => WireRequest::Ping,
+        };
+        let envelope = WireEnvelope { request, reference };
+        serde_json::to_string(&envelope).expect("plain strings and numbers always serialise")
+    }
+}
+
+/// Every frame the server sends, as a client reads it back.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireFrameIn {
+    Message {
+        id: u64,
+        from: UserId,
+        to: UserId,
+        text: String,
+        ts: u64,
+        #[serde(default)]
+        offline: bool,
+    },
+    GroupMessage {
+        id: u64,
+        group: GroupId,
+        from: UserId,
+        text: String,
+        ts: u64,
+        #[serde(default)]
+        offline: bool,
+    },
+    Welcome {
+        user: UserId,
+        online: Vec<UserId>,
+        queued: usize,
+    },
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+    },
+    Ack {
+        #[serde(rename = "ref", default)]
+        reference: Ref,
+        #[serde(default)]
+        id: Option<u64>,
+        status: AckStatus,
+    },
+    Error {
+        code: ErrorCode,
+        detail: String,
+        #[serde(rename = "ref", default)]
+        reference: Ref,
+    },
+    Who {
+        online: Vec<UserId>,
+    },
+    Pong,
+}
+
+/// Parses one frame from the server (the client's side of the contract).
+/// A frame this version does not know is an error, which a client shows as it came.
+pub fn parse_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> {
+    let chat = |id, from, target, text: String, ts, offline| ServerFrame::Chat {
+        message: Message {
+            id,
+            from,
+            target,
+            text: Arc::from(text),
+            ts,
+        },
+        offline,
+    };
+    Ok(match serde_json::from_str(text)? {
+        WireFrameIn::Message {
+            id,
+            from,
+            to,
+            text,
+            ts,
+            offline,
+        } => chat(id, from, Target::User(to), text, ts, offline),
+        WireFrameIn::GroupMessage {
+            id,
+            group,
+            from,
+            text,
+            ts,
+            offline,
+        } => chat(id, from, Target::Group(group), text, ts, offline),
+        WireFrameIn::Welcome {
+            user,
+            online,
+            queued,
+        } => ServerFrame::Welcome {
+            user,
+            online,
+            queued,
+        },
+        WireFrameIn::Presence { user, status } => ServerFrame::Presence { user, status },
+        WireFrameIn::Ack {
+            reference,
+            id,
+            status,
+        } => ServerFrame::Ack {
+            reference,
+            id,
+            status,
+        },
+        WireFrameIn::Error {
+            code,
+            detail,
+            reference,
+        } => ServerFrame::Error(RequestError::new(code, detail, reference)),
+        WireFrameIn::Who { online } => ServerFrame::Who { online },
+        WireFrameIn::Pong => ServerFrame::Pong,
+    })
 }
 
 #[cfg(test)]
@@ -650,5 +841,63 @@ mod tests {
             json!({"type":"error","code":"not_member","detail":"d","ref":"r"})
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn clients_speak_the_same_contract_in_both_directions() {
+        let n = |s: &str| Name::parse(s).unwrap();
+        let requests = [
+            Request::chat(&Target::User(n("bob")), "hi \"there\""),
+            Request::chat(&Target::Group(n("g1")), "all"),
+            Request::GroupJoin { group: n("g1") },
+            Request::GroupLeave { group: n("g1") },
+            Request::Block { user: n("eve") },
+            Request::Unblock { user: n("eve") },
+            Request::Who,
+            Request::Ping,
+        ];
+        for (i, request) in requests.into_iter().enumerate() {
+            let text = request.to_json(Some(i as u64));
+            let parsed = parse_request(&text).unwrap();
+            assert_eq!(parsed.request, request, "{text}");
+            assert_eq!(parsed.reference, Some(serde_json::json!(i)));
+        }
+        assert_eq!(Request::Ping.to_json(None), r#"{"type":"ping"}"#);
+        let frames = [
+            ServerFrame::Welcome {
+                user: n("alice"),
+                online: vec![n("bob")],
+                queued: 2,
+            },
+            ServerFrame::Chat {
+                message: Message {
+                    id: 7,
+                    from: n("bob"),
+                    target: Target::Group(n("g1")),
+                    text: Arc::from("yo"),
+                    ts: 5,
+                },
+                offline: true,
+            },
+            ServerFrame::Presence {
+                user: n("bob"),
+                status: PresenceStatus::Offline,
+            },
+            ServerFrame::Ack {
+                reference: Some(serde_json::json!(3)),
+                id: Some(7),
+                status: AckStatus::Queued,
+            },
+            ServerFrame::Error(RequestError::new(ErrorCode::Unavailable, "disk", None)),
+            ServerFrame::Who {
+                online: vec![n("a")],
+            },
+            ServerFrame::Pong,
+        ];
+        for frame in frames {
+            assert_eq!(parse_server_frame(&frame.to_json()).unwrap(), frame);
+        }
+        assert!(parse_server_frame(r#"{"type":"surprise"}"#).is_err());
+        assert_eq!(Target::Group(n("g1")).to_string(), "#g1");
     }
 }

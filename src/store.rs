@@ -14,6 +14,7 @@
 //! recipient's socket ([`Store::flushed`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,7 +24,8 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::watch;
 
 use crate::core::claims::TokenHash;
-use crate::core::{Change, DiskStats, DurableState};
+use crate::core::{Change, Disk, DurableState};
+use crate::inspection::DiskStats;
 use crate::names::{Name, UserId};
 use crate::protocol::{Message, Target};
 
@@ -71,6 +73,20 @@ const ID_MARGIN: u64 = 100_000;
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 50_000;
+
+/// A batch's place in the commit order; the server holds an outcome's frames
+/// until [`Store::committed`] has passed its batch.
+pub type Seq = u64;
+
+/// A batch number no commit ever reaches: frames stamped with it are never
+/// written, because what they acknowledge was never written either.
+pub const NEVER_COMMITTED: Seq = Seq::MAX;
+
+/// The writer thread has stopped (the server is shutting down): nothing more
+/// can be written, so nothing more may be acknowledged as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the data file's writer has stopped (the server is shutting down)")]
+pub struct StoreStopped;
 
 /// Why the data file cannot be used. Each says what to do; none changes the file.
 #[derive(Debug, thiserror::Error)]
@@ -146,10 +162,20 @@ impl Job {
 }
 
 struct Submitter {
-    next_seq: u64,
+    next_seq: Seq,
     /// Ids are reserved on disk up to (not including) this one.
     reserved_ids: u64,
     tx: Option<mpsc::Sender<Job>>,
+}
+
+impl Submitter {
+    /// Hands a job to the writer; its batch number is taken only if it went.
+    fn send(&mut self, job: Job) -> Result<(), StoreStopped> {
+        let tx = self.tx.as_ref().ok_or(StoreStopped)?;
+        tx.send(job).map_err(|_| StoreStopped)?;
+        self.next_seq += 1;
+        Ok(())
+    }
 }
 
 /// The durable store: a handle to the writer thread.
@@ -160,6 +186,8 @@ pub struct Store {
     submitter: Mutex<Submitter>,
     committed: watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by `close`: a writer stuck retrying a failing disk gives up.
+    closing: Arc<AtomicBool>,
     stats: Arc<Mutex<DiskStats>>,
 }
 
@@ -185,6 +213,16 @@ impl Store {
     /// starts the writer thread. A damaged, foreign or newer file is an error
     /// before anything is written to it.
     pub fn open(path: &Path) -> Result<(Arc<Store>, Loaded), StoreError> {
+        Store::open_limited(path, None)
+    }
+
+    /// [`Store::open`], with the file kept under `max_bytes` (`serve
+    /// --max-data-size`): a write that would grow it further fails like a full
+    /// disk, and the server refuses what needs the disk until space is freed.
+    pub fn open_limited(
+        path: &Path,
+        max_bytes: Option<u64>,
+    ) -> Result<(Arc<Store>, Loaded), StoreError> {
         let shown = text(path);
         let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
             path: shown.clone(),
@@ -244,6 +282,11 @@ impl Store {
         let setup = || -> rusqlite::Result<()> {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
+            if let Some(max) = max_bytes {
+                let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                let pages = (max as i64 / page.max(512)).max(1);
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            }
             for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
                 conn.execute_batch(&format!(
                     "BEGIN; {sql} PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID}; COMMIT;",
@@ -264,9 +307,11 @@ impl Store {
         let (committed_tx, committed) = watch::channel(0);
         let stats = Arc::new(Mutex::new(DiskStats::default()));
         let thread_stats = stats.clone();
+        let closing = Arc::new(AtomicBool::new(false));
+        let thread_closing = closing.clone();
         let thread = std::thread::Builder::new()
             .name("vivachat-store".into())
-            .spawn(move || write_loop(conn, rx, committed_tx, thread_stats))
+            .spawn(move || write_loop(conn, rx, committed_tx, thread_stats, thread_closing))
             .map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 cause: e.to_string(),
@@ -280,6 +325,7 @@ impl Store {
             }),
             committed,
             thread: Mutex::new(Some(thread)),
+            closing,
             stats,
         };
         Ok((Arc::new(store), loaded))
@@ -293,42 +339,56 @@ impl Store {
         self.submitter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends one outcome's changes to disk; returns the sequence number to
-    /// wait for, or None when there was nothing to write. `next_message_id` is
-    /// the core's: when it nears the reserved range, a new range is reserved.
-    /// Call it under the core lock, so batches reach the disk in core order.
-    pub fn submit(&self, changes: Vec<Change>, next_message_id: u64) -> Option<u64> {
+    /// Sends one outcome's changes to disk; returns the batch to wait for, or
+    /// None when there was nothing to write, or [`StoreStopped`] when nothing
+    /// can be written any more. `next_message_id` is the core's: when it nears
+    /// the reserved range, a new range is reserved. Call it under the core
+    /// lock, so batches reach the disk in core order.
+    pub fn submit(
+        &self,
+        changes: Vec<Change>,
+        next_message_id: u64,
+    ) -> Result<Option<Seq>, StoreStopped> {
         let mut s = self.submitter();
         let reserve_ids = (next_message_id + ID_MARGIN > s.reserved_ids).then(|| {
             s.reserved_ids = next_message_id + 2 * ID_MARGIN;
             s.reserved_ids
         });
         if changes.is_empty() && reserve_ids.is_none() {
-            return None;
+            return Ok(None);
         }
         let seq = s.next_seq;
-        s.next_seq += 1;
         let job = Job::Changes {
             seq,
             changes,
             reserve_ids,
         };
-        s.tx.as_ref().map(|tx| tx.send(job))?.ok()?;
-        Some(seq)
+        s.send(job)?;
+        Ok(Some(seq))
     }
 
-    /// Records a name claim; wait for the returned number before admitting it.
-    pub fn claim(&self, user: &UserId, hash: &TokenHash) -> Option<u64> {
+    /// Records a name claim; wait for the returned batch before admitting it.
+    pub fn claim(&self, user: &UserId, hash: &TokenHash) -> Result<Seq, StoreStopped> {
         let mut s = self.submitter();
         let seq = s.next_seq;
-        s.next_seq += 1;
-        let job = Job::Claimed {
+        s.send(Job::Claimed {
             seq,
             user: user.clone(),
             hash: hash.clone(),
-        };
-        s.tx.as_ref().map(|tx| tx.send(job))?.ok()?;
-        Some(seq)
+        })?;
+        Ok(seq)
+    }
+
+    /// Whether changes can be written now: the core refuses what needs the
+    /// disk (`unavailable`) while they cannot.
+    pub fn disk(&self) -> Disk {
+        if self.submitter().tx.is_none() {
+            return Disk::Unavailable(StoreStopped.to_string());
+        }
+        match &self.stats.lock().unwrap_or_else(|e| e.into_inner()).failing {
+            Some(why) => Disk::Unavailable(format!("the data file cannot be written: {why}")),
+            None => Disk::Writable,
+        }
     }
 
     /// A queued message was written to `user`'s socket: it may leave the disk.
@@ -343,7 +403,7 @@ impl Store {
     }
 
     /// Resolves once batch `seq` is on disk; false if the store has stopped.
-    pub async fn committed(&self, seq: u64) -> bool {
+    pub async fn committed(&self, seq: Seq) -> bool {
         let mut rx = self.committed.clone();
         let reached = rx.wait_for(|c| *c >= seq).await.is_ok();
         reached
@@ -351,11 +411,11 @@ impl Store {
 
     /// Changes written and commits made so far (group commit, visible).
     pub fn stats(&self) -> DiskStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The highest batch on disk.
-    pub fn committed_now(&self) -> u64 {
+    pub fn committed_now(&self) -> Seq {
         *self.committed.borrow()
     }
 
@@ -363,6 +423,7 @@ impl Store {
     /// Waits at most `grace`; returns false if the writer did not finish in time.
     pub fn close(&self, grace: Duration) -> bool {
         self.submitter().tx = None;
+        self.closing.store(true, Ordering::SeqCst);
         let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return true;
         };
@@ -465,7 +526,7 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
         .map_err(err)?;
     for row in rows {
         let (user, hash) = row.map_err(err)?;
-        let hash = TokenHash::from_phc(&hash)
+        let hash = crate::tokens::parse(&hash)
             .ok_or_else(|| format!("the claim of {user} has an unreadable hash"))?;
         loaded.claims.push((name(user)?, hash));
     }
@@ -568,6 +629,7 @@ fn write_loop(
     rx: mpsc::Receiver<Job>,
     committed: watch::Sender<u64>,
     stats: Arc<Mutex<DiskStats>>,
+    closing: Arc<AtomicBool>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -579,19 +641,38 @@ fn write_loop(
         }
         let high = jobs.iter().map(Job::seq).max().unwrap_or(0);
         // Nothing is acknowledged until it is written, so a failing disk
-        // stalls acks rather than losing messages; say so and keep trying.
+        // stalls this batch's acks rather than losing messages, and marks the
+        // store failing, so the core refuses new work that needs the disk.
         let mut wait = Duration::from_millis(100);
         while let Err(e) = apply(&mut conn, &jobs) {
-            eprintln!(
-                "vivachat: cannot write to the data file ({e}); acks wait until it works. Retrying in {} ms",
-                wait.as_millis()
-            );
+            let first = {
+                let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                s.failing.replace(e.to_string()).is_none()
+            };
+            if first {
+                eprintln!(
+                    "vivachat: cannot write to the data file ({e}); what needs the disk is refused \
+                     with `unavailable` and this batch's acks wait until a write works. Retrying."
+                );
+            }
+            if closing.load(Ordering::SeqCst) {
+                eprintln!(
+                    "vivachat: stopping with {} change(s) unwritten; none of them was acknowledged.",
+                    jobs.iter().map(Job::changes).sum::<u64>()
+                );
+                return;
+            }
             std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(5));
+            wait = (wait * 2).min(Duration::from_secs(1));
         }
         let changes: u64 = jobs.iter().map(Job::changes).sum();
         {
             let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            if s.failing.take().is_some() {
+                eprintln!(
+                    "vivachat: the data file can be written again; durable requests are accepted."
+                );
+            }
             s.changes += changes;
             s.commits += 1;
             s.largest_commit = s.largest_commit.max(changes);
@@ -605,7 +686,7 @@ fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::claims::hash_token;
+    use crate::tokens::hash as hash_token;
 
     fn n(s: &str) -> UserId {
         Name::parse(s).unwrap()
@@ -615,7 +696,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "vivachat-store-{tag}-{}-{}",
             std::process::id(),
-            crate::client::token::generate().unwrap()
+            crate::tokens::generate().unwrap()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("chat.db")
@@ -693,7 +774,7 @@ mod tests {
                 whom: n("dan"),
             },
         ];
-        let seq = store.submit(changes, 6).unwrap();
+        let seq = store.submit(changes, 6).unwrap().unwrap();
         let hash = hash_token("t");
         let claim = store.claim(&n("bob"), &hash).unwrap();
         assert!(claim > seq);
@@ -726,7 +807,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let path = temp("private");
         let (store, _) = Store::open(&path).unwrap();
-        store.submit(Vec::new(), 1);
+        store.submit(Vec::new(), 1).unwrap();
         drop(store);
         for file in [path.clone(), path.with_extension("db-wal")] {
             if let Ok(meta) = std::fs::metadata(&file) {
@@ -742,6 +823,63 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_store_refuses_every_write_instead_of_pretending() {
+        let path = temp("stopped");
+        let (store, _) = Store::open(&path).unwrap();
+        assert_eq!(store.disk(), Disk::Writable);
+        assert!(store.close(Duration::from_secs(5)));
+        let change = Change::Queued {
+            user: n("bob"),
+            message: message(1, "ann", Target::User(n("bob"))),
+        };
+        assert_eq!(store.submit(vec![change], 2), Err(StoreStopped));
+        assert!(store.claim(&n("bob"), &hash_token("t")).is_err());
+        assert!(matches!(store.disk(), Disk::Unavailable(why) if why.contains("stopped")));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_full_data_file_stops_commits_and_says_why() {
+        let path = temp("full");
+        let (store, _) = Store::open_limited(&path, Some(64 * 1024)).unwrap();
+        let big = "x".repeat(4_000);
+        let mut last_committed = 0;
+        let mut failing = None;
+        for i in 0..200u64 {
+            let change = Change::Queued {
+                user: n("bob"),
+                message: Message {
+                    text: big.as_str().into(),
+                    ..message(i + 1, "ann", Target::User(n("bob")))
+                },
+            };
+            let seq = store.submit(vec![change], i + 2).unwrap().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store.committed_now() < seq && failing.is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "neither committed nor failing"
+                );
+                if let Disk::Unavailable(why) = store.disk() {
+                    failing = Some(why);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if failing.is_some() {
+                break;
+            }
+            last_committed = seq;
+        }
+        let why = failing.expect("64 KiB cannot hold 200 messages of 4 KB");
+        assert!(why.contains("full"), "{why}");
+        assert!(store.stats().failing.is_some());
+        // What failed was never committed, so its acks were never released.
+        assert_eq!(store.committed_now(), last_committed);
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
     fn group_commit_acknowledges_every_batch_in_order() {
         let path = temp("batches");
         let (store, _) = Store::open(&path).unwrap();
@@ -751,11 +889,11 @@ mod tests {
                 user: n("bob"),
                 message: message(i + 1, "ann", Target::User(n("bob"))),
             };
-            let seq = store.submit(vec![change], i + 2).unwrap();
+            let seq = store.submit(vec![change], i + 2).unwrap().unwrap();
             assert!(seq > last, "sequence numbers increase");
             last = seq;
         }
-        assert_eq!(store.submit(Vec::new(), 10), None, "nothing to write");
+        assert_eq!(store.submit(Vec::new(), 10), Ok(None), "nothing to write");
         wait(&store, last);
         let stats = store.stats();
         assert!(stats.changes >= 2_000, "{stats:?}");

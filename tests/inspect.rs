@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Proc, TestServer, BIN};
 use serde_json::json;
-use vivachat::core::Snapshot;
+use vivachat::inspection::Inspection;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -104,11 +104,12 @@ async fn json_is_the_servers_snapshot_and_reads_back_typed() {
     let url = format!("http://{}", server.addr);
     let (code, text, err) = inspect(&["--url", &url, "--json"]).await;
     assert_eq!(code, 0, "{err}");
-    let printed: Snapshot = serde_json::from_str(&text).expect("--json is a Snapshot");
-    let direct: Snapshot = serde_json::from_value(server.inspect().await).unwrap();
-    assert_eq!(printed.structures, direct.structures);
-    assert_eq!(printed.structures.offline_messages["carol"].len, 2);
-    assert_eq!(printed.structures.connection_details.len(), 3);
+    let printed: Inspection = serde_json::from_str(&text).expect("--json is an Inspection");
+    let direct: Inspection = serde_json::from_value(server.inspect().await).unwrap();
+    assert_eq!(printed.snapshot.structures, direct.snapshot.structures);
+    let structures = &printed.snapshot.structures;
+    assert_eq!(structures.offline_messages["carol"].len, 2);
+    assert_eq!(structures.connection_details.len(), 3);
     let info = printed.server.expect("server facts");
     // In memory unless the suite runs in durable mode (VIVACHAT_TEST_DURABLE).
     let durable = std::env::var_os("VIVACHAT_TEST_DURABLE").is_some();
@@ -172,8 +173,11 @@ async fn a_403_says_what_to_do_and_the_token_is_sent() {
         request.starts_with("GET /inspect HTTP/1.1\r\n"),
         "{request}"
     );
+    // Header names are case-insensitive (RFC 9110); the value is exact.
     assert!(
-        request.contains("Authorization: Bearer s3cret\r\n"),
+        request.lines().any(|l| l
+            .split_once(": ")
+            .is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v == "Bearer s3cret")),
         "{request}"
     );
     assert_eq!(code, 1);

@@ -6,7 +6,8 @@ mod common;
 use common::{http_get, Seen, TestServer};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use vivachat::server::Config;
+use vivachat::core::CoreConfig;
+use vivachat::server::{Config, NetLimits};
 
 #[tokio::test]
 async fn welcome_then_presence_to_others_on_first_connection_only() {
@@ -347,7 +348,10 @@ async fn group_ack_statuses() {
 #[tokio::test]
 async fn blocking_hides_everything_from_the_blocker_until_unblocked() {
     let server = TestServer::start_with(Config {
-        max_offline: 1,
+        core: CoreConfig {
+            max_offline: 1,
+            ..CoreConfig::default()
+        },
         ..Config::default()
     })
     .await;
@@ -461,7 +465,10 @@ async fn who_and_ping() {
 #[tokio::test]
 async fn every_error_code_that_can_be_provoked_and_the_connection_stays_usable() {
     let server = TestServer::start_with(Config {
-        max_offline: 1,
+        core: CoreConfig {
+            max_offline: 1,
+            ..CoreConfig::default()
+        },
         ..Config::default()
     })
     .await;
@@ -609,7 +616,10 @@ async fn every_error_code_that_can_be_provoked_and_the_connection_stays_usable()
 async fn size_limit_exactly_accepted_one_more_byte_too_large_then_1009() {
     let limit = 1000;
     let server = TestServer::start_with(Config {
-        max_message_bytes: limit,
+        net: NetLimits {
+            max_message_bytes: limit,
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;
@@ -832,7 +842,10 @@ async fn rate_limiting_is_off_by_default_and_answers_rate_limited_when_on() {
 
     // --rate-limit 5: a burst of 5, then `rate_limited` with the ref, nothing stored.
     let server = TestServer::start_with(Config {
-        rate_limit: Some(5.0),
+        net: NetLimits {
+            rate_limit: Some(5.0),
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;
@@ -872,7 +885,10 @@ async fn rate_limiting_is_off_by_default_and_answers_rate_limited_when_on() {
 #[tokio::test]
 async fn connection_limits_refuse_at_the_upgrade_and_free_slots_on_close() {
     let server = TestServer::start_with(Config {
-        max_connections: 2,
+        net: NetLimits {
+            max_connections: 2,
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;
@@ -900,7 +916,10 @@ async fn connection_limits_refuse_at_the_upgrade_and_free_slots_on_close() {
     server.stop().await;
 
     let server = TestServer::start_with(Config {
-        max_connections_per_ip: 1,
+        net: NetLimits {
+            max_connections_per_ip: 1,
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;

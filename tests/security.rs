@@ -11,7 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use vivachat::server::Config;
+use vivachat::core::CoreConfig;
+use vivachat::server::{Config, NetLimits};
 
 fn has(list: &Value, name: &str) -> bool {
     list.as_array()
@@ -178,7 +179,10 @@ async fn with_an_admin_token_inspect_needs_it_from_everyone() {
 async fn a_flood_is_rate_limited_and_a_normal_client_keeps_chatting() {
     let rate = 100.0;
     let server = TestServer::start_with(Config {
-        rate_limit: Some(rate),
+        net: NetLimits {
+            rate_limit: Some(rate),
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;
@@ -337,8 +341,11 @@ async fn ten_thousand_upgrades_with_invalid_names_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_are_closed_and_their_presence_updated() {
     let server = TestServer::start_with(Config {
-        idle_timeout: Some(Duration::from_millis(900)),
-        outbox_frames: 64,
+        net: NetLimits {
+            idle_timeout: Some(Duration::from_millis(900)),
+            outbox_frames: 64,
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;
@@ -406,11 +413,17 @@ async fn clients_that_never_read_are_closed_and_their_presence_updated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_and_length_limits_answer_limit_reached_and_change_nothing() {
     let server = TestServer::start_with(Config {
-        max_text_chars: Some(5),
-        max_groups: 2,
-        max_group_size: 2,
-        max_blocked: 1,
-        max_connections_per_user: 2,
+        core: CoreConfig {
+            max_text_chars: Some(5),
+            max_groups: 2,
+            max_group_size: 2,
+            max_blocked: 1,
+            ..CoreConfig::default()
+        },
+        net: NetLimits {
+            max_connections_per_user: 2,
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;
@@ -489,7 +502,10 @@ async fn count_and_length_limits_answer_limit_reached_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connections_that_never_finish_the_handshake_are_closed() {
     let server = TestServer::start_with(Config {
-        handshake_timeout: Some(Duration::from_millis(500)),
+        net: NetLimits {
+            handshake_timeout: Some(Duration::from_millis(500)),
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;

@@ -10,7 +10,7 @@ use common::{Seen, TestServer, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use vivachat::server::Config;
+use vivachat::server::{Config, NetLimits};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_20_clients_x_50_messages_each_delivered_once_in_sender_order() {
@@ -194,7 +194,10 @@ async fn rapid_connect_close_cycles_leave_presence_consistent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_stalls_nobody_and_loses_nothing_queued() {
     let server = TestServer::start_with(Config {
-        outbox_frames: 32,
+        net: NetLimits {
+            outbox_frames: 32,
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;
@@ -380,7 +383,10 @@ async fn garbage_never_panics_or_stalls_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_queue_longer_than_the_outbox_flushes_whole_on_connect() {
     let server = TestServer::start_with(Config {
-        outbox_frames: 8,
+        net: NetLimits {
+            outbox_frames: 8,
+            ..NetLimits::default()
+        },
         ..Config::default()
     })
     .await;

@@ -1,22 +1,7 @@
 //! What the user typed, as a command: a plain function, tested on its own.
 
 use crate::names::Name;
-
-/// Where a message goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    User(Name),
-    Group(Name),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::User(u) => write!(f, "{u}"),
-            Target::Group(g) => write!(f, "#{g}"),
-        }
-    }
-}
+use crate::protocol::Target;
 
 /// One line of input, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]

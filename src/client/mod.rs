@@ -16,14 +16,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::names::Name;
-use display::{frame_line, notice, Sent, Style};
-use input::{parse_line, Command, Target, HELP};
+use crate::protocol::{parse_server_frame, Request, ServerFrame, Target};
+use display::{frame_line, notice, unknown_line, Sent, Style};
+use input::{parse_line, Command, HELP};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -70,10 +70,21 @@ pub fn base_url(raw: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{rest}"))
 }
 
+/// Everything but unreserved characters is escaped in a query value (a
+/// `--token` may hold any character).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn user_url(options: &ClientOptions) -> String {
     let (base, name) = (&options.url, &options.name);
     match &options.token {
-        Some(token) => format!("{base}/ws/{name}?token={}", token::query_escape(token)),
+        Some(token) => {
+            let token = percent_encoding::utf8_percent_encode(token, QUERY_VALUE);
+            format!("{base}/ws/{name}?token={token}")
+        }
         None => format!("{base}/ws/{name}"),
     }
 }
@@ -123,8 +134,13 @@ fn sent_label(target: &Target, text: &str) -> String {
     format!("to {target}: {preview:?}")
 }
 
-fn frame_ref(frame: &Value) -> Option<u64> {
-    frame.get("ref").and_then(Value::as_u64)
+/// The `ref` an ack or error carries back (this client sends numbers).
+fn frame_ref(frame: &ServerFrame) -> Option<u64> {
+    match frame {
+        ServerFrame::Ack { reference, .. } => reference.as_ref()?.as_u64(),
+        ServerFrame::Error(error) => error.reference.as_ref()?.as_u64(),
+        _ => None,
+    }
 }
 
 /// The commands, as `client --help` lists them.
@@ -148,11 +164,8 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
     let target =
         input::target(to, "--send bob TEXT or --send '#g1' TEXT").map_err(|u| anyhow!(u.0))?;
     let mut ws = connect(&user_url(options)).await?;
-    let request = match &target {
-        Target::User(u) => json!({"type":"message","to":u.as_str(),"text":text,"ref":1}),
-        Target::Group(g) => json!({"type":"group_message","group":g.as_str(),"text":text,"ref":1}),
-    };
-    ws.send(Message::text(request.to_string())).await?;
+    let request = Request::chat(&target, text).to_json(Some(1));
+    ws.send(Message::text(request)).await?;
     let sent = Sent {
         label: sent_label(&target, text),
     };
@@ -173,17 +186,17 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
             Some(Err(e)) => bail!("connection failed: {e}"),
             None => bail!("the server closed the connection"),
         };
-        let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if frame["type"] == "welcome" && !options.json {
+        let frame = parse_server_frame(&text).ok();
+        if matches!(frame, Some(ServerFrame::Welcome { .. })) && !options.json {
             continue;
         }
-        let answer = frame_ref(&frame) == Some(1);
-        let line = if options.json {
-            text.to_string()
-        } else {
-            frame_line(&frame, answer.then_some(&sent), None, style)
+        let answer = frame.as_ref().and_then(frame_ref) == Some(1);
+        let line = match &frame {
+            _ if options.json => text.to_string(),
+            Some(frame) => frame_line(frame, answer.then_some(&sent), None, style),
+            None => unknown_line(&text),
         };
-        if answer && frame["type"] == "error" {
+        if answer && matches!(frame, Some(ServerFrame::Error(_))) {
             let _ = ws.close(None).await;
             bail!("{line}");
         }
@@ -350,22 +363,28 @@ impl Session {
     }
 
     fn on_frame(&mut self, text: &str) {
-        let frame: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let Ok(frame) = parse_server_frame(text) else {
+            self.out.line(match self.options.json {
+                true => text.to_string(),
+                false => unknown_line(text),
+            });
+            return;
+        };
         // Acks and errors carry our `ref`; `who` and `pong` do not (the
         // contract's exact shapes), but they answer requests in order.
         let answered = frame_ref(&frame)
             .and_then(|r| self.pending.remove(&r))
-            .or_else(|| match frame["type"].as_str() {
-                Some("pong") => self.take_oldest("ping"),
-                Some("who") => self.take_oldest("who"),
+            .or_else(|| match frame {
+                ServerFrame::Pong => self.take_oldest("ping"),
+                ServerFrame::Who { .. } => self.take_oldest("who"),
                 _ => None,
             });
         if self.options.json {
             self.out.line(text.to_string());
             return;
         }
-        let rtt = match (&answered, frame["type"].as_str()) {
-            (Some((_, at)), Some("pong")) => Some(at.elapsed()),
+        let rtt = match (&answered, &frame) {
+            (Some((_, at)), ServerFrame::Pong) => Some(at.elapsed()),
             _ => None,
         };
         let line = frame_line(&frame, answered.as_ref().map(|(s, _)| s), rtt, self.style);
@@ -383,7 +402,7 @@ impl Session {
         self.pending.remove(&oldest)
     }
 
-    async fn request(&mut self, mut frame: Value, label: String) {
+    async fn request(&mut self, request: Request, label: String) {
         let Some(sink) = self.sink.as_mut() else {
             let when = self
                 .reconnect_at
@@ -399,9 +418,8 @@ impl Session {
         };
         self.next_ref += 1;
         let r = self.next_ref;
-        frame["ref"] = json!(r);
         self.pending.insert(r, (Sent { label }, Instant::now()));
-        if let Err(e) = sink.send(Message::text(frame.to_string())).await {
+        if let Err(e) = sink.send(Message::text(request.to_json(Some(r)))).await {
             self.pending.remove(&r);
             self.notice(&format!("could not send: {e}"));
         }
@@ -436,37 +454,30 @@ impl Session {
             },
             Command::SendTo(target, text) => self.send_to(target, text).await,
             Command::Join(g) => {
-                self.named("group_join", "group", &g, format!("join #{g}"))
-                    .await
+                let label = format!("join #{g}");
+                self.request(Request::GroupJoin { group: g }, label).await
             }
             Command::Leave(g) => {
-                self.named("group_leave", "group", &g, format!("leave #{g}"))
-                    .await
+                let label = format!("leave #{g}");
+                self.request(Request::GroupLeave { group: g }, label).await
             }
-            Command::Block(u) => self.named("block", "user", &u, format!("block {u}")).await,
+            Command::Block(u) => {
+                let label = format!("block {u}");
+                self.request(Request::Block { user: u }, label).await
+            }
             Command::Unblock(u) => {
-                self.named("unblock", "user", &u, format!("unblock {u}"))
-                    .await
+                let label = format!("unblock {u}");
+                self.request(Request::Unblock { user: u }, label).await
             }
-            Command::Who => self.request(json!({"type":"who"}), "who".into()).await,
-            Command::Ping => self.request(json!({"type":"ping"}), "ping".into()).await,
+            Command::Who => self.request(Request::Who, "who".into()).await,
+            Command::Ping => self.request(Request::Ping, "ping".into()).await,
         }
         true
     }
 
-    /// A request with one name field: `{"type":KIND, FIELD: NAME}`.
-    async fn named(&mut self, kind: &str, field: &str, name: &Name, label: String) {
-        self.request(json!({"type": kind, field: name.as_str()}), label)
-            .await
-    }
-
     async fn send_to(&mut self, target: Target, text: String) {
         let label = sent_label(&target, &text);
-        let frame = match &target {
-            Target::User(u) => json!({"type":"message","to":u.as_str(),"text":text}),
-            Target::Group(g) => json!({"type":"group_message","group":g.as_str(),"text":text}),
-        };
-        self.request(frame, label).await;
+        self.request(Request::chat(&target, &text), label).await;
     }
 
     async fn close(&mut self) {

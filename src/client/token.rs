@@ -32,14 +32,6 @@ pub fn config_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// 128 random bits as 32 hex digits: unguessable, and safe in a URL as it is.
-pub fn generate() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// What [`token_for`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -71,7 +63,7 @@ pub fn token_for(
         (given, _) => {
             let token = match given {
                 Some(given) => given.to_string(),
-                None => generate()?,
+                None => crate::tokens::generate()?,
             };
             store
                 .entry(server.to_string())
@@ -171,17 +163,35 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-/// Percent-encodes a token for the query string (a `--token` may hold any character).
-pub fn query_escape(token: &str) -> String {
-    let mut out = String::with_capacity(token.len());
-    for b in token.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+/// The token to connect with: `--token` if given (remembered for this
+/// device), else the saved one, else a new one. Says once where a new token
+/// was saved; the token itself is never printed.
+pub fn resolve(
+    url: &str,
+    name: &crate::names::Name,
+    given: Option<&str>,
+) -> anyhow::Result<String> {
+    use colored::Colorize;
+    let token = config_dir().and_then(|dir| token_for(&dir, url, name.as_str(), given));
+    match (token, given) {
+        (Ok(t), _) => {
+            if t.saved_now {
+                eprintln!(
+                    "{}",
+                    format!(
+                        "Your token for {name} on {url} is saved in {} (readable by you only). \
+                         The server ties the name to it: on another device, pass it with --token.",
+                        t.path.display()
+                    )
+                    .dimmed()
+                );
+            }
+            Ok(t.token)
         }
+        // Nowhere to save a token, but one was given: use it as it is.
+        (Err(_), Some(given)) => Ok(given.to_string()),
+        (Err(e), None) => Err(e),
     }
-    out
 }
 
 #[cfg(test)]
@@ -192,7 +202,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "vivachat-token-{tag}-{}-{}",
             std::process::id(),
-            generate().unwrap()
+            crate::tokens::generate().unwrap()
         ));
         let _ = fs::remove_dir_all(&dir);
         dir
@@ -281,11 +291,5 @@ mod tests {
         assert!(format!("{err:#}").contains("move it aside"), "{err:#}");
         assert_eq!(fs::read_to_string(dir.join(FILE)).unwrap(), "not json");
         let _ = fs::remove_dir_all(dir.parent().unwrap());
-    }
-
-    #[test]
-    fn tokens_are_escaped_for_the_query() {
-        assert_eq!(query_escape("abc-09_.~"), "abc-09_.~");
-        assert_eq!(query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 }

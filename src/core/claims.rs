@@ -5,14 +5,11 @@
 //! stolen copy of the hashes does not give the tokens back cheaply. Only the
 //! hash is kept, never the token.
 //!
-//! The decision ([`Claims::check`]) is pure and instant; the slow hashing is
-//! done by the caller off the chat path (see `server::admit`).
+//! The decision ([`Claims::check`]) is pure and instant; the slow hashing
+//! (`crate::tokens`) is done by the server off the chat path.
 
 use std::collections::HashMap;
 use std::fmt;
-
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 use crate::names::UserId;
 
@@ -22,11 +19,9 @@ use crate::names::UserId;
 pub struct TokenHash(String);
 
 impl TokenHash {
-    /// A hash read back from storage; checked to be a PHC string.
-    pub fn from_phc(phc: &str) -> Option<TokenHash> {
-        PasswordHash::new(phc)
-            .ok()
-            .map(|_| TokenHash(phc.to_string()))
+    /// Wraps a hash made (or checked) by `crate::tokens`; the core never looks inside.
+    pub fn new(phc: String) -> TokenHash {
+        TokenHash(phc)
     }
 
     pub fn as_phc(&self) -> &str {
@@ -39,28 +34,6 @@ impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TokenHash(..)")
     }
-}
-
-/// Hashes a token with a fresh random salt. Slow by design: call it off the chat path.
-pub fn hash_token(token: &str) -> TokenHash {
-    let mut salt = [0u8; 16];
-    // The OS random source only fails on a broken system; a fixed salt would
-    // still give a correct (only less private) hash, so do not fail the connection.
-    let _ = getrandom::getrandom(&mut salt);
-    let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt length");
-    let hash = Argon2::default()
-        .hash_password(token.as_bytes(), &salt)
-        .expect("the default Argon2 parameters accept any token length we allow");
-    TokenHash(hash.to_string())
-}
-
-/// Does `token` match `hash`? Argon2 compares the outputs in constant time.
-pub fn verify_token(token: &str, hash: &TokenHash) -> bool {
-    PasswordHash::new(&hash.0).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(token.as_bytes(), &parsed)
-            .is_ok()
-    })
 }
 
 /// What to do with a connection for `user` that did (or did not) bring a token.
@@ -109,24 +82,11 @@ impl Claims {
         self.claims.contains_key(user)
     }
 
-    pub fn len(&self) -> usize {
-        self.claims.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.claims.is_empty()
-    }
-
     /// Claimed names, sorted, for `/inspect` (which shows names, never hashes).
     pub fn names(&self) -> Vec<UserId> {
         let mut names: Vec<UserId> = self.claims.keys().cloned().collect();
         names.sort_unstable();
         names
-    }
-
-    /// Every claim, for storage.
-    pub fn iter(&self) -> impl Iterator<Item = (&UserId, &TokenHash)> {
-        self.claims.iter()
     }
 }
 
@@ -136,32 +96,20 @@ mod tests {
     use crate::names::Name;
 
     #[test]
-    fn a_hash_verifies_its_token_only_and_hides_it() {
-        let hash = hash_token("correct horse");
-        assert!(verify_token("correct horse", &hash));
-        assert!(!verify_token("correct hors", &hash));
-        assert!(!verify_token("", &hash));
-        assert!(hash.as_phc().starts_with("$argon2id$"));
-        assert!(!hash.as_phc().contains("correct"));
-        assert_eq!(format!("{hash:?}"), "TokenHash(..)");
-        // Fresh salt each time: the same token never hashes the same twice.
-        assert_ne!(hash_token("correct horse"), hash);
-        assert_eq!(TokenHash::from_phc(hash.as_phc()), Some(hash));
-        assert_eq!(TokenHash::from_phc("not a hash"), None);
-    }
-
-    #[test]
     fn the_decision_table() {
         let bob = Name::parse("bob").unwrap();
         let mut claims = Claims::default();
         assert_eq!(claims.check(&bob, None), Check::Open);
         assert_eq!(claims.check(&bob, Some("t")), Check::Claim);
-        let hash = hash_token("t");
+        let hash = TokenHash::new("$argon2id$t".into());
         claims.claim(&bob, hash.clone()).unwrap();
         assert_eq!(claims.check(&bob, None), Check::Refuse);
         assert_eq!(claims.check(&bob, Some("x")), Check::Verify(hash.clone()));
         // A second claim loses to the first and learns the winner's hash.
-        assert_eq!(claims.claim(&bob, hash_token("x")), Err(hash));
+        assert_eq!(
+            claims.claim(&bob, TokenHash::new("$argon2id$x".into())),
+            Err(hash)
+        );
         assert!(claims.is_claimed(&bob));
         assert_eq!(claims.names(), vec![bob]);
     }

@@ -8,7 +8,7 @@ use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{Op, OpCounts, OpTable, Structure, Trace};
 use crate::core::snapshot::{QueueSnapshot, StructuresSnapshot};
-use crate::core::structures::{ConnHandle, ConnId, Structures};
+use crate::core::{ConnHandle, ConnId, Structures};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
@@ -52,6 +52,15 @@ impl<C> MemoryStructures<C> {
         MemoryStructures {
             journal: Some(Vec::new()),
             ..MemoryStructures::default()
+        }
+    }
+
+    /// The same structures, timing one operation in 16 with `clock` (the
+    /// server's monotonic clock; see [`OpCounts::timed`]).
+    pub fn with_clock(self, clock: crate::core::ops::Clock) -> Self {
+        MemoryStructures {
+            ops: OpCounts::timed(clock),
+            ..self
         }
     }
 

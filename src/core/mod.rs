@@ -3,8 +3,9 @@
 //! [`ChatCore`] takes events (a connection opened, a request arrived, a
 //! connection closed) and returns an [`Outcome`]: which frames go to which
 //! connections, and what happened, for the event log. The network layer
-//! (`crate::server`) only carries outcomes out, so everything here is tested
-//! without a socket.
+//! only carries outcomes out, so everything here is tested without a socket.
+//! Time comes in as arguments; nothing here reads a clock, a file, a socket
+//! or a random source.
 
 pub mod claims;
 pub mod journal;
@@ -21,9 +22,15 @@ use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 
 pub use journal::{Change, DurableState};
 pub use memory::MemoryStructures;
-pub use ops::{Op, OpTable, Structure, Trace};
-pub use snapshot::{DiskStats, Invariant, ServerInfo, Snapshot, StructuresSnapshot};
-pub use structures::{ConnDetail, ConnHandle, ConnId, Structures};
+pub use ops::{Facts, Op, OpTable, Structure, Trace, FACTS};
+pub use snapshot::{ConnDetail, ConnId, Invariant, Snapshot, StructuresSnapshot};
+pub use structures::{ConnHandle, Structures};
+
+/// The core's default limits; `serve`'s flags use these same constants.
+pub const MAX_OFFLINE: u64 = 10_000;
+pub const MAX_GROUPS: u64 = 10_000;
+pub const MAX_GROUP_SIZE: u64 = 10_000;
+pub const MAX_BLOCKED: u64 = 10_000;
 
 /// Limits and switches of the core.
 #[derive(Debug, Clone)]
@@ -45,14 +52,24 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
-            max_offline: 10_000,
+            max_offline: MAX_OFFLINE as usize,
             trace: false,
             max_text_chars: None,
-            max_groups: 10_000,
-            max_group_size: 10_000,
-            max_blocked: 10_000,
+            max_groups: MAX_GROUPS as usize,
+            max_group_size: MAX_GROUP_SIZE as usize,
+            max_blocked: MAX_BLOCKED as usize,
         }
     }
+}
+
+/// Whether changes that must reach the disk can be made now. In memory, and
+/// while the data file can be written, it is `Writable`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Disk {
+    #[default]
+    Writable,
+    /// Why not, in words for the error's detail.
+    Unavailable(String),
 }
 
 /// The state of the chat and the rules that change it.
@@ -78,6 +95,9 @@ pub struct ChatCore<S: Structures> {
     config: CoreConfig,
     /// One counter for direct and group messages, so ids increase in processing order.
     next_message_id: u64,
+    /// Told by the shell before each rule: requests that would change durable
+    /// state are refused while the disk cannot be written.
+    disk: Disk,
 }
 
 /// One frame for one connection: an index into [`Outcome::frames`], so a frame
@@ -191,7 +211,13 @@ impl<S: Structures> ChatCore<S> {
             structures,
             config,
             next_message_id: 1,
+            disk: Disk::Writable,
         }
+    }
+
+    /// What the store says about the disk, before the next rule runs.
+    pub fn set_disk(&mut self, disk: Disk) {
+        self.disk = disk;
     }
 
     pub fn config(&self) -> &CoreConfig {

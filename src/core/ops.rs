@@ -8,8 +8,6 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,25 +33,18 @@ impl Structure {
         Structure::BlockedUsers,
     ];
 
+    /// Everything said about this structure, from one table (see [`FACTS`]).
+    pub fn facts(self) -> &'static Facts {
+        &FACTS[self as usize]
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            Structure::ActiveConnections => "active_connections",
-            Structure::Presence => "presence",
-            Structure::OfflineMessages => "offline_messages",
-            Structure::GroupMembers => "group_members",
-            Structure::BlockedUsers => "blocked_users",
-        }
+        self.facts().name
     }
 
     /// The Rust type behind the name, for tables and narration.
     pub fn rust_type(self) -> &'static str {
-        match self {
-            Structure::ActiveConnections => "HashMap<UserId, Vec<ConnHandle>>",
-            Structure::Presence => "HashSet<UserId>",
-            Structure::OfflineMessages => "HashMap<UserId, VecDeque<Message>>",
-            Structure::GroupMembers => "HashMap<GroupId, HashSet<UserId>>",
-            Structure::BlockedUsers => "HashMap<UserId, HashSet<UserId>>",
-        }
+        self.facts().rust_type
     }
 
     /// The operations this structure offers, in the order tables show them.
@@ -68,6 +59,60 @@ impl Structure {
         }
     }
 }
+
+/// One structure, as the event log, `inspect` and `bench` describe it.
+#[derive(Debug)]
+pub struct Facts {
+    /// The seed's name for it.
+    pub name: &'static str,
+    pub rust_type: &'static str,
+    /// The seed's Python type, as a student wrote it.
+    pub python_type: &'static str,
+    /// The costs that justify the choice, quoted in each table's title.
+    pub headline: &'static str,
+    /// The seed's reason for the choice, in one line.
+    pub why: &'static str,
+}
+
+/// The five structures in [`Structure::ALL`] order: the one place their
+/// names, types, costs and reasons are written.
+pub const FACTS: [Facts; 5] = [
+    Facts {
+        name: "active_connections",
+        rust_type: "HashMap<UserId, Vec<ConnHandle>>",
+        python_type: "dict[str, list[WebSocket]]",
+        headline: "get O(1)",
+        why: "Instant O(1) lookup of a user's sockets; the Vec holds several devices (laptop + phone) at once.",
+    },
+    Facts {
+        name: "presence",
+        rust_type: "HashSet<UserId>",
+        python_type: "set[str]",
+        headline: "insert/remove O(1), iterate O(n)",
+        why: "One entry per online user, kept equal to the users with a connection; `who` and presence broadcasts iterate it.",
+    },
+    Facts {
+        name: "offline_messages",
+        rust_type: "HashMap<UserId, VecDeque<Message>>",
+        python_type: "dict[str, collections.deque]",
+        headline: "push_back O(1)*, pop_front O(1)",
+        why: "A deque appends at the back and pops the front in O(1), so the flush on connect is FIFO; a Vec pops its front in O(n).",
+    },
+    Facts {
+        name: "group_members",
+        rust_type: "HashMap<GroupId, HashSet<UserId>>",
+        python_type: "dict[str, set[str]]",
+        headline: "contains O(1), fan-out O(m)",
+        why: "A set keeps members unique and answers \"may this user post here?\" in O(1).",
+    },
+    Facts {
+        name: "blocked_users",
+        rust_type: "HashMap<UserId, HashSet<UserId>>",
+        python_type: "dict[str, set[str]]",
+        headline: "contains O(1)",
+        why: "\"Does bob block alice?\" is asked for every message to bob: one O(1) set look-up.",
+    },
+];
 
 /// A kind of operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -133,46 +178,55 @@ struct OpCell {
 /// Counters (and sampled timings) for every (structure, operation) pair.
 /// `Cell` lets read-only look-ups (`&self`) count too; the core lives behind
 /// one mutex, so the counters need no atomics.
+/// A monotonic clock in nanoseconds. The core never reads a clock itself:
+/// the server passes one in to time sampled operations, and tests leave it
+/// out, so their op tables are the same on every run.
+pub type Clock = fn() -> u64;
+
 #[derive(Default)]
 pub struct OpCounts {
     cells: [[OpCell; OP_KINDS]; 5],
-}
-
-/// What reading the clock twice costs on this machine, subtracted from each
-/// timed call so the mean is the operation's own cost.
-fn clock_overhead_ns() -> u64 {
-    static OVERHEAD: OnceLock<u64> = OnceLock::new();
-    *OVERHEAD.get_or_init(|| {
-        (0..200)
-            .map(|_| {
-                let start = Instant::now();
-                std::hint::black_box(());
-                start.elapsed().as_nanos() as u64
-            })
-            .min()
-            .unwrap_or(0)
-    })
+    /// With a clock, one call in [`SAMPLE_EVERY`] is timed; without one, none.
+    clock: Option<Clock>,
+    /// What reading the clock twice costs, subtracted from each timed call so
+    /// the mean is the operation's own cost.
+    overhead_ns: u64,
 }
 
 impl OpCounts {
+    /// Counters that time one call in [`SAMPLE_EVERY`] with `clock`.
+    pub fn timed(clock: Clock) -> OpCounts {
+        let overhead_ns = (0..200)
+            .map(|_| {
+                let start = clock();
+                std::hint::black_box(());
+                clock().saturating_sub(start)
+            })
+            .min()
+            .unwrap_or(0);
+        OpCounts {
+            clock: Some(clock),
+            overhead_ns,
+            ..OpCounts::default()
+        }
+    }
+
     /// Counts one call of `op` on `structure` and runs it; times one call in [`SAMPLE_EVERY`].
     pub fn measure<R>(&self, structure: Structure, op: Op, f: impl FnOnce() -> R) -> R {
         let cell = &self.cells[structure as usize][op as usize];
         let n = cell.count.get();
         cell.count.set(n + 1);
-        if n % SAMPLE_EVERY != SAMPLE_EVERY - 1 {
+        let Some(clock) = self.clock.filter(|_| n % SAMPLE_EVERY == SAMPLE_EVERY - 1) else {
             return f();
-        }
-        let start = Instant::now();
+        };
+        let start = clock();
         let result = f();
-        let ns = (start.elapsed().as_nanos() as u64).saturating_sub(clock_overhead_ns());
+        let ns = clock()
+            .saturating_sub(start)
+            .saturating_sub(self.overhead_ns);
         cell.timed.set(cell.timed.get() + 1);
         cell.nanos.set(cell.nanos.get() + ns);
         result
-    }
-
-    pub fn get(&self, structure: Structure, op: Op) -> u64 {
-        self.cells[structure as usize][op as usize].count.get()
     }
 
     /// A plain copy of every counter, for reports and snapshots.
@@ -388,7 +442,14 @@ mod tests {
 
     #[test]
     fn one_call_in_sample_every_is_timed() {
-        let c = OpCounts::default();
+        fn clock() -> u64 {
+            static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            EPOCH
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_nanos() as u64
+        }
+        let c = OpCounts::timed(clock);
         let slow = || std::thread::sleep(std::time::Duration::from_micros(200));
         c.measure(Structure::Presence, Op::Iterate, slow);
         assert_eq!(
@@ -414,6 +475,12 @@ mod tests {
         let mean = row.mean_ns.expect("two calls were timed");
         assert!(mean >= 200_000.0, "a 200 us sleep measured as {mean} ns");
         assert_eq!(c.table().0[0].mean_ns, None, "never called, never timed");
+        // Without a clock nothing is timed, so a test's op table is the same every run.
+        let untimed = OpCounts::default();
+        for _ in 0..2 * SAMPLE_EVERY {
+            untimed.measure(Structure::Presence, Op::Iterate, || ());
+        }
+        assert!(untimed.table().0.iter().all(|r| r.mean_ns.is_none()));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::core::{ChatCore, ConnHandle, ConnId, Delivery, Event, Outcome, Structures, Trace};
+use crate::core::{
+    ChatCore, ConnHandle, ConnId, Delivery, Disk, Event, Outcome, Structures, Trace,
+};
 use crate::names::{GroupId, UserId};
 use crate::protocol::{
     AckStatus, Envelope, ErrorCode, Message, PresenceStatus, Ref, Request, RequestError,
@@ -76,6 +78,18 @@ fn stamp(next_id: &mut u64, from: &UserId, target: Target, text: Arc<str>, ts: u
         text,
         ts,
     }
+}
+
+/// The refusal of something that must be written to disk while it cannot be.
+fn unavailable(why: &str, what: &str, reference: Ref) -> RequestError {
+    RequestError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "cannot {what} now: {why}. Nothing was kept; send it again later \
+             (messages to online users still work)"
+        ),
+        reference,
+    )
 }
 
 fn ack(reference: Ref, id: Option<u64>, status: AckStatus) -> ServerFrame {
@@ -266,6 +280,9 @@ impl<S: Structures> ChatCore<S> {
         if let Err(error) = self.check_text(&request, &sender.reference) {
             return self.refuse_traced(user, conn, error, trace);
         }
+        if let Err(error) = self.check_disk(&request, &sender.reference, &mut trace) {
+            return self.refuse_traced(user, conn, error, trace);
+        }
         let mut plan = Plan::new();
         let event = match request {
             Request::Message { to, text } => {
@@ -372,6 +389,12 @@ impl<S: Structures> ChatCore<S> {
             AckStatus::Sent
         } else if !devices.is_empty() {
             AckStatus::Delivered
+        } else if let Disk::Unavailable(why) = &self.disk {
+            return Err(unavailable(
+                why,
+                "queue a message for an offline user",
+                reference,
+            ));
         } else {
             let max = self.config.max_offline;
             if s.queued_len(&to, trace) >= max {
@@ -489,6 +512,41 @@ impl<S: Structures> ChatCore<S> {
             connections,
             queued,
         })
+    }
+
+    /// While the disk cannot be written, refuses every request that changes
+    /// durable state: joins, leaves, blocks, unblocks, and a group message that
+    /// would be queued for an offline member (found by one look-up per member,
+    /// paid only while the disk is failing). A direct message is checked in
+    /// `route_message`, where it is known whether it would be queued.
+    fn check_disk(
+        &self,
+        request: &Request,
+        reference: &Ref,
+        trace: &mut Trace,
+    ) -> Result<(), RequestError> {
+        let Disk::Unavailable(why) = &self.disk else {
+            return Ok(());
+        };
+        let what = match request {
+            Request::GroupJoin { .. } => "join a group",
+            Request::GroupLeave { .. } => "leave a group",
+            Request::Block { .. } => "block a user",
+            Request::Unblock { .. } => "unblock a user",
+            Request::GroupMessage { group, .. } => {
+                let s = &self.structures;
+                let queues = s
+                    .group_members(group, trace)
+                    .iter()
+                    .any(|member| s.connections(member, trace).is_empty());
+                if !queues {
+                    return Ok(());
+                }
+                "queue a group message for its offline members"
+            }
+            _ => return Ok(()),
+        };
+        Err(unavailable(why, what, reference.clone()))
     }
 
     /// `--max-text-chars`: counted in characters, as a reader would count them.

@@ -9,9 +9,23 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::core::ops::OpTable;
-use crate::core::structures::{ConnDetail, ConnId};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
+
+/// Identifies one WebSocket connection (one device) for the server's lifetime.
+pub type ConnId = u64;
+
+/// What `/inspect` shows about one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnDetail {
+    pub id: ConnId,
+    /// The peer's address as the server saw it (a tunnel or proxy shows as itself).
+    pub remote: Option<String>,
+    /// Unix time in milliseconds when the connection was accepted.
+    pub connected_at_ms: Option<u64>,
+    /// Frames waiting in its outbox, not yet written to the socket.
+    pub unsent: Option<usize>,
+}
 
 /// The five structures, with every collection sorted so two snapshots of the
 /// same state are byte-identical.
@@ -117,8 +131,8 @@ impl StructuresSnapshot {
     }
 }
 
-/// The whole `GET /inspect` document. It deserialises too: `vivachat inspect`
-/// renders its tables from this same type, not from loose JSON.
+/// The core's half of the `GET /inspect` document (the server adds its own
+/// facts beside it, see `crate::inspection`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     #[serde(flatten)]
@@ -131,48 +145,6 @@ pub struct Snapshot {
     pub invariants: Vec<Invariant>,
     /// The id the next accepted message will get.
     pub next_message_id: u64,
-    /// Facts about the server process, filled in by the network shell.
-    #[serde(default)]
-    pub server: Option<ServerInfo>,
-}
-
-/// Facts about the running server that are not part of the core.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ServerInfo {
-    pub version: String,
-    pub uptime_ms: u64,
-    /// Unix time in milliseconds when this snapshot was taken.
-    pub taken_at_ms: u64,
-    /// How long copying the structures held the core's lock, in microseconds:
-    /// chat traffic waits this long while a snapshot is taken.
-    pub hold_us: u64,
-    /// Whether queued messages, groups, blocks and claims survive a restart (`serve --data`).
-    pub durable: bool,
-    /// The database file, in durable mode.
-    #[serde(default)]
-    pub data_path: Option<String>,
-    /// Durable mode's group commit at work: changes written, in how many commits.
-    #[serde(default)]
-    pub disk: Option<DiskStats>,
-    pub max_message_bytes: usize,
-    pub max_offline: usize,
-    pub outbox_frames: usize,
-    pub connections_served: u64,
-    /// Names claimed with a token (never the tokens or their hashes).
-    #[serde(default)]
-    pub claimed_names: Vec<crate::names::UserId>,
-}
-
-/// What the store's writer thread has done since the server started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct DiskStats {
-    /// Changes written (queued messages, joins, leaves, blocks, unblocks,
-    /// claims, deletions of flushed messages).
-    pub changes: u64,
-    /// Transactions committed: one fsync each.
-    pub commits: u64,
-    /// The most changes one commit carried.
-    pub largest_commit: u64,
 }
 
 impl Snapshot {
@@ -190,7 +162,6 @@ impl Snapshot {
             ops: by_structure,
             op_table: ops.clone(),
             next_message_id,
-            server: None,
         }
     }
 }
@@ -297,12 +268,7 @@ mod tests {
             crate::core::Op::Insert,
             || (),
         );
-        let mut snapshot = Snapshot::new(s, &ops.table(), 3);
-        snapshot.server = Some(ServerInfo {
-            version: "0.1.0".into(),
-            hold_us: 12,
-            ..ServerInfo::default()
-        });
+        let snapshot = Snapshot::new(s, &ops.table(), 3);
         let json = serde_json::to_string(&snapshot).unwrap();
         let back: Snapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(back, snapshot);

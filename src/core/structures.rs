@@ -5,16 +5,11 @@
 //! reuse every routing rule unchanged. Each method is one instrumented
 //! operation: it counts itself and, when tracing, records itself.
 
-use serde::{Deserialize, Serialize};
-
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{OpTable, Trace};
-use crate::core::snapshot::StructuresSnapshot;
+use crate::core::snapshot::{ConnDetail, ConnId, StructuresSnapshot};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
-
-/// Identifies one WebSocket connection (one device) for the server's lifetime.
-pub type ConnId = u64;
 
 /// What `active_connections` stores per device. The server stores the handle
 /// that reaches the socket's writer; unit tests store a bare [`ConnId`].
@@ -28,18 +23,6 @@ pub trait ConnHandle: Clone {
             ..ConnDetail::default()
         }
     }
-}
-
-/// What `/inspect` shows about one connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnDetail {
-    pub id: ConnId,
-    /// The peer's address as the server saw it (a tunnel or proxy shows as itself).
-    pub remote: Option<String>,
-    /// Unix time in milliseconds when the connection was accepted.
-    pub connected_at_ms: Option<u64>,
-    /// Frames waiting in its outbox, not yet written to the socket.
-    pub unsent: Option<usize>,
 }
 
 impl ConnHandle for ConnId {

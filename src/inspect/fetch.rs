@@ -1,18 +1,20 @@
-//! Fetching `/inspect` over plain HTTP/1.1: one GET, with timeouts.
-//!
-//! The request is simple enough that a hand-written client is shorter than
-//! configuring a general one, and it needs no TLS stack (`inspect` speaks
-//! plain HTTP; run it where the server runs, or through an SSH tunnel).
+//! Fetching `/inspect`: one HTTP/1.1 GET with hyper (already in the tree for
+//! axum), with timeouts. Plain HTTP only: run `inspect` where the server runs,
+//! or through an SSH tunnel.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::{header, Request};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::core::Snapshot;
+use crate::inspection::Inspection;
 
-/// The largest snapshot accepted (100,000 queued messages are about 15 MB).
-const MAX_BODY: u64 = 256 * 1024 * 1024;
+/// The largest document accepted (100,000 queued messages are about 15 MB).
+const MAX_BODY: usize = 256 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -94,40 +96,22 @@ impl Endpoint {
     }
 }
 
-/// GETs the snapshot; `token` is sent as `Authorization: Bearer TOKEN`.
-pub async fn fetch(endpoint: &Endpoint, token: Option<&str>) -> Result<Snapshot, FetchError> {
+/// GETs the document; `token` is sent as `Authorization: Bearer TOKEN`.
+pub async fn fetch(endpoint: &Endpoint, token: Option<&str>) -> Result<Inspection, FetchError> {
     let url = endpoint.url.clone();
     let unreachable = |cause: String| FetchError::Unreachable {
         url: url.clone(),
         cause,
     };
     let connect = TcpStream::connect((endpoint.host.as_str(), endpoint.port));
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| unreachable("no answer within 3 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let mut request = format!(
-        "GET /inspect HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nConnection: close\r\n",
-        endpoint.host, endpoint.port
-    );
-    if let Some(token) = token {
-        request += &format!("Authorization: Bearer {token}\r\n");
-    }
-    request += "\r\n";
-    let exchange = async {
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        (&mut stream).take(MAX_BODY).read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(READ_TIMEOUT, exchange)
+    let (status, body) = tokio::time::timeout(READ_TIMEOUT, get(stream, endpoint, token))
         .await
         .map_err(|_| unreachable("the answer took over 30 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let (status, body) = parse_response(&raw).map_err(|cause| FetchError::BadSnapshot {
-        url: url.clone(),
-        cause,
-    })?;
     match status {
         200 => serde_json::from_slice(&body).map_err(|e| FetchError::BadSnapshot {
             url,
@@ -146,54 +130,35 @@ pub async fn fetch(endpoint: &Endpoint, token: Option<&str>) -> Result<Snapshot,
     }
 }
 
-/// Splits an HTTP/1.1 response into status and body (Content-Length, chunked, or until close).
-pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer is not HTTP (no end of headers)")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut body = &raw[end + 4..];
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("the answer has no HTTP status line")?;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-        if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if name == "content-length" {
-            let len: usize = value.parse().map_err(|_| "bad Content-Length")?;
-            body = body
-                .get(..len)
-                .ok_or("the body is shorter than its Content-Length")?;
-        }
+/// One HTTP/1.1 GET of `/inspect` over `stream` with hyper: the status and
+/// the body (at most [`MAX_BODY`] bytes).
+async fn get(
+    stream: TcpStream,
+    endpoint: &Endpoint,
+    token: Option<&str>,
+) -> Result<(u16, Bytes), Box<dyn std::error::Error + Send + Sync>> {
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(connection);
+    let host = match endpoint.host.contains(':') {
+        true => format!("[{}]:{}", endpoint.host, endpoint.port),
+        false => format!("{}:{}", endpoint.host, endpoint.port),
+    };
+    let mut request = Request::get("/inspect")
+        .header(header::HOST, host)
+        .header(header::ACCEPT, "application/json");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    if !chunked {
-        return Ok((status, body.to_vec()));
-    }
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk")?;
-        let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok((status, out));
-        }
-        out.extend_from_slice(body.get(..size).ok_or("truncated chunk")?);
-        body = body.get(size + 2..).ok_or("truncated chunk")?;
-    }
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new())?)
+        .await?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
 }
 
 #[cfg(test)]
@@ -231,17 +196,5 @@ mod tests {
         assert!(e("http://host:99999").is_err());
         assert!(e("ftp://host").is_err());
         assert!(e("http://").is_err());
-    }
-
-    #[test]
-    fn responses_with_length_chunks_or_close() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA";
-        assert_eq!(parse_response(plain).unwrap(), (200, b"ok".to_vec()));
-        let chunked = b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (403, b"abcde".to_vec()));
-        let until_close = b"HTTP/1.0 200 OK\r\n\r\nall of it";
-        assert_eq!(parse_response(until_close).unwrap().1, b"all of it");
-        assert!(parse_response(b"garbage").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
     }
 }

@@ -1,15 +1,19 @@
-//! Renders a [`Snapshot`] as tables: one per structure, then the operation
+//! Renders an [`Inspection`] as tables: one per structure, then the operation
 //! counts and the invariants. Pure: the same snapshot (and previous snapshot)
 //! always gives the same text, which is what the tests check.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
 
-use crate::core::{OpTable, Snapshot, Structure};
+use colored::Colorize;
+
+use crate::core::{ConnDetail, Invariant, OpTable, Structure, StructuresSnapshot};
+use crate::inspection::Inspection;
 use crate::names::Name;
+use crate::output::{clock, duration, name_list, nanos, paint};
 use crate::protocol::{Message, Target};
 
 /// How to render.
@@ -33,38 +37,6 @@ pub struct RenderOptions {
 const NAMES_PER_CELL: usize = 8;
 /// Characters of a message shown in the offline table.
 const PREVIEW_CHARS: usize = 24;
-
-/// The seed's justification of each structure, one line each.
-pub fn why(structure: Structure) -> &'static str {
-    match structure {
-        Structure::ActiveConnections => {
-            "Instant O(1) lookup of a user's sockets; the Vec holds several devices (laptop + phone) at once."
-        }
-        Structure::Presence => {
-            "One entry per online user, kept equal to the users with a connection; `who` and presence broadcasts iterate it."
-        }
-        Structure::OfflineMessages => {
-            "A deque appends at the back and pops the front in O(1), so the flush on connect is FIFO; a Vec pops its front in O(n)."
-        }
-        Structure::GroupMembers => {
-            "A set keeps members unique and answers \"may this user post here?\" in O(1)."
-        }
-        Structure::BlockedUsers => {
-            "\"Does bob block alice?\" is asked for every message to bob: one O(1) set look-up."
-        }
-    }
-}
-
-/// The headline cost quoted in each table's title.
-fn headline(structure: Structure) -> &'static str {
-    match structure {
-        Structure::ActiveConnections => "get O(1)",
-        Structure::Presence => "insert/remove O(1), iterate O(n)",
-        Structure::OfflineMessages => "push_back O(1)*, pop_front O(1)",
-        Structure::GroupMembers => "contains O(1), fan-out O(m)",
-        Structure::BlockedUsers => "contains O(1)",
-    }
-}
 
 struct Ctx<'a> {
     o: &'a RenderOptions,
@@ -108,11 +80,9 @@ impl Ctx<'_> {
     }
 
     fn title(&self, out: &mut String, structure: Structure, extra: &str) {
-        let name = structure.name();
-        let ty = structure.rust_type();
-        let cost = headline(structure);
+        let facts = structure.facts();
+        let (name, ty, cost, why) = (facts.name, facts.rust_type, facts.headline, facts.why);
         if self.o.color {
-            use colored::Colorize;
             let _ = writeln!(
                 out,
                 "\n{}  {}  {}{extra}",
@@ -120,10 +90,10 @@ impl Ctx<'_> {
                 ty.yellow(),
                 cost.green()
             );
-            let _ = writeln!(out, "{}", why(structure).dimmed());
+            let _ = writeln!(out, "{}", why.dimmed());
         } else {
             let _ = writeln!(out, "\n{name}  {ty}  {cost}{extra}");
-            let _ = writeln!(out, "{}", why(structure));
+            let _ = writeln!(out, "{why}");
         }
     }
 
@@ -203,7 +173,7 @@ impl Ctx<'_> {
                 cells.push(change.set_alignment(CellAlignment::Right));
             }
             cells.push(Cell::new(&row.complexity));
-            cells.push(Cell::new(mean(row.mean_ns)).set_alignment(CellAlignment::Right));
+            cells.push(Cell::new(nanos(row.mean_ns)).set_alignment(CellAlignment::Right));
             t.add_row(cells);
         }
         t
@@ -221,51 +191,11 @@ impl Ctx<'_> {
         if !gone.is_empty() {
             let line = format!("gone since the last frame: {}", gone.join(", "));
             let _ = if self.o.color {
-                use colored::Colorize;
                 writeln!(out, "{}", line.red())
             } else {
                 writeln!(out, "{line}")
             };
         }
-    }
-}
-
-/// "a, b, c ... and N more".
-pub fn name_list<T: std::fmt::Display>(names: &[T], max: usize) -> String {
-    let shown: Vec<String> = names.iter().take(max).map(ToString::to_string).collect();
-    let mut s = shown.join(", ");
-    if names.len() > max {
-        let _ = write!(s, " ... and {} more", names.len() - max);
-    }
-    s
-}
-
-/// A Unix time in milliseconds as a UTC time of day.
-pub fn clock(ms: u64) -> String {
-    let secs = ms / 1000 % 86_400;
-    format!(
-        "{:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-fn duration(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
-        _ => format!("{}h {:02}m", s / 3600, s / 60 % 60),
-    }
-}
-
-fn mean(ns: Option<f64>) -> String {
-    match ns {
-        None => "-".into(),
-        Some(ns) if ns < 1_000.0 => format!("{ns:.0} ns"),
-        Some(ns) if ns < 1_000_000.0 => format!("{:.1} µs", ns / 1_000.0),
-        Some(ns) => format!("{:.1} ms", ns / 1_000_000.0),
     }
 }
 
@@ -287,10 +217,10 @@ pub fn ops_table(ops: &OpTable, color: bool) -> Table {
     ctx.ops_table(ops, None)
 }
 
-/// Renders the snapshot; with `previous`, marks what changed since it.
-pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> String {
+/// Renders the document; with `previous`, marks what changed since it.
+pub fn render(doc: &Inspection, previous: Option<&Inspection>, o: &RenderOptions) -> String {
+    let s = &doc.snapshot;
     let st = &s.structures;
-    let now_ms = s.server.as_ref().map_or(0, |i| i.taken_at_ms);
     let users = match (&o.user, &o.group) {
         (Some(u), _) => Some(BTreeSet::from([u.clone()])),
         (None, Some(g)) => Some(
@@ -301,13 +231,30 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
         ),
         (None, None) => None,
     };
+    let now_ms = doc.server.as_ref().map_or(0, |i| i.taken_at_ms);
     let c = Ctx { o, now_ms, users };
-    let p = previous.map(|p| &p.structures);
+    let p = previous.map(|p| &p.snapshot.structures);
     let mut out = String::new();
+    header(&mut out, doc, o);
+    c.active_connections(&mut out, st, p);
+    c.presence(&mut out, st, p);
+    c.offline_messages(&mut out, st, p);
+    c.group_members(&mut out, st, p);
+    c.blocked_users(&mut out, st, p);
+    c.operations(
+        &mut out,
+        &s.op_table,
+        previous.map(|p| &p.snapshot.op_table),
+    );
+    invariants(&mut out, &s.invariants, o.color);
+    out
+}
 
-    // Header: where, when, how long the snapshot held the core.
+/// Where, when, how long the snapshot held the core; the disk and the claims.
+fn header(out: &mut String, doc: &Inspection, o: &RenderOptions) {
+    let (s, st) = (&doc.snapshot, &doc.snapshot.structures);
     let mut head = format!("vivachat · {}", o.source);
-    if let Some(info) = &s.server {
+    if let Some(info) = &doc.server {
         let _ = write!(
             head,
             " · snapshot {} · up {} · core held {} µs · {}",
@@ -332,21 +279,27 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
         st.groups.len(),
         s.next_message_id
     );
-    if o.color {
-        use colored::Colorize;
-        let _ = writeln!(out, "{}\n{}", head.bold(), summary.dimmed());
-    } else {
-        let _ = writeln!(out, "{head}\n{summary}");
-    }
-    if let Some(disk) = s.server.as_ref().and_then(|i| i.disk) {
+    let _ = writeln!(
+        out,
+        "{}\n{}",
+        paint(&head, o.color, |t| t.bold()),
+        paint(&summary, o.color, |t| t.dimmed())
+    );
+    if let Some(disk) = doc.server.as_ref().and_then(|i| i.disk.as_ref()) {
         let per_commit = disk.changes as f64 / disk.commits.max(1) as f64;
         let _ = writeln!(
             out,
             "disk (SQLite, group commit): {} change(s) in {} commit(s), {per_commit:.1} per fsync on average, at most {} in one",
             disk.changes, disk.commits, disk.largest_commit
         );
+        if let Some(why) = &disk.failing {
+            let line = format!(
+                "disk writes are FAILING ({why}): queueing, joins, leaves and blocks are refused with `unavailable` until they work again"
+            );
+            let _ = writeln!(out, "{}", paint(&line, o.color, |t| t.red().bold()));
+        }
     }
-    if let Some(info) = s.server.as_ref().filter(|i| !i.claimed_names.is_empty()) {
+    if let Some(info) = doc.server.as_ref().filter(|i| !i.claimed_names.is_empty()) {
         let _ = writeln!(
             out,
             "name claims (HashMap<UserId, Argon2id hash>: O(1) look-up, then one slow check by design): {} claimed: {}",
@@ -360,226 +313,236 @@ pub fn render(s: &Snapshot, previous: Option<&Snapshot>, o: &RenderOptions) -> S
     if let Some(g) = &o.group {
         let _ = writeln!(out, "showing only group {g} and its members");
     }
+}
 
-    // active_connections
-    c.title(&mut out, Structure::ActiveConnections, "");
-    let mut t = c.table(&[
-        "user",
-        "devices",
-        "connection ids",
-        "remote address",
-        "connected",
-    ]);
-    let rows: Vec<_> = st
-        .active_connections
-        .iter()
-        .filter(|(u, _)| c.shows(u))
-        .collect();
-    for (user, ids) in rows.iter().take(o.rows) {
-        let before = p.map(|p| p.active_connections.get(*user).map(Vec::len));
-        let details: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let found = st.connection_details.binary_search_by_key(id, |d| d.id);
-                found.ok().map(|i| &st.connection_details[i])
-            })
-            .collect();
-        let remotes: Vec<String> = details
-            .iter()
-            .map(|d| {
-                d.and_then(|d| d.remote.clone())
-                    .unwrap_or_else(|| "-".into())
-            })
-            .collect();
-        let since: Vec<String> = details
-            .iter()
-            .map(|d| {
-                d.and_then(|d| d.connected_at_ms)
-                    .map_or_else(|| "-".into(), |ms| c.ago(ms))
-            })
-            .collect();
-        t.add_row(vec![
-            c.key(user.as_str(), matches!(before, Some(None))),
-            c.count(ids.len(), before),
-            Cell::new(name_list(ids, NAMES_PER_CELL)),
-            Cell::new(name_list(&remotes, 3)),
-            Cell::new(name_list(&since, 3)),
-        ]);
-    }
-    let gone = p
-        .map(|p| {
-            p.active_connections
-                .keys()
-                .filter(|u| !st.active_connections.contains_key(*u) && c.shows(u))
-                .map(|u| format!("{u} (offline)"))
-                .collect()
-        })
-        .unwrap_or_default();
-    c.finish(
-        &mut out,
-        t,
-        rows.len().saturating_sub(o.rows),
-        "users",
-        gone,
-    );
-
-    // presence
-    let shown: Vec<&Name> = st.presence.iter().filter(|u| c.shows(u)).collect();
-    c.title(
-        &mut out,
-        Structure::Presence,
-        &format!("  size {}", st.presence.len()),
-    );
-    let mut t = c.table(&["online", "members"]);
-    let before = p.map(|p| Some(p.presence.len()));
-    let newly: Vec<String> = shown
-        .iter()
-        .filter(|u| p.is_some_and(|p| !p.presence.contains(**u)))
-        .map(|u| format!("{u} (new)"))
-        .collect();
-    let mut members = name_list(&shown, o.rows.max(NAMES_PER_CELL));
-    if !newly.is_empty() {
-        let _ = write!(members, "\njust arrived: {}", newly.join(", "));
-    }
-    t.add_row(vec![c.count(shown.len(), before), Cell::new(members)]);
-    c.finish(&mut out, t, 0, "", Vec::new());
-
-    // offline_messages
-    c.title(&mut out, Structure::OfflineMessages, "");
-    let mut t = c.table(&["user", "queued", "oldest (popped first)", "newest"]);
-    let rows: Vec<_> = st
-        .offline_messages
-        .iter()
-        .filter(|(u, _)| c.shows(u))
-        .collect();
-    for (user, q) in rows.iter().take(o.rows) {
-        let before = p.map(|p| p.offline_messages.get(*user).map(|q| q.len));
-        let oldest = q.messages.first().map(|m| c.preview(m)).unwrap_or_default();
-        let newest = if q.messages.len() > 1 {
-            q.messages.last().map(|m| c.preview(m)).unwrap_or_default()
-        } else {
-            "(same)".into()
-        };
-        t.add_row(vec![
-            c.key(user.as_str(), matches!(before, Some(None))),
-            c.count(q.len, before),
-            Cell::new(oldest),
-            Cell::new(newest),
-        ]);
-    }
-    let gone = p
-        .map(|p| {
-            p.offline_messages
-                .keys()
-                .filter(|u| !st.offline_messages.contains_key(*u) && c.shows(u))
-                .map(|u| format!("{u} (flushed)"))
-                .collect()
-        })
-        .unwrap_or_default();
-    c.finish(
-        &mut out,
-        t,
-        rows.len().saturating_sub(o.rows),
-        "queues",
-        gone,
-    );
-
-    // group_members
-    c.title(&mut out, Structure::GroupMembers, "");
-    let mut t = c.table(&["group", "size", "members"]);
-    let rows: Vec<_> = st
-        .groups
-        .iter()
-        .filter(|(g, m)| match (&o.group, &o.user) {
-            (Some(only), _) => *g == only,
-            (None, Some(u)) => m.contains(u),
-            (None, None) => true,
-        })
-        .collect();
-    for (group, members) in rows.iter().take(o.rows) {
-        let before = p.map(|p| p.groups.get(*group).map(Vec::len));
-        t.add_row(vec![
-            c.key(&format!("#{group}"), matches!(before, Some(None))),
-            c.count(members.len(), before),
-            Cell::new(name_list(members, NAMES_PER_CELL)),
-        ]);
-    }
-    let gone = p
-        .map(|p| {
-            p.groups
-                .keys()
-                .filter(|g| {
-                    !st.groups.contains_key(*g) && o.group.as_ref().is_none_or(|only| only == *g)
-                })
-                .map(|g| format!("#{g} (empty, removed)"))
-                .collect()
-        })
-        .unwrap_or_default();
-    c.finish(
-        &mut out,
-        t,
-        rows.len().saturating_sub(o.rows),
-        "groups",
-        gone,
-    );
-
-    // blocked_users
-    c.title(&mut out, Structure::BlockedUsers, "");
-    let mut t = c.table(&["user", "blocks", "whom"]);
-    let rows: Vec<_> = st.blocked.iter().filter(|(u, _)| c.shows(u)).collect();
-    for (user, whom) in rows.iter().take(o.rows) {
-        let before = p.map(|p| p.blocked.get(*user).map(Vec::len));
-        t.add_row(vec![
-            c.key(user.as_str(), matches!(before, Some(None))),
-            c.count(whom.len(), before),
-            Cell::new(name_list(whom, NAMES_PER_CELL)),
-        ]);
-    }
-    c.finish(
-        &mut out,
-        t,
-        rows.len().saturating_sub(o.rows),
-        "users",
-        Vec::new(),
-    );
-
-    // Operation counts.
-    if o.color {
-        use colored::Colorize;
-        let _ = writeln!(out, "\n{}", "operations".bold().cyan());
-    } else {
-        let _ = writeln!(out, "\noperations");
-    }
-    let _ = writeln!(
-        out,
-        "Every call on a structure is counted; one call in 16 is timed (mean time per call; - until the 16th call)."
-    );
-    let t = c.ops_table(&s.op_table, previous.map(|p| &p.op_table));
-    let _ = writeln!(out, "{t}");
-
-    // Invariants.
-    for inv in &s.invariants {
+/// One ✔ or ✘ line per invariant.
+fn invariants(out: &mut String, invariants: &[Invariant], color: bool) {
+    for inv in invariants {
         let line = match (&inv.detail, inv.holds) {
             (_, true) => format!("✔ {}", inv.name),
             (Some(d), false) => format!("✘ {}: {d}", inv.name),
             (None, false) => format!("✘ {}", inv.name),
         };
-        let _ = if o.color {
-            use colored::Colorize;
-            writeln!(
-                out,
-                "{}",
-                if inv.holds {
-                    line.green()
-                } else {
-                    line.red().bold()
-                }
-            )
+        let line = if inv.holds {
+            paint(&line, color, |t| t.green())
         } else {
-            writeln!(out, "{line}")
+            paint(&line, color, |t| t.red().bold())
         };
+        let _ = writeln!(out, "{line}");
     }
-    out
+}
+
+/// The keys of `before` that are gone from `now` (and shown), each with a note.
+fn gone<K: Ord + std::fmt::Display, V, W>(
+    before: Option<&BTreeMap<K, V>>,
+    now: &BTreeMap<K, W>,
+    shows: impl Fn(&K) -> bool,
+    label: impl Fn(&K) -> String,
+) -> Vec<String> {
+    before
+        .map(|b| {
+            b.keys()
+                .filter(|k| !now.contains_key(*k) && shows(k))
+                .map(label)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Ctx<'_> {
+    fn active_connections(
+        &self,
+        out: &mut String,
+        st: &StructuresSnapshot,
+        p: Option<&StructuresSnapshot>,
+    ) {
+        self.title(out, Structure::ActiveConnections, "");
+        let mut t = self.table(&[
+            "user",
+            "devices",
+            "connection ids",
+            "remote address",
+            "connected",
+        ]);
+        let rows: Vec<_> = st
+            .active_connections
+            .iter()
+            .filter(|(u, _)| self.shows(u))
+            .collect();
+        for (user, ids) in rows.iter().take(self.o.rows) {
+            let before = p.map(|p| p.active_connections.get(*user).map(Vec::len));
+            let details: Vec<Option<&ConnDetail>> = ids
+                .iter()
+                .map(|id| {
+                    let found = st.connection_details.binary_search_by_key(id, |d| d.id);
+                    found.ok().map(|i| &st.connection_details[i])
+                })
+                .collect();
+            let remotes: Vec<String> = details
+                .iter()
+                .map(|d| {
+                    d.and_then(|d| d.remote.clone())
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect();
+            let since: Vec<String> = details
+                .iter()
+                .map(|d| {
+                    d.and_then(|d| d.connected_at_ms)
+                        .map_or_else(|| "-".into(), |ms| self.ago(ms))
+                })
+                .collect();
+            t.add_row(vec![
+                self.key(user.as_str(), matches!(before, Some(None))),
+                self.count(ids.len(), before),
+                Cell::new(name_list(ids, NAMES_PER_CELL)),
+                Cell::new(name_list(&remotes, 3)),
+                Cell::new(name_list(&since, 3)),
+            ]);
+        }
+        let gone = gone(
+            p.map(|p| &p.active_connections),
+            &st.active_connections,
+            |u| self.shows(u),
+            |u| format!("{u} (offline)"),
+        );
+        let hidden = rows.len().saturating_sub(self.o.rows);
+        self.finish(out, t, hidden, "users", gone);
+    }
+
+    fn presence(&self, out: &mut String, st: &StructuresSnapshot, p: Option<&StructuresSnapshot>) {
+        let shown: Vec<&Name> = st.presence.iter().filter(|u| self.shows(u)).collect();
+        let size = format!("  size {}", st.presence.len());
+        self.title(out, Structure::Presence, &size);
+        let mut t = self.table(&["online", "members"]);
+        let before = p.map(|p| Some(p.presence.len()));
+        let newly: Vec<String> = shown
+            .iter()
+            .filter(|u| p.is_some_and(|p| !p.presence.contains(**u)))
+            .map(|u| format!("{u} (new)"))
+            .collect();
+        let mut members = name_list(&shown, self.o.rows.max(NAMES_PER_CELL));
+        if !newly.is_empty() {
+            let _ = write!(members, "\njust arrived: {}", newly.join(", "));
+        }
+        t.add_row(vec![self.count(shown.len(), before), Cell::new(members)]);
+        self.finish(out, t, 0, "", Vec::new());
+    }
+
+    fn offline_messages(
+        &self,
+        out: &mut String,
+        st: &StructuresSnapshot,
+        p: Option<&StructuresSnapshot>,
+    ) {
+        self.title(out, Structure::OfflineMessages, "");
+        let mut t = self.table(&["user", "queued", "oldest (popped first)", "newest"]);
+        let rows: Vec<_> = st
+            .offline_messages
+            .iter()
+            .filter(|(u, _)| self.shows(u))
+            .collect();
+        for (user, q) in rows.iter().take(self.o.rows) {
+            let before = p.map(|p| p.offline_messages.get(*user).map(|q| q.len));
+            let oldest = q
+                .messages
+                .first()
+                .map(|m| self.preview(m))
+                .unwrap_or_default();
+            let newest = if q.messages.len() > 1 {
+                q.messages
+                    .last()
+                    .map(|m| self.preview(m))
+                    .unwrap_or_default()
+            } else {
+                "(same)".into()
+            };
+            t.add_row(vec![
+                self.key(user.as_str(), matches!(before, Some(None))),
+                self.count(q.len, before),
+                Cell::new(oldest),
+                Cell::new(newest),
+            ]);
+        }
+        let gone = gone(
+            p.map(|p| &p.offline_messages),
+            &st.offline_messages,
+            |u| self.shows(u),
+            |u| format!("{u} (flushed)"),
+        );
+        let hidden = rows.len().saturating_sub(self.o.rows);
+        self.finish(out, t, hidden, "queues", gone);
+    }
+
+    fn group_members(
+        &self,
+        out: &mut String,
+        st: &StructuresSnapshot,
+        p: Option<&StructuresSnapshot>,
+    ) {
+        self.title(out, Structure::GroupMembers, "");
+        let mut t = self.table(&["group", "size", "members"]);
+        let rows: Vec<_> = st
+            .groups
+            .iter()
+            .filter(|(g, m)| match (&self.o.group, &self.o.user) {
+                (Some(only), _) => *g == only,
+                (None, Some(u)) => m.contains(u),
+                (None, None) => true,
+            })
+            .collect();
+        for (group, members) in rows.iter().take(self.o.rows) {
+            let before = p.map(|p| p.groups.get(*group).map(Vec::len));
+            t.add_row(vec![
+                self.key(&format!("#{group}"), matches!(before, Some(None))),
+                self.count(members.len(), before),
+                Cell::new(name_list(members, NAMES_PER_CELL)),
+            ]);
+        }
+        let only = self.o.group.as_ref();
+        let gone = gone(
+            p.map(|p| &p.groups),
+            &st.groups,
+            |g| only.is_none_or(|only| only == g),
+            |g| format!("#{g} (empty, removed)"),
+        );
+        let hidden = rows.len().saturating_sub(self.o.rows);
+        self.finish(out, t, hidden, "groups", gone);
+    }
+
+    fn blocked_users(
+        &self,
+        out: &mut String,
+        st: &StructuresSnapshot,
+        p: Option<&StructuresSnapshot>,
+    ) {
+        self.title(out, Structure::BlockedUsers, "");
+        let mut t = self.table(&["user", "blocks", "whom"]);
+        let rows: Vec<_> = st.blocked.iter().filter(|(u, _)| self.shows(u)).collect();
+        for (user, whom) in rows.iter().take(self.o.rows) {
+            let before = p.map(|p| p.blocked.get(*user).map(Vec::len));
+            t.add_row(vec![
+                self.key(user.as_str(), matches!(before, Some(None))),
+                self.count(whom.len(), before),
+                Cell::new(name_list(whom, NAMES_PER_CELL)),
+            ]);
+        }
+        let hidden = rows.len().saturating_sub(self.o.rows);
+        self.finish(out, t, hidden, "users", Vec::new());
+    }
+
+    fn operations(&self, out: &mut String, ops: &OpTable, previous: Option<&OpTable>) {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            paint("operations", self.o.color, |t| t.bold().cyan())
+        );
+        let _ = writeln!(
+            out,
+            "Every call on a structure is counted; one call in 16 is timed (mean time per call; - until the 16th call)."
+        );
+        let _ = writeln!(out, "{}", self.ops_table(ops, previous));
+    }
 }
 
 #[cfg(test)]
@@ -590,6 +553,13 @@ mod tests {
 
     fn n(s: &str) -> Name {
         Name::parse(s).unwrap()
+    }
+
+    fn doc(core: &ChatCore<MemoryStructures<ConnId>>) -> Inspection {
+        Inspection {
+            snapshot: core.snapshot(),
+            server: None,
+        }
     }
 
     fn options() -> RenderOptions {
@@ -644,13 +614,13 @@ mod tests {
 
     #[test]
     fn claimed_names_are_listed_without_tokens() {
-        let mut snapshot = classroom().snapshot();
+        let mut snapshot = doc(&classroom());
         let plain = render(&snapshot, None, &options());
         assert!(
             !plain.contains("name claims"),
             "no line while nothing is claimed"
         );
-        snapshot.server = Some(crate::core::ServerInfo {
+        snapshot.server = Some(crate::inspection::ServerInfo {
             claimed_names: vec![n("alice"), n("bob")],
             ..Default::default()
         });
@@ -668,8 +638,8 @@ mod tests {
 
     #[test]
     fn the_header_says_where_the_data_lives() {
-        let mut snapshot = classroom().snapshot();
-        snapshot.server = Some(crate::core::ServerInfo {
+        let mut snapshot = doc(&classroom());
+        snapshot.server = Some(crate::inspection::ServerInfo {
             durable: true,
             data_path: Some("/srv/chat.db".into()),
             ..Default::default()
@@ -684,10 +654,11 @@ mod tests {
         );
         assert!(!text.contains("group commit"), "no disk line without stats");
         if let Some(info) = &mut snapshot.server {
-            info.disk = Some(crate::core::DiskStats {
+            info.disk = Some(crate::inspection::DiskStats {
                 changes: 300,
                 commits: 12,
                 largest_commit: 90,
+                failing: None,
             });
         }
         let text = render(&snapshot, None, &options());
@@ -701,7 +672,7 @@ mod tests {
 
     #[test]
     fn every_structure_has_its_rows() {
-        let text = render(&classroom().snapshot(), None, &options());
+        let text = render(&doc(&classroom()), None, &options());
         let alice = line_with(&text, "│ alice");
         assert!(alice.contains("┆       2 ┆ 1, 2"), "{alice}");
         assert!(line_with(&text, "│      2 ┆ alice, bob").contains("alice, bob"));
@@ -716,14 +687,14 @@ mod tests {
         assert!(text.contains("✔ presence == users with >= 1 connection"));
         for s in Structure::ALL {
             assert!(text.contains(s.rust_type()), "{}", s.name());
-            assert!(text.contains(why(s)));
+            assert!(text.contains(s.facts().why));
         }
     }
 
     #[test]
     fn changes_since_the_previous_frame_are_marked() {
         let mut core = classroom();
-        let before = core.snapshot();
+        let before = doc(&core);
         send(
             &mut core,
             "alice",
@@ -738,7 +709,7 @@ mod tests {
         );
         core.connect(&n("erin"), 4);
         core.disconnect(&n("bob"), 3, vec![]);
-        let text = render(&core.snapshot(), Some(&before), &options());
+        let text = render(&doc(&core), Some(&before), &options());
         assert!(line_with(&text, "│ carol").contains("3 (+1)"));
         assert!(line_with(&text, "│ dave (new)").contains("1"));
         assert!(line_with(&text, "│ erin (new)").contains("1"));
@@ -761,7 +732,7 @@ mod tests {
             );
         }
         let text = render(
-            &core.snapshot(),
+            &doc(&core),
             None,
             &RenderOptions {
                 rows: 5,
@@ -776,7 +747,7 @@ mod tests {
     fn filters_show_one_user_or_one_group() {
         let core = classroom();
         let only_bob = render(
-            &core.snapshot(),
+            &doc(&core),
             None,
             &RenderOptions {
                 user: Some(n("bob")),
@@ -788,7 +759,7 @@ mod tests {
         assert!(only_bob.contains("│ #g1"), "bob's groups are shown");
         assert!(!only_bob.contains("│ carol"));
         let g1 = render(
-            &core.snapshot(),
+            &doc(&core),
             None,
             &RenderOptions {
                 group: Some(n("g1")),
@@ -800,9 +771,10 @@ mod tests {
 
     #[test]
     fn a_broken_invariant_is_shown_as_a_failed_check() {
-        let mut snapshot = classroom().snapshot();
-        snapshot.structures.presence.push(n("ghost"));
-        snapshot.invariants = snapshot.structures.invariants();
+        let mut snapshot = doc(&classroom());
+        let core = &mut snapshot.snapshot;
+        core.structures.presence.push(n("ghost"));
+        core.invariants = core.structures.invariants();
         let text = render(&snapshot, None, &options());
         assert!(text.contains("✘ presence == users with >= 1 connection: online without a connection: [\"ghost\"]"), "{text}");
     }

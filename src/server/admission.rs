@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::StatusCode;
 use tokio::sync::Semaphore;
 
-use crate::core::claims::{hash_token, verify_token, Check, Claims, TokenHash};
+use crate::core::claims::{Check, Claims, TokenHash};
 use crate::names::UserId;
 use crate::store::Store;
 
@@ -156,7 +156,7 @@ impl Gate {
             }
             (Check::Claim, Some(t)) => {
                 let owned = t.to_string();
-                let hash = self.hasher.run(move || hash_token(&owned)).await?;
+                let hash = self.hasher.run(move || crate::tokens::hash(&owned)).await?;
                 let claimed = self.claims().claim(user, hash.clone());
                 match claimed {
                     Ok(()) => {
@@ -189,8 +189,8 @@ impl Gate {
             return Ok(());
         };
         let written = match store.claim(user, hash) {
-            Some(seq) => store.committed(seq).await,
-            None => false,
+            Ok(seq) => store.committed(seq).await,
+            Err(_stopped) => false,
         };
         if written {
             Ok(())
@@ -204,7 +204,9 @@ impl Gate {
 
     async fn verify(&self, token: &str, hash: TokenHash) -> Result<bool, Refused> {
         let token = token.to_string();
-        self.hasher.run(move || verify_token(&token, &hash)).await
+        self.hasher
+            .run(move || crate::tokens::verify(&token, &hash))
+            .await
     }
 }
 

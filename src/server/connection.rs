@@ -5,7 +5,6 @@
 //! the socket, so a client that stops reading blocks nobody but itself.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +13,14 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use super::admission::Admitted;
+use super::deliver::deliver;
+use super::hub::{Conn, Core, Hub};
 use super::limits::TokenBucket;
-use super::outbox::{unsent_messages, Next, Outbox};
-use super::{carry_out, now_ms, Conn, Connection, Shared};
+use super::outbox::{unsent_messages, Next};
 use crate::names::UserId;
+use crate::output::now_ms;
 use crate::protocol::{parse_request, ErrorCode, RequestError};
+use crate::store::Store;
 
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_POLICY: u16 = 1008;
@@ -35,24 +37,6 @@ pub(crate) fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     }
 }
 
-/// Counts the task as live until dropped, so shutdown can wait for it.
-struct LiveTask(Arc<Shared>);
-
-impl LiveTask {
-    fn new(shared: &Arc<Shared>) -> LiveTask {
-        shared.live_tasks.fetch_add(1, Ordering::SeqCst);
-        LiveTask(shared.clone())
-    }
-}
-
-impl Drop for LiveTask {
-    fn drop(&mut self) {
-        if self.0.live_tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.all_done.notify_waiters();
-        }
-    }
-}
-
 /// How a connection ended, which decides what happens to its unsent frames.
 enum Ending {
     /// The client closed, the socket failed, or the server is shutting down.
@@ -64,45 +48,37 @@ enum Ending {
 }
 
 pub(crate) async fn serve(
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     socket: WebSocket,
     user: UserId,
     remote: SocketAddr,
     admitted: Admitted,
 ) {
-    let _live = LiveTask::new(&shared);
-    let conn: Conn = Arc::new(Connection {
-        id: shared.next_conn_id.fetch_add(1, Ordering::SeqCst),
-        user: user.clone(),
-        remote,
-        connected_at_ms: now_ms(),
-        outbox: Outbox::new(shared.config.outbox_frames),
-        authenticated: admitted.authenticated,
-    });
+    let conn = hub.new_connection(user.clone(), remote, admitted.authenticated);
     let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, conn.clone(), shared.store.clone()));
+    let mut writer = tokio::spawn(write_loop(sink, conn.clone(), hub.store.clone()));
     {
-        let mut core = shared.core();
-        if shared.shutting_down.load(Ordering::SeqCst) {
+        let mut core = hub.core();
+        if hub.shutdown.has_begun() {
             // Raced with shutdown: never registered, so nothing to undo.
             conn.outbox
                 .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
         } else {
             if admitted.claimed_now {
-                close_unclaimed(&shared, &mut core, &user);
+                close_unclaimed(&hub, &mut core, &user);
             }
             let outcome = core.connect(&user, conn.clone());
             // The welcome and the whole offline flush are exempt from the
             // slow-client bound; only what comes after counts against it.
             let own = outcome.deliveries.iter().filter(|d| d.conn.id == conn.id);
             conn.outbox.allow_backlog(own.count());
-            carry_out(&mut core, outcome, &shared);
+            deliver(&mut core, outcome, &hub);
         }
     }
-    let ending = read_loop(&shared, &conn, stream).await;
-    finish(&shared, &conn, ending);
+    let ending = read_loop(&hub, &conn, stream).await;
+    finish(&hub, &conn, ending);
     // The writer ends after its close frame; a client that never reads cannot hold it forever.
-    if tokio::time::timeout(shared.config.shutdown_grace, &mut writer)
+    if tokio::time::timeout(hub.config.shutdown_grace, &mut writer)
         .await
         .is_err()
     {
@@ -114,7 +90,7 @@ pub(crate) async fn serve(
 /// may be someone else's) are closed with 4001 before the owner is registered,
 /// so from now on only the owner's devices receive its messages. What they
 /// had not yet been sent goes back to the queue, for the owner.
-fn close_unclaimed(shared: &Shared, core: &mut super::Core, user: &UserId) {
+fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) {
     for device in core.devices(user) {
         if device.authenticated {
             continue;
@@ -123,28 +99,28 @@ fn close_unclaimed(shared: &Shared, core: &mut super::Core, user: &UserId) {
             CLOSE_CLAIMED,
             "this name was just claimed with a token; reconnect with it or use another name",
         ))));
-        if let Some(log) = &shared.log {
+        if let Some(log) = &hub.log {
             log.line(format!(
                 "! closed {user} (conn {}): the name was claimed and this connection has no token",
                 device.id
             ));
         }
         let outcome = core.disconnect(user, device.id, unsent);
-        carry_out(core, outcome, shared);
+        deliver(core, outcome, hub);
     }
 }
 
 /// Removes the connection from the core, atomically with closing its outbox,
 /// so no frame can be routed to it in between and then lost.
-fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
-    let mut core = shared.core();
+fn finish(hub: &Hub, conn: &Conn, ending: Ending) {
+    let mut core = hub.core();
     if conn.outbox.was_evicted() {
         return;
     }
     let unsent = match ending {
         Ending::Gone => conn.outbox.take_and_close(None),
         Ending::Idle(timeout) => {
-            if let Some(log) = &shared.log {
+            if let Some(log) = &hub.log {
                 log.line(format!(
                     "! closed {} (conn {}): nothing heard for {} s, not even a pong (--idle-timeout)",
                     conn.user,
@@ -157,7 +133,7 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
                 .take_and_close(Some(close_frame(CLOSE_IDLE, "idle: no pong in time")))
         }
         Ending::TooLarge(size) => {
-            let limit = shared.config.max_message_bytes;
+            let limit = hub.config.net.max_message_bytes;
             let error = RequestError::new(
                 ErrorCode::TooLarge,
                 format!(
@@ -167,26 +143,26 @@ fn finish(shared: &Shared, conn: &Conn, ending: Ending) {
                 None,
             );
             let refusal = core.refuse(&conn.user, conn, error);
-            carry_out(&mut core, refusal, shared);
+            deliver(&mut core, refusal, hub);
             conn.outbox
                 .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
             Vec::new()
         }
     };
     let outcome = core.disconnect(&conn.user, conn.id, unsent_messages(&unsent));
-    carry_out(&mut core, outcome, shared);
+    deliver(&mut core, outcome, hub);
 }
 
-async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSocket>) -> Ending {
-    let limit = shared.config.max_message_bytes;
-    let mut bucket = shared
-        .config
+async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -> Ending {
+    let net = &hub.config.net;
+    let limit = net.max_message_bytes;
+    let mut bucket = net
         .rate_limit
         .map(|rate| TokenBucket::new(rate, Instant::now()));
     // One timer per connection, at a third of the idle timeout: after one quiet
     // third it asks for a ping, after the whole timeout it gives up. Any frame
     // counts as a sign of life, so a chatty client is never pinged.
-    let idle_timeout = shared.config.idle_timeout;
+    let idle_timeout = net.idle_timeout;
     let period = idle_timeout.map_or(Duration::from_secs(3600), |t| {
         (t / 3).max(Duration::from_millis(10))
     });
@@ -222,7 +198,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
                         // Over the rate limit (when one is set): refused, not routed.
                         let over = bucket.as_mut().is_some_and(|b| !b.take(last_heard));
                         if over {
-                            let rate = shared.config.rate_limit.unwrap_or_default();
+                            let rate = net.rate_limit.unwrap_or_default();
                             RequestError::new(
                                 ErrorCode::RateLimited,
                                 format!(
@@ -232,9 +208,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
                             )
                         } else {
                             let now = now_ms();
-                            let mut core = shared.core();
-                            let outcome = core.handle(&conn.user, conn, envelope, now);
-                            carry_out(&mut core, outcome, shared);
+                            hub.apply(|core| core.handle(&conn.user, conn, envelope, now));
                             continue;
                         }
                     }
@@ -257,9 +231,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, mut stream: SplitStream<WebSock
                 }
             }
         };
-        let mut core = shared.core();
-        let outcome = core.refuse(&conn.user, conn, refusal);
-        carry_out(&mut core, outcome, shared);
+        hub.apply(|core| core.refuse(&conn.user, conn, refusal));
     }
 }
 
@@ -275,7 +247,7 @@ fn too_large(error: axum::Error) -> Option<usize> {
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     conn: Conn,
-    store: Option<Arc<crate::store::Store>>,
+    store: Option<Arc<Store>>,
 ) {
     loop {
         let next = conn.outbox.next().await;
@@ -285,11 +257,11 @@ async fn write_loop(
                     // feed, then one flush: tungstenite gathers up to 8 KiB per
                     // write, so a burst costs a few system calls, not one per frame.
                     for frame in &frames {
-                        if let Some(store) = store.as_deref() {
-                            // Durable mode: nothing leaves before its changes are on disk.
-                            if frame.seq > store.committed_now() {
+                        // Durable mode: nothing leaves before its changes are on disk.
+                        if let (Some(store), Some(seq)) = (store.as_deref(), frame.seq) {
+                            if seq > store.committed_now() {
                                 sink.flush().await?;
-                                if !store.committed(frame.seq).await {
+                                if !store.committed(seq).await {
                                     return Ok(false);
                                 }
                             }

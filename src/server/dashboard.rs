@@ -1,15 +1,17 @@
 //! `serve --dashboard`: the inspect tables, redrawn in the server's own
-//! terminal whenever something changes, with the latest event-log lines below.
+//! terminal whenever something changes, with the latest event-log lines
+//! between the header and the tables.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::{take_snapshot, Dashboard, Shared};
-use crate::core::Snapshot;
+use super::config::Dashboard;
+use super::hub::Hub;
 use crate::inspect::render::{render, RenderOptions};
-use crate::inspect::Screen;
+use crate::inspection::Inspection;
+use crate::terminal::Screen;
 
 /// How often to look for a change; a frame is drawn only when there is one
 /// (or once a second, so ages stay current).
@@ -18,8 +20,8 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// Event-log lines shown above the tables.
 const LOG_LINES: usize = 6;
 
-pub(crate) async fn run(shared: Arc<Shared>, dashboard: Dashboard, stop: Arc<Notify>) {
-    let screen = Screen::enter();
+pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationToken) {
+    let screen = Screen::enter(", or make the font smaller");
     let ring = dashboard.ring;
     let options = RenderOptions {
         color: dashboard.color,
@@ -29,14 +31,14 @@ pub(crate) async fn run(shared: Arc<Shared>, dashboard: Dashboard, stop: Arc<Not
         source: dashboard.banner,
         compact: true,
     };
-    let mut previous: Option<Snapshot> = None;
+    let mut previous: Option<Inspection> = None;
     let mut last_seen = (u64::MAX, u64::MAX);
     let mut last_draw = tokio::time::Instant::now();
     loop {
-        let ops = shared.core().op_table().total();
+        let ops = hub.core().op_table().total();
         let (lines, written) = ring.lines();
         if (ops, written) != last_seen || last_draw.elapsed() >= REFRESH {
-            let snapshot = take_snapshot(&shared);
+            let snapshot = hub.inspection();
             // The event log goes under the header, so a short screen cuts
             // the long tables at the bottom rather than the latest events.
             let tables = render(&snapshot, previous.as_ref(), &options);
@@ -59,7 +61,7 @@ pub(crate) async fn run(shared: Arc<Shared>, dashboard: Dashboard, stop: Arc<Not
         }
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
-            () = stop.notified() => break,
+            () = stop.cancelled() => break,
         }
     }
     drop(screen);

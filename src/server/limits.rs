@@ -136,6 +136,37 @@ impl TokenBucket {
     }
 }
 
+/// Raises this process's open-file limit to its hard maximum, so thousands of
+/// connections do not fail at a default of 1,024. Returns (before, after).
+#[cfg(unix)]
+// `rlim_t` is u64 on Linux but not on every Unix, so the casts stay.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        let before = limit.rlim_cur as u64;
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Some((before, before));
+            }
+        }
+        Some((before, limit.rlim_cur as u64))
+    }
+}
+
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +230,22 @@ mod tests {
         assert!(b.take(t0));
         assert!(!b.take(t0 + Duration::from_secs(1)));
         assert!(b.take(t0 + Duration::from_secs(3)));
+    }
+    #[cfg(unix)]
+    #[test]
+    #[allow(clippy::unnecessary_cast)]
+    fn the_open_file_limit_is_raised_to_the_hard_maximum() {
+        let (_, after) = raise_fd_limit().expect("getrlimit works");
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only into `limit`.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(limit.rlim_cur as u64, after);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
     }
 }

@@ -3,7 +3,7 @@
 //! Routing pushes without ever waiting (O(1), under the core lock); the
 //! connection's writer task drains it into the socket. The bound is what
 //! keeps one slow client from stalling everyone or growing memory without
-//! limit: when it is full, the connection is evicted (see `server::carry_out`).
+//! limit: when it is full, the connection is evicted (see `server/deliver.rs`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,8 +21,8 @@ pub struct Encoded {
     /// The chat message inside, kept so an unsent one can go back to the offline deque.
     pub message: Option<Message>,
     /// Durable mode: the store batch that must be on disk before this frame
-    /// is written (0: none).
-    pub seq: u64,
+    /// is written (None: nothing to wait for).
+    pub seq: Option<crate::store::Seq>,
     /// A message flushed from the offline queue: once written to the socket,
     /// durable mode deletes it from disk.
     pub flushed: bool,
@@ -296,7 +296,7 @@ mod tests {
         Arc::new(Encoded {
             text: Utf8Bytes::from_static(s),
             message: None,
-            seq: 0,
+            seq: None,
             flushed: false,
         })
     }

@@ -1,0 +1,95 @@
+//! The `GET /inspect` document: the core's [`Snapshot`] and, beside it, the
+//! facts only the running server knows (uptime, the data file, claimed names).
+//! The server serialises it; `vivachat inspect`, the dashboard and `bench
+//! load` read it back as this same type, never as loose JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::Snapshot;
+use crate::names::UserId;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inspection {
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// Facts about the server process, filled in by the network shell.
+    #[serde(default)]
+    pub server: Option<ServerInfo>,
+}
+
+/// Facts about the running server that are not part of the core.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServerInfo {
+    pub version: String,
+    pub uptime_ms: u64,
+    /// Unix time in milliseconds when this snapshot was taken.
+    pub taken_at_ms: u64,
+    /// How long copying the structures held the core's lock, in microseconds:
+    /// chat traffic waits this long while a snapshot is taken.
+    pub hold_us: u64,
+    /// Whether queued messages, groups, blocks and claims survive a restart (`serve --data`).
+    pub durable: bool,
+    /// The database file, in durable mode.
+    #[serde(default)]
+    pub data_path: Option<String>,
+    /// Durable mode's group commit at work: changes written, in how many commits.
+    #[serde(default)]
+    pub disk: Option<DiskStats>,
+    pub max_message_bytes: usize,
+    pub max_offline: usize,
+    pub outbox_frames: usize,
+    pub connections_served: u64,
+    /// Names claimed with a token (never the tokens or their hashes).
+    #[serde(default)]
+    pub claimed_names: Vec<UserId>,
+}
+
+/// What the store's writer thread has done since the server started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DiskStats {
+    /// Changes written (queued messages, joins, leaves, blocks, unblocks,
+    /// claims, deletions of flushed messages).
+    pub changes: u64,
+    /// Transactions committed: one fsync each.
+    pub commits: u64,
+    /// The most changes one commit carried.
+    pub largest_commit: u64,
+    /// Why the data file cannot be written right now (None while writes work):
+    /// until it clears, anything that needs the disk is refused with `unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{ChatCore, CoreConfig, MemoryStructures};
+    use crate::names::Name;
+
+    #[test]
+    fn the_document_keeps_the_contract_shape_and_round_trips() {
+        let mut core: ChatCore<MemoryStructures<u64>> =
+            ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+        core.connect(&Name::parse("alice").unwrap(), 1);
+        let doc = Inspection {
+            snapshot: core.snapshot(),
+            server: Some(ServerInfo {
+                version: "0.1.0".into(),
+                hold_us: 12,
+                disk: Some(DiskStats {
+                    failing: Some("database or disk is full".into()),
+                    ..DiskStats::default()
+                }),
+                ..ServerInfo::default()
+            }),
+        };
+        let json = serde_json::to_string(&doc).unwrap();
+        let back: Inspection = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, doc);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        // The core's fields sit at the top level, as the contract shows them.
+        assert_eq!(v["active_connections"]["alice"], serde_json::json!([1]));
+        assert_eq!(v["ops"]["presence"]["insert"], 1);
+        assert_eq!(v["server"]["hold_us"], 12);
+    }
+}

@@ -1,0 +1,112 @@
+//! Everything `serve` can be told, with each default written once: clap's
+//! `default_value_t`, [`Config::default`] and [`CoreConfig::default`] all
+//! read the constants below.
+
+use std::time::Duration;
+
+use crate::core::CoreConfig;
+use crate::event_log::LogRing;
+use crate::store::Durable;
+
+/// Largest accepted WebSocket message (bytes): a long chat text fits many times over.
+pub const MAX_MESSAGE_BYTES: u64 = 65_536;
+/// Frames one connection may leave unread before it is evicted as too slow.
+pub const OUTBOX_FRAMES: u64 = 1024;
+/// Connections in all (HTTP 503 beyond).
+pub const MAX_CONNECTIONS: u64 = 100_000;
+/// Connections per remote address (HTTP 429 beyond). A class behind one NAT
+/// or tunnel shares one address, so it is high.
+pub const MAX_CONNECTIONS_PER_IP: u64 = 50_000;
+/// Connections per user, all devices together (HTTP 429 beyond).
+pub const MAX_CONNECTIONS_PER_USER: u64 = 20_000;
+/// Seconds without a pong before a connection is closed (4000).
+pub const IDLE_TIMEOUT_SECS: f64 = 60.0;
+/// Seconds a TCP connection may take to become a WebSocket.
+pub const HANDSHAKE_TIMEOUT_SECS: f64 = 10.0;
+/// tungstenite's per-connection read buffer: its default (128 KiB) would cost
+/// 1.3 GB for 10,000 idle sockets; chat frames are small.
+pub const READ_BUFFER_BYTES: usize = 4096;
+/// How long shutdown waits for connections to finish their closing handshake.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How the server is configured: the core's limits, the network's, and the rest.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The rules' limits (`--max-offline`, `--max-groups`, ...); `trace` is set
+    /// by `run` from whether there is an event log.
+    pub core: CoreConfig,
+    pub net: NetLimits,
+    /// `/inspect` then needs `Authorization: Bearer TOKEN` from everyone.
+    pub admin_token: Option<String>,
+    pub shutdown_grace: Duration,
+    /// `serve --dashboard`: redraw the tables in this terminal.
+    pub dashboard: Option<Dashboard>,
+    /// `serve --data`: the open store and the state it loaded. None: in memory only.
+    pub durable: Option<Durable>,
+}
+
+/// Limits the network shell enforces before (or around) the core.
+#[derive(Debug, Clone)]
+pub struct NetLimits {
+    /// Largest accepted WebSocket message payload; one byte more is `too_large`.
+    pub max_message_bytes: usize,
+    /// Frames one connection may have waiting before it is evicted as too slow.
+    pub outbox_frames: usize,
+    pub read_buffer_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_connections_per_user: usize,
+    /// Requests per second each connection may send (`rate_limited` beyond);
+    /// None, the default, means no limit, as the protocol contract says.
+    pub rate_limit: Option<f64>,
+    /// A connection from which nothing (not even a pong) was heard for this
+    /// long is closed (4000); the server pings at a third of it. None: never.
+    pub idle_timeout: Option<Duration>,
+    /// A TCP connection that has not become a WebSocket this long after it
+    /// opened is closed when it next waits to read. None: never.
+    pub handshake_timeout: Option<Duration>,
+}
+
+/// What the dashboard needs from the caller.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    /// The event log's latest lines, which the caller's log writes into.
+    pub ring: LogRing,
+    pub color: bool,
+    /// The header line: where to connect, so the projector always shows it.
+    pub banner: String,
+}
+
+/// Seconds as a timeout, where 0 means "never".
+pub fn timeout(secs: f64) -> Option<Duration> {
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        NetLimits {
+            max_message_bytes: MAX_MESSAGE_BYTES as usize,
+            outbox_frames: OUTBOX_FRAMES as usize,
+            read_buffer_bytes: READ_BUFFER_BYTES,
+            max_connections: MAX_CONNECTIONS as usize,
+            max_connections_per_ip: MAX_CONNECTIONS_PER_IP as usize,
+            max_connections_per_user: MAX_CONNECTIONS_PER_USER as usize,
+            rate_limit: None,
+            idle_timeout: timeout(IDLE_TIMEOUT_SECS),
+            handshake_timeout: timeout(HANDSHAKE_TIMEOUT_SECS),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            core: CoreConfig::default(),
+            net: NetLimits::default(),
+            admin_token: None,
+            shutdown_grace: SHUTDOWN_GRACE,
+            dashboard: None,
+            durable: None,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Delivering what the core decided: every frame of an outcome into its
+//! connection's outbox, in order, under the core lock.
+//!
+//! Slow-client policy: a push into a full outbox evicts that connection at
+//! once. Its unsent chat messages (and the one that did not fit) go back to
+//! the core, which re-queues them in the offline deque if it was the user's
+//! last device. The eviction's own outcome (presence `offline`) is delivered
+//! in the same loop, so routing never waits for any socket.
+//!
+//! Durable mode: the outcome's changes go to the store first, and its frames
+//! carry the batch number, so the writer holds them until that batch is on
+//! disk. An ack of `queued` therefore always follows the write.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+
+use super::hub::{Conn, Core, Hub};
+use super::outbox::{unsent_messages, Encoded, Outgoing, PushError};
+use crate::core::Outcome;
+use crate::protocol::ServerFrame;
+use crate::store::{Seq, StoreStopped, NEVER_COMMITTED};
+
+/// Delivers `outcome` (and any evictions it causes). Call with the core locked.
+pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Conn>, hub: &Hub) {
+    let log = hub.log.as_ref();
+    let mut work = VecDeque::from([outcome]);
+    while let Some(mut outcome) = work.pop_front() {
+        let seq = match &hub.store {
+            Some(store) => {
+                match store.submit(std::mem::take(&mut outcome.changes), core.next_message_id()) {
+                    Ok(seq) => seq,
+                    // The writer is gone (it only stops at shutdown): these frames
+                    // wait for a commit that will never come, so nothing that
+                    // needed the disk is acknowledged, and the connection closes.
+                    Err(StoreStopped) => Some(NEVER_COMMITTED),
+                }
+            }
+            None => None,
+        };
+        let encoded = encode(&outcome.frames, seq);
+        let mut evicted: Vec<(Conn, Vec<Outgoing>)> = Vec::new();
+        for delivery in &outcome.deliveries {
+            let refused = match delivery.conn.outbox.push(encoded[delivery.frame].clone()) {
+                Ok(()) => continue,
+                Err(PushError::Full(o)) => o,
+                // Closed: the connection is evicted in this loop, or the server is
+                // shutting down; any other closing connection has already left the core.
+                Err(PushError::Closed(o)) => o,
+            };
+            let index = match evicted.iter().position(|(c, _)| c.id == delivery.conn.id) {
+                Some(i) => i,
+                None if delivery.conn.outbox.is_open() => {
+                    evicted.push((delivery.conn.clone(), Vec::new()));
+                    evicted.len() - 1
+                }
+                None => continue,
+            };
+            evicted[index].1.push(refused);
+        }
+        if let Some(log) = log {
+            log.event(outcome.event, outcome.trace);
+        }
+        for (conn, refused) in evicted {
+            let unsent = unsent_messages(conn.outbox.abort().iter().chain(&refused));
+            if let Some(log) = log {
+                log.line(format!(
+                    "! evicted {} (conn {}): its outbox held {} frames unread (client too slow or stuck)",
+                    conn.user,
+                    conn.id,
+                    conn.outbox.capacity()
+                ));
+            }
+            work.push_back(core.disconnect(&conn.user, conn.id, unsent));
+        }
+    }
+}
+
+/// Each frame serialised once, however many connections it fans out to.
+fn encode(frames: &[ServerFrame], seq: Option<Seq>) -> Vec<Outgoing> {
+    frames
+        .iter()
+        .map(|frame| {
+            Arc::new(Encoded {
+                text: Utf8Bytes::from(frame.to_json()),
+                message: frame.chat_message().cloned(),
+                seq,
+                flushed: matches!(frame, ServerFrame::Chat { offline: true, .. }),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,303 @@
+//! The HTTP side: the routes, the WebSocket upgrade with its admission
+//! checks (name, connection slots, name claim), `/inspect` with its access
+//! rule, and `/healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::config::Config;
+use super::connection;
+use super::handshake::Peer;
+use super::hub::Hub;
+use super::limits::{Full, SlotLimits};
+use crate::names::Name;
+
+/// tungstenite's write buffer per connection, filled lazily (idle sockets pay nothing).
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+pub(crate) fn routes(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/inspect", get(inspect))
+        .route("/ws/{user}", get(ws_upgrade))
+        .fallback(fallback)
+        .with_state(hub)
+}
+
+fn bad_name(raw: &str, why: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!(
+            "invalid user name {raw:?}: {why}. Connect to /ws/NAME with NAME of 1-32 characters from [A-Za-z0-9_.-]\n"
+        ),
+    )
+        .into_response()
+}
+
+/// The query of `/ws/NAME?token=SECRET`; other parameters are ignored.
+#[derive(serde::Deserialize)]
+struct ConnectQuery {
+    token: Option<String>,
+}
+
+async fn ws_upgrade(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ConnectQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let remote = peer.addr;
+    // The name is checked before the upgrade, so a bad one changes nothing.
+    let user = match path {
+        Ok(Path(raw)) => match Name::parse(&raw) {
+            Ok(user) => user,
+            Err(e) => return bad_name(&raw, e),
+        },
+        Err(e) => return bad_name("?", e.body_text()),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if hub.shutdown.has_begun() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
+    }
+    let slot = match reserve_slot(&hub, &user, remote) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    // The claim is checked last: it is the one check that costs real CPU.
+    let token = match &query {
+        Ok(Query(q)) => q.token.as_deref(),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
+    };
+    let admitted = match hub.gate.admit(&user, token).await {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            if let Some(log) = &hub.log {
+                log.line(format!(
+                    "! refused {user} from {remote}: {}",
+                    refused.reason
+                ));
+            }
+            return (refused.status, format!("{}\n", refused.reason)).into_response();
+        }
+    };
+    if admitted.claimed_now {
+        if let Some(log) = &hub.log {
+            log.line(format!(
+                "+ {user} claimed with a token (only its Argon2id hash is kept); \
+                 from now on connections as {user} need it"
+            ));
+        }
+    }
+    // tungstenite refuses anything past this on its own; between our limit and
+    // this one, the reader answers `too_large` itself (see connection.rs).
+    let net = &hub.config.net;
+    let hard_limit = net
+        .max_message_bytes
+        .saturating_mul(2)
+        .max(net.max_message_bytes + 65_536);
+    peer.upgraded();
+    upgrade
+        .read_buffer_size(net.read_buffer_bytes)
+        // The writer feeds a batch of frames and flushes once: up to 8 KiB of
+        // them go out in one write system call (0 would mean one call per frame).
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + hard_limit)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| {
+            let tasks = hub.shutdown.tasks();
+            tasks.track_future(async move {
+                // Held for the connection's lifetime; dropped (freed) with the
+                // closure if the upgrade never completes.
+                let _slot = slot;
+                connection::serve(hub, socket, user, remote, admitted).await
+            })
+        })
+}
+
+/// `/ws` and `/ws/` (empty name) and `/ws/a/b` are bad names, not missing pages.
+async fn fallback(uri: Uri) -> Response {
+    let path = uri.path();
+    if path == "/ws" || path.starts_with("/ws/") {
+        let raw = path.trim_start_matches("/ws").trim_start_matches('/');
+        return bad_name(raw, "not a single non-empty path segment");
+    }
+    (
+        StatusCode::NOT_FOUND,
+        "not found: the routes are /ws/NAME (WebSocket), /inspect and /healthz\n",
+    )
+        .into_response()
+}
+
+/// Compares without an early exit, so response time does not reveal how many
+/// leading bytes of a guessed token were right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Headers a reverse proxy or tunnel adds: a request carrying one came from
+/// somewhere else, even though it reaches us from the proxy on loopback.
+const FORWARDED_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+];
+
+/// Without `--admin-token`: this machine only, and not through a proxy or
+/// tunnel (whose agent connects from loopback on behalf of the whole internet).
+/// With it: the Bearer token from everyone, loopback included, since other
+/// users of a shared machine, and tunnels that add no header, are loopback too.
+fn may_inspect(config: &Config, remote: &SocketAddr, headers: &HeaderMap) -> bool {
+    match &config.admin_token {
+        None => {
+            remote.ip().to_canonical().is_loopback()
+                && !FORWARDED_HEADERS.iter().any(|h| headers.contains_key(*h))
+        }
+        Some(token) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
+    }
+}
+
+async fn inspect(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if !may_inspect(&hub.config, &peer.addr, &headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/inspect shows every queued message: without --admin-token it answers only \
+             this machine (not through a proxy or tunnel); with --admin-token TOKEN it needs \
+             'Authorization: Bearer TOKEN' (vivachat inspect --admin-token TOKEN)\n",
+        )
+            .into_response();
+    }
+    match serde_json::to_string(&hub.inspection()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Reserves one of the connection slots (`--max-connections`, `-per-ip`,
+/// `-per-user`), or answers 503/429 with the limit that was reached.
+fn reserve_slot(
+    hub: &Hub,
+    user: &Name,
+    remote: SocketAddr,
+) -> Result<super::limits::Slot, (StatusCode, String)> {
+    let net = &hub.config.net;
+    let ip = remote.ip().to_canonical();
+    let limits = SlotLimits {
+        total: net.max_connections,
+        per_ip: net.max_connections_per_ip,
+        per_user: net.max_connections_per_user,
+    };
+    hub.slots.reserve(ip, user, limits).map_err(|full| {
+        let (status, why) = match full {
+            Full::Server(n) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the server holds its maximum of {n} connections (--max-connections); try again later"),
+            ),
+            Full::Address(n) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{ip} already holds {n} connections (--max-connections-per-ip); close some first"),
+            ),
+            Full::User(n) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{user} already has {n} connections open (--max-connections-per-user); close a device first"),
+            ),
+        };
+        if let Some(log) = &hub.log {
+            log.line(format!("! refused {user} from {remote}: {why}"));
+        }
+        (status, format!("{why}\n"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn inspect_is_loopback_only_or_needs_the_token_from_everyone() {
+        let open = Config::default();
+        let with_token = Config {
+            admin_token: Some("s3cret".into()),
+            ..Config::default()
+        };
+        let lan: SocketAddr = "192.168.1.20:5000".parse().unwrap();
+        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let v6_loop: SocketAddr = "[::1]:5000".parse().unwrap();
+        let mapped_loop: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        for addr in [v4_loop, v6_loop, mapped_loop] {
+            assert!(may_inspect(&open, &addr, &headers(None)), "{addr}");
+            // With a token set, loopback needs it too.
+            assert!(!may_inspect(&with_token, &addr, &headers(None)), "{addr}");
+            assert!(may_inspect(
+                &with_token,
+                &addr,
+                &headers(Some("Bearer s3cret"))
+            ));
+        }
+        assert!(!may_inspect(&open, &lan, &headers(Some("Bearer s3cret"))));
+        assert!(!may_inspect(&with_token, &lan, &headers(None)));
+        assert!(!may_inspect(
+            &with_token,
+            &lan,
+            &headers(Some("Bearer wrong"))
+        ));
+        assert!(!may_inspect(&with_token, &lan, &headers(Some("s3cret"))));
+        assert!(!may_inspect(
+            &with_token,
+            &lan,
+            &headers(Some("Bearer s3cre"))
+        ));
+        assert!(may_inspect(
+            &with_token,
+            &lan,
+            &headers(Some("Bearer s3cret"))
+        ));
+    }
+
+    #[test]
+    fn a_request_through_a_proxy_or_tunnel_is_not_local() {
+        let open = Config::default();
+        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        for name in FORWARDED_HEADERS {
+            let mut h = HeaderMap::new();
+            h.insert(name, "203.0.113.9".parse().unwrap());
+            assert!(!may_inspect(&open, &v4_loop, &h), "{name}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_is_plain_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

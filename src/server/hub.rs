@@ -1,0 +1,177 @@
+//! The state every task of one server shares, and the one way into the core:
+//! [`Hub::apply`] locks it, lets a rule decide, and delivers the decision
+//! before unlocking, so every connection sees frames in the order the core
+//! produced them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use super::admission::Gate;
+use super::config::Config;
+use super::deliver::deliver;
+use super::limits::Slots;
+use super::outbox::Outbox;
+use super::shutdown::Shutdown;
+use crate::core::{ChatCore, ConnDetail, ConnHandle, ConnId, MemoryStructures, Outcome};
+use crate::event_log::EventLog;
+use crate::inspection::{Inspection, ServerInfo};
+use crate::names::UserId;
+use crate::output::now_ms;
+use crate::store::Store;
+
+/// One WebSocket connection, as stored in `active_connections`.
+pub struct Connection {
+    pub id: ConnId,
+    pub user: UserId,
+    pub remote: SocketAddr,
+    pub connected_at_ms: u64,
+    pub outbox: Outbox,
+    /// It presented the token of a claimed name (false: the name was open).
+    pub authenticated: bool,
+}
+
+/// The handle the core stores: cloning it is one atomic increment.
+pub type Conn = Arc<Connection>;
+
+impl ConnHandle for Conn {
+    fn id(&self) -> ConnId {
+        self.id
+    }
+
+    fn detail(&self) -> ConnDetail {
+        ConnDetail {
+            id: self.id,
+            remote: Some(self.remote.to_string()),
+            connected_at_ms: Some(self.connected_at_ms),
+            unsent: Some(self.outbox.len()),
+        }
+    }
+}
+
+pub(crate) type Core = ChatCore<MemoryStructures<Conn>>;
+
+/// Nanoseconds since the first call: the monotonic clock the core's op
+/// counters are given to time their samples (the core reads no clock itself).
+fn monotonic_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+pub(crate) struct Hub {
+    /// One `std` mutex around the whole core: every critical section is a few
+    /// microseconds of hash-map work with no `.await` inside, so a blocking
+    /// lock is cheaper than an async one and keeps a single global order.
+    core: Mutex<Core>,
+    pub config: Config,
+    pub log: Option<EventLog>,
+    next_conn_id: AtomicU64,
+    started: Instant,
+    pub slots: Arc<Slots>,
+    /// Name claims and the hasher that checks their tokens.
+    pub gate: Gate,
+    /// Durable mode's store; None in memory.
+    pub store: Option<Arc<Store>>,
+    pub shutdown: Shutdown,
+}
+
+impl Hub {
+    pub fn new(mut config: Config, log: Option<EventLog>) -> Hub {
+        config.core.trace = log.is_some();
+        let durable = config.durable.clone();
+        let structures = match durable {
+            Some(_) => MemoryStructures::journaled(),
+            None => MemoryStructures::default(),
+        };
+        let mut core = ChatCore::new(structures.with_clock(monotonic_ns), config.core.clone());
+        if let Some(d) = &durable {
+            core.restore(&d.loaded.state);
+        }
+        let store = durable.as_ref().map(|d| d.store.clone());
+        let gate = Gate::new(
+            store.clone(),
+            durable.map(|d| d.loaded.claims).unwrap_or_default(),
+        );
+        Hub {
+            core: Mutex::new(core),
+            config,
+            log,
+            next_conn_id: AtomicU64::new(1),
+            started: Instant::now(),
+            slots: Arc::default(),
+            gate,
+            store,
+            shutdown: Shutdown::default(),
+        }
+    }
+
+    /// The locked core. Prefer [`Hub::apply`]; this is for the few places
+    /// that carry out several rules under one lock.
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        // The core is only mutated through methods that leave it consistent, so
+        // a panic on another thread (a bug) must not take the whole server down.
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        // The rules refuse what needs the disk while it cannot be written.
+        if let Some(store) = &self.store {
+            core.set_disk(store.disk());
+        }
+        core
+    }
+
+    /// Lets one rule of the core decide, then delivers its outcome, all under
+    /// the lock.
+    pub fn apply(&self, rule: impl FnOnce(&mut Core) -> Outcome<Conn>) {
+        let mut core = self.core();
+        let outcome = rule(&mut core);
+        deliver(&mut core, outcome, self);
+    }
+
+    pub fn new_connection(&self, user: UserId, remote: SocketAddr, authenticated: bool) -> Conn {
+        Arc::new(Connection {
+            id: self.next_conn_id.fetch_add(1, Ordering::SeqCst),
+            user,
+            remote,
+            connected_at_ms: now_ms(),
+            outbox: Outbox::new(self.config.net.outbox_frames),
+            authenticated,
+        })
+    }
+
+    pub fn connections_served(&self) -> u64 {
+        self.next_conn_id.load(Ordering::SeqCst) - 1
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// The `/inspect` document. The core is copied under its lock (timed: that
+    /// is how long chat traffic waits); the server's facts are added after.
+    pub fn inspection(&self) -> Inspection {
+        let core = self.core();
+        let start = Instant::now();
+        let snapshot = core.snapshot();
+        let hold = start.elapsed();
+        drop(core);
+        let store = self.store.as_deref();
+        let server = ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            taken_at_ms: now_ms(),
+            hold_us: hold.as_micros() as u64,
+            durable: store.is_some(),
+            data_path: store.map(|s| s.path().display().to_string()),
+            disk: store.map(Store::stats),
+            max_message_bytes: self.config.net.max_message_bytes,
+            max_offline: self.config.core.max_offline,
+            outbox_frames: self.config.net.outbox_frames,
+            connections_served: self.connections_served(),
+            claimed_names: self.gate.claimed_names(),
+        };
+        Inspection {
+            snapshot,
+            server: Some(server),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The terminal: a full-screen redraw that cannot scroll its header away,
+//! clipping by display width, a quiet exit on a closed pipe, and the one
+//! Ctrl-C/SIGTERM handler that `serve` and `inspect --watch` share.
+
+use std::io::{IsTerminal, Write};
+
+use crossterm::{cursor, execute, terminal};
+use unicode_width::UnicodeWidthChar;
+
+/// Writes a line to stdout; a closed pipe (`| head`) ends the program quietly
+/// with exit 0, as a reader who stopped reading expects.
+pub fn print_or_exit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Puts the terminal in a full-screen mode and puts it back however we leave.
+/// Used by `inspect --watch` and `serve --dashboard`.
+pub struct Screen {
+    active: bool,
+    /// What to say when a frame is taller than the window.
+    hint: &'static str,
+}
+
+impl Screen {
+    /// `hint` completes "... N more lines: enlarge the window, or ..." with
+    /// what this command offers to narrow the view.
+    pub fn enter(hint: &'static str) -> Screen {
+        let active = std::io::stdout().is_terminal();
+        if active {
+            let _ = execute!(
+                std::io::stdout(),
+                terminal::EnterAlternateScreen,
+                cursor::Hide
+            );
+        }
+        Screen { active, hint }
+    }
+
+    /// Redraws in place: home, each line cleared to its end, then the rest of
+    /// the screen cleared. Nothing is erased first, so nothing flickers.
+    pub fn draw(&self, frame: &str) {
+        if !self.active {
+            // Piped: frames one after another, for logs and tests.
+            print_or_exit(&format!("{frame}\n"));
+            return;
+        }
+        // A frame taller than the window would scroll its top (the header) away:
+        // cut it to fit and say how much is hidden.
+        let (width, height) = terminal::size().map_or((usize::MAX, usize::MAX), |(w, h)| {
+            (w.max(10) as usize, h.max(2) as usize)
+        });
+        let lines: Vec<&str> = frame.lines().collect();
+        let shown = if lines.len() > height {
+            height - 1
+        } else {
+            lines.len()
+        };
+        let mut buf = String::with_capacity(frame.len() + 1024);
+        buf.push_str("\x1b[H");
+        for line in &lines[..shown] {
+            // Clipped, never wrapped: a wrapped line would push the header off the top.
+            buf.push_str(&clip(line, width));
+            buf.push_str("\x1b[K\r\n");
+        }
+        if shown < lines.len() {
+            let more = format!(
+                "... {} more lines: enlarge the window{}",
+                lines.len() - shown,
+                self.hint
+            );
+            buf.push_str(&clip(&more, width));
+            buf.push_str("\x1b[K");
+        }
+        buf.push_str("\x1b[J");
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(buf.as_bytes()).and_then(|()| out.flush());
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        if self.active {
+            let _ = execute!(
+                std::io::stdout(),
+                cursor::Show,
+                terminal::LeaveAlternateScreen
+            );
+        }
+    }
+}
+
+/// The first `width` columns of `line`, measured as the terminal draws them
+/// (a CJK character or an emoji takes two, a combining mark none); colour
+/// codes are kept (they take no room) and reset if the line is cut.
+pub fn clip(line: &str, width: usize) -> String {
+    let mut out = String::with_capacity(line.len().min(width.saturating_mul(4)));
+    let mut used = 0;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // An escape sequence: copy through its final letter.
+            out.push(c);
+            for e in chars.by_ref() {
+                out.push(e);
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            out.push_str("\x1b[0m");
+            return out;
+        }
+        out.push(c);
+        used += w;
+    }
+    out
+}
+
+/// Resolves on Ctrl-C or SIGTERM. Both are registered when this is called, so
+/// a signal that arrives while a banner prints, or before the first frame of
+/// a full-screen view, still ends the program cleanly (and restores the terminal).
+pub fn interrupted() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipping_counts_columns_not_bytes_or_escapes() {
+        assert_eq!(clip("abcdef", 3), "abc\x1b[0m");
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("\x1b[32mgreen\x1b[0m", 3), "\x1b[32mgre\x1b[0m");
+        assert_eq!(clip("│ é ┆", 10), "│ é ┆");
+        // Wide characters take two columns: a third would not fit in five.
+        assert_eq!(clip("日本語", 5), "日本\x1b[0m");
+        assert_eq!(clip("e\u{301}x", 2), "e\u{301}x");
+    }
+}
