@@ -2,16 +2,10 @@
 //! each command. Defaults are the constants the server and core use.
 
 use std::io::IsTerminal;
-use std::net::IpAddr;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::core::{MAX_BLOCKED, MAX_GROUPS, MAX_GROUP_SIZE, MAX_OFFLINE};
 use crate::names::Name;
-use crate::server::config::{
-    HANDSHAKE_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
-    MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, OUTBOX_FRAMES,
-};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the WebSocket chat server, narrating each structure operation.
-    Serve(ServeArgs),
+    Serve(crate::serve::ServeArgs),
     /// Show every structure of a running server as tables, with operation counts.
     Inspect(InspectArgs),
     /// Chat from this terminal (or from a script, when stdin is not a terminal).
@@ -192,119 +186,8 @@ pub struct InspectArgs {
     pub rows: u64,
 }
 
-fn parse_rate(raw: &str) -> Result<f64, String> {
-    raw.parse::<f64>()
-        .ok()
-        .filter(|r| r.is_finite() && *r > 0.0)
-        .ok_or_else(|| format!("{raw:?} is not a positive number of requests per second"))
-}
-
-fn parse_seconds(raw: &str) -> Result<f64, String> {
-    raw.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && (0.0..=86_400.0).contains(s))
-        .ok_or_else(|| format!("{raw:?} is not a number of seconds from 0 to 86400"))
-}
-
-/// "64MiB", "2GiB", "500kB", "1000": a size in bytes (binary and decimal units).
-pub fn parse_size(raw: &str) -> Result<u64, String> {
-    let t = raw.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => {
-            return Err(format!(
-                "{raw:?}: unknown unit; use a size like 64MiB, 500MB or 2GiB"
-            ))
-        }
-    };
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && *n > 0.0)
-        .map(|n| (n * scale) as u64)
-        .filter(|bytes| *bytes >= 4096)
-        .ok_or_else(|| format!("{raw:?} is not a size of at least 4KiB, like 64MiB"))
-}
-
 fn parse_name(raw: &str) -> Result<Name, String> {
     Name::parse(raw.trim_start_matches('#')).map_err(|e| e.to_string())
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address to listen on; 0.0.0.0 lets other machines on the LAN connect.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: IpAddr,
-    /// TCP port (0 picks a free one and prints it).
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-    /// Largest accepted WebSocket message, in bytes; larger gets `too_large` and a 1009 close.
-    #[arg(long, default_value_t = MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
-    pub max_message_bytes: u64,
-    /// Longest offline queue per user; direct messages beyond it get `inbox_full`.
-    #[arg(long, default_value_t = MAX_OFFLINE, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_offline: u64,
-    /// Frames a connection may have unsent before it is evicted as too slow.
-    #[arg(long, default_value_t = OUTBOX_FRAMES, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub outbox_frames: u64,
-    /// Lets non-loopback clients read /inspect with 'Authorization: Bearer TOKEN'.
-    #[arg(long, value_name = "TOKEN")]
-    pub admin_token: Option<String>,
-    /// Connections the server holds at most; beyond it upgrades get HTTP 503.
-    #[arg(long, default_value_t = MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: u64,
-    /// Connections one remote address holds at most (HTTP 429 beyond). A class behind one NAT or tunnel shares an address.
-    #[arg(long, default_value_t = MAX_CONNECTIONS_PER_IP, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections_per_ip: u64,
-    /// Connections one user (all their devices together) holds at most (HTTP 429 beyond).
-    #[arg(long, default_value_t = MAX_CONNECTIONS_PER_USER, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections_per_user: u64,
-    /// Longest message text, in characters (`limit_reached` beyond). Off by default: --max-message-bytes bounds it.
-    #[arg(long, value_name = "CHARS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_text_chars: Option<u64>,
-    /// Groups the server holds at most; creating one more gets `limit_reached`.
-    #[arg(long, default_value_t = MAX_GROUPS, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_groups: u64,
-    /// Members one group holds at most.
-    #[arg(long, default_value_t = MAX_GROUP_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_group_size: u64,
-    /// Users one user may block at most.
-    #[arg(long, default_value_t = MAX_BLOCKED, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_blocked: u64,
-    /// Close a connection (code 4000) that answered no ping for this many seconds; 0 never does.
-    #[arg(long, value_name = "SECS", default_value_t = IDLE_TIMEOUT_SECS, value_parser = parse_seconds)]
-    pub idle_timeout: f64,
-    /// Close a TCP connection that has not become a WebSocket (or finished its HTTP request) this many seconds after it opened; 0 never does.
-    #[arg(long, value_name = "SECS", default_value_t = HANDSHAKE_TIMEOUT_SECS, value_parser = parse_seconds)]
-    pub handshake_timeout: f64,
-    /// Requests per second each connection may send; beyond it they get `rate_limited`. Off by default.
-    #[arg(long, value_name = "PER_SEC", value_parser = parse_rate)]
-    pub rate_limit: Option<f64>,
-    /// Keep offline queues, groups, blocks and name claims in this SQLite file
-    /// (created if missing), so a restart or crash loses no acknowledged message.
-    #[arg(long, value_name = "PATH")]
-    pub data: Option<std::path::PathBuf>,
-    /// With --data: keep the data file under this size (e.g. 64MiB, 2GiB). Past it,
-    /// what needs the disk is refused with `unavailable` until space is freed.
-    #[arg(long, value_name = "SIZE", requires = "data", value_parser = parse_size)]
-    pub max_data_size: Option<u64>,
-    /// Do not print the event log (start-up lines and final counts are still printed).
-    #[arg(long)]
-    pub quiet: bool,
-    /// Redraw the inspect tables in this terminal on every change, with the
-    /// latest event-log lines below them, instead of scrolling the log.
-    #[arg(long, conflicts_with = "quiet")]
-    pub dashboard: bool,
 }
 
 /// Runs the command line; the caller turns an error into a message and exit code 1.
@@ -459,21 +342,4 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 pub fn color_stdout() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_in_binary_and_decimal_units() {
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("500kB"), Ok(500_000));
-        assert_eq!(parse_size("1.5 MiB"), Ok(1_572_864));
-        assert_eq!(parse_size("8192"), Ok(8192));
-        assert!(parse_size("12").is_err(), "below 4 KiB");
-        assert!(parse_size("64 parsecs").is_err());
-        assert!(parse_size("-1MiB").is_err());
-    }
 }

@@ -3,17 +3,20 @@
 //!
 //! # Layout
 //! - [`names`]: user and group names, validated once at the edge.
-//! - [`protocol`]: the wire protocol v1: parsing requests, serialising frames.
-//! - [`core`]: the functional core: the seed's five structures behind the
-//!   [`core::Structures`] trait, and in `core/routing.rs` every routing rule.
-//!   No I/O; unit-tested directly.
-//! - [`server`]: the network shell (tokio + axum WebSockets): one reader and
-//!   one writer per connection, carrying out what the core decides.
-//!   `server::run(listener, config, shutdown)` is the seam tests use.
-//! - [`store`]: durable mode (`serve --data`): the queues, groups, blocks
-//!   and name claims in SQLite, written through with group commit.
+//! - [`protocol`]: the wire contract in both directions, typed.
+//! - [`core`]: the five structures and every routing rule; no I/O.
+//! - [`inspection`]: the `/inspect` document (the core's snapshot + server facts).
+//! - [`tokens`]: name tokens: random generation, Argon2id hashing and checking.
+//! - [`store`]: durable mode (`serve --data`): SQLite with group commit.
+//! - [`server`]: the network shell; `server::run(listener, config, log, shutdown)`.
 //! - [`event_log`]: narrates each event with the structure operations it cost.
-//! - [`cli`]: the `vivachat` command line.
+//! - [`output`]: clock, duration and colour formatting shared by every view.
+//! - [`terminal`]: full-screen redraw, width clipping, the shared signal handler.
+//! - [`inspect`]: `vivachat inspect`: fetch `/inspect` and render its tables.
+//! - [`client`]: `vivachat client`: the terminal (and scriptable) chat client.
+//! - [`bench`]: `vivachat bench`: Big-O comparisons, core and load benchmarks.
+//! - [`serve`]: `vivachat serve`: flags to config, banner, run, final counts.
+//! - [`cli`]: the command line: clap types and dispatch.
 
 pub mod bench;
 pub mod cli;

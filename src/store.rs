@@ -224,10 +224,6 @@ impl Store {
         max_bytes: Option<u64>,
     ) -> Result<(Arc<Store>, Loaded), StoreError> {
         let shown = text(path);
-        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
-            path: shown.clone(),
-            cause: e.to_string(),
-        };
         // It holds private messages and token hashes: readable by the owner
         // only. SQLite gives its -wal and -shm files the same permissions.
         if !path.exists() {
@@ -246,37 +242,7 @@ impl Store {
             path: shown.clone(),
             cause: e.to_string(),
         })?;
-        // Reads only, until the file is known to be ours and not newer.
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        let app_id: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
-            return Err(StoreError::Foreign {
-                path: shown,
-                found: app_id,
-            });
-        }
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Newer {
-                path: shown,
-                found: version,
-            });
-        }
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        if check != "ok" {
-            return Err(StoreError::Corrupt {
-                path: shown,
-                cause: check,
-            });
-        }
+        let version = check_file(&conn, &shown)?;
         // WAL: readers never block the writer, and a commit appends to the log
         // instead of rewriting pages. FULL: a commit is on disk when it returns.
         let setup = || -> rusqlite::Result<()> {
@@ -443,6 +409,46 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.close(Duration::from_secs(5));
     }
+}
+
+/// Reads only, until the file is known to be ours, not newer, and whole:
+/// returns its schema version, or why it cannot be used (untouched).
+fn check_file(conn: &Connection, shown: &str) -> Result<i64, StoreError> {
+    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+        path: shown.to_string(),
+        cause: e.to_string(),
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(corrupt)?;
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(corrupt)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(corrupt)?;
+    if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
+        return Err(StoreError::Foreign {
+            path: shown.to_string(),
+            found: app_id,
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Newer {
+            path: shown.to_string(),
+            found: version,
+        });
+    }
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(corrupt)?;
+    if check != "ok" {
+        return Err(StoreError::Corrupt {
+            path: shown.to_string(),
+            cause: check,
+        });
+    }
+    Ok(version)
 }
 
 fn create_private_file(path: &Path) -> std::io::Result<()> {

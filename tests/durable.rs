@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{open_store, temp_data_file, Proc, TestServer, WAIT};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use vivachat::server::Config;
@@ -297,4 +297,94 @@ async fn without_data_nothing_survives_a_restart() {
     bob.close().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     server.stop().await;
+}
+
+/// The store cannot ack a write it never made (issue 12). The data file is
+/// capped (`--max-data-size`) so a real SQLite write fails ("database or disk
+/// is full"). Every `queued` ack that arrived is on disk after a restart;
+/// the message whose write failed is never acknowledged; meanwhile what needs
+/// the disk is refused with `unavailable`, and live chat keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_queued_ack_follows_a_failed_write() {
+    let path = temp_data_file("full");
+    let (store, loaded) = vivachat::store::Store::open_limited(&path, Some(48 * 1024)).unwrap();
+    let server = TestServer::start_with(Config {
+        durable: Some(vivachat::store::Durable { store, loaded }),
+        ..Config::default()
+    })
+    .await;
+    let mut alice = server.connect("alice").await;
+    let mut dave = server.connect("dave").await;
+    let mut bob = server.connect("bob").await;
+    let _ = alice.recv().await; // dave online
+    let _ = alice.recv().await; // bob online
+    let _ = dave.recv().await; // bob online
+                               // alice fills carol's queue, one message at a time, until an ack stops coming.
+    let text = "x".repeat(3_000);
+    let mut acked = Vec::new();
+    let mut stuck = false;
+    for i in 0..200 {
+        alice
+            .send(json!({"type":"message","to":"carol","text":text,"ref":i}))
+            .await;
+        match tokio::time::timeout(Duration::from_secs(2), alice.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let ack: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(ack["status"], "queued", "{ack}");
+                acked.push(ack["id"].as_u64().unwrap());
+            }
+            Err(_) => {
+                stuck = true;
+                break;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(stuck, "48 KiB cannot hold 200 messages of 3 KB");
+    assert!(!acked.is_empty(), "the first messages fit");
+    // The store now says it is failing; requests that need the disk are refused.
+    let state = server
+        .wait_for_state("the store to report its failure", |s| {
+            !s["server"]["disk"]["failing"].is_null()
+        })
+        .await;
+    assert!(
+        state["server"]["disk"]["failing"]
+            .as_str()
+            .unwrap()
+            .contains("full"),
+        "{state}"
+    );
+    for request in [
+        json!({"type":"message","to":"carol","text":"later","ref":"q"}),
+        json!({"type":"group_join","group":"g1","ref":"j"}),
+        json!({"type":"block","user":"eve","ref":"b"}),
+    ] {
+        let reply = dave.request(request).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(
+            reply["detail"].as_str().unwrap().contains("full"),
+            "{reply}"
+        );
+    }
+    // Live chat needs no disk: it still works.
+    let ack = dave
+        .request(json!({"type":"message","to":"bob","text":"still here?","ref":"live"}))
+        .await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(bob.recv().await["text"], "still here?");
+    drop(alice);
+    server.stop().await;
+
+    // After a restart (no cap), carol gets exactly the acknowledged messages.
+    let server = TestServer::start_with(durable(&path)).await;
+    let (_carol, messages) = flush(&server, "carol").await;
+    let ids: Vec<u64> = messages.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(
+        ids, acked,
+        "every acked message, and nothing that was not acked"
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

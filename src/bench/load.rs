@@ -13,11 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::names::Name;
+use crate::protocol::{
+    parse_server_frame, AckStatus, FrameKind, FramePeek, Request, ServerFrame,
+    Target as ProtoTarget,
+};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -171,9 +178,12 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
+            // SIGINT: the server's graceful stop (1001 to every client, final counts).
+            #[cfg(unix)]
+            // SAFETY: kill only sends a signal to the child we started.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            }
             for _ in 0..100 {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
@@ -240,19 +250,59 @@ async fn connect(url: &str, user: &str, source: u8) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-fn percentiles(mut xs: Vec<u64>) -> Latency {
-    if xs.is_empty() {
+/// Percentiles from an HDR histogram (3 significant digits: a p99 of
+/// 1,234 µs is exact to the microsecond), so millions of samples cost kilobytes.
+fn percentiles(xs: &[u64]) -> Latency {
+    let Ok(mut h) = hdrhistogram::Histogram::<u64>::new(3) else {
+        return Latency::default();
+    };
+    for &x in xs {
+        h.saturating_record(x);
+    }
+    if h.is_empty() {
         return Latency::default();
     }
-    xs.sort_unstable();
-    let at = |p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
     Latency {
-        p50: at(0.5),
-        p90: at(0.9),
-        p99: at(0.99),
-        p999: at(0.999),
-        max: *xs.last().unwrap_or(&0),
+        p50: h.value_at_quantile(0.5),
+        p90: h.value_at_quantile(0.9),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
     }
+}
+
+/// The clock of one run, shared by every client task.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// Time zero of the latencies written into each message.
+    epoch: Instant,
+    start: Instant,
+    stop_at: Instant,
+    /// Messages per second per client (open loop); None: closed loop.
+    per_client_rate: Option<f64>,
+}
+
+/// (intended, actual) send times in µs, oldest first.
+type SendTimes = std::collections::VecDeque<(u64, u64)>;
+
+/// What one client's sender and receiver share: the closed-loop window, and
+/// in offline mode the send times of messages whose ack has not come yet.
+#[derive(Clone, Default)]
+struct Shared {
+    window: Option<Arc<Semaphore>>,
+    /// Offline mode: acks come back in send order, so a FIFO of send times
+    /// gives each ack its latency.
+    pending: Option<Arc<std::sync::Mutex<SendTimes>>>,
+}
+
+/// What one receiver saw.
+#[derive(Default)]
+struct Received {
+    delivered: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    latencies: Vec<u64>,
+    service: Vec<u64>,
 }
 
 /// Runs the load test; `progress` gets the fraction done.
@@ -275,189 +325,217 @@ pub async fn run(
         return Ok(report);
     }
     let clients = options.clients.max(2);
-    report.clients = clients;
-    report.seconds = options.secs;
     let epoch = Instant::now();
-    let mut sockets = Vec::with_capacity(clients);
-    for i in 0..clients {
-        sockets.push(connect(&target.url, &format!("load{i:05}"), 1 + (i / 20_000) as u8).await?);
-    }
-    // Join the groups (in group mode), and let every arrival's presence
-    // broadcast pass before the clock starts: a pong comes after everything
-    // routed to that connection before it.
-    for (i, ws) in sockets.iter_mut().enumerate() {
-        if let Some(k) = options.group_size {
-            let join = format!(r#"{{"type":"group_join","group":"lg{}"}}"#, i / k.max(2));
-            ws.send(Message::text(join)).await?;
-        }
-        ws.send(Message::text(r#"{"type":"ping"}"#)).await?;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""type":"pong""#) => break,
-                Ok(Some(Ok(_))) => {}
-                _ => bail!("a client's connection failed before the test began"),
-            }
-        }
-    }
+    let sockets = prepare(&target.url, clients, options.group_size).await?;
     let cpu_before = pid.and_then(cpu_secs);
     let start = Instant::now();
-    let stop_at = start + Duration::from_secs_f64(options.secs);
-    let per_client_rate = options.rate.map(|r| r / clients as f64);
+    let clock = Clock {
+        epoch,
+        start,
+        stop_at: start + Duration::from_secs_f64(options.secs),
+        per_client_rate: options.rate.map(|r| r / clients as f64),
+    };
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
-        let peer = if i % 2 == 0 { (i + 1) % clients } else { i - 1 };
-        let group = options.group_size.map(|k| i / k.max(2));
-        let (mut tx, mut rx) = ws.split();
-        let window = options.window.map(|w| Arc::new(Semaphore::new(w.max(1))));
-        let (window_tx, window_rx) = (window.clone(), window);
-        let sent = sent.clone();
-        // Offline mode: acks come back in send order, so a FIFO of send times
-        // gives each ack its latency.
-        let pending = options
-            .offline
-            .then(|| Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new())));
-        let (pending_tx, pending_rx) = (pending.clone(), pending);
-        let offline = options.offline;
-        let sender = tokio::spawn(async move {
-            let mut seq = 0u64;
-            loop {
-                let intended = match per_client_rate {
-                    Some(r) if r > 0.0 => start + Duration::from_secs_f64(seq as f64 / r),
-                    _ => Instant::now(),
-                };
-                if intended >= stop_at {
-                    break;
-                }
-                if let Some(w) = &window_tx {
-                    match tokio::time::timeout_at(stop_at, w.acquire()).await {
-                        Ok(Ok(permit)) => permit.forget(),
-                        _ => break,
-                    }
-                } else {
-                    tokio::time::sleep_until(intended).await;
-                }
-                let at = intended.duration_since(epoch).as_micros();
-                let now = epoch.elapsed().as_micros();
-                // Formatted directly: the generator must cost less than the server.
-                let frame = match group {
-                    Some(g) => format!(
-                        r#"{{"type":"group_message","group":"lg{g}","text":"{i} {seq} {at} {now}"}}"#
-                    ),
-                    None if offline => format!(
-                        r#"{{"type":"message","to":"away{i:05}","text":"{i} {seq} {at} {now}"}}"#
-                    ),
-                    None => format!(
-                        r#"{{"type":"message","to":"load{peer:05}","text":"{i} {seq} {at} {now}"}}"#
-                    ),
-                };
-                if let Some(p) = &pending_tx {
-                    p.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back((at as u64, now as u64));
-                }
-                if tx.send(Message::text(frame)).await.is_err() {
-                    break;
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-                seq += 1;
-            }
-            (tx, seq)
-        });
-        let receiver = tokio::spawn(async move {
-            // Per sender: which sequence numbers arrived, and the highest so far.
-            let mut seen: std::collections::HashMap<u64, (SeqSet, u64)> = Default::default();
-            let (mut dups, mut disorder) = (0u64, 0u64);
-            let mut latencies = Vec::new();
-            let mut service = Vec::new();
-            loop {
-                let next =
-                    tokio::time::timeout_at(stop_at + Duration::from_secs(5), rx.next()).await;
-                let Ok(Some(Ok(Message::Text(t)))) = next else {
-                    break;
-                };
-                // Read by string search, not by parsing JSON: the frames are the
-                // server's, in a known shape, and the generator must stay cheap.
-                if t.contains(r#""type":"ack""#) {
-                    if let Some(w) = &window_rx {
-                        w.add_permits(1);
-                    }
-                    if let Some(p) = &pending_rx {
-                        let times = p.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                        if let Some((at, sent)) = times.filter(|_| t.contains(r#""queued""#)) {
-                            let now = epoch.elapsed().as_micros() as u64;
-                            latencies.push(now.saturating_sub(at));
-                            service.push(now.saturating_sub(sent));
-                            let (set, highest) =
-                                seen.entry(i as u64).or_insert((SeqSet::default(), 0));
-                            let n = set.len;
-                            set.insert(n);
-                            *highest = n;
-                        }
-                    }
-                    continue;
-                }
-                if !(t.starts_with(r#"{"type":"message""#)
-                    || t.starts_with(r#"{"type":"group_message""#))
-                {
-                    continue;
-                }
-                let text = t
-                    .split(r#""text":""#)
-                    .nth(1)
-                    .and_then(|r| r.split('"').next())
-                    .unwrap_or("");
-                let mut parts = text.split(' ').map(|p| p.parse::<u64>().unwrap_or(0));
-                let (from, seq, at, sent) = (
-                    parts.next().unwrap_or(0),
-                    parts.next().unwrap_or(0),
-                    parts.next().unwrap_or(0),
-                    parts.next().unwrap_or(0),
-                );
-                let now = epoch.elapsed().as_micros() as u64;
-                latencies.push(now.saturating_sub(at));
-                service.push(now.saturating_sub(sent));
-                let (set, highest) = seen.entry(from).or_insert((SeqSet::default(), 0));
-                if !set.insert(seq) {
-                    dups += 1;
-                } else if set.len > 1 && seq < *highest {
-                    disorder += 1;
-                }
-                *highest = (*highest).max(seq);
-            }
-            let delivered = seen.values().map(|(set, _)| set.len).sum::<u64>();
-            (delivered, dups, disorder, latencies, service)
-        });
+        let shared = Shared {
+            window: options.window.map(|w| Arc::new(Semaphore::new(w.max(1)))),
+            pending: options.offline.then(Arc::default),
+        };
+        let (tx, rx) = ws.split();
+        let to = recipient(options, i, clients);
+        let sender = tokio::spawn(send_loop(tx, i, to, clock, shared.clone(), sent.clone()));
+        let receiver = tokio::spawn(receive_loop(rx, i, clock, shared));
         tasks.push((sender, receiver));
     }
-    let ticker = async {
-        while Instant::now() < stop_at {
-            progress(start.elapsed().as_secs_f64() / options.secs);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    ticker.await;
-    let mut senders = Vec::new();
-    let mut per_sender_sent = Vec::new();
+    while Instant::now() < clock.stop_at {
+        progress(start.elapsed().as_secs_f64() / options.secs);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut senders, mut per_sender_sent) = (Vec::new(), Vec::new());
     for (s, _) in &mut tasks {
         let (tx, n) = s.await?;
         senders.push(tx);
         per_sender_sent.push(n);
     }
-    let sent_total = sent.load(Ordering::Relaxed);
     let cpu = pid.and_then(cpu_secs).zip(cpu_before).map(|(b, a)| b - a);
     // Receivers stop once nothing has arrived for a while after the end.
-    let (mut latencies, mut service) = (Vec::new(), Vec::new());
-    let (mut delivered, mut dups, mut disorder) = (0, 0, 0);
+    let mut total = Received::default();
     for (_, r) in tasks {
-        let (d, du, o, l, sv) = r.await?;
-        delivered += d;
-        dups += du;
-        disorder += o;
-        latencies.extend(l);
-        service.extend(sv);
+        let r = r.await?;
+        total.delivered += r.delivered;
+        total.duplicates += r.duplicates;
+        total.out_of_order += r.out_of_order;
+        total.latencies.extend(r.latencies);
+        total.service.extend(r.service);
     }
     drop(senders);
+    report.server_cpu_seconds = cpu;
+    report.server_rss_kib_after = pid.and_then(rss_kib);
+    summarise(&mut report, options, clients, &per_sender_sent, total);
+    progress(1.0);
+    Ok(report)
+}
+
+/// Connects every client, joins the groups (in group mode), and lets every
+/// arrival's presence broadcast pass before the clock starts: a pong comes
+/// after everything routed to that connection before it.
+async fn prepare(url: &str, clients: usize, group_size: Option<usize>) -> anyhow::Result<Vec<Ws>> {
+    let mut sockets = Vec::with_capacity(clients);
+    for i in 0..clients {
+        sockets.push(connect(url, &format!("load{i:05}"), 1 + (i / 20_000) as u8).await?);
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        if let Some(k) = group_size {
+            let group = Name::parse(&format!("lg{}", i / k.max(2)))?;
+            ws.send(Message::text(Request::GroupJoin { group }.to_json(None)))
+                .await?;
+        }
+        ws.send(Message::text(Request::Ping.to_json(None))).await?;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(60), ws.next()).await;
+            match next {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if matches!(parse_server_frame(&t), Ok(ServerFrame::Pong)) {
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => bail!("a client's connection failed before the test began"),
+            }
+        }
+    }
+    Ok(sockets)
+}
+
+/// Where client `i` sends: its group, a user who never connects (offline
+/// mode), or its pair.
+fn recipient(options: &LoadOptions, i: usize, clients: usize) -> ProtoTarget {
+    let name = |s: String| Name::parse(&s).expect("generated names are valid");
+    match options.group_size {
+        Some(k) => ProtoTarget::Group(name(format!("lg{}", i / k.max(2)))),
+        None if options.offline => ProtoTarget::User(name(format!("away{i:05}"))),
+        None => {
+            let peer = if i % 2 == 0 { (i + 1) % clients } else { i - 1 };
+            ProtoTarget::User(name(format!("load{peer:05}")))
+        }
+    }
+}
+
+/// Sends until the clock stops: on schedule (open loop) or whenever the
+/// window has room (closed loop). Each text carries "sender seq intended sent".
+async fn send_loop(
+    mut tx: SplitSink<Ws, Message>,
+    i: usize,
+    to: ProtoTarget,
+    clock: Clock,
+    shared: Shared,
+    sent: Arc<AtomicU64>,
+) -> (SplitSink<Ws, Message>, u64) {
+    let mut seq = 0u64;
+    loop {
+        let intended = match clock.per_client_rate {
+            Some(r) if r > 0.0 => clock.start + Duration::from_secs_f64(seq as f64 / r),
+            _ => Instant::now(),
+        };
+        if intended >= clock.stop_at {
+            break;
+        }
+        if let Some(w) = &shared.window {
+            match tokio::time::timeout_at(clock.stop_at, w.acquire()).await {
+                Ok(Ok(permit)) => permit.forget(),
+                _ => break,
+            }
+        } else {
+            tokio::time::sleep_until(intended).await;
+        }
+        let at = intended.duration_since(clock.epoch).as_micros() as u64;
+        let now = clock.epoch.elapsed().as_micros() as u64;
+        let frame = Request::chat(&to, &format!("{i} {seq} {at} {now}")).to_json(None);
+        if let Some(p) = &shared.pending {
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((at, now));
+        }
+        if tx.send(Message::text(frame)).await.is_err() {
+            break;
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        seq += 1;
+    }
+    (tx, seq)
+}
+
+/// Reads until nothing arrives for 5 s after the end: counts each sender's
+/// messages (lost, duplicate, out of order) and their latencies.
+async fn receive_loop(mut rx: SplitStream<Ws>, i: usize, clock: Clock, shared: Shared) -> Received {
+    // Per sender: which sequence numbers arrived, and the highest so far.
+    let mut seen: std::collections::HashMap<u64, (SeqSet, u64)> = Default::default();
+    let mut r = Received::default();
+    loop {
+        let next = tokio::time::timeout_at(clock.stop_at + Duration::from_secs(5), rx.next()).await;
+        let Ok(Some(Ok(Message::Text(t)))) = next else {
+            break;
+        };
+        let Some(frame) = FramePeek::parse(&t) else {
+            continue;
+        };
+        let now = clock.epoch.elapsed().as_micros() as u64;
+        match frame.kind {
+            FrameKind::Ack => {
+                if let Some(w) = &shared.window {
+                    w.add_permits(1);
+                }
+                let Some(p) = &shared.pending else { continue };
+                let times = p.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                if let Some((at, sent)) = times.filter(|_| frame.status == Some(AckStatus::Queued))
+                {
+                    r.latencies.push(now.saturating_sub(at));
+                    r.service.push(now.saturating_sub(sent));
+                    // Offline mode counts its own acks, in order.
+                    let (set, highest) = seen.entry(i as u64).or_insert((SeqSet::default(), 0));
+                    let n = set.len;
+                    set.insert(n);
+                    *highest = n;
+                }
+            }
+            FrameKind::Message | FrameKind::GroupMessage => {
+                let mut parts = frame
+                    .text
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(' ')
+                    .map(|p| p.parse::<u64>().unwrap_or(0));
+                let mut next = || parts.next().unwrap_or(0);
+                let (from, seq, at, sent) = (next(), next(), next(), next());
+                r.latencies.push(now.saturating_sub(at));
+                r.service.push(now.saturating_sub(sent));
+                let (set, highest) = seen.entry(from).or_insert((SeqSet::default(), 0));
+                if !set.insert(seq) {
+                    r.duplicates += 1;
+                } else if set.len > 1 && seq < *highest {
+                    r.out_of_order += 1;
+                }
+                *highest = (*highest).max(seq);
+            }
+            _ => {}
+        }
+    }
+    r.delivered = seen.values().map(|(set, _)| set.len).sum();
+    r
+}
+
+/// Fills the report's counts, rates and percentiles.
+fn summarise(
+    report: &mut LoadReport,
+    options: &LoadOptions,
+    clients: usize,
+    per_sender_sent: &[u64],
+    total: Received,
+) {
+    let sent_total: u64 = per_sender_sent.iter().sum();
+    report.clients = clients;
+    report.seconds = options.secs;
     report.mode = match (options.window.is_some(), options.offline) {
         (true, false) => "closed loop",
         (false, false) => "open loop",
@@ -473,9 +551,9 @@ pub async fn run(
         _ => sent_total,
     };
     report.sent = sent_total;
-    report.delivered = delivered;
+    report.delivered = total.delivered;
     // A group message reaches every other member of its group.
-    let expected = match options.group_size {
+    report.expected = match options.group_size {
         Some(k) => (0..clients)
             .map(|i| {
                 let g = i / k.max(2);
@@ -485,17 +563,12 @@ pub async fn run(
             .sum(),
         None => sent_total,
     };
-    report.expected = expected;
-    report.lost = expected.saturating_sub(delivered);
-    report.duplicates = dups;
-    report.out_of_order = disorder;
-    report.achieved_rate = delivered as f64 / options.secs;
-    report.latency_us = percentiles(latencies);
-    report.service_latency_us = percentiles(service);
-    report.server_rss_kib_after = pid.and_then(rss_kib);
-    report.server_cpu_seconds = cpu;
-    progress(1.0);
-    Ok(report)
+    report.lost = report.expected.saturating_sub(total.delivered);
+    report.duplicates = total.duplicates;
+    report.out_of_order = total.out_of_order;
+    report.achieved_rate = total.delivered as f64 / options.secs;
+    report.latency_us = percentiles(&total.latencies);
+    report.service_latency_us = percentiles(&total.service);
 }
 
 async fn memory(
@@ -552,11 +625,9 @@ async fn snapshot_cost(url: &str, n: usize, report: &mut LoadReport) -> anyhow::
     let (mut tx, mut rx) = ws.split();
     let sender = async move {
         for i in 0..n {
-            let frame = format!(
-                r#"{{"type":"message","to":"away{:04}","text":"a queued message of about forty characters"}}"#,
-                i % 1000
-            );
-            tx.feed(Message::text(frame)).await?;
+            let to = ProtoTarget::User(Name::parse(&format!("away{:04}", i % 1000))?);
+            let request = Request::chat(&to, "a queued message of about forty characters");
+            tx.feed(Message::text(request.to_json(None))).await?;
         }
         tx.flush().await?;
         anyhow::Ok(tx)
@@ -570,10 +641,12 @@ async fn snapshot_cost(url: &str, n: usize, report: &mut LoadReport) -> anyhow::
             let Some(Ok(Message::Text(t))) = next else {
                 bail!("the queuer's connection ended")
             };
-            if t.contains(r#""status":"queued""#) {
-                queued += 1;
-            } else if t.contains(r#""type":"error""#) {
-                bail!("the server refused a message: {t}");
+            match FramePeek::parse(&t) {
+                Some(f) if f.status == Some(AckStatus::Queued) => queued += 1,
+                Some(f) if f.kind == FrameKind::Error => {
+                    bail!("the server refused a message: {t}")
+                }
+                _ => {}
             }
         }
         anyhow::Ok(())

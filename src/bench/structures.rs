@@ -146,6 +146,189 @@ const fn naive(name: &'static str, linear: bool) -> Variant {
     }
 }
 
+/// One measurement: N keys, k operations per repetition, `reps` repetitions.
+struct Bench<K> {
+    keys: Vec<K>,
+    n: usize,
+    k: usize,
+    reps: usize,
+}
+
+impl<K: Key> Bench<K> {
+    /// Nanoseconds per operation of one timed repetition.
+    fn timed(&self, op: &mut dyn FnMut()) -> f64 {
+        let start = Instant::now();
+        op();
+        start.elapsed().as_nanos() as f64 / self.k.max(1) as f64
+    }
+
+    /// The seed's queue: `VecDeque::pop_front`, O(1).
+    fn deque_pop_front(&self) -> Vec<f64> {
+        let (keys, k, reps) = (&self.keys, self.k, self.reps);
+        let mut times = Vec::with_capacity(reps);
+        let base: VecDeque<K> = keys.iter().cloned().collect();
+        for _ in 0..reps {
+            let mut q = base.clone();
+            times.push(self.timed(&mut || {
+                for _ in 0..k {
+                    black_box(q.pop_front());
+                }
+            }));
+        }
+        times
+    }
+
+    /// The naive queue: `Vec::remove(0)` shifts every later element, O(n).
+    fn vec_remove_front(&self) -> Vec<f64> {
+        let (keys, k, reps) = (&self.keys, self.k, self.reps);
+        let mut times = Vec::with_capacity(reps);
+        let base: Vec<K> = keys.clone();
+        for _ in 0..reps {
+            let mut v = base.clone();
+            times.push(self.timed(&mut || {
+                for _ in 0..k {
+                    if K::COUNTS {
+                        // Vec::remove(0) shifts every later element one place left.
+                        bump(&MOVES, v.len() as u64 - 1);
+                    }
+                    black_box(v.remove(0));
+                }
+            }));
+        }
+        times
+    }
+
+    /// `HashSet::contains` (0), `Vec::contains` (1), `HashMap::contains_key` (2).
+    fn presence(&self, v: usize) -> Vec<f64> {
+        let (keys, n, k, reps) = (&self.keys, self.n, self.k, self.reps);
+        let mut times = Vec::with_capacity(reps);
+        let queries: Vec<K> = indices(n, k, 1)
+            .into_iter()
+            .map(|i| keys[i].clone())
+            .collect();
+        let set: HashSet<K, K::Hasher> = keys.iter().cloned().collect();
+        let map: HashMap<K, Vec<u64>, K::Hasher> =
+            keys.iter().map(|key| (key.clone(), vec![1])).collect();
+        reset();
+        for _ in 0..reps {
+            times.push(self.timed(&mut || {
+                for q in &queries {
+                    let found = match v {
+                        0 => set.contains(black_box(q)),
+                        1 => keys.contains(black_box(q)),
+                        _ => map.contains_key(black_box(q)),
+                    };
+                    black_box(found);
+                }
+            }));
+        }
+        times
+    }
+
+    /// `HashMap::get` (0) against a scan of (user, sockets) pairs (1).
+    fn connection_lookup(&self, v: usize) -> Vec<f64> {
+        let (keys, n, k, reps) = (&self.keys, self.n, self.k, self.reps);
+        let mut times = Vec::with_capacity(reps);
+        let queries: Vec<K> = indices(n, k, 2)
+            .into_iter()
+            .map(|i| keys[i].clone())
+            .collect();
+        let map: HashMap<K, Vec<u64>, K::Hasher> =
+            keys.iter().map(|key| (key.clone(), vec![1, 2])).collect();
+        let pairs: Vec<(K, Vec<u64>)> = keys.iter().map(|key| (key.clone(), vec![1, 2])).collect();
+        reset();
+        for _ in 0..reps {
+            times.push(self.timed(&mut || {
+                for q in &queries {
+                    let sockets = if v == 0 {
+                        map.get(black_box(q)).map(Vec::len)
+                    } else {
+                        pairs
+                            .iter()
+                            .find(|(user, _)| user == black_box(q))
+                            .map(|(_, s)| s.len())
+                    };
+                    black_box(sockets);
+                }
+            }));
+        }
+        times
+    }
+
+    /// `HashSet::insert` (0) against `Vec` contains-then-push (1).
+    fn group_join(&self, v: usize) -> Vec<f64> {
+        let (keys, n, k, reps) = (&self.keys, self.n, self.k, self.reps);
+        let mut times = Vec::with_capacity(reps);
+        let joiners: Vec<K> = (n..n + k).map(K::make).collect();
+        let set: HashSet<K, K::Hasher> = keys.iter().cloned().collect();
+        reset();
+        for _ in 0..reps {
+            let mut members_set = set.clone();
+            members_set.reserve(k);
+            let mut members_vec = keys.clone();
+            members_vec.reserve(k);
+            let mut batch = joiners.clone();
+            reset();
+            times.push(self.timed(&mut || {
+                for m in batch.drain(..) {
+                    if v == 0 {
+                        black_box(members_set.insert(m));
+                    } else if !members_vec.contains(&m) {
+                        members_vec.push(m);
+                    }
+                }
+            }));
+        }
+        times
+    }
+
+    /// A map of sets (0) against a scan of (blocker, blocked) pairs (1).
+    fn block_check(&self, v: usize) -> Vec<f64> {
+        let (keys, n, k, reps) = (&self.keys, self.n, self.k, self.reps);
+        let mut times = Vec::with_capacity(reps);
+        // User i blocks user (7i + 1) mod n: n block pairs.
+        let blocked = |i: usize| (7 * i + 1) % n;
+        let mut map: HashMap<K, HashSet<K, K::Hasher>, K::Hasher> = HashMap::default();
+        let mut pairs: Vec<(K, K)> = Vec::with_capacity(n);
+        for i in 0..n {
+            map.entry(keys[i].clone())
+                .or_default()
+                .insert(keys[blocked(i)].clone());
+            pairs.push((keys[i].clone(), keys[blocked(i)].clone()));
+        }
+        // Half the queries are blocked pairs, half are not.
+        let queries: Vec<(K, K)> = indices(n, k, 3)
+            .into_iter()
+            .enumerate()
+            .map(|(j, i)| {
+                let sender = if j % 2 == 0 {
+                    blocked(i)
+                } else {
+                    (blocked(i) + 1) % n
+                };
+                (keys[i].clone(), keys[sender].clone())
+            })
+            .collect();
+        reset();
+        for _ in 0..reps {
+            times.push(self.timed(&mut || {
+                for (recipient, sender) in &queries {
+                    let is_blocked = if v == 0 {
+                        map.get(black_box(recipient))
+                            .is_some_and(|set| set.contains(sender))
+                    } else {
+                        pairs
+                            .iter()
+                            .any(|(a, b)| a == black_box(recipient) && b == sender)
+                    };
+                    black_box(is_blocked);
+                }
+            }));
+        }
+        times
+    }
+}
+
 impl Workload {
     pub const ALL: [Workload; 5] = [
         Workload::QueueDrain,
@@ -214,154 +397,20 @@ impl Workload {
     /// times; returns the nanoseconds per operation of each repetition.
     pub fn run<K: Key>(self, variant: usize, n: usize, k: usize, reps: usize) -> Vec<f64> {
         let n = n.max(1);
-        let k = self.ops_at(n, k);
-        let keys: Vec<K> = (0..n).map(K::make).collect();
-        let mut times = Vec::with_capacity(reps);
-        let timed = |op: &mut dyn FnMut()| {
-            let start = Instant::now();
-            op();
-            start.elapsed().as_nanos() as f64 / k.max(1) as f64
+        let bench = Bench {
+            keys: (0..n).map(K::make).collect(),
+            n,
+            k: self.ops_at(n, k),
+            reps,
         };
-        match (self, variant) {
-            (Workload::QueueDrain, 0) => {
-                let base: VecDeque<K> = keys.iter().cloned().collect();
-                for _ in 0..reps {
-                    let mut q = base.clone();
-                    times.push(timed(&mut || {
-                        for _ in 0..k {
-                            black_box(q.pop_front());
-                        }
-                    }));
-                }
-            }
-            (Workload::QueueDrain, _) => {
-                let base: Vec<K> = keys.clone();
-                for _ in 0..reps {
-                    let mut v = base.clone();
-                    times.push(timed(&mut || {
-                        for _ in 0..k {
-                            if K::COUNTS {
-                                // Vec::remove(0) shifts every later element one place left.
-                                bump(&MOVES, v.len() as u64 - 1);
-                            }
-                            black_box(v.remove(0));
-                        }
-                    }));
-                }
-            }
-            (Workload::Presence, v) => {
-                let queries: Vec<K> = indices(n, k, 1)
-                    .into_iter()
-                    .map(|i| keys[i].clone())
-                    .collect();
-                let set: HashSet<K, K::Hasher> = keys.iter().cloned().collect();
-                let map: HashMap<K, Vec<u64>, K::Hasher> =
-                    keys.iter().map(|key| (key.clone(), vec![1])).collect();
-                reset();
-                for _ in 0..reps {
-                    times.push(timed(&mut || {
-                        for q in &queries {
-                            let found = match v {
-                                0 => set.contains(black_box(q)),
-                                1 => keys.contains(black_box(q)),
-                                _ => map.contains_key(black_box(q)),
-                            };
-                            black_box(found);
-                        }
-                    }));
-                }
-            }
-            (Workload::ConnectionLookup, v) => {
-                let queries: Vec<K> = indices(n, k, 2)
-                    .into_iter()
-                    .map(|i| keys[i].clone())
-                    .collect();
-                let map: HashMap<K, Vec<u64>, K::Hasher> =
-                    keys.iter().map(|key| (key.clone(), vec![1, 2])).collect();
-                let pairs: Vec<(K, Vec<u64>)> =
-                    keys.iter().map(|key| (key.clone(), vec![1, 2])).collect();
-                reset();
-                for _ in 0..reps {
-                    times.push(timed(&mut || {
-                        for q in &queries {
-                            let sockets = if v == 0 {
-                                map.get(black_box(q)).map(Vec::len)
-                            } else {
-                                pairs
-                                    .iter()
-                                    .find(|(user, _)| user == black_box(q))
-                                    .map(|(_, s)| s.len())
-                            };
-                            black_box(sockets);
-                        }
-                    }));
-                }
-            }
-            (Workload::GroupJoin, v) => {
-                let joiners: Vec<K> = (n..n + k).map(K::make).collect();
-                let set: HashSet<K, K::Hasher> = keys.iter().cloned().collect();
-                reset();
-                for _ in 0..reps {
-                    let mut members_set = set.clone();
-                    members_set.reserve(k);
-                    let mut members_vec = keys.clone();
-                    members_vec.reserve(k);
-                    let mut batch = joiners.clone();
-                    reset();
-                    times.push(timed(&mut || {
-                        for m in batch.drain(..) {
-                            if v == 0 {
-                                black_box(members_set.insert(m));
-                            } else if !members_vec.contains(&m) {
-                                members_vec.push(m);
-                            }
-                        }
-                    }));
-                }
-            }
-            (Workload::BlockCheck, v) => {
-                // User i blocks user (7i + 1) mod n: n block pairs.
-                let blocked = |i: usize| (7 * i + 1) % n;
-                let mut map: HashMap<K, HashSet<K, K::Hasher>, K::Hasher> = HashMap::default();
-                let mut pairs: Vec<(K, K)> = Vec::with_capacity(n);
-                for i in 0..n {
-                    map.entry(keys[i].clone())
-                        .or_default()
-                        .insert(keys[blocked(i)].clone());
-                    pairs.push((keys[i].clone(), keys[blocked(i)].clone()));
-                }
-                // Half the queries are blocked pairs, half are not.
-                let queries: Vec<(K, K)> = indices(n, k, 3)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(j, i)| {
-                        let sender = if j % 2 == 0 {
-                            blocked(i)
-                        } else {
-                            (blocked(i) + 1) % n
-                        };
-                        (keys[i].clone(), keys[sender].clone())
-                    })
-                    .collect();
-                reset();
-                for _ in 0..reps {
-                    times.push(timed(&mut || {
-                        for (recipient, sender) in &queries {
-                            let is_blocked = if v == 0 {
-                                map.get(black_box(recipient))
-                                    .is_some_and(|set| set.contains(sender))
-                            } else {
-                                pairs
-                                    .iter()
-                                    .any(|(a, b)| a == black_box(recipient) && b == sender)
-                            };
-                            black_box(is_blocked);
-                        }
-                    }));
-                }
-            }
+        match self {
+            Workload::QueueDrain if variant == 0 => bench.deque_pop_front(),
+            Workload::QueueDrain => bench.vec_remove_front(),
+            Workload::Presence => bench.presence(variant),
+            Workload::ConnectionLookup => bench.connection_lookup(variant),
+            Workload::GroupJoin => bench.group_join(variant),
+            Workload::BlockCheck => bench.block_check(variant),
         }
-        times
     }
 
     /// How many operations fit a structure of size n: a queue of n can be

@@ -6,7 +6,7 @@
 //! hash is kept, never the token.
 //!
 //! The decision ([`Claims::check`]) is pure and instant; the slow hashing
-//! (`crate::tokens`) is done by the server off the chat path.
+//! (the `tokens` module) is done by the server off the chat path.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,7 +19,7 @@ use crate::names::UserId;
 pub struct TokenHash(String);
 
 impl TokenHash {
-    /// Wraps a hash made (or checked) by `crate::tokens`; the core never looks inside.
+    /// Wraps a hash made (or checked) by the shell's `tokens` module; the core never looks inside.
     pub fn new(phc: String) -> TokenHash {
         TokenHash(phc)
     }

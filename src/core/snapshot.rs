@@ -132,7 +132,7 @@ impl StructuresSnapshot {
 }
 
 /// The core's half of the `GET /inspect` document (the server adds its own
-/// facts beside it, see `crate::inspection`).
+/// facts beside it, in the shell's `inspection` module).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     #[serde(flatten)]
