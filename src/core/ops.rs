@@ -328,10 +328,6 @@ impl Trace {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Records an operation; consecutive repeats of one (structure, op) fold into `×N`.
     pub fn record(
         &mut self,
