@@ -251,9 +251,11 @@ async fn connect(url: &str, user: &str, source: u8) -> anyhow::Result<Ws> {
 }
 
 /// Percentiles from an HDR histogram (3 significant digits: a p99 of
-/// 1,234 µs is exact to the microsecond), so millions of samples cost kilobytes.
+/// 1,234 µs is exact to the microsecond).
 fn percentiles(xs: &[u64]) -> Latency {
-    let Ok(mut h) = hdrhistogram::Histogram::<u64>::new(3) else {
+    // Bounds fixed up front (1 µs to an hour): `saturating_record` on an
+    // auto-resizing histogram would clamp every sample to its initial range.
+    let Ok(mut h) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3) else {
         return Latency::default();
     };
     for &x in xs {
@@ -262,12 +264,13 @@ fn percentiles(xs: &[u64]) -> Latency {
     if h.is_empty() {
         return Latency::default();
     }
+    // Exact maximum: the histogram's is rounded to its bucket.
     Latency {
         p50: h.value_at_quantile(0.5),
         p90: h.value_at_quantile(0.9),
         p99: h.value_at_quantile(0.99),
         p999: h.value_at_quantile(0.999),
-        max: h.max(),
+        max: xs.iter().copied().max().unwrap_or(0),
     }
 }
 
@@ -728,4 +731,22 @@ pub fn render(r: &LoadReport) -> String {
         row("server RSS before / after", format!("{a} / {b} KiB"));
     }
     t.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentiles;
+
+    #[test]
+    fn percentiles_keep_their_magnitude() {
+        let xs: Vec<u64> = (1..=10_000).collect();
+        let l = percentiles(&xs);
+        assert!((4_990..=5_010).contains(&l.p50), "{}", l.p50);
+        assert!((9_890..=9_910).contains(&l.p99), "{}", l.p99);
+        assert_eq!(l.max, 10_000);
+        assert_eq!(percentiles(&[]).p50, 0);
+        // A slow outlier is recorded as itself, not clamped.
+        assert!(percentiles(&[5, 2_000_000]).max == 2_000_000);
+        assert!(percentiles(&[2_000_000]).p50 >= 1_990_000);
+    }
 }
