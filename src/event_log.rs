@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use colored::{ColoredString, Colorize};
 
 use crate::core::{Event, Trace};
+use crate::output::paint;
 use crate::protocol::AckStatus;
 
 /// Lines waiting to be printed before new ones are dropped.
@@ -100,14 +101,6 @@ fn print_loop(rx: Receiver<Item>, out: Box<dyn Write + Send>, color: bool) {
     }
 }
 
-fn paint(text: String, color: bool, f: fn(&str) -> ColoredString) -> String {
-    if color {
-        f(&text).to_string()
-    } else {
-        text
-    }
-}
-
 fn status(s: AckStatus) -> &'static str {
     match s {
         AckStatus::Delivered => "delivered",
@@ -191,8 +184,7 @@ pub fn summary(event: &Event) -> String {
         Event::Who { user, online } => format!("{user} asked who is online ({online})"),
         Event::Ping { user } => format!("{user} ping"),
         Event::Refused { user, code, detail } => {
-            let code = serde_json::to_string(code).unwrap_or_default();
-            format!("{user} refused {}: {detail}", code.trim_matches('"'))
+            format!("{user} refused {code}: {detail}")
         }
         Event::Shutdown { connections } => {
             format!("shutting down: closing {connections} connection(s) with 1001")
@@ -217,7 +209,7 @@ pub fn format_event(at: Duration, event: &Event, trace: &Trace, color: bool) -> 
         paint(summary(event), color, painter)
     );
     for record in trace.records() {
-        line += &paint(" | ".into(), color, |s| s.dimmed());
+        line += &paint(" | ", color, |s| s.dimmed());
         line += &paint(record.to_string(), color, |s| s.blue());
     }
     if trace.omitted() > 0 {

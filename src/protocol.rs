@@ -56,6 +56,19 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+/// Writes an enum as its wire spelling (`not_member`, `queued`, `online`):
+/// serde's `rename_all` is the one place those words are written.
+fn write_wire<T: Serialize>(value: &T, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let quoted = serde_json::to_string(value).map_err(|_| std::fmt::Error)?;
+    f.write_str(quoted.trim_matches('"'))
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_wire(self, f)
+    }
+}
+
 /// A request that was refused, with everything needed to answer it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestError {
@@ -261,6 +274,18 @@ pub enum AckStatus {
 pub enum PresenceStatus {
     Online,
     Offline,
+}
+
+impl std::fmt::Display for AckStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_wire(self, f)
+    }
+}
+
+impl std::fmt::Display for PresenceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_wire(self, f)
+    }
 }
 
 /// Everything the server sends. Chat messages keep their [`Message`] so the
@@ -529,28 +554,11 @@ impl Request {
     }
 }
 
-/// Every frame the server sends, as a client reads it back.
+/// Every frame but chat messages, as a client reads it back (a chat message
+/// reads through [`Message`]'s own `Deserialize`, which `/inspect` uses too).
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireFrameIn {
-    Message {
-        id: u64,
-        from: UserId,
-        to: UserId,
-        text: String,
-        ts: u64,
-        #[serde(default)]
-        offline: bool,
-    },
-    GroupMessage {
-        id: u64,
-        group: GroupId,
-        from: UserId,
-        text: String,
-        ts: u64,
-        #[serde(default)]
-        offline: bool,
-    },
     Welcome {
         user: UserId,
         online: Vec<UserId>,
@@ -582,33 +590,25 @@ enum WireFrameIn {
 /// Parses one frame from the server (the client's side of the contract).
 /// A frame this version does not know is an error, which a client shows as it came.
 pub fn parse_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> {
-    let chat = |id, from, target, text: String, ts, offline| ServerFrame::Chat {
-        message: Message {
-            id,
-            from,
-            target,
-            text: Arc::from(text),
-            ts,
-        },
-        offline,
-    };
+    /// A chat frame: the message, and whether it was flushed from the queue.
+    #[derive(Deserialize)]
+    struct Chat {
+        #[serde(flatten)]
+        message: Message,
+        #[serde(default)]
+        offline: bool,
+    }
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: FrameKind,
+    }
+    let head: Head = serde_json::from_str(text)?;
+    if matches!(head.kind, FrameKind::Message | FrameKind::GroupMessage) {
+        let Chat { message, offline } = serde_json::from_str(text)?;
+        return Ok(ServerFrame::Chat { message, offline });
+    }
     Ok(match serde_json::from_str(text)? {
-        WireFrameIn::Message {
-            id,
-            from,
-            to,
-            text,
-            ts,
-            offline,
-        } => chat(id, from, Target::User(to), text, ts, offline),
-        WireFrameIn::GroupMessage {
-            id,
-            group,
-            from,
-            text,
-            ts,
-            offline,
-        } => chat(id, from, Target::Group(group), text, ts, offline),
         WireFrameIn::Welcome {
             user,
             online,
@@ -665,8 +665,15 @@ pub struct FramePeek<'a> {
     pub kind: FrameKind,
     #[serde(borrow, default)]
     pub text: Option<Cow<'a, str>>,
-    #[serde(default)]
+    /// An ack's status; None for anything else (a presence frame's
+    /// `"status":"online"` is not an ack status, and must not fail the peek).
+    #[serde(default, deserialize_with = "ack_status")]
     pub status: Option<AckStatus>,
+}
+
+fn ack_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AckStatus>, D::Error> {
+    let raw = <&RawValue>::deserialize(d)?;
+    Ok(serde_json::from_str(raw.get()).ok())
 }
 
 impl<'a> FramePeek<'a> {
@@ -952,6 +959,14 @@ mod tests {
             FramePeek::parse(r#"{"type":"new"}"#).unwrap().kind,
             FrameKind::Other
         );
+        let presence = FramePeek::parse(r#"{"type":"presence","user":"b","status":"online"}"#);
+        assert_eq!(
+            presence.map(|p| (p.kind, p.status)),
+            Some((FrameKind::Presence, None))
+        );
         assert_eq!(Target::Group(n("g1")).to_string(), "#g1");
+        assert_eq!(ErrorCode::NotMember.to_string(), "not_member");
+        assert_eq!(AckStatus::Queued.to_string(), "queued");
+        assert_eq!(PresenceStatus::Offline.to_string(), "offline");
     }
 }

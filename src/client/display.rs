@@ -78,28 +78,19 @@ pub fn frame_line(
         }
         ServerFrame::Chat { message, offline } => chat(message, *offline, style),
         ServerFrame::Presence { user, status } => {
-            let status = match status {
-                crate::protocol::PresenceStatus::Online => "online",
-                crate::protocol::PresenceStatus::Offline => "offline",
-            };
             paint(format!("* {user} is {status}"), c, |t| t.yellow())
         }
         ServerFrame::Ack { id, status, .. } => {
             let id = id.map(|i| format!(" #{i}")).unwrap_or_default();
-            let (word, style): (&str, fn(&str) -> colored::ColoredString) = match status {
-                AckStatus::Delivered => ("delivered", |t| t.green()),
-                AckStatus::Ok => ("ok", |t| t.green()),
-                AckStatus::Queued => ("queued", |t| t.yellow()),
-                AckStatus::Sent => ("sent", |t| t.dimmed()),
+            let style: fn(&str) -> colored::ColoredString = match status {
+                AckStatus::Delivered | AckStatus::Ok => |t| t.green(),
+                AckStatus::Queued => |t| t.yellow(),
+                AckStatus::Sent => |t| t.dimmed(),
             };
-            paint(format!("✓ {word}{id}{about}"), c, style)
+            paint(format!("✓ {status}{id}{about}"), c, style)
         }
         ServerFrame::Error(error) => {
-            let code = serde_json::to_value(error.code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let line = format!("✗ {code}: {}{about}", error.detail);
+            let line = format!("✗ {}: {}{about}", error.code, error.detail);
             paint(line, c, |t| t.red().bold())
         }
         ServerFrame::Who { online } => format!("online: {}", names(online)),
