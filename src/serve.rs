@@ -92,11 +92,12 @@ impl ServeArgs {
         Config {
             core: CoreConfig {
                 max_offline: self.max_offline as usize,
-                trace: !self.quiet,
                 max_text_chars: self.max_text_chars.map(|n| n as usize),
                 max_groups: self.max_groups as usize,
                 max_group_size: self.max_group_size as usize,
                 max_blocked: self.max_blocked as usize,
+                // `server::run` turns tracing on exactly when it gets an event log.
+                ..CoreConfig::default()
             },
             net: NetLimits {
                 max_message_bytes: self.max_message_bytes as usize,

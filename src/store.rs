@@ -188,6 +188,9 @@ pub struct Store {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Set by `close`: a writer stuck retrying a failing disk gives up.
     closing: Arc<AtomicBool>,
+    /// Set by the writer while its last commit failed. The server reads it on
+    /// every request, so it is one atomic load; the cause is in `stats`.
+    failing: Arc<AtomicBool>,
     stats: Arc<Mutex<DiskStats>>,
 }
 
@@ -274,10 +277,11 @@ impl Store {
         let stats = Arc::new(Mutex::new(DiskStats::default()));
         let thread_stats = stats.clone();
         let closing = Arc::new(AtomicBool::new(false));
-        let thread_closing = closing.clone();
+        let failing = Arc::new(AtomicBool::new(false));
+        let flags = (closing.clone(), failing.clone());
         let thread = std::thread::Builder::new()
             .name("vivachat-store".into())
-            .spawn(move || write_loop(conn, rx, committed_tx, thread_stats, thread_closing))
+            .spawn(move || write_loop(conn, rx, committed_tx, thread_stats, flags))
             .map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 cause: e.to_string(),
@@ -292,6 +296,7 @@ impl Store {
             committed,
             thread: Mutex::new(Some(thread)),
             closing,
+            failing,
             stats,
         };
         Ok((Arc::new(store), loaded))
@@ -348,8 +353,11 @@ impl Store {
     /// Whether changes can be written now: the core refuses what needs the
     /// disk (`unavailable`) while they cannot.
     pub fn disk(&self) -> Disk {
-        if self.submitter().tx.is_none() {
+        if self.closing.load(Ordering::SeqCst) {
             return Disk::Unavailable(StoreStopped.to_string());
+        }
+        if !self.failing.load(Ordering::SeqCst) {
+            return Disk::Writable;
         }
         match &self.stats.lock().unwrap_or_else(|e| e.into_inner()).failing {
             Some(why) => Disk::Unavailable(format!("the data file cannot be written: {why}")),
@@ -388,8 +396,9 @@ impl Store {
     /// Writes everything submitted so far, then stops the writer thread.
     /// Waits at most `grace`; returns false if the writer did not finish in time.
     pub fn close(&self, grace: Duration) -> bool {
-        self.submitter().tx = None;
+        // Closing first: from now on the core refuses what needs the disk.
         self.closing.store(true, Ordering::SeqCst);
+        self.submitter().tx = None;
         let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return true;
         };
@@ -635,7 +644,7 @@ fn write_loop(
     rx: mpsc::Receiver<Job>,
     committed: watch::Sender<u64>,
     stats: Arc<Mutex<DiskStats>>,
-    closing: Arc<AtomicBool>,
+    (closing, failing): (Arc<AtomicBool>, Arc<AtomicBool>),
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -655,6 +664,7 @@ fn write_loop(
                 let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                 s.failing.replace(e.to_string()).is_none()
             };
+            failing.store(true, Ordering::SeqCst);
             if first {
                 eprintln!(
                     "vivachat: cannot write to the data file ({e}); what needs the disk is refused \
@@ -674,6 +684,7 @@ fn write_loop(
         let changes: u64 = jobs.iter().map(Job::changes).sum();
         {
             let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            failing.store(false, Ordering::SeqCst);
             if s.failing.take().is_some() {
                 eprintln!(
                     "vivachat: the data file can be written again; durable requests are accepted."

@@ -423,6 +423,26 @@ mod tests {
     }
 
     #[test]
+    fn the_facts_table_is_in_structure_order() {
+        // `Structure::facts` indexes FACTS by the enum's discriminant.
+        let names: Vec<&str> = Structure::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "active_connections",
+                "presence",
+                "offline_messages",
+                "group_members",
+                "blocked_users"
+            ]
+        );
+        assert_eq!(
+            Structure::OfflineMessages.rust_type(),
+            "HashMap<UserId, VecDeque<Message>>"
+        );
+    }
+
+    #[test]
     fn counts_per_structure_and_kind() {
         let c = OpCounts::default();
         c.measure(Structure::Presence, Op::Insert, || ());
