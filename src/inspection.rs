@@ -42,6 +42,20 @@ pub struct ServerInfo {
     /// Names claimed with a token (never the tokens or their hashes).
     #[serde(default)]
     pub claimed_names: Vec<UserId>,
+    /// The board's feed: what drawing the structures for `/board` costs the server.
+    #[serde(default)]
+    pub board: BoardStats,
+}
+
+/// The `/board` feed's cost, paid once per frame however many boards watch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BoardStats {
+    /// Boards watching now.
+    pub viewers: usize,
+    /// Frames built since the server started (at most 10 a second).
+    pub frames: u64,
+    /// Mean time to build and encode one frame, in microseconds.
+    pub mean_build_us: u64,
 }
 
 /// What the store's writer thread has done since the server started.

@@ -5,6 +5,7 @@
 //! - [`names`]: user and group names, validated once at the edge.
 //! - [`protocol`]: the wire contract in both directions, typed.
 //! - [`core`]: the five structures and every routing rule; no I/O.
+//! - [`board`]: what the projector's `/board` draws, built from a snapshot; no I/O.
 //! - [`inspection`]: the `/inspect` document (the core's snapshot + server facts).
 //! - [`tokens`]: name tokens: random generation, Argon2id hashing and checking.
 //! - [`store`]: durable mode (`serve --data`): SQLite with group commit.
@@ -19,6 +20,7 @@
 //! - [`cli`]: the command line: clap types and dispatch.
 
 pub mod bench;
+pub mod board;
 pub mod cli;
 pub mod client;
 pub mod core;

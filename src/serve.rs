@@ -15,6 +15,7 @@ use crate::server::config::{
     timeout, HANDSHAKE_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
     MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, OUTBOX_FRAMES,
 };
+use crate::server::site::{connect_addresses, qr_text, Site};
 use crate::server::{self, Config, Dashboard, NetLimits};
 use crate::store::{Durable, Store};
 
@@ -84,6 +85,15 @@ pub struct ServeArgs {
     /// latest event-log lines below them, instead of scrolling the log.
     #[arg(long, conflicts_with = "quiet")]
     pub dashboard: bool,
+    /// The address students open when it is not this machine's own, such as a
+    /// tunnel's (https://abc.trycloudflare.com): shown, put in the QR code,
+    /// and trusted as an Origin and a Host.
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
+    pub public_url: Option<String>,
+    /// Let pages from this origin (https://site.example) open chat connections;
+    /// repeat for more. The server's own pages need no flag.
+    #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = parse_url)]
+    pub allow_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -113,6 +123,8 @@ impl ServeArgs {
             admin_token: self.admin_token.clone(),
             dashboard,
             durable,
+            public_url: self.public_url.clone(),
+            allow_origins: self.allow_origins.clone(),
             ..Config::default()
         }
     }
@@ -142,7 +154,7 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
             signal.await;
             println!("\nShutting down: closing every connection with code 1001 (going away)...");
         };
-        print_banner(bound, &args);
+        print_banner(bound, &args, color);
         print_storage(durable.as_ref(), fd_limit);
         let ring = LogRing::default();
         let log = match (args.quiet, args.dashboard) {
@@ -226,33 +238,35 @@ fn print_storage(durable: Option<&Durable>, fd_limit: Option<(u64, u64)>) {
     }
 }
 
-/// The addresses people can type: with an unspecified host, every interface's.
-fn connect_addresses(bound: SocketAddr) -> Vec<SocketAddr> {
-    if !bound.ip().is_unspecified() {
-        return vec![bound];
-    }
-    let want_v6 = bound.is_ipv6();
-    let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|iface| iface.ip())
-        // 0.0.0.0 listens on IPv4 only; :: on both on most systems.
-        .filter(|ip| want_v6 || ip.is_ipv4())
-        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
-        .map(|ip| SocketAddr::new(ip, bound.port()))
-        .collect();
-    addrs.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv6(), a.ip()));
-    addrs.dedup();
-    addrs
-}
-
-fn print_banner(bound: SocketAddr, args: &ServeArgs) {
+fn print_banner(bound: SocketAddr, args: &ServeArgs, color: bool) {
     println!(
         "{} listening on {}",
         "vivachat".bold().green(),
         bound.to_string().bold()
     );
-    println!("Connect a client to one of:");
+    let join = Site::new(bound, args.public_url.as_deref(), &[]).join_url;
+    let reachable = args.public_url.is_some() || !bound.ip().is_loopback();
+    println!(
+        "Students: open {} on a phone or laptop{}",
+        join.as_str().bold().cyan(),
+        if reachable { ", or scan:" } else { "" }
+    );
+    match qr_text(&join, color).filter(|_| reachable) {
+        Some(qr) => println!("{qr}"),
+        None => println!(
+            "{}",
+            "  (this machine only: `serve --host 0.0.0.0` lets phones on the network join, \
+             and prints a QR code to scan)"
+                .dimmed()
+        ),
+    }
+    println!(
+        "Projector: {}  (the five structures, live)",
+        format!("http://{}/board", loopback_for(bound))
+            .bold()
+            .cyan()
+    );
+    println!("Terminal clients (`vivachat client`) connect to one of:");
     for addr in connect_addresses(bound) {
         let note = if addr.ip().is_loopback() {
             "  (this machine only)"
@@ -300,6 +314,21 @@ fn loopback_for(bound: SocketAddr) -> SocketAddr {
     } else {
         bound
     }
+}
+
+/// An http(s) URL or origin, as `--public-url` and `--allow-origin` take it.
+pub fn parse_url(raw: &str) -> Result<String, String> {
+    let t = raw.trim().trim_end_matches('/');
+    let rest = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"))
+        .ok_or_else(|| format!("{raw:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "{raw:?} has no host, like https://chat.example.org"
+        ));
+    }
+    Ok(format!("{t}/"))
 }
 
 pub fn parse_rate(raw: &str) -> Result<f64, String> {

@@ -7,7 +7,7 @@ use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
 
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{Op, OpCounts, OpTable, Structure, Trace};
-use crate::core::snapshot::{QueueSnapshot, StructuresSnapshot};
+use crate::core::snapshot::{QueueView, StructuresSnapshot};
 use crate::core::{ConnHandle, ConnId, Structures};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
@@ -386,7 +386,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         self.ops.table()
     }
 
-    fn snapshot(&self) -> StructuresSnapshot {
+    fn snapshot(&self, view: QueueView) -> StructuresSnapshot {
         StructuresSnapshot {
             active_connections: self
                 .active_connections
@@ -411,13 +411,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             offline_messages: self
                 .offline_messages
                 .iter()
-                .map(|(user, queue)| {
-                    let snapshot = QueueSnapshot {
-                        len: queue.len(),
-                        messages: queue.iter().cloned().collect(),
-                    };
-                    (user.clone(), snapshot)
-                })
+                .map(|(user, queue)| (user.clone(), view.copy(queue)))
                 .collect(),
             groups: self
                 .group_members
@@ -501,7 +495,7 @@ mod tests {
         assert!(!s.unblock(&a, &g, t));
 
         // Nothing empty is left behind.
-        let snap = s.snapshot();
+        let snap = s.snapshot(QueueView::All);
         assert!(snap.active_connections.is_empty() && snap.offline_messages.is_empty());
         assert!(snap.groups.is_empty() && snap.blocked.is_empty() && snap.presence.is_empty());
 

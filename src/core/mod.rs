@@ -23,7 +23,7 @@ use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 pub use journal::{Change, DurableState};
 pub use memory::MemoryStructures;
 pub use ops::{Facts, Op, OpTable, Structure, Trace, FACTS};
-pub use snapshot::{ConnDetail, ConnId, Invariant, Snapshot, StructuresSnapshot};
+pub use snapshot::{ConnDetail, ConnId, Invariant, QueueView, Snapshot, StructuresSnapshot};
 pub use structures::{ConnHandle, Structures};
 
 /// The core's default limits; `serve`'s flags use these same constants.
@@ -252,9 +252,20 @@ impl<S: Structures> ChatCore<S> {
     /// A consistent copy of everything, for `/inspect`. O(total state).
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::new(
-            self.structures.snapshot(),
+            self.structures.snapshot(QueueView::All),
             &self.structures.op_table(),
             self.next_message_id,
         )
+    }
+
+    /// The five structures with only the ends of each deque, for the board:
+    /// O(users + groups + blocks), however long the queues grow.
+    pub fn snapshot_ends(&self, keep: usize) -> StructuresSnapshot {
+        self.structures.snapshot(QueueView::Ends(keep))
+    }
+
+    /// Turns the event-log trace on or off (the board turns it on while watched).
+    pub fn set_tracing(&mut self, on: bool) {
+        self.config.trace = on;
     }
 }

@@ -49,7 +49,49 @@ pub struct StructuresSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSnapshot {
     pub len: usize,
+    /// Oldest first. With [`QueueView::Ends`], the front ones and then the back ones.
     pub messages: Vec<Message>,
+    /// Messages left out between the front and the back ones (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// How much of each offline deque a snapshot copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueView {
+    /// Every message: `/inspect` shows them all. O(total queued).
+    All,
+    /// At most this many from the front and as many from the back: the board
+    /// draws a deque's two ends, so its copy costs O(1) per user, not O(queued).
+    Ends(usize),
+}
+
+impl QueueView {
+    /// Copies `queue` (oldest first) as this view keeps it.
+    pub fn copy(self, queue: &std::collections::VecDeque<Message>) -> QueueSnapshot {
+        let len = queue.len();
+        match self {
+            QueueView::Ends(keep) if len > 2 * keep => QueueSnapshot {
+                len,
+                messages: queue
+                    .iter()
+                    .take(keep)
+                    .chain(queue.iter().skip(len - keep))
+                    .cloned()
+                    .collect(),
+                skipped: len - 2 * keep,
+            },
+            _ => QueueSnapshot {
+                len,
+                messages: queue.iter().cloned().collect(),
+                skipped: 0,
+            },
+        }
+    }
 }
 
 /// One invariant of the core and whether it holds.
@@ -218,6 +260,7 @@ mod tests {
             QueueSnapshot {
                 len: 0,
                 messages: vec![],
+                skipped: 0,
             },
         );
         s.groups.insert(n("g"), vec![]);
@@ -235,6 +278,25 @@ mod tests {
                 "repeated ids: [2]".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn the_ends_view_keeps_front_and_back_and_counts_the_gap() {
+        let queue: std::collections::VecDeque<Message> = (1..=10)
+            .map(|id| Message {
+                id,
+                from: n("alice"),
+                target: Target::User(n("bob")),
+                text: Arc::from("x"),
+                ts: 0,
+            })
+            .collect();
+        let ends = QueueView::Ends(2).copy(&queue);
+        let ids: Vec<u64> = ends.messages.iter().map(|m| m.id).collect();
+        assert_eq!((ends.len, ends.skipped, ids), (10, 6, vec![1, 2, 9, 10]));
+        let short = QueueView::Ends(5).copy(&queue);
+        assert_eq!((short.messages.len(), short.skipped), (10, 0));
+        assert_eq!(QueueView::All.copy(&queue).messages.len(), 10);
     }
 
     #[test]
@@ -258,6 +320,7 @@ mod tests {
             QueueSnapshot {
                 len: 2,
                 messages: vec![m(1, Target::User(n("bob"))), m(2, Target::Group(n("g")))],
+                skipped: 0,
             },
         );
         s.groups.insert(n("g"), vec![n("alice"), n("bob")]);

@@ -7,7 +7,7 @@
 
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{OpTable, Trace};
-use crate::core::snapshot::{ConnDetail, ConnId, StructuresSnapshot};
+use crate::core::snapshot::{ConnDetail, ConnId, QueueView, StructuresSnapshot};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
@@ -89,6 +89,7 @@ pub trait Structures {
 
     /// Every operation counter.
     fn op_table(&self) -> OpTable;
-    /// A consistent copy of all five structures. Not counted: observing is not routing.
-    fn snapshot(&self) -> StructuresSnapshot;
+    /// A consistent copy of all five structures, each deque whole or only its
+    /// ends (see [`QueueView`]). Not counted: observing is not routing.
+    fn snapshot(&self, view: QueueView) -> StructuresSnapshot;
 }

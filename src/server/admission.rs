@@ -109,7 +109,6 @@ impl Gate {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    #[cfg(test)]
     pub fn is_claimed(&self, user: &UserId) -> bool {
         self.claims().is_claimed(user)
     }

@@ -43,6 +43,11 @@ pub struct Config {
     pub dashboard: Option<Dashboard>,
     /// `serve --data`: the open store and the state it loaded. None: in memory only.
     pub durable: Option<Durable>,
+    /// `serve --public-url`: the address students open when it is not this
+    /// machine's (a tunnel's); it is shown and encoded in the QR code.
+    pub public_url: Option<String>,
+    /// `serve --allow-origin`: other sites whose pages may open chat connections.
+    pub allow_origins: Vec<String>,
 }
 
 /// Limits the network shell enforces before (or around) the core.
@@ -107,6 +112,8 @@ impl Default for Config {
             shutdown_grace: SHUTDOWN_GRACE,
             dashboard: None,
             durable: None,
+            public_url: None,
+            allow_origins: Vec::new(),
         }
     }
 }

@@ -59,6 +59,9 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Conn>, hub: &Hub) {
             };
             evicted[index].1.push(refused);
         }
+        if hub.board.watched() {
+            hub.board.record(&outcome.event, &outcome.trace);
+        }
         if let Some(log) = log {
             log.event(outcome.event, outcome.trace);
         }

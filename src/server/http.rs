@@ -1,6 +1,7 @@
 //! The HTTP side: the routes, the WebSocket upgrade with its admission
-//! checks (name, connection slots, name claim), `/inspect` with its access
-//! rule, and `/healthz`.
+//! checks (origin, name, connection slots, name claim), `/inspect` with its
+//! access rule, and `/healthz`. The pages are in `pages.rs`, the board's
+//! feed in `board.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use axum::routing::get;
 use axum::Router;
 
 use super::config::Config;
-use super::connection;
 use super::handshake::Peer;
 use super::hub::Hub;
 use super::limits::{Full, SlotLimits};
+use super::{board, connection, pages};
 use crate::names::Name;
 
 /// tungstenite's write buffer per connection, filled lazily (idle sockets pay nothing).
@@ -23,6 +24,12 @@ const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 pub(crate) fn routes(hub: Arc<Hub>) -> Router {
     Router::new()
+        .route("/", get(pages::chat))
+        .route("/board", get(pages::board))
+        .route("/board/feed", get(board::feed))
+        .route("/assets/{name}", get(pages::asset))
+        .route("/join.svg", get(pages::join_qr))
+        .route("/names/{user}", get(pages::name_status))
         .route("/healthz", get(|| async { "ok" }))
         .route("/inspect", get(inspect))
         .route("/ws/{user}", get(ws_upgrade))
@@ -46,14 +53,31 @@ struct ConnectQuery {
     token: Option<String>,
 }
 
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 async fn ws_upgrade(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ConnectQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let remote = peer.addr;
+    // First, before anything is looked at: a page of another site may not
+    // talk through a visitor's browser (cross-site WebSocket hijacking).
+    let origin = header_str(&headers, header::ORIGIN);
+    if let Err(why) = hub
+        .site
+        .check_origin(origin, header_str(&headers, header::HOST))
+    {
+        if let Some(log) = &hub.log {
+            log.line(format!("! refused an upgrade from {remote}: {why}"));
+        }
+        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
     // The name is checked before the upgrade, so a bad one changes nothing.
     let user = match path {
         Ok(Path(raw)) => match Name::parse(&raw) {
@@ -134,7 +158,8 @@ async fn fallback(uri: Uri) -> Response {
     }
     (
         StatusCode::NOT_FOUND,
-        "not found: the routes are /ws/NAME (WebSocket), /inspect and /healthz\n",
+        "not found: the routes are / (the chat page), /board (the structures, for a projector), \
+         /ws/NAME (WebSocket), /inspect and /healthz\n",
     )
         .into_response()
 }
@@ -173,19 +198,52 @@ fn may_inspect(config: &Config, remote: &SocketAddr, headers: &HeaderMap) -> boo
     }
 }
 
+/// Refuses a `Host` that is not this machine's (see `site.rs`: DNS rebinding).
+/// A refusal: its status and one line saying why and what to do.
+pub(crate) type Refusal = (StatusCode, String);
+
+pub(crate) fn host_is_local(hub: &Hub, headers: &HeaderMap) -> Result<(), Refusal> {
+    let host = header_str(headers, header::HOST);
+    if hub.site.host_is_local(host) {
+        return Ok(());
+    }
+    Err((
+        StatusCode::FORBIDDEN,
+        format!(
+            "/inspect and /board answer only to this machine's names and addresses, not {:?}; \
+             open them as http://127.0.0.1:PORT/board (or pass --public-url with the address you use)\n",
+            host.unwrap_or_default()
+        ),
+    ))
+}
+
+/// The rule of `/inspect`, `/board` and its feed, which show every queued
+/// message: a local `Host`, then loopback or the admin token.
+pub(crate) fn may_see_everything(
+    hub: &Hub,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<(), Refusal> {
+    host_is_local(hub, headers)?;
+    if may_inspect(&hub.config, &peer.addr, headers) {
+        return Ok(());
+    }
+    Err((
+        StatusCode::FORBIDDEN,
+        "/inspect and /board show every queued message: without --admin-token they answer only \
+         this machine (not through a proxy or tunnel); with --admin-token TOKEN they need \
+         'Authorization: Bearer TOKEN' (vivachat inspect --admin-token TOKEN; the board asks for it)\n"
+            .to_string(),
+    ))
+}
+
 async fn inspect(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if !may_inspect(&hub.config, &peer.addr, &headers) {
-        return (
-            StatusCode::FORBIDDEN,
-            "/inspect shows every queued message: without --admin-token it answers only \
-             this machine (not through a proxy or tunnel); with --admin-token TOKEN it needs \
-             'Authorization: Bearer TOKEN' (vivachat inspect --admin-token TOKEN)\n",
-        )
-            .into_response();
+    if let Err(refused) = may_see_everything(&hub, &peer, &headers) {
+        return refused.into_response();
     }
     match serde_json::to_string(&hub.inspection()) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),

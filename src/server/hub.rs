@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use super::admission::Gate;
+use super::board::BoardFeed;
 use super::config::Config;
 use super::deliver::deliver;
 use super::limits::Slots;
 use super::outbox::Outbox;
 use super::shutdown::Shutdown;
+use super::site::Site;
 use crate::core::{ChatCore, ConnDetail, ConnHandle, ConnId, MemoryStructures, Outcome};
 use crate::event_log::EventLog;
 use crate::inspection::{Inspection, ServerInfo};
@@ -74,10 +76,14 @@ pub(crate) struct Hub {
     /// Durable mode's store; None in memory.
     pub store: Option<Arc<Store>>,
     pub shutdown: Shutdown,
+    /// The join URL and the Origin and Host rules.
+    pub site: Site,
+    /// What the board's feed needs from routing.
+    pub board: BoardFeed,
 }
 
 impl Hub {
-    pub fn new(mut config: Config, log: Option<EventLog>) -> Hub {
+    pub fn new(mut config: Config, log: Option<EventLog>, bound: SocketAddr) -> Hub {
         config.core.trace = log.is_some();
         let durable = config.durable.clone();
         let structures = match durable {
@@ -89,6 +95,7 @@ impl Hub {
             core.restore(&d.loaded.state);
         }
         let store = durable.as_ref().map(|d| d.store.clone());
+        let site = Site::new(bound, config.public_url.as_deref(), &config.allow_origins);
         let gate = Gate::new(
             store.clone(),
             durable.map(|d| d.loaded.claims).unwrap_or_default(),
@@ -103,6 +110,8 @@ impl Hub {
             gate,
             store,
             shutdown: Shutdown::default(),
+            site,
+            board: BoardFeed::default(),
         }
     }
 
@@ -116,6 +125,8 @@ impl Hub {
         if let Some(store) = &self.store {
             core.set_disk(store.disk());
         }
+        // The trace costs an allocation per event: only while someone reads it.
+        core.set_tracing(self.log.is_some() || self.board.watched());
         core
     }
 
@@ -168,6 +179,7 @@ impl Hub {
             outbox_frames: self.config.net.outbox_frames,
             connections_served: self.connections_served(),
             claimed_names: self.gate.claimed_names(),
+            board: self.board.stats(),
         };
         Inspection {
             snapshot,

@@ -7,7 +7,10 @@
 //!   way into the core (lock, decide, deliver).
 //! - `deliver.rs`: an outcome's frames into each connection's outbox, and the
 //!   eviction of a connection that stopped reading.
-//! - `http.rs`: routes, the WebSocket upgrade (name, slots, claim), `/inspect`.
+//! - `http.rs`: routes, the WebSocket upgrade (origin, name, slots, claim), `/inspect`.
+//! - `pages.rs`: the chat page `/` and the board `/board`, embedded, with their CSP.
+//! - `board.rs`: the board's live feed, coalesced to at most 10 frames a second.
+//! - [`site`]: the join URL and the Origin and Host checks that keep other sites out.
 //! - `connection.rs`: one reader and one writer task per WebSocket.
 //! - [`outbox`]: the bounded queue between routing and a socket's writer.
 //! - `admission.rs`: name claims, with Argon2 off the chat path.
@@ -22,6 +25,7 @@
 //! each connection's writer sends them.
 
 mod admission;
+mod board;
 pub mod config;
 mod connection;
 mod dashboard;
@@ -31,7 +35,9 @@ mod http;
 mod hub;
 pub mod limits;
 pub mod outbox;
+mod pages;
 mod shutdown;
+pub mod site;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -64,7 +70,8 @@ pub async fn run(
     log: Option<EventLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Report> {
-    let hub = Arc::new(Hub::new(config, log));
+    let bound = listener.local_addr()?;
+    let hub = Arc::new(Hub::new(config, log, bound));
     let listener = handshake::GuardedListener::new(listener, hub.config.net.handshake_timeout);
     let app = http::routes(hub.clone());
     let http = tokio::spawn(
@@ -81,6 +88,8 @@ pub async fn run(
         (task, stop)
     });
 
+    let board = tokio::spawn(board::publish(hub.clone(), hub.shutdown.begun()));
+
     shutdown.await;
     // The dashboard gives the terminal back first, so the shutdown lines are readable.
     if let Some((task, stop)) = dashboard {
@@ -90,6 +99,7 @@ pub async fn run(
     let grace = hub.config.shutdown_grace;
     hub.shutdown.begin(&hub, grace).await;
     let _ = tokio::time::timeout(grace, http).await;
+    let _ = board.await;
 
     let ops = hub.core().op_table();
     // Everything acknowledged is already on disk; this writes what is left

@@ -1,0 +1,620 @@
+//! The chat page and the board in a real headless Chromium, against a real
+//! server on a loopback port. Elements are found by role and label, as a
+//! screen reader (and an independent checker) finds them.
+//!
+//! Without Chromium these tests print that they were skipped; with `CI` set
+//! a missing browser fails them (`.ci/run` installs Debian's `chromium`).
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::time::Duration;
+
+use browser::{Browser, Page, PAGE_WAIT};
+use common::TestServer;
+use serde_json::json;
+use vivachat::server::Config;
+
+/// A phone: the issue's smallest supported screen.
+const PHONE: (u32, u32) = (390, 844);
+const LAPTOP: (u32, u32) = (1280, 800);
+const PROJECTOR: (u32, u32) = (1280, 720);
+
+fn base(server: &TestServer) -> String {
+    format!("http://{}", server.addr)
+}
+
+/// Opens the chat page at `origin` and joins as `name`; returns when connected.
+async fn join_at(page: &Page, origin: &str, name: &str) {
+    page.goto(&format!("{origin}/")).await;
+    page.fill("Your name", name).await;
+    page.click("Join").await;
+    page.by_role("textbox", "Message").await;
+    wait_log(page, &format!("Connected as {name}")).await;
+}
+
+async fn join(page: &Page, server: &TestServer, name: &str) {
+    join_at(page, &base(server), name).await;
+}
+
+/// Waits until the Messages log shows `needle`; returns the log's text.
+async fn wait_log(page: &Page, needle: &str) -> String {
+    let log = page.by_role("log", "Messages").await;
+    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
+    loop {
+        let text = log.text().await;
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never showed {needle:?}; it shows:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `text` from the page: To, Message, then Enter (or the Send button).
+async fn say(page: &Page, to: &str, text: &str, with_button: bool) {
+    page.fill("To", to).await;
+    page.fill("Message", text).await;
+    if with_button {
+        page.click("Send").await;
+    } else {
+        page.press_enter().await;
+    }
+}
+
+/// The items of the list labelled Online, as text.
+async fn online(page: &Page) -> Vec<String> {
+    let list = page.by_role("list", "Online").await;
+    let items = list
+        .call("function () { return [...this.querySelectorAll('li')].map(li => li.innerText.trim()); }")
+        .await;
+    serde_json::from_value(items).unwrap()
+}
+
+async fn wait_online(page: &Page, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
+    loop {
+        let now = online(page).await;
+        if check(&now) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Online never showed {what}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_no_problems(page: &Page, what: &str) {
+    let problems = page.problems();
+    assert!(problems.is_empty(), "{what}: {problems:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_chat_directly_and_in_a_group() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    let bob = browser.page(PHONE.0, PHONE.1, true).await;
+    join(&alice, &server, "alice").await;
+    join(&bob, &server, "bob").await;
+
+    // Direct: Enter sends; bob sees it, alice sees it delivered.
+    say(&alice, "bob", "hello bob", false).await;
+    let bob_log = wait_log(&bob, "hello bob").await;
+    assert!(bob_log.contains("alice → you"), "{bob_log}");
+    wait_log(&alice, "delivered").await;
+
+    // Group: both join with the slash command, alice sends with the button.
+    for page in [&alice, &bob] {
+        page.fill("Message", "/join g1").await;
+        page.press_enter().await;
+        wait_log(page, "You joined #g1").await;
+    }
+    say(&alice, "#g1", "lab at three", true).await;
+    let bob_log = wait_log(&bob, "lab at three").await;
+    assert!(bob_log.contains("#g1 · alice"), "{bob_log}");
+    // And back the other way, with the one-off #group form.
+    bob.fill("Message", "#g1 see you there").await;
+    bob.press_enter().await;
+    wait_log(&alice, "see you there").await;
+
+    // Errors are words: a group alice is not in.
+    say(&alice, "#nope", "anyone?", false).await;
+    wait_log(&alice, "not sent").await;
+
+    let state = server.inspect().await;
+    assert_eq!(state["groups"]["g1"], json!(["alice", "bob"]));
+    assert_no_problems(&alice, "alice's page");
+    assert_no_problems(&bob, "bob's page");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_while_offline_appears_marked_when_they_join() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    join(&alice, &server, "alice").await;
+    say(&alice, "carol", "read this when you are back", false).await;
+    wait_log(&alice, "queued").await;
+
+    let carol = browser.page(PHONE.0, PHONE.1, true).await;
+    join(&carol, &server, "carol").await;
+    let log = wait_log(&carol, "read this when you are back").await;
+    assert!(log.contains("while you were offline"), "{log}");
+    assert!(log.contains("1 message(s) waited for you"), "{log}");
+    let marked = carol
+        .eval("document.querySelectorAll('[role=log] .entry.offline').length")
+        .await;
+    assert_eq!(marked, json!(1));
+    let state = server.inspect().await;
+    assert_eq!(state["offline_messages"], json!({}), "flushed: {state}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_in_a_message_is_shown_literally_and_runs_nothing() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    let bob = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    join(&alice, &server, "alice").await;
+    join(&bob, &server, "bob").await;
+    let attack =
+        r#"<img src=x onerror="window.pwned=1"><b>bold</b><script>window.pwned=2</script>"#;
+    say(&alice, "bob", attack, false).await;
+    let log = wait_log(&bob, "<b>bold</b>").await;
+    assert!(log.contains(attack), "shown literally: {log}");
+    // Give an onerror the time it would need, then look.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for page in [&alice, &bob] {
+        assert_eq!(page.eval("typeof window.pwned").await, json!("undefined"));
+        let tags = page
+            .eval("document.querySelectorAll('[role=log] img, [role=log] b, [role=log] script').length")
+            .await;
+        assert_eq!(tags, json!(0), "no element was made from the text");
+        assert!(
+            !page.requests().iter().any(|u| u.ends_with("/x")),
+            "the image was never fetched: {:?}",
+            page.requests()
+        );
+    }
+    // A name is text too, in the online list and the log.
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_list_updates() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    join(&alice, &server, "alice").await;
+    assert_eq!(online(&alice).await, ["alice (you)"]);
+
+    // A terminal client joins: its presence frame updates the page's list.
+    let dave = server.connect("dave").await;
+    wait_online(&alice, "dave", |o| o.iter().any(|i| i == "dave")).await;
+    wait_log(&alice, "dave is online").await;
+
+    let bob = browser.page(PHONE.0, PHONE.1, true).await;
+    join(&bob, &server, "bob").await;
+    let seen_by_bob = online(&bob).await;
+    assert_eq!(seen_by_bob, ["alice", "bob (you)", "dave"]);
+    wait_online(&alice, "bob", |o| o.len() == 3).await;
+
+    // bob leaves with the button; dave's socket closes.
+    bob.click("Leave").await;
+    dave.close().await;
+    wait_online(&alice, "only alice", |o| o == ["alice (you)"]).await;
+    wait_log(&alice, "bob went offline").await;
+    server.stop().await;
+}
+
+/// The text of the board region labelled `name`.
+async fn region(page: &Page, name: &str) -> String {
+    page.by_role("region", name).await.text().await
+}
+
+async fn wait_region(page: &Page, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
+    loop {
+        let text = region(page, name).await;
+        if check(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "region {name} never showed {what}; it shows:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_draws_each_structure_and_changes_without_a_reload() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let board = browser.page(PROJECTOR.0, PROJECTOR.1, false).await;
+    board.goto(&format!("{}/board", base(&server))).await;
+    board.eval("window.sameDocument = 'yes'").await;
+    for name in [
+        "active_connections",
+        "presence",
+        "offline_messages",
+        "group_members",
+        "blocked_users",
+    ] {
+        wait_region(&board, name, "its empty state", |t| t.contains("empty")).await;
+    }
+
+    let mut alice = server.connect("alice").await;
+    let _alice_phone = server.connect("alice").await;
+    wait_region(&board, "presence", "alice", |t| t.contains("alice")).await;
+    let conns = wait_region(&board, "active_connections", "two device chips", |t| {
+        t.matches('#').count() == 2
+    })
+    .await;
+    assert!(conns.contains("alice"), "{conns}");
+
+    // Three messages to an offline user: three boxes, front to back, in order.
+    for text in ["one", "two", "three"] {
+        alice
+            .send(json!({"type": "message", "to": "bob", "text": text}))
+            .await;
+        assert_eq!(alice.recv_skipping_presence().await["status"], "queued");
+    }
+    let deque = wait_region(&board, "offline_messages", "bob's three boxes", |t| {
+        t.contains("len 3")
+    })
+    .await;
+    assert!(
+        deque.contains("bob") && deque.contains("front") && deque.contains("back"),
+        "{deque}"
+    );
+    let ids: Vec<u64> = serde_json::from_value(
+        board
+            .eval("[...document.querySelectorAll('[aria-label=offline_messages] .box b')].map(b => +b.textContent.slice(1))")
+            .await,
+    )
+    .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "oldest at the front: {ids:?}"
+    );
+
+    // The last message's path: online? no -> push_back.
+    let flow = board
+        .wait_for(
+            "document.querySelectorAll('[aria-label=\"message flow\"] .step.lit').length >= 3 && document.querySelector('[aria-label=\"message flow\"]').innerText",
+            "the flow to light",
+        )
+        .await;
+    let flow = flow.as_str().unwrap().to_string();
+    assert!(
+        flow.contains("push_back on bob's deque") && flow.contains("queued"),
+        "{flow}"
+    );
+
+    alice
+        .send(json!({"type": "group_join", "group": "g1"}))
+        .await;
+    alice.recv_skipping_presence().await;
+    alice.send(json!({"type": "block", "user": "eve"})).await;
+    alice.recv_skipping_presence().await;
+    wait_region(&board, "group_members", "#g1", |t| {
+        t.contains("#g1") && t.contains("alice")
+    })
+    .await;
+    wait_region(&board, "blocked_users", "alice blocks eve", |t| {
+        t.contains("alice") && t.contains("blocks") && t.contains("eve")
+    })
+    .await;
+
+    // bob connects: the deque is flushed from the front and disappears.
+    let _bob = server.connect("bob").await;
+    wait_region(&board, "offline_messages", "the deque flushed", |t| {
+        t.contains("empty")
+    })
+    .await;
+    let ops = region(&board, "operation counts").await;
+    assert!(
+        ops.contains("push_back") && ops.contains("pop_front"),
+        "{ops}"
+    );
+    let events = region(&board, "event log").await;
+    assert!(events.contains("bob connected"), "{events}");
+
+    assert_eq!(
+        board.eval("window.sameDocument").await,
+        json!("yes"),
+        "no reload"
+    );
+    let state = server.inspect().await;
+    assert_eq!(state["server"]["board"]["viewers"], 1);
+    assert_no_problems(&board, "the board");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_sized_viewport_fits_and_works() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let phone = browser.page(PHONE.0, PHONE.1, true).await;
+    join(&phone, &server, "pat").await;
+    // Nothing wider than the screen, and every control inside it.
+    let width = phone
+        .eval("document.documentElement.scrollWidth")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!(
+        width <= PHONE.0 as u64,
+        "page is {width}px wide on a {}px phone",
+        PHONE.0
+    );
+    for (role, name) in [
+        ("textbox", "To"),
+        ("textbox", "Message"),
+        ("button", "Send"),
+        ("log", "Messages"),
+    ] {
+        let rect = phone
+            .by_role(role, name)
+            .await
+            .call("function () { const r = this.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }")
+            .await;
+        let [l, t, r, b]: [f64; 4] = serde_json::from_value(rect).unwrap();
+        assert!(
+            l >= 0.0 && t >= 0.0 && r <= PHONE.0 as f64 && b <= PHONE.1 as f64 && r > l && b > t,
+            "{role} {name} at {l},{t}-{r},{b} is not on a {PHONE:?} screen"
+        );
+    }
+    // Tap targets big enough for a thumb.
+    let send_height = phone
+        .by_role("button", "Send")
+        .await
+        .call("function () { return this.getBoundingClientRect().height; }")
+        .await;
+    assert!(send_height.as_f64().unwrap() >= 44.0, "{send_height}");
+    phone.fill("Message", "/help").await;
+    phone.press_enter().await;
+    wait_log(&phone, "/block bob").await;
+    say(&phone, "pat", "note to self", false).await;
+    wait_log(&phone, "delivered").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_page_requests_anything_but_the_server_and_it_works_on_every_loopback_name() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let port = server.addr.port();
+    let by_ip = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    let by_name = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    let board = browser.page(PROJECTOR.0, PROJECTOR.1, false).await;
+    join_at(&by_ip, &format!("http://127.0.0.1:{port}"), "ip").await;
+    join_at(&by_name, &format!("http://localhost:{port}"), "named").await;
+    say(&by_name, "ip", "from localhost", false).await;
+    wait_log(&by_ip, "from localhost").await;
+    board.goto(&format!("http://localhost:{port}/board")).await;
+    wait_region(&board, "presence", "both users", |t| {
+        t.contains("ip") && t.contains("named")
+    })
+    .await;
+    // The join QR code is an image the board loaded from the server.
+    let qr_loaded = board
+        .wait_for(
+            "document.querySelector('img').naturalWidth > 0",
+            "the QR code",
+        )
+        .await;
+    assert_eq!(qr_loaded, json!(true));
+
+    for (page, host) in [
+        (&by_ip, format!("127.0.0.1:{port}")),
+        (&by_name, format!("localhost:{port}")),
+        (&board, format!("localhost:{port}")),
+    ] {
+        let requests = page.requests();
+        assert!(requests.len() >= 4, "{requests:?}");
+        for url in &requests {
+            let ours = url.starts_with(&format!("http://{host}/"))
+                || url.starts_with(&format!("ws://{host}/"))
+                || url == "about:blank";
+            assert!(ours, "a request left the server: {url} (all: {requests:?})");
+        }
+        assert_no_problems(page, &host);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_name_is_refused_in_words_and_a_reload_keeps_it() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let first = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    join(&first, &server, "sam").await;
+    let state = server.inspect().await;
+    assert_eq!(
+        state["server"]["claimed_names"],
+        json!(["sam"]),
+        "the page claims its name"
+    );
+
+    // The same browser (same storage) comes back as sam: its key is kept.
+    let again = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    join(&again, &server, "sam").await;
+
+    // A terminal client without the key is refused at the upgrade.
+    assert_eq!(server.refused_status("/ws/sam").await, 401);
+    // Another browser profile (another student's phone) is told why, in words.
+    let Some(other) = Browser::launch().await else {
+        return;
+    };
+    let stranger = other.page(PHONE.0, PHONE.1, true).await;
+    stranger.goto(&format!("{}/", base(&server))).await;
+    stranger.fill("Your name", "sam").await;
+    stranger.click("Join").await;
+    let alert = stranger
+        .wait_for(
+            "document.querySelector('[role=alert]').innerText",
+            "the refusal",
+        )
+        .await;
+    assert!(alert.as_str().unwrap().contains("already taken"), "{alert}");
+    server.stop().await;
+}
+
+/// A class of 30 as terminal clients: names, groups of 5, some blocks, and a
+/// few messages waiting for students who have not arrived yet.
+const CLASS: [&str; 30] = [
+    "ana", "ben", "chen", "dara", "eli", "femi", "gus", "hana", "ivan", "jo", "kai", "lena", "mo",
+    "nia", "oli", "priya", "quinn", "raj", "sara", "tom", "uma", "vik", "wen", "xena", "yusuf",
+    "zoe", "amir", "bea", "cruz", "dev",
+];
+
+async fn seat_the_class(server: &TestServer) -> Vec<common::Client> {
+    let mut class = Vec::new();
+    for (i, name) in CLASS.iter().enumerate() {
+        let mut c = server.connect(name).await;
+        let group = format!("lab{}", i / 10 + 1);
+        c.send(json!({"type": "group_join", "group": group})).await;
+        c.recv_skipping_presence().await;
+        class.push(c);
+    }
+    class[1].send(json!({"type": "block", "user": "eli"})).await;
+    class[1].recv_skipping_presence().await;
+    class[7].send(json!({"type": "block", "user": "tom"})).await;
+    class[7].recv_skipping_presence().await;
+    for (i, (to, text)) in [
+        ("omar", "are you coming to the lab?"),
+        ("omar", "bring the notes"),
+        ("omar", "room 2.14"),
+        ("alice", "welcome back!"),
+        ("pia", "call me"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        class[i]
+            .send(json!({"type": "message", "to": to, "text": text}))
+            .await;
+        class[i].recv_skipping_presence().await;
+    }
+    class
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_fits_a_projector_for_a_class_of_30() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let _class = seat_the_class(&server).await;
+    let board = browser.page(PROJECTOR.0, PROJECTOR.1, false).await;
+    board.goto(&format!("{}/board", base(&server))).await;
+    wait_region(&board, "presence", "the class", |t| {
+        t.contains("dev") && t.contains("ana")
+    })
+    .await;
+    wait_region(&board, "group_members", "three groups", |t| {
+        t.contains("#lab3")
+    })
+    .await;
+    // Let the entry animations (which slide items in from the side) finish.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing scrolls, and no region cuts off what it draws.
+    let page = board
+        .eval("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        .await;
+    assert_eq!(page, json!([PROJECTOR.0, PROJECTOR.1]), "the page scrolls");
+    let cut = board
+        .eval("[...document.querySelectorAll('section, section .items, section ol, section .op-lines')].filter(e => e.scrollHeight > e.clientHeight + 1 || e.scrollWidth > e.clientWidth + 1).map(e => `${e.closest('section').getAttribute('aria-label')} ${e.tagName} ${e.scrollWidth}x${e.scrollHeight} in ${e.clientWidth}x${e.clientHeight}`)")
+        .await;
+    assert_eq!(cut, json!([]), "these regions overflow at 30 users");
+    // Large type: nothing a student must read is under 12 px.
+    let smallest = board
+        .eval("Math.min(...[...document.querySelectorAll('section *')].filter(e => e.childNodes.length && [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())).map(e => parseFloat(getComputedStyle(e).fontSize)))")
+        .await;
+    assert!(
+        smallest.as_f64().unwrap() >= 12.0,
+        "smallest text {smallest}px"
+    );
+    server.stop().await;
+}
+
+/// Screenshots for the README (`demos/screenshots.sh`): not a check, so ignored
+/// by `cargo test`; it writes under `$VIVACHAT_SCREENSHOTS` (docs/img).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn screenshots() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("VIVACHAT_SCREENSHOTS").unwrap_or_else(|_| "docs/img".into()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let browser = Browser::launch().await.expect("screenshots need Chromium");
+    let server = TestServer::start_with(Config::default()).await;
+    let mut class = seat_the_class(&server).await;
+    let board = browser.page(PROJECTOR.0, PROJECTOR.1, false).await;
+    board.goto(&format!("{}/board", base(&server))).await;
+
+    let alice = browser.page(PHONE.0, PHONE.1, true).await;
+    join(&alice, &server, "alice").await;
+    wait_log(&alice, "welcome back!").await;
+    class[2]
+        .send(json!({"type": "message", "to": "alice", "text": "hi alice, lab at 3?"}))
+        .await;
+    class[2].recv_skipping_presence().await;
+    wait_log(&alice, "lab at 3").await;
+    say(&alice, "chen", "yes! see you there", false).await;
+    wait_log(&alice, "delivered").await;
+    alice.fill("Message", "/join lab1").await;
+    alice.press_enter().await;
+    wait_log(&alice, "You joined #lab1").await;
+    class[0]
+        .send(json!({"type": "group_message", "group": "lab1", "text": "group notes are up"}))
+        .await;
+    class[0].recv_skipping_presence().await;
+    wait_log(&alice, "group notes are up").await;
+    // One student leaves, and a message for them is queued at the back of their deque.
+    drop(class.pop());
+    class[3]
+        .send(json!({"type": "message", "to": "dev", "text": "you left your bag"}))
+        .await;
+    class[3].recv_skipping_presence().await;
+    wait_region(&board, "offline_messages", "dev's deque", |t| {
+        t.contains("dev")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    alice.screenshot(&dir.join("chat-phone.png")).await;
+    board.screenshot(&dir.join("board-projector.png")).await;
+    let laptop = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    join(&laptop, &server, "omar").await;
+    wait_log(&laptop, "room 2.14").await;
+    laptop.screenshot(&dir.join("chat-laptop.png")).await;
+    server.stop().await;
+}

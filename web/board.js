@@ -1,0 +1,346 @@
+// The board: draws each frame of /board/feed (one JSON object per line, at
+// most 10 a second, built by the server from one snapshot) as pictures of
+// the five structures. Items are keyed, so what is new slides in and what
+// left fades out instead of the whole picture being redrawn.
+import { el, store, backoff } from "/assets/common.js";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "vivachat:admin-token";
+
+/** Render timings, for docs/performance.md (read by the browser tests too). */
+const stats = { frames: 0, renderMsTotal: 0, renderMsMax: 0, lastSeq: 0 };
+window.vivachatBoard = stats;
+
+// ---------------------------------------------------------------- keyed lists
+
+/**
+ * Makes `container` show `items` in order, one child per key: existing
+ * children are updated in place, new ones get `enter`, gone ones get
+ * `leave` and are removed when it ends.
+ */
+function reconcile(container, items, key, create, update) {
+  const old = new Map();
+  for (const child of container.children) {
+    if (child.dataset.key !== undefined && !child.classList.contains("leave")) old.set(child.dataset.key, child);
+  }
+  const wanted = new Set(items.map(key));
+  for (const [k, child] of old) {
+    if (!wanted.has(k)) {
+      child.classList.add("leave");
+      setTimeout(() => child.remove(), 700);
+    }
+  }
+  let previous = null;
+  for (const item of items) {
+    const k = key(item);
+    let node = old.get(k);
+    if (node) {
+      update?.(node, item);
+    } else {
+      node = create(item);
+      node.dataset.key = k;
+      if (container.childElementCount > 0 || stats.frames > 0) node.classList.add("enter");
+    }
+    // Move only what is out of place: moving restarts a node's animation.
+    const want = previous ? previous.nextElementSibling : container.firstElementChild;
+    if (want !== node) {
+      // Leaving nodes stay where they were until they are gone.
+      let anchor = want;
+      while (anchor && anchor.classList.contains("leave") && anchor !== node) anchor = anchor.nextElementSibling;
+      if (anchor !== node) container.insertBefore(node, anchor);
+    }
+    previous = node;
+  }
+}
+
+function more(container, count, what) {
+  let tail = container.querySelector(":scope > .more");
+  if (count > 0) {
+    if (!tail) tail = el("span", { class: "more" });
+    tail.textContent = `+${count} more ${what}`;
+    container.append(tail);
+  } else if (tail) {
+    tail.remove();
+  }
+}
+
+function emptyNote(container, isEmpty, text) {
+  let note = container.querySelector(":scope > .empty");
+  if (isEmpty && !note) container.append(el("span", { class: "empty" }, text));
+  if (!isEmpty && note) note.remove();
+}
+
+// ---------------------------------------------------------------- the five structures
+
+function drawActive(shown) {
+  const box = $("active");
+  reconcile(
+    box,
+    shown.items,
+    (d) => d.user,
+    (d) => el("span", { class: "key" }, el("span", { class: "user" }, d.user), el("span", { class: "chips" })),
+    () => {},
+  );
+  for (const d of shown.items) {
+    const chips = box.querySelector(`:scope > [data-key="${CSS.escape(d.user)}"] .chips`);
+    reconcile(
+      chips,
+      d.devices,
+      (c) => String(c.id),
+      (c) => el("span", { class: "chip", title: c.remote || "" }, `#${c.id}`),
+    );
+  }
+  more(box, shown.more, "users");
+  emptyNote(box, shown.items.length === 0, "empty: nobody connected");
+}
+
+function drawPresence(shown) {
+  const box = $("presence");
+  reconcile(box, shown.items, (u) => u, (u) => el("span", { class: "pill" }, u));
+  more(box, shown.more, "online");
+  emptyNote(box, shown.items.length === 0, "empty: nobody online");
+}
+
+function queuedBox(b) {
+  return el(
+    "span",
+    { class: `box${b.group ? " group" : ""}`, title: b.group ? `#${b.group} from ${b.from}` : `from ${b.from}` },
+    el("b", {}, `#${b.id}`),
+    b.group ? `${b.from}→#${b.group}` : b.from,
+  );
+}
+
+function drawOffline(shown) {
+  const box = $("offline");
+  reconcile(
+    box,
+    shown.items,
+    (d) => d.user,
+    (d) =>
+      el(
+        "div",
+        { class: "deque" },
+        el("span", { class: "owner" }, d.user),
+        el("span", { class: "end" }, "front"),
+        el("span", { class: "boxes" }),
+        el("span", { class: "end" }, "back"),
+        el("span", { class: "len" }),
+      ),
+  );
+  for (const d of shown.items) {
+    const row = box.querySelector(`:scope > [data-key="${CSS.escape(d.user)}"]`);
+    const boxes = row.querySelector(".boxes");
+    // The gap of a long deque sits after its front boxes; it is keyed like a box.
+    const items = d.boxes.map((b) => ({ key: String(b.id), b }));
+    if (d.skipped > 0) items.splice(Math.min(4, items.length), 0, { key: "gap", skipped: d.skipped });
+    reconcile(
+      boxes,
+      items,
+      (i) => i.key,
+      (i) => (i.b ? queuedBox(i.b) : el("span", { class: "gap" })),
+      (node, i) => {
+        if (!i.b) node.textContent = `… ${i.skipped} more …`;
+      },
+    );
+    const gap = boxes.querySelector('[data-key="gap"]');
+    if (gap) gap.textContent = `… ${d.skipped} more …`;
+    row.querySelector(".len").textContent = `len ${d.len}`;
+  }
+  more(box, shown.more, "deques");
+  emptyNote(box, shown.items.length === 0, "empty: no queued messages");
+}
+
+function drawGroups(shown) {
+  const box = $("groups");
+  reconcile(
+    box,
+    shown.items,
+    (g) => g.group,
+    (g) => el("span", { class: "set" }, el("span", { class: "gname" }, `#${g.group}`), el("span", { class: "members" })),
+  );
+  for (const g of shown.items) {
+    const members = box.querySelector(`:scope > [data-key="${CSS.escape(g.group)}"] .members`);
+    reconcile(members, g.members, (m) => m, (m) => el("span", { class: "member" }, m));
+  }
+  more(box, shown.more, "groups");
+  emptyNote(box, shown.items.length === 0, "empty: no groups (/join g1 makes one)");
+}
+
+function drawBlocked(shown) {
+  const box = $("blocked");
+  reconcile(
+    box,
+    shown.items,
+    (b) => b.by,
+    (b) => el("div", { class: "block-row" }, el("span", { class: "by" }, b.by), el("span", { class: "arrow" }, "blocks"), el("span", { class: "whoms" })),
+  );
+  for (const b of shown.items) {
+    const whoms = box.querySelector(`:scope > [data-key="${CSS.escape(b.by)}"] .whoms`);
+    reconcile(whoms, b.whom, (w) => w, (w) => el("span", { class: "whom" }, w));
+  }
+  more(box, shown.more, "blockers");
+  emptyNote(box, shown.items.length === 0, "empty: nobody blocks anyone");
+}
+
+// ---------------------------------------------------------------- flow, counts, log
+
+let flowId = null;
+let flowTimers = [];
+
+function drawFlow(flow) {
+  if (!flow || flow.id === flowId) return;
+  flowId = flow.id;
+  flowTimers.forEach(clearTimeout);
+  $("flow-title").textContent = `#${flow.id}: ${flow.from} → ${flow.to}`;
+  const steps = flow.steps.map((s, i) =>
+    el("li", { class: "step" }, el("span", { class: "n" }, `${i + 1}`), el("span", {}, el("span", { class: "ask" }, `${s.structure}: ${s.ask}`), " ", el("span", { class: "answer" }, s.answer))),
+  );
+  steps.push(el("li", { class: "step" }, el("span", { class: "n" }, "✓"), el("span", {}, el("span", { class: "ask" }, `ack to ${flow.from}:`), " ", el("span", { class: "answer" }, flow.status))));
+  $("flow").replaceChildren(...steps);
+  // Light the path one step at a time, in the order the server took it.
+  const taken = [...flow.steps.map((s) => s.taken), true];
+  flowTimers = steps.map((node, i) => setTimeout(() => node.classList.add(taken[i] ? "lit" : "skipped"), 250 + i * 350));
+}
+
+const STRUCTURES = ["active_connections", "presence", "offline_messages", "group_members", "blocked_users"];
+const REGION = {
+  active_connections: "r-active",
+  presence: "r-presence",
+  offline_messages: "r-offline",
+  group_members: "r-groups",
+  blocked_users: "r-blocked",
+};
+let lastCounts = new Map();
+
+function drawOps(ops) {
+  const rows = Array.isArray(ops) ? ops : [];
+  const lines = STRUCTURES.map((s) => ({ s, ops: rows.filter((r) => r.structure === s) }));
+  reconcile(
+    $("ops"),
+    lines,
+    (l) => l.s,
+    (l) => el("div", { class: "op-line" }, el("span", { class: "s" }, l.s), el("span", { class: "list" })),
+  );
+  for (const line of lines) {
+    const node = $("ops").querySelector(`[data-key="${line.s}"] .list`);
+    let touched = false;
+    for (const r of line.ops) {
+      const id = `${r.structure}.${r.op}`;
+      let op = node.querySelector(`[data-op="${id}"]`);
+      if (!op) {
+        op = el("span", { class: "op", "data-op": id }, `${r.op} `, el("span", { class: "c" }), " ", el("span", { class: "cost" }, r.complexity));
+        node.append(op);
+      }
+      const before = lastCounts.get(id);
+      op.querySelector(".c").textContent = r.count.toLocaleString();
+      op.classList.toggle("bumped", before !== undefined && r.count > before);
+      if (before !== undefined && r.count > before) touched = true;
+      lastCounts.set(id, r.count);
+    }
+    const region = $(REGION[line.s]);
+    if (touched) {
+      region.classList.add("touched");
+      setTimeout(() => region.classList.remove("touched"), 120);
+    }
+  }
+}
+
+function drawEvents(lines) {
+  // The server's event-log lines: what happened, then each operation it cost.
+  const items = lines.slice(-5).map((line) => {
+    const [what, ...ops] = line.split(" | ");
+    return el("li", {}, el("b", {}, what), ops.length ? ` | ${ops.join(" | ")}` : "");
+  });
+  $("events").replaceChildren(...items);
+}
+
+function render(frame) {
+  const started = performance.now();
+  const t = frame.totals;
+  $("totals").textContent =
+    `${t.online} online · ${t.devices} device(s) · ${t.queued} queued in ${t.deques} deque(s) · ${t.groups} group(s) · ${t.blockers} blocker(s)`;
+  $("join-url").textContent = frame.join_url;
+  drawActive(frame.active_connections);
+  drawPresence(frame.presence);
+  drawOffline(frame.offline_messages);
+  drawGroups(frame.group_members);
+  drawBlocked(frame.blocked_users);
+  drawOps(frame.ops);
+  drawEvents(frame.events);
+  drawFlow(frame.flow);
+  const took = performance.now() - started;
+  stats.frames += 1;
+  stats.renderMsTotal += took;
+  stats.renderMsMax = Math.max(stats.renderMsMax, took);
+  stats.lastSeq = frame.seq;
+  $("feed-cost").textContent =
+    `frame ${frame.seq}: server ${frame.build_us} µs (core held ${frame.hold_us} µs), page ${took.toFixed(1)} ms, ${frame.events_since} event(s) since the last`;
+}
+
+// ---------------------------------------------------------------- the feed
+
+let pending = null;
+function schedule(frame) {
+  // Draw at most once per display frame, always the newest.
+  if (pending === null) requestAnimationFrame(() => { const f = pending; pending = null; render(f); });
+  pending = frame;
+}
+
+function setFeed(text, live) {
+  $("feed-state").textContent = text;
+  $("feed-state").className = `feed-state${live ? " live" : ""}`;
+}
+
+function askForToken(error) {
+  $("admin").hidden = false;
+  $("admin-error").textContent = error || "";
+  $("admin-token").focus();
+  setFeed("needs the admin token", false);
+}
+
+let attempt = 0;
+async function follow() {
+  const token = store.get(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  try {
+    const response = await fetch("/board/feed", { headers, cache: "no-store" });
+    if (response.status === 403) {
+      if (token) store.remove(TOKEN_KEY);
+      askForToken(token ? "That token was not accepted." : "");
+      return;
+    }
+    if (!response.ok) throw new Error(`${response.status} ${(await response.text()).trim()}`);
+    $("admin").hidden = true;
+    setFeed("live", true);
+    attempt = 0;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, end).trim();
+        buffer = buffer.slice(end + 1);
+        if (line) schedule(JSON.parse(line));
+      }
+    }
+    throw new Error("the server closed the feed");
+  } catch (error) {
+    const delay = backoff(attempt++);
+    setFeed(`reconnecting in ${Math.ceil(delay / 1000)} s`, false);
+    setTimeout(follow, delay);
+  }
+}
+
+$("admin").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = $("admin-token").value.trim();
+  if (!token) return;
+  store.set(TOKEN_KEY, token);
+  $("admin-token").value = "";
+  follow();
+});
+
+follow();
