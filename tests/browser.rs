@@ -618,3 +618,106 @@ async fn screenshots() {
     laptop.screenshot(&dir.join("chat-laptop.png")).await;
     server.stop().await;
 }
+
+/// The server's CPU time so far, in seconds, from /proc (Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// One phase of the class-scale measurement: 300 users at 2,000 msgs/s.
+async fn class_load(binary: &str, url: &str, pid: u32, secs: u32) -> (serde_json::Value, f64) {
+    let before = cpu_seconds(pid);
+    let (binary, url) = (binary.to_string(), url.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary)
+            .args(["bench", "load", "--url", &url, "--clients", "300"])
+            .args(["--rate", "2000", "--secs", &secs.to_string(), "--json"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (report, (cpu_seconds(pid) - before) / secs as f64)
+}
+
+/// docs/performance.md's board figures: a release server (`cargo test
+/// --release`) under 300 users sending 2,000 msgs/s, first with no board
+/// open, then with the board open in Chromium. Ignored by `cargo test`:
+/// it takes a minute and measures, it does not check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn board_under_a_class_of_300() {
+    let browser = Browser::launch().await.expect("needs Chromium");
+    let binary = env!("CARGO_BIN_EXE_vivachat");
+    let mut server = std::process::Command::new(binary)
+        .args(["serve", "--quiet", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = server.id();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    let addr = loop {
+        let line = lines.next().expect("serve printed no address").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("vivachat listening on ") {
+            break rest.to_string();
+        }
+    };
+    // Keep reading its output, so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let url = format!("ws://{addr}");
+    let secs = 15;
+    let (quiet, quiet_cpu) = class_load(binary, &url, pid, secs).await;
+
+    let board = browser.page(PROJECTOR.0, PROJECTOR.1, false).await;
+    board.goto(&format!("http://{addr}/board")).await;
+    board
+        .wait_for("window.vivachatBoard.frames > 0", "the first frame")
+        .await;
+    let (watched, watched_cpu) = class_load(binary, &url, pid, secs).await;
+    let page = board.eval("window.vivachatBoard").await;
+    let (_, inspect) = common::http_get(addr.parse().unwrap(), "/inspect", &[]).await;
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let feed = &inspect["server"]["board"];
+
+    let frames = page["frames"].as_f64().unwrap();
+    println!("| | no board | board open |");
+    println!("|---|---|---|");
+    println!(
+        "| delivered msgs/s | {:.0} | {:.0} |",
+        quiet["achieved_rate"].as_f64().unwrap(),
+        watched["achieved_rate"].as_f64().unwrap()
+    );
+    for (what, p) in [("latency p50 (ms)", "p50"), ("latency p99 (ms)", "p99")] {
+        println!(
+            "| {what} | {:.2} | {:.2} |",
+            quiet["latency_us"][p].as_f64().unwrap() / 1000.0,
+            watched["latency_us"][p].as_f64().unwrap() / 1000.0
+        );
+    }
+    println!("| lost | {} | {} |", quiet["lost"], watched["lost"]);
+    println!("| server CPU (cores) | {quiet_cpu:.3} | {watched_cpu:.3} |");
+    println!(
+        "| feed: frames built, mean build (µs) | - | {} frames, {} µs |",
+        feed["frames"], feed["mean_build_us"]
+    );
+    println!(
+        "| page: frames drawn, mean / max draw (ms) | - | {frames}, {:.2} / {:.2} |",
+        page["renderMsTotal"].as_f64().unwrap() / frames,
+        page["renderMsMax"].as_f64().unwrap()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(watched["lost"], 0);
+}

@@ -137,6 +137,23 @@ async fn serve_narrates_chats_and_shuts_down_on_ctrl_c_with_final_counts() {
 #[test]
 fn quiet_turns_the_event_log_off_and_0_0_0_0_prints_addresses() {
     let (mut served, port) = serve(&["--port", "0", "--quiet", "--host", "0.0.0.0"]);
+    // The page's address (the LAN one, not loopback) and a QR code of it.
+    let students = served.expect("Students: open http://");
+    let has_lan = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .iter()
+        .any(|i| i.ip().is_ipv4() && !i.is_loopback());
+    assert_eq!(!students.contains("127.0.0.1"), has_lan, "{students}");
+    assert!(
+        students.contains(&format!(":{port}/ on a phone")),
+        "{students}"
+    );
+    let qr = served.expect("█");
+    assert!(
+        qr.chars().count() >= 21,
+        "a QR code is at least 21 modules wide: {qr}"
+    );
+    served.expect(&format!("Projector: http://127.0.0.1:{port}/board"));
     let line = served.expect(&format!("ws://127.0.0.1:{port}/ws/YOUR_NAME"));
     assert!(line.contains("this machine only"));
     served.expect("--admin-token");
