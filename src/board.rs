@@ -138,11 +138,9 @@ pub struct Flow {
 /// Everything the board shows at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BoardFrame {
-    /// Increases with every frame, so the page can tell a new one from a repeat.
-    pub seq: u64,
-    /// The address students open (also encoded in the QR code).
-    pub join_url: String,
-    pub uptime_ms: u64,
+    /// What the server adds: sequence, join URL, events, flow, costs.
+    #[serde(flatten)]
+    pub context: FrameContext,
     pub totals: Totals,
     pub active_connections: Shown<Devices>,
     pub presence: Shown<UserId>,
@@ -151,6 +149,16 @@ pub struct BoardFrame {
     pub blocked_users: Shown<Blocks>,
     /// Every operation counter with its cost class.
     pub ops: OpTable,
+}
+
+/// What the server knows besides the structures when it builds a frame.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FrameContext {
+    /// Increases with every frame, so the page can tell a new one from a repeat.
+    pub seq: u64,
+    /// The address students open (also encoded in the QR code).
+    pub join_url: String,
+    pub uptime_ms: u64,
     /// The latest event-log lines, oldest first.
     pub events: Vec<String>,
     pub flow: Option<Flow>,
@@ -160,19 +168,6 @@ pub struct BoardFrame {
     pub hold_us: u64,
     /// Microseconds the previous frame took to build and encode: the feed's
     /// server cost, paid once per frame however many boards watch.
-    pub build_us: u64,
-}
-
-/// What the server knows besides the structures when it builds a frame.
-#[derive(Debug, Clone, Default)]
-pub struct FrameContext {
-    pub seq: u64,
-    pub join_url: String,
-    pub uptime_ms: u64,
-    pub events: Vec<String>,
-    pub flow: Option<Flow>,
-    pub events_since: u64,
-    pub hold_us: u64,
     pub build_us: u64,
 }
 
@@ -195,9 +190,7 @@ impl BoardFrame {
             blockers: s.blocked.len(),
         };
         BoardFrame {
-            seq: cx.seq,
-            join_url: cx.join_url,
-            uptime_ms: cx.uptime_ms,
+            context: cx,
             totals,
             active_connections: Shown::cut(s.active_connections.iter().map(|(user, ids)| {
                 Devices {
@@ -222,11 +215,6 @@ impl BoardFrame {
                 whom: whom.clone(),
             })),
             ops,
-            events: cx.events,
-            flow: cx.flow,
-            events_since: cx.events_since,
-            hold_us: cx.hold_us,
-            build_us: cx.build_us,
         }
     }
 }

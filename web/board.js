@@ -72,33 +72,23 @@ function emptyNote(container, isEmpty, text) {
 
 // ---------------------------------------------------------------- the five structures
 
-function drawActive(shown) {
-  const box = $("active");
-  reconcile(
-    box,
-    shown.items,
-    (d) => d.user,
-    (d) => el("span", { class: "key" }, el("span", { class: "user" }, d.user), el("span", { class: "chips" })),
-    () => {},
-  );
-  for (const d of shown.items) {
-    const chips = box.querySelector(`:scope > [data-key="${CSS.escape(d.user)}"] .chips`);
-    reconcile(
-      chips,
-      d.devices,
-      (c) => String(c.id),
-      (c) => el("span", { class: "chip", title: c.remote || "" }, `#${c.id}`),
-    );
+/**
+ * One structure's region: a keyed node per entry (`row` makes it), `inner`
+ * updates what is inside an entry, then "+N more" and the empty note.
+ */
+function drawStructure(id, shown, { key, row, inner, what, empty }) {
+  const box = $(id);
+  reconcile(box, shown.items, key, row);
+  for (const item of inner ? shown.items : []) {
+    inner(box.querySelector(`:scope > [data-key="${CSS.escape(key(item))}"]`), item);
   }
-  more(box, shown.more, "users");
-  emptyNote(box, shown.items.length === 0, "empty: nobody connected");
+  more(box, shown.more, what);
+  emptyNote(box, shown.items.length === 0, empty);
 }
 
-function drawPresence(shown) {
-  const box = $("presence");
-  reconcile(box, shown.items, (u) => u, (u) => el("span", { class: "pill" }, u));
-  more(box, shown.more, "online");
-  emptyNote(box, shown.items.length === 0, "empty: nobody online");
+/** A keyed list of names inside `node`'s `selector`, each made by `make`. */
+function names(node, selector, list, make) {
+  reconcile(node.querySelector(selector), list, (n) => String(n.id ?? n), make);
 }
 
 function queuedBox(b) {
@@ -110,13 +100,34 @@ function queuedBox(b) {
   );
 }
 
-function drawOffline(shown) {
-  const box = $("offline");
-  reconcile(
-    box,
-    shown.items,
-    (d) => d.user,
-    (d) =>
+/** A deque's boxes, front first; a long deque's gap sits after its front boxes, keyed like a box. */
+function drawDeque(row, d) {
+  const items = d.boxes.map((b) => ({ key: String(b.id), b }));
+  if (d.skipped > 0) items.splice(Math.min(4, items.length), 0, { key: "gap" });
+  const boxes = row.querySelector(".boxes");
+  reconcile(boxes, items, (i) => i.key, (i) => (i.b ? queuedBox(i.b) : el("span", { class: "gap" })));
+  const gap = boxes.querySelector('[data-key="gap"]');
+  if (gap) gap.textContent = `… ${d.skipped} more …`;
+  row.querySelector(".len").textContent = `len ${d.len}`;
+}
+
+function drawStructures(frame) {
+  drawStructure("active", frame.active_connections, {
+    key: (d) => d.user,
+    row: (d) => el("span", { class: "key" }, el("span", { class: "user" }, d.user), el("span", { class: "chips" })),
+    inner: (node, d) => names(node, ".chips", d.devices, (c) => el("span", { class: "chip", title: c.remote || "" }, `#${c.id}`)),
+    what: "users",
+    empty: "empty: nobody connected",
+  });
+  drawStructure("presence", frame.presence, {
+    key: (u) => u,
+    row: (u) => el("span", { class: "pill" }, u),
+    what: "online",
+    empty: "empty: nobody online",
+  });
+  drawStructure("offline", frame.offline_messages, {
+    key: (d) => d.user,
+    row: (d) =>
       el(
         "div",
         { class: "deque" },
@@ -126,60 +137,24 @@ function drawOffline(shown) {
         el("span", { class: "end" }, "back"),
         el("span", { class: "len" }),
       ),
-  );
-  for (const d of shown.items) {
-    const row = box.querySelector(`:scope > [data-key="${CSS.escape(d.user)}"]`);
-    const boxes = row.querySelector(".boxes");
-    // The gap of a long deque sits after its front boxes; it is keyed like a box.
-    const items = d.boxes.map((b) => ({ key: String(b.id), b }));
-    if (d.skipped > 0) items.splice(Math.min(4, items.length), 0, { key: "gap", skipped: d.skipped });
-    reconcile(
-      boxes,
-      items,
-      (i) => i.key,
-      (i) => (i.b ? queuedBox(i.b) : el("span", { class: "gap" })),
-      (node, i) => {
-        if (!i.b) node.textContent = `… ${i.skipped} more …`;
-      },
-    );
-    const gap = boxes.querySelector('[data-key="gap"]');
-    if (gap) gap.textContent = `… ${d.skipped} more …`;
-    row.querySelector(".len").textContent = `len ${d.len}`;
-  }
-  more(box, shown.more, "deques");
-  emptyNote(box, shown.items.length === 0, "empty: no queued messages");
-}
-
-function drawGroups(shown) {
-  const box = $("groups");
-  reconcile(
-    box,
-    shown.items,
-    (g) => g.group,
-    (g) => el("span", { class: "set" }, el("span", { class: "gname" }, `#${g.group}`), el("span", { class: "members" })),
-  );
-  for (const g of shown.items) {
-    const members = box.querySelector(`:scope > [data-key="${CSS.escape(g.group)}"] .members`);
-    reconcile(members, g.members, (m) => m, (m) => el("span", { class: "member" }, m));
-  }
-  more(box, shown.more, "groups");
-  emptyNote(box, shown.items.length === 0, "empty: no groups (/join g1 makes one)");
-}
-
-function drawBlocked(shown) {
-  const box = $("blocked");
-  reconcile(
-    box,
-    shown.items,
-    (b) => b.by,
-    (b) => el("div", { class: "block-row" }, el("span", { class: "by" }, b.by), el("span", { class: "arrow" }, "blocks"), el("span", { class: "whoms" })),
-  );
-  for (const b of shown.items) {
-    const whoms = box.querySelector(`:scope > [data-key="${CSS.escape(b.by)}"] .whoms`);
-    reconcile(whoms, b.whom, (w) => w, (w) => el("span", { class: "whom" }, w));
-  }
-  more(box, shown.more, "blockers");
-  emptyNote(box, shown.items.length === 0, "empty: nobody blocks anyone");
+    inner: drawDeque,
+    what: "deques",
+    empty: "empty: no queued messages",
+  });
+  drawStructure("groups", frame.group_members, {
+    key: (g) => g.group,
+    row: (g) => el("span", { class: "set" }, el("span", { class: "gname" }, `#${g.group}`), el("span", { class: "members" })),
+    inner: (node, g) => names(node, ".members", g.members, (m) => el("span", { class: "member" }, m)),
+    what: "groups",
+    empty: "empty: no groups (/join g1 makes one)",
+  });
+  drawStructure("blocked", frame.blocked_users, {
+    key: (b) => b.by,
+    row: (b) => el("div", { class: "block-row" }, el("span", { class: "by" }, b.by), el("span", { class: "arrow" }, "blocks"), el("span", { class: "whoms" })),
+    inner: (node, b) => names(node, ".whoms", b.whom, (w) => el("span", { class: "whom" }, w)),
+    what: "blockers",
+    empty: "empty: nobody blocks anyone",
+  });
 }
 
 // ---------------------------------------------------------------- flow, counts, log
@@ -260,11 +235,7 @@ function render(frame) {
   $("totals").textContent =
     `${t.online} online · ${t.devices} device(s) · ${t.queued} queued in ${t.deques} deque(s) · ${t.groups} group(s) · ${t.blockers} blocker(s)`;
   $("join-url").textContent = frame.join_url;
-  drawActive(frame.active_connections);
-  drawPresence(frame.presence);
-  drawOffline(frame.offline_messages);
-  drawGroups(frame.group_members);
-  drawBlocked(frame.blocked_users);
+  drawStructures(frame);
   drawOps(frame.ops);
   drawEvents(frame.events);
   drawFlow(frame.flow);

@@ -55,7 +55,7 @@ pub struct Browser {
 /// The browser to use: `$CHROMIUM`, else Debian's and the usual names.
 fn find_chromium() -> Option<String> {
     if let Ok(path) = std::env::var("CHROMIUM") {
-        return Some(path);
+        return std::path::Path::new(&path).exists().then_some(path);
     }
     [
         "chromium",
@@ -82,7 +82,15 @@ impl Browser {
                 std::env::var_os("CI").is_none(),
                 "CI must run the browser tests: install Chromium (apt-get install -y chromium)"
             );
-            eprintln!("browser tests skipped: no Chromium found (apt-get install -y chromium, or set CHROMIUM)");
+            // Written past the test harness's capture, once, so `cargo test` shows it.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "browser tests skipped: no Chromium found (apt-get install -y chromium, or set CHROMIUM=/path/to/chromium)"
+                );
+            });
             return None;
         };
         static NEXT: AtomicU64 = AtomicU64::new(0);
