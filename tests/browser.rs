@@ -488,6 +488,79 @@ async fn a_claimed_name_is_refused_in_words_and_a_reload_keeps_it() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_restart_and_reconnects_by_itself() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let page = browser.page(PHONE.0, PHONE.1, true).await;
+    join(&page, &server, "rosa").await;
+    let status = page.by_role("status", "").await;
+    assert_eq!(status.text().await, "connected");
+
+    server.stop().await;
+    let down = page
+        .wait_for(
+            "document.querySelector('[role=status]').innerText.includes('retrying')",
+            "the page to say it is offline",
+        )
+        .await;
+    assert_eq!(down, json!(true));
+    wait_log(&page, "the server is restarting").await;
+
+    // The same address again: the page finds it with its backoff, and chats.
+    let server = TestServer::start_at(addr, Config::default()).await;
+    page.wait_for(
+        "document.querySelector('[role=status]').innerText === 'connected'",
+        "the page to reconnect",
+    )
+    .await;
+    let mut tom = server.connect("tom").await;
+    tom.send(json!({"type": "message", "to": "rosa", "text": "welcome back"}))
+        .await;
+    assert_eq!(tom.recv_skipping_presence().await["status"], "delivered");
+    wait_log(&page, "welcome back").await;
+    // The restarted (in-memory) server forgot the claim; the page claimed it again.
+    let state = server.inspect().await;
+    assert_eq!(state["server"]["claimed_names"], json!(["rosa"]));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_the_board_asks_for_it_once() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start_with(Config {
+        admin_token: Some("front-desk".into()),
+        ..Config::default()
+    })
+    .await;
+    let board = browser.page(PROJECTOR.0, PROJECTOR.1, false).await;
+    board.goto(&format!("{}/board", base(&server))).await;
+    board.fill("Admin token", "wrong").await;
+    board.click("Open the board").await;
+    let alert = board
+        .wait_for(
+            "document.querySelector('#admin-error').innerText",
+            "the refusal",
+        )
+        .await;
+    assert_eq!(alert, json!("That token was not accepted."));
+    board.fill("Admin token", "front-desk").await;
+    board.press_enter().await;
+    let _alice = server.connect("alice").await;
+    wait_region(&board, "presence", "alice", |t| t.contains("alice")).await;
+    // Asked once: a reload goes straight to the board.
+    board.goto(&format!("{}/board", base(&server))).await;
+    wait_region(&board, "presence", "alice again", |t| t.contains("alice")).await;
+    let form_hidden = board.eval("document.querySelector('#admin').hidden").await;
+    assert_eq!(form_hidden, json!(true));
+    server.stop().await;
+}
+
 /// A class of 30 as terminal clients: names, groups of 5, some blocks, and a
 /// few messages waiting for students who have not arrived yet.
 const CLASS: [&str; 30] = [

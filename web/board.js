@@ -6,6 +6,8 @@ import { el, store, backoff } from "/assets/common.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "vivachat:admin-token";
+/** Between items that enter or leave together, so their order can be seen. */
+const STAGGER_MS = 120;
 
 /** Render timings, for docs/performance.md (read by the browser tests too). */
 const stats = { frames: 0, renderMsTotal: 0, renderMsMax: 0, lastSeq: 0 };
@@ -24,12 +26,18 @@ function reconcile(container, items, key, create, update) {
     if (child.dataset.key !== undefined && !child.classList.contains("leave")) old.set(child.dataset.key, child);
   }
   const wanted = new Set(items.map(key));
+  // Several leaving at once (a deque flushed) go one after another, first
+  // first, so the class sees pop_front take them from the front in order.
+  let leaving = 0;
   for (const [k, child] of old) {
     if (!wanted.has(k)) {
+      const delay = Math.min(leaving++, 12) * STAGGER_MS;
+      child.style.animationDelay = `${delay}ms`;
       child.classList.add("leave");
-      setTimeout(() => child.remove(), 700);
+      setTimeout(() => child.remove(), delay + 700);
     }
   }
+  let entering = 0;
   let previous = null;
   for (const item of items) {
     const k = key(item);
@@ -39,7 +47,10 @@ function reconcile(container, items, key, create, update) {
     } else {
       node = create(item);
       node.dataset.key = k;
-      if (container.childElementCount > 0 || stats.frames > 0) node.classList.add("enter");
+      if (container.childElementCount > 0 || stats.frames > 0) {
+        node.style.animationDelay = `${Math.min(entering++, 12) * STAGGER_MS}ms`;
+        node.classList.add("enter");
+      }
     }
     // Move only what is out of place: moving restarts a node's animation.
     const want = previous ? previous.nextElementSibling : container.firstElementChild;
