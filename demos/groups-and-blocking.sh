@@ -25,11 +25,11 @@ wait_for "$(out bob-8)" "ok (block carol)"
 show --user bob
 check "bob blocks carol" "d['blocked']['bob'] == ['carol']"
 
-step "carol posts again and writes to bob directly: the fan-out skips bob, the direct message says only 'sent'"
+step "carol posts again and writes to bob directly: the fan-out skips bob, and carol is told 'delivered' as if he had not blocked her"
 say 9 "#g1 can bob see this?"
 say 9 "@bob and this?"
 wait_for "$(out alice-7)" "#g1 carol: can bob see this?"
-wait_for "$(out carol-9)" '✓ sent'
+wait_for "$(out carol-9)" '✓ delivered'
 say 8 "/ping"
 wait_for "$(out bob-8)" "pong: round trip"
 lacks "$(out bob-8)" "can bob see this?"

@@ -263,7 +263,8 @@ impl Flow {
                 to,
                 id,
                 status,
-            } => Some(direct(from, to, *id, *status, trace)),
+                blocked,
+            } => Some(direct(from, to, *id, (*status, *blocked), trace)),
             Event::GroupMessage {
                 from,
                 group,
@@ -271,6 +272,7 @@ impl Flow {
                 status,
                 connections,
                 queued,
+                blocked,
             } => Some(Flow {
                 id: *id,
                 from: from.clone(),
@@ -285,7 +287,10 @@ impl Flow {
                     Step {
                         structure: "blocked_users",
                         ask: format!("for each member: does it block {from}?"),
-                        answer: "those who do are skipped".into(),
+                        answer: match blocked {
+                            0 => "nobody does".into(),
+                            n => format!("{n} do: skipped, and {from} is not told"),
+                        },
                         taken: true,
                     },
                     Step {
@@ -308,9 +313,16 @@ impl Flow {
     }
 }
 
-fn direct(from: &UserId, to: &UserId, id: u64, status: AckStatus, trace: &Trace) -> Flow {
-    // A direct message is `sent` (given to nobody) only when the recipient blocks the sender.
-    let blocked = status == AckStatus::Sent;
+/// The seed's flow for one direct message. v1.1: the devices are looked up
+/// (and the ack decided) whether or not the recipient blocks the sender; a
+/// block only stops the push or the push_back.
+fn direct(
+    from: &UserId,
+    to: &UserId,
+    id: u64,
+    (status, blocked): (AckStatus, bool),
+    trace: &Trace,
+) -> Flow {
     let devices = traced_size(trace, Structure::ActiveConnections, Op::Get, to).unwrap_or(0);
     let online = status == AckStatus::Delivered;
     let queue_len = traced_size(trace, Structure::OfflineMessages, Op::PushBack, to);
@@ -319,7 +331,7 @@ fn direct(from: &UserId, to: &UserId, id: u64, status: AckStatus, trace: &Trace)
             structure: "blocked_users",
             ask: format!("does {to} block {from}?"),
             answer: if blocked {
-                "yes: dropped, and the sender is told only `sent`".into()
+                format!("yes: dropped, yet {from} is told `{status}` as if not")
             } else {
                 "no".into()
             },
@@ -333,13 +345,13 @@ fn direct(from: &UserId, to: &UserId, id: u64, status: AckStatus, trace: &Trace)
             } else {
                 "no devices".into()
             },
-            taken: !blocked,
+            taken: true,
         },
         Step {
             structure: "active_connections",
             ask: "push to each device".into(),
             answer: format!("{devices} frame(s) sent"),
-            taken: online,
+            taken: online && !blocked,
         },
         Step {
             structure: "offline_messages",
@@ -348,7 +360,7 @@ fn direct(from: &UserId, to: &UserId, id: u64, status: AckStatus, trace: &Trace)
                 Some(len) => format!("queued, deque length {len}"),
                 None => "queued".into(),
             },
-            taken: status == AckStatus::Queued,
+            taken: status == AckStatus::Queued && !blocked,
         },
     ];
     Flow {
@@ -397,6 +409,7 @@ mod tests {
             to: n("bob"),
             id: 7,
             status: AckStatus::Delivered,
+            blocked: false,
         };
         let trace = traced(&[(Structure::ActiveConnections, Op::Get, "bob", 2)]);
         let flow = Flow::of(&event, &trace).unwrap();
@@ -414,6 +427,7 @@ mod tests {
             to: n("bob"),
             id: 8,
             status: AckStatus::Queued,
+            blocked: false,
         };
         let trace = traced(&[
             (Structure::ActiveConnections, Op::Get, "bob", 0),
@@ -424,16 +438,24 @@ mod tests {
         assert_eq!(taken, [true, true, false, true]);
         assert_eq!(flow.steps[3].answer, "queued, deque length 3");
 
+        // Blocked: the devices are still looked up and the ack is the same,
+        // but neither branch is taken.
         let blocked = Event::Message {
             from: n("alice"),
             to: n("bob"),
             id: 9,
-            status: AckStatus::Sent,
+            status: AckStatus::Delivered,
+            blocked: true,
         };
-        let flow = Flow::of(&blocked, &Trace::new(true)).unwrap();
+        let trace = traced(&[(Structure::ActiveConnections, Op::Get, "bob", 1)]);
+        let flow = Flow::of(&blocked, &trace).unwrap();
         let taken: Vec<bool> = flow.steps.iter().map(|s| s.taken).collect();
-        assert_eq!(taken, [true, false, false, false]);
-        assert!(flow.steps[0].answer.starts_with("yes"));
+        assert_eq!(taken, [true, true, false, false]);
+        assert_eq!(
+            flow.steps[0].answer,
+            "yes: dropped, yet alice is told `delivered` as if not"
+        );
+        assert_eq!(flow.status, AckStatus::Delivered);
     }
 
     #[test]
@@ -445,8 +467,10 @@ mod tests {
             status: AckStatus::Delivered,
             connections: 2,
             queued: 0,
+            blocked: 1,
         };
         let flow = Flow::of(&event, &Trace::new(false)).unwrap();
+        assert_eq!(flow.steps[1].answer, "1 do: skipped, and alice is not told");
         assert_eq!(flow.to, "#g1");
         let taken: Vec<bool> = flow.steps.iter().map(|s| s.taken).collect();
         assert_eq!(taken, [true, true, true, false]);

@@ -105,7 +105,7 @@ fn status(s: AckStatus) -> &'static str {
     match s {
         AckStatus::Delivered => "delivered",
         AckStatus::Queued => "queued",
-        AckStatus::Sent => "sent (blocked or no one to reach)",
+        AckStatus::Sent => "sent (nobody else in the group)",
         AckStatus::Ok => "ok",
     }
 }
@@ -151,7 +151,17 @@ pub fn summary(event: &Event) -> String {
             to,
             id,
             status: st,
-        } => format!("{from} -> {to} (message {id}): {}", status(*st)),
+            blocked,
+        } => {
+            if *blocked {
+                format!(
+                    "{from} -> {to} (message {id}): {to} blocks {from}: dropped; {from} is told {}",
+                    status(*st)
+                )
+            } else {
+                format!("{from} -> {to} (message {id}): {}", status(*st))
+            }
+        }
         Event::GroupMessage {
             from,
             group,
@@ -159,10 +169,17 @@ pub fn summary(event: &Event) -> String {
             status: st,
             connections,
             queued,
-        } => format!(
-            "{from} -> #{group} (message {id}): {}, {connections} connection(s), {queued} queued",
-            status(*st)
-        ),
+            blocked,
+        } => {
+            let mut s = format!(
+                "{from} -> #{group} (message {id}): {}, {connections} connection(s), {queued} queued",
+                status(*st)
+            );
+            if *blocked > 0 {
+                s += &format!(", {blocked} member(s) block {from}: skipped");
+            }
+            s
+        }
         Event::Joined {
             user,
             group,
@@ -262,6 +279,7 @@ mod tests {
             to: bob,
             id: 7,
             status: AckStatus::Queued,
+            blocked: false,
         };
         let line = format_event(Duration::from_millis(1500), &e, &t, false);
         assert_eq!(

@@ -618,7 +618,9 @@ async fn the_board_fits_a_projector_for_a_class_of_30() {
     })
     .await;
     // Let the entry animations (which slide items in from the side) finish.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    board
+        .wait_for("document.getAnimations().length === 0", "the animations to end")
+        .await;
     // Nothing scrolls, and no region cuts off what it draws.
     let page = board
         .eval("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")

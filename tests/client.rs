@@ -132,9 +132,9 @@ async fn block_and_unblock() {
     alice.say("@bob can you hear me");
     assert!(
         alice
-            .expect("✓ sent")
+            .expect("✓ delivered")
             .ends_with(r#"(to bob: "can you hear me")"#),
-        "blocked senders see `sent`"
+        "a blocked sender sees what she would see unblocked (v1.1)"
     );
     expect_quiet(&mut bob);
     bob.say("/unblock alice");

@@ -225,9 +225,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let outcome = handle(&mut core, &mut disk, USERS[from], conn, &text);
                 let (got, acks) = received(&outcome);
                 let online = m.conns_of(to);
-                let expected_ack = if m.blocks.contains(&(to, from)) {
-                    "Sent"
-                } else if !online.is_empty() {
+                // v1.1: the ack ignores the block; the block only stops delivery.
+                let blocked = m.blocks.contains(&(to, from));
+                let expected_ack = if !online.is_empty() {
                     "Delivered"
                 } else if m.queues.get(&to).map_or(0, VecDeque::len) >= MAX_OFFLINE {
                     "InboxFull"
@@ -242,7 +242,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let id = m.next_id;
                 m.next_id += 1;
                 let expected: BTreeMap<ConnId, Vec<u64>> = match expected_ack {
-                    "Delivered" => online.iter().map(|c| (*c, vec![id])).collect(),
+                    "Delivered" if !blocked => online.iter().map(|c| (*c, vec![id])).collect(),
                     _ => BTreeMap::new(),
                 };
                 prop_assert_eq!(
@@ -252,7 +252,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     id,
                     USERS[to]
                 );
-                if expected_ack == "Queued" {
+                if expected_ack == "Queued" && !blocked {
                     m.queues.entry(to).or_default().push_back(id);
                 }
             }
@@ -306,28 +306,34 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let id = m.next_id;
                 m.next_id += 1;
                 let mut expected: BTreeMap<ConnId, Vec<u64>> = BTreeMap::new();
-                let mut queued = 0;
+                // What the sender is told counts members who block her as if
+                // they did not (v1.1); they get nothing.
+                let (mut would_reach, mut would_queue) = (0, 0);
                 for member in members {
-                    if m.blocks.contains(&(member, from)) {
-                        continue;
-                    }
+                    // The sender's own devices are never checked against her own blocks.
+                    let blocks = member != from && m.blocks.contains(&(member, from));
                     let conns = m.conns_of(member);
                     if conns.is_empty() {
                         let q = m.queues.entry(member).or_default();
                         if q.len() < MAX_OFFLINE {
-                            q.push_back(id);
-                            queued += 1;
+                            would_queue += 1;
+                            if !blocks {
+                                q.push_back(id);
+                            }
                         }
                     } else {
                         for c in conns.into_iter().filter(|c| *c != conn) {
-                            expected.insert(c, vec![id]);
+                            would_reach += 1;
+                            if !blocks {
+                                expected.insert(c, vec![id]);
+                            }
                         }
                     }
                 }
                 m.queues.retain(|_, q| !q.is_empty());
-                let status = if !expected.is_empty() {
+                let status = if would_reach > 0 {
                     "Delivered"
-                } else if queued > 0 {
+                } else if would_queue > 0 {
                     "Queued"
                 } else {
                     "Sent"

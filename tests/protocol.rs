@@ -365,15 +365,16 @@ async fn blocking_hides_everything_from_the_blocker_until_unblocked() {
     );
     assert_eq!(server.inspect().await["blocked"]["bob"], json!(["alice"]));
 
-    // Live direct: `sent`, nothing reaches bob.
+    // v1.1: the sender is told exactly what she would be told unblocked.
+    // Live direct: `delivered`, and nothing reaches bob.
     let ack = alice
         .request(json!({"type":"message","to":"bob","text":"1"}))
         .await;
-    assert_eq!(ack["status"], "sent");
+    assert_eq!(ack["status"], "delivered");
     assert!(ack["id"].is_u64());
     bob.assert_nothing_pending().await;
 
-    // Group fan-out: skipped.
+    // Group fan-out: skipped, and still `delivered`.
     for c in [&mut alice, &mut bob] {
         c.request(json!({"type":"group_join","group":"g"})).await;
     }
@@ -381,13 +382,24 @@ async fn blocking_hides_everything_from_the_blocker_until_unblocked() {
         alice
             .request(json!({"type":"group_message","group":"g","text":"2"}))
             .await["status"],
-        "sent"
+        "delivered"
     );
     bob.assert_nothing_pending().await;
 
-    // Queued: not stored, and the block is checked before the (full) inbox.
+    // Offline: `queued` but not stored; a full inbox is `inbox_full`, as for anyone.
     bob.close().await;
     alice.recv().await;
+    assert_eq!(
+        alice
+            .request(json!({"type":"message","to":"bob","text":"2b"}))
+            .await["status"],
+        "queued"
+    );
+    assert_eq!(
+        server.inspect().await["offline_messages"],
+        json!({}),
+        "nothing stored"
+    );
     let mut carol = server.connect("carol").await;
     assert_eq!(alice.recv().await["user"], "carol");
     assert_eq!(
@@ -399,9 +411,10 @@ async fn blocking_hides_everything_from_the_blocker_until_unblocked() {
     assert_eq!(
         alice
             .request(json!({"type":"message","to":"bob","text":"3"}))
-            .await["status"],
-        "sent"
+            .await["code"],
+        "inbox_full"
     );
+    // The group copy for a full inbox is skipped for everyone: nobody else, `sent`.
     assert_eq!(
         alice
             .request(json!({"type":"group_message","group":"g","text":"4"}))

@@ -242,7 +242,7 @@ function request(frame, pending) {
 const ACK_WORDS = {
   delivered: ["delivered", "delivered"],
   queued: ["queued: delivered when they connect", "queued"],
-  sent: ["sent", "sent"],
+  sent: ["sent: nobody else was there to get it", "sent"],
 };
 
 function receive(frame) {

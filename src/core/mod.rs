@@ -160,15 +160,22 @@ pub enum Event {
         from: UserId,
         to: UserId,
         id: u64,
+        /// What the sender was told (the same whether or not `to` blocks them).
         status: AckStatus,
+        /// `to` blocks `from`: nothing was sent or stored.
+        blocked: bool,
     },
     GroupMessage {
         from: UserId,
         group: GroupId,
         id: u64,
+        /// What the sender was told, counting members who block them as if they did not.
         status: AckStatus,
+        /// Connections that really got it, and members it was really queued for.
         connections: usize,
         queued: usize,
+        /// Members who block the sender: skipped.
+        blocked: usize,
     },
     Joined {
         user: UserId,

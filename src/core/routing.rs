@@ -377,17 +377,13 @@ impl<S: Structures> ChatCore<S> {
             now_ms,
         } = sender;
         let s = &mut self.structures;
-        // A block is checked first and answered `sent`, like a delivery to
-        // nobody, so the sender cannot tell that they are blocked.
+        // Protocol v1.1: a block changes what happens, never what the sender is
+        // told. The answer is decided exactly as if there were no block
+        // (devices? disk? inbox full?); only then does the block stop the
+        // message, so `delivered`, `queued` and `inbox_full` reveal nothing.
         let blocked = s.is_blocked(&to, from, trace);
-        let devices: &[S::Conn] = if blocked {
-            &[]
-        } else {
-            s.connections(&to, trace)
-        };
-        let status = if blocked {
-            AckStatus::Sent
-        } else if !devices.is_empty() {
+        let devices: &[S::Conn] = s.connections(&to, trace);
+        let status = if !devices.is_empty() {
             AckStatus::Delivered
         } else if let Disk::Unavailable(why) = &self.disk {
             return Err(unavailable(
@@ -418,6 +414,7 @@ impl<S: Structures> ChatCore<S> {
         );
         let id = message.id;
         match status {
+            _ if blocked => {}
             AckStatus::Delivered => {
                 let frame = plan.frame(ServerFrame::Chat {
                     message,
@@ -439,6 +436,7 @@ impl<S: Structures> ChatCore<S> {
             to,
             id,
             status,
+            blocked,
         })
     }
 
@@ -480,25 +478,36 @@ impl<S: Structures> ChatCore<S> {
             offline: false,
         });
         let max = self.config.max_offline;
-        let (mut connections, mut queued) = (0, 0);
+        // What the sender is told counts members who block them as if they
+        // did not (v1.1: a block is undetectable); only real deliveries and
+        // queued copies go to the event log as `connections` and `queued`.
+        let (mut connections, mut queued, mut blocked) = (0, 0, 0);
+        let (mut would_reach, mut would_queue) = (0, 0);
         for member in s.group_members(&group, trace) {
-            if s.is_blocked(&member, from, trace) {
-                continue;
-            }
+            // The sender's own devices get it too; she is never checked
+            // against her own block set.
+            let blocks = member != *from && s.is_blocked(&member, from, trace);
+            blocked += usize::from(blocks);
             let devices = s.connections(&member, trace);
             if !devices.is_empty() {
                 for device in devices.iter().filter(|d| d.id() != conn.id()) {
-                    plan.send(device, frame);
-                    connections += 1;
+                    would_reach += 1;
+                    if !blocks {
+                        plan.send(device, frame);
+                        connections += 1;
+                    }
                 }
             } else if s.queued_len(&member, trace) < max {
-                s.queue_push_back(&member, message.clone(), trace);
-                queued += 1;
+                would_queue += 1;
+                if !blocks {
+                    s.queue_push_back(&member, message.clone(), trace);
+                    queued += 1;
+                }
             }
         }
-        let status = if connections > 0 {
+        let status = if would_reach > 0 {
             AckStatus::Delivered
-        } else if queued > 0 {
+        } else if would_queue > 0 {
             AckStatus::Queued
         } else {
             AckStatus::Sent
@@ -511,6 +520,7 @@ impl<S: Structures> ChatCore<S> {
             status,
             connections,
             queued,
+            blocked,
         })
     }
 

@@ -216,61 +216,93 @@ fn inbox_full_refuses_without_storing_or_using_an_id() {
     assert_eq!(frames(&o, 1)[0]["id"], 3, "the refused message took no id");
 }
 
+/// Protocol v1.1: a blocked sender is told exactly what they would be told
+/// if there were no block (`delivered`, `queued`, `inbox_full`), and the
+/// recipient gets nothing, live, queued or through a group.
 #[test]
-fn a_block_stops_direct_live_queued_and_group_messages_until_unblocked() {
-    let mut c = core_with(1);
+fn a_block_changes_what_happens_never_what_the_sender_is_told() {
+    let mut c = core_with(2);
     c.connect(&n("alice"), 1);
-    // bob is offline and his inbox is full: a blocked sender still gets `sent`.
-    c.connect(&n("carol"), 9);
-    send(
-        &mut c,
-        "carol",
-        9,
-        json!({"type":"message","to":"bob","text":"fill"}),
-    );
     c.connect(&n("bob"), 2);
     send(&mut c, "bob", 2, json!({"type":"block","user":"alice"}));
-    c.disconnect(&n("bob"), 2, vec![]);
-    send(
-        &mut c,
-        "carol",
-        9,
-        json!({"type":"message","to":"bob","text":"fill"}),
-    );
+
+    // Live: `delivered`, as to anyone online; nothing reaches bob.
     let o = send(
         &mut c,
         "alice",
         1,
         json!({"type":"message","to":"bob","text":"x"}),
     );
-    assert_eq!(
-        frames(&o, 1)[0]["status"],
-        "sent",
-        "block is checked before the inbox"
-    );
-    // Live: nothing reaches bob.
-    c.connect(&n("bob"), 2);
-    let o = send(
-        &mut c,
-        "alice",
-        1,
-        json!({"type":"message","to":"bob","text":"x"}),
-    );
-    assert_eq!(frames(&o, 1)[0]["status"], "sent");
+    assert_eq!(frames(&o, 1)[0]["status"], "delivered");
     assert!(frames(&o, 2).is_empty());
-    // Group fan-out skips bob too.
+    assert!(matches!(o.event, Event::Message { blocked: true, .. }));
+
+    // Offline: `queued`, and nothing is queued.
+    c.disconnect(&n("bob"), 2, vec![]);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "queued");
+    assert!(c.snapshot().structures.offline_messages.is_empty());
+
+    // Full inbox: `inbox_full`, as for anyone else.
+    c.connect(&n("carol"), 9);
+    for _ in 0..2 {
+        send(
+            &mut c,
+            "carol",
+            9,
+            json!({"type":"message","to":"bob","text":"fill"}),
+        );
+    }
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"message","to":"bob","text":"x","ref":4}),
+    );
+    assert_eq!(frames(&o, 1)[0]["code"], "inbox_full");
+    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 2);
+
+    // A group: bob online in it, alice told `delivered`, bob gets nothing.
+    let o = c.connect(&n("bob"), 3);
+    assert_eq!(frames(&o, 3).len(), 3, "welcome and carol's two only");
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
-    send(&mut c, "bob", 2, json!({"type":"group_join","group":"g"}));
+    send(&mut c, "bob", 3, json!({"type":"group_join","group":"g"}));
     let o = send(
         &mut c,
         "alice",
         1,
         json!({"type":"group_message","group":"g","text":"x"}),
     );
-    assert!(frames(&o, 2).is_empty());
-    assert_eq!(frames(&o, 1)[0]["status"], "sent");
-    // Unblocked: delivered again.
-    send(&mut c, "bob", 2, json!({"type":"unblock","user":"alice"}));
+    assert!(frames(&o, 3).is_empty());
+    assert_eq!(frames(&o, 1)[0]["status"], "delivered");
+    assert!(matches!(
+        o.event,
+        Event::GroupMessage {
+            connections: 0,
+            blocked: 1,
+            ..
+        }
+    ));
+    // ... and offline: `queued`, nothing queued.
+    c.disconnect(&n("bob"), 3, vec![]);
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "queued");
+    assert!(c.snapshot().structures.offline_messages.is_empty());
+
+    // Unblocked: delivered for real again.
+    let o = c.connect(&n("bob"), 4);
+    assert_eq!(frames(&o, 4).len(), 1, "only the welcome: nothing was kept");
+    send(&mut c, "bob", 4, json!({"type":"unblock","user":"alice"}));
     let o = send(
         &mut c,
         "alice",
@@ -278,11 +310,35 @@ fn a_block_stops_direct_live_queued_and_group_messages_until_unblocked() {
         json!({"type":"message","to":"bob","text":"y"}),
     );
     assert_eq!(frames(&o, 1)[0]["status"], "delivered");
-    assert_eq!(frames(&o, 2)[0]["text"], "y");
+    assert_eq!(frames(&o, 4)[0]["text"], "y");
     assert!(
         c.snapshot().structures.blocked.is_empty(),
         "empty block sets are removed"
     );
+}
+
+#[test]
+fn a_sender_is_never_checked_against_her_own_block_set() {
+    let mut c = core();
+    c.connect(&n("alice"), 1);
+    c.connect(&n("bob"), 2);
+    for (u, conn) in [("alice", 1), ("bob", 2)] {
+        send(&mut c, u, conn, json!({"type":"group_join","group":"g"}));
+    }
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    let checks: Vec<String> = o
+        .trace
+        .records()
+        .iter()
+        .filter(|r| r.structure == Structure::BlockedUsers)
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(checks, ["blocked_users[bob].contains(alice) O(1)"]);
 }
 
 #[test]
@@ -522,7 +578,7 @@ fn op_counts_for_a_scripted_sequence() {
         "alice",
         1,
         json!({"type":"group_message","group":"g","text":"x"}),
-    ); // contains, iterate, contains(blocked), get
+    ); // contains, iterate, get (alice, the only member, is not checked against her own blocks)
     c.disconnect(&n("bob"), 2, vec![]); // remove, presence remove, iterate, get(alice)
     use Op::*;
     use Structure::*;
@@ -542,7 +598,7 @@ fn op_counts_for_a_scripted_sequence() {
         (GroupMembers, Iterate, 1),
         (GroupMembers, Len, 2),
         (BlockedUsers, Insert, 1),
-        (BlockedUsers, Contains, 2),
+        (BlockedUsers, Contains, 1),
         (BlockedUsers, Len, 1),
     ];
     for (s, op, count) in expect {
