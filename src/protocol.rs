@@ -27,8 +27,68 @@ pub enum Request {
     Ping,
 }
 
-/// The optional `ref` of a request, echoed unchanged (same JSON type) in its reply.
-pub type Ref = Option<Value>;
+/// The optional `ref` of a request, echoed unchanged in its reply.
+pub type Ref = Option<RefValue>;
+
+/// A `ref` exactly as the client wrote it: kept as its raw JSON text and
+/// written back byte for byte, so `123456789012345678901234567890` does not
+/// come back as `1.2345678901234568e29` (a parsed number would be an f64).
+/// Cloning it is one atomic increment.
+#[derive(Clone, Debug)]
+pub struct RefValue(std::sync::Arc<RawValue>);
+
+impl RefValue {
+    /// The raw JSON text, as received.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The ref as an unsigned integer, if it is one (the client's own refs are).
+    pub fn as_u64(&self) -> Option<u64> {
+        self.get().parse().ok()
+    }
+}
+
+impl From<Box<RawValue>> for RefValue {
+    fn from(raw: Box<RawValue>) -> RefValue {
+        RefValue(raw.into())
+    }
+}
+
+/// A ref made from a JSON value (clients and tests; the server keeps the raw text).
+impl From<Value> for RefValue {
+    fn from(value: Value) -> RefValue {
+        let raw = serde_json::value::to_raw_value(&value).expect("a JSON value serialises");
+        RefValue::from(raw)
+    }
+}
+
+impl From<u64> for RefValue {
+    fn from(n: u64) -> RefValue {
+        RefValue::from(Value::from(n))
+    }
+}
+
+impl PartialEq for RefValue {
+    fn eq(&self, other: &RefValue) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Serialize for RefValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// For clients reading replies: through a `Value`, because a raw value cannot
+/// pass through the buffering of an internally tagged enum (the client's refs
+/// are small integers, which a `Value` keeps exactly).
+impl<'de> Deserialize<'de> for RefValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RefValue, D::Error> {
+        Value::deserialize(d).map(RefValue::from)
+    }
+}
 
 /// A parsed request together with its `ref`.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,7 +161,7 @@ impl RequestError {
 /// assert_eq!(ok.request, Request::Who);
 /// let err = parse_request(r#"{"type":"message","to":5,"text":"hi","ref":"a"}"#).unwrap_err();
 /// assert_eq!(err.code, ErrorCode::MissingField);
-/// assert_eq!(err.reference, Some(serde_json::json!("a")));
+/// assert_eq!(err.reference.unwrap().get(), r#""a""#);
 /// ```
 pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
     // A struct would also accept a JSON array (field by position): only objects are requests.
@@ -115,11 +175,14 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
             "frame is not a valid JSON object ({e}); send one JSON object per frame"
         ))
     })?;
+    // Echoed as written, byte for byte; parsed once only to hold it to the
+    // rules every field follows (no lone surrogate, serde_json's depth limit).
     let reference: Ref = match raw.reference {
-        Some(r) => Some(
-            serde_json::from_str(r.get())
-                .map_err(|e| RequestError::bad_json(format!("\"ref\" is not valid JSON ({e})")))?,
-        ),
+        Some(r) => {
+            serde_json::from_str::<Value>(r.get())
+                .map_err(|e| RequestError::bad_json(format!("\"ref\" is not valid JSON ({e})")))?;
+            Some(RefValue::from(r.to_owned()))
+        }
         None => None,
     };
     let missing = |field: &str, what: &str| {
@@ -694,7 +757,7 @@ mod tests {
     #[test]
     fn parses_every_request_type() {
         let e = parse_request(r#"{"type":"message","to":"bob","text":"hi","ref":7}"#).unwrap();
-        assert_eq!(e.reference, Some(json!(7)));
+        assert_eq!(e.reference, Some(json!(7).into()));
         assert_eq!(
             e.request,
             Request::Message {
@@ -827,7 +890,32 @@ mod tests {
             json!({"k":[1]}),
         ] {
             let text = json!({"type": "dance", "ref": r}).to_string();
-            assert_eq!(parse_request(&text).unwrap_err().reference, Some(r));
+            assert_eq!(parse_request(&text).unwrap_err().reference, Some(r.into()));
+        }
+    }
+
+    #[test]
+    fn ref_comes_back_byte_for_byte() {
+        for raw in [
+            "123456789012345678901234567890123456789",
+            "18446744073709551616",
+            "-0.000000000000000000001",
+            "1.0",
+            r#""caf\u00e9""#,
+            r#"{"b": [1, 2.50]}"#,
+        ] {
+            let text = format!(r#"{{"type":"ping","ref":{raw}}}"#);
+            let reference = parse_request(&text).unwrap().reference.unwrap();
+            assert_eq!(reference.get(), raw);
+            let ack = ServerFrame::Ack {
+                reference: Some(reference),
+                id: None,
+                status: AckStatus::Ok,
+            };
+            assert_eq!(
+                ack.to_json(),
+                format!(r#"{{"type":"ack","ref":{raw},"status":"ok"}}"#)
+            );
         }
     }
 
@@ -875,7 +963,7 @@ mod tests {
             &ServerFrame::Error(RequestError::new(
                 ErrorCode::NotMember,
                 "d",
-                Some(json!("r")),
+                Some(json!("r").into()),
             ))
             .to_json(),
         )
@@ -904,7 +992,7 @@ mod tests {
             let text = request.to_json(Some(i as u64));
             let parsed = parse_request(&text).unwrap();
             assert_eq!(parsed.request, request, "{text}");
-            assert_eq!(parsed.reference, Some(serde_json::json!(i)));
+            assert_eq!(parsed.reference, Some(serde_json::json!(i).into()));
         }
         assert_eq!(Request::Ping.to_json(None), r#"{"type":"ping"}"#);
         let frames = [
@@ -928,7 +1016,7 @@ mod tests {
                 status: PresenceStatus::Offline,
             },
             ServerFrame::Ack {
-                reference: Some(serde_json::json!(3)),
+                reference: Some(serde_json::json!(3).into()),
                 id: Some(7),
                 status: AckStatus::Queued,
             },

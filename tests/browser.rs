@@ -619,7 +619,10 @@ async fn the_board_fits_a_projector_for_a_class_of_30() {
     .await;
     // Let the entry animations (which slide items in from the side) finish.
     board
-        .wait_for("document.getAnimations().length === 0", "the animations to end")
+        .wait_for(
+            "document.getAnimations().length === 0",
+            "the animations to end",
+        )
         .await;
     // Nothing scrolls, and no region cuts off what it draws.
     let page = board

@@ -483,8 +483,8 @@ proptest! {
     ) {
         let frame = serde_json::json!({"type": kind, "to": to, "user": to, "group": to, "text": text, "ref": r});
         match parse_request(&frame.to_string()) {
-            Ok(envelope) => prop_assert_eq!(envelope.reference, Some(serde_json::json!(r))),
-            Err(error) => prop_assert!(error.reference.is_none() || error.reference == Some(serde_json::json!(r))),
+            Ok(envelope) => prop_assert_eq!(envelope.reference, Some(serde_json::json!(r).into())),
+            Err(error) => prop_assert!(error.reference.is_none() || error.reference == Some(serde_json::json!(r).into())),
         }
         handle_once(&frame.to_string())?;
     }

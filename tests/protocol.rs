@@ -682,6 +682,68 @@ async fn size_limit_exactly_accepted_one_more_byte_too_large_then_1009() {
 }
 
 #[tokio::test]
+async fn a_ref_comes_back_byte_for_byte_however_big() {
+    let server = TestServer::start().await;
+    let mut c = server.connect("alice").await;
+    for raw in [
+        "123456789012345678901234567890123456789",
+        "-0.10",
+        r#""\u00e9t\u00e9""#,
+        r#"{"k": [1, 2.0]}"#,
+    ] {
+        c.send_text(&format!(
+            r#"{{"type":"group_join","group":"g","ref":{raw}}}"#
+        ))
+        .await;
+        let text = c.recv_raw().await;
+        assert_eq!(
+            text,
+            format!(r#"{{"type":"ack","ref":{raw},"status":"ok"}}"#)
+        );
+        c.send_text(&format!(r#"{{"type":"dance","ref":{raw}}}"#))
+            .await;
+        let text = c.recv_raw().await;
+        assert!(text.ends_with(&format!(r#","ref":{raw}}}"#)), "{text}");
+    }
+    server.stop().await;
+}
+
+/// RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection with
+/// 1007. The server says why first (`bad_json`), and nothing else is lost: a
+/// message queued for the user before stays queued.
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_is_bad_json_then_close_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = TestServer::start().await;
+    let mut c = server.connect("alice").await;
+    let raw = b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}".to_vec();
+    c.send_message(Message::Frame(Frame::message(
+        raw,
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await;
+    let e = c.recv().await;
+    assert_eq!(e["code"], "bad_json", "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("UTF-8"), "{e}");
+    match c.next_seen().await {
+        Seen::Close(Some(f)) => assert_eq!(u16::from(f.code), 1007),
+        other => panic!("expected close 1007, got {other:?}"),
+    }
+    server
+        .wait_for_state("alice offline", |s| s["presence"] == json!([]))
+        .await;
+    // The server goes on: a new connection works.
+    let mut c = server.connect("alice").await;
+    assert_eq!(
+        c.request(json!({"type":"ping"})).await,
+        json!({"type":"pong"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_names_are_refused_at_the_upgrade_and_change_nothing() {
     let server = TestServer::start().await;
     for path in [

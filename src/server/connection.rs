@@ -23,6 +23,8 @@ use crate::protocol::{parse_request, ErrorCode, RequestError};
 use crate::store::Store;
 
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+/// RFC 6455: a text frame that is not valid UTF-8.
+pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
 pub(crate) const CLOSE_POLICY: u16 = 1008;
 pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 /// Application close code (4000-4999 are free for applications): no pong in time.
@@ -45,6 +47,8 @@ enum Ending {
     TooLarge(usize),
     /// Nothing heard, not even a pong, for the idle timeout: close with 4000.
     Idle(Duration),
+    /// A text frame that is not UTF-8: answer `bad_json`, then close with 1007.
+    BadUtf8,
 }
 
 pub(crate) async fn serve(
@@ -148,6 +152,18 @@ fn finish(hub: &Hub, conn: &Conn, ending: Ending) {
                 .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
             Vec::new()
         }
+        Ending::BadUtf8 => {
+            let error = RequestError::bad_json(
+                "a text frame that is not valid UTF-8; the connection will close (1007)",
+            );
+            let refusal = core.refuse(&conn.user, conn, error);
+            deliver(&mut core, refusal, hub);
+            conn.outbox.close_after_pending(close_frame(
+                CLOSE_INVALID_DATA,
+                "invalid UTF-8 in a text frame",
+            ));
+            Vec::new()
+        }
     };
     let outcome = core.disconnect(&conn.user, conn.id, unsent_messages(&unsent));
     deliver(&mut core, outcome, hub);
@@ -224,23 +240,23 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
             // tungstenite answers pings itself; pongs need nothing.
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             Some(Ok(WsMessage::Close(_))) | None => return Ending::Gone,
-            Some(Err(error)) => {
-                return match too_large(error) {
-                    Some(size) => Ending::TooLarge(size),
-                    None => Ending::Gone,
-                }
-            }
+            Some(Err(error)) => return ending_of(error),
         };
         hub.apply(|core| core.refuse(&conn.user, conn, refusal));
     }
 }
 
-/// The size, if tungstenite refused a message for being over its hard limit.
-fn too_large(error: axum::Error) -> Option<usize> {
+/// How a read error ends the connection: a message over tungstenite's hard
+/// limit and a text frame that is not UTF-8 are answered; anything else
+/// (a reset, a protocol violation) means the peer is gone.
+fn ending_of(error: axum::Error) -> Ending {
     use tungstenite::error::{CapacityError, Error};
     match error.into_inner().downcast_ref::<Error>() {
-        Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) => Some(*size),
-        _ => None,
+        Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            Ending::TooLarge(*size)
+        }
+        Some(Error::Utf8(_)) => Ending::BadUtf8,
+        _ => Ending::Gone,
     }
 }
 

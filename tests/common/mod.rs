@@ -232,6 +232,20 @@ impl Client {
         }
     }
 
+    /// The next text frame exactly as sent (for byte-for-byte checks).
+    pub async fn recv_raw(&mut self) -> String {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match next {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// The next JSON frame; fails the test on a close or timeout.
     pub async fn recv(&mut self) -> Value {
         match self.next_seen().await {
