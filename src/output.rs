@@ -13,6 +13,38 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Text from the network, made inert for a terminal: control characters (C0,
+/// DEL, C1, which start escape sequences that retitle a window, clear the
+/// screen or forge lines) and the invisible direction and format marks that
+/// reorder what is shown (U+202E and friends) are written as visible escapes:
+/// `\x1b`, `\n`, `\u{202e}`. Everything else, emoji and accents included, is
+/// unchanged. No allocation when there is nothing to escape.
+pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
+    fn dangerous(c: char) -> bool {
+        c.is_control()
+            || matches!(c,
+                '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+    }
+    if !text.chars().any(dangerous) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 && dangerous(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if dangerous(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A Unix time in milliseconds as a UTC time of day: `14:03:07 UTC`.
 pub fn clock(ms: u64) -> String {
     let secs = ms / 1000 % 86_400;
@@ -67,6 +99,21 @@ pub fn name_list<T: std::fmt::Display>(names: &[T], max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_text_is_made_inert_for_a_terminal() {
+        let attack = "\x1b]0;PWNED\x07\x1b[2J\x1b[31mFAKE\u{202e}cod.exe\u{9b}31m\nx";
+        assert_eq!(
+            inert(attack),
+            "\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31mFAKE\\u{202e}cod.exe\\x9b31m\\nx"
+        );
+        assert!(!inert(attack).chars().any(|c| c.is_control()));
+        assert!(matches!(
+            inert("héllo 👋 #g1"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(inert("a\u{2066}b\u{feff}"), "a\\u{2066}b\\u{feff}");
+    }
     use colored::Colorize;
 
     #[test]

@@ -542,3 +542,36 @@ async fn tcp_connections_that_never_finish_the_handshake_are_closed() {
     alice.close().await;
     server.stop().await;
 }
+
+/// A message built to hijack a terminal (retitle it, clear it, forge a red
+/// line, reverse the text, a C1 CSI) reaches `vivachat client` as inert text:
+/// every control and direction mark is shown as a visible escape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_shows_terminal_escapes_inertly() {
+    let server = TestServer::start().await;
+    let url = format!("ws://{}", server.addr);
+    let mut bob = common::Proc::spawn(&["client", "bob", "--url", &url, "--color", "never"]);
+    bob.expect("welcome");
+    let mut mallory = server.connect("mallory").await;
+    let attack =
+        "\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[31mFAKE\u{202e}gnp.exe\u{9b}1m\nalice -> bob: forged";
+    let ack = mallory
+        .request(json!({"type":"message","to":"bob","text":attack}))
+        .await;
+    assert_eq!(ack["status"], "delivered");
+    let line = bob.expect("FAKE");
+    assert!(
+        !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "raw control characters reached the terminal: {line:?}"
+    );
+    assert!(
+        line.contains(
+            r"\x1b]0;PWNED\x07\x1b[2J\x1b[31mFAKE\u{202e}gnp.exe\x9b1m\nalice -> bob: forged"
+        ),
+        "{line}"
+    );
+    // The forged second line stayed on the first: nothing else arrived.
+    bob.say("/ping");
+    assert!(bob.next_line().starts_with("pong"));
+    server.stop().await;
+}

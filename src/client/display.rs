@@ -8,7 +8,7 @@ use std::time::Duration;
 use colored::Colorize;
 
 use crate::names::UserId;
-use crate::output::{clock, paint};
+use crate::output::{clock, inert, paint};
 use crate::protocol::{AckStatus, Message, ServerFrame, Target};
 
 /// What a request was, remembered by its `ref` until its ack or error comes back.
@@ -36,8 +36,8 @@ fn names(users: &[UserId]) -> String {
 fn chat(message: &Message, offline: bool, style: Style) -> String {
     let c = style.color;
     let body = match &message.target {
-        Target::User(to) => format!("{} -> {to}: {}", message.from, message.text),
-        Target::Group(g) => format!("#{g} {}: {}", message.from, message.text),
+        Target::User(to) => format!("{} -> {to}: {}", message.from, inert(&message.text)),
+        Target::Group(g) => format!("#{g} {}: {}", message.from, inert(&message.text)),
     };
     let body = match (&message.target, offline) {
         (Target::User(_), false) => paint(body, c, |t| t.cyan().bold()),
@@ -90,7 +90,7 @@ pub fn frame_line(
             paint(format!("✓ {status}{id}{about}"), c, style)
         }
         ServerFrame::Error(error) => {
-            let line = format!("✗ {}: {}{about}", error.code, error.detail);
+            let line = format!("✗ {}: {}{about}", error.code, inert(&error.detail));
             paint(line, c, |t| t.red().bold())
         }
         ServerFrame::Who { online } => format!("online: {}", names(online)),
@@ -101,9 +101,9 @@ pub fn frame_line(
     }
 }
 
-/// A frame this client does not understand, shown as it came.
+/// A frame this client does not understand, shown as it came (made inert).
 pub fn unknown_line(text: &str) -> String {
-    format!("? {text}")
+    format!("? {}", inert(text))
 }
 
 /// A line of the client's own (hints, connection state), marked with "!".

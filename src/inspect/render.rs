@@ -142,10 +142,11 @@ impl Ctx<'_> {
             Target::User(_) => String::new(),
         };
         format!(
-            "#{} from {}{via}, {}: {text:?}",
+            "#{} from {}{via}, {}: \"{}\"",
             m.id,
             m.from,
-            self.ago(m.ts)
+            self.ago(m.ts),
+            crate::output::inert(&text).replace('"', "\\\"")
         )
     }
 
