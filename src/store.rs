@@ -99,6 +99,8 @@ pub enum StoreError {
     Newer { path: String, found: i64 },
     #[error("cannot open {path}: {cause}")]
     Open { path: String, cause: String },
+    #[error("cannot write {path}: {cause}. A durable server must write every queued message before acknowledging it: make the file and its folder writable by this user (ls -l shows them), or choose another --data path")]
+    ReadOnly { path: String, cause: String },
 }
 
 /// What was loaded on start.
@@ -235,6 +237,7 @@ impl Store {
                 cause: e.to_string(),
             })?;
         }
+        check_access(path, &shown)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -268,6 +271,7 @@ impl Store {
             path: shown.clone(),
             cause: e.to_string(),
         })?;
+        prove_writable(&conn, &shown)?;
         let loaded = load(&conn).map_err(|cause| StoreError::Corrupt {
             path: shown.clone(),
             cause,
@@ -422,10 +426,70 @@ impl Drop for Store {
 
 /// Reads only, until the file is known to be ours, not newer, and whole:
 /// returns its schema version, or why it cannot be used (untouched).
-fn check_file(conn: &Connection, shown: &str) -> Result<i64, StoreError> {
-    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+/// The file (and SQLite's -wal and -shm beside it, when they exist) must open
+/// for reading and writing as this user; SQLite would report a file it may not
+/// read as "damaged", and one it may not write as nothing at all.
+fn check_access(path: &Path, shown: &str) -> Result<(), StoreError> {
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = std::path::PathBuf::from(side);
+        if side.exists() {
+            files.push(side);
+        }
+    }
+    for file in files {
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&file) {
+            return Err(StoreError::ReadOnly {
+                path: shown.to_string(),
+                cause: format!("{}: {e}", file.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// SQLite opens a file it may not write read-only without a word; a server
+/// on it would then upgrade every connection and never welcome one (each
+/// welcome waits for a write that never happens). So write once now, in a
+/// real transaction, and refuse to start if that fails.
+fn prove_writable(conn: &Connection, shown: &str) -> Result<(), StoreError> {
+    let refused = |cause: String| StoreError::ReadOnly {
         path: shown.to_string(),
-        cause: e.to_string(),
+        cause,
+    };
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(|e| refused(e.to_string()))?
+    {
+        return Err(refused("the file is read-only for this user".into()));
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| refused(e.to_string()))?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"
+    ))
+    .map_err(|e| refused(e.to_string()))
+}
+
+fn check_file(conn: &Connection, shown: &str) -> Result<i64, StoreError> {
+    // A file SQLite may not write (or whose folder refuses the -wal file) is
+    // not damaged: say which it is.
+    let corrupt = |e: rusqlite::Error| {
+        use rusqlite::ErrorCode::{CannotOpen, PermissionDenied, ReadOnly};
+        let cause = e.to_string();
+        match e.sqlite_error_code() {
+            Some(ReadOnly | CannotOpen | PermissionDenied) => StoreError::ReadOnly {
+                path: shown.to_string(),
+                cause,
+            },
+            _ => StoreError::Corrupt {
+                path: shown.to_string(),
+                cause,
+            },
+        }
     };
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))

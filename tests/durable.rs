@@ -390,3 +390,85 @@ async fn no_queued_ack_follows_a_failed_write() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+/// Runs `vivachat serve --data PATH` as a user who may not write `PATH` (or its
+/// folder) and returns (exit code, stderr). As root (CI), the server runs as
+/// `nobody` through setpriv, since root may write any file; otherwise the
+/// file or folder is made read-only.
+fn serve_without_write_access(data: &std::path::Path, folder_too: bool) -> Option<(i32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data.parent().unwrap();
+    let set = |p: &std::path::Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = if root {
+        if std::process::Command::new("setpriv").arg("--help").output().is_err() {
+            eprintln!("skipped: running as root without setpriv to drop privileges");
+            return None;
+        }
+        // nobody must reach the binary: a copy in the (world-readable) data folder.
+        let bin = dir.join("vivachat");
+        std::fs::copy(common::BIN, &bin).unwrap();
+        set(&bin, 0o755);
+        set(dir, 0o755);
+        set(data, if folder_too { 0o666 } else { 0o644 });
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
+        c
+    } else {
+        if folder_too {
+            set(dir, 0o555);
+        } else {
+            set(data, 0o444);
+        }
+        common::command()
+    };
+    let mut child = command
+        .args(["serve", "--port", "0", "--quiet", "--data"])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started on a file it cannot write");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    set(dir, 0o755);
+    Some((status.code().unwrap_or(-1), err))
+}
+
+#[test]
+fn a_data_file_this_user_cannot_write_is_refused_at_start_not_hung_on() {
+    for folder_too in [false, true] {
+        let path = temp_data_file("readonly");
+        // A real data file with a queued message in it.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let server = TestServer::start_with(durable(&path)).await;
+            let mut alice = server.connect("alice").await;
+            let ack = alice
+                .request(json!({"type":"message","to":"bob","text":"keep me"}))
+                .await;
+            assert_eq!(ack["status"], "queued");
+            server.stop().await;
+        });
+        let before = std::fs::read(&path).unwrap();
+        let Some((code, err)) = serve_without_write_access(&path, folder_too) else {
+            return;
+        };
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("cannot write") && err.contains(&*path.to_string_lossy()), "{err}");
+        assert!(err.contains("writable"), "says what to do: {err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the file is untouched");
+    }
+}
