@@ -440,7 +440,11 @@ fn check_access(path: &Path, shown: &str) -> Result<(), StoreError> {
         }
     }
     for file in files {
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&file) {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+        {
             return Err(StoreError::ReadOnly {
                 path: shown.to_string(),
                 cause: format!("{}: {e}", file.display()),

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{open_store, temp_data_file, Proc, TestServer, WAIT};
+use common::{open_store, temp_data_file, Proc, Seen, TestServer, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -398,11 +398,17 @@ async fn no_queued_ack_follows_a_failed_write() {
 fn serve_without_write_access(data: &std::path::Path, folder_too: bool) -> Option<(i32, String)> {
     use std::os::unix::fs::PermissionsExt;
     let dir = data.parent().unwrap();
-    let set = |p: &std::path::Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let set = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let mut command = if root {
-        if std::process::Command::new("setpriv").arg("--help").output().is_err() {
+        if std::process::Command::new("setpriv")
+            .arg("--help")
+            .output()
+            .is_err()
+        {
             eprintln!("skipped: running as root without setpriv to drop privileges");
             return None;
         }
@@ -413,7 +419,8 @@ fn serve_without_write_access(data: &std::path::Path, folder_too: bool) -> Optio
         set(dir, 0o755);
         set(data, if folder_too { 0o666 } else { 0o644 });
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin);
         c
     } else {
         if folder_too {
@@ -467,8 +474,79 @@ fn a_data_file_this_user_cannot_write_is_refused_at_start_not_hung_on() {
             return;
         };
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("cannot write") && err.contains(&*path.to_string_lossy()), "{err}");
+        assert!(
+            err.contains("cannot write") && err.contains(&*path.to_string_lossy()),
+            "{err}"
+        );
         assert!(err.contains("writable"), "says what to do: {err}");
-        assert_eq!(std::fs::read(&path).unwrap(), before, "the file is untouched");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file is untouched"
+        );
     }
+}
+
+/// A connected user who never reads, 400 messages of 20 KB acknowledged
+/// `delivered` to them, then SIGTERM: after a restart every one of them is
+/// either in what reached the old socket or in the user's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_puts_back_everything_a_stuck_reader_was_not_sent() {
+    let path = temp_data_file("sigterm");
+    let data = path.to_str().unwrap();
+    let (server, port) = Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+    let mut stuck = ws(port, "bob").await;
+    let _ = stuck.recv().await; // welcome; from now on bob reads nothing
+    let mut alice = ws(port, "alice").await;
+    let _ = alice.recv().await;
+    let text = "z".repeat(20_000);
+    let mut acked = BTreeSet::new();
+    for i in 0..400 {
+        let ack = alice
+            .request(json!({"type":"message","to":"bob","text":text,"ref":i}))
+            .await;
+        assert_eq!(ack["status"], "delivered", "{ack}");
+        acked.insert(ack["id"].as_u64().unwrap());
+    }
+    server.terminate();
+
+    // What reached bob's old socket before the 1001 close.
+    let mut in_socket = BTreeSet::new();
+    loop {
+        match stuck.next_seen().await {
+            Seen::Frame(v) if v["type"] == "message" => {
+                in_socket.insert(v["id"].as_u64().unwrap());
+            }
+            Seen::Frame(_) => {}
+            Seen::Close(_) | Seen::Ended => break,
+        }
+    }
+    assert!(
+        in_socket.len() < acked.len(),
+        "the test must leave frames unsent"
+    );
+
+    let (server, port) = Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+    let mut bob = ws(port, "bob").await;
+    let welcome = bob.recv().await;
+    let queued = welcome["queued"].as_u64().unwrap();
+    let mut in_queue = BTreeSet::new();
+    for _ in 0..queued {
+        let m = bob.recv().await;
+        assert_eq!(m["offline"], true);
+        in_queue.insert(m["id"].as_u64().unwrap());
+    }
+    let lost: Vec<&u64> = acked
+        .iter()
+        .filter(|id| !in_socket.contains(id) && !in_queue.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost ({} reached the socket, {} were queued)",
+        lost.len(),
+        acked.len(),
+        in_socket.len(),
+        in_queue.len()
+    );
+    server.terminate();
 }

@@ -132,9 +132,10 @@ fn finish(hub: &Hub, conn: &Conn, ending: Ending) {
                     timeout.as_secs_f64()
                 ));
             }
-            // Its unsent messages were probably never read: they go back to the queue.
+            // Its unsent messages were probably never read: they go back to the
+            // queue, with the batch stuck in its socket write.
             conn.outbox
-                .take_and_close(Some(close_frame(CLOSE_IDLE, "idle: no pong in time")))
+                .take_all_and_close(Some(close_frame(CLOSE_IDLE, "idle: no pong in time")))
         }
         Ending::TooLarge(size) => {
             let limit = hub.config.net.max_message_bytes;
@@ -285,6 +286,7 @@ async fn write_loop(
                         sink.feed(WsMessage::Text(frame.text.clone())).await?;
                     }
                     sink.flush().await?;
+                    conn.outbox.wrote();
                     // Written to the socket: flushed queue messages may now leave the disk.
                     if let Some(store) = store.as_deref() {
                         for frame in frames.iter().filter(|f| f.flushed) {

@@ -71,6 +71,10 @@ struct Inner {
     backlog: usize,
     /// The reader heard nothing for a while: the writer should send a ping.
     ping_due: bool,
+    /// The batch the writer took and has not finished writing: a client that
+    /// stopped reading holds it in a stuck write, so when such a connection is
+    /// given up (evicted, idle, shutdown) these go back to the queue too.
+    in_flight: Vec<Outgoing>,
 }
 
 /// What the writer should do next.
@@ -108,6 +112,7 @@ impl Outbox {
                 state: State::Open,
                 backlog: 0,
                 ping_due: false,
+                in_flight: Vec::new(),
             }),
             capacity: capacity.max(1),
             wake_writer: Notify::new(),
@@ -190,12 +195,33 @@ impl Outbox {
         pending
     }
 
-    /// Eviction: stop writing at once and hand back every unsent frame.
+    /// A connection given up on (idle, or the server stopping): every frame
+    /// not known to be written, the writer's unfinished batch first, and the
+    /// writer sends `frame` next. The batch may have partly reached the client,
+    /// so a message can come back twice (same id), never not at all.
+    pub fn take_all_and_close(&self, frame: Option<CloseFrame>) -> Vec<Outgoing> {
+        let mut inner = self.lock();
+        let mut pending = std::mem::take(&mut inner.in_flight);
+        pending.extend(inner.frames.drain(..));
+        if matches!(inner.state, State::Open | State::Draining(_)) {
+            self.set_state(&mut inner, State::Draining(frame));
+        }
+        pending
+    }
+
+    /// Eviction: stop writing at once and hand back every frame not known to
+    /// be written, the writer's unfinished batch first.
     pub fn abort(&self) -> Vec<Outgoing> {
         let mut inner = self.lock();
-        let pending = inner.frames.drain(..).collect();
+        let mut pending = std::mem::take(&mut inner.in_flight);
+        pending.extend(inner.frames.drain(..));
         self.set_state(&mut inner, State::Aborted);
         pending
+    }
+
+    /// The writer finished writing the batch it took.
+    pub fn wrote(&self) {
+        self.lock().in_flight.clear();
     }
 
     pub fn is_open(&self) -> bool {
@@ -262,7 +288,8 @@ impl Outbox {
                 if !inner.frames.is_empty() {
                     let n = inner.frames.len().min(BATCH);
                     inner.backlog = inner.backlog.saturating_sub(n);
-                    let batch = inner.frames.drain(..n).collect();
+                    let batch: Vec<Outgoing> = inner.frames.drain(..n).collect();
+                    inner.in_flight.clone_from(&batch);
                     if inner.frames.is_empty() && inner.frames.capacity() > SHRINK_ABOVE {
                         // A burst (a presence storm as a class joins) grows the deque;
                         // VecDeque never shrinks by itself, and 10,000 idle

@@ -10,8 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{close_frame, CLOSE_GOING_AWAY};
+use super::deliver::deliver;
 use super::hub::Hub;
+use super::outbox::unsent_messages;
 use crate::core::{Event, Trace};
+use crate::protocol::Message;
 
 #[derive(Default)]
 pub(crate) struct Shutdown {
@@ -36,15 +39,23 @@ impl Shutdown {
         self.tasks.clone()
     }
 
-    /// Begins shutdown: tells every connection the server is going away (close
-    /// code 1001), then waits up to `grace` for their tasks to finish.
+    /// Begins shutdown: every connection is closed with 1001 at once, and
+    /// every frame not known to be written to it (its outbox, and the batch a
+    /// stuck write holds) goes back to its user's offline deque, so with
+    /// `--data` the store writes it before the server exits. Then waits up to
+    /// `grace` for the connections' tasks to finish.
     pub async fn begin(&self, hub: &Hub, grace: Duration) {
+        self.close_all(hub);
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+
+    /// Closes every connection, putting back what was not written (see `begin`).
+    fn close_all(&self, hub: &Hub) {
+        let mut core = hub.core();
         // Under the core lock, so no connection registers between the flag and the closes.
-        let connections = {
-            let core = hub.core();
-            self.token.cancel();
-            core.all_connections()
-        };
+        self.token.cancel();
+        let mut connections = core.all_connections();
         if let Some(log) = &hub.log {
             log.event(
                 Event::Shutdown {
@@ -53,11 +64,27 @@ impl Shutdown {
                 Trace::new(false),
             );
         }
-        for conn in connections {
-            conn.outbox
-                .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
+        // A user's devices together: a message routed to two devices is one
+        // message, and it goes back once, oldest first, with the last device.
+        connections.sort_by(|a, b| a.user.cmp(&b.user).then(a.id.cmp(&b.id)));
+        let mut unsent: Vec<Message> = Vec::new();
+        for (i, conn) in connections.iter().enumerate() {
+            let frames = conn
+                .outbox
+                .take_all_and_close(Some(close_frame(CLOSE_GOING_AWAY, "server shutting down")));
+            unsent.extend(unsent_messages(&frames));
+            let last_device = connections
+                .get(i + 1)
+                .is_none_or(|next| next.user != conn.user);
+            let undelivered = if last_device {
+                unsent.sort_by_key(|m| m.id);
+                unsent.dedup_by_key(|m| m.id);
+                std::mem::take(&mut unsent)
+            } else {
+                Vec::new()
+            };
+            let outcome = core.disconnect(&conn.user, conn.id, undelivered);
+            deliver(&mut core, outcome, hub);
         }
-        self.tasks.close();
-        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
     }
 }

@@ -423,9 +423,18 @@ impl Proc {
     }
 
     /// Sends SIGINT (Ctrl-C), expects a clean exit, and returns the rest of stdout.
-    pub fn interrupt(mut self) -> String {
+    pub fn interrupt(self) -> String {
+        self.signal("-INT")
+    }
+
+    /// SIGTERM, as a service manager stops a server; returns the rest of stdout.
+    pub fn terminate(self) -> String {
+        self.signal("-TERM")
+    }
+
+    fn signal(mut self, which: &str) -> String {
         let ok = std::process::Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([which, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
