@@ -575,3 +575,102 @@ async fn the_client_shows_terminal_escapes_inertly() {
     assert!(bob.next_line().starts_with("pong"));
     server.stop().await;
 }
+
+/// The upgrade's status for `path` on `port` (101 when admitted), and how long it took.
+async fn upgrade(port: u16, path: String) -> (u16, Duration) {
+    let started = Instant::now();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let status = match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((mut ws, response))) => {
+            let _ = ws.close(None).await;
+            response.status().as_u16()
+        }
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(r))) => r.status().as_u16(),
+        Ok(Err(e)) => panic!("{path}: {e}"),
+        Err(_) => panic!("{path}: no answer in {WAIT:?}"),
+    };
+    (status, started.elapsed())
+}
+
+/// 150 upgrades with wrong tokens for one claimed name, all at once: every
+/// correct-token login for another claimed name is still admitted within 2 s
+/// (no 503 for anyone who has the right token), and memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_floods_for_one_name_never_lock_out_another_owner() {
+    let (server, port) = common::Proc::serve(&["--port", "0", "--quiet"]);
+    for (name, key) in [("owner", "owner-key"), ("other", "other-key")] {
+        assert_eq!(
+            upgrade(port, format!("/ws/{name}?token={key}")).await.0,
+            101
+        );
+    }
+    let rss_before = server.rss_kib();
+    let guesses: Vec<_> = (0..150)
+        .map(|i| tokio::spawn(upgrade(port, format!("/ws/owner?token=guess{i}"))))
+        .collect();
+    let logins: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(upgrade(port, "/ws/other?token=other-key".to_string())))
+        .collect();
+    for login in logins {
+        let (status, took) = login.await.unwrap();
+        assert_eq!(status, 101, "the owner of `other` was refused");
+        assert!(took < Duration::from_secs(2), "admitted after {took:?}");
+    }
+    for guess in guesses {
+        let (status, _) = guess.await.unwrap();
+        assert!(status == 401 || status == 429, "a guess got {status}");
+    }
+    // And the owner of the flooded name gets in too.
+    assert_eq!(
+        upgrade(port, "/ws/owner?token=owner-key".into()).await.0,
+        101
+    );
+    let rss_after = server.rss_kib();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
+
+/// After a restart nothing is remembered, so checks need Argon2: a flood of
+/// wrong tokens for one name is still slowed per name (429), and the other
+/// owners' logins go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_flood_is_slowed_per_name_and_owners_still_get_in() {
+    let path = common::temp_data_file("jam");
+    let data = path.to_str().unwrap();
+    let (server, port) = common::Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+    for (name, key) in [("owner", "owner-key"), ("other", "other-key")] {
+        assert_eq!(
+            upgrade(port, format!("/ws/{name}?token={key}")).await.0,
+            101
+        );
+    }
+    server.terminate();
+    let (server, port) = common::Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+    let rss_before = server.rss_kib();
+    let guesses: Vec<_> = (0..150)
+        .map(|i| tokio::spawn(upgrade(port, format!("/ws/owner?token=guess{i}"))))
+        .collect();
+    let logins: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(upgrade(port, "/ws/other?token=other-key".to_string())))
+        .collect();
+    for login in logins {
+        let (status, took) = login.await.unwrap();
+        assert_eq!(status, 101);
+        assert!(took < Duration::from_secs(2), "admitted after {took:?}");
+    }
+    let mut slowed = 0;
+    for guess in guesses {
+        let (status, _) = guess.await.unwrap();
+        assert!(status == 401 || status == 429, "a guess got {status}");
+        slowed += usize::from(status == 429);
+    }
+    assert!(slowed >= 100, "only {slowed} of 150 guesses were slowed");
+    let rss_after = server.rss_kib();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    server.terminate();
+}

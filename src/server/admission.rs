@@ -1,25 +1,41 @@
 //! Who may connect as a name: the claim check at the upgrade.
 //!
-//! The decision is the core's ([`Claims::check`]); this module only runs the
-//! slow Argon2 work on the blocking pool, one hash at a time, so a stream of
-//! guessed tokens can cost the server at most one core and never delays chat.
+//! The decision is the core's ([`Claims::check`]); this module makes sure
+//! nobody can jam it:
+//! - A token verified once is remembered as a keyed digest (`tokens::digest`,
+//!   microseconds), so the owner's next connection, and every wrong guess for
+//!   a name whose token is known, is answered without Argon2.
+//! - Argon2 (tens of milliseconds and 19 MiB by design) runs on one thread of
+//!   its own, so it costs at most one core and one working buffer whatever
+//!   the load, and never delays chat.
+//! - At most [`PER_NAME`] different tokens of one name and [`PER_ADDRESS`]
+//!   checks from one address wait for it (HTTP 429 beyond: the guesser is
+//!   slowed, not everyone), and the same token asked twice is checked once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, watch};
 
 use crate::core::claims::{Check, Claims, TokenHash};
 use crate::names::UserId;
 use crate::store::Store;
+use crate::tokens::{digest, digest_key, same_digest, Digest};
 
 /// Longest accepted token: enough for any generated secret, and a bound on
 /// what one request can make the hasher read.
 pub const MAX_TOKEN_BYTES: usize = 256;
 
-/// Token checks waiting beyond this are refused with 503 at once rather than queued.
+/// Argon2 jobs waiting beyond this are refused with 503 at once rather than queued.
 const MAX_WAITING: usize = 64;
+/// Different unverified tokens of one name checked at once; more get 429.
+pub const PER_NAME: usize = 2;
+/// Argon2 checks one remote address may have waiting at once; more get 429.
+/// A class behind one tunnel shares an address, so it is not 1.
+pub const PER_ADDRESS: usize = 16;
 
 /// How a connection was admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,50 +60,120 @@ impl Refused {
             reason,
         }
     }
+
+    fn busy() -> Refused {
+        Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "the server is busy checking other tokens; try again in a few seconds".into(),
+        }
+    }
+
+    fn slow_down(why: String) -> Refused {
+        Refused {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            reason: why,
+        }
+    }
 }
 
-/// The claims table and the queue in front of the hasher.
-#[derive(Default)]
-pub struct Gate {
-    pub claims: Mutex<Claims>,
-    hasher: Hasher,
-    /// Durable mode: a claim is on disk before its connection is admitted.
-    store: Option<Arc<Store>>,
-}
+type Job = Box<dyn FnOnce() + Send>;
 
+/// One thread for every Argon2 computation: a bounded queue in front of it.
 struct Hasher {
-    permits: Semaphore,
-    waiting: AtomicUsize,
+    jobs: SyncSender<Job>,
+    /// Argon2 computations run: what the digest cache saves is visible here.
+    runs: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Hasher {
     fn default() -> Self {
+        let (jobs, queue) = sync_channel::<Job>(MAX_WAITING);
+        let spawned = std::thread::Builder::new()
+            .name("vivachat-argon2".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    job();
+                }
+            });
+        // Without the thread every job is refused as busy: claims fail, chat does not.
+        drop(spawned);
         Hasher {
-            permits: Semaphore::new(1),
-            waiting: AtomicUsize::new(0),
+            jobs,
+            runs: Default::default(),
         }
     }
 }
 
 impl Hasher {
-    /// Runs `work` on the blocking pool once it is this request's turn.
+    /// Runs `work` on the Argon2 thread; 503 when too many wait already.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Refused> {
-        let busy = || Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "the server is busy checking other tokens; try again in a few seconds"
-                .to_string(),
-        };
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(busy());
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(work());
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => rx.await.map_err(|_| Refused::busy()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Refused::busy()),
         }
-        let permit = self.permits.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let _permit = permit.map_err(|_| busy())?;
-        tokio::task::spawn_blocking(work).await.map_err(|_| busy())
+    }
+}
+
+/// Checks waiting for Argon2: by token digest (so the same token is checked
+/// once), with counts per name and per address.
+#[derive(Default)]
+struct InFlight {
+    checks: HashMap<Digest, watch::Receiver<Option<bool>>>,
+    per_name: HashMap<UserId, usize>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Releases an in-flight check's slots however the check ends.
+struct Slot<'g> {
+    gate: &'g Gate,
+    digest: Digest,
+    user: UserId,
+    address: IpAddr,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut f = self.gate.in_flight();
+        f.checks.remove(&self.digest);
+        decrement(&mut f.per_name, &self.user);
+        decrement(&mut f.per_address, &self.address);
+    }
+}
+
+/// One fewer for `key`; a count of zero is removed, so the maps stay small.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// The claims table, what is known of verified tokens, and the hasher.
+pub struct Gate {
+    pub claims: Mutex<Claims>,
+    hasher: Hasher,
+    /// Durable mode: a claim is on disk before its connection is admitted.
+    store: Option<Arc<Store>>,
+    /// The key of this process's token digests.
+    key: [u8; 32],
+    /// user -> the digest of their token, once it has been verified (or claimed) here.
+    verified: Mutex<HashMap<UserId, Digest>>,
+    in_flight: Mutex<InFlight>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new(None, Vec::new())
     }
 }
 
@@ -102,11 +188,33 @@ impl Gate {
             claims: Mutex::new(claims),
             hasher: Hasher::default(),
             store,
+            key: digest_key(),
+            verified: Mutex::default(),
+            in_flight: Mutex::default(),
         }
     }
 
     fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known(&self, user: &UserId) -> Option<Digest> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .copied()
+    }
+
+    fn remember(&self, user: &UserId, d: Digest) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.clone(), d);
     }
 
     pub fn is_claimed(&self, user: &UserId) -> bool {
@@ -117,8 +225,18 @@ impl Gate {
         self.claims().names()
     }
 
-    /// Admits or refuses a connection for `user` that brought `token`.
-    pub async fn admit(&self, user: &UserId, token: Option<&str>) -> Result<Admitted, Refused> {
+    /// Argon2 hashes and checks asked for since the server started.
+    pub fn argon2_runs(&self) -> u64 {
+        self.hasher.runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Admits or refuses a connection for `user` from `address` that brought `token`.
+    pub async fn admit(
+        &self,
+        user: &UserId,
+        token: Option<&str>,
+        address: IpAddr,
+    ) -> Result<Admitted, Refused> {
         let token = token.filter(|t| !t.is_empty());
         if let Some(t) = token {
             if t.len() > MAX_TOKEN_BYTES {
@@ -135,6 +253,10 @@ impl Gate {
                  connect with the token it was claimed with (vivachat client --token), or choose another name"
             ))
         };
+        let admitted = |claimed_now| Admitted {
+            authenticated: true,
+            claimed_now,
+        };
         match (check, token) {
             (Check::Open, _) => Ok(Admitted {
                 authenticated: false,
@@ -144,11 +266,8 @@ impl Gate {
                 "the name {user} is claimed: connect with its token (?token=...), or choose another name"
             ))),
             (Check::Verify(hash), Some(t)) => {
-                if self.verify(t, hash).await? {
-                    Ok(Admitted {
-                        authenticated: true,
-                        claimed_now: false,
-                    })
+                if self.verify(user, t, hash, address).await? {
+                    Ok(admitted(false))
                 } else {
                     Err(wrong())
                 }
@@ -159,19 +278,14 @@ impl Gate {
                 let claimed = self.claims().claim(user, hash.clone());
                 match claimed {
                     Ok(()) => {
+                        self.remember(user, digest(&self.key, user.as_str(), t));
                         self.persist(user, &hash).await?;
-                        Ok(Admitted {
-                            authenticated: true,
-                            claimed_now: true,
-                        })
+                        Ok(admitted(true))
                     }
                     // Someone else claimed it while this token was hashing.
                     Err(winner) => {
-                        if self.verify(t, winner).await? {
-                            Ok(Admitted {
-                                authenticated: true,
-                                claimed_now: false,
-                            })
+                        if self.verify(user, t, winner, address).await? {
+                            Ok(admitted(false))
                         } else {
                             Err(wrong())
                         }
@@ -201,11 +315,70 @@ impl Gate {
         }
     }
 
-    async fn verify(&self, token: &str, hash: TokenHash) -> Result<bool, Refused> {
-        let token = token.to_string();
-        self.hasher
-            .run(move || crate::tokens::verify(&token, &hash))
-            .await
+    /// Does `token` match `user`'s claim? From the remembered digest when this
+    /// process has verified the token before (O(1), no Argon2; a different
+    /// token is then certainly wrong), else by Argon2, once per token however
+    /// many connections bring it at the same time.
+    async fn verify(
+        &self,
+        user: &UserId,
+        token: &str,
+        hash: TokenHash,
+        address: IpAddr,
+    ) -> Result<bool, Refused> {
+        let d = digest(&self.key, user.as_str(), token);
+        if let Some(known) = self.known(user) {
+            return Ok(same_digest(&known, &d));
+        }
+        let (slot, result) = {
+            let mut f = self.in_flight();
+            if let Some(same) = f.checks.get(&d) {
+                // This very token is being checked already: wait for that answer.
+                (None, same.clone())
+            } else {
+                if f.per_name.get(user).copied().unwrap_or(0) >= PER_NAME {
+                    return Err(Refused::slow_down(format!(
+                        "{PER_NAME} other tokens for {user} are being checked; try again in a few seconds"
+                    )));
+                }
+                if f.per_address.get(&address).copied().unwrap_or(0) >= PER_ADDRESS {
+                    return Err(Refused::slow_down(format!(
+                        "{address} has {PER_ADDRESS} token checks waiting; try again in a few seconds"
+                    )));
+                }
+                let (tx, rx) = watch::channel(None);
+                f.checks.insert(d, rx.clone());
+                *f.per_name.entry(user.clone()).or_default() += 1;
+                *f.per_address.entry(address).or_default() += 1;
+                let slot = Slot {
+                    gate: self,
+                    digest: d,
+                    user: user.clone(),
+                    address,
+                };
+                (Some((slot, tx)), rx)
+            }
+        };
+        let Some((slot, tx)) = slot else {
+            let mut result = result;
+            let answer = result
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| Refused::busy())?;
+            return Ok(answer.unwrap_or(false));
+        };
+        let owned = token.to_string();
+        let matched = self
+            .hasher
+            .run(move || crate::tokens::verify(&owned, &hash))
+            .await;
+        if let Ok(true) = matched {
+            self.remember(user, d);
+        }
+        let _ = tx.send(matched.as_ref().ok().copied());
+        drop(slot);
+        drop(result);
+        matched
     }
 }
 
@@ -218,16 +391,26 @@ mod tests {
         Name::parse("bob").unwrap()
     }
 
+    fn ip() -> IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+
     #[tokio::test]
     async fn open_until_claimed_then_only_the_token() {
         let gate = Gate::default();
-        let open = gate.admit(&bob(), None).await.unwrap();
+        let open = gate.admit(&bob(), None, ip()).await.unwrap();
         assert!(!open.authenticated);
         // An empty token is no token.
-        assert!(!gate.admit(&bob(), Some("")).await.unwrap().authenticated);
+        assert!(
+            !gate
+                .admit(&bob(), Some(""), ip())
+                .await
+                .unwrap()
+                .authenticated
+        );
         assert!(!gate.is_claimed(&bob()));
 
-        let first = gate.admit(&bob(), Some("secret")).await.unwrap();
+        let first = gate.admit(&bob(), Some("secret"), ip()).await.unwrap();
         assert_eq!(
             first,
             Admitted {
@@ -235,7 +418,7 @@ mod tests {
                 claimed_now: true
             }
         );
-        let again = gate.admit(&bob(), Some("secret")).await.unwrap();
+        let again = gate.admit(&bob(), Some("secret"), ip()).await.unwrap();
         assert_eq!(
             again,
             Admitted {
@@ -244,7 +427,7 @@ mod tests {
             }
         );
         for token in [None, Some(""), Some("Secret"), Some("secret ")] {
-            let refused = gate.admit(&bob(), token).await.unwrap_err();
+            let refused = gate.admit(&bob(), token, ip()).await.unwrap_err();
             assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{token:?}");
             assert!(refused.reason.contains("claimed"), "{}", refused.reason);
         }
@@ -255,9 +438,100 @@ mod tests {
     async fn an_oversized_token_is_refused_before_any_hashing() {
         let gate = Gate::default();
         let long = "x".repeat(MAX_TOKEN_BYTES + 1);
-        let refused = gate.admit(&bob(), Some(&long)).await.unwrap_err();
+        let refused = gate.admit(&bob(), Some(&long), ip()).await.unwrap_err();
         assert_eq!(refused.status, StatusCode::BAD_REQUEST);
         assert!(!gate.is_claimed(&bob()));
+    }
+
+    #[tokio::test]
+    async fn a_token_verified_once_is_checked_without_argon2_and_so_is_a_wrong_one() {
+        let gate = Gate::default();
+        gate.admit(&bob(), Some("secret"), ip()).await.unwrap();
+        let after_claim = gate.argon2_runs();
+        assert_eq!(after_claim, 1, "the claim hashed once");
+        for i in 0..200 {
+            let token = if i % 2 == 0 {
+                "secret".to_string()
+            } else {
+                format!("guess{i}")
+            };
+            let answer = gate.admit(&bob(), Some(&token), ip()).await;
+            assert_eq!(answer.is_ok(), i % 2 == 0, "{token}");
+        }
+        assert_eq!(gate.argon2_runs(), after_claim, "no Argon2 for any of them");
+    }
+
+    /// After a restart (claims loaded from disk, nothing verified yet): the
+    /// same token from eight devices at once is checked once; different wrong
+    /// tokens for one name wait at most PER_NAME at a time, the rest get 429.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cold_checks_are_shared_per_token_and_bounded_per_name() {
+        let hash = crate::tokens::hash("right");
+        let gate = Arc::new(Gate::new(None, vec![(bob(), hash)]));
+        let same: Vec<_> = (0..8)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move { gate.admit(&bob(), Some("right"), ip()).await })
+            })
+            .collect();
+        for t in same {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(gate.argon2_runs(), 1, "eight devices, one check");
+
+        let gate = Arc::new(Gate::new(None, vec![(bob(), crate::tokens::hash("right"))]));
+        let guesses: Vec<_> = (0..20)
+            .map(|i| {
+                let gate = gate.clone();
+                let address: IpAddr = format!("10.0.0.{i}").parse().unwrap();
+                tokio::spawn(async move {
+                    gate.admit(&bob(), Some(&format!("guess{i}")), address)
+                        .await
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in guesses {
+            statuses.push(t.await.unwrap().unwrap_err().status);
+        }
+        let slowed = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert!(slowed >= 20 - 2 * PER_NAME, "{statuses:?}");
+        assert!(statuses
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS || *s == StatusCode::UNAUTHORIZED));
+        assert!(gate.argon2_runs() < 20, "{} runs", gate.argon2_runs());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_address_may_not_fill_the_queue() {
+        let claims: Vec<_> = (0..40)
+            .map(|i| {
+                (
+                    Name::parse(&format!("u{i}")).unwrap(),
+                    crate::tokens::hash("right"),
+                )
+            })
+            .collect();
+        let gate = Arc::new(Gate::new(None, claims));
+        let tries: Vec<_> = (0..40)
+            .map(|i| {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    let user = Name::parse(&format!("u{i}")).unwrap();
+                    gate.admit(&user, Some("wrong"), ip()).await
+                })
+            })
+            .collect();
+        let mut slowed = 0;
+        for t in tries {
+            if t.await.unwrap().unwrap_err().status == StatusCode::TOO_MANY_REQUESTS {
+                slowed += 1;
+            }
+        }
+        assert!(slowed >= 40 - 2 * PER_ADDRESS, "{slowed}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +540,7 @@ mod tests {
         let tries: Vec<_> = (0..4)
             .map(|i| {
                 let gate = gate.clone();
-                tokio::spawn(async move { gate.admit(&bob(), Some(&format!("t{i}"))).await })
+                tokio::spawn(async move { gate.admit(&bob(), Some(&format!("t{i}")), ip()).await })
             })
             .collect();
         let mut winners = 0;

@@ -102,7 +102,11 @@ async fn ws_upgrade(
         Ok(Query(q)) => q.token.as_deref(),
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
     };
-    let admitted = match hub.gate.admit(&user, token).await {
+    let admitted = match hub
+        .gate
+        .admit(&user, token, remote.ip().to_canonical())
+        .await
+    {
         Ok(admitted) => admitted,
         Err(refused) => {
             if let Some(log) = &hub.log {
