@@ -42,6 +42,11 @@ pub struct ServerInfo {
     /// Names claimed with a token (never the tokens or their hashes).
     #[serde(default)]
     pub claimed_names: Vec<UserId>,
+    /// Argon2 hashes and checks run since start: a verified token is checked
+    /// from its digest afterwards, so this grows with new claims and restarts,
+    /// not with logins.
+    #[serde(default)]
+    pub argon2_runs: u64,
     /// The board's feed: what drawing the structures for `/board` costs the server.
     #[serde(default)]
     pub board: BoardStats,

@@ -605,6 +605,14 @@ async fn wrong_token_floods_for_one_name_never_lock_out_another_owner() {
         );
     }
     let rss_before = server.rss_kib();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let argon2_runs = || async move {
+        let (_, body) = http_get(addr, "/inspect", &[]).await;
+        serde_json::from_str::<Value>(&body).unwrap()["server"]["argon2_runs"]
+            .as_u64()
+            .unwrap()
+    };
+    let runs_before = argon2_runs().await;
     let guesses: Vec<_> = (0..150)
         .map(|i| tokio::spawn(upgrade(port, format!("/ws/owner?token=guess{i}"))))
         .collect();

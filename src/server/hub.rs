@@ -179,6 +179,7 @@ impl Hub {
             outbox_frames: self.config.net.outbox_frames,
             connections_served: self.connections_served(),
             claimed_names: self.gate.claimed_names(),
+            argon2_runs: self.gate.argon2_runs(),
             board: self.board.stats(),
         };
         Inspection {
