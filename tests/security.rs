@@ -628,11 +628,12 @@ async fn wrong_token_floods_for_one_name_never_lock_out_another_owner() {
         let (status, _) = guess.await.unwrap();
         assert!(status == 401 || status == 429, "a guess got {status}");
     }
-    // And the owner of the flooded name gets in too.
+    // And the owner of the flooded name gets in too; not one Argon2 run for any of it.
     assert_eq!(
         upgrade(port, "/ws/owner?token=owner-key".into()).await.0,
         101
     );
+    assert_eq!(argon2_runs().await, runs_before);
     let rss_after = server.rss_kib();
     assert!(
         rss_after < rss_before + 64 * 1024,
