@@ -46,10 +46,28 @@ pub struct ServerInfo {
     /// from its digest afterwards, so this grows with new claims and restarts,
     /// not with logins.
     #[serde(default)]
-    pub argon2_runs: u64,
+    pub slow_token_checks: u64,
+    /// `--max-memory` at work: the budget and what is counted against it.
+    #[serde(default)]
+    pub memory: MemoryStats,
     /// The board's feed: what drawing the structures for `/board` costs the server.
     #[serde(default)]
     pub board: BoardStats,
+}
+
+/// The memory budget and what is counted against it, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MemoryStats {
+    /// `--max-memory` (None: no budget).
+    pub budget_bytes: Option<u64>,
+    /// Held by offline deques, and their share of the budget.
+    pub queued_bytes: u64,
+    pub max_queued_bytes: u64,
+    /// Held by outboxes (frames routed, not yet written), and their share.
+    pub outbox_bytes: u64,
+    pub max_outbox_bytes: u64,
+    /// The process's resident memory, as the OS counts it (Linux).
+    pub rss_bytes: Option<u64>,
 }
 
 /// The `/board` feed's cost, paid once per frame however many boards watch.

@@ -9,7 +9,9 @@ use colored::Colorize;
 
 use clap::Args;
 
-use crate::core::{CoreConfig, MAX_BLOCKED, MAX_GROUPS, MAX_GROUP_SIZE, MAX_OFFLINE};
+use crate::core::{
+    CoreConfig, MAX_BLOCKED, MAX_GROUPS, MAX_GROUPS_PER_USER, MAX_GROUP_SIZE, MAX_OFFLINE,
+};
 use crate::event_log::{EventLog, LogRing};
 use crate::server::config::{
     timeout, HANDSHAKE_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
@@ -61,6 +63,15 @@ pub struct ServeArgs {
     /// Users one user may block at most.
     #[arg(long, default_value_t = MAX_BLOCKED, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_blocked: u64,
+    /// Groups one user may be in at most (so one client cannot take every --max-groups).
+    #[arg(long, default_value_t = MAX_GROUPS_PER_USER, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_groups_per_user: u64,
+    /// What queued messages and unsent frames may take, in all (e.g. 256MiB, 2GiB).
+    /// Past it, queueing is refused (`inbox_full`, saying why) and the fullest
+    /// stuck connection is evicted; live chat goes on. Default: a quarter of
+    /// this machine's memory, from 256 MiB to 4 GiB (printed at start).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
     /// Close a connection (code 4000) that answered no ping for this many seconds; 0 never does.
     #[arg(long, value_name = "SECS", default_value_t = IDLE_TIMEOUT_SECS, value_parser = parse_seconds)]
     pub idle_timeout: f64,
@@ -106,6 +117,7 @@ impl ServeArgs {
                 max_groups: self.max_groups as usize,
                 max_group_size: self.max_group_size as usize,
                 max_blocked: self.max_blocked as usize,
+                max_groups_per_user: self.max_groups_per_user as usize,
                 // `server::run` turns tracing on exactly when it gets an event log.
                 ..CoreConfig::default()
             },
@@ -126,6 +138,25 @@ impl ServeArgs {
             public_url: self.public_url.clone(),
             allow_origins: self.allow_origins.clone(),
             ..Config::default()
+        }
+        .with_memory_budget(self.memory_budget().0)
+    }
+
+    /// `--max-memory`, or the default for this machine, and where it came from.
+    pub fn memory_budget(&self) -> (u64, String) {
+        const MIB: u64 = 1024 * 1024;
+        if let Some(bytes) = self.max_memory {
+            return (bytes, "--max-memory".into());
+        }
+        match server::limits::machine_memory() {
+            Some(total) => (
+                (total / 4).clamp(256 * MIB, 4096 * MIB),
+                format!(
+                    "a quarter of this machine's {:.1} GiB, from 256 MiB to 4 GiB; --max-memory sets it",
+                    total as f64 / (1024 * MIB) as f64
+                ),
+            ),
+            None => (1024 * MIB, "this machine's memory is unknown; --max-memory sets it".into()),
         }
     }
 }
@@ -156,6 +187,15 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
         };
         print_banner(bound, &args, color);
         print_storage(durable.as_ref(), fd_limit);
+        let (budget, why) = args.memory_budget();
+        println!(
+            "{}",
+            format!(
+                "Memory budget: {:.0} MiB for queued messages and unsent frames ({why}).",
+                budget as f64 / (1024.0 * 1024.0)
+            )
+            .dimmed()
+        );
         let ring = LogRing::default();
         let log = match (args.quiet, args.dashboard) {
             (true, _) => None,

@@ -187,6 +187,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             max_groups: MAX_GROUPS,
             max_group_size: MAX_GROUP_SIZE,
             max_blocked: MAX_BLOCKED,
+            ..CoreConfig::default()
         },
     );
     let mut m = Model {

@@ -8,7 +8,7 @@ use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{Op, OpCounts, OpTable, Structure, Trace};
 use crate::core::snapshot::{QueueView, StructuresSnapshot};
-use crate::core::{ConnHandle, ConnId, Structures};
+use crate::core::{queued_cost, ConnHandle, ConnId, Structures};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
@@ -30,6 +30,11 @@ pub struct MemoryStructures<C> {
     ops: OpCounts,
     /// Durable mode only: the changes to write to disk, taken after each rule.
     journal: Option<Vec<Change>>,
+    /// Bookkeeping for the memory budget, kept beside the structures so each
+    /// answer is O(1): bytes queued in all, per sender, and groups per user.
+    queued_bytes: usize,
+    queued_by_sender: HashMap<UserId, usize>,
+    groups_of: HashMap<UserId, usize>,
 }
 
 impl<C> Default for MemoryStructures<C> {
@@ -42,6 +47,9 @@ impl<C> Default for MemoryStructures<C> {
             blocked_users: HashMap::new(),
             ops: OpCounts::default(),
             journal: None,
+            queued_bytes: 0,
+            queued_by_sender: HashMap::new(),
+            groups_of: HashMap::new(),
         }
     }
 }
@@ -67,6 +75,38 @@ impl<C> MemoryStructures<C> {
     fn journal(&mut self, change: impl FnOnce() -> Change) {
         if let Some(journal) = &mut self.journal {
             journal.push(change());
+        }
+    }
+
+    /// `message` entered (`grew`) or left an offline deque.
+    fn account(&mut self, message: &Message, grew: bool) {
+        let cost = queued_cost(message.text.len());
+        let sender = self
+            .queued_by_sender
+            .entry(message.from.clone())
+            .or_default();
+        if grew {
+            self.queued_bytes += cost;
+            *sender += cost;
+        } else {
+            self.queued_bytes = self.queued_bytes.saturating_sub(cost);
+            *sender = sender.saturating_sub(cost);
+            if *sender == 0 {
+                self.queued_by_sender.remove(&message.from);
+            }
+        }
+    }
+
+    /// `user` joined (`+1`) or left (`-1`) a group.
+    fn count_group(&mut self, user: &UserId, joined: bool) {
+        let n = self.groups_of.entry(user.clone()).or_default();
+        if joined {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.groups_of.remove(user);
+            }
         }
     }
 }
@@ -195,6 +235,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             user: user.clone(),
             message: message.clone(),
         });
+        self.account(&message, true);
         let len = self.ops.measure(OfflineMessages, Op::PushBack, || {
             let queue = self.offline_messages.entry(user.clone()).or_default();
             queue.push_back(message);
@@ -218,6 +259,9 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             (message, len)
         });
         trace.record(OfflineMessages, Op::PopFront, Some(user), None, Some(len));
+        if let Some(m) = &message {
+            self.account(m, false);
+        }
         message
     }
 
@@ -227,6 +271,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             (members.insert(user.clone()), members.len())
         });
         if added {
+            self.count_group(user, true);
             self.journal(|| Change::Joined {
                 group: group.clone(),
                 user: user.clone(),
@@ -255,6 +300,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             (removed, size)
         });
         if was_member {
+            self.count_group(user, false);
             self.journal(|| Change::Left {
                 group: group.clone(),
                 user: user.clone(),
@@ -380,6 +426,28 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         extend_each(&mut self.offline_messages, &state.queues);
         extend_each(&mut self.group_members, &state.groups);
         extend_each(&mut self.blocked_users, &state.blocks);
+        for (_, queue) in &state.queues {
+            for message in queue {
+                self.account(message, true);
+            }
+        }
+        for (_, members) in &state.groups {
+            for member in members {
+                self.count_group(member, true);
+            }
+        }
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    fn queued_bytes_from(&self, sender: &UserId) -> usize {
+        self.queued_by_sender.get(sender).copied().unwrap_or(0)
+    }
+
+    fn groups_of(&self, user: &UserId) -> usize {
+        self.groups_of.get(user).copied().unwrap_or(0)
     }
 
     fn op_table(&self) -> OpTable {

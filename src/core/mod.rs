@@ -32,6 +32,20 @@ pub const MAX_GROUPS: u64 = 10_000;
 pub const MAX_GROUP_SIZE: u64 = 10_000;
 pub const MAX_BLOCKED: u64 = 10_000;
 
+/// Groups one user may be a member of (`--max-groups-per-user`): so that one
+/// client cannot take every one of `--max-groups`.
+pub const MAX_GROUPS_PER_USER: u64 = 100;
+
+/// What one queued copy of a message costs the memory budget: its text and a
+/// fixed share for the `Message` entry, its names and the deque slot. A group
+/// message queued for m offline members counts m times: the entries are real
+/// even where the text is shared.
+pub const QUEUED_ENTRY_BYTES: usize = 96;
+
+pub fn queued_cost(text_bytes: usize) -> usize {
+    QUEUED_ENTRY_BYTES + text_bytes
+}
+
 /// Limits and switches of the core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -47,6 +61,13 @@ pub struct CoreConfig {
     pub max_group_size: usize,
     /// Users one user may block at most.
     pub max_blocked: usize,
+    /// Groups one user may be in at most.
+    pub max_groups_per_user: usize,
+    /// Bytes all offline deques together may hold (from `--max-memory`).
+    pub max_queued_bytes: usize,
+    /// Bytes of one sender's messages that may wait in offline deques: names
+    /// that never connect cannot take the whole budget.
+    pub max_queued_bytes_per_sender: usize,
 }
 
 impl Default for CoreConfig {
@@ -58,6 +79,9 @@ impl Default for CoreConfig {
             max_groups: MAX_GROUPS as usize,
             max_group_size: MAX_GROUP_SIZE as usize,
             max_blocked: MAX_BLOCKED as usize,
+            max_groups_per_user: MAX_GROUPS_PER_USER as usize,
+            max_queued_bytes: usize::MAX,
+            max_queued_bytes_per_sender: usize::MAX,
         }
     }
 }
@@ -269,6 +293,11 @@ impl<S: Structures> ChatCore<S> {
     /// O(users + groups + blocks), however long the queues grow.
     pub fn snapshot_ends(&self, keep: usize) -> StructuresSnapshot {
         self.structures.snapshot(QueueView::Ends(keep))
+    }
+
+    /// Bytes held by the offline deques, as the memory budget counts them.
+    pub fn queued_bytes(&self) -> usize {
+        self.structures.queued_bytes()
     }
 
     /// Turns the event-log trace on or off (the board turns it on while watched).

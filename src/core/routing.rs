@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use crate::core::{
-    ChatCore, ConnHandle, ConnId, Delivery, Disk, Event, Outcome, Structures, Trace,
+    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, Disk, Event, Outcome,
+    Structures, Trace, QUEUED_ENTRY_BYTES,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::{
@@ -90,6 +91,55 @@ fn unavailable(why: &str, what: &str, reference: Ref) -> RequestError {
         ),
         reference,
     )
+}
+
+/// The memory budget's say on anything `from` sends, live or not. A sender
+/// whose messages already fill their share of the offline deques (some were
+/// put back there by connections that stopped reading) may send nothing more
+/// until some are read; once the deques are full in all, neither may anyone
+/// holding an eighth of that share. Everyone else, the class, chats on.
+fn may_send<S: Structures>(s: &S, config: &CoreConfig, from: &UserId) -> Result<(), String> {
+    let mine = s.queued_bytes_from(from);
+    let share = config.max_queued_bytes_per_sender;
+    let full = s.queued_bytes() >= config.max_queued_bytes;
+    // "Filled": not even one more queued copy would fit.
+    if mine + QUEUED_ENTRY_BYTES > share || (full && mine >= share / 8) {
+        return Err(format!(
+            "you have {:.1} MiB of messages waiting for users who are not reading them, \
+             the most one sender may have now (--max-memory); wait until some are read",
+            mine as f64 / (1024.0 * 1024.0)
+        ));
+    }
+    Ok(())
+}
+
+/// The memory budget's say on queueing a copy of a `text_bytes` message from
+/// `from`: Err with the words for the sender when the offline deques are at
+/// `--max-memory`'s share, or `from` already has a sender's share waiting.
+/// O(1): two counters the structures keep.
+fn room_to_queue<S: Structures>(
+    s: &S,
+    config: &CoreConfig,
+    from: &UserId,
+    text_bytes: usize,
+) -> Result<(), String> {
+    let cost = queued_cost(text_bytes);
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    if s.queued_bytes().saturating_add(cost) > config.max_queued_bytes {
+        return Err(format!(
+            "the server's memory for offline messages is full ({:.0} MiB, from --max-memory); \
+             nothing more can be queued until some are read: try again later",
+            mib(config.max_queued_bytes)
+        ));
+    }
+    if s.queued_bytes_from(from).saturating_add(cost) > config.max_queued_bytes_per_sender {
+        return Err(format!(
+            "you already have {:.1} MiB of messages waiting for offline users, the most one \
+             sender may have (--max-memory); wait until some are read",
+            mib(s.queued_bytes_from(from))
+        ));
+    }
+    Ok(())
 }
 
 fn ack(reference: Ref, id: Option<u64>, status: AckStatus) -> ServerFrame {
@@ -377,6 +427,9 @@ impl<S: Structures> ChatCore<S> {
             now_ms,
         } = sender;
         let s = &mut self.structures;
+        if let Err(why) = may_send(s, &self.config, from) {
+            return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
+        }
         // Protocol v1.1: a block changes what happens, never what the sender is
         // told. The answer is decided exactly as if there were no block
         // (devices? disk? inbox full?); only then does the block stop the
@@ -402,6 +455,9 @@ impl<S: Structures> ChatCore<S> {
                     ),
                     reference,
                 ));
+            }
+            if let Err(why) = room_to_queue(s, &self.config, from, text.len()) {
+                return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
             }
             AckStatus::Queued
         };
@@ -465,6 +521,10 @@ impl<S: Structures> ChatCore<S> {
                 reference,
             ));
         }
+        if let Err(why) = may_send(s, &self.config, from) {
+            return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
+        }
+        let text_bytes = text.len();
         let message = stamp(
             &mut self.next_message_id,
             from,
@@ -497,7 +557,9 @@ impl<S: Structures> ChatCore<S> {
                         connections += 1;
                     }
                 }
-            } else if s.queued_len(&member, trace) < max {
+            } else if s.queued_len(&member, trace) < max
+                && room_to_queue(s, &self.config, from, text_bytes).is_ok()
+            {
                 would_queue += 1;
                 if !blocks {
                     s.queue_push_back(&member, message.clone(), trace);
@@ -592,7 +654,13 @@ impl<S: Structures> ChatCore<S> {
         let s = &self.structures;
         let size = s.group_len(group, trace);
         let (max_size, max_groups) = (self.config.max_group_size, self.config.max_groups);
-        let detail = if size == 0 && s.group_count(trace) >= max_groups {
+        let per_user = self.config.max_groups_per_user;
+        let detail = if s.groups_of(user) >= per_user && !s.is_member(group, user, trace) {
+            format!(
+                "you are already in {per_user} groups, the most one user may be in \
+                 (--max-groups-per-user); leave one first"
+            )
+        } else if size == 0 && s.group_count(trace) >= max_groups {
             format!(
                 "this server already has its maximum of {max_groups} groups (--max-groups); \
                  join an existing group instead"

@@ -82,6 +82,15 @@ pub trait Structures {
     /// How many users `by` blocks, for `--max-blocked`. O(1).
     fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize;
 
+    // The memory budget's bookkeeping: O(1) answers, not structure operations
+    // (they are not counted).
+    /// Bytes held by every offline deque together (see [`crate::core::queued_cost`]).
+    fn queued_bytes(&self) -> usize;
+    /// Bytes of `sender`'s messages waiting in anyone's offline deque.
+    fn queued_bytes_from(&self, sender: &UserId) -> usize;
+    /// How many groups `user` is a member of.
+    fn groups_of(&self, user: &UserId) -> usize;
+
     /// The durable changes made since the last call (see `core::journal`).
     fn take_changes(&mut self) -> Vec<Change>;
     /// Loads durable state into empty structures (not counted: it is not routing).

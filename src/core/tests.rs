@@ -756,3 +756,136 @@ fn limits_refuse_with_limit_reached_and_change_nothing() {
     assert_eq!(s.groups[&n("g")].len(), 1);
     assert_eq!(s.blocked[&n("ann")].len(), 1);
 }
+
+fn core_with_budget(total: usize, per_sender: usize) -> TestCore {
+    ChatCore::new(
+        MemoryStructures::default(),
+        CoreConfig {
+            max_queued_bytes: total,
+            max_queued_bytes_per_sender: per_sender,
+            max_groups_per_user: 2,
+            trace: true,
+            ..CoreConfig::default()
+        },
+    )
+}
+
+/// `--max-memory`: one sender cannot queue more than its share for names that
+/// never connect, all senders together not more than the budget; live chat
+/// and the rest of the class go on.
+#[test]
+fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
+    let text = "x".repeat(1000);
+    let cost = queued_cost(1000);
+    let mut c = core_with_budget(10 * cost, 4 * cost);
+    for (u, conn) in [("mallory", 1), ("alice", 2), ("bob", 3)] {
+        c.connect(&n(u), conn);
+    }
+    let dm = |to: &str| json!({"type":"message","to":to,"text":text});
+    let mut acks = Vec::new();
+    for i in 0..6 {
+        let o = send(&mut c, "mallory", 1, dm(&format!("ghost{i}")));
+        acks.push(frames(&o, 1)[0].clone());
+    }
+    assert!(
+        acks[..4].iter().all(|a| a["status"] == "queued"),
+        "{acks:?}"
+    );
+    for refused in &acks[4..] {
+        assert_eq!(refused["code"], "inbox_full");
+        assert!(
+            refused["detail"].as_str().unwrap().contains("one sender"),
+            "{refused}"
+        );
+    }
+    // Others still queue, up to the whole budget.
+    for i in 0..6 {
+        let (who, conn) = if i % 2 == 0 { ("alice", 2) } else { ("bob", 3) };
+        let o = send(&mut c, who, conn, dm("carol"));
+        assert_eq!(frames(&o, conn)[0]["status"], "queued", "copy {i}");
+    }
+    let o = send(&mut c, "alice", 2, dm("carol"));
+    let refused = &frames(&o, 2)[0];
+    assert_eq!(refused["code"], "inbox_full");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("--max-memory"),
+        "{refused}"
+    );
+    // Mallory, at her share, may send nothing more, not even live ...
+    let o = send(&mut c, "mallory", 1, dm("alice"));
+    let refused = &frames(&o, 1)[0];
+    assert_eq!(refused["code"], "inbox_full");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("not reading"),
+        "{refused}"
+    );
+    // ... nor, with the deques full, anyone holding an eighth of a share;
+    // someone with nothing waiting chats on.
+    let o = send(&mut c, "alice", 2, dm("bob"));
+    assert_eq!(frames(&o, 2)[0]["code"], "inbox_full");
+    c.connect(&n("eve"), 5);
+    let o = send(&mut c, "eve", 5, dm("bob"));
+    assert_eq!(frames(&o, 5)[0]["status"], "delivered");
+    // Reading frees the budget.
+    c.connect(&n("carol"), 4);
+    let o = send(&mut c, "alice", 2, dm("dave"));
+    assert_eq!(frames(&o, 2)[0]["status"], "queued");
+}
+
+#[test]
+fn a_group_fan_out_skips_members_the_budget_has_no_room_for() {
+    let cost = queued_cost(1);
+    let mut c = core_with_budget(3 * cost, 100 * cost);
+    c.connect(&n("alice"), 1);
+    send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
+    for i in 0..5 {
+        let ghost = format!("ghost{i}");
+        c.connect(&n(&ghost), 10 + i);
+        send(
+            &mut c,
+            &ghost,
+            10 + i,
+            json!({"type":"group_join","group":"g"}),
+        );
+        c.disconnect(&n(&ghost), 10 + i, vec![]);
+    }
+    let o = send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_message","group":"g","text":"x"}),
+    );
+    assert_eq!(frames(&o, 1)[0]["status"], "queued");
+    assert!(matches!(o.event, Event::GroupMessage { queued: 3, .. }));
+}
+
+#[test]
+fn one_user_may_join_only_so_many_groups() {
+    let mut c = core_with_budget(usize::MAX, usize::MAX);
+    c.connect(&n("alice"), 1);
+    for g in ["a", "b"] {
+        let o = send(&mut c, "alice", 1, json!({"type":"group_join","group":g}));
+        assert_eq!(frames(&o, 1)[0]["status"], "ok");
+    }
+    let o = send(&mut c, "alice", 1, json!({"type":"group_join","group":"c"}));
+    let e = &frames(&o, 1)[0];
+    assert_eq!(e["code"], "limit_reached");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--max-groups-per-user"),
+        "{e}"
+    );
+    // Joining one she is in is fine; leaving makes room.
+    let o = send(&mut c, "alice", 1, json!({"type":"group_join","group":"a"}));
+    assert_eq!(frames(&o, 1)[0]["status"], "ok");
+    send(
+        &mut c,
+        "alice",
+        1,
+        json!({"type":"group_leave","group":"a"}),
+    );
+    let o = send(&mut c, "alice", 1, json!({"type":"group_join","group":"c"}));
+    assert_eq!(frames(&o, 1)[0]["status"], "ok");
+}

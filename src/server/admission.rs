@@ -226,7 +226,7 @@ impl Gate {
     }
 
     /// Argon2 hashes and checks asked for since the server started.
-    pub fn argon2_runs(&self) -> u64 {
+    pub fn slow_token_checks(&self) -> u64 {
         self.hasher.runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -447,7 +447,7 @@ mod tests {
     async fn a_token_verified_once_is_checked_without_argon2_and_so_is_a_wrong_one() {
         let gate = Gate::default();
         gate.admit(&bob(), Some("secret"), ip()).await.unwrap();
-        let after_claim = gate.argon2_runs();
+        let after_claim = gate.slow_token_checks();
         assert_eq!(after_claim, 1, "the claim hashed once");
         for i in 0..200 {
             let token = if i % 2 == 0 {
@@ -458,7 +458,11 @@ mod tests {
             let answer = gate.admit(&bob(), Some(&token), ip()).await;
             assert_eq!(answer.is_ok(), i % 2 == 0, "{token}");
         }
-        assert_eq!(gate.argon2_runs(), after_claim, "no Argon2 for any of them");
+        assert_eq!(
+            gate.slow_token_checks(),
+            after_claim,
+            "no Argon2 for any of them"
+        );
     }
 
     /// After a restart (claims loaded from disk, nothing verified yet): the
@@ -477,7 +481,7 @@ mod tests {
         for t in same {
             assert!(t.await.unwrap().is_ok());
         }
-        assert_eq!(gate.argon2_runs(), 1, "eight devices, one check");
+        assert_eq!(gate.slow_token_checks(), 1, "eight devices, one check");
 
         let gate = Arc::new(Gate::new(None, vec![(bob(), crate::tokens::hash("right"))]));
         let guesses: Vec<_> = (0..20)
@@ -502,7 +506,11 @@ mod tests {
         assert!(statuses
             .iter()
             .all(|s| *s == StatusCode::TOO_MANY_REQUESTS || *s == StatusCode::UNAUTHORIZED));
-        assert!(gate.argon2_runs() < 20, "{} runs", gate.argon2_runs());
+        assert!(
+            gate.slow_token_checks() < 20,
+            "{} runs",
+            gate.slow_token_checks()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

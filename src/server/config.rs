@@ -26,6 +26,10 @@ pub const HANDSHAKE_TIMEOUT_SECS: f64 = 10.0;
 /// tungstenite's per-connection read buffer: its default (128 KiB) would cost
 /// 1.3 GB for 10,000 idle sockets; chat frames are small.
 pub const READ_BUFFER_BYTES: usize = 4096;
+/// Bytes one connection's outbox may hold (besides the connect-time flush),
+/// unless `--max-memory` asks for less.
+pub const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
+
 /// How long shutdown waits for connections to finish their closing handshake.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -48,6 +52,24 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `serve --allow-origin`: other sites whose pages may open chat connections.
     pub allow_origins: Vec<String>,
+    /// `serve --max-memory`, in bytes (None: no budget; see [`Config::with_memory_budget`]).
+    pub max_memory: Option<u64>,
+}
+
+impl Config {
+    /// Splits a memory budget between what grows with use: half for offline
+    /// queues (a sixteenth of that for any one sender), three eighths for
+    /// outboxes (a 64th of the budget, 256 KiB to 8 MiB, for any one), the rest
+    /// for connections, names, groups and the allocator's own overhead.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Config {
+        let total = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.max_memory = Some(bytes);
+        self.core.max_queued_bytes = total / 2;
+        self.core.max_queued_bytes_per_sender = total / 32;
+        self.net.max_outbox_total = total / 8 * 3;
+        self.net.max_outbox_bytes = (total / 64).clamp(256 * 1024, OUTBOX_BYTES);
+        self
+    }
 }
 
 /// Limits the network shell enforces before (or around) the core.
@@ -70,6 +92,10 @@ pub struct NetLimits {
     /// A TCP connection that has not become a WebSocket this long after it
     /// opened is closed when it next waits to read. None: never.
     pub handshake_timeout: Option<Duration>,
+    /// Bytes one connection's outbox may hold; a push beyond it evicts (1008).
+    pub max_outbox_bytes: usize,
+    /// Bytes every outbox together may hold; beyond it the fullest is evicted.
+    pub max_outbox_total: usize,
 }
 
 /// What the dashboard needs from the caller.
@@ -99,6 +125,8 @@ impl Default for NetLimits {
             rate_limit: None,
             idle_timeout: timeout(IDLE_TIMEOUT_SECS),
             handshake_timeout: timeout(HANDSHAKE_TIMEOUT_SECS),
+            max_outbox_bytes: OUTBOX_BYTES,
+            max_outbox_total: usize::MAX,
         }
     }
 }
@@ -114,6 +142,7 @@ impl Default for Config {
             durable: None,
             public_url: None,
             allow_origins: Vec::new(),
+            max_memory: None,
         }
     }
 }

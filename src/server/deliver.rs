@@ -12,6 +12,7 @@
 //! disk. An ack of `queued` therefore always follows the write.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -59,6 +60,19 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Conn>, hub: &Hub) {
             };
             evicted[index].1.push(refused);
         }
+        // --max-memory: when every outbox together holds more than its share,
+        // the fullest (a client that stopped reading) is evicted first. The
+        // scan is O(connections), paid only while over the budget.
+        if hub.outbox_bytes.load(Ordering::Relaxed) > hub.config.net.max_outbox_total {
+            let fullest = core
+                .all_connections()
+                .into_iter()
+                .filter(|c| c.outbox.is_open() && !evicted.iter().any(|(e, _)| e.id == c.id))
+                .max_by_key(|c| c.outbox.bytes());
+            if let Some(conn) = fullest.filter(|c| c.outbox.bytes() > 0) {
+                evicted.push((conn, Vec::new()));
+            }
+        }
         if hub.board.watched() {
             hub.board.record(&outcome.event, &outcome.trace);
         }
@@ -69,10 +83,11 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Conn>, hub: &Hub) {
             let unsent = unsent_messages(conn.outbox.abort().iter().chain(&refused));
             if let Some(log) = log {
                 log.line(format!(
-                    "! evicted {} (conn {}): its outbox held {} frames unread (client too slow or stuck)",
+                    "! evicted {} (conn {}): its outbox was full, up to {} frames or {} KiB unread (client too slow or stuck)",
                     conn.user,
                     conn.id,
-                    conn.outbox.capacity()
+                    conn.outbox.capacity(),
+                    hub.config.net.max_outbox_bytes / 1024
                 ));
             }
             work.push_back(core.disconnect(&conn.user, conn.id, unsent));

@@ -4,7 +4,7 @@
 //! produced them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use super::shutdown::Shutdown;
 use super::site::Site;
 use crate::core::{ChatCore, ConnDetail, ConnHandle, ConnId, MemoryStructures, Outcome};
 use crate::event_log::EventLog;
-use crate::inspection::{Inspection, ServerInfo};
+use crate::inspection::{Inspection, MemoryStats, ServerInfo};
 use crate::names::UserId;
 use crate::output::now_ms;
 use crate::store::Store;
@@ -80,6 +80,8 @@ pub(crate) struct Hub {
     pub site: Site,
     /// What the board's feed needs from routing.
     pub board: BoardFeed,
+    /// Bytes in every outbox together (each outbox adds and subtracts its own).
+    pub outbox_bytes: Arc<AtomicUsize>,
 }
 
 impl Hub {
@@ -112,6 +114,7 @@ impl Hub {
             shutdown: Shutdown::default(),
             site,
             board: BoardFeed::default(),
+            outbox_bytes: Arc::default(),
         }
     }
 
@@ -144,7 +147,11 @@ impl Hub {
             user,
             remote,
             connected_at_ms: now_ms(),
-            outbox: Outbox::new(self.config.net.outbox_frames),
+            outbox: Outbox::with_bytes(
+                self.config.net.outbox_frames,
+                self.config.net.max_outbox_bytes,
+                self.outbox_bytes.clone(),
+            ),
             authenticated,
         })
     }
@@ -163,6 +170,7 @@ impl Hub {
         let core = self.core();
         let start = Instant::now();
         let snapshot = core.snapshot();
+        let queued_bytes = core.queued_bytes();
         let hold = start.elapsed();
         drop(core);
         let store = self.store.as_deref();
@@ -179,7 +187,15 @@ impl Hub {
             outbox_frames: self.config.net.outbox_frames,
             connections_served: self.connections_served(),
             claimed_names: self.gate.claimed_names(),
-            argon2_runs: self.gate.argon2_runs(),
+            slow_token_checks: self.gate.slow_token_checks(),
+            memory: MemoryStats {
+                budget_bytes: self.config.max_memory,
+                queued_bytes: queued_bytes as u64,
+                max_queued_bytes: self.config.core.max_queued_bytes as u64,
+                outbox_bytes: self.outbox_bytes.load(Ordering::Relaxed) as u64,
+                max_outbox_bytes: self.config.net.max_outbox_total as u64,
+                rss_bytes: crate::server::limits::rss_bytes(),
+            },
             board: self.board.stats(),
         };
         Inspection {

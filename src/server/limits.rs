@@ -138,6 +138,53 @@ impl TokenBucket {
 
 /// Raises this process's open-file limit to its hard maximum, so thousands of
 /// connections do not fail at a default of 1,024. Returns (before, after).
+/// A `Key:   123 kB` line of a /proc file, in bytes (Linux; None elsewhere).
+fn proc_bytes(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The process's resident memory in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    proc_bytes("/proc/self/status", "VmRSS:")
+}
+
+/// This machine's memory in bytes.
+pub fn machine_memory() -> Option<u64> {
+    proc_bytes("/proc/meminfo", "MemTotal:")
+}
+
+/// Makes glibc serve every allocation of 1 MiB or more (an Argon2 working
+/// buffer, a burst-sized outbox) from its own mapping, returned to the OS the
+/// moment it is freed. Left to itself glibc raises that threshold after the
+/// first large free, and then keeps such buffers for ever. No-op elsewhere.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// Gives freed memory back to the OS. glibc keeps what a burst of queued
+/// messages freed in its arenas; without this, RSS after the queues drain
+/// stays at its peak. A no-op where the allocator is not glibc's.
+pub fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(unix)]
 // `rlim_t` is u64 on Linux but not on every Unix, so the casts stay.
 #[allow(clippy::unnecessary_cast)]

@@ -52,6 +52,30 @@ use crate::core::OpTable;
 use crate::event_log::EventLog;
 use hub::Hub;
 
+/// Every few seconds: when the queues and outboxes hold much less than they
+/// did, hand the freed memory back to the OS (see `limits::give_back_memory`),
+/// so RSS follows the class's traffic down as well as up.
+async fn give_back_drained_memory(hub: Arc<Hub>) {
+    const EVERY: Duration = Duration::from_secs(2);
+    const WORTH_IT: usize = 16 * 1024 * 1024;
+    let mut peak = 0usize;
+    let stop = hub.shutdown.begun();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            () = &mut stop => return,
+        }
+        let held =
+            hub.core().queued_bytes() + hub.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        peak = peak.max(held);
+        if peak - held >= WORTH_IT {
+            tokio::task::spawn_blocking(limits::give_back_memory);
+            peak = held;
+        }
+    }
+}
+
 /// What `run` reports when it returns.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -71,6 +95,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Report> {
     let bound = listener.local_addr()?;
+    limits::tune_allocator();
     let hub = Arc::new(Hub::new(config, log, bound));
     let listener = handshake::GuardedListener::new(listener, hub.config.net.handshake_timeout);
     let app = http::routes(hub.clone());
@@ -89,6 +114,7 @@ pub async fn run(
     });
 
     let board = tokio::spawn(board::publish(hub.clone(), hub.shutdown.begun()));
+    tokio::spawn(give_back_drained_memory(hub.clone()));
 
     shutdown.await;
     // The dashboard gives the terminal back first, so the shutdown lines are readable.

@@ -6,6 +6,7 @@
 //! limit: when it is full, the connection is evicted (see `server/deliver.rs`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes};
@@ -27,6 +28,17 @@ pub struct Encoded {
     /// durable mode deletes it from disk.
     pub flushed: bool,
 }
+
+impl Encoded {
+    /// What holding this frame costs an outbox's byte budget: its text and
+    /// a fixed share for the entry.
+    pub fn cost(&self) -> usize {
+        FRAME_OVERHEAD_BYTES + self.text.len()
+    }
+}
+
+/// The bytes an outbox slot and the frame's bookkeeping take besides the text.
+const FRAME_OVERHEAD_BYTES: usize = 64;
 
 /// One frame waiting in an outbox. An `Arc` keeps each queued slot at 8 bytes:
 /// when 10,000 users join, every outbox absorbs a storm of presence frames,
@@ -71,6 +83,8 @@ struct Inner {
     backlog: usize,
     /// The reader heard nothing for a while: the writer should send a ping.
     ping_due: bool,
+    /// Bytes of the queued frames (see [`Encoded::cost`]).
+    bytes: usize,
     /// The batch the writer took and has not finished writing: a client that
     /// stopped reading holds it in a stuck write, so when such a connection is
     /// given up (evicted, idle, shutdown) these go back to the queue too.
@@ -89,6 +103,10 @@ pub enum Next {
 pub struct Outbox {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// The most bytes of frames it may hold (besides the connect-time backlog).
+    max_bytes: usize,
+    /// Bytes in every outbox of the server together, for `--max-memory`.
+    total: Arc<AtomicUsize>,
     /// Wakes the writer when frames arrive or the state changes.
     wake_writer: Notify,
     /// Wakes the reader (and a writer stuck in a write) when the state leaves `Open`.
@@ -104,17 +122,33 @@ const BATCH: usize = 64;
 /// An empty outbox keeps at most this many slots of capacity.
 const SHRINK_ABOVE: usize = 64;
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let bytes = self.lock().bytes;
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 impl Outbox {
+    /// An outbox bounded in frames only (tests).
     pub fn new(capacity: usize) -> Outbox {
+        Outbox::with_bytes(capacity, usize::MAX, Arc::default())
+    }
+
+    /// An outbox bounded in frames and in bytes, counting its bytes into `total`.
+    pub fn with_bytes(capacity: usize, max_bytes: usize, total: Arc<AtomicUsize>) -> Outbox {
         Outbox {
             inner: Mutex::new(Inner {
                 frames: VecDeque::new(),
                 state: State::Open,
                 backlog: 0,
                 ping_due: false,
+                bytes: 0,
                 in_flight: Vec::new(),
             }),
             capacity: capacity.max(1),
+            max_bytes,
+            total,
             wake_writer: Notify::new(),
             state_changed: Notify::new(),
             drained: Notify::new(),
@@ -138,6 +172,18 @@ impl Outbox {
         self.len() == 0
     }
 
+    /// Bytes of the frames waiting in it.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Takes every queued frame out, keeping the byte counts right.
+    fn drain_all(&self, inner: &mut Inner) -> Vec<Outgoing> {
+        self.total.fetch_sub(inner.bytes, Ordering::Relaxed);
+        inner.bytes = 0;
+        inner.frames.drain(..).collect()
+    }
+
     /// Queues a frame without waiting. O(1).
     pub fn push(&self, frame: Outgoing) -> Result<(), PushError> {
         let mut inner = self.lock();
@@ -147,6 +193,15 @@ impl Outbox {
         if inner.frames.len() >= self.capacity + inner.backlog {
             return Err(PushError::Full(frame));
         }
+        // Bytes as well as frames: 1,024 frames of 64 KB would be 64 MB for one
+        // client that does not read. The connect-time flush is exempt (its size
+        // is the offline deque's, which the memory budget already bounds).
+        let cost = frame.cost();
+        if inner.backlog == 0 && inner.bytes > 0 && inner.bytes + cost > self.max_bytes {
+            return Err(PushError::Full(frame));
+        }
+        inner.bytes += cost;
+        self.total.fetch_add(cost, Ordering::Relaxed);
         inner.frames.push_back(frame);
         drop(inner);
         self.wake_writer.notify_one();
@@ -190,7 +245,7 @@ impl Outbox {
         if inner.state != State::Open {
             return Vec::new();
         }
-        let pending = inner.frames.drain(..).collect();
+        let pending = self.drain_all(&mut inner);
         self.set_state(&mut inner, State::Draining(frame));
         pending
     }
@@ -202,7 +257,7 @@ impl Outbox {
     pub fn take_all_and_close(&self, frame: Option<CloseFrame>) -> Vec<Outgoing> {
         let mut inner = self.lock();
         let mut pending = std::mem::take(&mut inner.in_flight);
-        pending.extend(inner.frames.drain(..));
+        pending.extend(self.drain_all(&mut inner));
         if matches!(inner.state, State::Open | State::Draining(_)) {
             self.set_state(&mut inner, State::Draining(frame));
         }
@@ -214,7 +269,7 @@ impl Outbox {
     pub fn abort(&self) -> Vec<Outgoing> {
         let mut inner = self.lock();
         let mut pending = std::mem::take(&mut inner.in_flight);
-        pending.extend(inner.frames.drain(..));
+        pending.extend(self.drain_all(&mut inner));
         self.set_state(&mut inner, State::Aborted);
         pending
     }
@@ -289,6 +344,9 @@ impl Outbox {
                     let n = inner.frames.len().min(BATCH);
                     inner.backlog = inner.backlog.saturating_sub(n);
                     let batch: Vec<Outgoing> = inner.frames.drain(..n).collect();
+                    let taken: usize = batch.iter().map(|f| f.cost()).sum();
+                    inner.bytes -= taken;
+                    self.total.fetch_sub(taken, Ordering::Relaxed);
                     inner.in_flight.clone_from(&batch);
                     if inner.frames.is_empty() && inner.frames.capacity() > SHRINK_ABOVE {
                         // A burst (a presence storm as a class joins) grows the deque;
