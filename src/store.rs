@@ -924,7 +924,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_data_file_stops_commits_and_says_why() {
+    fn a_full_data_file_stops_commits_says_why_and_recovers_when_space_is_freed() {
         let path = temp("full");
         let (store, _) = Store::open_limited(&path, Some(64 * 1024)).unwrap();
         let big = "x".repeat(4_000);
@@ -960,6 +960,21 @@ mod tests {
         assert!(store.stats().failing.is_some());
         // What failed was never committed, so its acks were never released.
         assert_eq!(store.committed_now(), last_committed);
+
+        // Space is freed (here: another process deletes old rows): the writer's
+        // retry succeeds, the stuck batch commits, and the store is healthy again.
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::from_secs(5)).unwrap();
+        other
+            .execute("DELETE FROM offline_messages WHERE id <= 8", [])
+            .unwrap();
+        drop(other);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.committed_now() == last_committed || store.disk() != Disk::Writable {
+            assert!(std::time::Instant::now() < deadline, "never recovered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(store.stats().failing.is_none());
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
