@@ -782,6 +782,41 @@ async fn ws_client(port: u16, name: &str) -> common::Client {
     c
 }
 
+/// What a server went through under an attack: its peak RSS, the replies the
+/// attackers got, and the slowest canary message between two bystanders.
+struct Siege {
+    peak_mib: u64,
+    replies: BTreeMap<String, usize>,
+    slowest_canary: Duration,
+}
+
+/// Runs the attackers `start` spawns (given the moment to stop) for `secs`,
+/// with the RSS sampler and the canary alongside.
+async fn siege(
+    server: &common::Proc,
+    port: u16,
+    secs: u64,
+    start: impl FnOnce(Instant) -> Vec<tokio::task::JoinHandle<BTreeMap<String, usize>>>,
+) -> Siege {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = rss_sampler(server.pid(), stop.clone());
+    let until = Instant::now() + Duration::from_secs(secs);
+    let attackers = start(until);
+    let slowest_canary = canary(port, until).await;
+    let mut replies: BTreeMap<String, usize> = BTreeMap::new();
+    for a in attackers {
+        for (k, n) in a.await.unwrap() {
+            *replies.entry(k).or_default() += n;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    Siege {
+        peak_mib: sampler.join().unwrap() / 1024,
+        replies,
+        slowest_canary,
+    }
+}
+
 /// `--max-memory 256MiB`: ten connections send 60 KB direct messages to
 /// thousands of names that never connect, for 15 s. Peak RSS stays under 384
 /// MiB, the flooders are told `inbox_full` (with the reason), and a message
@@ -789,35 +824,28 @@ async fn ws_client(port: u16, name: &str) -> common::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_messages_to_new_names_stay_within_the_memory_budget() {
     let (server, port) = common::Proc::serve(&["--port", "0", "--quiet", "--max-memory", "256MiB"]);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = rss_sampler(server.pid(), stop.clone());
-    let until = Instant::now() + Duration::from_secs(15);
     let text = "m".repeat(60_000);
-    let flooders: Vec<_> = (0..10)
-        .map(|f| {
-            let text = text.clone();
-            tokio::spawn(flood(port, format!("flood{f}"), until, move |i| {
-                json!({"type":"message","to":format!("ghost{f}_{i}"),"text":text}).to_string()
-            }))
-        })
-        .collect();
-    let slowest = canary(port, until).await;
-    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
-    for f in flooders {
-        for (k, n) in f.await.unwrap() {
-            *totals.entry(k).or_default() += n;
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_mib = sampler.join().unwrap() / 1024;
-    eprintln!(
-        "64 KB flood: peak RSS {peak_mib} MiB, replies {totals:?}, slowest canary {slowest:?}"
-    );
-    assert!(peak_mib < 384, "peak RSS {peak_mib} MiB");
-    assert!(totals.get("queued").copied().unwrap_or(0) > 0, "{totals:?}");
+    let got = siege(&server, port, 15, |until| {
+        (0..10)
+            .map(|f| {
+                let text = text.clone();
+                tokio::spawn(flood(port, format!("flood{f}"), until, move |i| {
+                    json!({"type":"message","to":format!("ghost{f}_{i}"),"text":text}).to_string()
+                }))
+            })
+            .collect()
+    })
+    .await;
+    let (peak, replies, slowest) = (got.peak_mib, &got.replies, got.slowest_canary);
+    eprintln!("64 KB flood: peak RSS {peak} MiB, replies {replies:?}, slowest canary {slowest:?}");
+    assert!(peak < 384, "peak RSS {peak} MiB");
     assert!(
-        totals.get("inbox_full").copied().unwrap_or(0) > 0,
-        "{totals:?}"
+        replies.get("queued").copied().unwrap_or(0) > 0,
+        "{replies:?}"
+    );
+    assert!(
+        replies.get("inbox_full").copied().unwrap_or(0) > 0,
+        "{replies:?}"
     );
     assert!(
         slowest < Duration::from_secs(2),
@@ -845,23 +873,18 @@ async fn ghost_members_of_a_group_cannot_take_the_memory() {
         .await;
     assert_eq!(poster.recv_skipping_presence().await["status"], "ok");
     drop(poster);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = rss_sampler(server.pid(), stop.clone());
-    let until = Instant::now() + Duration::from_secs(8);
-    let posting = tokio::spawn(flood(port, "poster".into(), until, |i| {
-        json!({"type":"group_message","group":"haunted","text":format!("boo {i}")}).to_string()
-    }));
-    let slowest = canary(port, until).await;
-    let totals = posting.await.unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_mib = sampler.join().unwrap() / 1024;
-    eprintln!(
-        "ghost group: peak RSS {peak_mib} MiB, replies {totals:?}, slowest canary {slowest:?}"
-    );
-    assert!(peak_mib < 384, "peak RSS {peak_mib} MiB");
+    let got = siege(&server, port, 8, |until| {
+        vec![tokio::spawn(flood(port, "poster".into(), until, |i| {
+            json!({"type":"group_message","group":"haunted","text":format!("boo {i}")}).to_string()
+        }))]
+    })
+    .await;
+    let (peak, replies, slowest) = (got.peak_mib, &got.replies, got.slowest_canary);
+    eprintln!("ghost group: peak RSS {peak} MiB, replies {replies:?}, slowest canary {slowest:?}");
+    assert!(peak < 384, "peak RSS {peak} MiB");
     assert!(
-        totals.get("inbox_full").copied().unwrap_or(0) > 0,
-        "the poster was never stopped: {totals:?}"
+        replies.get("inbox_full").copied().unwrap_or(0) > 0,
+        "the poster was never stopped: {replies:?}"
     );
     assert!(
         slowest < Duration::from_secs(2),
@@ -881,36 +904,28 @@ async fn readers_that_never_read_cannot_take_the_memory() {
     for v in 0..10 {
         victims.push(ws_client(port, &format!("stuck{v}")).await);
     }
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = rss_sampler(server.pid(), stop.clone());
-    let until = Instant::now() + Duration::from_secs(8);
     let text = "s".repeat(60_000);
-    let senders: Vec<_> = (0..10)
-        .map(|v| {
-            let text = text.clone();
-            tokio::spawn(flood(port, format!("pusher{v}"), until, move |_| {
-                json!({"type":"message","to":format!("stuck{v}"),"text":text}).to_string()
-            }))
-        })
-        .collect();
-    let slowest = canary(port, until).await;
-    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
-    for s in senders {
-        for (k, n) in s.await.unwrap() {
-            *totals.entry(k).or_default() += n;
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_mib = sampler.join().unwrap() / 1024;
-    eprintln!("never-reading readers: peak RSS {peak_mib} MiB, replies {totals:?}, slowest canary {slowest:?}");
-    assert!(peak_mib < 384, "peak RSS {peak_mib} MiB");
+    let got = siege(&server, port, 8, |until| {
+        (0..10)
+            .map(|v| {
+                let text = text.clone();
+                tokio::spawn(flood(port, format!("pusher{v}"), until, move |_| {
+                    json!({"type":"message","to":format!("stuck{v}"),"text":text}).to_string()
+                }))
+            })
+            .collect()
+    })
+    .await;
+    let (peak, replies, slowest) = (got.peak_mib, &got.replies, got.slowest_canary);
+    eprintln!("never-reading readers: peak RSS {peak} MiB, replies {replies:?}, slowest canary {slowest:?}");
+    assert!(peak < 384, "peak RSS {peak} MiB");
     assert!(
-        totals.get("delivered").copied().unwrap_or(0) > 0,
-        "{totals:?}"
+        replies.get("delivered").copied().unwrap_or(0) > 0,
+        "{replies:?}"
     );
     assert!(
-        totals.get("inbox_full").copied().unwrap_or(0) > 0,
-        "{totals:?}"
+        replies.get("inbox_full").copied().unwrap_or(0) > 0,
+        "{replies:?}"
     );
     assert!(
         slowest < Duration::from_secs(2),
