@@ -5,11 +5,18 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The binary: $VIVACHAT, else the newest build in cargo's target directory
+# (CARGO_TARGET_DIR when set), else a fresh debug build.
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ -z "${VIVACHAT:-}" ]; then
-  if [ -x "$ROOT/target/release/vivachat" ]; then VIVACHAT="$ROOT/target/release/vivachat"
-  elif [ -x "$ROOT/target/debug/vivachat" ]; then VIVACHAT="$ROOT/target/debug/vivachat"
-  else (cd "$ROOT" && cargo build --quiet) && VIVACHAT="$ROOT/target/debug/vivachat"; fi
+  if [ -x "$TARGET/release/vivachat" ]; then VIVACHAT="$TARGET/release/vivachat"
+  elif [ -x "$TARGET/debug/vivachat" ]; then VIVACHAT="$TARGET/debug/vivachat"
+  else
+    (cd "$ROOT" && cargo build --quiet) || { echo "demo: cargo build failed; fix the build first" >&2; exit 1; }
+    VIVACHAT="$TARGET/debug/vivachat"
+  fi
 fi
+[ -x "$VIVACHAT" ] || { echo "demo: no vivachat binary at $VIVACHAT (set VIVACHAT=/path/to/vivachat)" >&2; exit 1; }
 PAUSE=0
 for arg in "$@"; do [ "$arg" = "--pause" ] && PAUSE=1; done
 WORK="$(mktemp -d)"
@@ -45,7 +52,8 @@ start_server() {
     sleep 0.1
   done
   local port
-  port="$(grep -m1 "listening on" "$SERVER_LOG" | sed 's/.*://')"
+  # `|| true`: with pipefail a failed grep would end the demo before the message below.
+  port="$(grep -m1 "listening on" "$SERVER_LOG" | sed 's/.*://' || true)"
   [ -n "$port" ] || { cat "$SERVER_LOG" >&2; fail "the server did not start"; }
   URL="ws://127.0.0.1:$port"
   HTTP="http://127.0.0.1:$port"

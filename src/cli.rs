@@ -295,14 +295,15 @@ fn client(args: ClientArgs) -> anyhow::Result<()> {
         None => None,
     };
     let url = crate::client::base_url(&args.url)?;
-    let token = crate::client::token::resolve(&url, &args.name, args.token.as_deref())?;
+    let resolved = crate::client::token::resolve(&url, &args.name, args.token.as_deref())?;
     let options = crate::client::ClientOptions {
         name: args.name,
         url,
         json: args.json,
         color,
         linger,
-        token: Some(token),
+        token: Some(resolved.token),
+        fresh_token: resolved.fresh,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -162,3 +162,31 @@ fn quiet_turns_the_event_log_off_and_0_0_0_0_prints_addresses() {
     assert!(!rest.contains(" connected (conn"), "{rest}");
     assert!(rest.contains("Final operation counts"));
 }
+
+/// `vivachat bench --quick | head -c 10`: the reader leaves early; we exit 0, silently.
+#[test]
+fn a_closed_pipe_is_a_quiet_successful_exit() {
+    use std::io::Read;
+    for args in [
+        &["bench", "--quick"][..],
+        &["bench", "--quick", "--json"][..],
+    ] {
+        let mut child = common::command()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 10];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+    }
+}

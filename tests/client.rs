@@ -315,11 +315,11 @@ fn connection_problems_are_clear_errors() {
 
 /// `vivachat client NAME --send bob TEXT` from "another device": its own config directory.
 fn send_from_device(
-    server: &TestServer,
+    addr: std::net::SocketAddr,
     config: &std::path::Path,
     extra: &[&str],
 ) -> std::process::Output {
-    let url = format!("ws://{}", server.addr);
+    let url = format!("ws://{addr}");
     let mut args = vec![
         "client", "ada", "--url", &url, "--color", "never", "--send", "bob", "hi",
     ];
@@ -338,7 +338,7 @@ async fn the_client_claims_its_name_and_another_device_needs_the_token() {
         let _ = std::fs::remove_dir_all(dir);
     }
     // First use: a token is created, saved privately, and claims the name.
-    let out = send_from_device(&server, &laptop, &[]);
+    let out = send_from_device(server.addr, &laptop, &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let note = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -359,7 +359,7 @@ async fn the_client_claims_its_name_and_another_device_needs_the_token() {
         assert_eq!(mode, 0o600);
     }
     // The same device again: the saved token, no new note.
-    let out = send_from_device(&server, &laptop, &[]);
+    let out = send_from_device(server.addr, &laptop, &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
         out.stderr.is_empty(),
@@ -368,7 +368,7 @@ async fn the_client_claims_its_name_and_another_device_needs_the_token() {
     );
 
     // Another device without the token is refused, clearly, and never shown the token.
-    let out = send_from_device(&server, &phone, &[]);
+    let out = send_from_device(server.addr, &phone, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -376,17 +376,40 @@ async fn the_client_claims_its_name_and_another_device_needs_the_token() {
         "{err}"
     );
     assert!(!err.contains(&token));
+    // The refused device announced nothing and kept no useless token.
+    assert!(!err.contains("Your token"), "{err}");
+    let phone_file = phone.join("vivachat").join("tokens.json");
+    let kept = std::fs::read_to_string(&phone_file).unwrap_or_default();
+    assert!(
+        !kept.contains("\"ada\""),
+        "a refused token was kept: {kept}"
+    );
     // With --token it is ada, and the phone remembers the token from then on.
-    let out = send_from_device(&server, &phone, &["--token", &token]);
+    let out = send_from_device(server.addr, &phone, &["--token", &token]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let out = send_from_device(&server, &phone, &[]);
+    let out = send_from_device(server.addr, &phone, &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     let state = server.inspect().await;
     assert_eq!(state["server"]["claimed_names"], serde_json::json!(["ada"]));
     assert!(!state.to_string().contains(&token));
+    let addr = server.addr;
     server.stop().await;
-    for dir in [&laptop, &phone] {
+
+    // A server that cannot be reached: no announcement, no token kept.
+    let tablet = std::env::temp_dir().join(format!("vivachat-tablet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tablet);
+    let out = send_from_device(addr, &tablet, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("Your token"), "{err}");
+    let kept =
+        std::fs::read_to_string(tablet.join("vivachat").join("tokens.json")).unwrap_or_default();
+    assert!(
+        !kept.contains("\"ada\""),
+        "a token nobody accepted was kept: {kept}"
+    );
+    for dir in [&laptop, &phone, &tablet] {
         let _ = std::fs::remove_dir_all(dir);
     }
 }

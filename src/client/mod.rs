@@ -46,6 +46,9 @@ pub struct ClientOptions {
     pub linger: Option<Duration>,
     /// The name's token, sent as `?token=` on every connection.
     pub token: Option<String>,
+    /// Where the token was saved just now, if it was: announced once the
+    /// server accepts it, taken back if the first connection fails.
+    pub fresh_token: Option<std::path::PathBuf>,
 }
 
 /// `http(s)://` becomes `ws(s)://`; a bare `host:port` gets `ws://`. Returns the base URL.
@@ -87,6 +90,19 @@ fn user_url(options: &ClientOptions) -> String {
         }
         None => format!("{base}/ws/{name}"),
     }
+}
+
+/// The first connection: a new token is announced once the server accepted
+/// it (the upgrade succeeded) and taken back if it did not.
+async fn connect_first(options: &ClientOptions) -> anyhow::Result<Ws> {
+    let result = connect(&user_url(options)).await;
+    if let (Some(path), Some(token)) = (&options.fresh_token, &options.token) {
+        match &result {
+            Ok(_) => token::announce(&options.url, &options.name, path),
+            Err(_) => token::forget(&options.url, &options.name, token),
+        }
+    }
+    result
 }
 
 async fn connect(full_url: &str) -> anyhow::Result<Ws> {
@@ -163,7 +179,7 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
     };
     let target =
         input::target(to, "--send bob TEXT or --send '#g1' TEXT").map_err(|u| anyhow!(u.0))?;
-    let mut ws = connect(&user_url(options)).await?;
+    let mut ws = connect_first(options).await?;
     let request = Request::chat(&target, text).to_json(Some(1));
     ws.send(Message::text(request)).await?;
     let sent = Sent {
@@ -554,7 +570,7 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
     let interactive =
         std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !options.json;
     // Connect first, so a wrong URL or name is one clear error.
-    let first = connect(&user_url(&options)).await?;
+    let first = connect_first(&options).await?;
     let (events_tx, mut events) = mpsc::channel(1024);
     let Input {
         mut lines,

@@ -163,34 +163,71 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-/// The token to connect with: `--token` if given (remembered for this
-/// device), else the saved one, else a new one. Says once where a new token
-/// was saved; the token itself is never printed.
+/// The token to connect with, and whether it was saved just now: the first
+/// connection with it will claim the name.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub token: String,
+    /// Where a new token was saved (None: it was saved before).
+    pub fresh: Option<PathBuf>,
+}
+
+/// The token for `name` on `url`. A new one is saved before it is ever sent
+/// (a crash after the server claimed the name must not lose it); it is only
+/// announced once the server has accepted it ([`announce`]), and taken back
+/// if the server refused it or could not be reached ([`forget`]).
 pub fn resolve(
     url: &str,
     name: &crate::names::Name,
     given: Option<&str>,
-) -> anyhow::Result<String> {
-    use colored::Colorize;
+) -> anyhow::Result<Resolved> {
     let token = config_dir().and_then(|dir| token_for(&dir, url, name.as_str(), given));
     match (token, given) {
-        (Ok(t), _) => {
-            if t.saved_now {
-                eprintln!(
-                    "{}",
-                    format!(
-                        "Your token for {name} on {url} is saved in {} (readable by you only). \
-                         The server ties the name to it: on another device, pass it with --token.",
-                        t.path.display()
-                    )
-                    .dimmed()
-                );
-            }
-            Ok(t.token)
-        }
+        (Ok(t), _) => Ok(Resolved {
+            fresh: t.saved_now.then_some(t.path),
+            token: t.token,
+        }),
         // Nowhere to save a token, but one was given: use it as it is.
-        (Err(_), Some(given)) => Ok(given.to_string()),
+        (Err(_), Some(given)) => Ok(Resolved {
+            token: given.to_string(),
+            fresh: None,
+        }),
         (Err(e), None) => Err(e),
+    }
+}
+
+/// The server accepted a token saved just now: say where it is kept.
+pub fn announce(url: &str, name: &crate::names::Name, path: &Path) {
+    use colored::Colorize;
+    eprintln!(
+        "{}",
+        format!(
+            "Your token for {name} on {url} is saved in {} (readable by you only). \
+             The server ties the name to it: on another device, pass it with --token.",
+            path.display()
+        )
+        .dimmed()
+    );
+}
+
+/// The server refused a token saved just now, or was not reached: take it
+/// back (if it is still the one saved), so no useless token stays behind.
+pub fn forget(url: &str, name: &crate::names::Name, token: &str) {
+    let Ok(dir) = config_dir() else { return };
+    let Ok(_lock) = Lock::take(&dir.join("tokens.lock")) else {
+        return;
+    };
+    let path = dir.join(FILE);
+    let Ok(mut store) = load(&path) else { return };
+    let Some(names) = store.get_mut(url) else {
+        return;
+    };
+    if names.get(name.as_str()).map(String::as_str) == Some(token) {
+        names.remove(name.as_str());
+        if names.is_empty() {
+            store.remove(url);
+        }
+        let _ = save(&path, &store);
     }
 }
 
