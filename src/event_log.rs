@@ -227,7 +227,7 @@ pub fn format_event(at: Duration, event: &Event, trace: &Trace, color: bool) -> 
     );
     for record in trace.records() {
         line += &paint(" | ", color, |s| s.dimmed());
-        line += &paint(record.to_string(), color, |s| s.blue());
+        line += &paint(record.to_string(), color, |s| s.bright_blue());
     }
     if trace.omitted() > 0 {
         line += &format!(" | ... and {} more operation(s)", trace.omitted());

@@ -42,11 +42,11 @@ fn chat(message: &Message, offline: bool, style: Style) -> String {
     let body = match (&message.target, offline) {
         (Target::User(_), false) => paint(body, c, |t| t.cyan().bold()),
         (Target::Group(_), false) => paint(body, c, |t| t.magenta().bold()),
-        (_, true) => paint(body, c, |t| t.blue()),
+        (_, true) => paint(body, c, |t| t.bright_blue()),
     };
     if offline {
         let sent = format!("[offline, sent {}]", clock(message.ts));
-        format!("{} {body}", paint(sent, c, |t| t.blue().dimmed()))
+        format!("{} {body}", paint(sent, c, |t| t.bright_blue()))
     } else {
         body
     }

@@ -328,7 +328,7 @@ impl Trace {
         }
     }
 
-    /// Records an operation; consecutive repeats of one (structure, op) fold into `×N`.
+    /// Records an operation; consecutive repeats of one (structure, op) fold into one record, "N times".
     pub fn record(
         &mut self,
         structure: Structure,
@@ -382,10 +382,10 @@ impl fmt::Display for OpRecord {
         let s = self.structure.name();
         let op = self.op.name();
         if self.times > 1 {
-            // A folded run names the last key only: "active_connections.get ×30 (last: bob)".
-            write!(f, "{s}.{op} ×{}", self.times)?;
+            // A folded run, in words: "active_connections.get 30 times, the last for bob".
+            write!(f, "{s}.{op} {} times", self.times)?;
             if let Some(key) = &self.key {
-                write!(f, " (last {key})")?;
+                write!(f, ", the last for {key}")?;
             }
         } else {
             match (&self.key, &self.arg) {
