@@ -64,22 +64,31 @@ impl Shutdown {
                 Trace::new(false),
             );
         }
-        // A user's devices together: a message routed to two devices is one
-        // message, and it goes back once, oldest first, with the last device.
+        // A user's devices side by side: a message routed to two devices is
+        // one message, and it goes back once, oldest first, with the last device.
         connections.sort_by(|a, b| a.user.cmp(&b.user).then(a.id.cmp(&b.id)));
-        let mut unsent: Vec<Message> = Vec::new();
-        for (i, conn) in connections.iter().enumerate() {
-            let frames = conn
-                .outbox
-                .take_all_and_close(Some(close_frame(CLOSE_GOING_AWAY, "server shutting down")));
-            unsent.extend(unsent_messages(&frames));
+        // Every outbox is closed first, so the presence `offline` of one user
+        // is not pushed to another who is about to get 1001 anyway.
+        let unsent: Vec<Vec<Message>> = connections
+            .iter()
+            .map(|conn| {
+                let frames = conn.outbox.take_all_and_close(Some(close_frame(
+                    CLOSE_GOING_AWAY,
+                    "server shutting down",
+                )));
+                unsent_messages(&frames)
+            })
+            .collect();
+        let mut pending: Vec<Message> = Vec::new();
+        for (i, (conn, mine)) in connections.iter().zip(unsent).enumerate() {
+            pending.extend(mine);
             let last_device = connections
                 .get(i + 1)
                 .is_none_or(|next| next.user != conn.user);
             let undelivered = if last_device {
-                unsent.sort_by_key(|m| m.id);
-                unsent.dedup_by_key(|m| m.id);
-                std::mem::take(&mut unsent)
+                pending.sort_by_key(|m| m.id);
+                pending.dedup_by_key(|m| m.id);
+                std::mem::take(&mut pending)
             } else {
                 Vec::new()
             };
