@@ -166,16 +166,20 @@ pub fn render_structures(report: &StructuresReport, color: bool) -> String {
                 .windows(2)
                 .map(|w| format!("{:.1}x", w[1].ns_median / w[0].ns_median.max(0.001)))
                 .collect();
+            // No counted steps at any N has no slope to fit: say it in words.
+            let counted = match v.count_slope {
+                Some(s) => format!("{s:.2} (counted steps)"),
+                None if v.points.iter().all(|p| p.counts.total() == 0.0) => {
+                    "0 counted steps at every N".into()
+                }
+                None => "? (counted steps)".into(),
+            };
             let _ = writeln!(
                 out,
-                "  {}: time grows {} per step of N; log-log slope {} (time), {} (counted steps): {}{note}",
+                "  {}: time grows {} per step of N; log-log slope {} (time), {counted}: {}{note}",
                 v.name,
                 growth.join(", "),
                 v.time_slope.map_or("?".into(), |s| format!("{s:.2}")),
-                v.count_slope.map_or_else(
-                    || if v.points.iter().all(|p| p.counts.total() == 0.0) { "none: 0 steps".into() } else { "?".into() },
-                    |s| format!("{s:.2}")
-                ),
                 v.class.map_or("?", |c| c.label())
             );
         }
