@@ -67,6 +67,10 @@ pub struct StructuresArgs {
     /// Write a log-log chart of time per operation against N to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
+    /// Also measure the seed's claims in CPython (deque.popleft against
+    /// list.pop(0), x in set / dict / list, ...), beside the Rust rows. Needs python3.
+    #[arg(long)]
+    pub python: bool,
 }
 
 /// A list of sizes (one argument, comma-separated).
@@ -218,12 +222,19 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 json: a.json,
                 plot: a.plot.clone(),
                 color,
+                python: a.python,
             };
             let report = crate::bench::run_structures(&options)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{}", crate::bench::render_structures(&report, color));
+                if let Some(python) = &report.python {
+                    println!(
+                        "{}",
+                        crate::bench::python::render(python, &report.comparisons, color)
+                    );
+                }
                 if let Some(path) = a.plot {
                     println!("chart written to {}", path.display());
                 }

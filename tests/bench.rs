@@ -251,3 +251,42 @@ fn verdicts_are_the_same_on_every_run_and_the_queue_slope_reads_1() {
     assert_eq!(slope(0), 0.0, "VecDeque::pop_front");
     assert!(verdicts(&first)[1].contains("NOT faster than a map's keys"));
 }
+
+/// `bench --python --quick`: the seed's claims in CPython, beside the Rust
+/// rows, on the same sizes (CI has python3; elsewhere this says it skipped).
+#[test]
+fn the_seed_s_claims_are_measured_in_python_too() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: no python3 on the PATH");
+        return;
+    }
+    let (code, out, err) = run(&["bench", "--quick", "--python", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let python = &report["python"];
+    assert!(python["python"].as_str().unwrap().starts_with('3'));
+    let rows = python["results"].as_array().unwrap();
+    let sizes = report["sizes"].as_array().unwrap();
+    for variant in [
+        "deque.popleft()",
+        "list.pop(0)",
+        "x in set",
+        "x in dict",
+        "x in list",
+    ] {
+        let n: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["variant"] == variant)
+            .map(|r| &r["n"])
+            .collect();
+        assert_eq!(n.len(), sizes.len(), "{variant}: one row per size");
+        assert!(rows
+            .iter()
+            .filter(|r| r["variant"] == variant)
+            .all(|r| r["ns_median"].as_f64().unwrap() > 0.0));
+    }
+    let (code, text, _) = run(&["bench", "--quick", "--python"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("The seed's claims in CPython"), "{text}");
+    assert!(text.contains("deque.popleft()") && text.contains("VecDeque::pop_front"));
+}

@@ -6,11 +6,13 @@
 //! - `plot.rs`: the SVG chart.
 //! - `core.rs`: routing through the core alone.
 //! - `load.rs`: a real server under load over real WebSockets.
+//! - `python.rs`: the same claims in CPython (`--python`), with `seed.py`.
 
 pub mod core;
 pub mod fit;
 pub mod load;
 pub mod plot;
+pub mod python;
 pub mod structures;
 
 use std::fmt::Write as _;
@@ -32,6 +34,8 @@ pub struct StructuresOptions {
     pub json: bool,
     pub plot: Option<PathBuf>,
     pub color: bool,
+    /// Also measure the seed's claims in CPython.
+    pub python: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +43,9 @@ pub struct StructuresReport {
     pub sizes: Vec<usize>,
     pub repetitions: usize,
     pub comparisons: Vec<ComparisonResult>,
+    /// With `--python`: the same claims measured in CPython.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<python::PythonReport>,
 }
 
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
@@ -75,10 +82,16 @@ pub fn run_structures(options: &StructuresOptions) -> anyhow::Result<StructuresR
         })
         .collect();
     bar.finish_and_clear();
+    let python = if options.python {
+        Some(python::run(&budget.sizes, options.quick)?)
+    } else {
+        None
+    };
     let report = StructuresReport {
         sizes: budget.sizes.clone(),
         repetitions: budget.reps,
         comparisons,
+        python,
     };
     if let Some(path) = &options.plot {
         plot::write_svg(path, &report.comparisons)?;

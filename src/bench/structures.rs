@@ -344,6 +344,17 @@ impl Workload {
         Workload::BlockCheck,
     ];
 
+    /// The workload's name in JSON (`queue_drain`, `presence`, ...).
+    pub fn key(self) -> &'static str {
+        match self {
+            Workload::QueueDrain => "queue_drain",
+            Workload::Presence => "presence",
+            Workload::ConnectionLookup => "connection_lookup",
+            Workload::GroupJoin => "group_join",
+            Workload::BlockCheck => "block_check",
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             Workload::QueueDrain => "offline queue: pop the oldest of N queued messages",
