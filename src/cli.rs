@@ -338,6 +338,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     colored::control::set_override(color);
     crate::inspect::run(crate::inspect::InspectRequest {
         render: crate::inspect::render::RenderOptions {
+            width: None,
             color,
             rows: args.rows as usize,
             user: args.user,

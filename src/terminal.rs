@@ -95,6 +95,44 @@ impl Drop for Screen {
 /// The first `width` columns of `line`, measured as the terminal draws them
 /// (a CJK character or an emoji takes two, a combining mark none); colour
 /// codes are kept (they take no room) and reset if the line is cut.
+/// The columns `line` takes on a terminal: display width, escape sequences
+/// (colours) taking none.
+pub fn width(line: &str) -> usize {
+    let mut used = 0;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        used += c.width().unwrap_or(0);
+    }
+    used
+}
+
+/// Two blocks of lines side by side: `left` padded to `left_width` columns,
+/// then a gap, then `right`; the longer block sets the height.
+pub fn side_by_side(left: &str, right: &str, left_width: usize, gap: usize) -> String {
+    let (l, r): (Vec<&str>, Vec<&str>) = (left.lines().collect(), right.lines().collect());
+    let mut out = String::new();
+    for i in 0..l.len().max(r.len()) {
+        let a = clip(l.get(i).copied().unwrap_or_default(), left_width);
+        let b = r.get(i).copied().unwrap_or_default();
+        let pad = left_width.saturating_sub(width(&a)) + gap;
+        out.push_str(&a);
+        if !b.is_empty() {
+            out.push_str(&" ".repeat(pad));
+            out.push_str(b);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 pub fn clip(line: &str, width: usize) -> String {
     let mut out = String::with_capacity(line.len().min(width.saturating_mul(4)));
     let mut used = 0;
@@ -113,7 +151,10 @@ pub fn clip(line: &str, width: usize) -> String {
         }
         let w = c.width().unwrap_or(0);
         if used + w > width {
-            out.push_str("\x1b[0m");
+            // End any colour the cut line started (plain text needs nothing).
+            if out.contains('\x1b') {
+                out.push_str("\x1b[0m");
+            }
             return out;
         }
         out.push(c);
@@ -149,13 +190,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn side_by_side_pads_by_display_width_not_bytes_or_escapes() {
+        let left = "\x1b[1mab\x1b[0m\né";
+        let joined = side_by_side(left, "x\ny\nz", 4, 1);
+        let lines: Vec<&str> = joined.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(width(lines[0]), 6);
+        assert_eq!(lines[1], "é    y");
+        assert_eq!(lines[2], "     z");
+    }
+
+    #[test]
     fn clipping_counts_columns_not_bytes_or_escapes() {
-        assert_eq!(clip("abcdef", 3), "abc\x1b[0m");
+        // Plain text is cut plainly; a coloured line gets its colour ended.
+        assert_eq!(clip("abcdef", 3), "abc");
         assert_eq!(clip("abc", 3), "abc");
         assert_eq!(clip("\x1b[32mgreen\x1b[0m", 3), "\x1b[32mgre\x1b[0m");
         assert_eq!(clip("│ é ┆", 10), "│ é ┆");
         // Wide characters take two columns: a third would not fit in five.
-        assert_eq!(clip("日本語", 5), "日本\x1b[0m");
+        assert_eq!(clip("日本語", 5), "日本");
         assert_eq!(clip("e\u{301}x", 2), "e\u{301}x");
     }
 }

@@ -209,7 +209,10 @@ async fn watch_redraws_and_marks_what_changed() {
 
 #[test]
 fn serve_dashboard_redraws_the_tables_as_the_class_chats() {
-    let mut served = Proc::spawn(&["serve", "--port", "0", "--dashboard"]);
+    // A projector's 120 columns, whatever the terminal running the tests says.
+    let mut command = common::command();
+    command.env("COLUMNS", "120");
+    let mut served = Proc::spawn_with(command, &["serve", "--port", "0", "--dashboard"]);
     let line = served.expect("listening on");
     let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
     served.expect(&format!("connect: ws://127.0.0.1:{port}/ws/NAME"));
@@ -222,7 +225,9 @@ fn serve_dashboard_redraws_the_tables_as_the_class_chats() {
         ws.next().await;
         ws
     });
-    served.expect("│ zoe (new)");
+    let row = served.expect("│ zoe (new)");
+    // The compact layout: the groups' table beside the connections'.
+    assert!(row.chars().count() <= 120, "{row}");
     served.expect("+ zoe connected");
     let rest = served.interrupt();
     assert!(rest.contains("Final operation counts"), "{rest}");

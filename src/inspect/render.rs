@@ -29,8 +29,12 @@ pub struct RenderOptions {
     pub group: Option<Name>,
     /// Where the snapshot came from, for the header.
     pub source: String,
-    /// For a live screen: leave unused operations out of the operations table.
+    /// For a live screen (`serve --dashboard`): the structures in two columns,
+    /// one title line each, the operations as one row per structure, so all
+    /// five and the operations fit a 120x40 terminal.
     pub compact: bool,
+    /// The screen's width in columns, for the compact layout (None: 120).
+    pub width: Option<usize>,
 }
 
 /// Names listed in one cell before "... and N more".
@@ -43,6 +47,8 @@ struct Ctx<'a> {
     now_ms: u64,
     /// Users whose rows are shown (None: everyone).
     users: Option<BTreeSet<Name>>,
+    /// The compact layout's column width: every table fits it.
+    column: Option<usize>,
 }
 
 impl Ctx<'_> {
@@ -68,6 +74,10 @@ impl Ctx<'_> {
         } else {
             t.force_no_tty();
         }
+        if let Some(column) = self.column {
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+            t.set_width(u16::try_from(column).unwrap_or(u16::MAX));
+        }
         t.set_header(header.iter().map(|h| {
             let c = Cell::new(h);
             if self.o.color {
@@ -82,6 +92,21 @@ impl Ctx<'_> {
     fn title(&self, out: &mut String, structure: Structure, extra: &str) {
         let facts = structure.facts();
         let (name, ty, cost, why) = (facts.name, facts.rust_type, facts.headline, facts.why);
+        if let Some(column) = self.column {
+            // One line: the name first, so a narrow column still shows it.
+            let line = if self.o.color {
+                format!(
+                    "{}  {}  {}{extra}",
+                    name.bold().cyan(),
+                    cost.green(),
+                    ty.yellow()
+                )
+            } else {
+                format!("{name}  {cost}  {ty}{extra}")
+            };
+            let _ = writeln!(out, "{}", crate::terminal::clip(&line, column));
+            return;
+        }
         if self.o.color {
             let _ = writeln!(
                 out,
@@ -133,9 +158,23 @@ impl Ctx<'_> {
     }
 
     fn preview(&self, m: &Message) -> String {
-        let mut text: String = m.text.chars().take(PREVIEW_CHARS).collect();
-        if m.text.chars().count() > PREVIEW_CHARS {
+        // A compact column shows the message briefly: id, sender, the start.
+        let chars = if self.column.is_some() {
+            12
+        } else {
+            PREVIEW_CHARS
+        };
+        let mut text: String = m.text.chars().take(chars).collect();
+        if m.text.chars().count() > chars {
             text.push('…');
+        }
+        if self.column.is_some() {
+            return format!(
+                "#{} {}: \"{}\"",
+                m.id,
+                m.from,
+                crate::output::inert(&text).replace('"', "\\\"")
+            );
         }
         let via = match &m.target {
             Target::Group(g) => format!(" in #{g}"),
@@ -183,7 +222,9 @@ impl Ctx<'_> {
     /// Adds "... and N more" when rows were cut, and "gone since last frame" lines.
     fn finish(&self, out: &mut String, table: Table, hidden: usize, unit: &str, gone: Vec<String>) {
         let _ = writeln!(out, "{table}");
-        if hidden > 0 {
+        if hidden > 0 && self.column.is_some() {
+            let _ = writeln!(out, "... and {hidden} more {unit}");
+        } else if hidden > 0 {
             let _ = writeln!(
                 out,
                 "... and {hidden} more {unit} (use --rows or --user to see them)"
@@ -209,8 +250,10 @@ pub fn ops_table(ops: &OpTable, color: bool) -> Table {
         group: None,
         source: String::new(),
         compact: false,
+        width: None,
     };
     let ctx = Ctx {
+        column: None,
         o: &options,
         now_ms: 0,
         users: None,
@@ -233,21 +276,49 @@ pub fn render(doc: &Inspection, previous: Option<&Inspection>, o: &RenderOptions
         (None, None) => None,
     };
     let now_ms = doc.server.as_ref().map_or(0, |i| i.taken_at_ms);
-    let c = Ctx { o, now_ms, users };
+    // Two columns and a gap of 2 in the compact layout.
+    let column = o
+        .compact
+        .then(|| (o.width.unwrap_or(120).saturating_sub(2) / 2).max(30));
+    let c = Ctx {
+        o,
+        now_ms,
+        users,
+        column,
+    };
     let p = previous.map(|p| &p.snapshot.structures);
+    let ops_before = previous.map(|p| &p.snapshot.op_table);
     let mut out = String::new();
     header(&mut out, doc, o);
-    c.active_connections(&mut out, st, p);
-    c.presence(&mut out, st, p);
-    c.offline_messages(&mut out, st, p);
-    c.group_members(&mut out, st, p);
-    c.blocked_users(&mut out, st, p);
-    c.operations(
-        &mut out,
-        &s.op_table,
-        previous.map(|p| &p.snapshot.op_table),
-    );
-    invariants(&mut out, &s.invariants, o.color);
+    match column {
+        Some(column) => {
+            let (mut left, mut right) = (String::new(), String::new());
+            c.active_connections(&mut left, st, p);
+            c.presence(&mut left, st, p);
+            c.offline_messages(&mut left, st, p);
+            c.group_members(&mut right, st, p);
+            c.blocked_users(&mut right, st, p);
+            c.operations(&mut right, &s.op_table, ops_before);
+            out += &crate::terminal::side_by_side(&left, &right, column, 2);
+        }
+        None => {
+            c.active_connections(&mut out, st, p);
+            c.presence(&mut out, st, p);
+            c.offline_messages(&mut out, st, p);
+            c.group_members(&mut out, st, p);
+            c.blocked_users(&mut out, st, p);
+            c.operations(&mut out, &s.op_table, ops_before);
+        }
+    }
+    let mut checks = String::new();
+    invariants(&mut checks, &s.invariants, o.color, o.compact);
+    for line in checks.lines() {
+        let line = match column {
+            Some(_) => crate::terminal::clip(line, o.width.unwrap_or(120)),
+            None => line.to_string(),
+        };
+        let _ = writeln!(out, "{line}");
+    }
     out
 }
 
@@ -317,7 +388,14 @@ fn header(out: &mut String, doc: &Inspection, o: &RenderOptions) {
 }
 
 /// One ✔ or ✘ line per invariant.
-fn invariants(out: &mut String, invariants: &[Invariant], color: bool) {
+fn invariants(out: &mut String, invariants: &[Invariant], color: bool, compact: bool) {
+    // A live screen says "all hold" in one line, and still every broken one in full.
+    if compact && invariants.iter().all(|i| i.holds) {
+        let names: Vec<&str> = invariants.iter().map(|i| i.name.as_ref()).collect();
+        let line = format!("✔ invariants hold: {}", names.join(" · "));
+        let _ = writeln!(out, "{}", paint(&line, color, |t| t.green()));
+        return;
+    }
     for inv in invariants {
         let line = match (&inv.detail, inv.holds) {
             (_, true) => format!("✔ {}", inv.name),
@@ -358,13 +436,12 @@ impl Ctx<'_> {
         p: Option<&StructuresSnapshot>,
     ) {
         self.title(out, Structure::ActiveConnections, "");
-        let mut t = self.table(&[
-            "user",
-            "devices",
-            "connection ids",
-            "remote address",
-            "connected",
-        ]);
+        // A compact column has no room for when each device connected.
+        let mut header = vec!["user", "devices", "connection ids", "remote address"];
+        if self.column.is_none() {
+            header.push("connected");
+        }
+        let mut t = self.table(&header);
         let rows: Vec<_> = st
             .active_connections
             .iter()
@@ -393,13 +470,16 @@ impl Ctx<'_> {
                         .map_or_else(|| "-".into(), |ms| self.ago(ms))
                 })
                 .collect();
-            t.add_row(vec![
+            let mut row = vec![
                 self.key(user.as_str(), matches!(before, Some(None))),
                 self.count(ids.len(), before),
                 Cell::new(name_list(ids, NAMES_PER_CELL)),
                 Cell::new(name_list(&remotes, 3)),
-                Cell::new(name_list(&since, 3)),
-            ]);
+            ];
+            if self.column.is_none() {
+                row.push(Cell::new(name_list(&since, 3)));
+            }
+            t.add_row(row);
         }
         let gone = gone(
             p.map(|p| &p.active_connections),
@@ -437,7 +517,7 @@ impl Ctx<'_> {
         p: Option<&StructuresSnapshot>,
     ) {
         self.title(out, Structure::OfflineMessages, "");
-        let mut t = self.table(&["user", "queued", "oldest (popped first)", "newest"]);
+        let mut t = self.table(&["user", "queued", "front (popped first)", "back (newest)"]);
         let rows: Vec<_> = st
             .offline_messages
             .iter()
@@ -533,6 +613,9 @@ impl Ctx<'_> {
     }
 
     fn operations(&self, out: &mut String, ops: &OpTable, previous: Option<&OpTable>) {
+        if self.column.is_some() {
+            return self.operations_compact(out, ops, previous);
+        }
         let _ = writeln!(
             out,
             "\n{}",
@@ -543,6 +626,34 @@ impl Ctx<'_> {
             "Every call on a structure is counted; one call in 16 is timed (mean time per call; - until the 16th call)."
         );
         let _ = writeln!(out, "{}", self.ops_table(ops, previous));
+    }
+
+    /// The operations as one row per structure: `get 39 O(1) · insert 7 O(1)*`,
+    /// with `+N` for what grew since the last frame.
+    fn operations_compact(&self, out: &mut String, ops: &OpTable, previous: Option<&OpTable>) {
+        let title = paint("operations", self.o.color, |t| t.bold().cyan());
+        let _ = writeln!(out, "{title}  count and cost of every call");
+        let mut t = self.table(&["structure", "operations"]);
+        for structure in Structure::ALL {
+            let cells: Vec<String> = ops
+                .0
+                .iter()
+                .filter(|r| r.structure == structure)
+                .map(|r| {
+                    let grew = previous
+                        .map(|p| r.count.saturating_sub(p.get(r.structure, r.op)))
+                        .filter(|g| *g > 0)
+                        .map(|g| format!(" (+{g})"))
+                        .unwrap_or_default();
+                    format!("{} {}{grew} {}", r.op.name(), r.count, r.complexity)
+                })
+                .collect();
+            t.add_row(vec![
+                Cell::new(structure.name()),
+                Cell::new(cells.join(" · ")),
+            ]);
+        }
+        let _ = writeln!(out, "{t}");
     }
 }
 
@@ -571,11 +682,67 @@ mod tests {
             group: None,
             source: "test".into(),
             compact: false,
+            width: None,
         }
     }
 
     fn send(core: &mut ChatCore<MemoryStructures<ConnId>>, user: &str, conn: ConnId, json: &str) {
         core.handle(&n(user), &conn, parse_request(json).unwrap(), 1_000);
+    }
+
+    /// `serve --dashboard` at 120x40: its frame is the render's two header
+    /// lines, 5 event-log lines, then the rest. Every structure and the
+    /// operations must be in it, for a busy class, and no line wider than 120.
+    #[test]
+    fn the_dashboard_layout_shows_all_five_and_the_operations_in_120_by_40() {
+        let mut core = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+        let class = [
+            "ana", "ben", "chen", "dara", "eli", "femi", "gus", "hana", "ivan", "jo",
+        ];
+        for (i, u) in class.iter().enumerate() {
+            core.connect(&n(u), i as ConnId);
+            let group = format!(r#"{{"type":"group_join","group":"lab{}"}}"#, i % 3);
+            send(&mut core, u, i as ConnId, &group);
+        }
+        for (i, absent) in ["omar", "pia", "quinn", "raj", "sara", "tom"]
+            .iter()
+            .enumerate()
+        {
+            for k in 0..3 {
+                let dm = format!(
+                    r#"{{"type":"message","to":"{absent}","text":"note {k} from a long lesson"}}"#
+                );
+                send(&mut core, class[i], i as ConnId, &dm);
+            }
+        }
+        send(&mut core, "ben", 1, r#"{"type":"block","user":"eli"}"#);
+        send(&mut core, "hana", 7, r#"{"type":"block","user":"tom"}"#);
+        let text = render(
+            &doc(&core),
+            None,
+            &RenderOptions {
+                rows: 4,
+                compact: true,
+                width: Some(120),
+                ..options()
+            },
+        );
+        let lines = text.lines().count() + 5;
+        assert!(lines <= 40, "the frame has {lines} lines:\n{text}");
+        for name in [
+            "active_connections",
+            "presence",
+            "offline_messages",
+            "group_members",
+            "blocked_users",
+            "operations",
+        ] {
+            assert!(text.contains(name), "{name} is missing:\n{text}");
+        }
+        assert!(text.contains("push_back 18 O(1)*"), "{text}");
+        assert!(text.contains("... and 6 more users"), "{text}");
+        let widest = text.lines().map(crate::terminal::width).max().unwrap();
+        assert!(widest <= 120, "a line is {widest} columns wide:\n{text}");
     }
 
     /// alice (2 devices) and bob online; carol has 2 queued; g1 = alice, bob; bob blocks mallory.

@@ -18,18 +18,31 @@ use crate::terminal::Screen;
 const TICK: Duration = Duration::from_millis(200);
 const REFRESH: Duration = Duration::from_secs(1);
 /// Event-log lines shown above the tables.
-const LOG_LINES: usize = 6;
+const LOG_LINES: usize = 4;
+/// Rows per table: with the compact layout, all five structures and the
+/// operations fit 120x40 (tested in `inspect::render`).
+const ROWS: usize = 4;
+
+/// The terminal's width when drawing to one; piped, `$COLUMNS` or the default.
+fn screen_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        return crossterm::terminal::size().ok().map(|(w, _)| w as usize);
+    }
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok())
+}
 
 pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationToken) {
     let screen = Screen::enter(", or make the font smaller");
     let ring = dashboard.ring;
-    let options = RenderOptions {
+    let mut options = RenderOptions {
         color: dashboard.color,
-        rows: 15,
+        rows: ROWS,
         user: None,
         group: None,
         source: dashboard.banner,
         compact: true,
+        width: None,
     };
     let mut previous: Option<Inspection> = None;
     let mut last_seen = (u64::MAX, u64::MAX);
@@ -39,6 +52,7 @@ pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationT
         let (lines, written) = ring.lines();
         if (ops, written) != last_seen || last_draw.elapsed() >= REFRESH {
             let snapshot = hub.inspection();
+            options.width = screen_width();
             // The event log goes under the header, so a short screen cuts
             // the long tables at the bottom rather than the latest events.
             let tables = render(&snapshot, previous.as_ref(), &options);
@@ -48,7 +62,7 @@ pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationT
                 frame += parts.next().unwrap_or_default();
                 frame.push('\n');
             }
-            frame += "\nevent log (latest last):\n";
+            frame += "event log (latest last):\n";
             for line in lines.iter().rev().take(LOG_LINES).rev() {
                 frame += line;
                 frame.push('\n');
