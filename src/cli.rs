@@ -67,6 +67,9 @@ pub struct StructuresArgs {
     /// Write a log-log chart of time per operation against N to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
+    /// Measure one claim only.
+    #[arg(long, value_enum)]
+    pub only: Option<crate::bench::Only>,
     /// Also measure the seed's claims in CPython (deque.popleft against
     /// list.pop(0), x in set / dict / list, ...), beside the Rust rows. Needs python3.
     #[arg(long)]
@@ -223,6 +226,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 plot: a.plot.clone(),
                 color,
                 python: a.python,
+                only: a.only,
             };
             let report = crate::bench::run_structures(&options)?;
             if a.json {

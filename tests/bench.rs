@@ -290,3 +290,34 @@ fn the_seed_s_claims_are_measured_in_python_too() {
     assert!(text.contains("The seed's claims in CPython"), "{text}");
     assert!(text.contains("deque.popleft()") && text.contains("VecDeque::pop_front"));
 }
+
+/// `bench --only queue`: one claim at a time, for a lesson on that one; the
+/// tables fit a 100-column projector terminal.
+#[test]
+fn one_claim_at_a_time_in_tables_that_fit_100_columns() {
+    let (code, out, err) = run(&["bench", "--quick", "--only", "queue", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let workloads: Vec<&str> = report["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(workloads, ["queue_drain"]);
+    let (code, text, _) = run(&["bench", "--quick"]);
+    assert_eq!(code, 0);
+    let table_widest = text
+        .lines()
+        .filter(|l| l.starts_with(['│', '┌', '└', '╞']))
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap();
+    assert!(
+        table_widest <= 100,
+        "a table is {table_widest} columns wide"
+    );
+    let (code, _, err) = run(&["bench", "--only", "nothing"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("queue") && err.contains("presence"), "{err}");
+}

@@ -26,6 +26,28 @@ use serde::Serialize;
 
 use structures::{compare, Budget, ComparisonResult, Workload};
 
+/// One claim of the seed, for `bench --only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    Queue,
+    Presence,
+    Connections,
+    Groups,
+    Blocks,
+}
+
+impl Only {
+    pub fn workload(self) -> Workload {
+        match self {
+            Only::Queue => Workload::QueueDrain,
+            Only::Presence => Workload::Presence,
+            Only::Connections => Workload::ConnectionLookup,
+            Only::Groups => Workload::GroupJoin,
+            Only::Blocks => Workload::BlockCheck,
+        }
+    }
+}
+
 /// `bench structures` options.
 #[derive(Debug, Clone)]
 pub struct StructuresOptions {
@@ -36,6 +58,8 @@ pub struct StructuresOptions {
     pub color: bool,
     /// Also measure the seed's claims in CPython.
     pub python: bool,
+    /// One claim only.
+    pub only: Option<Only>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,12 +93,16 @@ pub fn run_structures(options: &StructuresOptions) -> anyhow::Result<StructuresR
     if let Some(sizes) = &options.sizes {
         budget.sizes = sizes.clone();
     }
-    let steps: usize = Workload::ALL
+    let workloads: Vec<Workload> = match options.only {
+        Some(only) => vec![only.workload()],
+        None => Workload::ALL.to_vec(),
+    };
+    let steps: usize = workloads
         .iter()
         .map(|w| w.variants().len() * budget.sizes.len() + 1)
         .sum();
     let bar = progress_bar(steps as u64, "measuring");
-    let comparisons = Workload::ALL
+    let comparisons = workloads
         .iter()
         .map(|&w| {
             bar.set_message(w.title().split(':').next().unwrap_or("").to_string());
@@ -107,6 +135,20 @@ fn ns(x: f64) -> String {
     }
 }
 
+/// The widest a bench table may be, in columns.
+const TABLE_WIDTH: u16 = 100;
+
+/// "7.29 µs (7.19-7.31)": the median with the repetitions' range, in one unit.
+fn ns_range(median: f64, min: f64, max: f64) -> String {
+    let (scale, unit, digits) = match median {
+        x if x < 1_000.0 => (1.0, "ns", 1),
+        x if x < 1_000_000.0 => (1_000.0, "µs", 2),
+        _ => (1_000_000.0, "ms", 2),
+    };
+    let f = |x: f64| format!("{:.*}", digits, x / scale);
+    format!("{} {unit} ({}-{})", f(median), f(min), f(max))
+}
+
 fn count(x: f64) -> String {
     if x == x.round() {
         format!("{}", x as u64)
@@ -130,32 +172,35 @@ pub fn render_structures(report: &StructuresReport, color: bool) -> String {
         if !color {
             t.force_no_tty();
         }
+        // A projector's terminal: at most 100 columns, long names wrapped.
+        t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+        t.set_width(TABLE_WIDTH);
         t.set_header([
             "N",
             "structure",
-            "time per op (median, min-max)",
+            "time/op (range)",
             "hashes",
-            "comparisons",
+            "compares",
             "moves",
             "vs choice",
         ]);
         for (vi, v) in c.variants.iter().enumerate() {
             for (pi, p) in v.points.iter().enumerate() {
-                let base = c.variants[0].points[pi].ns_median.max(0.001);
-                let ratio = if vi == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{:.1}x slower", p.ns_median / base)
+                let choice = &c.variants[0].points[pi];
+                // A timing difference is called real only when the ranges of
+                // the repetitions do not overlap.
+                let overlap = p.ns_min <= choice.ns_max && choice.ns_min <= p.ns_max;
+                let ratio = p.ns_median / choice.ns_median.max(0.001);
+                let ratio = match (vi, overlap) {
+                    (0, _) => "-".to_string(),
+                    (_, true) => format!("{ratio:.1}x (overlap)"),
+                    (_, false) if ratio >= 1.0 => format!("{ratio:.1}x slower"),
+                    (_, false) => format!("{:.1}x faster", 1.0 / ratio.max(0.001)),
                 };
                 t.add_row(vec![
                     Cell::new(p.n).set_alignment(CellAlignment::Right),
                     Cell::new(v.name),
-                    Cell::new(format!(
-                        "{} ({}-{})",
-                        ns(p.ns_median),
-                        ns(p.ns_min),
-                        ns(p.ns_max)
-                    )),
+                    Cell::new(ns_range(p.ns_median, p.ns_min, p.ns_max)),
                     Cell::new(count(p.counts.hashes)).set_alignment(CellAlignment::Right),
                     Cell::new(count(p.counts.comparisons)).set_alignment(CellAlignment::Right),
                     Cell::new(count(p.counts.moves)).set_alignment(CellAlignment::Right),
