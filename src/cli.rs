@@ -342,7 +342,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     colored::control::set_override(color);
     crate::inspect::run(crate::inspect::InspectRequest {
         render: crate::inspect::render::RenderOptions {
-            width: None,
+            width: crate::terminal::output_width(),
             color,
             rows: args.rows as usize,
             user: args.user,

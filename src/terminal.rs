@@ -114,6 +114,36 @@ pub fn width(line: &str) -> usize {
     used
 }
 
+/// `text` broken into lines of at most `width` columns at spaces (a word
+/// longer than the width gets a line of its own).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        if !line.is_empty() && self::width(&line) + 1 + self::width(word) > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    lines.push(line);
+    lines
+}
+
+/// The width to lay text out in: the terminal's when stdout is one, else
+/// `$COLUMNS`, else None (no wrapping: a pipe or a file).
+pub fn output_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        if let Ok((w, _)) = terminal::size() {
+            return Some(w as usize);
+        }
+    }
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok())
+}
+
 /// Two blocks of lines side by side: `left` padded to `left_width` columns,
 /// then a gap, then `right`; the longer block sets the height.
 pub fn side_by_side(left: &str, right: &str, left_width: usize, gap: usize) -> String {
@@ -198,6 +228,17 @@ mod tests {
         assert_eq!(width(lines[0]), 6);
         assert_eq!(lines[1], "é    y");
         assert_eq!(lines[2], "     z");
+    }
+
+    #[test]
+    fn wrapping_breaks_at_spaces_within_the_width() {
+        let lines = wrap("a deque pops its front in O(1) so the flush is FIFO", 16);
+        assert!(lines.iter().all(|l| width(l) <= 16), "{lines:?}");
+        assert_eq!(
+            lines.join(" "),
+            "a deque pops its front in O(1) so the flush is FIFO"
+        );
+        assert_eq!(wrap("unbreakable_word", 4), ["unbreakable_word"]);
     }
 
     #[test]

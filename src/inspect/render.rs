@@ -33,7 +33,8 @@ pub struct RenderOptions {
     /// one title line each, the operations as one row per structure, so all
     /// five and the operations fit a 120x40 terminal.
     pub compact: bool,
-    /// The screen's width in columns, for the compact layout (None: 120).
+    /// The screen's width in columns: explanatory lines wrap at it, and the
+    /// compact layout splits it in two (None: no wrapping; 120 when compact).
     pub width: Option<usize>,
 }
 
@@ -220,7 +221,18 @@ impl Ctx<'_> {
     }
 
     /// Adds "... and N more" when rows were cut, and "gone since last frame" lines.
-    fn finish(&self, out: &mut String, table: Table, hidden: usize, unit: &str, gone: Vec<String>) {
+    fn finish(
+        &self,
+        out: &mut String,
+        mut table: Table,
+        hidden: usize,
+        unit: &str,
+        gone: Vec<String>,
+    ) {
+        // An empty structure says so, instead of a bare header.
+        if table.row_count() == 0 {
+            table.add_row(vec![Cell::new("(empty)")]);
+        }
         let _ = writeln!(out, "{table}");
         if hidden > 0 && self.column.is_some() {
             let _ = writeln!(out, "... and {hidden} more {unit}");
@@ -310,14 +322,32 @@ pub fn render(doc: &Inspection, previous: Option<&Inspection>, o: &RenderOptions
             c.operations(&mut out, &s.op_table, ops_before);
         }
     }
-    let mut checks = String::new();
-    invariants(&mut checks, &s.invariants, o.color, o.compact);
-    for line in checks.lines() {
-        let line = match column {
-            Some(_) => crate::terminal::clip(line, o.width.unwrap_or(120)),
-            None => line.to_string(),
-        };
-        let _ = writeln!(out, "{line}");
+    invariants(&mut out, &s.invariants, o.color, o.compact);
+    fit_width(&out, o.width.or(column.map(|_| 120)), column.is_some())
+}
+
+/// Every line within `width`: tables are already laid out to fit; other
+/// lines are wrapped at spaces (or, on a compact live screen, cut).
+fn fit_width(text: &str, width: Option<usize>, cut: bool) -> String {
+    let Some(width) = width else {
+        return text.to_string();
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let fits = crate::terminal::width(line) <= width;
+        let table = line.starts_with(['│', '┌', '└', '╞', '├']);
+        if fits || table {
+            out.push_str(line);
+            out.push('\n');
+        } else if cut {
+            out.push_str(&crate::terminal::clip(line, width));
+            out.push('\n');
+        } else {
+            for part in crate::terminal::wrap(line, width.max(20)) {
+                out.push_str(&part);
+                out.push('\n');
+            }
+        }
     }
     out
 }
@@ -688,6 +718,29 @@ mod tests {
 
     fn send(core: &mut ChatCore<MemoryStructures<ConnId>>, user: &str, conn: ConnId, json: &str) {
         core.handle(&n(user), &conn, parse_request(json).unwrap(), 1_000);
+    }
+
+    #[test]
+    fn an_empty_structure_says_so_and_explanations_wrap_at_the_width() {
+        let core = ChatCore::new(MemoryStructures::<ConnId>::default(), CoreConfig::default());
+        let text = render(
+            &doc(&core),
+            None,
+            &RenderOptions {
+                width: Some(60),
+                ..options()
+            },
+        );
+        assert_eq!(text.matches("(empty)").count(), 4, "{text}");
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with(['│', '┌', '└', '╞']))
+        {
+            assert!(
+                crate::terminal::width(line) <= 60,
+                "{line:?} is wider than 60"
+            );
+        }
     }
 
     /// `serve --dashboard` at 120x40: its frame is the render's two header

@@ -23,15 +23,6 @@ const LOG_LINES: usize = 4;
 /// operations fit 120x40 (tested in `inspect::render`).
 const ROWS: usize = 4;
 
-/// The terminal's width when drawing to one; piped, `$COLUMNS` or the default.
-fn screen_width() -> Option<usize> {
-    use std::io::IsTerminal;
-    if std::io::stdout().is_terminal() {
-        return crossterm::terminal::size().ok().map(|(w, _)| w as usize);
-    }
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok())
-}
-
 pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationToken) {
     let screen = Screen::enter(", or make the font smaller");
     let ring = dashboard.ring;
@@ -52,7 +43,7 @@ pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationT
         let (lines, written) = ring.lines();
         if (ops, written) != last_seen || last_draw.elapsed() >= REFRESH {
             let snapshot = hub.inspection();
-            options.width = screen_width();
+            options.width = crate::terminal::output_width();
             // The event log goes under the header, so a short screen cuts
             // the long tables at the bottom rather than the latest events.
             let tables = render(&snapshot, previous.as_ref(), &options);
