@@ -790,6 +790,26 @@ struct Siege {
     slowest_canary: Duration,
 }
 
+impl Siege {
+    /// What every memory attack must leave true: peak RSS under 384 MiB, the
+    /// attackers got each of `replies` at least once, the canary within 2 s.
+    fn held(&self, attack: &str, replies: &[&str]) {
+        let (peak, got, slowest) = (self.peak_mib, &self.replies, self.slowest_canary);
+        eprintln!("{attack}: peak RSS {peak} MiB, replies {got:?}, slowest canary {slowest:?}");
+        assert!(peak < 384, "{attack}: peak RSS {peak} MiB");
+        for reply in replies {
+            assert!(
+                got.get(*reply).copied().unwrap_or(0) > 0,
+                "{attack}: never `{reply}`: {got:?}"
+            );
+        }
+        assert!(
+            slowest < Duration::from_secs(2),
+            "{attack}: the canary took {slowest:?}"
+        );
+    }
+}
+
 /// Runs the attackers `start` spawns (given the moment to stop) for `secs`,
 /// with the RSS sampler and the canary alongside.
 async fn siege(
@@ -836,21 +856,7 @@ async fn big_messages_to_new_names_stay_within_the_memory_budget() {
             .collect()
     })
     .await;
-    let (peak, replies, slowest) = (got.peak_mib, &got.replies, got.slowest_canary);
-    eprintln!("64 KB flood: peak RSS {peak} MiB, replies {replies:?}, slowest canary {slowest:?}");
-    assert!(peak < 384, "peak RSS {peak} MiB");
-    assert!(
-        replies.get("queued").copied().unwrap_or(0) > 0,
-        "{replies:?}"
-    );
-    assert!(
-        replies.get("inbox_full").copied().unwrap_or(0) > 0,
-        "{replies:?}"
-    );
-    assert!(
-        slowest < Duration::from_secs(2),
-        "the canary took {slowest:?}"
-    );
+    got.held("64 KB flood", &["queued", "inbox_full"]);
     server.terminate();
 }
 
@@ -879,17 +885,7 @@ async fn ghost_members_of_a_group_cannot_take_the_memory() {
         }))]
     })
     .await;
-    let (peak, replies, slowest) = (got.peak_mib, &got.replies, got.slowest_canary);
-    eprintln!("ghost group: peak RSS {peak} MiB, replies {replies:?}, slowest canary {slowest:?}");
-    assert!(peak < 384, "peak RSS {peak} MiB");
-    assert!(
-        replies.get("inbox_full").copied().unwrap_or(0) > 0,
-        "the poster was never stopped: {replies:?}"
-    );
-    assert!(
-        slowest < Duration::from_secs(2),
-        "the canary took {slowest:?}"
-    );
+    got.held("ghost group", &["inbox_full"]);
     server.terminate();
 }
 
@@ -916,21 +912,7 @@ async fn readers_that_never_read_cannot_take_the_memory() {
             .collect()
     })
     .await;
-    let (peak, replies, slowest) = (got.peak_mib, &got.replies, got.slowest_canary);
-    eprintln!("never-reading readers: peak RSS {peak} MiB, replies {replies:?}, slowest canary {slowest:?}");
-    assert!(peak < 384, "peak RSS {peak} MiB");
-    assert!(
-        replies.get("delivered").copied().unwrap_or(0) > 0,
-        "{replies:?}"
-    );
-    assert!(
-        replies.get("inbox_full").copied().unwrap_or(0) > 0,
-        "{replies:?}"
-    );
-    assert!(
-        slowest < Duration::from_secs(2),
-        "the canary took {slowest:?}"
-    );
+    got.held("never-reading readers", &["delivered", "inbox_full"]);
     drop(victims);
     server.terminate();
 }

@@ -375,9 +375,10 @@ impl Gate {
         if let Ok(true) = matched {
             self.remember(user, d);
         }
+        // Waiters on this token get the answer, then the name's and the
+        // address's places are freed.
         let _ = tx.send(matched.as_ref().ok().copied());
         drop(slot);
-        drop(result);
         matched
     }
 }
