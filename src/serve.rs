@@ -109,7 +109,14 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The server's configuration, read from the flags in one place.
-    pub fn config(&self, durable: Option<Durable>, dashboard: Option<Dashboard>) -> Config {
+    /// `memory` is the budget [`ServeArgs::memory_budget`] chose (read once:
+    /// the default comes from /proc/meminfo).
+    pub fn config(
+        &self,
+        durable: Option<Durable>,
+        dashboard: Option<Dashboard>,
+        memory: u64,
+    ) -> Config {
         Config {
             core: CoreConfig {
                 max_offline: self.max_offline as usize,
@@ -139,7 +146,7 @@ impl ServeArgs {
             allow_origins: self.allow_origins.clone(),
             ..Config::default()
         }
-        .with_memory_budget(self.memory_budget().0)
+        .with_memory_budget(memory)
     }
 
     /// `--max-memory`, or the default for this machine, and where it came from.
@@ -214,7 +221,7 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
                     .join("  ")
             ),
         });
-        let config = args.config(durable, dashboard);
+        let config = args.config(durable, dashboard, budget);
         let report = server::run(listener, config, log, shutdown).await?;
         println!(
             "\n{} after {:.1}s, {} connection(s) served. Final operation counts:",

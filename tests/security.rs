@@ -837,6 +837,25 @@ async fn siege(
     }
 }
 
+/// Ten attackers sending 60 KB direct messages until `until`: the k-th is
+/// named `sender(k)`, and its i-th message goes to `recipient(k, i)`.
+fn ten_senders_of_60_kb(
+    port: u16,
+    until: Instant,
+    sender: fn(usize) -> String,
+    recipient: fn(usize, usize) -> String,
+) -> Vec<tokio::task::JoinHandle<BTreeMap<String, usize>>> {
+    let text: Arc<str> = Arc::from("m".repeat(60_000));
+    (0..10)
+        .map(|k| {
+            let text = text.clone();
+            tokio::spawn(flood(port, sender(k), until, move |i| {
+                json!({"type":"message","to":recipient(k, i),"text":&*text}).to_string()
+            }))
+        })
+        .collect()
+}
+
 /// `--max-memory 256MiB`: ten connections send 60 KB direct messages to
 /// thousands of names that never connect, for 15 s. Peak RSS stays under 384
 /// MiB, the flooders are told `inbox_full` (with the reason), and a message
@@ -844,16 +863,13 @@ async fn siege(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_messages_to_new_names_stay_within_the_memory_budget() {
     let (server, port) = common::Proc::serve(&["--port", "0", "--quiet", "--max-memory", "256MiB"]);
-    let text = "m".repeat(60_000);
     let got = siege(&server, port, 15, |until| {
-        (0..10)
-            .map(|f| {
-                let text = text.clone();
-                tokio::spawn(flood(port, format!("flood{f}"), until, move |i| {
-                    json!({"type":"message","to":format!("ghost{f}_{i}"),"text":text}).to_string()
-                }))
-            })
-            .collect()
+        ten_senders_of_60_kb(
+            port,
+            until,
+            |k| format!("flood{k}"),
+            |k, i| format!("ghost{k}_{i}"),
+        )
     })
     .await;
     got.held("64 KB flood", &["queued", "inbox_full"]);
@@ -900,16 +916,13 @@ async fn readers_that_never_read_cannot_take_the_memory() {
     for v in 0..10 {
         victims.push(ws_client(port, &format!("stuck{v}")).await);
     }
-    let text = "s".repeat(60_000);
     let got = siege(&server, port, 8, |until| {
-        (0..10)
-            .map(|v| {
-                let text = text.clone();
-                tokio::spawn(flood(port, format!("pusher{v}"), until, move |_| {
-                    json!({"type":"message","to":format!("stuck{v}"),"text":text}).to_string()
-                }))
-            })
-            .collect()
+        ten_senders_of_60_kb(
+            port,
+            until,
+            |k| format!("pusher{k}"),
+            |k, _| format!("stuck{k}"),
+        )
     })
     .await;
     got.held("never-reading readers", &["delivered", "inbox_full"]);
