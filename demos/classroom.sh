@@ -1,29 +1,48 @@
 #!/usr/bin/env bash
-# A live lesson in one terminal: tmux with the server's event log, inspect
-# --watch, and two clients (alice, bob). Without tmux, prints the commands to
-# run in four terminals instead.
+# A live lesson in one terminal: tmux with the server's event log, two clients
+# (alice, bob), and two inspect panes: the offline deques alone (the point of
+# the lesson, always visible) and every structure with its operations.
+# Without tmux, prints the commands to run in separate terminals instead.
 # Usage: demos/classroom.sh [--port 8000]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PORT=8000
 [ "${1:-}" = "--port" ] && PORT="$2"
-V="$ROOT/target/release/vivachat"
-[ -x "$V" ] || (cd "$ROOT" && cargo build --release --quiet)
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+V="${VIVACHAT:-$TARGET/release/vivachat}"
+if [ ! -x "$V" ]; then
+  echo "Building vivachat (release; the first build takes a few minutes)..."
+  (cd "$ROOT" && cargo build --release --quiet) || { echo "classroom: cargo build failed; fix the build first" >&2; exit 1; }
+fi
+[ -x "$V" ] || { echo "classroom: no vivachat binary at $V (set VIVACHAT=/path/to/vivachat)" >&2; exit 1; }
+HTTP="http://127.0.0.1:$PORT"
 if ! command -v tmux >/dev/null 2>&1; then
   cat <<TEXT
-tmux is not installed (apt-get install tmux). Open four terminals instead:
+tmux is not installed (apt-get install tmux). Open five terminals instead:
   1. $V serve --port $PORT
-  2. $V inspect --url http://127.0.0.1:$PORT --watch
-  3. $V client alice --url ws://127.0.0.1:$PORT
-  4. $V client bob --url ws://127.0.0.1:$PORT
+  2. $V inspect --url $HTTP --watch --only offline_messages
+  3. $V inspect --url $HTTP --watch
+  4. $V client alice --url ws://127.0.0.1:$PORT
+  5. $V client bob --url ws://127.0.0.1:$PORT
 TEXT
   exit 0
 fi
 SESSION="vivachat-$PORT"
-tmux new-session -d -s "$SESSION" -x 200 -y 50 "$V serve --port $PORT"
-sleep 1
-tmux split-window -h -t "$SESSION" "$V inspect --url http://127.0.0.1:$PORT --watch"
-tmux split-window -v -t "$SESSION:0.0" "$V client alice --url ws://127.0.0.1:$PORT"
-tmux split-window -v -t "$SESSION:0.2" "$V client bob --url ws://127.0.0.1:$PORT"
+# Left half: the event log on top, the two clients below it.
+# Right half: the deques (top, a third) and all five structures (below).
+tmux new-session -d -s "$SESSION" -x 220 -y 56 "$V serve --port $PORT"
+for _ in $(seq 50); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
+tmux split-window -h -t "$SESSION:0.0" "$V inspect --url $HTTP --watch --only offline_messages --rows 6"
+tmux split-window -v -p 55 -t "$SESSION:0.1" "$V inspect --url $HTTP --watch --rows 4"
+# The clients start once the layout is final, so they wrap at their pane's width.
+tmux split-window -v -p 40 -t "$SESSION:0.0" "sleep 0.5; exec $V client alice --url ws://127.0.0.1:$PORT"
+tmux split-window -h -t "$SESSION:0.1" "sleep 0.5; exec $V client bob --url ws://127.0.0.1:$PORT"
 tmux select-pane -t "$SESSION:0.1"
-exec tmux attach -t "$SESSION"
+if [ -n "${CLASSROOM_NO_ATTACH:-}" ]; then
+  echo "tmux session $SESSION started (attach with: tmux attach -t $SESSION)"
+else
+  exec tmux attach -t "$SESSION"
+fi

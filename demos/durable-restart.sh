@@ -18,7 +18,7 @@ kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 step "Now durable: serve --data $WORK/chat.db writes offline_messages to SQLite before each 'queued' ack"
 start_server --data "$WORK/chat.db"
-grep "Durable:" "$SERVER_LOG"
+grep -A1 "Durable:" "$SERVER_LOG"
 "$VIVACHAT" client alice --url "$URL" --color never --send bob "first, kept on disk" | tee "$WORK/d1.out"
 "$VIVACHAT" client alice --url "$URL" --color never --send bob "second, also kept" | tee "$WORK/d2.out"
 grep -q "queued" "$WORK/d2.out" || fail "the message was not queued"
@@ -27,8 +27,9 @@ echo "    (kill -9 again, right after the acks)"
 
 step "Restart on the same file: the server says what it restored, and bob gets both, in order"
 start_server --data "$WORK/chat.db"
-grep "Durable:" "$SERVER_LOG"
-grep -q "2 queued message(s) for 1 user(s)" "$SERVER_LOG" || fail "the restart did not restore both messages"
+grep -A1 "Durable:" "$SERVER_LOG"
+# The banner wraps at the terminal's width: read it as one line.
+tr -s '\n ' ' ' <"$SERVER_LOG" | grep -q "2 queued message(s) for 1 user(s)" || fail "the restart did not restore both messages"
 show --user bob
 connect bob 7
 wait_for "$(out bob-7)" "alice -> bob: second, also kept"

@@ -28,8 +28,28 @@ trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WO
 
 bold() { if [ -t 1 ]; then printf '\033[1m%s\033[0m\n' "$*"; else printf '%s\n' "$*"; fi; }
 
-# step "what happens now": the narration, then (with --pause) wait for Enter.
+# The server's event log is shown after each step, as the class would see it
+# on the server's screen: wrapped at this terminal's width, under an indent.
+COLS="$(tput cols 2>/dev/null || echo 100)"
+[ "$COLS" -ge 60 ] 2>/dev/null || COLS=100
+LOG_SEEN=0
+# log_news: prints the event-log lines the server wrote since the last call.
+log_news() {
+  [ -n "${SERVER_LOG:-}" ] && [ -f "$SERVER_LOG" ] || return 0
+  sleep 0.2 # the log is written by its own thread, just after the event
+  local total
+  total="$(wc -l <"$SERVER_LOG")"
+  if [ "$total" -gt "$LOG_SEEN" ]; then
+    echo "  server's event log:"
+    sed -n "$((LOG_SEEN + 1)),${total}p" "$SERVER_LOG" | sed 's/^/  │ /'
+  fi
+  LOG_SEEN="$total"
+}
+
+# step "what happens now": the event log of the last step, the narration,
+# then (with --pause) wait for Enter.
 step() {
+  log_news
   echo
   bold "==> $*"
   if [ "$PAUSE" = 1 ]; then read -r -p "    (Enter to go on) " _ </dev/tty; fi
@@ -44,7 +64,7 @@ SERVERS=0
 start_server() {
   SERVERS=$((SERVERS + 1))
   SERVER_LOG="$WORK/server-$SERVERS.log"
-  "$VIVACHAT" serve --port 0 --quiet "$@" >"$SERVER_LOG" 2>&1 &
+  COLUMNS=$((COLS - 4)) "$VIVACHAT" serve --port 0 "$@" >"$SERVER_LOG" 2>&1 &
   SERVER_PID="$!"
   PIDS+=("$SERVER_PID")
   for _ in $(seq 100); do
@@ -58,6 +78,10 @@ start_server() {
   URL="ws://127.0.0.1:$port"
   HTTP="http://127.0.0.1:$port"
   echo "server on $URL"
+  # The start-up banner is not part of the lesson; the events after it are.
+  # Nobody has connected yet, so every line so far is the banner.
+  sleep 0.2
+  LOG_SEEN="$(wc -l <"$SERVER_LOG")"
 }
 
 # connect NAME [FD]: a scripted client whose stdin stays open (fd FD) and whose
@@ -98,7 +122,7 @@ lacks() { if grep -qF -- "$2" "$1"; then fail "$(basename "$1") should not conta
 out() { echo "$WORK/$1.out"; }
 
 # show [ARGS]: the real inspect tables right now.
-show() { "$VIVACHAT" inspect --url "$HTTP" "$@"; }
+show() { log_news; "$VIVACHAT" inspect --url "$HTTP" "$@"; }
 
 # check "what" PYTHON_EXPR: an assertion on the /inspect snapshot `d`.
 check() {

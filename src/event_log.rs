@@ -34,11 +34,18 @@ pub struct EventLog {
 
 impl EventLog {
     /// Starts the printing thread, writing to `out`; `color` adds ANSI colours.
-    pub fn spawn(out: Box<dyn Write + Send>, color: bool) -> EventLog {
+    /// When `width` gives one (a terminal's, asked before each burst so a
+    /// resized or split window is followed), an event too long for it is
+    /// printed as its summary and then one indented line per operation.
+    pub fn spawn(
+        out: Box<dyn Write + Send>,
+        color: bool,
+        width: fn() -> Option<usize>,
+    ) -> EventLog {
         let (tx, rx) = mpsc::sync_channel(BACKLOG);
         std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || print_loop(rx, out, color))
+            .spawn(move || print_loop(rx, out, color, width))
             .ok();
         EventLog {
             tx,
@@ -77,18 +84,24 @@ impl EventLog {
     }
 }
 
-fn print_loop(rx: Receiver<Item>, out: Box<dyn Write + Send>, color: bool) {
+fn print_loop(
+    rx: Receiver<Item>,
+    out: Box<dyn Write + Send>,
+    color: bool,
+    width: fn() -> Option<usize>,
+) {
     let mut out = std::io::BufWriter::new(out);
     while let Ok(item) = rx.recv() {
+        let width = width();
         let mut next = Some(item);
         // Write everything already waiting, then flush once: one syscall per burst.
         while let Some(item) = next {
             match item {
                 Item::Event(at, event, trace) => {
-                    let _ = writeln!(out, "{}", format_event(at, &event, &trace, color));
+                    let _ = writeln!(out, "{}", lay_out(at, &event, &trace, color, width));
                 }
                 Item::Line(text) => {
-                    let _ = writeln!(out, "{text}");
+                    let _ = writeln!(out, "{}", crate::terminal::wrap_lines(&text, width));
                 }
                 Item::Flush(done) => {
                     let _ = out.flush();
@@ -211,6 +224,19 @@ pub fn summary(event: &Event) -> String {
 
 /// One full line: time, summary, then each structure operation with its Big-O.
 pub fn format_event(at: Duration, event: &Event, trace: &Trace, color: bool) -> String {
+    lay_out(at, event, trace, color, None)
+}
+
+/// The event as one line when it fits `width` (or there is no width), else
+/// as its summary and then one operation per line, indented under it, so a
+/// projector never wraps an operation in the middle.
+pub fn lay_out(
+    at: Duration,
+    event: &Event,
+    trace: &Trace,
+    color: bool,
+    width: Option<usize>,
+) -> String {
     let painter: fn(&str) -> ColoredString = match event {
         Event::Connected { .. } => |s| s.green(),
         Event::Disconnected { .. } | Event::AlreadyGone { .. } => |s| s.yellow(),
@@ -219,18 +245,39 @@ pub fn format_event(at: Duration, event: &Event, trace: &Trace, color: bool) -> 
         Event::Refused { .. } => |s| s.red(),
         _ => |s| s.normal(),
     };
-    let mut line = format!(
-        "{} {}",
-        paint(format!("[{:>9.3}s]", at.as_secs_f64()), color, |s| s
-            .dimmed()),
-        paint(summary(event), color, painter)
-    );
-    for record in trace.records() {
-        line += &paint(" | ", color, |s| s.dimmed());
-        line += &paint(record.to_string(), color, |s| s.bright_blue());
-    }
+    let time = format!("[{:>9.3}s]", at.as_secs_f64());
+    let summary = summary(event);
+    let mut ops: Vec<String> = trace.records().iter().map(|r| r.to_string()).collect();
     if trace.omitted() > 0 {
-        line += &format!(" | ... and {} more operation(s)", trace.omitted());
+        ops.push(format!("... and {} more operation(s)", trace.omitted()));
+    }
+    let one_line = time.len()
+        + 1
+        + summary.chars().count()
+        + ops.iter().map(|o| 3 + o.chars().count()).sum::<usize>();
+    let hanging = " ".repeat(time.len() + 1);
+    let summary = match width {
+        // A summary longer than the screen wraps at spaces, under itself.
+        Some(w) if time.len() + 1 + summary.chars().count() > w => {
+            crate::terminal::wrap(&summary, w.saturating_sub(hanging.len()).max(20))
+                .iter()
+                .map(|part| paint(part.clone(), color, painter))
+                .collect::<Vec<_>>()
+                .join(&format!("\n{hanging}"))
+        }
+        _ => paint(summary, color, painter),
+    };
+    let mut line = format!("{} {summary}", paint(time, color, |s| s.dimmed()));
+    // Continuation lines start with plain spaces (never an escape code):
+    // that is how `LogRing` knows they belong to the line above.
+    let (separator, mark) = match width {
+        Some(w) if one_line > w => (format!("\n{hanging}"), "· "),
+        _ => (String::new(), " | "),
+    };
+    for op in ops {
+        line += &separator;
+        line += &paint(mark, color, |s| s.dimmed());
+        line += &paint(op, color, |s| s.bright_blue());
     }
     line
 }
@@ -293,6 +340,52 @@ mod tests {
     }
 
     #[test]
+    fn a_long_event_becomes_an_indented_list_of_operations_at_a_terminal_s_width() {
+        let (bob, alice) = (Name::parse("bob").unwrap(), Name::parse("alice").unwrap());
+        let mut t = Trace::new(true);
+        t.record(
+            Structure::ActiveConnections,
+            Op::Get,
+            Some(&bob),
+            None,
+            Some(0),
+        );
+        t.record(
+            Structure::OfflineMessages,
+            Op::PushBack,
+            Some(&bob),
+            None,
+            Some(3),
+        );
+        let e = Event::Message {
+            from: alice,
+            to: bob,
+            id: 7,
+            status: AckStatus::Queued,
+            blocked: false,
+        };
+        let at = Duration::from_millis(1500);
+        let wide = lay_out(at, &e, &t, false, Some(200));
+        assert_eq!(wide, format_event(at, &e, &t, false), "it fits: one line");
+        let narrow = lay_out(at, &e, &t, false, Some(60));
+        assert_eq!(
+            narrow,
+            "[    1.500s] alice -> bob (message 7): queued\n\
+             \x20            · active_connections.get(bob) O(1), 0 devices\n\
+             \x20            · offline_messages[bob].push_back O(1)*, len 3"
+        );
+        assert!(narrow.lines().all(|l| l.chars().count() <= 60), "{narrow}");
+        // In colour too, a continuation line starts with a space: the
+        // dashboard's ring keeps an event's lines together by it.
+        colored::control::set_override(true);
+        let painted = lay_out(at, &e, &t, true, Some(60));
+        assert!(painted.contains('\x1b'), "{painted:?}");
+        let mut ring = LogRing::default();
+        writeln!(ring, "{painted}").unwrap();
+        assert_eq!(ring.entries().0, vec![painted]);
+    }
+
+    #[test]
     fn printing_thread_writes_and_flushes() {
         use std::sync::{Arc, Mutex};
         #[derive(Clone)]
@@ -307,7 +400,7 @@ mod tests {
             }
         }
         let sink = Sink(Arc::new(Mutex::new(Vec::new())));
-        let log = EventLog::spawn(Box::new(sink.clone()), false);
+        let log = EventLog::spawn(Box::new(sink.clone()), false, || None);
         log.line("hello");
         log.event(
             Event::Ping {
@@ -323,8 +416,9 @@ mod tests {
     }
 }
 
-/// The last few event-log lines, kept in memory for `serve --dashboard`,
-/// which shows them under its tables instead of scrolling them past.
+/// The last few events, kept in memory for `serve --dashboard`, which shows
+/// them above its tables instead of scrolling them past. An event laid out
+/// over several lines (its continuation lines are indented) is one entry.
 #[derive(Clone, Debug, Default)]
 pub struct LogRing {
     inner: std::sync::Arc<std::sync::Mutex<RingInner>>,
@@ -332,20 +426,20 @@ pub struct LogRing {
 
 #[derive(Debug, Default)]
 struct RingInner {
-    lines: std::collections::VecDeque<String>,
+    entries: std::collections::VecDeque<String>,
     partial: String,
     /// Lines ever written: a change counter for the dashboard.
     written: u64,
 }
 
-/// Lines a [`LogRing`] keeps.
-const RING_LINES: usize = 10;
+/// Entries a [`LogRing`] keeps.
+const RING_ENTRIES: usize = 10;
 
 impl LogRing {
-    /// The kept lines, oldest first, and how many lines were ever written.
-    pub fn lines(&self) -> (Vec<String>, u64) {
+    /// The kept entries, oldest first, and how many lines were ever written.
+    pub fn entries(&self) -> (Vec<String>, u64) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        (inner.lines.iter().cloned().collect(), inner.written)
+        (inner.entries.iter().cloned().collect(), inner.written)
     }
 }
 
@@ -355,9 +449,16 @@ impl Write for LogRing {
         inner.partial.push_str(&String::from_utf8_lossy(buf));
         while let Some(end) = inner.partial.find('\n') {
             let line: String = inner.partial.drain(..=end).collect();
-            inner.lines.push_back(line.trim_end().to_string());
-            if inner.lines.len() > RING_LINES {
-                inner.lines.pop_front();
+            let line = line.trim_end();
+            match inner.entries.back_mut() {
+                Some(last) if line.starts_with(' ') => {
+                    last.push('\n');
+                    last.push_str(line);
+                }
+                _ => inner.entries.push_back(line.to_string()),
+            }
+            if inner.entries.len() > RING_ENTRIES {
+                inner.entries.pop_front();
             }
             inner.written += 1;
         }
@@ -374,16 +475,20 @@ mod ring_tests {
     use super::*;
 
     #[test]
-    fn keeps_the_last_lines_and_counts_all() {
+    fn keeps_the_last_entries_and_counts_all_lines() {
         let mut ring = LogRing::default();
         for i in 0..15 {
             writeln!(ring, "line {i}").unwrap();
         }
+        writeln!(ring, "   · an operation of line 14").unwrap();
         write!(ring, "partial").unwrap();
-        let (lines, written) = ring.lines();
-        assert_eq!(written, 15);
-        assert_eq!(lines.len(), RING_LINES);
-        assert_eq!(lines.first().unwrap(), "line 5");
-        assert_eq!(lines.last().unwrap(), "line 14");
+        let (entries, written) = ring.entries();
+        assert_eq!(written, 16);
+        assert_eq!(entries.len(), RING_ENTRIES);
+        assert_eq!(entries.first().unwrap(), "line 5");
+        assert_eq!(
+            entries.last().unwrap(),
+            "line 14\n   · an operation of line 14"
+        );
     }
 }

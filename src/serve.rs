@@ -21,6 +21,14 @@ use crate::server::site::{connect_addresses, qr_text, Site};
 use crate::server::{self, Config, Dashboard, NetLimits};
 use crate::store::{Durable, Store};
 
+/// `println!` wrapped at the terminal's width (or $COLUMNS), so a projector
+/// at 80 columns never breaks a word or an address in two.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::terminal::print_wrapped(&format!($($arg)*), crate::terminal::output_width())
+    };
+}
+
 /// The flags of `vivachat serve`; defaults are the server's and core's constants.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -96,6 +104,9 @@ pub struct ServeArgs {
     /// latest event-log lines below them, instead of scrolling the log.
     #[arg(long, conflicts_with = "quiet")]
     pub dashboard: bool,
+    /// With --dashboard: which structures and rows it shows.
+    #[command(flatten)]
+    pub view: crate::cli::ViewArgs,
     /// The address students open when it is not this machine's own, such as a
     /// tunnel's (https://abc.trycloudflare.com): shown, put in the QR code,
     /// and trusted as an Origin and a Host.
@@ -169,6 +180,9 @@ impl ServeArgs {
 }
 
 pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
+    if args.view.is_set() && !args.dashboard {
+        anyhow::bail!("--only, --user and --group choose what the dashboard shows: add --dashboard (or run `vivachat inspect` with them)");
+    }
     // Each connection is a file descriptor: a default limit of 1,024 would cap the class.
     let fd_limit = server::limits::raise_fd_limit();
     // The data file is checked before anything listens: a damaged or newer
@@ -195,19 +209,22 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
         print_banner(bound, &args, color);
         print_storage(durable.as_ref(), fd_limit);
         let (budget, why) = args.memory_budget();
-        println!(
-            "{}",
-            format!(
-                "Memory budget: {:.0} MiB for queued messages and unsent frames ({why}).",
-                budget as f64 / (1024.0 * 1024.0)
-            )
-            .dimmed()
+        let line = format!(
+            "Memory budget: {:.0} MiB for queued messages and unsent frames ({why}).",
+            budget as f64 / (1024.0 * 1024.0)
         );
+        say!("{}", line.dimmed());
         let ring = LogRing::default();
         let log = match (args.quiet, args.dashboard) {
             (true, _) => None,
-            (false, true) => Some(EventLog::spawn(Box::new(ring.clone()), color)),
-            (false, false) => Some(EventLog::spawn(Box::new(std::io::stdout()), color)),
+            (false, true) => Some(EventLog::spawn(Box::new(ring.clone()), color, || {
+                Some(crate::terminal::output_width().unwrap_or(120))
+            })),
+            (false, false) => Some(EventLog::spawn(
+                Box::new(std::io::stdout()),
+                color,
+                crate::terminal::output_width,
+            )),
         };
         let dashboard = args.dashboard.then(|| Dashboard {
             ring,
@@ -220,6 +237,7 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join("  ")
             ),
+            view: args.view.view(),
         });
         let config = args.config(durable, dashboard, budget);
         let report = server::run(listener, config, log, shutdown).await?;
@@ -262,19 +280,19 @@ async fn bind(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
 /// Durable or not, and a warning when few files may be opened.
 fn print_storage(durable: Option<&Durable>, fd_limit: Option<(u64, u64)>) {
     match durable {
-        Some(d) => println!(
+        Some(d) => say!(
             "Durable: {} ({}); every `queued` ack is sent after the write.",
             d.store.path().display().to_string().bold(),
             d.loaded.summary()
         ),
-        None => println!(
+        None => say!(
             "{}",
             "In memory: queued messages, groups, blocks and name claims are lost when the server stops (--data PATH keeps them)."
                 .dimmed()
         ),
     }
     if let Some((_, after)) = fd_limit.filter(|(_, after)| *after < 4096) {
-        println!(
+        say!(
             "{}",
             format!(
                 "Note: this process may open only {after} files, so at most about {after} connections; \
@@ -286,53 +304,53 @@ fn print_storage(durable: Option<&Durable>, fd_limit: Option<(u64, u64)>) {
 }
 
 fn print_banner(bound: SocketAddr, args: &ServeArgs, color: bool) {
-    println!(
+    say!(
         "{} listening on {}",
         "vivachat".bold().green(),
         bound.to_string().bold()
     );
     let join = Site::new(bound, args.public_url.as_deref(), &[]).join_url;
     let reachable = args.public_url.is_some() || !bound.ip().is_loopback();
-    println!(
+    say!(
         "Students: open {} on a phone or laptop{}",
         join.as_str().bold().cyan(),
         if reachable { ", or scan:" } else { "" }
     );
     match qr_text(&join, color).filter(|_| reachable) {
-        Some(qr) => println!("{qr}"),
-        None => println!(
+        Some(qr) => println!("{qr}"), // never wrapped: it is a picture
+        None => say!(
             "{}",
             "  (this machine only: `serve --host 0.0.0.0` lets phones on the network join, \
              and prints a QR code to scan)"
                 .dimmed()
         ),
     }
-    println!(
+    say!(
         "Projector: {}  (the five structures, live)",
         format!("http://{}/board", loopback_for(bound))
             .bold()
             .cyan()
     );
-    println!("Terminal clients (`vivachat client`) connect to one of:");
+    say!("Terminal clients (`vivachat client`) connect to one of:");
     for addr in connect_addresses(bound) {
         let note = if addr.ip().is_loopback() {
             "  (this machine only)"
         } else {
             "  (other machines on the network)"
         };
-        println!(
+        say!(
             "  {}{}",
             format!("ws://{addr}/ws/YOUR_NAME").cyan(),
             note.dimmed()
         );
     }
-    println!(
+    say!(
         "Inspect the structures: {}   Health: {}",
         format!("http://{}/inspect", loopback_for(bound)).cyan(),
         format!("http://{}/healthz", loopback_for(bound)).cyan()
     );
     if !bound.ip().is_loopback() && args.admin_token.is_none() {
-        println!(
+        say!(
             "{}",
             "Warning: listening beyond this machine without --admin-token. /inspect (every queued \
              message) still answers this machine only; pass --admin-token TOKEN to open it to others. \
@@ -342,11 +360,11 @@ fn print_banner(bound: SocketAddr, args: &ServeArgs, color: bool) {
         );
     }
     if args.quiet {
-        println!("Event log off (--quiet). Ctrl-C stops the server.");
+        say!("Event log off (--quiet). Ctrl-C stops the server.");
     } else if args.dashboard {
-        println!("Dashboard on: the tables redraw on every change. Ctrl-C stops the server.");
+        say!("Dashboard on: the tables redraw on every change. Ctrl-C stops the server.");
     } else {
-        println!("Event log below: one line per event, with each structure operation and its cost. Ctrl-C stops the server.");
+        say!("Event log below: one line per event, with each structure operation and its cost. Ctrl-C stops the server.");
     }
 }
 

@@ -132,6 +132,34 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
+/// Prints `text` laid out by [`wrap_lines`].
+pub fn print_wrapped(text: &str, width: Option<usize>) {
+    print_or_exit(&wrap_lines(text, width));
+}
+
+/// `text` with each line wrapped at `width` at spaces (unchanged without a
+/// width); a wrapped line's continuation is indented two more than its start.
+pub fn wrap_lines(text: &str, width: Option<usize>) -> String {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches(' ').len() + 2;
+        match width {
+            Some(w) if self::width(line) > w => {
+                let parts = wrap(
+                    line.trim_start_matches(' '),
+                    w.saturating_sub(indent).max(20),
+                );
+                for (i, part) in parts.iter().enumerate() {
+                    let pad = if i == 0 { indent - 2 } else { indent };
+                    out.push(format!("{}{}", " ".repeat(pad), part.trim()));
+                }
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    out.join("\n")
+}
+
 /// The width to lay text out in: the terminal's when stdout is one, else
 /// `$COLUMNS`, else None (no wrapping: a pipe or a file).
 pub fn output_width() -> Option<usize> {
@@ -142,6 +170,17 @@ pub fn output_width() -> Option<usize> {
         }
     }
     std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok())
+}
+
+/// The height of the terminal when stdout is one, else `$LINES`, else None.
+pub fn output_height() -> Option<usize> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        if let Ok((_, h)) = terminal::size() {
+            return Some(h as usize);
+        }
+    }
+    std::env::var("LINES").ok().and_then(|c| c.parse().ok())
 }
 
 /// Two blocks of lines side by side: `left` padded to `left_width` columns,
@@ -228,6 +267,16 @@ mod tests {
         assert_eq!(width(lines[0]), 6);
         assert_eq!(lines[1], "é    y");
         assert_eq!(lines[2], "     z");
+    }
+
+    #[test]
+    fn wrapped_lines_hang_under_their_start_and_short_ones_are_kept() {
+        let text = "  ws://127.0.0.1:8000/ws/YOUR_NAME  (this machine only)\nshort";
+        assert_eq!(
+            wrap_lines(text, Some(40)),
+            "  ws://127.0.0.1:8000/ws/YOUR_NAME\n    (this machine only)\nshort"
+        );
+        assert_eq!(wrap_lines(text, None), text);
     }
 
     #[test]

@@ -85,6 +85,18 @@ fn structures_json_has_the_documented_shape_and_a_chart_is_written() {
         "{}",
         &chart[..200.min(chart.len())]
     );
+    // Time and counted steps side by side, with the reference slopes, for all five.
+    let texts: Vec<&str> = chart.lines().collect();
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|l| l.ends_with(": counted steps"))
+            .count(),
+        5
+    );
+    assert_eq!(texts.iter().filter(|l| **l == "O(n)").count(), 10);
+    assert!(chart
+        .contains("HashSet::contains and HashMap::contains_key count the same steps at every N"));
     let _ = std::fs::remove_file(svg);
 
     let (code, text, _) = run(&["bench", "structures", "--sizes", "10,100"]);

@@ -77,6 +77,22 @@ fn bad_flags_and_a_busy_port_are_clear_errors() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+
+    // The view flags belong to the dashboard (and inspect); a wrong structure names the right ones.
+    let out = Command::new(BIN)
+        .args(["serve", "--quiet", "--port", "0", "--only", "queue"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("add --dashboard"), "{err}");
+    let out = Command::new(BIN)
+        .args(["inspect", "--only", "stack"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("offline_messages"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

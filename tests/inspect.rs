@@ -93,7 +93,14 @@ async fn tables_show_the_state_built_by_real_clients() {
         "{only_carol}"
     );
     let (_, rows1, _) = inspect(&["--url", &url, "--rows", "1"]).await;
-    assert!(rows1.contains("... and 1 more users"), "{rows1}");
+    assert!(rows1.contains("... and 1 more user (use --rows"), "{rows1}");
+    let (_, queue, _) = inspect(&["--url", &url, "--only", "offline_messages"]).await;
+    assert!(queue.contains("showing only offline_messages"), "{queue}");
+    assert!(queue.contains("│ carol"), "carol's deque: {queue}");
+    assert!(
+        !queue.contains("│ alice") && !queue.contains("group_members  "),
+        "only the deques: {queue}"
+    );
     server.stop().await;
 }
 

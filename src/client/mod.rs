@@ -235,6 +235,9 @@ impl Printer {
         match self {
             Printer::Stdout => println!("{text}"),
             Printer::Editor(p) => {
+                // A person reads this in a terminal (often a narrow pane):
+                // wrap at spaces, never in the middle of a word.
+                let text = crate::terminal::wrap_lines(&text, crate::terminal::output_width());
                 if p.print(format!("{text}\n")).is_err() {
                     println!("{text}");
                 }

@@ -199,15 +199,13 @@ pub fn resolve(
 /// The server accepted a token saved just now: say where it is kept.
 pub fn announce(url: &str, name: &crate::names::Name, path: &Path) {
     use colored::Colorize;
-    eprintln!(
-        "{}",
-        format!(
-            "Your token for {name} on {url} is saved in {} (readable by you only). \
-             The server ties the name to it: on another device, pass it with --token.",
-            path.display()
-        )
-        .dimmed()
+    let text = format!(
+        "Your token for {name} on {url} is saved in {} (readable by you only). \
+         The server ties the name to it: on another device, pass it with --token.",
+        path.display()
     );
+    let text = crate::terminal::wrap_lines(&text, crate::terminal::output_width());
+    eprintln!("{}", text.dimmed());
 }
 
 /// The server refused a token saved just now, or was not reached: take it

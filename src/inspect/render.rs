@@ -23,10 +23,8 @@ pub struct RenderOptions {
     pub color: bool,
     /// Rows per table before "... and N more".
     pub rows: usize,
-    /// Show only this user's rows.
-    pub user: Option<Name>,
-    /// Show only this group, and its members' rows.
-    pub group: Option<Name>,
+    /// Which structures and rows to show.
+    pub view: View,
     /// Where the snapshot came from, for the header.
     pub source: String,
     /// For a live screen (`serve --dashboard`): the structures in two columns,
@@ -36,6 +34,43 @@ pub struct RenderOptions {
     /// The screen's width in columns: explanatory lines wrap at it, and the
     /// compact layout splits it in two (None: no wrapping; 120 when compact).
     pub width: Option<usize>,
+}
+
+/// What to show: `--only STRUCTURE`, `--user NAME`, `--group NAME`, the same
+/// flags on `inspect` and `serve --dashboard`. The default shows everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// One structure, at full width, with its own operations only.
+    pub only: Option<Structure>,
+    /// Only this user's rows.
+    pub user: Option<Name>,
+    /// Only this group, and its members' rows.
+    pub group: Option<Name>,
+}
+
+impl View {
+    /// `--only`'s values: the seed's names, or the short words `bench --only` takes.
+    pub fn parse_structure(raw: &str) -> Result<Structure, String> {
+        let short = [
+            ("connections", Structure::ActiveConnections),
+            ("queue", Structure::OfflineMessages),
+            ("offline", Structure::OfflineMessages),
+            ("groups", Structure::GroupMembers),
+            ("blocks", Structure::BlockedUsers),
+        ];
+        Structure::ALL
+            .iter()
+            .map(|s| (s.name(), *s))
+            .chain(short)
+            .find(|(name, _)| name.eq_ignore_ascii_case(raw.trim()))
+            .map(|(_, s)| s)
+            .ok_or_else(|| {
+                format!(
+                    "'{raw}' is not a structure; use one of {} (or connections, queue, groups, blocks)",
+                    Structure::ALL.map(Structure::name).join(", ")
+                )
+            })
+    }
 }
 
 /// Names listed in one cell before "... and N more".
@@ -159,9 +194,9 @@ impl Ctx<'_> {
     }
 
     fn preview(&self, m: &Message) -> String {
-        // A compact column shows the message briefly: id, sender, the start.
+        // A compact column shows the message briefly: its id and first words.
         let chars = if self.column.is_some() {
-            12
+            8
         } else {
             PREVIEW_CHARS
         };
@@ -171,9 +206,8 @@ impl Ctx<'_> {
         }
         if self.column.is_some() {
             return format!(
-                "#{} {}: \"{}\"",
+                "#{} \"{}\"",
                 m.id,
-                m.from,
                 crate::output::inert(&text).replace('"', "\\\"")
             );
         }
@@ -198,7 +232,10 @@ impl Ctx<'_> {
         }
         header.extend(["cost", "mean time"]);
         let mut t = self.table(&header);
-        for row in ops.0.iter().filter(|r| !self.o.compact || r.count > 0) {
+        let shown = |r: &&crate::core::ops::OpCount| {
+            (!self.o.compact || r.count > 0) && self.o.view.only.is_none_or(|s| s == r.structure)
+        };
+        for row in ops.0.iter().filter(shown) {
             let mut cells = vec![
                 Cell::new(row.structure.name()),
                 Cell::new(row.op.name()),
@@ -234,8 +271,16 @@ impl Ctx<'_> {
             table.add_row(vec![Cell::new("(empty)")]);
         }
         let _ = writeln!(out, "{table}");
+        let unit = if hidden == 1 {
+            unit.trim_end_matches('s')
+        } else {
+            unit
+        };
         if hidden > 0 && self.column.is_some() {
-            let _ = writeln!(out, "... and {hidden} more {unit}");
+            let _ = writeln!(
+                out,
+                "... and {hidden} more {unit} (--only or --user shows them)"
+            );
         } else if hidden > 0 {
             let _ = writeln!(
                 out,
@@ -258,8 +303,7 @@ pub fn ops_table(ops: &OpTable, color: bool) -> Table {
     let options = RenderOptions {
         color,
         rows: usize::MAX,
-        user: None,
-        group: None,
+        view: View::default(),
         source: String::new(),
         compact: false,
         width: None,
@@ -275,9 +319,21 @@ pub fn ops_table(ops: &OpTable, color: bool) -> Table {
 
 /// Renders the document; with `previous`, marks what changed since it.
 pub fn render(doc: &Inspection, previous: Option<&Inspection>, o: &RenderOptions) -> String {
+    let (head, body) = render_parts(doc, previous, o);
+    head + &body
+}
+
+/// The rendering in two parts: the two header lines (which a live screen
+/// cuts at its width, so they stay two) and everything below them.
+/// `serve --dashboard` puts its event log between the two.
+pub fn render_parts(
+    doc: &Inspection,
+    previous: Option<&Inspection>,
+    o: &RenderOptions,
+) -> (String, String) {
     let s = &doc.snapshot;
     let st = &s.structures;
-    let users = match (&o.user, &o.group) {
+    let users = match (&o.view.user, &o.view.group) {
         (Some(u), _) => Some(BTreeSet::from([u.clone()])),
         (None, Some(g)) => Some(
             st.groups
@@ -288,9 +344,9 @@ pub fn render(doc: &Inspection, previous: Option<&Inspection>, o: &RenderOptions
         (None, None) => None,
     };
     let now_ms = doc.server.as_ref().map_or(0, |i| i.taken_at_ms);
-    // Two columns and a gap of 2 in the compact layout.
-    let column = o
-        .compact
+    // Two columns and a gap of 2 in the compact layout; one structure alone
+    // has the whole width.
+    let column = (o.compact && o.view.only.is_none())
         .then(|| (o.width.unwrap_or(120).saturating_sub(2) / 2).max(30));
     let c = Ctx {
         o,
@@ -300,30 +356,44 @@ pub fn render(doc: &Inspection, previous: Option<&Inspection>, o: &RenderOptions
     };
     let p = previous.map(|p| &p.snapshot.structures);
     let ops_before = previous.map(|p| &p.snapshot.op_table);
-    let mut out = String::new();
-    header(&mut out, doc, o);
-    match column {
-        Some(column) => {
+    let (mut head, mut out) = (String::new(), String::new());
+    header(&mut head, &mut out, doc, o);
+    match (o.view.only, column) {
+        (Some(only), _) => c.structure(only, &mut out, st, p),
+        (None, Some(column)) => {
             let (mut left, mut right) = (String::new(), String::new());
-            c.active_connections(&mut left, st, p);
-            c.presence(&mut left, st, p);
-            c.offline_messages(&mut left, st, p);
-            c.group_members(&mut right, st, p);
-            c.blocked_users(&mut right, st, p);
+            for structure in Structure::ALL {
+                let side = match structure {
+                    Structure::ActiveConnections
+                    | Structure::Presence
+                    | Structure::OfflineMessages => &mut left,
+                    Structure::GroupMembers | Structure::BlockedUsers => &mut right,
+                };
+                c.structure(structure, side, st, p);
+            }
             c.operations(&mut right, &s.op_table, ops_before);
             out += &crate::terminal::side_by_side(&left, &right, column, 2);
         }
-        None => {
-            c.active_connections(&mut out, st, p);
-            c.presence(&mut out, st, p);
-            c.offline_messages(&mut out, st, p);
-            c.group_members(&mut out, st, p);
-            c.blocked_users(&mut out, st, p);
-            c.operations(&mut out, &s.op_table, ops_before);
+        (None, None) => {
+            for structure in Structure::ALL {
+                c.structure(structure, &mut out, st, p);
+            }
         }
     }
-    invariants(&mut out, &s.invariants, o.color, o.compact);
-    fit_width(&out, o.width.or(column.map(|_| 120)), column.is_some())
+    if column.is_none() {
+        c.operations(&mut out, &s.op_table, ops_before);
+    }
+    invariants(
+        &mut out,
+        &s.invariants,
+        o.color,
+        o.compact.then_some(o.width.unwrap_or(120)),
+    );
+    let width = o.width.or(o.compact.then_some(120));
+    (
+        fit_width(&head, width, o.compact),
+        fit_width(&out, width, column.is_some()),
+    )
 }
 
 /// Every line within `width`: tables are already laid out to fit; other
@@ -352,8 +422,9 @@ fn fit_width(text: &str, width: Option<usize>, cut: bool) -> String {
     out
 }
 
-/// Where, when, how long the snapshot held the core; the disk and the claims.
-fn header(out: &mut String, doc: &Inspection, o: &RenderOptions) {
+/// Where, when, how long the snapshot held the core (two lines, into `head`);
+/// the disk, the claims and the filters (into `out`).
+fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderOptions) {
     let (s, st) = (&doc.snapshot, &doc.snapshot.structures);
     let mut head = format!("vivachat · {}", o.source);
     if let Some(info) = &doc.server {
@@ -382,7 +453,7 @@ fn header(out: &mut String, doc: &Inspection, o: &RenderOptions) {
         s.next_message_id
     );
     let _ = writeln!(
-        out,
+        head_out,
         "{}\n{}",
         paint(&head, o.color, |t| t.bold()),
         paint(&summary, o.color, |t| t.dimmed())
@@ -402,27 +473,39 @@ fn header(out: &mut String, doc: &Inspection, o: &RenderOptions) {
         }
     }
     if let Some(info) = doc.server.as_ref().filter(|i| !i.claimed_names.is_empty()) {
-        let _ = writeln!(
-            out,
+        let line = format!(
             "name claims (HashMap<UserId, Argon2id hash>: O(1) look-up, then one slow check by design): {} claimed: {}",
             info.claimed_names.len(),
             name_list(&info.claimed_names, o.rows.max(NAMES_PER_CELL))
         );
+        // A live screen gives it one line: it is context, not the lesson.
+        let line = match (o.compact, o.width) {
+            (true, Some(w)) => crate::terminal::clip(&line, w),
+            _ => line,
+        };
+        let _ = writeln!(out, "{line}");
     }
-    if let Some(u) = &o.user {
+    if let Some(only) = o.view.only {
+        let _ = writeln!(out, "showing only {}", only.name());
+    }
+    if let Some(u) = &o.view.user {
         let _ = writeln!(out, "showing only user {u}");
     }
-    if let Some(g) = &o.group {
+    if let Some(g) = &o.view.group {
         let _ = writeln!(out, "showing only group {g} and its members");
     }
 }
 
 /// One ✔ or ✘ line per invariant.
-fn invariants(out: &mut String, invariants: &[Invariant], color: bool, compact: bool) {
+fn invariants(out: &mut String, invariants: &[Invariant], color: bool, compact: Option<usize>) {
     // A live screen says "all hold" in one line, and still every broken one in full.
-    if compact && invariants.iter().all(|i| i.holds) {
+    if let Some(width) = compact.filter(|_| invariants.iter().all(|i| i.holds)) {
         let names: Vec<&str> = invariants.iter().map(|i| i.name.as_ref()).collect();
-        let line = format!("✔ invariants hold: {}", names.join(" · "));
+        let all = format!("✔ all {} invariants hold", names.len());
+        let mut line = format!("{all}: {}", names.join(" · "));
+        if crate::terminal::width(&line) > width {
+            line = all;
+        }
         let _ = writeln!(out, "{}", paint(&line, color, |t| t.green()));
         return;
     }
@@ -466,8 +549,13 @@ impl Ctx<'_> {
         p: Option<&StructuresSnapshot>,
     ) {
         self.title(out, Structure::ActiveConnections, "");
-        // A compact column has no room for when each device connected.
-        let mut header = vec!["user", "devices", "connection ids", "remote address"];
+        // A compact column has no room for when each device connected, and
+        // a narrow one none for the addresses either.
+        let remote = self.column.is_none_or(|c| c >= 60);
+        let mut header = vec!["user", "devices", "connection ids"];
+        if remote {
+            header.push("remote address");
+        }
         if self.column.is_none() {
             header.push("connected");
         }
@@ -504,8 +592,10 @@ impl Ctx<'_> {
                 self.key(user.as_str(), matches!(before, Some(None))),
                 self.count(ids.len(), before),
                 Cell::new(name_list(ids, NAMES_PER_CELL)),
-                Cell::new(name_list(&remotes, 3)),
             ];
+            if remote {
+                row.push(Cell::new(name_list(&remotes, 3)));
+            }
             if self.column.is_none() {
                 row.push(Cell::new(name_list(&since, 3)));
             }
@@ -547,7 +637,11 @@ impl Ctx<'_> {
         p: Option<&StructuresSnapshot>,
     ) {
         self.title(out, Structure::OfflineMessages, "");
-        let mut t = self.table(&["user", "queued", "front (popped first)", "back (newest)"]);
+        let mut t = if self.column.is_some() {
+            self.table(&["user", "queued", "front (next out)", "back (newest)"])
+        } else {
+            self.table(&["user", "queued", "front (popped first)", "back (newest)"])
+        };
         let rows: Vec<_> = st
             .offline_messages
             .iter()
@@ -596,7 +690,7 @@ impl Ctx<'_> {
         let rows: Vec<_> = st
             .groups
             .iter()
-            .filter(|(g, m)| match (&self.o.group, &self.o.user) {
+            .filter(|(g, m)| match (&self.o.view.group, &self.o.view.user) {
                 (Some(only), _) => *g == only,
                 (None, Some(u)) => m.contains(u),
                 (None, None) => true,
@@ -610,7 +704,7 @@ impl Ctx<'_> {
                 Cell::new(name_list(members, NAMES_PER_CELL)),
             ]);
         }
-        let only = self.o.group.as_ref();
+        let only = self.o.view.group.as_ref();
         let gone = gone(
             p.map(|p| &p.groups),
             &st.groups,
@@ -642,8 +736,24 @@ impl Ctx<'_> {
         self.finish(out, t, hidden, "users", Vec::new());
     }
 
+    fn structure(
+        &self,
+        structure: Structure,
+        out: &mut String,
+        st: &StructuresSnapshot,
+        p: Option<&StructuresSnapshot>,
+    ) {
+        match structure {
+            Structure::ActiveConnections => self.active_connections(out, st, p),
+            Structure::Presence => self.presence(out, st, p),
+            Structure::OfflineMessages => self.offline_messages(out, st, p),
+            Structure::GroupMembers => self.group_members(out, st, p),
+            Structure::BlockedUsers => self.blocked_users(out, st, p),
+        }
+    }
+
     fn operations(&self, out: &mut String, ops: &OpTable, previous: Option<&OpTable>) {
-        if self.column.is_some() {
+        if self.o.compact {
             return self.operations_compact(out, ops, previous);
         }
         let _ = writeln!(
@@ -664,11 +774,15 @@ impl Ctx<'_> {
         let title = paint("operations", self.o.color, |t| t.bold().cyan());
         let _ = writeln!(out, "{title}  count and cost of every call");
         let mut t = self.table(&["structure", "operations"]);
-        for structure in Structure::ALL {
+        let structures = Structure::ALL
+            .into_iter()
+            .filter(|s| self.o.view.only.is_none_or(|only| only == *s));
+        for structure in structures {
             let cells: Vec<String> = ops
                 .0
                 .iter()
-                .filter(|r| r.structure == structure)
+                // A live screen shows what has happened: calls never made wait.
+                .filter(|r| r.structure == structure && r.count > 0)
                 .map(|r| {
                     let grew = previous
                         .map(|p| r.count.saturating_sub(p.get(r.structure, r.op)))
@@ -678,10 +792,12 @@ impl Ctx<'_> {
                     format!("{} {}{grew} {}", r.op.name(), r.count, r.complexity)
                 })
                 .collect();
-            t.add_row(vec![
-                Cell::new(structure.name()),
-                Cell::new(cells.join(" · ")),
-            ]);
+            let cells = if cells.is_empty() {
+                "(no calls yet)".to_string()
+            } else {
+                cells.join(" · ")
+            };
+            t.add_row(vec![Cell::new(structure.name()), Cell::new(cells)]);
         }
         let _ = writeln!(out, "{t}");
     }
@@ -708,8 +824,7 @@ mod tests {
         RenderOptions {
             color: false,
             rows: 20,
-            user: None,
-            group: None,
+            view: View::default(),
             source: "test".into(),
             compact: false,
             width: None,
@@ -744,7 +859,7 @@ mod tests {
     }
 
     /// `serve --dashboard` at 120x40: its frame is the render's two header
-    /// lines, 5 event-log lines, then the rest. Every structure and the
+    /// lines, the event log, then the rest. Every structure and the
     /// operations must be in it, for a busy class, and no line wider than 120.
     #[test]
     fn the_dashboard_layout_shows_all_five_and_the_operations_in_120_by_40() {
@@ -770,6 +885,29 @@ mod tests {
         }
         send(&mut core, "ben", 1, r#"{"type":"block","user":"eli"}"#);
         send(&mut core, "hana", 7, r#"{"type":"block","user":"tom"}"#);
+        // Every kind of call made, so the operations rows are as long as they get.
+        send(&mut core, "ben", 1, r#"{"type":"unblock","user":"eli"}"#);
+        send(
+            &mut core,
+            "ana",
+            0,
+            r#"{"type":"group_message","group":"lab0","text":"hi"}"#,
+        );
+        send(
+            &mut core,
+            "jo",
+            9,
+            r#"{"type":"group_leave","group":"lab0"}"#,
+        );
+        core.disconnect(&n("jo"), 9, Vec::new());
+        core.connect(&n("zed"), 99);
+        send(
+            &mut core,
+            "ana",
+            0,
+            r#"{"type":"message","to":"zed","text":"live"}"#,
+        );
+        core.connect(&n("omar"), 100);
         let text = render(
             &doc(&core),
             None,
@@ -780,14 +918,16 @@ mod tests {
                 ..options()
             },
         );
-        let lines = text.lines().count() + 5;
+        // The dashboard adds a title and its event-log lines.
+        let lines = text.lines().count() + 1 + crate::server::dashboard::LOG_LINES;
         assert!(lines <= 40, "the frame has {lines} lines:\n{text}");
         let names = Structure::ALL.map(Structure::name);
         for name in names.iter().chain(&["operations"]) {
             assert!(text.contains(name), "{name} is missing:\n{text}");
         }
         assert!(text.contains("push_back 18 O(1)*"), "{text}");
-        assert!(text.contains("... and 6 more users"), "{text}");
+        assert!(text.contains("... and 7 more users"), "{text}");
+        assert!(text.contains("✔ all 3 invariants hold"), "{text}");
         let widest = text.lines().map(crate::terminal::width).max().unwrap();
         assert!(widest <= 120, "a line is {widest} columns wide:\n{text}");
     }
@@ -965,7 +1105,10 @@ mod tests {
             &doc(&core),
             None,
             &RenderOptions {
-                user: Some(n("bob")),
+                view: View {
+                    user: Some(n("bob")),
+                    ..View::default()
+                },
                 ..options()
             },
         );
@@ -977,11 +1120,54 @@ mod tests {
             &doc(&core),
             None,
             &RenderOptions {
-                group: Some(n("g1")),
+                view: View {
+                    group: Some(n("g1")),
+                    ..View::default()
+                },
                 ..options()
             },
         );
         assert!(g1.contains("│ alice") && g1.contains("│ bob") && !g1.contains("│ carol"));
+    }
+
+    #[test]
+    fn only_one_structure_shows_its_table_and_its_own_operations() {
+        let core = classroom();
+        for compact in [false, true] {
+            let text = render(
+                &doc(&core),
+                None,
+                &RenderOptions {
+                    view: View {
+                        only: Some(View::parse_structure("queue").unwrap()),
+                        ..View::default()
+                    },
+                    compact,
+                    width: Some(120),
+                    ..options()
+                },
+            );
+            assert!(text.contains("offline_messages"), "{text}");
+            assert!(line_with(&text, "│ carol").contains('2'), "{text}");
+            for other in [
+                "active_connections",
+                "presence",
+                "group_members",
+                "blocked_users",
+            ] {
+                let shown = text
+                    .lines()
+                    .any(|l| l.starts_with(other) || l.starts_with(&format!("│ {other}")));
+                assert!(!shown, "{other} is shown:\n{text}");
+            }
+            assert!(text.contains("push_back"), "its operations: {text}");
+        }
+        assert_eq!(
+            View::parse_structure("blocked_users"),
+            Ok(Structure::BlockedUsers)
+        );
+        let wrong = View::parse_structure("stack").unwrap_err();
+        assert!(wrong.contains("active_connections, presence"), "{wrong}");
     }
 
     #[test]

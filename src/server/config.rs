@@ -106,6 +106,8 @@ pub struct Dashboard {
     pub color: bool,
     /// The header line: where to connect, so the projector always shows it.
     pub banner: String,
+    /// `--only`, `--user`, `--group`: what the tables show.
+    pub view: crate::inspect::render::View,
 }
 
 /// Seconds as a timeout, where 0 means "never".

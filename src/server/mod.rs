@@ -28,7 +28,7 @@ mod admission;
 mod board;
 pub mod config;
 mod connection;
-mod dashboard;
+pub(crate) mod dashboard;
 mod deliver;
 pub mod handshake;
 mod http;

@@ -46,8 +46,9 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         // VIVACHAT_TEST_LOG=1 prints the server's event log while debugging a test.
-        let log = std::env::var_os("VIVACHAT_TEST_LOG")
-            .map(|_| vivachat::event_log::EventLog::spawn(Box::new(std::io::stderr()), false));
+        let log = std::env::var_os("VIVACHAT_TEST_LOG").map(|_| {
+            vivachat::event_log::EventLog::spawn(Box::new(std::io::stderr()), false, || None)
+        });
         let handle = tokio::spawn(server::run(listener, config, log, async move {
             let _ = stopped.await;
         }));
