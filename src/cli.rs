@@ -61,10 +61,15 @@ pub struct StructuresArgs {
     /// A shorter run for the classroom: N up to 10,000, fewer repetitions (under 3 s).
     #[arg(long)]
     pub quick: bool,
-    /// Print the results as JSON.
+    /// Print the results as JSON: sizes, repetitions, and per comparison its workload,
+    /// title, claim, verdict, summary, confirmed, crossover and variants (name,
+    /// chosen, class, time_slope, count_slope, and per N: n, ops, counts
+    /// {hashes, comparisons, moves}, ns_median, ns_min, ns_max); with --python,
+    /// python: the same rows measured in CPython.
     #[arg(long)]
     pub json: bool,
-    /// Write a log-log chart of time per operation against N to this SVG file.
+    /// Write a chart to this SVG file: per claim, time and counted steps per
+    /// operation against N (log-log), with dashed O(1) and O(n) slopes.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
     /// Measure one claim only.
@@ -88,6 +93,8 @@ pub struct CoreArgs {
     /// Messages to route.
     #[arg(long, default_value_t = 2_000_000)]
     pub messages: usize,
+    /// Print the result as JSON: users, messages, seconds, messages_per_second,
+    /// ns_per_message, ops_per_message.
     #[arg(long)]
     pub json: bool,
 }
@@ -128,6 +135,15 @@ pub struct LoadArgs {
     /// Start the server in durable mode on this SQLite file (`serve --data PATH`).
     #[arg(long, value_name = "PATH", conflicts_with = "url")]
     pub data: Option<std::path::PathBuf>,
+    /// Threads the generator runs on (default: one per core). To compare with
+    /// another load generator, pin each to its own core (`taskset -c 1`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
+    /// Print the report as JSON: mode, clients, threads, seconds, offered, sent,
+    /// expected, delivered, lost, duplicates, out_of_order, achieved_rate,
+    /// send_rate, latency_us and service_latency_us (p50, p90, p99, p999, max),
+    /// server_cpu_seconds, server_rss_kib_before/after; in memory mode
+    /// idle_connections, kib_per_connection, presence_frames, server_peak_rss_kib.
     #[arg(long)]
     pub json: bool,
 }
@@ -299,11 +315,16 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 queued: a.queued,
                 offline: a.offline,
                 data: a.data,
+                threads: a.threads.map_or_else(
+                    || std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    |n| n as usize,
+                ),
             };
             // The generator holds one socket per client too.
             let _ = crate::server::limits::raise_fd_limit();
             let bar = indicatif::ProgressBar::new(1000);
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(options.threads)
                 .enable_all()
                 .build()?;
             let report = runtime.block_on(crate::bench::load::run(&options, &|f| {

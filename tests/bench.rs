@@ -178,6 +178,50 @@ async fn a_short_load_test_against_a_real_server_loses_nothing() {
         assert!(
             r["latency_us"]["p99"].as_u64().unwrap() >= r["latency_us"]["p50"].as_u64().unwrap()
         );
+        // Sends and deliveries are two rates: equal for direct messages, K-1 apart in groups.
+        let (send_rate, rate) = (
+            r["send_rate"].as_f64().unwrap(),
+            r["achieved_rate"].as_f64().unwrap(),
+        );
+        if mode[0] == "--group-size" {
+            assert_eq!(r["fan_out"], 3);
+            assert!(rate > send_rate * 1.5, "{r}");
+        } else {
+            assert_eq!(send_rate, rate, "{r}");
+        }
+    }
+    // The table's labels say what is counted.
+    let (code, table, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            run(&[
+                "bench",
+                "load",
+                "--url",
+                &url,
+                "--clients",
+                "4",
+                "--secs",
+                "1",
+                "--rate",
+                "200",
+                "--group-size",
+                "2",
+                "--threads",
+                "1",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    for label in [
+        "generator threads                  ┆ 1",
+        "expected deliveries (K-1 per send)",
+        "sends per second",
+        "deliveries per second (fan-out)",
+    ] {
+        assert!(table.contains(label), "{label:?} missing:\n{table}");
     }
     server.stop().await;
 }
@@ -192,6 +236,16 @@ fn memory_mode_reports_memory_per_idle_connection() {
     assert_eq!(r["idle_connections"], 200);
     let kib = r["kib_per_connection"].as_f64().unwrap();
     assert!(kib > 0.0 && kib < 1024.0, "{kib} KiB per connection");
+
+    // One user per connection: every arrival is announced to all before it,
+    // and those frames are all read before memory is measured; the peak is
+    // reported apart, as the transient it is.
+    let (code, out, err) = run(&["bench", "load", "--conns", "60", "--distinct", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["presence_frames"], 60 * 59 / 2, "{r}");
+    let peak = r["server_peak_rss_kib"].as_u64().unwrap();
+    assert!(peak >= r["server_rss_kib_after"].as_u64().unwrap(), "{r}");
 }
 
 #[test]
@@ -219,6 +273,10 @@ fn offline_mode_measures_queued_acks_against_a_durable_server() {
     assert!(sent > 0, "{r}");
     // Every message was acknowledged `queued`, and each ack has a latency.
     assert_eq!(r["delivered"], sent, "{r}");
+    assert_eq!(
+        r["offline"], true,
+        "the report says its deliveries are queued acks"
+    );
     assert_eq!(r["lost"], 0);
     assert!(r["latency_us"]["p50"].as_u64().unwrap() > 0);
     // And they are all on disk, for the users who never connected.

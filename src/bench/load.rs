@@ -53,6 +53,8 @@ pub struct LoadOptions {
     pub offline: bool,
     /// Start the server with `--data PATH` (durable mode).
     pub data: Option<std::path::PathBuf>,
+    /// Threads the generator runs on (the caller builds the runtime).
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -77,7 +79,16 @@ pub struct LoadReport {
     pub lost: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
+    /// Deliveries per second (queued acks with `--offline`).
     pub achieved_rate: f64,
+    /// Sends per second (with `--group-size`, each reaches K-1 members).
+    pub send_rate: f64,
+    /// `--group-size`: members per group (a send is delivered to K-1 of them).
+    pub fan_out: Option<usize>,
+    /// `--offline`: every message is queued; `delivered` counts queued acks.
+    pub offline: bool,
+    /// Threads the generator ran on.
+    pub threads: usize,
     /// Microseconds from intended send time to the recipient reading it.
     pub latency_us: Latency,
     /// Microseconds from the actual send to the recipient reading it: the
@@ -89,7 +100,15 @@ pub struct LoadReport {
     /// CPU the server used during the measured phase, in seconds.
     pub server_cpu_seconds: Option<f64>,
     pub idle_connections: Option<usize>,
+    /// Memory mode: resident memory per idle connection, measured once the
+    /// presence frames of their arrival have all been read.
     pub kib_per_connection: Option<f64>,
+    /// Memory mode: presence frames the idle connections received (n²/2
+    /// with `--distinct`: each arrival is announced to everyone before it).
+    pub presence_frames: Option<u64>,
+    /// Memory mode: the server's peak resident memory (while those frames
+    /// were in flight: transient, not the cost of an idle connection).
+    pub server_peak_rss_kib: Option<u64>,
     /// With `--queued`: how long each of three snapshots held the core, in µs.
     pub snapshot_hold_us: Vec<u64>,
     /// With `--queued`: the size of the snapshot's JSON, in bytes.
@@ -198,14 +217,23 @@ impl Drop for Target {
 
 /// Resident memory of a process, in KiB (Linux /proc).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The most resident memory a process has had (Linux's high-water mark), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
 }
 
 /// CPU seconds (user + system) a process has used.
@@ -425,8 +453,14 @@ fn recipient(options: &LoadOptions, i: usize, clients: usize) -> ProtoTarget {
     }
 }
 
+/// Frames one sender writes before it flushes: writes are batched, so the
+/// generator pays one system call per batch, not one per message.
+const BATCH: usize = 64;
+
 /// Sends until the clock stops: on schedule (open loop) or whenever the
 /// window has room (closed loop). Each text carries "sender seq intended sent".
+/// Everything due is written at once and flushed once; the JSON around the
+/// text is serialised once, before the loop.
 async fn send_loop(
     mut tx: SplitSink<Ws, Message>,
     i: usize,
@@ -435,37 +469,77 @@ async fn send_loop(
     shared: Shared,
     sent: Arc<AtomicU64>,
 ) -> (SplitSink<Ws, Message>, u64) {
+    use std::fmt::Write as _;
+    const MARK: &str = "\u{1}";
+    let template = Request::chat(&to, MARK).to_json(None);
+    let (head, tail) = template
+        .split_once("\\u0001")
+        .unwrap_or((template.as_str(), ""));
     let mut seq = 0u64;
-    loop {
-        let intended = match clock.per_client_rate {
-            Some(r) if r > 0.0 => clock.start + Duration::from_secs_f64(seq as f64 / r),
-            _ => Instant::now(),
-        };
-        if intended >= clock.stop_at {
-            break;
-        }
-        if let Some(w) = &shared.window {
-            match tokio::time::timeout_at(clock.stop_at, w.acquire()).await {
-                Ok(Ok(permit)) => permit.forget(),
-                _ => break,
+    'run: loop {
+        // How many to send now: every free window slot (closed loop), or
+        // every message whose intended time has come (open loop).
+        let due = match (&shared.window, clock.per_client_rate) {
+            (Some(w), _) => {
+                match tokio::time::timeout_at(clock.stop_at, w.acquire()).await {
+                    Ok(Ok(permit)) => permit.forget(),
+                    _ => break,
+                }
+                let mut n = 1;
+                while n < BATCH {
+                    match w.try_acquire() {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+                n
             }
-        } else {
-            tokio::time::sleep_until(intended).await;
+            (None, Some(r)) if r > 0.0 => {
+                let intended = clock.start + Duration::from_secs_f64(seq as f64 / r);
+                if intended >= clock.stop_at {
+                    break;
+                }
+                tokio::time::sleep_until(intended).await;
+                let now = Instant::now().duration_since(clock.start).as_secs_f64();
+                ((now * r) as u64)
+                    .saturating_sub(seq)
+                    .clamp(1, BATCH as u64) as usize
+            }
+            (None, _) => BATCH,
+        };
+        for _ in 0..due {
+            let intended = match clock.per_client_rate {
+                Some(r) if r > 0.0 && shared.window.is_none() => {
+                    clock.start + Duration::from_secs_f64(seq as f64 / r)
+                }
+                _ => Instant::now(),
+            };
+            if intended >= clock.stop_at {
+                break 'run;
+            }
+            let at = intended.duration_since(clock.epoch).as_micros() as u64;
+            let now = clock.epoch.elapsed().as_micros() as u64;
+            let mut frame = String::with_capacity(head.len() + tail.len() + 48);
+            frame.push_str(head);
+            let _ = write!(frame, "{i} {seq} {at} {now}");
+            frame.push_str(tail);
+            if let Some(p) = &shared.pending {
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back((at, now));
+            }
+            if tx.feed(Message::text(frame)).await.is_err() {
+                break 'run;
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+            seq += 1;
         }
-        let at = intended.duration_since(clock.epoch).as_micros() as u64;
-        let now = clock.epoch.elapsed().as_micros() as u64;
-        let frame = Request::chat(&to, &format!("{i} {seq} {at} {now}")).to_json(None);
-        if let Some(p) = &shared.pending {
-            p.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back((at, now));
-        }
-        if tx.send(Message::text(frame)).await.is_err() {
+        if tx.flush().await.is_err() {
             break;
         }
-        sent.fetch_add(1, Ordering::Relaxed);
-        seq += 1;
     }
+    let _ = tx.flush().await;
     (tx, seq)
 }
 
@@ -570,6 +644,10 @@ fn summarise(
     report.duplicates = total.duplicates;
     report.out_of_order = total.out_of_order;
     report.achieved_rate = total.delivered as f64 / options.secs;
+    report.send_rate = sent_total as f64 / options.secs;
+    report.fan_out = options.group_size;
+    report.offline = options.offline;
+    report.threads = options.threads;
     report.latency_us = percentiles(&total.latencies);
     report.service_latency_us = percentiles(&total.service);
 }
@@ -586,6 +664,8 @@ async fn memory(
     };
     let mut held = Vec::with_capacity(n);
     let mut readers = Vec::new();
+    // Frames every reader has seen: presence traffic has settled when it stops growing.
+    let frames = Arc::new(AtomicU64::new(0));
     for i in 0..n {
         let user = if distinct {
             format!("idle{i:06}")
@@ -599,18 +679,41 @@ async fn memory(
             })?;
         let (tx, mut rx) = ws.split();
         // Read everything (presence frames) so no outbox fills.
+        let frames = frames.clone();
         readers.push(tokio::spawn(async move {
-            while let Some(Ok(_)) = rx.next().await {}
+            while let Some(Ok(frame)) = rx.next().await {
+                let text = frame.to_text().unwrap_or_default();
+                if FramePeek::parse(text).is_some_and(|f| f.kind == FrameKind::Presence) {
+                    frames.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }));
         held.push(tx);
         if i % 500 == 0 {
             progress(i as f64 / n as f64);
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // With one user per connection, each arrival was announced to everyone
+    // before it: n²/2 presence frames. Wait (at most a minute) until they
+    // have all been read, so what is measured is idle connections.
+    let settle = Instant::now();
+    let mut last = u64::MAX;
+    while settle.elapsed() < Duration::from_secs(60) {
+        let now = frames.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The server hands memory freed by a burst back to the OS every 2 s
+    // (`give_back_drained_memory`); give it the time to.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     report.mode = "memory".into();
     report.idle_connections = Some(n);
+    report.presence_frames = Some(frames.load(Ordering::Relaxed));
     report.server_rss_kib_after = rss_kib(pid);
+    report.server_peak_rss_kib = peak_rss_kib(pid);
     report.kib_per_connection = report
         .server_rss_kib_after
         .zip(report.server_rss_kib_before)
@@ -678,8 +781,26 @@ pub fn render(r: &LoadReport) -> String {
     row("mode", r.mode.clone());
     if let Some(n) = r.idle_connections {
         row("idle connections", n.to_string());
+        if let Some(frames) = r.presence_frames.filter(|f| *f > 0) {
+            row(
+                "presence frames read while they connected",
+                frames.to_string(),
+            );
+        }
         if let Some(k) = r.kib_per_connection {
-            row("server memory per connection", format!("{k:.1} KiB"));
+            row(
+                "server memory per idle connection (after presence settled)",
+                format!("{k:.1} KiB"),
+            );
+        }
+        if let (Some(peak), Some(before)) = (r.server_peak_rss_kib, r.server_rss_kib_before) {
+            row(
+                "transient peak while connecting (not idle cost)",
+                format!(
+                    "{peak} KiB RSS, {:.1} KiB per connection",
+                    peak.saturating_sub(before) as f64 / n.max(1) as f64
+                ),
+            );
         }
         if !r.snapshot_hold_us.is_empty() {
             let holds: Vec<String> = r
@@ -697,15 +818,33 @@ pub fn render(r: &LoadReport) -> String {
         }
     } else {
         row("clients", r.clients.to_string());
+        row("generator threads", r.threads.to_string());
         row("seconds", format!("{:.1}", r.seconds));
-        row("offered", r.offered.to_string());
+        // What is counted depends on the mode: say it in each label.
+        let (expected, got, rate) = match (r.offline, r.fan_out) {
+            (true, _) => (
+                "queued acks expected (one per send)",
+                "queued acks received",
+                "queued acks per second",
+            ),
+            (false, Some(_)) => (
+                "expected deliveries (K-1 per send)",
+                "deliveries",
+                "deliveries per second (fan-out)",
+            ),
+            (false, None) => ("expected deliveries", "delivered", "delivered per second"),
+        };
+        row("offered sends", r.offered.to_string());
         row("sent", r.sent.to_string());
-        row("expected deliveries", r.expected.to_string());
-        row("delivered", r.delivered.to_string());
+        row(expected, r.expected.to_string());
+        row(got, r.delivered.to_string());
         row("lost", r.lost.to_string());
         row("duplicates", r.duplicates.to_string());
         row("out of order", r.out_of_order.to_string());
-        row("achieved rate", format!("{:.0} msgs/s", r.achieved_rate));
+        if r.fan_out.is_some() {
+            row("sends per second", format!("{:.0} msgs/s", r.send_rate));
+        }
+        row(rate, format!("{:.0} msgs/s", r.achieved_rate));
         let l = &r.latency_us;
         row(
             "latency p50 / p90 / p99",
