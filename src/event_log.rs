@@ -288,8 +288,8 @@ mod tests {
     use crate::core::{Op, Structure};
     use crate::names::Name;
 
-    #[test]
-    fn a_queued_message_reads_like_the_seed() {
+    /// alice writes to bob, who is offline: the four operations of the seed's flow.
+    fn queued_for_bob() -> (Event, Trace) {
         let bob = Name::parse("bob").unwrap();
         let alice = Name::parse("alice").unwrap();
         let mut t = Trace::new(true);
@@ -328,6 +328,12 @@ mod tests {
             status: AckStatus::Queued,
             blocked: false,
         };
+        (e, t)
+    }
+
+    #[test]
+    fn a_queued_message_reads_like_the_seed() {
+        let (e, t) = queued_for_bob();
         let line = format_event(Duration::from_millis(1500), &e, &t, false);
         assert_eq!(
             line,
@@ -341,37 +347,17 @@ mod tests {
 
     #[test]
     fn a_long_event_becomes_an_indented_list_of_operations_at_a_terminal_s_width() {
-        let (bob, alice) = (Name::parse("bob").unwrap(), Name::parse("alice").unwrap());
-        let mut t = Trace::new(true);
-        t.record(
-            Structure::ActiveConnections,
-            Op::Get,
-            Some(&bob),
-            None,
-            Some(0),
-        );
-        t.record(
-            Structure::OfflineMessages,
-            Op::PushBack,
-            Some(&bob),
-            None,
-            Some(3),
-        );
-        let e = Event::Message {
-            from: alice,
-            to: bob,
-            id: 7,
-            status: AckStatus::Queued,
-            blocked: false,
-        };
+        let (e, t) = queued_for_bob();
         let at = Duration::from_millis(1500);
-        let wide = lay_out(at, &e, &t, false, Some(200));
+        let wide = lay_out(at, &e, &t, false, Some(250));
         assert_eq!(wide, format_event(at, &e, &t, false), "it fits: one line");
         let narrow = lay_out(at, &e, &t, false, Some(60));
         assert_eq!(
             narrow,
             "[    1.500s] alice -> bob (message 7): queued\n\
+             \x20            · blocked_users[bob].contains(alice) O(1)\n\
              \x20            · active_connections.get(bob) O(1), 0 devices\n\
+             \x20            · offline_messages.len(bob) O(1), len 2\n\
              \x20            · offline_messages[bob].push_back O(1)*, len 3"
         );
         assert!(narrow.lines().all(|l| l.chars().count() <= 60), "{narrow}");
