@@ -168,7 +168,10 @@ impl Target {
         if let Some(path) = data {
             command.arg("--data").arg(path);
         }
+        // The banner is read line by line below: it must not be wrapped at a
+        // width the user's shell exported.
         let mut child = command
+            .env_remove("COLUMNS")
             .stdout(Stdio::piped())
             .spawn()
             .context("cannot start vivachat serve")?;
