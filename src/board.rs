@@ -391,6 +391,7 @@ mod tests {
             target: Target::User(n("bob")),
             text: Arc::from("hi"),
             ts: 0,
+            receipt: false,
         }
     }
 

@@ -132,10 +132,24 @@ pub fn summary(event: &Event) -> String {
             devices,
             flushed,
             notified,
+            resume,
+            released,
         } => {
             let mut s = format!("+ {user} connected (conn {conn}, {devices} device(s) now)");
-            if *flushed > 0 {
-                s += &format!(", flushed {flushed} queued message(s) FIFO");
+            match resume {
+                None if *flushed > 0 => {
+                    s += &format!(", flushed {flushed} queued message(s) FIFO");
+                }
+                None => {}
+                Some(from) => {
+                    s += &format!(", resuming after message {from}");
+                    if *released > 0 {
+                        s += &format!(": released {released} it confirms");
+                    }
+                    s += &format!(
+                        ", re-sent {flushed} held message(s) in order (kept until confirmed)"
+                    );
+                }
             }
             if *devices == 1 {
                 s += &format!(", online: told {notified} connection(s)");
@@ -159,6 +173,20 @@ pub fn summary(event: &Event) -> String {
             s
         }
         Event::AlreadyGone { user, conn } => format!("- {user} conn {conn} already closed"),
+        Event::Received {
+            user,
+            upto,
+            released,
+            receipts,
+        } => {
+            let mut s = format!(
+                "{user} confirmed up to message {upto}: released {released} from the window"
+            );
+            if *receipts > 0 {
+                s += &format!(", {receipts} receipt(s) to senders");
+            }
+            s
+        }
         Event::Message {
             from,
             to,

@@ -17,14 +17,36 @@ use crate::names::{GroupId, Name, UserId};
 /// A request from a client, after validation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Message { to: UserId, text: Arc<str> },
-    GroupJoin { group: GroupId },
-    GroupLeave { group: GroupId },
-    GroupMessage { group: GroupId, text: Arc<str> },
-    Block { user: UserId },
-    Unblock { user: UserId },
+    /// `receipt`: the sender asks to be told when the recipient's client confirms it (v1.1).
+    Message {
+        to: UserId,
+        text: Arc<str>,
+        receipt: bool,
+    },
+    GroupJoin {
+        group: GroupId,
+    },
+    GroupLeave {
+        group: GroupId,
+    },
+    GroupMessage {
+        group: GroupId,
+        text: Arc<str>,
+        receipt: bool,
+    },
+    Block {
+        user: UserId,
+    },
+    Unblock {
+        user: UserId,
+    },
     Who,
     Ping,
+    /// v1.1 resume: this client has every message up to and including `id`,
+    /// so the server may stop holding them (cumulative, like a TCP ack).
+    Received {
+        id: u64,
+    },
 }
 
 /// The optional `ref` of a request, echoed unchanged in its reply.
@@ -220,6 +242,12 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
             )
         })
     };
+    // Optional and false when absent; anything but a JSON boolean is refused.
+    let receipt = || match raw.receipt.map(RawValue::get) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(missing("receipt", "true or false")),
+    };
     let kind = string("type", raw.kind)?;
     let request = match &*kind {
         "message" => {
@@ -227,6 +255,7 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
             Request::Message {
                 to: user(&to)?,
                 text: Arc::from(&*text),
+                receipt: receipt()?,
             }
         }
         "group_join" => Request::GroupJoin {
@@ -240,6 +269,7 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
             Request::GroupMessage {
                 group: group(&g)?,
                 text: Arc::from(&*text),
+                receipt: receipt()?,
             }
         }
         "block" => Request::Block {
@@ -250,12 +280,18 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
         },
         "who" => Request::Who,
         "ping" => Request::Ping,
+        "received" => Request::Received {
+            id: raw
+                .id
+                .and_then(|v| v.get().parse::<u64>().ok())
+                .ok_or_else(|| missing("id", "a message id, a whole number from 0 up"))?,
+        },
         other => {
             return Err(RequestError::new(
                 ErrorCode::UnknownType,
                 format!(
                     "unknown type {other:?}; expected one of message, group_join, group_leave, \
-                     group_message, block, unblock, who, ping"
+                     group_message, block, unblock, who, ping, received"
                 ),
                 reference,
             ))
@@ -281,6 +317,10 @@ struct RawRequest<'a> {
     group: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    receipt: Option<&'a RawValue>,
 }
 
 /// `Some` whenever the key is there, even as `null` (plain `Option` would read
@@ -316,6 +356,9 @@ pub struct Message {
     pub text: Arc<str>,
     /// Unix time in milliseconds when the server accepted it.
     pub ts: u64,
+    /// The sender asked for a receipt. Kept with the message (and on disk),
+    /// never sent to the recipient: it is the sender's business.
+    pub receipt: bool,
 }
 
 /// `delivered`, `queued`, `sent` or `ok`: what happened to a request.
@@ -359,10 +402,14 @@ pub enum ServerFrame {
         message: Message,
         offline: bool,
     },
+    /// `resume`: the position this connection resumed from, and `epoch` the
+    /// run it belongs to (v1.1; both absent in v1).
     Welcome {
         user: UserId,
         online: Vec<UserId>,
         queued: usize,
+        resume: Option<u64>,
+        epoch: Option<String>,
     },
     Presence {
         user: UserId,
@@ -374,6 +421,12 @@ pub enum ServerFrame {
         status: AckStatus,
     },
     Error(RequestError),
+    /// The recipient's client confirmed message `id` (the second tick).
+    /// `user` names the member, for a group message.
+    Receipt {
+        id: u64,
+        user: Option<UserId>,
+    },
     /// Exactly the contract's shapes: a `ref` is echoed in acks and errors only.
     Who {
         online: Vec<UserId>,
@@ -411,10 +464,20 @@ enum Wire<'a> {
         user: &'a str,
         online: &'a [UserId],
         queued: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     Presence {
         user: &'a str,
         status: PresenceStatus,
+    },
+    Receipt {
+        id: u64,
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a str>,
     },
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -496,6 +559,7 @@ impl<'de> Deserialize<'de> for Message {
             target,
             text: Arc::from(w.text),
             ts: w.ts,
+            receipt: false,
         })
     }
 }
@@ -509,10 +573,19 @@ impl ServerFrame {
                 user,
                 online,
                 queued,
+                resume,
+                epoch,
             } => Wire::Welcome {
                 user: user.as_str(),
                 online,
                 queued: *queued,
+                resume: *resume,
+                epoch: epoch.as_deref(),
+            },
+            ServerFrame::Receipt { id, user } => Wire::Receipt {
+                id: *id,
+                status: "received",
+                user: user.as_ref().map(UserId::as_str),
             },
             ServerFrame::Presence { user, status } => Wire::Presence {
                 user: user.as_str(),
@@ -552,14 +625,35 @@ impl ServerFrame {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireRequest<'a> {
-    Message { to: &'a str, text: &'a str },
-    GroupJoin { group: &'a str },
-    GroupLeave { group: &'a str },
-    GroupMessage { group: &'a str, text: &'a str },
-    Block { user: &'a str },
-    Unblock { user: &'a str },
+    Message {
+        to: &'a str,
+        text: &'a str,
+        #[serde(skip_serializing_if = "is_false")]
+        receipt: bool,
+    },
+    GroupJoin {
+        group: &'a str,
+    },
+    GroupLeave {
+        group: &'a str,
+    },
+    GroupMessage {
+        group: &'a str,
+        text: &'a str,
+        #[serde(skip_serializing_if = "is_false")]
+        receipt: bool,
+    },
+    Block {
+        user: &'a str,
+    },
+    Unblock {
+        user: &'a str,
+    },
     Who,
     Ping,
+    Received {
+        id: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -573,14 +667,21 @@ struct WireEnvelope<'a> {
 impl Request {
     /// A message to a user or a group.
     pub fn chat(target: &Target, text: &str) -> Request {
+        Request::chat_with_receipt(target, text, false)
+    }
+
+    /// A message that asks for a receipt when `receipt` is true.
+    pub fn chat_with_receipt(target: &Target, text: &str, receipt: bool) -> Request {
         match target {
             Target::User(to) => Request::Message {
                 to: to.clone(),
                 text: Arc::from(text),
+                receipt,
             },
             Target::Group(group) => Request::GroupMessage {
                 group: group.clone(),
                 text: Arc::from(text),
+                receipt,
             },
         }
     }
@@ -589,9 +690,10 @@ impl Request {
     /// [`parse_request`].
     pub fn to_json(&self, reference: Option<u64>) -> String {
         let request = match self {
-            Request::Message { to, text } => WireRequest::Message {
+            Request::Message { to, text, receipt } => WireRequest::Message {
                 to: to.as_str(),
                 text,
+                receipt: *receipt,
             },
             Request::GroupJoin { group } => WireRequest::GroupJoin {
                 group: group.as_str(),
@@ -599,9 +701,14 @@ impl Request {
             Request::GroupLeave { group } => WireRequest::GroupLeave {
                 group: group.as_str(),
             },
-            Request::GroupMessage { group, text } => WireRequest::GroupMessage {
+            Request::GroupMessage {
+                group,
+                text,
+                receipt,
+            } => WireRequest::GroupMessage {
                 group: group.as_str(),
                 text,
+                receipt: *receipt,
             },
             Request::Block { user } => WireRequest::Block {
                 user: user.as_str(),
@@ -611,6 +718,7 @@ impl Request {
             },
             Request::Who => WireRequest::Who,
             Request::Ping => WireRequest::Ping,
+            Request::Received { id } => WireRequest::Received { id: *id },
         };
         let envelope = WireEnvelope { request, reference };
         serde_json::to_string(&envelope).expect("plain strings and numbers always serialise")
@@ -626,6 +734,15 @@ enum WireFrameIn {
         user: UserId,
         online: Vec<UserId>,
         queued: usize,
+        #[serde(default)]
+        resume: Option<u64>,
+        #[serde(default)]
+        epoch: Option<String>,
+    },
+    Receipt {
+        id: u64,
+        #[serde(default)]
+        user: Option<UserId>,
     },
     Presence {
         user: UserId,
@@ -676,11 +793,16 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> 
             user,
             online,
             queued,
+            resume,
+            epoch,
         } => ServerFrame::Welcome {
             user,
             online,
             queued,
+            resume,
+            epoch,
         },
+        WireFrameIn::Receipt { id, user } => ServerFrame::Receipt { id, user },
         WireFrameIn::Presence { user, status } => ServerFrame::Presence { user, status },
         WireFrameIn::Ack {
             reference,
@@ -713,6 +835,7 @@ pub enum FrameKind {
     Error,
     Who,
     Pong,
+    Receipt,
     /// A type this version does not know.
     #[serde(other)]
     Other,
@@ -762,8 +885,20 @@ mod tests {
             e.request,
             Request::Message {
                 to: Name::parse("bob").unwrap(),
-                text: Arc::from("hi")
+                text: Arc::from("hi"),
+                receipt: false,
             }
+        );
+        let asks = r#"{"type":"group_message","group":"g","text":"x","receipt":true}"#;
+        assert!(matches!(
+            parse_request(asks).unwrap().request,
+            Request::GroupMessage { receipt: true, .. }
+        ));
+        assert_eq!(
+            parse_request(r#"{"type":"received","id":42}"#)
+                .unwrap()
+                .request,
+            Request::Received { id: 42 }
         );
         for (text, want) in [
             (r#"{"type":"who"}"#, Request::Who),
@@ -824,7 +959,8 @@ mod tests {
             e.request,
             Request::Message {
                 to: Name::parse("bob").unwrap(),
-                text: Arc::from("\"hi\"\n")
+                text: Arc::from("\"hi\"\n"),
+                receipt: false,
             }
         );
         assert_eq!(
@@ -927,6 +1063,7 @@ mod tests {
             target: Target::User(Name::parse("bob").unwrap()),
             text: Arc::from("hi \"there\""),
             ts: 1764000000000,
+            receipt: true,
         };
         let live: Value = serde_json::from_str(
             &ServerFrame::Chat {
@@ -973,6 +1110,43 @@ mod tests {
             json!({"type":"error","code":"not_member","detail":"d","ref":"r"})
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        // v1.1: exactly the shapes docs/protocol.md shows.
+        let receipt = ServerFrame::Receipt { id: 7, user: None };
+        assert_eq!(
+            receipt.to_json(),
+            r#"{"type":"receipt","id":7,"status":"received"}"#
+        );
+        let v1 = ServerFrame::Welcome {
+            user: Name::parse("bob").unwrap(),
+            online: vec![],
+            queued: 0,
+            resume: None,
+            epoch: None,
+        };
+        assert_eq!(
+            v1.to_json(),
+            r#"{"type":"welcome","user":"bob","online":[],"queued":0}"#
+        );
+    }
+
+    #[test]
+    fn received_and_receipt_are_checked_like_every_field() {
+        for bad in [
+            r#"{"type":"received"}"#,
+            r#"{"type":"received","id":-1}"#,
+            r#"{"type":"received","id":"7"}"#,
+            r#"{"type":"received","id":1.5}"#,
+            r#"{"type":"received","id":null}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::MissingField, "{bad}");
+        }
+        let bad = r#"{"type":"message","to":"bob","text":"x","receipt":"yes"}"#;
+        assert_eq!(code(bad), ErrorCode::MissingField);
+        let off = r#"{"type":"message","to":"bob","text":"x","receipt":false}"#;
+        assert!(matches!(
+            parse_request(off).unwrap().request,
+            Request::Message { receipt: false, .. }
+        ));
     }
 
     #[test]
@@ -987,6 +1161,8 @@ mod tests {
             Request::Unblock { user: n("eve") },
             Request::Who,
             Request::Ping,
+            Request::Received { id: 9 },
+            Request::chat_with_receipt(&Target::User(n("bob")), "tick?", true),
         ];
         for (i, request) in requests.into_iter().enumerate() {
             let text = request.to_json(Some(i as u64));
@@ -1000,6 +1176,19 @@ mod tests {
                 user: n("alice"),
                 online: vec![n("bob")],
                 queued: 2,
+                resume: None,
+                epoch: None,
+            },
+            ServerFrame::Welcome {
+                user: n("alice"),
+                online: vec![],
+                queued: 0,
+                resume: Some(41),
+                epoch: Some("3fa9".into()),
+            },
+            ServerFrame::Receipt {
+                id: 7,
+                user: Some(n("bob")),
             },
             ServerFrame::Chat {
                 message: Message {
@@ -1008,6 +1197,7 @@ mod tests {
                     target: Target::Group(n("g1")),
                     text: Arc::from("yo"),
                     ts: 5,
+                    receipt: false,
                 },
                 offline: true,
             },

@@ -31,13 +31,14 @@ use crate::protocol::{Message, Target};
 
 /// The schema this version writes. A file with a higher number came from a
 /// newer vivachat and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Marks the file as vivachat's (`PRAGMA application_id`): "VIVA".
 const APPLICATION_ID: i64 = 0x5649_5641;
 
 /// MIGRATIONS[i] takes a database from version i to i + 1.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE offline_messages (
         owner    TEXT    NOT NULL,
         id       INTEGER NOT NULL,
@@ -65,7 +66,19 @@ const MIGRATIONS: &[&str] = &["
         key   TEXT PRIMARY KEY NOT NULL,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
-"];
+",
+    "
+    -- v1.1 resume: a message's receipt request, each resuming user's released
+    -- position, and the file's epoch (resume positions from another file are
+    -- not trusted).
+    ALTER TABLE offline_messages ADD COLUMN receipt INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE released (
+        user TEXT PRIMARY KEY NOT NULL,
+        upto INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', abs(random()));
+",
+];
 
 /// Message ids are reserved on disk this far ahead, so ids stay unique across
 /// a crash without a write per message: a restart continues after the reservation.
@@ -548,7 +561,7 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
     let mut loaded = Loaded::default();
     let mut stmt = conn
         .prepare(
-            "SELECT owner, id, sender, to_group, text, ts FROM offline_messages ORDER BY owner, id",
+            "SELECT owner, id, sender, to_group, text, ts, receipt FROM offline_messages ORDER BY owner, id",
         )
         .map_err(err)?;
     let rows = stmt
@@ -560,12 +573,13 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, bool>(6)?,
             ))
         })
         .map_err(err)?;
     let queues = &mut loaded.state.queues;
     for row in rows {
-        let (owner, id, sender, to_group, body, ts) = row.map_err(err)?;
+        let (owner, id, sender, to_group, body, ts, receipt) = row.map_err(err)?;
         let owner = name(owner)?;
         let target = match to_group {
             Some(g) => Target::Group(name(g)?),
@@ -577,6 +591,7 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
             target,
             text: body.into(),
             ts: ts as u64,
+            receipt,
         };
         match queues.last_mut() {
             Some((user, queue)) if *user == owner => queue.push(message),
@@ -613,18 +628,26 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
             .ok_or_else(|| format!("the claim of {user} has an unreadable hash"))?;
         loaded.claims.push((name(user)?, hash));
     }
-    let next: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'next_message_id'",
-            [],
-            |r| r.get(0),
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(err(e)),
-        })?;
-    loaded.state.next_message_id = next.map_or(1, |n| n.max(1) as u64);
+    let mut stmt = conn
+        .prepare("SELECT user, upto FROM released ORDER BY user")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(err)?;
+    for row in rows {
+        let (user, upto) = row.map_err(err)?;
+        loaded.state.released.push((name(user)?, upto as u64));
+    }
+    let meta = |key: &str| -> Result<Option<i64>, String> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(err(e)),
+            })
+    };
+    loaded.state.next_message_id = meta("next_message_id")?.map_or(1, |n| n.max(1) as u64);
+    loaded.state.epoch = meta("epoch")?.map(|e| format!("{e:x}"));
     Ok(loaded)
 }
 
@@ -633,7 +656,13 @@ fn apply(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut queue = tx.prepare_cached(
-            "INSERT OR REPLACE INTO offline_messages (owner, id, sender, to_group, text, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO offline_messages (owner, id, sender, to_group, text, ts, receipt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut release =
+            tx.prepare_cached("DELETE FROM offline_messages WHERE owner = ?1 AND id <= ?2")?;
+        let mut released = tx.prepare_cached(
+            "INSERT INTO released (user, upto) VALUES (?1, ?2)
+             ON CONFLICT(user) DO UPDATE SET upto = max(upto, excluded.upto)",
         )?;
         let mut unqueue =
             tx.prepare_cached("DELETE FROM offline_messages WHERE owner = ?1 AND id = ?2")?;
@@ -675,8 +704,13 @@ fn apply(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                                     message.from.as_str(),
                                     group,
                                     &*message.text,
-                                    message.ts as i64
+                                    message.ts as i64,
+                                    message.receipt
                                 ])?;
+                            }
+                            Change::Released { user, upto } => {
+                                release.execute(params![user.as_str(), *upto as i64])?;
+                                released.execute(params![user.as_str(), *upto as i64])?;
                             }
                             Change::Joined { group, user } => {
                                 join.execute([group.as_str(), user.as_str()])?;
@@ -794,6 +828,7 @@ mod tests {
             target,
             text: format!("text {id}").into(),
             ts: 1_000 + id,
+            receipt: id % 2 == 0,
         }
     }
 
@@ -809,10 +844,13 @@ mod tests {
     fn changes_survive_a_reopen_in_order_and_flushed_ones_do_not() {
         let path = temp("reopen");
         let (store, loaded) = Store::open(&path).unwrap();
+        let epoch = loaded.state.epoch.clone();
+        assert!(epoch.is_some(), "a new file draws its epoch");
         assert_eq!(
             loaded.state,
             DurableState {
                 next_message_id: 1,
+                epoch: epoch.clone(),
                 ..Default::default()
             }
         );
@@ -829,6 +867,19 @@ mod tests {
             Change::Queued {
                 user: n("cy"),
                 message: message(4, "ann", Target::User(n("cy"))),
+            },
+            Change::Queued {
+                user: n("dan"),
+                message: message(1, "ann", Target::User(n("dan"))),
+            },
+            Change::Queued {
+                user: n("dan"),
+                message: message(2, "ann", Target::User(n("dan"))),
+            },
+            // dan resumes: confirming 1 releases it from the disk too.
+            Change::Released {
+                user: n("dan"),
+                upto: 1,
             },
             Change::Joined {
                 group: n("g1"),
@@ -869,18 +920,27 @@ mod tests {
 
         let (store, loaded) = Store::open(&path).unwrap();
         let s = &loaded.state;
-        assert_eq!(s.queues.len(), 1, "cy's flushed message is gone");
+        assert_eq!(s.queues.len(), 2, "cy's flushed message is gone");
         assert_eq!(s.queues[0].0, n("bob"));
         let ids: Vec<u64> = s.queues[0].1.iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![3, 5]);
         assert_eq!(s.queues[0].1[1], message(5, "cy", g));
+        assert_eq!(
+            s.queues[1],
+            (n("dan"), vec![message(2, "ann", Target::User(n("dan")))])
+        );
+        assert_eq!(s.released, vec![(n("dan"), 1)]);
+        assert_eq!(
+            s.epoch, epoch,
+            "the epoch is the file's, kept across restarts"
+        );
         assert_eq!(s.groups, vec![(n("g1"), vec![n("bob"), n("cy")])]);
         assert_eq!(s.blocks, vec![(n("bob"), vec![n("eve")])]);
         assert_eq!(loaded.claims, vec![(n("bob"), hash)]);
         // Ids were reserved ahead: a restart never reuses one.
         assert!(s.next_message_id >= 6 + ID_MARGIN, "{}", s.next_message_id);
         assert!(loaded.summary().contains(
-            "1 group(s), 2 queued message(s) for 1 user(s), 1 block(s), 1 claimed name(s)"
+            "1 group(s), 3 queued message(s) for 2 user(s), 1 block(s), 1 claimed name(s)"
         ));
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());

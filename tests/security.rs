@@ -392,7 +392,7 @@ async fn clients_that_never_read_are_closed_and_their_presence_updated() {
             s["presence"] == json!(["reader", "talker"])
         })
         .await;
-    assert_eq!(state["invariants"].as_array().unwrap().len(), 3);
+    assert_eq!(state["invariants"].as_array().unwrap().len(), 4);
     assert!(state["invariants"]
         .as_array()
         .unwrap()

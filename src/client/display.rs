@@ -67,6 +67,7 @@ pub fn frame_line(
             user,
             online,
             queued,
+            ..
         } => {
             let online = match names(online) {
                 none if none.is_empty() => "nobody else".to_string(),
@@ -94,6 +95,13 @@ pub fn frame_line(
             paint(line, c, |t| t.red().bold())
         }
         ServerFrame::Who { online } => format!("online: {}", names(online)),
+        ServerFrame::Receipt { id, user } => {
+            let by = user
+                .as_ref()
+                .map(|u| format!(" by {u}"))
+                .unwrap_or_default();
+            paint(format!("✓✓ received #{id}{by}"), c, |t| t.green())
+        }
         ServerFrame::Pong => match rtt {
             Some(rtt) => format!("pong: round trip {:.2} ms", rtt.as_secs_f64() * 1000.0),
             None => "pong".into(),

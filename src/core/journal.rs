@@ -9,6 +9,7 @@
 //!
 //! Taking a message off a queue is not journaled here: the server deletes it
 //! from disk only after the frame was written to the socket (see `server`).
+//! A resuming user's messages leave the disk when they are released instead.
 
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
@@ -37,6 +38,12 @@ pub enum Change {
         by: UserId,
         whom: UserId,
     },
+    /// A resuming user confirmed every message up to `upto`: they leave the
+    /// disk, and the position is kept.
+    Released {
+        user: UserId,
+        upto: u64,
+    },
 }
 
 /// Everything durable mode loads on start.
@@ -47,8 +54,12 @@ pub struct DurableState {
     pub groups: Vec<(GroupId, Vec<UserId>)>,
     /// (blocker, the users they block)
     pub blocks: Vec<(UserId, Vec<UserId>)>,
+    /// Resuming users' released positions.
+    pub released: Vec<(UserId, u64)>,
     /// Message ids below this may have been used before the restart.
     pub next_message_id: u64,
+    /// The data file's epoch (see `ChatCore::set_epoch`).
+    pub epoch: Option<String>,
 }
 
 impl DurableState {

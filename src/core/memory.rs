@@ -22,7 +22,13 @@ pub struct MemoryStructures<C> {
     /// the core keeps the two equal (checked by `StructuresSnapshot::invariants`).
     presence: HashSet<UserId>,
     /// `VecDeque` because flushing pops the front: O(1), where `Vec::remove(0)` is O(n).
+    /// For a user who resumes (v1.1) it is a sliding window, like TCP's send
+    /// buffer: every message routed to them is pushed at the back, and popped
+    /// from the front only when a `received` confirms it. Always in id order.
     offline_messages: HashMap<UserId, VecDeque<Message>>,
+    /// The window's left edge per resuming user: the highest id they confirmed
+    /// (TCP's SND.UNA). One integer per user who ever confirmed something.
+    released: HashMap<UserId, u64>,
     /// `HashSet` so joining twice is harmless and the member check is O(1).
     group_members: HashMap<GroupId, HashSet<UserId>>,
     /// Keyed by the blocker: "does bob block alice" is asked for every message to bob.
@@ -43,6 +49,7 @@ impl<C> Default for MemoryStructures<C> {
             active_connections: HashMap::new(),
             presence: HashSet::new(),
             offline_messages: HashMap::new(),
+            released: HashMap::new(),
             group_members: HashMap::new(),
             blocked_users: HashMap::new(),
             ops: OpCounts::default(),
@@ -169,21 +176,32 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         devices
     }
 
-    fn remove_connection(&mut self, user: &UserId, id: ConnId, trace: &mut Trace) -> Option<usize> {
-        let remaining = self.ops.measure(ActiveConnections, Op::Remove, || {
+    fn remove_connection(
+        &mut self,
+        user: &UserId,
+        id: ConnId,
+        trace: &mut Trace,
+    ) -> Option<(usize, C)> {
+        let removed = self.ops.measure(ActiveConnections, Op::Remove, || {
             let Entry::Occupied(mut devices) = self.active_connections.entry(user.clone()) else {
                 return None;
             };
-            let before = devices.get().len();
-            devices.get_mut().retain(|c| c.id() != id);
+            let at = devices.get().iter().position(|c| c.id() == id)?;
+            let conn = devices.get_mut().remove(at);
             let after = devices.get().len();
             if after == 0 {
                 devices.remove();
             }
-            (after < before).then_some(after)
+            Some((after, conn))
         });
-        trace.record(ActiveConnections, Op::Remove, Some(user), None, remaining);
-        remaining
+        trace.record(
+            ActiveConnections,
+            Op::Remove,
+            Some(user),
+            None,
+            removed.as_ref().map(|(after, _)| *after),
+        );
+        removed
     }
 
     fn all_connections(&self, trace: &mut Trace) -> Vec<C> {
@@ -263,6 +281,90 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             self.account(m, false);
         }
         message
+    }
+
+    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message> {
+        let held: Vec<Message> = self.ops.measure(OfflineMessages, Op::Iterate, || {
+            let Some(queue) = self.offline_messages.get(user) else {
+                return Vec::new();
+            };
+            // In id order, so the first one after `after` is found by binary search.
+            let start = queue.partition_point(|m| m.id <= after);
+            queue.range(start..).cloned().collect()
+        });
+        trace.record(
+            OfflineMessages,
+            Op::Iterate,
+            Some(user),
+            None,
+            Some(held.len()),
+        );
+        held
+    }
+
+    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Vec<Message> {
+        let mut released = Vec::new();
+        while self
+            .offline_messages
+            .get(user)
+            .and_then(VecDeque::front)
+            .is_some_and(|m| m.id <= upto)
+        {
+            match self.queue_pop_front(user, trace) {
+                Some(message) => released.push(message),
+                None => break,
+            }
+        }
+        if upto > self.released.get(user).copied().unwrap_or(0) {
+            self.released.insert(user.clone(), upto);
+            self.journal(|| Change::Released {
+                user: user.clone(),
+                upto,
+            });
+        }
+        released
+    }
+
+    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool {
+        if self
+            .released
+            .get(user)
+            .is_some_and(|&edge| message.id <= edge)
+        {
+            return false;
+        }
+        let queue = self.offline_messages.get(user);
+        // Usually the deque is empty (everything went live) or older: the back.
+        let at = queue.map_or(0, |q| q.partition_point(|m| m.id < message.id));
+        let len = queue.map_or(0, VecDeque::len);
+        if queue
+            .and_then(|q| q.get(at))
+            .is_some_and(|m| m.id == message.id)
+        {
+            return false; // still held in the window
+        }
+        if at == len {
+            self.queue_push_back(user, message, trace);
+            return true;
+        }
+        // A device without resume had it in its outbox while a resuming one's
+        // newer messages were held: it goes in id order, O(n) (rare).
+        self.journal(|| Change::Queued {
+            user: user.clone(),
+            message: message.clone(),
+        });
+        self.account(&message, true);
+        let len = self.ops.measure(OfflineMessages, Op::PushBack, || {
+            let queue = self.offline_messages.entry(user.clone()).or_default();
+            queue.insert(at, message);
+            queue.len()
+        });
+        trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
+        true
+    }
+
+    fn released(&self, user: &UserId) -> Option<u64> {
+        self.released.get(user).copied()
     }
 
     fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
@@ -426,6 +528,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         extend_each(&mut self.offline_messages, &state.queues);
         extend_each(&mut self.group_members, &state.groups);
         extend_each(&mut self.blocked_users, &state.blocks);
+        self.released.extend(state.released.iter().cloned());
         for (_, queue) in &state.queues {
             for message in queue {
                 self.account(message, true);
@@ -481,6 +584,11 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
                 .iter()
                 .map(|(user, queue)| (user.clone(), view.copy(queue)))
                 .collect(),
+            released: self
+                .released
+                .iter()
+                .map(|(user, edge)| (user.clone(), *edge))
+                .collect(),
             groups: self
                 .group_members
                 .iter()
@@ -513,6 +621,7 @@ mod tests {
             target: Target::User(n("b")),
             text: Arc::from("x"),
             ts: 0,
+            receipt: false,
         }
     }
 
@@ -526,8 +635,8 @@ mod tests {
         assert_eq!(s.add_connection(&a, 2, t), 2);
         assert_eq!(s.connections(&a, t), &[1, 2]);
         assert_eq!(s.remove_connection(&a, 9, t), None, "unknown id");
-        assert_eq!(s.remove_connection(&a, 1, t), Some(1));
-        assert_eq!(s.remove_connection(&a, 2, t), Some(0));
+        assert_eq!(s.remove_connection(&a, 1, t), Some((1, 1)));
+        assert_eq!(s.remove_connection(&a, 2, t), Some((0, 2)));
         assert!(s.connections(&a, t).is_empty());
         assert_eq!(s.remove_connection(&a, 2, t), None, "unknown user");
 

@@ -24,7 +24,7 @@ pub use journal::{Change, DurableState};
 pub use memory::MemoryStructures;
 pub use ops::{Facts, Op, OpTable, Structure, Trace, FACTS};
 pub use snapshot::{ConnDetail, ConnId, Invariant, QueueView, Snapshot, StructuresSnapshot};
-pub use structures::{ConnHandle, Structures};
+pub use structures::{ConnHandle, Device, Structures};
 
 /// The core's default limits; `serve`'s flags use these same constants.
 pub const MAX_OFFLINE: u64 = 10_000;
@@ -122,6 +122,10 @@ pub struct ChatCore<S: Structures> {
     /// Told by the shell before each rule: requests that would change durable
     /// state are refused while the disk cannot be written.
     disk: Disk,
+    /// This run of the server (with `--data`: this data file), so a resume
+    /// position from another run, whose ids meant other messages, is not
+    /// trusted. Centrifugo calls the same idea a stream's epoch.
+    epoch: String,
 }
 
 /// One frame for one connection: an index into [`Outcome::frames`], so a frame
@@ -167,6 +171,11 @@ pub enum Event {
         devices: usize,
         flushed: usize,
         notified: usize,
+        /// v1.1: the position it resumed from (the flush re-sent what is held
+        /// after it, and released what is up to it); None for v1.
+        resume: Option<u64>,
+        /// Messages the resume position released (confirmed by it).
+        released: usize,
     },
     Disconnected {
         user: UserId,
@@ -226,6 +235,15 @@ pub enum Event {
     Ping {
         user: UserId,
     },
+    /// A resuming client confirmed every message up to `upto`.
+    Received {
+        user: UserId,
+        upto: u64,
+        /// Messages that left the window.
+        released: usize,
+        /// Receipts sent to senders who asked for one (and are online).
+        receipts: usize,
+    },
     Refused {
         user: UserId,
         code: ErrorCode,
@@ -243,7 +261,17 @@ impl<S: Structures> ChatCore<S> {
             config,
             next_message_id: 1,
             disk: Disk::Writable,
+            epoch: String::new(),
         }
+    }
+
+    /// Names this run (the shell draws it at random, or loads it with the data file).
+    pub fn set_epoch(&mut self, epoch: String) {
+        self.epoch = epoch;
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// What the store says about the disk, before the next rule runs.

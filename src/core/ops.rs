@@ -53,7 +53,7 @@ impl Structure {
         match self {
             Structure::ActiveConnections => &[Get, Insert, Remove, Iterate],
             Structure::Presence => &[Insert, Remove, Iterate],
-            Structure::OfflineMessages => &[Len, PushBack, PopFront],
+            Structure::OfflineMessages => &[Len, PushBack, PopFront, Iterate],
             Structure::GroupMembers => &[Contains, Insert, Remove, Iterate, Len],
             Structure::BlockedUsers => &[Contains, Insert, Remove, Len],
         }
@@ -155,6 +155,9 @@ pub fn complexity(structure: Structure, op: Op) -> &'static str {
         (Structure::ActiveConnections, Op::Iterate) => "O(n)",
         (Structure::Presence, Op::Iterate) => "O(n)",
         (Structure::GroupMembers, Op::Iterate) => "O(m)",
+        // A resume copies the k held messages after its position (found by
+        // binary search in the id-ordered deque: O(log n + k)).
+        (Structure::OfflineMessages, Op::Iterate) => "O(k)",
         // VecDeque grows by doubling, so push_back is O(1) amortised.
         (Structure::OfflineMessages, Op::PushBack) => "O(1)*",
         (Structure::ActiveConnections, Op::Insert) => "O(1)*",
@@ -390,7 +393,11 @@ impl fmt::Display for OpRecord {
         } else {
             match (&self.key, &self.arg) {
                 (Some(k), Some(a)) => write!(f, "{s}[{k}].{op}({a})")?,
-                (Some(k), None) if self.op == Op::PushBack || self.op == Op::PopFront => {
+                (Some(k), None)
+                    if matches!(self.op, Op::PushBack | Op::PopFront)
+                        || (self.structure, self.op)
+                            == (Structure::OfflineMessages, Op::Iterate) =>
+                {
                     write!(f, "{s}[{k}].{op}")?
                 }
                 (Some(k), None) => write!(f, "{s}.{op}({k})")?,

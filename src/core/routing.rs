@@ -78,7 +78,15 @@ fn stamp(next_id: &mut u64, from: &UserId, target: Target, text: Arc<str>, ts: u
         target,
         text,
         ts,
+        receipt: false,
     }
+}
+
+/// Whether what is routed to these devices must be held until confirmed:
+/// yes when one of them resumed (v1.1). A scan of the user's one to three
+/// handles, not a structure operation, so v1 users pay nothing for it.
+fn holds<C: ConnHandle>(devices: &[C]) -> bool {
+    devices.iter().any(|d| d.resume().is_some())
 }
 
 /// The refusal of something that must be written to disk while it cannot be.
@@ -188,33 +196,52 @@ impl<S: Structures> ChatCore<S> {
 
     /// A new connection: register the device, greet it, flush its queue FIFO,
     /// and announce the user if this is their first device.
+    ///
+    /// A v1 device takes the queue: each message is popped as it is sent, never
+    /// sent twice. A resuming device (`?resume=N`) first releases what N
+    /// confirms, then gets a copy of every held message after N, which stays
+    /// held until a `received` covers it.
     pub fn connect(&mut self, user: &UserId, conn: S::Conn) -> Outcome<S::Conn> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
-        let s = &mut self.structures;
-        let devices = s.add_connection(user, conn.clone(), &mut trace);
+        let resume = self.resume_position(&conn);
+        let devices = self
+            .structures
+            .add_connection(user, conn.clone(), &mut trace);
         let first = devices == 1;
         if first {
-            s.set_online(user, &mut trace);
+            self.structures.set_online(user, &mut trace);
         }
-        let mut others = s.online_users(&mut trace);
+        let mut others = self.structures.online_users(&mut trace);
         others.retain(|u| u != user);
         others.sort_unstable();
 
-        let queued = s.queued_len(user, &mut trace);
+        let mut released = 0;
+        let flush = match resume {
+            None => {
+                let s = &mut self.structures;
+                let queued = s.queued_len(user, &mut trace);
+                (0..queued)
+                    .map_while(|_| s.queue_pop_front(user, &mut trace))
+                    .collect()
+            }
+            Some(position) => {
+                released = self.release(&mut plan, user, position, &mut trace).0;
+                self.structures.queue_held_after(user, position, &mut trace)
+            }
+        };
         plan.reply(
             &conn,
             ServerFrame::Welcome {
                 user: user.clone(),
                 online: others.clone(),
-                queued,
+                queued: flush.len(),
+                resume,
+                epoch: resume.map(|_| self.epoch.clone()),
             },
         );
-        // Oldest first, and each message is popped as it is sent: never sent twice.
-        for _ in 0..queued {
-            let Some(message) = s.queue_pop_front(user, &mut trace) else {
-                break;
-            };
+        let flushed = flush.len();
+        for message in flush {
             plan.reply(
                 &conn,
                 ServerFrame::Chat {
@@ -232,10 +259,56 @@ impl<S: Structures> ChatCore<S> {
             user: user.clone(),
             conn: conn.id(),
             devices,
-            flushed: queued,
+            flushed,
             notified,
+            resume,
+            released,
         };
         self.finish(plan, event, trace)
+    }
+
+    /// Where a resuming device starts: its N, unless N cannot be this run's.
+    /// An id this server never issued, or a position from another epoch
+    /// (the server restarted without `--data`, so ids started again at 1),
+    /// would skip messages the client never saw: it starts from 0 instead.
+    fn resume_position(&self, conn: &S::Conn) -> Option<u64> {
+        let n = conn.resume()?;
+        let same_run = conn.resume_epoch().is_none_or(|e| e == self.epoch);
+        Some(if same_run && n < self.next_message_id {
+            n
+        } else {
+            0
+        })
+    }
+
+    /// Releases `user`'s held messages up to `upto` and sends a receipt for
+    /// each one whose sender asked (to the sender's devices online now).
+    /// Returns (released, receipts). One `pop_front` per message: O(k).
+    fn release(
+        &mut self,
+        plan: &mut Plan<S::Conn>,
+        user: &UserId,
+        upto: u64,
+        trace: &mut Trace,
+    ) -> (usize, usize) {
+        let s = &mut self.structures;
+        let released = s.queue_release(user, upto, trace);
+        let mut receipts = 0;
+        for message in released.iter().filter(|m| m.receipt) {
+            let member = match &message.target {
+                Target::Group(_) => Some(user.clone()),
+                Target::User(_) => None,
+            };
+            let frame = plan.frame(ServerFrame::Receipt {
+                id: message.id,
+                user: member,
+            });
+            for device in s.connections(&message.from, trace) {
+                plan.send(device, frame);
+                receipts += 1;
+            }
+        }
+        (released.len(), receipts)
     }
 
     /// A connection closed (or was evicted). `undelivered` are chat messages
@@ -251,7 +324,7 @@ impl<S: Structures> ChatCore<S> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
         let s = &mut self.structures;
-        let Some(devices) = s.remove_connection(user, conn, &mut trace) else {
+        let Some((devices, removed)) = s.remove_connection(user, conn, &mut trace) else {
             let event = Event::AlreadyGone {
                 user: user.clone(),
                 conn,
@@ -262,12 +335,14 @@ impl<S: Structures> ChatCore<S> {
         let mut notified = 0;
         if devices == 0 {
             s.set_offline(user, &mut trace);
-            // The deque is empty while a user is online (everything goes live), so
-            // pushing to the back keeps these oldest-first ahead of anything newer.
+            // A v1 user's deque is empty while they are online (everything goes
+            // live), so these go back at its back, oldest first. A resuming
+            // device's unsent messages are still held: nothing to put back.
             // The --max-offline limit is not applied: these were already accepted.
-            for message in undelivered {
-                s.queue_push_back(user, message, &mut trace);
-                requeued += 1;
+            if removed.resume().is_none() {
+                for message in undelivered {
+                    requeued += usize::from(s.queue_put_back(user, message, &mut trace));
+                }
             }
             let others = s.online_users(&mut trace);
             notified = self.broadcast_presence(
@@ -335,14 +410,19 @@ impl<S: Structures> ChatCore<S> {
         }
         let mut plan = Plan::new();
         let event = match request {
-            Request::Message { to, text } => {
-                match self.route_message(&mut plan, sender, to, text, &mut trace) {
+            Request::Message { to, text, receipt } => {
+                match self.route_message(&mut plan, sender, to, (text, receipt), &mut trace) {
                     Ok(event) => event,
                     Err(error) => return self.refuse_traced(user, conn, error, trace),
                 }
             }
-            Request::GroupMessage { group, text } => {
-                match self.route_group_message(&mut plan, sender, group, text, &mut trace) {
+            Request::GroupMessage {
+                group,
+                text,
+                receipt,
+            } => {
+                let body = (text, receipt);
+                match self.route_group_message(&mut plan, sender, group, body, &mut trace) {
                     Ok(event) => event,
                     Err(error) => return self.refuse_traced(user, conn, error, trace),
                 }
@@ -405,6 +485,18 @@ impl<S: Structures> ChatCore<S> {
                 plan.reply(conn, ServerFrame::Pong);
                 Event::Ping { user: user.clone() }
             }
+            // No answer: a confirmation is the client's ack, not a request.
+            // An id this run never issued confirms only what it did issue.
+            Request::Received { id } => {
+                let upto = id.min(self.next_message_id - 1);
+                let (released, receipts) = self.release(&mut plan, user, upto, &mut trace);
+                Event::Received {
+                    user: user.clone(),
+                    upto,
+                    released,
+                    receipts,
+                }
+            }
         };
         self.finish(plan, event, trace)
     }
@@ -417,7 +509,7 @@ impl<S: Structures> ChatCore<S> {
         plan: &mut Plan<S::Conn>,
         sender: Sender<'_, S::Conn>,
         to: UserId,
-        text: Arc<str>,
+        (text, receipt): (Arc<str>, bool),
         trace: &mut Trace,
     ) -> Result<Event, RequestError> {
         let Sender {
@@ -436,42 +528,57 @@ impl<S: Structures> ChatCore<S> {
         // message, so `delivered`, `queued` and `inbox_full` reveal nothing.
         let blocked = s.is_blocked(&to, from, trace);
         let devices: &[S::Conn] = s.connections(&to, trace);
-        let status = if !devices.is_empty() {
+        // Live to a resuming user, the message is also held in their deque
+        // until confirmed, so it is bounded like a queue (TCP's zero window:
+        // the sender waits until the reader catches up).
+        let hold = holds(devices);
+        let status = if !devices.is_empty() && !hold {
             AckStatus::Delivered
         } else if let Disk::Unavailable(why) = &self.disk {
-            return Err(unavailable(
-                why,
-                "queue a message for an offline user",
-                reference,
-            ));
+            let what = if hold {
+                "hold a message for a user whose client confirms receipt"
+            } else {
+                "queue a message for an offline user"
+            };
+            return Err(unavailable(why, what, reference));
         } else {
             let max = self.config.max_offline;
             if s.queued_len(&to, trace) >= max {
-                return Err(RequestError::new(
-                    ErrorCode::InboxFull,
+                let detail = if hold {
+                    format!(
+                        "{to} has {max} messages their client has not confirmed yet \
+                         (--max-offline); try again when it catches up"
+                    )
+                } else {
                     format!(
                         "{to}'s offline inbox is full ({max} messages); \
                          try again after they reconnect"
-                    ),
-                    reference,
-                ));
+                    )
+                };
+                return Err(RequestError::new(ErrorCode::InboxFull, detail, reference));
             }
             if let Err(why) = room_to_queue(s, &self.config, from, text.len()) {
                 return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
             }
-            AckStatus::Queued
+            if hold {
+                AckStatus::Delivered
+            } else {
+                AckStatus::Queued
+            }
         };
-        let message = stamp(
+        let mut message = stamp(
             &mut self.next_message_id,
             from,
             Target::User(to.clone()),
             text,
             now_ms,
         );
+        message.receipt = receipt;
         let id = message.id;
         match status {
             _ if blocked => {}
             AckStatus::Delivered => {
+                let held = hold.then(|| message.clone());
                 let frame = plan.frame(ServerFrame::Chat {
                     message,
                     offline: false,
@@ -479,6 +586,9 @@ impl<S: Structures> ChatCore<S> {
                 // Every device of the recipient; not the sender's other devices.
                 for device in devices {
                     plan.send(device, frame);
+                }
+                if let Some(message) = held {
+                    s.queue_push_back(&to, message, trace);
                 }
             }
             AckStatus::Queued => {
@@ -504,7 +614,7 @@ impl<S: Structures> ChatCore<S> {
         plan: &mut Plan<S::Conn>,
         sender: Sender<'_, S::Conn>,
         group: GroupId,
-        text: Arc<str>,
+        (text, receipt): (Arc<str>, bool),
         trace: &mut Trace,
     ) -> Result<Event, RequestError> {
         let Sender {
@@ -525,13 +635,14 @@ impl<S: Structures> ChatCore<S> {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
         }
         let text_bytes = text.len();
-        let message = stamp(
+        let mut message = stamp(
             &mut self.next_message_id,
             from,
             Target::Group(group.clone()),
             text,
             now_ms,
         );
+        message.receipt = receipt;
         let id = message.id;
         let frame = plan.frame(ServerFrame::Chat {
             message: message.clone(),
@@ -549,12 +660,30 @@ impl<S: Structures> ChatCore<S> {
             let blocks = member != *from && s.is_blocked(&member, from, trace);
             blocked += usize::from(blocks);
             let devices = s.connections(&member, trace);
-            if !devices.is_empty() {
-                for device in devices.iter().filter(|d| d.id() != conn.id()) {
+            let reach = devices.iter().filter(|d| d.id() != conn.id());
+            // A member with a resuming device gets it held too, so a full
+            // window skips them as a full queue skips an offline member.
+            let hold = holds(devices) && reach.clone().next().is_some();
+            if !devices.is_empty() && !hold {
+                for device in reach {
                     would_reach += 1;
                     if !blocks {
                         plan.send(device, frame);
                         connections += 1;
+                    }
+                }
+            } else if hold {
+                if s.queued_len(&member, trace) < max
+                    && room_to_queue(s, &self.config, from, text_bytes).is_ok()
+                {
+                    let reached = reach.clone().count();
+                    would_reach += reached;
+                    if !blocks {
+                        for device in reach {
+                            plan.send(device, frame);
+                        }
+                        connections += reached;
+                        s.queue_push_back(&member, message.clone(), trace);
                     }
                 }
             } else if s.queued_len(&member, trace) < max

@@ -38,8 +38,11 @@ pub struct StructuresSnapshot {
     pub connection_details: Vec<ConnDetail>,
     /// Sorted online users.
     pub presence: Vec<UserId>,
-    /// user -> queued messages, oldest first.
+    /// user -> queued (or, for a resuming user, held) messages, oldest first.
     pub offline_messages: BTreeMap<UserId, QueueSnapshot>,
+    /// Resuming user -> the highest message id they confirmed (`received`).
+    #[serde(default)]
+    pub released: BTreeMap<UserId, u64>,
     /// group -> sorted members.
     pub groups: BTreeMap<GroupId, Vec<UserId>>,
     /// user -> sorted users they block.
@@ -154,6 +157,19 @@ impl StructuresSnapshot {
             .copied()
             .collect();
 
+        // Releasing pops from the front while id <= M and resuming re-sends by
+        // binary search: both rely on each deque being in id order, above its edge.
+        let disorder: Vec<String> = self
+            .offline_messages
+            .iter()
+            .filter(|(user, q)| {
+                let edge = self.released.get(*user).copied().unwrap_or(0);
+                let ids: Vec<u64> = q.messages.iter().map(|m| m.id).collect();
+                ids.windows(2).any(|w| w[0] >= w[1]) || ids.first().is_some_and(|&id| id <= edge)
+            })
+            .map(|(user, _)| format!("offline_messages[{user}]"))
+            .collect();
+
         let check = |name, problem: Option<String>| Invariant {
             name: Cow::Borrowed(name),
             holds: problem.is_none(),
@@ -168,6 +184,10 @@ impl StructuresSnapshot {
             check(
                 "connection ids are unique",
                 (!duplicates.is_empty()).then(|| format!("repeated ids: {duplicates:?}")),
+            ),
+            check(
+                "each deque is in id order, above its released position",
+                (!disorder.is_empty()).then(|| format!("out of order: {}", disorder.join(", "))),
             ),
         ]
     }
@@ -289,6 +309,7 @@ mod tests {
                 target: Target::User(n("bob")),
                 text: Arc::from("x"),
                 ts: 0,
+                receipt: false,
             })
             .collect();
         let ends = QueueView::Ends(2).copy(&queue);
@@ -314,6 +335,7 @@ mod tests {
             target,
             text: Arc::from("hi \"x\""),
             ts: 5,
+            receipt: false,
         };
         s.offline_messages.insert(
             n("bob"),

@@ -23,6 +23,34 @@ pub trait ConnHandle: Clone {
             ..ConnDetail::default()
         }
     }
+
+    /// v1.1: the position this device resumed from (`?resume=N`); None for a
+    /// v1 device. While a user has a resuming device, what is routed to them is held.
+    fn resume(&self) -> Option<u64> {
+        None
+    }
+
+    /// The epoch the client's position belongs to (`&epoch=E`), when it said.
+    fn resume_epoch(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A device for tests and tools: an id, and whether it resumed (and from where).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    pub id: ConnId,
+    pub resume: Option<u64>,
+}
+
+impl ConnHandle for Device {
+    fn id(&self) -> ConnId {
+        self.id
+    }
+
+    fn resume(&self) -> Option<u64> {
+        self.resume
+    }
 }
 
 impl ConnHandle for ConnId {
@@ -39,8 +67,14 @@ pub trait Structures {
     fn connections(&self, user: &UserId, trace: &mut Trace) -> &[Self::Conn];
     /// Adds a device; returns how many the user now has. O(1) amortised.
     fn add_connection(&mut self, user: &UserId, conn: Self::Conn, trace: &mut Trace) -> usize;
-    /// Removes a device; returns how many remain, or `None` if it was not there. O(d).
-    fn remove_connection(&mut self, user: &UserId, id: ConnId, trace: &mut Trace) -> Option<usize>;
+    /// Removes a device; returns how many remain and its handle, or `None`
+    /// if it was not there. O(d).
+    fn remove_connection(
+        &mut self,
+        user: &UserId,
+        id: ConnId,
+        trace: &mut Trace,
+    ) -> Option<(usize, Self::Conn)>;
     /// Every open connection, for shutdown. O(n).
     fn all_connections(&self, trace: &mut Trace) -> Vec<Self::Conn>;
 
@@ -59,6 +93,17 @@ pub trait Structures {
     fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize;
     /// Takes the oldest message. O(1). An emptied deque is removed from the map.
     fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message>;
+    /// Copies of the held messages with id > `after`, oldest first, left in
+    /// place: a resume re-sends without releasing. O(log n + k) for k copied.
+    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message>;
+    /// Pops every message with id <= `upto` from the front (one `pop_front`
+    /// each, O(1)) and moves the released position up to `upto`.
+    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Vec<Message>;
+    /// Puts back a message a closing device never got, in id order; false
+    /// when it is still held or was already released. O(1) at the back.
+    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool;
+    /// The highest id the user confirmed (None: never). Bookkeeping, not counted.
+    fn released(&self, user: &UserId) -> Option<u64>;
 
     // group_members: HashMap<GroupId, HashSet<UserId>>
     /// Returns the group's size afterwards; creates the group if new.

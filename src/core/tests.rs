@@ -889,3 +889,432 @@ fn one_user_may_join_only_so_many_groups() {
     let o = send(&mut c, "alice", 1, json!({"type":"group_join","group":"c"}));
     assert_eq!(frames(&o, 1)[0]["status"], "ok");
 }
+
+// ---- v1.1 resume: the deque as a sliding window ----
+
+type WindowCore = ChatCore<MemoryStructures<Device>>;
+
+fn window_core(max_offline: usize) -> WindowCore {
+    let mut core = ChatCore::new(
+        MemoryStructures::journaled(),
+        CoreConfig {
+            max_offline,
+            trace: true,
+            ..CoreConfig::default()
+        },
+    );
+    core.set_epoch("e1".into());
+    core
+}
+
+fn v1(id: ConnId) -> Device {
+    Device { id, resume: None }
+}
+
+fn resuming(id: ConnId, from: u64) -> Device {
+    Device {
+        id,
+        resume: Some(from),
+    }
+}
+
+fn say(core: &mut WindowCore, user: &str, conn: Device, request: Value) -> Outcome<Device> {
+    let envelope = parse_request(&request.to_string()).expect("test requests are valid");
+    core.handle(&n(user), &conn, envelope, 1_000)
+}
+
+fn json_for(outcome: &Outcome<Device>, conn: ConnId) -> Vec<Value> {
+    outcome
+        .frames_for(conn)
+        .into_iter()
+        .map(|f| serde_json::from_str(&f.to_json()).unwrap())
+        .collect()
+}
+
+fn held_ids(core: &WindowCore, user: &str) -> Vec<u64> {
+    core.snapshot()
+        .structures
+        .offline_messages
+        .get(&n(user))
+        .map(|q| q.messages.iter().map(|m| m.id).collect())
+        .unwrap_or_default()
+}
+
+fn chat_ids(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message" || f["type"] == "group_message")
+        .map(|f| f["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn live_messages_to_a_resuming_user_are_held_until_received() {
+    let mut c = window_core(100);
+    let alice = v1(1);
+    c.connect(&n("alice"), alice);
+    let o = c.connect(&n("bob"), resuming(2, 0));
+    assert_eq!(
+        json_for(&o, 2)[0],
+        json!({"type":"welcome","user":"bob","online":["alice"],"queued":0,"resume":0,"epoch":"e1"})
+    );
+    for i in 0..5 {
+        let o = say(
+            &mut c,
+            "alice",
+            alice,
+            json!({"type":"message","to":"bob","text":format!("m{i}")}),
+        );
+        assert_eq!(json_for(&o, 1)[0]["status"], "delivered");
+        assert_eq!(json_for(&o, 2)[0]["offline"], Value::Null, "it went live");
+    }
+    assert_eq!(held_ids(&c, "bob"), [1, 2, 3, 4, 5]);
+    // The device dies without confirming: nothing is put back twice.
+    let o = c.disconnect(&n("bob"), 2, vec![]);
+    assert!(matches!(o.event, Event::Disconnected { requeued: 0, .. }));
+    let o = c.connect(&n("bob"), resuming(3, 0));
+    let got = json_for(&o, 3);
+    assert_eq!(got[0]["queued"], 5);
+    assert_eq!(
+        chat_ids(&got),
+        [1, 2, 3, 4, 5],
+        "the same ids again, in order"
+    );
+    assert!(got[1..].iter().all(|f| f["offline"] == true));
+    // received gets no answer and releases cumulatively.
+    let o = say(
+        &mut c,
+        "bob",
+        resuming(3, 0),
+        json!({"type":"received","id":3}),
+    );
+    assert!(o.deliveries.is_empty());
+    assert_eq!(held_ids(&c, "bob"), [4, 5]);
+    assert_eq!(c.snapshot().structures.released.get(&n("bob")), Some(&3));
+    say(
+        &mut c,
+        "bob",
+        resuming(3, 0),
+        json!({"type":"received","id":5}),
+    );
+    assert!(held_ids(&c, "bob").is_empty());
+    let o = c.connect(&n("bob"), resuming(4, 0));
+    assert_eq!(json_for(&o, 4)[0]["queued"], 0);
+    assert_invariants_of(&c);
+}
+
+fn assert_invariants_of(core: &WindowCore) {
+    for inv in core.snapshot().invariants {
+        assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
+    }
+}
+
+#[test]
+fn a_resume_position_releases_what_it_confirms_and_resends_the_rest() {
+    let mut c = window_core(1_000);
+    let alice = v1(1);
+    c.connect(&n("alice"), alice);
+    for i in 0..100 {
+        say(
+            &mut c,
+            "alice",
+            alice,
+            json!({"type":"message","to":"bob","text":format!("q{i}")}),
+        );
+    }
+    // Crash mid-flush: the first connection read 10 and confirmed the 10th.
+    let o = c.connect(&n("bob"), resuming(2, 0));
+    assert_eq!(chat_ids(&json_for(&o, 2)).len(), 100);
+    say(
+        &mut c,
+        "bob",
+        resuming(2, 0),
+        json!({"type":"received","id":10}),
+    );
+    c.disconnect(&n("bob"), 2, vec![]);
+    let o = c.connect(&n("bob"), resuming(3, 10));
+    let got = json_for(&o, 3);
+    assert_eq!(got[0]["queued"], 90);
+    assert_eq!(chat_ids(&got), (11..=100).collect::<Vec<u64>>());
+    // A position alone confirms too: a client that crashed before its
+    // `received` went out says where it is when it comes back.
+    c.disconnect(&n("bob"), 3, vec![]);
+    let o = c.connect(&n("bob"), resuming(4, 50));
+    assert!(matches!(
+        o.event,
+        Event::Connected {
+            released: 40,
+            flushed: 50,
+            resume: Some(50),
+            ..
+        }
+    ));
+    assert_eq!(held_ids(&c, "bob").first(), Some(&51));
+    // The v1 rule is unchanged: a device without resume takes the queue.
+    c.disconnect(&n("bob"), 4, vec![]);
+    let o = c.connect(&n("bob"), v1(5));
+    assert_eq!(chat_ids(&json_for(&o, 5)), (51..=100).collect::<Vec<u64>>());
+    assert!(held_ids(&c, "bob").is_empty());
+    assert_invariants_of(&c);
+}
+
+#[test]
+fn a_position_from_another_run_or_never_issued_starts_from_zero() {
+    let mut c = window_core(100);
+    let alice = v1(1);
+    c.connect(&n("alice"), alice);
+    for _ in 0..3 {
+        say(
+            &mut c,
+            "alice",
+            alice,
+            json!({"type":"message","to":"bob","text":"x"}),
+        );
+    }
+    // Id 500 was never issued here (the server restarted in memory).
+    let o = c.connect(&n("bob"), resuming(2, 500));
+    let got = json_for(&o, 2);
+    assert_eq!(
+        (got[0]["resume"].clone(), chat_ids(&got)),
+        (json!(0), vec![1, 2, 3])
+    );
+    c.disconnect(&n("bob"), 2, vec![]);
+    let o = c.connect(&n("bob"), resuming(3, 2));
+    assert_eq!(
+        chat_ids(&json_for(&o, 3)),
+        [3],
+        "a position this run issued is trusted"
+    );
+}
+
+#[test]
+fn receipts_go_to_the_sender_when_the_recipient_confirms_and_never_from_a_block() {
+    let mut c = window_core(100);
+    let alice = v1(1);
+    c.connect(&n("alice"), alice);
+    c.connect(&n("bob"), resuming(2, 0));
+    c.connect(&n("eve"), resuming(3, 0));
+    say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"message","to":"bob","text":"tick?","receipt":true}),
+    );
+    say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"message","to":"bob","text":"no tick"}),
+    );
+    let o = say(
+        &mut c,
+        "bob",
+        resuming(2, 0),
+        json!({"type":"received","id":2}),
+    );
+    assert_eq!(
+        json_for(&o, 1),
+        [json!({"type":"receipt","id":1,"status":"received"})],
+        "one receipt, for the message that asked"
+    );
+    // eve blocks alice: alice is told `delivered` as always, but nothing is
+    // held for eve, so eve's client can never confirm it: no receipt, ever.
+    say(
+        &mut c,
+        "eve",
+        resuming(3, 0),
+        json!({"type":"block","user":"alice"}),
+    );
+    let o = say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"message","to":"eve","text":"hi","receipt":true}),
+    );
+    assert_eq!(json_for(&o, 1)[0]["status"], "delivered");
+    assert!(o.frames_for(3).is_empty() && held_ids(&c, "eve").is_empty());
+    let o = say(
+        &mut c,
+        "eve",
+        resuming(3, 0),
+        json!({"type":"received","id":3}),
+    );
+    assert!(o.deliveries.is_empty());
+    // Groups: one receipt per member who confirms, naming them.
+    say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"group_join","group":"g"}),
+    );
+    say(
+        &mut c,
+        "bob",
+        resuming(2, 0),
+        json!({"type":"group_join","group":"g"}),
+    );
+    let o = say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"group_message","group":"g","text":"all","receipt":true}),
+    );
+    let id = json_for(&o, 2)[0]["id"].as_u64().unwrap();
+    let o = say(
+        &mut c,
+        "bob",
+        resuming(2, 0),
+        json!({"type":"received","id":id}),
+    );
+    assert_eq!(
+        json_for(&o, 1),
+        [json!({"type":"receipt","id":id,"status":"received","user":"bob"})]
+    );
+    assert_invariants_of(&c);
+}
+
+#[test]
+fn a_full_window_refuses_like_a_full_queue() {
+    let mut c = window_core(2);
+    let alice = v1(1);
+    c.connect(&n("alice"), alice);
+    c.connect(&n("bob"), resuming(2, 0));
+    for _ in 0..2 {
+        say(
+            &mut c,
+            "alice",
+            alice,
+            json!({"type":"message","to":"bob","text":"x"}),
+        );
+    }
+    let o = say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"message","to":"bob","text":"x"}),
+    );
+    let refusal = &json_for(&o, 1)[0];
+    assert_eq!(refusal["code"], "inbox_full");
+    assert!(refusal["detail"]
+        .as_str()
+        .unwrap()
+        .contains("not confirmed"));
+    assert!(o.frames_for(2).is_empty(), "not sent either");
+    say(
+        &mut c,
+        "bob",
+        resuming(2, 0),
+        json!({"type":"received","id":2}),
+    );
+    let o = say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"message","to":"bob","text":"x"}),
+    );
+    assert_eq!(json_for(&o, 1)[0]["status"], "delivered");
+}
+
+#[test]
+fn a_v1_device_closing_last_puts_back_only_what_is_neither_held_nor_released() {
+    let mut c = window_core(100);
+    let alice = v1(1);
+    c.connect(&n("alice"), alice);
+    c.connect(&n("bob"), v1(2));
+    // Message 1 reaches the v1 device only: not held.
+    let o = say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"message","to":"bob","text":"one"}),
+    );
+    let one = o.frames[o.deliveries[0].frame]
+        .chat_message()
+        .unwrap()
+        .clone();
+    c.connect(&n("bob"), resuming(3, 0));
+    // Messages 2 and 3 reach both devices and are held.
+    let mut unsent = vec![one];
+    for text in ["two", "three"] {
+        let o = say(
+            &mut c,
+            "alice",
+            alice,
+            json!({"type":"message","to":"bob","text":text}),
+        );
+        unsent.push(
+            o.frames[o.deliveries[0].frame]
+                .chat_message()
+                .unwrap()
+                .clone(),
+        );
+    }
+    c.disconnect(&n("bob"), 3, vec![]);
+    // The v1 device closes last with all three unsent: 1 goes back in front
+    // of the held 2 and 3, which are not put back twice.
+    let o = c.disconnect(&n("bob"), 2, unsent.clone());
+    assert!(matches!(o.event, Event::Disconnected { requeued: 1, .. }));
+    assert_eq!(held_ids(&c, "bob"), [1, 2, 3]);
+    assert_invariants_of(&c);
+    // `received` is cumulative for the user: once 2 is confirmed, neither it
+    // nor anything older comes back, whichever device had it.
+    c.connect(&n("bob"), v1(4));
+    c.connect(&n("bob"), resuming(5, 0));
+    say(
+        &mut c,
+        "bob",
+        resuming(5, 0),
+        json!({"type":"received","id":2}),
+    );
+    c.disconnect(&n("bob"), 5, vec![]);
+    let o = c.disconnect(&n("bob"), 4, unsent);
+    assert!(matches!(o.event, Event::Disconnected { requeued: 1, .. }));
+    assert_eq!(held_ids(&c, "bob"), [3]);
+    assert_invariants_of(&c);
+}
+
+#[test]
+fn releasing_is_journaled_so_the_disk_forgets_what_was_confirmed() {
+    let mut c = window_core(100);
+    let alice = v1(1);
+    c.connect(&n("alice"), alice);
+    c.connect(&n("bob"), resuming(2, 0));
+    let o = say(
+        &mut c,
+        "alice",
+        alice,
+        json!({"type":"message","to":"bob","text":"x"}),
+    );
+    assert!(
+        matches!(&o.changes[..], [Change::Queued { .. }]),
+        "held on disk too"
+    );
+    let o = say(
+        &mut c,
+        "bob",
+        resuming(2, 0),
+        json!({"type":"received","id":1}),
+    );
+    assert_eq!(
+        o.changes,
+        [Change::Released {
+            user: n("bob"),
+            upto: 1
+        }]
+    );
+    // An id from the future confirms only what exists.
+    let o = say(
+        &mut c,
+        "bob",
+        resuming(2, 0),
+        json!({"type":"received","id":99}),
+    );
+    assert!(matches!(
+        o.event,
+        Event::Received {
+            upto: 1,
+            released: 0,
+            ..
+        }
+    ));
+}

@@ -927,7 +927,7 @@ mod tests {
         }
         assert!(text.contains("push_back 18 O(1)*"), "{text}");
         assert!(text.contains("... and 7 more users"), "{text}");
-        assert!(text.contains("✔ all 3 invariants hold"), "{text}");
+        assert!(text.contains("✔ all 4 invariants hold"), "{text}");
         let widest = text.lines().map(crate::terminal::width).max().unwrap();
         assert!(widest <= 120, "a line is {widest} columns wide:\n{text}");
     }

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::admission::Admitted;
 use super::deliver::deliver;
-use super::hub::{Conn, Core, Hub};
+use super::hub::{Conn, Core, Hub, Resume};
 use super::limits::TokenBucket;
 use super::outbox::{unsent_messages, Next};
 use crate::names::UserId;
@@ -56,9 +56,9 @@ pub(crate) async fn serve(
     socket: WebSocket,
     user: UserId,
     remote: SocketAddr,
-    admitted: Admitted,
+    (admitted, resume): (Admitted, Option<Resume>),
 ) {
-    let conn = hub.new_connection(user.clone(), remote, admitted.authenticated);
+    let conn = hub.new_connection(user.clone(), remote, admitted.authenticated, resume);
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, conn.clone(), hub.store.clone()));
     {
@@ -287,8 +287,9 @@ async fn write_loop(
                     }
                     sink.flush().await?;
                     conn.outbox.wrote();
-                    // Written to the socket: flushed queue messages may now leave the disk.
-                    if let Some(store) = store.as_deref() {
+                    // Written to the socket: flushed queue messages may now leave
+                    // the disk. A resuming device's leave when it confirms them.
+                    if let Some(store) = store.as_deref().filter(|_| conn.resume.is_none()) {
                         for frame in frames.iter().filter(|f| f.flushed) {
                             if let Some(message) = &frame.message {
                                 store.flushed(&conn.user, message.id);

@@ -14,7 +14,7 @@ use axum::Router;
 
 use super::config::Config;
 use super::handshake::Peer;
-use super::hub::Hub;
+use super::hub::{Hub, Resume};
 use super::limits::{Full, SlotLimits};
 use super::{board, connection, pages};
 use crate::names::Name;
@@ -47,10 +47,35 @@ fn bad_name(raw: &str, why: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-/// The query of `/ws/NAME?token=SECRET`; other parameters are ignored.
+/// The query of `/ws/NAME?token=SECRET&resume=N&epoch=E`; other parameters
+/// are ignored.
 #[derive(serde::Deserialize)]
 struct ConnectQuery {
     token: Option<String>,
+    resume: Option<String>,
+    epoch: Option<String>,
+}
+
+/// `?resume=N` (and the `epoch` its N belongs to), checked before the upgrade.
+fn resume_of(q: &ConnectQuery) -> Result<Option<Resume>, String> {
+    let Some(raw) = &q.resume else {
+        return Ok(None);
+    };
+    let from = raw.parse::<u64>().map_err(|_| {
+        format!(
+            "resume={raw:?} is not a message id: give the highest id this client has received, \
+             a whole number from 0 up (0 the first time)"
+        )
+    })?;
+    let epoch = match &q.epoch {
+        Some(e) if e.len() > 32 || !e.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            return Err(format!(
+                "epoch={e:?} is not one this server gives: send back the welcome's \"epoch\" as it came"
+            ))
+        }
+        e => e.clone(),
+    };
+    Ok(Some(Resume { from, epoch }))
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -98,8 +123,11 @@ async fn ws_upgrade(
         Err(refused) => return refused.into_response(),
     };
     // The claim is checked last: it is the one check that costs real CPU.
-    let token = match &query {
-        Ok(Query(q)) => q.token.as_deref(),
+    let (token, resume) = match &query {
+        Ok(Query(q)) => match resume_of(q) {
+            Ok(resume) => (q.token.as_deref(), resume),
+            Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+        },
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
     };
     let admitted = match hub
@@ -148,7 +176,7 @@ async fn ws_upgrade(
                 // Held for the connection's lifetime; dropped (freed) with the
                 // closure if the upgrade never completes.
                 let _slot = slot;
-                connection::serve(hub, socket, user, remote, admitted).await
+                connection::serve(hub, socket, user, remote, (admitted, resume)).await
             })
         })
 }

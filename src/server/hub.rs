@@ -32,6 +32,15 @@ pub struct Connection {
     pub outbox: Outbox,
     /// It presented the token of a claimed name (false: the name was open).
     pub authenticated: bool,
+    /// v1.1: it connected with `?resume=N`, so what is routed to it is held.
+    pub resume: Option<Resume>,
+}
+
+/// `?resume=N&epoch=E`: the highest id the client has, and the run it is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub from: u64,
+    pub epoch: Option<String>,
 }
 
 /// The handle the core stores: cloning it is one atomic increment.
@@ -50,9 +59,29 @@ impl ConnHandle for Conn {
             unsent: Some(self.outbox.len()),
         }
     }
+
+    fn resume(&self) -> Option<u64> {
+        self.resume.as_ref().map(|r| r.from)
+    }
+
+    fn resume_epoch(&self) -> Option<&str> {
+        self.resume.as_ref()?.epoch.as_deref()
+    }
 }
 
 pub(crate) type Core = ChatCore<MemoryStructures<Conn>>;
+
+/// 64 random bits, in hex, from the standard library's per-process hash keys.
+fn random_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:x}", h.finish())
+}
 
 /// Nanoseconds since the first call: the monotonic clock the core's op
 /// counters are given to time their samples (the core reads no clock itself).
@@ -96,6 +125,10 @@ impl Hub {
         if let Some(d) = &durable {
             core.restore(&d.loaded.state);
         }
+        // A data file keeps its epoch (its ids continue); in memory, every run
+        // is a new one, since its ids start again at 1.
+        let epoch = durable.as_ref().and_then(|d| d.loaded.state.epoch.clone());
+        core.set_epoch(epoch.unwrap_or_else(random_epoch));
         let store = durable.as_ref().map(|d| d.store.clone());
         let site = Site::new(bound, config.public_url.as_deref(), &config.allow_origins);
         let gate = Gate::new(
@@ -141,7 +174,13 @@ impl Hub {
         deliver(&mut core, outcome, self);
     }
 
-    pub fn new_connection(&self, user: UserId, remote: SocketAddr, authenticated: bool) -> Conn {
+    pub fn new_connection(
+        &self,
+        user: UserId,
+        remote: SocketAddr,
+        authenticated: bool,
+        resume: Option<Resume>,
+    ) -> Conn {
         Arc::new(Connection {
             id: self.next_conn_id.fetch_add(1, Ordering::SeqCst),
             user,
@@ -153,6 +192,7 @@ impl Hub {
                 self.outbox_bytes.clone(),
             ),
             authenticated,
+            resume,
         })
     }
 
