@@ -139,11 +139,18 @@ pub struct LoadArgs {
     /// another load generator, pin each to its own core (`taskset -c 1`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
+    /// Clients resume (protocol v1.1): they connect with ?resume=0 and confirm
+    /// with `received` every 64 messages or 100 ms, as the client and the page
+    /// do, so the server holds every message until it is confirmed. Compare
+    /// with the same run without it: the cost of holding and releasing.
+    #[arg(long, conflicts_with_all = ["conns", "offline"])]
+    pub resume: bool,
     /// Print the report as JSON: mode, clients, threads, seconds, offered, sent,
     /// expected, delivered, lost, duplicates, out_of_order, achieved_rate,
     /// send_rate, latency_us and service_latency_us (p50, p90, p99, p999, max),
     /// server_cpu_seconds, server_rss_kib_before/after; in memory mode
-    /// idle_connections, kib_per_connection, presence_frames, server_peak_rss_kib.
+    /// idle_connections, kib_per_connection, presence_frames, server_peak_rss_kib;
+    /// with --resume, resume and confirmations (the `received` frames sent).
     #[arg(long)]
     pub json: bool,
 }
@@ -172,6 +179,12 @@ pub struct ClientArgs {
     /// client uses (and on first use creates) the one saved in your config directory.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Do not resume (protocol v1): messages count as received once written
+    /// to the connection, and one lost in a crash is not sent again. By
+    /// default the client resumes from the last message it showed, and the
+    /// server holds each message until the client confirms it.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -319,6 +332,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     || std::thread::available_parallelism().map_or(2, |n| n.get()),
                     |n| n as usize,
                 ),
+                resume: a.resume,
             };
             // The generator holds one socket per client too.
             let _ = crate::server::limits::raise_fd_limit();
@@ -366,6 +380,7 @@ fn client(args: ClientArgs) -> anyhow::Result<()> {
         linger,
         token: Some(resolved.token),
         fresh_token: resolved.fresh,
+        resume: !args.no_resume,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -855,6 +855,9 @@ pub struct FramePeek<'a> {
     /// `"status":"online"` is not an ack status, and must not fail the peek).
     #[serde(default, deserialize_with = "ack_status")]
     pub status: Option<AckStatus>,
+    /// A chat message's (or an ack's) id.
+    #[serde(default)]
+    pub id: Option<u64>,
 }
 
 fn ack_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AckStatus>, D::Error> {

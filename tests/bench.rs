@@ -137,6 +137,7 @@ async fn a_short_load_test_against_a_real_server_loses_nothing() {
         &["--rate", "400"][..],
         &["--window", "4"][..],
         &["--group-size", "3", "--rate", "300"][..],
+        &["--window", "4", "--resume"][..],
     ] {
         let mut args = vec![
             "bench",
@@ -188,6 +189,18 @@ async fn a_short_load_test_against_a_real_server_loses_nothing() {
             assert!(rate > send_rate * 1.5, "{r}");
         } else {
             assert_eq!(send_rate, rate, "{r}");
+        }
+        if mode.contains(&"--resume") {
+            // Held until confirmed, and confirmed in batches, as the client does.
+            assert_eq!(r["resume"], true, "{r}");
+            let confirmations = r["confirmations"].as_u64().unwrap();
+            assert!(confirmations > 0 && confirmations < sent, "{r}");
+            let state = server.inspect().await;
+            assert!(
+                state["released"]["load00000"].as_u64().unwrap() > 0,
+                "the server released what was confirmed: {}",
+                state["released"]
+            );
         }
     }
     // The table's labels say what is counted.

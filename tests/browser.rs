@@ -157,8 +157,64 @@ async fn a_message_queued_while_offline_appears_marked_when_they_join() {
         .eval("document.querySelectorAll('[role=log] .entry.offline').length")
         .await;
     assert_eq!(marked, json!(1));
-    let state = server.inspect().await;
-    assert_eq!(state["offline_messages"], json!({}), "flushed: {state}");
+    // The page resumes: it confirms what it showed, and only then is it released.
+    server
+        .wait_for_state("carol's page to confirm", |s| {
+            s["offline_messages"] == json!({}) && s["released"]["carol"] == 1
+        })
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_resumes_after_a_reload_and_shows_the_second_tick() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let page = browser.page(PHONE.0, PHONE.1, true).await;
+    join(&page, &server, "pia").await;
+    let mut tom = server.connect("tom").await;
+    for text in ["first", "second", "third"] {
+        tom.send(json!({"type": "message", "to": "pia", "text": text}))
+            .await;
+        assert_eq!(tom.recv_skipping_presence().await["status"], "delivered");
+    }
+    wait_log(&page, "third").await;
+    // Shown, then confirmed in one batch: the server holds nothing for her.
+    server
+        .wait_for_state("pia's page to confirm", |s| {
+            s["released"]["pia"] == 3 && s["offline_messages"].get("pia").is_none()
+        })
+        .await;
+    let saved = page
+        .eval("JSON.parse(localStorage.getItem('vivachat:resume:pia')).received")
+        .await;
+    assert_eq!(saved, json!(3));
+
+    // A reload resumes after 3: nothing is shown twice, what is new arrives.
+    join(&page, &server, "pia").await;
+    tom.send(json!({"type": "message", "to": "pia", "text": "fourth"}))
+        .await;
+    let log = wait_log(&page, "fourth").await;
+    assert!(
+        !log.contains("third"),
+        "nothing re-sent after the reload: {log}"
+    );
+
+    // The second tick: bob's client confirms, and the page says so.
+    let (mut bob, _) = {
+        let mut bob = server.connect_raw("/ws/bob?resume=0").await.unwrap();
+        let welcome = bob.recv().await;
+        (bob, welcome)
+    };
+    say(&page, "bob", "did you get this?", false).await;
+    let got = bob.recv_skipping_presence().await;
+    assert_eq!(got["text"], "did you get this?");
+    wait_log(&page, "delivered").await;
+    bob.send(json!({"type": "received", "id": got["id"]})).await;
+    wait_log(&page, "✓✓ received").await;
+    assert_no_problems(&page, "pia's page");
     server.stop().await;
 }
 

@@ -413,3 +413,57 @@ async fn the_client_claims_its_name_and_another_device_needs_the_token() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// Resume is the default: a client killed with -9 comes back from the last
+/// message it showed, so it shows each message once; the server holds what
+/// it has not confirmed, and `--no-resume` is plain v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_resumes_and_never_shows_a_message_twice() {
+    let server = TestServer::start().await;
+    let mut dana = client(&server, "dana", &[]);
+    assert!(
+        dana.seen[0].contains("0 queued message(s) coming"),
+        "{:?}",
+        dana.seen
+    );
+    for text in ["one", "two", "three"] {
+        let (code, out, err) = send_once(&server, "alice", "dana", text);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("✓ delivered"), "{out}");
+        dana.expect(&format!("alice -> dana: {text}"));
+    }
+    // Confirmed in one batch, within 100 ms: nothing is held any more.
+    let state = server
+        .wait_for_state("dana's confirmation", |s| s["released"]["dana"] == 3)
+        .await;
+    assert!(state["offline_messages"].get("dana").is_none(), "{state}");
+    dana.kill_9();
+
+    for text in ["four", "five"] {
+        send_once(&server, "alice", "dana", text);
+    }
+    let mut dana = client(&server, "dana", &[]);
+    assert!(
+        dana.seen[0].contains("2 message(s) after #3 coming"),
+        "{:?}",
+        dana.seen
+    );
+    dana.expect("alice -> dana: four");
+    dana.expect("alice -> dana: five");
+    expect_quiet(&mut dana);
+    let (code, _) = dana.finish();
+    assert_eq!(code, 0);
+    // It confirmed what it showed before leaving.
+    server
+        .wait_for_state("dana's last confirmation", |s| s["released"]["dana"] == 5)
+        .await;
+
+    // --no-resume: v1, nothing held for the user.
+    let mut erin = client(&server, "erin", &["--no-resume"]);
+    send_once(&server, "alice", "erin", "v1");
+    erin.expect("alice -> erin: v1");
+    let state = server.inspect().await;
+    assert!(state["offline_messages"].get("erin").is_none(), "{state}");
+    assert!(state["released"].get("erin").is_none(), "{state}");
+    server.stop().await;
+}

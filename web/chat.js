@@ -45,7 +45,21 @@ const state = {
   pending: new Map(), // ref -> { entry, kind, target }
   nextRef: 1,
   pings: [], // send times of pings not yet answered, oldest first
+  // Resume (protocol v1.1): the highest message id shown, the highest one
+  // confirmed with `received`, and the server run they belong to. The server
+  // holds each message until it is confirmed, so a phone that drops its
+  // connection mid-flush gets the rest, and an id is never shown twice.
+  shown: 0,
+  confirmed: 0,
+  epoch: null,
+  unconfirmed: 0,
+  confirmTimer: null,
+  sentById: new Map(), // id of a message this page sent -> its entry, for the second tick
 };
+
+// At most one `received` per 100 ms or per 64 messages shown.
+const CONFIRM_MS = 100;
+const CONFIRM_BATCH = 64;
 
 // ---------------------------------------------------------------- the log
 
@@ -120,7 +134,48 @@ function setState(text, live) {
 
 function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  return `${scheme}://${location.host}/ws/${encodeURIComponent(state.name)}?token=${encodeURIComponent(state.token)}`;
+  const resume = `&resume=${state.shown}${state.epoch ? `&epoch=${encodeURIComponent(state.epoch)}` : ""}`;
+  return `${scheme}://${location.host}/ws/${encodeURIComponent(state.name)}?token=${encodeURIComponent(state.token)}${resume}`;
+}
+
+// ---------------------------------------------------------------- resume
+
+function savePosition() {
+  store.set(`vivachat:resume:${state.name}`, JSON.stringify({ received: state.confirmed, epoch: state.epoch }));
+}
+
+function loadPosition(name) {
+  try {
+    const saved = JSON.parse(store.get(`vivachat:resume:${name}`) || "null");
+    if (saved && Number.isSafeInteger(saved.received) && saved.received >= 0) {
+      return { shown: saved.received, confirmed: saved.received, epoch: typeof saved.epoch === "string" ? saved.epoch : null };
+    }
+  } catch {
+    // A damaged entry: start from 0 (the server re-sends what it holds).
+  }
+  return { shown: 0, confirmed: 0, epoch: null };
+}
+
+/** Tells the server everything up to the last message shown has arrived. */
+function confirmReceived() {
+  clearTimeout(state.confirmTimer);
+  state.confirmTimer = null;
+  if (state.shown <= state.confirmed) return;
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
+  state.socket.send(JSON.stringify({ type: "received", id: state.shown }));
+  state.confirmed = state.shown;
+  state.unconfirmed = 0;
+  savePosition();
+}
+
+/** A chat frame arrived: false if it was shown before (a re-send after a reconnect). */
+function firstTime(frame) {
+  if (!Number.isSafeInteger(frame.id) || frame.id <= state.shown) return false;
+  state.shown = frame.id;
+  state.unconfirmed += 1;
+  if (state.unconfirmed >= CONFIRM_BATCH) confirmReceived();
+  else if (!state.confirmTimer) state.confirmTimer = setTimeout(confirmReceived, CONFIRM_MS);
+  return true;
 }
 
 function connect() {
@@ -248,6 +303,15 @@ const ACK_WORDS = {
 function receive(frame) {
   switch (frame.type) {
     case "welcome": {
+      // Where the server resumed from: our position, or 0 if it could not
+      // trust it (it restarted, and its ids now mean other messages).
+      if (Number.isSafeInteger(frame.resume)) {
+        state.shown = frame.resume;
+        state.confirmed = frame.resume;
+        state.unconfirmed = 0;
+        state.epoch = typeof frame.epoch === "string" ? frame.epoch : null;
+        savePosition();
+      }
       state.online = new Set([...(frame.online || []), state.name]);
       renderOnline();
       const others = (frame.online || []).length;
@@ -255,11 +319,22 @@ function receive(frame) {
       break;
     }
     case "message":
+      if (!firstTime(frame)) break;
       messageEntry({ mine: false, from: frame.from, to: frame.to, text: frame.text, ts: frame.ts, offline: frame.offline });
       break;
     case "group_message":
+      if (!firstTime(frame)) break;
       messageEntry({ mine: frame.from === state.name, from: frame.from, group: frame.group, text: frame.text, ts: frame.ts, offline: frame.offline });
       break;
+    case "receipt": {
+      // The second tick: the recipient's device confirmed it arrived.
+      const sent = state.sentById.get(frame.id);
+      if (!sent) break;
+      if (frame.user) sent.readers.add(frame.user);
+      const who = sent.readers.size ? ` by ${[...sent.readers].sort().join(", ")}` : "";
+      setStatus(sent.entry, `✓✓ received${who}`, "received");
+      break;
+    }
     case "ack":
       acknowledged(frame);
       break;
@@ -296,6 +371,11 @@ function acknowledged(frame) {
     case "message": {
       const [words, kind] = ACK_WORDS[frame.status] || [frame.status, ""];
       setStatus(pending.entry, words, kind);
+      if (Number.isSafeInteger(frame.id)) {
+        state.sentById.set(frame.id, { entry: pending.entry, readers: new Set() });
+        // Only the newest few hundred can still get a tick on screen.
+        if (state.sentById.size > MAX_ENTRIES) state.sentById.delete(state.sentById.keys().next().value);
+      }
       break;
     }
     case "join":
@@ -354,9 +434,10 @@ function sendText(rawTarget, text) {
   if (error) return notice(error, "error");
   if (!text.trim()) return null;
   const group = target.startsWith("#");
+  // Every message asks for a receipt: "received" appears when it arrived.
   const frame = group
-    ? { type: "group_message", group: target.slice(1), text }
-    : { type: "message", to: target, text };
+    ? { type: "group_message", group: target.slice(1), text, receipt: true }
+    : { type: "message", to: target, text, receipt: true };
   const entry = messageEntry({ mine: true, from: state.name, to: describeTarget(target), group: group ? target.slice(1) : null, text, ts: Date.now() });
   setStatus(entry, "sending…", "");
   if (!request(frame, { kind: "message", entry })) setStatus(entry, "not sent: not connected", "failed");
@@ -456,7 +537,8 @@ function join(event) {
   store.set("vivachat:name", name);
   ui.joinError.textContent = "";
   ui.token.value = "";
-  Object.assign(state, { name, token: key, attempt: 0, everOpened: false, leaving: false });
+  Object.assign(state, { name, token: key, attempt: 0, everOpened: false, leaving: false, unconfirmed: 0 }, loadPosition(name));
+  state.sentById = new Map();
   state.online = new Set();
   state.groups = new Set(JSON.parse(store.get(`vivachat:groups:${name}`) || "[]"));
   ui.log.replaceChildren();
@@ -466,6 +548,7 @@ function join(event) {
 }
 
 function leave() {
+  confirmReceived();
   state.leaving = true;
   clearTimeout(state.retryTimer);
   if (state.socket) state.socket.close(1000, "left");
@@ -491,6 +574,8 @@ for (const list of [ui.online, ui.groups]) {
     ui.message.focus();
   });
 }
+// A tab being closed confirms what it showed, so it is not sent again next time.
+window.addEventListener("pagehide", confirmReceived);
 // Back online (a phone leaving a tunnel, a laptop waking): try at once.
 window.addEventListener("online", () => {
   if (state.everOpened && !state.socket && !state.leaving) connect();

@@ -55,6 +55,9 @@ pub struct LoadOptions {
     pub data: Option<std::path::PathBuf>,
     /// Threads the generator runs on (the caller builds the runtime).
     pub threads: usize,
+    /// Recipients resume (v1.1): the server holds each message until they
+    /// confirm it, and they confirm every 64 messages or 100 ms.
+    pub resume: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -89,6 +92,10 @@ pub struct LoadReport {
     pub offline: bool,
     /// Threads the generator ran on.
     pub threads: usize,
+    /// `--resume`: clients connected with `?resume=0` and sent `received`.
+    pub resume: bool,
+    /// `--resume`: the `received` frames they sent.
+    pub confirmations: u64,
     /// Microseconds from intended send time to the recipient reading it.
     pub latency_us: Latency,
     /// Microseconds from the actual send to the recipient reading it: the
@@ -248,8 +255,9 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-async fn connect(url: &str, user: &str, source: u8) -> anyhow::Result<Ws> {
-    let full = format!("{url}/ws/{user}");
+async fn connect(url: &str, user: &str, source: u8, resume: bool) -> anyhow::Result<Ws> {
+    let query = if resume { "?resume=0" } else { "" };
+    let full = format!("{url}/ws/{user}{query}");
     let host = url
         .split("://")
         .nth(1)
@@ -324,9 +332,20 @@ type SendTimes = std::collections::VecDeque<(u64, u64)>;
 #[derive(Clone, Default)]
 struct Shared {
     window: Option<Arc<Semaphore>>,
+    /// Resume: what the receiver has read, for the sender to confirm.
+    confirm: Option<Arc<Confirm>>,
     /// Offline mode: acks come back in send order, so a FIFO of send times
     /// gives each ack its latency.
     pending: Option<Arc<std::sync::Mutex<SendTimes>>>,
+}
+
+/// The highest id a receiver read and how many it read; its sender (the
+/// same connection's write half) sends the `received`.
+#[derive(Default)]
+struct Confirm {
+    id: AtomicU64,
+    read: AtomicU64,
+    sent: AtomicU64,
 }
 
 /// What one receiver saw.
@@ -360,7 +379,7 @@ pub async fn run(
     }
     let clients = options.clients.max(2);
     let epoch = Instant::now();
-    let sockets = prepare(&target.url, clients, options.group_size).await?;
+    let sockets = prepare(&target.url, clients, options.group_size, options.resume).await?;
     let cpu_before = pid.and_then(cpu_secs);
     let start = Instant::now();
     let clock = Clock {
@@ -371,11 +390,14 @@ pub async fn run(
     };
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let mut confirms: Vec<Arc<Confirm>> = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
         let shared = Shared {
             window: options.window.map(|w| Arc::new(Semaphore::new(w.max(1)))),
             pending: options.offline.then(Arc::default),
+            confirm: options.resume.then(Arc::default),
         };
+        confirms.extend(shared.confirm.clone());
         let (tx, rx) = ws.split();
         let to = recipient(options, i, clients);
         let sender = tokio::spawn(send_loop(tx, i, to, clock, shared.clone(), sent.clone()));
@@ -407,6 +429,10 @@ pub async fn run(
     report.server_cpu_seconds = cpu;
     report.server_rss_kib_after = pid.and_then(rss_kib);
     summarise(&mut report, options, clients, &per_sender_sent, total);
+    report.confirmations = confirms
+        .iter()
+        .map(|c| c.sent.load(Ordering::Relaxed))
+        .sum();
     progress(1.0);
     Ok(report)
 }
@@ -414,10 +440,16 @@ pub async fn run(
 /// Connects every client, joins the groups (in group mode), and lets every
 /// arrival's presence broadcast pass before the clock starts: a pong comes
 /// after everything routed to that connection before it.
-async fn prepare(url: &str, clients: usize, group_size: Option<usize>) -> anyhow::Result<Vec<Ws>> {
+async fn prepare(
+    url: &str,
+    clients: usize,
+    group_size: Option<usize>,
+    resume: bool,
+) -> anyhow::Result<Vec<Ws>> {
     let mut sockets = Vec::with_capacity(clients);
     for i in 0..clients {
-        sockets.push(connect(url, &format!("load{i:05}"), 1 + (i / 20_000) as u8).await?);
+        let source = 1 + (i / 20_000) as u8;
+        sockets.push(connect(url, &format!("load{i:05}"), source, resume).await?);
     }
     for (i, ws) in sockets.iter_mut().enumerate() {
         if let Some(k) = group_size {
@@ -479,6 +511,8 @@ async fn send_loop(
         .split_once("\\u0001")
         .unwrap_or((template.as_str(), ""));
     let mut seq = 0u64;
+    // Resume: the last confirmation sent (how many had been read, and when).
+    let (mut confirmed_read, mut confirmed_at) = (0u64, Instant::now());
     'run: loop {
         // How many to send now: every free window slot (closed loop), or
         // every message whose intended time has come (open loop).
@@ -538,6 +572,21 @@ async fn send_loop(
             sent.fetch_add(1, Ordering::Relaxed);
             seq += 1;
         }
+        // As the real client does: one `received` per 64 messages read or per 100 ms.
+        if let Some(c) = &shared.confirm {
+            let read = c.read.load(Ordering::Relaxed);
+            let due = read >= confirmed_read + 64
+                || (read > confirmed_read && confirmed_at.elapsed() >= Duration::from_millis(100));
+            if due {
+                let id = c.id.load(Ordering::Relaxed);
+                let received = Request::Received { id }.to_json(None);
+                if tx.feed(Message::text(received)).await.is_err() {
+                    break 'run;
+                }
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                (confirmed_read, confirmed_at) = (read, Instant::now());
+            }
+        }
         if tx.flush().await.is_err() {
             break;
         }
@@ -588,6 +637,10 @@ async fn receive_loop(mut rx: SplitStream<Ws>, i: usize, clock: Clock, shared: S
                     .map(|p| p.parse::<u64>().unwrap_or(0));
                 let mut next = || parts.next().unwrap_or(0);
                 let (from, seq, at, sent) = (next(), next(), next(), next());
+                if let (Some(c), Some(id)) = (&shared.confirm, frame.id) {
+                    c.id.fetch_max(id, Ordering::Relaxed);
+                    c.read.fetch_add(1, Ordering::Relaxed);
+                }
                 r.latencies.push(now.saturating_sub(at));
                 r.service.push(now.saturating_sub(sent));
                 let (set, highest) = seen.entry(from).or_insert((SeqSet::default(), 0));
@@ -626,6 +679,9 @@ fn summarise(
     if options.data.is_some() {
         report.mode += ", durable (--data)";
     }
+    if options.resume {
+        report.mode += ", resuming (each message held until received)";
+    }
     report.offered = match options.rate {
         Some(r) if options.window.is_none() => (r * options.secs).round() as u64,
         _ => sent_total,
@@ -651,6 +707,7 @@ fn summarise(
     report.fan_out = options.group_size;
     report.offline = options.offline;
     report.threads = options.threads;
+    report.resume = options.resume;
     report.latency_us = percentiles(&total.latencies);
     report.service_latency_us = percentiles(&total.service);
 }
@@ -675,7 +732,7 @@ async fn memory(
         } else {
             "idle".to_string()
         };
-        let ws = connect(&target.url, &user, 1 + (i / 20_000) as u8)
+        let ws = connect(&target.url, &user, 1 + (i / 20_000) as u8, false)
             .await
             .with_context(|| {
                 format!("connection {i} of {n} failed (raise the open-file limit: ulimit -n)")
@@ -730,7 +787,7 @@ async fn memory(
 
 /// Queues `n` messages for 1,000 offline users, then takes three snapshots.
 async fn snapshot_cost(url: &str, n: usize, report: &mut LoadReport) -> anyhow::Result<()> {
-    let ws = connect(url, "queuer", 1).await?;
+    let ws = connect(url, "queuer", 1, false).await?;
     let (mut tx, mut rx) = ws.split();
     let sender = async move {
         for i in 0..n {
@@ -823,6 +880,12 @@ pub fn render(r: &LoadReport) -> String {
         row("clients", r.clients.to_string());
         row("generator threads", r.threads.to_string());
         row("seconds", format!("{:.1}", r.seconds));
+        if r.resume {
+            row(
+                "received frames sent (confirmations)",
+                r.confirmations.to_string(),
+            );
+        }
         // What is counted depends on the mode: say it in each label.
         let (expected, got, rate) = match (r.offline, r.fan_out) {
             (true, _) => (

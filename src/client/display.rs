@@ -67,14 +67,18 @@ pub fn frame_line(
             user,
             online,
             queued,
+            resume,
             ..
         } => {
             let online = match names(online) {
                 none if none.is_empty() => "nobody else".to_string(),
                 some => some,
             };
-            let line =
-                format!("welcome {user}: online now: {online}; {queued} queued message(s) coming");
+            let coming = match resume {
+                None | Some(0) => format!("{queued} queued message(s) coming"),
+                Some(n) => format!("{queued} message(s) after #{n} coming"),
+            };
+            let line = format!("welcome {user}: online now: {online}; {coming}");
             paint(line, c, |t| t.green().bold())
         }
         ServerFrame::Chat { message, offline } => chat(message, *offline, style),

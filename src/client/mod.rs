@@ -7,6 +7,7 @@
 
 pub mod display;
 pub mod input;
+pub mod position;
 pub mod token;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use crate::names::Name;
 use crate::protocol::{parse_server_frame, Request, ServerFrame, Target};
 use display::{frame_line, notice, unknown_line, Sent, Style};
 use input::{parse_line, Command, HELP};
+use position::{Position, CONFIRM_EVERY};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -49,6 +51,9 @@ pub struct ClientOptions {
     /// Where the token was saved just now, if it was: announced once the
     /// server accepts it, taken back if the first connection fails.
     pub fresh_token: Option<std::path::PathBuf>,
+    /// Resume (v1.1, the default): the server holds what it sends until this
+    /// client confirms it, so a crash or a lost connection loses nothing.
+    pub resume: bool,
 }
 
 /// `http(s)://` becomes `ws(s)://`; a bare `host:port` gets `ws://`. Returns the base URL.
@@ -81,21 +86,33 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'_')
     .remove(b'~');
 
-fn user_url(options: &ClientOptions) -> String {
+fn user_url(options: &ClientOptions, position: Option<&Position>) -> String {
     let (base, name) = (&options.url, &options.name);
-    match &options.token {
-        Some(token) => {
-            let token = percent_encoding::utf8_percent_encode(token, QUERY_VALUE);
-            format!("{base}/ws/{name}?token={token}")
-        }
-        None => format!("{base}/ws/{name}"),
+    let mut query: Vec<String> = Vec::new();
+    if let Some(token) = &options.token {
+        let token = percent_encoding::utf8_percent_encode(token, QUERY_VALUE);
+        query.push(format!("token={token}"));
     }
+    if let Some(position) = position {
+        query.push(position.query());
+    }
+    match query.is_empty() {
+        true => format!("{base}/ws/{name}"),
+        false => format!("{base}/ws/{name}?{}", query.join("&")),
+    }
+}
+
+/// Where this client resumes from, when it resumes.
+fn position_of(options: &ClientOptions) -> Option<Position> {
+    options
+        .resume
+        .then(|| Position::load(&options.url, options.name.as_str()))
 }
 
 /// The first connection: a new token is announced once the server accepted
 /// it (the upgrade succeeded) and taken back if it did not.
-async fn connect_first(options: &ClientOptions) -> anyhow::Result<Ws> {
-    let result = connect(&user_url(options)).await;
+async fn connect_first(options: &ClientOptions, position: Option<&Position>) -> anyhow::Result<Ws> {
+    let result = connect(&user_url(options, position)).await;
     if let (Some(path), Some(token)) = (&options.fresh_token, &options.token) {
         match &result {
             Ok(_) => token::announce(&options.url, &options.name, path),
@@ -179,7 +196,8 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
     };
     let target =
         input::target(to, "--send bob TEXT or --send '#g1' TEXT").map_err(|u| anyhow!(u.0))?;
-    let mut ws = connect_first(options).await?;
+    let mut position = position_of(options);
+    let mut ws = connect_first(options, position.as_ref()).await?;
     let request = Request::chat(&target, text).to_json(Some(1));
     ws.send(Message::text(request)).await?;
     let sent = Sent {
@@ -203,6 +221,11 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
             None => bail!("the server closed the connection"),
         };
         let frame = parse_server_frame(&text).ok();
+        if let (Some(position), Some(frame)) = (position.as_mut(), &frame) {
+            if !position.shows(frame) {
+                continue;
+            }
+        }
         if matches!(frame, Some(ServerFrame::Welcome { .. })) && !options.json {
             continue;
         }
@@ -218,6 +241,12 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
         }
         println!("{line}");
         if answer {
+            // What was printed is confirmed, so it is not sent again.
+            if let Some(id) = position.as_mut().and_then(Position::confirm) {
+                let _ = ws
+                    .send(Message::text(Request::Received { id }.to_json(None)))
+                    .await;
+            }
             let _ = ws.close(None).await;
             return Ok(());
         }
@@ -267,6 +296,9 @@ struct Session {
     reconnect_at: Option<Instant>,
     connecting: bool,
     events: mpsc::Sender<Event>,
+    /// Resume: where this client is, and when the next `received` is due.
+    position: Option<Position>,
+    confirm_at: Option<Instant>,
 }
 
 impl Session {
@@ -289,7 +321,8 @@ impl Session {
     fn start_connect(&mut self) {
         self.connecting = true;
         self.reconnect_at = None;
-        let url = user_url(&self.options);
+        // Resumes from the last message shown, not the last one saved.
+        let url = user_url(&self.options, self.position.as_ref());
         let events = self.events.clone();
         let generation = self.generation + 1;
         tokio::spawn(async move {
@@ -389,6 +422,17 @@ impl Session {
             });
             return;
         };
+        if let Some(position) = self.position.as_mut() {
+            // A message already shown (re-sent after a reconnect) is skipped.
+            if !position.shows(&frame) {
+                return;
+            }
+            if position.batch_full() {
+                self.confirm_at = Some(Instant::now());
+            } else if position.pending() && self.confirm_at.is_none() {
+                self.confirm_at = Some(Instant::now() + CONFIRM_EVERY);
+            }
+        }
         // Acks and errors carry our `ref`; `who` and `pong` do not (the
         // contract's exact shapes), but they answer requests in order.
         let answered = frame_ref(&frame)
@@ -499,7 +543,21 @@ impl Session {
         self.request(Request::chat(&target, &text), label).await;
     }
 
+    /// Sends the `received` that is due: the highest id shown so far.
+    async fn confirm(&mut self) {
+        self.confirm_at = None;
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        if let Some(id) = self.position.as_mut().and_then(Position::confirm) {
+            let _ = sink
+                .send(Message::text(Request::Received { id }.to_json(None)))
+                .await;
+        }
+    }
+
     async fn close(&mut self) {
+        self.confirm().await;
         if let Some(mut sink) = self.sink.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
         }
@@ -573,7 +631,8 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
     let interactive =
         std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !options.json;
     // Connect first, so a wrong URL or name is one clear error.
-    let first = connect_first(&options).await?;
+    let position = position_of(&options);
+    let first = connect_first(&options, position.as_ref()).await?;
     let (events_tx, mut events) = mpsc::channel(1024);
     let Input {
         mut lines,
@@ -595,6 +654,8 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
         reconnect_at: None,
         connecting: false,
         events: events_tx,
+        position,
+        confirm_at: None,
     };
     session.attach(1, first);
     if interactive {
@@ -631,6 +692,8 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
             },
             () = tokio::time::sleep_until(session.reconnect_at.unwrap_or_else(Instant::now)),
                 if session.reconnect_at.is_some() && !session.connecting => session.start_connect(),
+            () = tokio::time::sleep_until(session.confirm_at.unwrap_or_else(Instant::now)),
+                if session.confirm_at.is_some() => session.confirm().await,
             () = tokio::time::sleep_until(exit_at.unwrap_or_else(Instant::now)), if exit_at.is_some() => {
                 if !session.pending.is_empty() && input_done.is_some_and(|at| at.elapsed() >= ACK_WAIT) {
                     let n = session.pending.len();

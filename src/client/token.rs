@@ -109,23 +109,37 @@ impl Lock {
 }
 
 fn load(path: &Path) -> anyhow::Result<Store> {
+    read_json(path).map_err(|e| {
+        e.context(format!(
+            "{} is not a token file this version can read; move it aside and \
+             connect again (names it claimed will need their tokens: see --token)",
+            path.display()
+        ))
+    })
+}
+
+/// A JSON file of the config directory, or the empty value if there is none yet.
+pub(super) fn read_json<T: Default + serde::de::DeserializeOwned>(
+    path: &Path,
+) -> anyhow::Result<T> {
     match fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is not a token file this version can read; move it aside and \
-                 connect again (names it claimed will need their tokens: see --token)",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::new()),
+        Ok(text) => Ok(serde_json::from_str(&text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Runs `f` holding the config directory's lock (created private if missing).
+pub(super) fn locked<R>(dir: &Path, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
+    create_private_dir(dir)?;
+    let _lock = Lock::take(&dir.join("tokens.lock"))?;
+    f()
 }
 
 /// Writes a temporary file with mode 0600 and renames it over the old one, so
 /// a crash never leaves a half-written file and the tokens are never readable
 /// by other users, not even for a moment.
-fn save(path: &Path, store: &Store) -> anyhow::Result<()> {
+pub(super) fn save<T: serde::Serialize>(path: &Path, store: &T) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(store)?;
     let mut options = fs::OpenOptions::new();

@@ -2,6 +2,8 @@
 //! counts and the invariants. Pure: the same snapshot (and previous snapshot)
 //! always gives the same text, which is what the tests check.
 
+use crate::core::snapshot::QueueSnapshot;
+use crate::names::UserId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
@@ -637,15 +639,35 @@ impl Ctx<'_> {
         p: Option<&StructuresSnapshot>,
     ) {
         self.title(out, Structure::OfflineMessages, "");
-        let mut t = if self.column.is_some() {
-            self.table(&["user", "queued", "front (next out)", "back (newest)"])
+        // Users who resume (v1.1) have a released position: their deque is a
+        // window of messages sent but not yet confirmed, so it says "held".
+        let resuming = !st.released.is_empty();
+        let mut header = vec!["user", if resuming { "queued/held" } else { "queued" }];
+        if resuming {
+            header.push("released ≤");
+        }
+        header.extend(if self.column.is_some() {
+            ["front (next out)", "back (newest)"]
         } else {
-            self.table(&["user", "queued", "front (popped first)", "back (newest)"])
+            ["front (popped first)", "back (newest)"]
+        });
+        let mut t = self.table(&header);
+        let empty = QueueSnapshot {
+            len: 0,
+            messages: Vec::new(),
+            skipped: 0,
         };
-        let rows: Vec<_> = st
+        let mut users: Vec<&UserId> = st
             .offline_messages
-            .iter()
-            .filter(|(u, _)| self.shows(u))
+            .keys()
+            .chain(st.released.keys())
+            .filter(|u| self.shows(u))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        let rows: Vec<(&UserId, &QueueSnapshot)> = users
+            .into_iter()
+            .map(|u| (u, st.offline_messages.get(u).unwrap_or(&empty)))
             .collect();
         for (user, q) in rows.iter().take(self.o.rows) {
             let before = p.map(|p| p.offline_messages.get(*user).map(|q| q.len));
@@ -654,20 +676,25 @@ impl Ctx<'_> {
                 .first()
                 .map(|m| self.preview(m))
                 .unwrap_or_default();
-            let newest = if q.messages.len() > 1 {
-                q.messages
+            let newest = match q.messages.len() {
+                0 => String::new(),
+                1 => "(same)".into(),
+                _ => q
+                    .messages
                     .last()
                     .map(|m| self.preview(m))
-                    .unwrap_or_default()
-            } else {
-                "(same)".into()
+                    .unwrap_or_default(),
             };
-            t.add_row(vec![
-                self.key(user.as_str(), matches!(before, Some(None))),
+            let mut row = vec![
+                self.key(user.as_str(), matches!(before, Some(None)) && q.len > 0),
                 self.count(q.len, before),
-                Cell::new(oldest),
-                Cell::new(newest),
-            ]);
+            ];
+            if resuming {
+                let edge = st.released.get(*user).map(|e| format!("#{e}"));
+                row.push(Cell::new(edge.unwrap_or_else(|| "-".into())));
+            }
+            row.extend([Cell::new(oldest), Cell::new(newest)]);
+            t.add_row(row);
         }
         let gone = gone(
             p.map(|p| &p.offline_messages),
