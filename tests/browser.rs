@@ -214,6 +214,10 @@ async fn the_page_resumes_after_a_reload_and_shows_the_second_tick() {
     wait_log(&page, "delivered").await;
     bob.send(json!({"type": "received", "id": got["id"]})).await;
     wait_log(&page, "✓✓ received").await;
+    if let Ok(dir) = std::env::var("VIVACHAT_SCREENSHOTS") {
+        page.screenshot(&std::path::Path::new(&dir).join("chat-receipt.png"))
+            .await;
+    }
     assert_no_problems(&page, "pia's page");
     server.stop().await;
 }

@@ -65,6 +65,9 @@ async fn two_clients_exchange_direct_and_group_messages() {
         .expect("✓ delivered")
         .ends_with(r#"(to bob: "hi bob")"#));
     assert_eq!(bob.expect("hi bob"), "alice -> bob: hi bob");
+    // bob's client confirms what it showed: alice gets the second tick.
+    let tick = alice.expect("✓✓ received");
+    assert!(tick.ends_with(r#"(to bob: "hi bob")"#), "{tick}");
 
     bob.say("@alice hi alice");
     assert_eq!(alice.expect("hi alice"), "bob -> alice: hi alice");

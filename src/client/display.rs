@@ -104,7 +104,9 @@ pub fn frame_line(
                 .as_ref()
                 .map(|u| format!(" by {u}"))
                 .unwrap_or_default();
-            paint(format!("✓✓ received #{id}{by}"), c, |t| t.green())
+            paint(format!("✓✓ received #{id}{by}{about}"), c, |t| {
+                t.green()
+            })
         }
         ServerFrame::Pong => match rtt {
             Some(rtt) => format!("pong: round trip {:.2} ms", rtt.as_secs_f64() * 1000.0),

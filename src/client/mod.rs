@@ -299,7 +299,13 @@ struct Session {
     /// Resume: where this client is, and when the next `received` is due.
     position: Option<Position>,
     confirm_at: Option<Instant>,
+    /// What each recent message this client sent was, by id, so its receipt
+    /// (the second tick) can say which message it confirms.
+    sent_ids: std::collections::BTreeMap<u64, Sent>,
 }
+
+/// Messages whose receipt can still be labelled; older ones get a bare id.
+const LABELLED_RECEIPTS: usize = 1000;
 
 impl Session {
     fn notice(&mut self, text: &str) {
@@ -450,7 +456,19 @@ impl Session {
             (Some((_, at)), ServerFrame::Pong) => Some(at.elapsed()),
             _ => None,
         };
-        let line = frame_line(&frame, answered.as_ref().map(|(s, _)| s), rtt, self.style);
+        let about = match (&frame, &answered) {
+            (ServerFrame::Receipt { id, .. }, _) => self.sent_ids.get(id).cloned(),
+            (ServerFrame::Ack { id: Some(id), .. }, Some((sent, _))) => {
+                self.sent_ids.insert(*id, sent.clone());
+                if self.sent_ids.len() > LABELLED_RECEIPTS {
+                    self.sent_ids.pop_first();
+                }
+                None
+            }
+            _ => None,
+        };
+        let sent = answered.as_ref().map(|(s, _)| s).or(about.as_ref());
+        let line = frame_line(&frame, sent, rtt, self.style);
         self.out.line(line);
     }
 
@@ -540,7 +558,10 @@ impl Session {
 
     async fn send_to(&mut self, target: Target, text: String) {
         let label = sent_label(&target, &text);
-        self.request(Request::chat(&target, &text), label).await;
+        // A resuming client asks for the second tick; a v1 one (--no-resume) does not.
+        let receipt = self.position.is_some();
+        let request = Request::chat_with_receipt(&target, &text, receipt);
+        self.request(request, label).await;
     }
 
     /// Sends the `received` that is due: the highest id shown so far.
@@ -656,6 +677,7 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
         events: events_tx,
         position,
         confirm_at: None,
+        sent_ids: Default::default(),
     };
     session.attach(1, first);
     if interactive {
