@@ -353,14 +353,19 @@ fn direct(
             answer: format!("{devices} frame(s) sent"),
             taken: online && !blocked,
         },
+        // A resuming recipient (v1.1) gets it live AND held in the deque
+        // until their client confirms it: the deque as a sliding window.
         Step {
             structure: "offline_messages",
             ask: format!("push_back on {to}'s deque"),
-            answer: match queue_len {
-                Some(len) => format!("queued, deque length {len}"),
-                None => "queued".into(),
+            answer: match (online, queue_len) {
+                (true, Some(len)) => {
+                    format!("held until {to}'s client confirms it (resume), window {len}")
+                }
+                (false, Some(len)) => format!("queued, deque length {len}"),
+                _ => "queued".into(),
             },
-            taken: status == AckStatus::Queued && !blocked,
+            taken: (status == AckStatus::Queued || queue_len.is_some()) && !blocked,
         },
     ];
     Flow {
@@ -419,6 +424,28 @@ mod tests {
         assert_eq!(flow.steps[1].answer, "yes, 2 device(s)");
         assert_eq!(flow.steps[2].answer, "2 frame(s) sent");
         assert_eq!(flow.to, "bob");
+    }
+
+    #[test]
+    fn a_message_to_a_resuming_user_lights_both_branches() {
+        let event = Event::Message {
+            from: n("alice"),
+            to: n("bob"),
+            id: 7,
+            status: AckStatus::Delivered,
+            blocked: false,
+        };
+        let trace = traced(&[
+            (Structure::ActiveConnections, Op::Get, "bob", 1),
+            (Structure::OfflineMessages, Op::PushBack, "bob", 4),
+        ]);
+        let flow = Flow::of(&event, &trace).unwrap();
+        let taken: Vec<bool> = flow.steps.iter().map(|s| s.taken).collect();
+        assert_eq!(taken, [true, true, true, true], "sent live and held");
+        assert_eq!(
+            flow.steps[3].answer,
+            "held until bob's client confirms it (resume), window 4"
+        );
     }
 
     #[test]

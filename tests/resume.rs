@@ -329,3 +329,53 @@ async fn received_is_refused_only_when_malformed() {
     ann.assert_nothing_pending().await;
     server.stop().await;
 }
+
+/// SIGTERM of a durable server while a resuming reader has stopped reading:
+/// everything acknowledged to the sender comes back on resume, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_a_durable_server_keeps_what_a_stuck_reader_never_read() {
+    let path = common::temp_data_file("resume-term");
+    let data = path.to_str().unwrap();
+    let (server, port) = Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+    let (mut alice, _) = join(port, "alice").await;
+    let (bob, _) = join(port, "bob?resume=0").await;
+    let text = "y".repeat(20 * 1024);
+    let acked = send_many(&mut alice, "bob", 200, &text).await;
+    let rest = server.terminate();
+    assert!(rest.contains("saved in"), "{rest}");
+    drop(bob);
+
+    let (server, port) = Proc::serve(&["--port", "0", "--quiet", "--data", data]);
+    let (mut bob, welcome) = join(port, "bob?resume=0").await;
+    assert_eq!(welcome["queued"], 200, "{welcome}");
+    assert_eq!(read_ids(&mut bob, 200).await, acked);
+    bob.close().await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// Two devices of one user: a `received` from either releases for the user,
+/// and a device that was away gets only what is still held above its position.
+#[tokio::test]
+async fn received_from_any_device_releases_for_the_user() {
+    let server = TestServer::start().await;
+    let port = server.addr.port();
+    let mut alice = server.connect("alice").await;
+    let (mut phone, _) = join(port, "bob?resume=0").await;
+    let (mut laptop, _) = join(port, "bob?resume=0").await;
+    let _ = alice.recv().await; // bob online
+    let acked = send_many(&mut alice, "bob", 6, "both").await;
+    assert_eq!(read_ids(&mut phone, 6).await, acked);
+    assert_eq!(read_ids(&mut laptop, 6).await, acked);
+    // The phone confirms the first four; the laptop closes having confirmed nothing.
+    phone.send(json!({"type":"received","id":acked[3]})).await;
+    phone.assert_nothing_pending().await;
+    laptop.close().await;
+    let state = server.inspect().await;
+    assert_eq!(state["offline_messages"]["bob"]["len"], 2, "{state}");
+    // The laptop comes back from 0: it gets the two nobody confirmed, not the four.
+    let (mut laptop, welcome) = join(port, "bob?resume=0").await;
+    assert_eq!(welcome["queued"], 2);
+    assert_eq!(read_ids(&mut laptop, 2).await, acked[4..]);
+    server.stop().await;
+}

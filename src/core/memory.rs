@@ -104,6 +104,32 @@ impl<C> MemoryStructures<C> {
         }
     }
 
+    /// Puts `message` in `user`'s deque at `at` (None: the back): journaled,
+    /// accounted for the memory budget, and counted as one `push_back`.
+    fn enqueue(
+        &mut self,
+        user: &UserId,
+        message: Message,
+        at: Option<usize>,
+        trace: &mut Trace,
+    ) -> usize {
+        self.journal(|| Change::Queued {
+            user: user.clone(),
+            message: message.clone(),
+        });
+        self.account(&message, true);
+        let len = self.ops.measure(OfflineMessages, Op::PushBack, || {
+            let queue = self.offline_messages.entry(user.clone()).or_default();
+            match at {
+                Some(i) => queue.insert(i, message),
+                None => queue.push_back(message),
+            }
+            queue.len()
+        });
+        trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
+        len
+    }
+
     /// `user` joined (`+1`) or left (`-1`) a group.
     fn count_group(&mut self, user: &UserId, joined: bool) {
         let n = self.groups_of.entry(user.clone()).or_default();
@@ -249,18 +275,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
     }
 
     fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
-        self.journal(|| Change::Queued {
-            user: user.clone(),
-            message: message.clone(),
-        });
-        self.account(&message, true);
-        let len = self.ops.measure(OfflineMessages, Op::PushBack, || {
-            let queue = self.offline_messages.entry(user.clone()).or_default();
-            queue.push_back(message);
-            queue.len()
-        });
-        trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
-        len
+        self.enqueue(user, message, None, trace)
     }
 
     fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message> {
@@ -334,7 +349,6 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             return false;
         }
         let queue = self.offline_messages.get(user);
-        // Usually the deque is empty (everything went live) or older: the back.
         let at = queue.map_or(0, |q| q.partition_point(|m| m.id < message.id));
         let len = queue.map_or(0, VecDeque::len);
         if queue
@@ -343,23 +357,9 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         {
             return false; // still held in the window
         }
-        if at == len {
-            self.queue_push_back(user, message, trace);
-            return true;
-        }
-        // A device without resume had it in its outbox while a resuming one's
-        // newer messages were held: it goes in id order, O(n) (rare).
-        self.journal(|| Change::Queued {
-            user: user.clone(),
-            message: message.clone(),
-        });
-        self.account(&message, true);
-        let len = self.ops.measure(OfflineMessages, Op::PushBack, || {
-            let queue = self.offline_messages.entry(user.clone()).or_default();
-            queue.insert(at, message);
-            queue.len()
-        });
-        trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
+        // Usually at the back; in id order when a device without resume had it
+        // in its outbox while a resuming one's newer messages were held (O(n), rare).
+        self.enqueue(user, message, (at < len).then_some(at), trace);
         true
     }
 
