@@ -1,6 +1,7 @@
 //! Model-based property test of v1.1 resume: random sequences of v1 and
 //! resuming connections (from position 0, from the last id seen, or from an
-//! id this run never issued), messages with and without receipts, `received`,
+//! id this run never issued), direct and group messages with and without
+//! receipts, `received`,
 //! and closes with unsent messages, run against `ChatCore` and against a
 //! plain reference model of each user's window. After every step, every
 //! delivery, ack, welcome and receipt is what the model predicts, the deques
@@ -38,6 +39,8 @@ enum Step {
     /// live in its last step count as never written to its socket.
     Disconnect(usize, bool),
     Send(usize, usize, bool),
+    /// From the k-th connection to the group every user is in.
+    Post(usize, bool),
     /// `received` from the k-th connection: the last id it saw, or any id.
     Received(usize, Option<u64>),
 }
@@ -56,6 +59,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0..USERS.len(), from()).prop_map(|(u, f)| Step::Connect(u, f)),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(k, u)| Step::Disconnect(k, u)),
         5 => (any::<usize>(), 0..USERS.len(), any::<bool>()).prop_map(|(k, t, r)| Step::Send(k, t, r)),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(k, r)| Step::Post(k, r)),
         3 => (any::<usize>(), proptest::option::of(0..40u64)).prop_map(|(k, m)| Step::Received(k, m)),
     ]
 }
@@ -227,6 +231,15 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         ..Model::default()
     };
     let mut disk = Disk::default();
+    // Everyone is in group g (joined without a connection: membership is the user's).
+    for (u, user) in USERS.iter().enumerate() {
+        let join = parse_request(r#"{"type":"group_join","group":"g"}"#).unwrap();
+        let device = Device {
+            id: 1_000_000 + u as u64,
+            resume: None,
+        };
+        core.handle(&n(user), &device, join, 0);
+    }
     let mut next_conn: ConnId = 1;
     for step in steps {
         for o in &mut m.open {
@@ -373,6 +386,77 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     o.seen = id;
                     o.last_live.extend(message.clone());
                 }
+            }
+            Step::Post(k, receipt) => {
+                if m.open.is_empty() {
+                    continue;
+                }
+                let at = k % m.open.len();
+                let (conn, from, resume) = (m.open[at].conn, m.open[at].user, m.open[at].resume);
+                let text = serde_json::json!({"type":"group_message","group":"g","text":"x","receipt":receipt});
+                let device = Device { id: conn, resume };
+                let outcome = core.handle(
+                    &n(USERS[from]),
+                    &device,
+                    parse_request(&text.to_string()).unwrap(),
+                    0,
+                );
+                disk.apply(&outcome, None);
+                let got = sent(&outcome);
+                let id = m.next_id;
+                m.next_id += 1;
+                let (mut would_reach, mut would_queue) = (0, 0);
+                let mut expected: BTreeMap<ConnId, Vec<u64>> = BTreeMap::new();
+                let message = outcome
+                    .frames
+                    .iter()
+                    .find_map(ServerFrame::chat_message)
+                    .cloned();
+                for member in 0..USERS.len() {
+                    let devices = m.conns_of(member);
+                    let reach: Vec<ConnId> =
+                        devices.iter().copied().filter(|c| *c != conn).collect();
+                    let hold = m
+                        .open
+                        .iter()
+                        .any(|o| reach.contains(&o.conn) && o.resume.is_some());
+                    let room = m.window.get(&member).map_or(0, VecDeque::len) < MAX_OFFLINE;
+                    let (deliver, keep) = match (devices.is_empty(), hold) {
+                        (false, false) => (true, false),
+                        (_, true) => (room, room),
+                        (true, false) => (false, room),
+                    };
+                    if deliver {
+                        would_reach += reach.len();
+                        for c in &reach {
+                            expected.insert(*c, vec![id]);
+                        }
+                        for o in m.open.iter_mut().filter(|o| reach.contains(&o.conn)) {
+                            o.seen = id;
+                            o.last_live.extend(message.clone());
+                        }
+                    } else if keep {
+                        would_queue += 1;
+                    }
+                    if keep {
+                        m.window
+                            .entry(member)
+                            .or_default()
+                            .push_back((id, from, receipt));
+                    }
+                }
+                let status = if would_reach > 0 {
+                    "Delivered"
+                } else if would_queue > 0 {
+                    "Queued"
+                } else {
+                    "Sent"
+                };
+                prop_assert_eq!(
+                    got.replies.get(&conn).cloned().unwrap_or_default(),
+                    vec![status.to_string()]
+                );
+                prop_assert_eq!(&got.chats, &expected, "fan-out of group message {}", id);
             }
             Step::Received(k, id) => {
                 if m.open.is_empty() {

@@ -661,9 +661,10 @@ impl<S: Structures> ChatCore<S> {
             blocked += usize::from(blocks);
             let devices = s.connections(&member, trace);
             let reach = devices.iter().filter(|d| d.id() != conn.id());
-            // A member with a resuming device gets it held too, so a full
+            // Held for a member when a device it goes to resumed (the
+            // sending device gets nothing, so it does not count); a full
             // window skips them as a full queue skips an offline member.
-            let hold = holds(devices) && reach.clone().next().is_some();
+            let hold = reach.clone().any(|d| d.resume().is_some());
             if !devices.is_empty() && !hold {
                 for device in reach {
                     would_reach += 1;
