@@ -1,9 +1,8 @@
 //! Model-based property test of v1.1 resume: random sequences of v1 and
 //! resuming connections (from position 0, from the last id seen, or from an
 //! id this run never issued), direct and group messages with and without
-//! receipts, `received`,
-//! and closes with unsent messages, run against `ChatCore` and against a
-//! plain reference model of each user's window. After every step, every
+//! receipts, `received`, and closes with unsent messages, run against
+//! `ChatCore` and against a plain reference model of each user's window. After every step, every
 //! delivery, ack, welcome and receipt is what the model predicts, the deques
 //! and released positions are the model's, the invariants hold, and the
 //! journal replayed into a fresh core gives back the same windows (durable
