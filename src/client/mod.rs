@@ -701,7 +701,14 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
             }
         });
         tokio::select! {
-            Some(event) = events.recv() => session.on_event(event).await,
+            Some(event) = events.recv() => {
+                session.on_event(event).await;
+                // While frames pour in (a long flush) the timer branch may
+                // never be picked: a due confirmation goes out here.
+                if session.confirm_at.is_some_and(|at| at <= Instant::now()) {
+                    session.confirm().await;
+                }
+            }
             line = lines.recv(), if input_done.is_none() => match line.flatten() {
                 Some(line) => {
                     if !session.on_line(&line).await {

@@ -995,6 +995,46 @@ mod tests {
     }
 
     #[test]
+    fn a_resuming_user_shows_held_messages_and_the_released_position() {
+        use crate::core::Device;
+        let mut core = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+        let (alice, bob) = (
+            Device {
+                id: 1,
+                resume: None,
+            },
+            Device {
+                id: 2,
+                resume: Some(0),
+            },
+        );
+        core.connect(&n("alice"), alice);
+        core.connect(&n("bob"), bob);
+        for text in ["one", "two", "three"] {
+            let json = format!(r#"{{"type":"message","to":"bob","text":"{text}"}}"#);
+            core.handle(&n("alice"), &alice, parse_request(&json).unwrap(), 1_000);
+        }
+        let received = parse_request(r#"{"type":"received","id":1}"#).unwrap();
+        core.handle(&n("bob"), &bob, received, 1_000);
+        let resumed = Inspection {
+            snapshot: core.snapshot(),
+            server: None,
+        };
+        let text = render(&resumed, None, &options());
+        assert!(text.contains("queued/held ┆ released ≤"), "{text}");
+        let row = line_with(&text, "#2 from alice");
+        assert!(row.starts_with("│ bob "), "{row}");
+        assert!(
+            row.contains("┆           2 ┆ #1"),
+            "2 held, released up to #1: {row}"
+        );
+        assert!(row.contains("#3 from alice"), "the back: {row}");
+        // Without anyone resuming, the table is as it always was.
+        let plain = render(&doc(&classroom()), None, &options());
+        assert!(!plain.contains("released ≤"), "{plain}");
+    }
+
+    #[test]
     fn claimed_names_are_listed_without_tokens() {
         let mut snapshot = doc(&classroom());
         let plain = render(&snapshot, None, &options());

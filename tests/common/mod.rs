@@ -399,6 +399,18 @@ impl Proc {
         }
     }
 
+    /// Kills the process with SIGKILL and returns every line it had printed
+    /// that was not read yet (the pipe is read to its end).
+    pub fn kill_9_and_drain(&mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(WAIT) {
+            rest.push(line);
+        }
+        rest
+    }
+
     /// The next stdout line, whatever it is.
     pub fn next_line(&mut self) -> String {
         let line = self
