@@ -11,10 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
+#[path = "common/disk.rs"]
+mod disk;
+
+use disk::Disk;
 use proptest::prelude::*;
-use vivachat::core::{
-    Change, ChatCore, ConnId, CoreConfig, DurableState, MemoryStructures, Outcome,
-};
+use vivachat::core::{ChatCore, ConnId, CoreConfig, MemoryStructures, Outcome};
 use vivachat::names::Name;
 use vivachat::protocol::{parse_request, Request, ServerFrame, Target};
 
@@ -86,82 +88,6 @@ fn handle(
     let outcome = core.handle(&n(user), &conn, parse_request(text).unwrap(), 0);
     disk.apply(&outcome);
     outcome
-}
-
-/// What durable mode's disk would hold: the journal applied in order, with a
-/// flushed message deleted once it was sent (here: as soon as it is sent).
-#[derive(Default)]
-struct Disk {
-    queues: BTreeMap<Name, BTreeMap<u64, vivachat::protocol::Message>>,
-    groups: BTreeMap<Name, BTreeSet<Name>>,
-    blocks: BTreeMap<Name, BTreeSet<Name>>,
-}
-
-impl Disk {
-    fn apply(&mut self, outcome: &Outcome<ConnId>) {
-        for change in &outcome.changes {
-            match change.clone() {
-                Change::Queued { user, message } => {
-                    self.queues
-                        .entry(user)
-                        .or_default()
-                        .insert(message.id, message);
-                }
-                Change::Joined { group, user } => {
-                    self.groups.entry(group).or_default().insert(user);
-                }
-                Change::Left { group, user } => {
-                    self.groups.entry(group).or_default().remove(&user);
-                }
-                Change::Blocked { by, whom } => {
-                    self.blocks.entry(by).or_default().insert(whom);
-                }
-                Change::Unblocked { by, whom } => {
-                    self.blocks.entry(by).or_default().remove(&whom);
-                }
-                Change::Released { user, upto } => {
-                    if let Some(queue) = self.queues.get_mut(&user) {
-                        queue.retain(|id, _| *id > upto);
-                    }
-                }
-            }
-        }
-    }
-
-    /// `user` connected and `outcome` flushed their queue to the socket.
-    fn flushed(&mut self, user: &Name, outcome: &Outcome<ConnId>) {
-        for d in &outcome.deliveries {
-            if let ServerFrame::Chat {
-                message,
-                offline: true,
-            } = &outcome.frames[d.frame]
-            {
-                if let Some(queue) = self.queues.get_mut(user) {
-                    queue.remove(&message.id);
-                }
-            }
-        }
-        self.queues.retain(|_, q| !q.is_empty());
-    }
-
-    fn state(&self) -> DurableState {
-        let list = |m: &BTreeMap<Name, BTreeSet<Name>>| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
-                .collect()
-        };
-        DurableState {
-            queues: self
-                .queues
-                .iter()
-                .map(|(u, q)| (u.clone(), q.values().cloned().collect()))
-                .collect(),
-            groups: list(&self.groups),
-            blocks: list(&self.blocks),
-            next_message_id: 1,
-            ..DurableState::default()
-        }
-    }
 }
 
 fn n(s: &str) -> Name {

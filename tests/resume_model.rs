@@ -12,10 +12,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+#[path = "common/disk.rs"]
+mod disk;
+
+use disk::Disk;
 use proptest::prelude::*;
-use vivachat::core::{
-    Change, ChatCore, ConnId, CoreConfig, Device, DurableState, MemoryStructures, Outcome,
-};
+use vivachat::core::{ChatCore, ConnId, CoreConfig, Device, MemoryStructures, Outcome};
 use vivachat::names::Name;
 use vivachat::protocol::{parse_request, Message, ServerFrame};
 
@@ -159,64 +161,6 @@ fn sent(outcome: &Outcome<Device>) -> Sent {
     s
 }
 
-/// The disk durable mode would hold: the journal applied in order; a v1
-/// flush deletes what it wrote (here, at once).
-#[derive(Default)]
-struct Disk {
-    queues: BTreeMap<Name, BTreeMap<u64, Message>>,
-    released: BTreeMap<Name, u64>,
-}
-
-impl Disk {
-    fn apply(&mut self, outcome: &Outcome<Device>, v1_flush_of: Option<&Name>) {
-        for change in &outcome.changes {
-            match change.clone() {
-                Change::Queued { user, message } => {
-                    self.queues
-                        .entry(user)
-                        .or_default()
-                        .insert(message.id, message);
-                }
-                Change::Released { user, upto } => {
-                    if let Some(q) = self.queues.get_mut(&user) {
-                        q.retain(|id, _| *id > upto);
-                    }
-                    let edge = self.released.entry(user).or_default();
-                    *edge = (*edge).max(upto);
-                }
-                _ => {}
-            }
-        }
-        if let Some(user) = v1_flush_of {
-            for d in &outcome.deliveries {
-                if let ServerFrame::Chat {
-                    message,
-                    offline: true,
-                } = &outcome.frames[d.frame]
-                {
-                    if let Some(q) = self.queues.get_mut(user) {
-                        q.remove(&message.id);
-                    }
-                }
-            }
-        }
-        self.queues.retain(|_, q| !q.is_empty());
-    }
-
-    fn state(&self) -> DurableState {
-        DurableState {
-            queues: self
-                .queues
-                .iter()
-                .map(|(u, q)| (u.clone(), q.values().cloned().collect()))
-                .collect(),
-            released: self.released.iter().map(|(u, e)| (u.clone(), *e)).collect(),
-            next_message_id: 1,
-            ..DurableState::default()
-        }
-    }
-}
-
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut core: ChatCore<MemoryStructures<Device>> = ChatCore::new(
         MemoryStructures::journaled(),
@@ -262,7 +206,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 });
                 let device = Device { id: conn, resume };
                 let outcome = core.connect(&n(USERS[u]), device);
-                disk.apply(&outcome, resume.is_none().then(|| n(USERS[u])).as_ref());
+                disk.apply(&outcome);
+                if resume.is_none() {
+                    disk.flushed(&n(USERS[u]), &outcome);
+                }
                 let got = sent(&outcome);
                 let (expected_flush, receipts, position): (Vec<u64>, _, _) = match resume {
                     None => {
@@ -309,7 +256,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let o = m.open.remove(k % m.open.len());
                 let unsent = if unclean { o.last_live.clone() } else { vec![] };
                 let outcome = core.disconnect(&n(USERS[o.user]), o.conn, unsent.clone());
-                disk.apply(&outcome, None);
+                disk.apply(&outcome);
                 let last = m.conns_of(o.user).is_empty();
                 if last && o.resume.is_none() {
                     let edge = m.released.get(&o.user).copied().unwrap_or(0);
@@ -340,7 +287,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     parse_request(&text.to_string()).unwrap(),
                     0,
                 );
-                disk.apply(&outcome, None);
+                disk.apply(&outcome);
                 let got = sent(&outcome);
                 let devices = m.conns_of(to);
                 let hold = m.open.iter().any(|o| o.user == to && o.resume.is_some());
@@ -400,7 +347,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     parse_request(&text.to_string()).unwrap(),
                     0,
                 );
-                disk.apply(&outcome, None);
+                disk.apply(&outcome);
                 let got = sent(&outcome);
                 let id = m.next_id;
                 m.next_id += 1;
@@ -473,7 +420,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let device = Device { id: conn, resume };
                 let outcome =
                     core.handle(&n(USERS[user]), &device, parse_request(&text).unwrap(), 0);
-                disk.apply(&outcome, None);
+                disk.apply(&outcome);
                 let got = sent(&outcome);
                 let receipts = m.release(user, id.min(m.next_id - 1));
                 m.window.retain(|_, w| !w.is_empty());
