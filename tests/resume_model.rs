@@ -161,6 +161,26 @@ fn sent(outcome: &Outcome<Device>) -> Sent {
     s
 }
 
+/// Sends `request` from the k-th open connection, applies its journal to the
+/// disk, and returns the connection, its user, and the outcome.
+fn from_open(
+    core: &mut ChatCore<MemoryStructures<Device>>,
+    disk: &mut Disk,
+    m: &Model,
+    k: usize,
+    request: serde_json::Value,
+) -> Option<(ConnId, usize, Outcome<Device>)> {
+    let o = m.open.get(k % m.open.len().max(1))?;
+    let device = Device {
+        id: o.conn,
+        resume: o.resume,
+    };
+    let envelope = parse_request(&request.to_string()).unwrap();
+    let outcome = core.handle(&n(USERS[o.user]), &device, envelope, 0);
+    disk.apply(&outcome);
+    Some((o.conn, o.user, outcome))
+}
+
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut core: ChatCore<MemoryStructures<Device>> = ChatCore::new(
         MemoryStructures::journaled(),
@@ -274,20 +294,11 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
             }
             Step::Send(k, to, receipt) => {
-                if m.open.is_empty() {
-                    continue;
-                }
-                let at = k % m.open.len();
-                let (conn, from, resume) = (m.open[at].conn, m.open[at].user, m.open[at].resume);
                 let text = serde_json::json!({"type":"message","to":USERS[to],"text":"x","receipt":receipt});
-                let device = Device { id: conn, resume };
-                let outcome = core.handle(
-                    &n(USERS[from]),
-                    &device,
-                    parse_request(&text.to_string()).unwrap(),
-                    0,
-                );
-                disk.apply(&outcome);
+                let Some((conn, from, outcome)) = from_open(&mut core, &mut disk, &m, k, text)
+                else {
+                    continue;
+                };
                 let got = sent(&outcome);
                 let devices = m.conns_of(to);
                 let hold = m.open.iter().any(|o| o.user == to && o.resume.is_some());
@@ -334,20 +345,11 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
             }
             Step::Post(k, receipt) => {
-                if m.open.is_empty() {
-                    continue;
-                }
-                let at = k % m.open.len();
-                let (conn, from, resume) = (m.open[at].conn, m.open[at].user, m.open[at].resume);
                 let text = serde_json::json!({"type":"group_message","group":"g","text":"x","receipt":receipt});
-                let device = Device { id: conn, resume };
-                let outcome = core.handle(
-                    &n(USERS[from]),
-                    &device,
-                    parse_request(&text.to_string()).unwrap(),
-                    0,
-                );
-                disk.apply(&outcome);
+                let Some((conn, from, outcome)) = from_open(&mut core, &mut disk, &m, k, text)
+                else {
+                    continue;
+                };
                 let got = sent(&outcome);
                 let id = m.next_id;
                 m.next_id += 1;
@@ -405,22 +407,14 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&got.chats, &expected, "fan-out of group message {}", id);
             }
             Step::Received(k, id) => {
-                if m.open.is_empty() {
+                let Some(seen) = m.open.get(k % m.open.len().max(1)).map(|o| o.seen) else {
                     continue;
-                }
-                let at = k % m.open.len();
-                let (conn, user, resume, seen) = (
-                    m.open[at].conn,
-                    m.open[at].user,
-                    m.open[at].resume,
-                    m.open[at].seen,
-                );
+                };
                 let id = id.unwrap_or(seen);
-                let text = format!(r#"{{"type":"received","id":{id}}}"#);
-                let device = Device { id: conn, resume };
-                let outcome =
-                    core.handle(&n(USERS[user]), &device, parse_request(&text).unwrap(), 0);
-                disk.apply(&outcome);
+                let text = serde_json::json!({"type":"received","id":id});
+                let Some((_, user, outcome)) = from_open(&mut core, &mut disk, &m, k, text) else {
+                    continue;
+                };
                 let got = sent(&outcome);
                 let receipts = m.release(user, id.min(m.next_id - 1));
                 m.window.retain(|_, w| !w.is_empty());
