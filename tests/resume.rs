@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Proc, TestServer, WAIT};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -377,5 +379,126 @@ async fn received_from_any_device_releases_for_the_user() {
     let (mut laptop, welcome) = join(port, "bob?resume=0").await;
     assert_eq!(welcome["queued"], 2);
     assert_eq!(read_ids(&mut laptop, 2).await, acked[4..]);
+    server.stop().await;
+}
+
+/// Readers that resume and drop their connections at random points (some
+/// confirming, some not; a small outbox, so some are evicted) while two
+/// senders write to them: in the end each reader has every message its
+/// senders were acked, once after skipping ids already seen, and in each
+/// sender's order. The seed is printed, so a failure can be replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_drop_at_random_lose_nothing() {
+    let config = Config {
+        net: vivachat::server::NetLimits {
+            outbox_frames: 32,
+            ..Config::default().net
+        },
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let port = server.addr.port();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("chaos seed {seed}");
+    const READERS: usize = 3;
+    const PER_READER: usize = 200;
+
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            tokio::spawn(async move {
+                let mut rng = seed ^ (r as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut next = move |n: u64| {
+                    rng = rng
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (rng >> 33) % n
+                };
+                let (mut shown, mut texts) = (0u64, Vec::new());
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while texts.len() < 2 * PER_READER {
+                    assert!(tokio::time::Instant::now() < deadline, "reader {r} stalled");
+                    let (mut c, _) = join(port, &format!("reader{r}?resume={shown}")).await;
+                    // Read a random number of frames, confirming now and then.
+                    let budget = 1 + next(60);
+                    for _ in 0..budget {
+                        let frame = tokio::time::timeout(Duration::from_millis(300), c.recv())
+                            .await
+                            .ok();
+                        let Some(frame) = frame else { break };
+                        if frame["type"] != "message" {
+                            continue;
+                        }
+                        let id = frame["id"].as_u64().unwrap();
+                        if id > shown {
+                            shown = id;
+                            texts.push(frame["text"].as_str().unwrap().to_string());
+                        }
+                        if next(10) == 0 {
+                            c.send(json!({"type":"received","id":shown})).await;
+                        }
+                    }
+                    // Drop without a close frame, with the rest unread.
+                    crash(c);
+                    tokio::time::sleep(Duration::from_millis(next(30))).await;
+                }
+                texts
+            })
+        })
+        .collect();
+
+    let mut senders = Vec::new();
+    for s in 0..2 {
+        let mut sender = server.connect(&format!("sender{s}")).await;
+        senders.push(tokio::spawn(async move {
+            for i in 0..PER_READER {
+                for r in 0..READERS {
+                    let text = format!("s{s} {i}");
+                    let ack = sender
+                        .request(json!({"type":"message","to":format!("reader{r}"),"text":text}))
+                        .await;
+                    let ack = if ack["type"] == "presence" {
+                        sender.recv_skipping_presence().await
+                    } else {
+                        ack
+                    };
+                    assert!(
+                        ack["status"] == "delivered" || ack["status"] == "queued",
+                        "{ack}"
+                    );
+                }
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    for (r, reader) in readers.into_iter().enumerate() {
+        let texts = reader.await.unwrap();
+        for s in 0..2 {
+            let order: Vec<usize> = texts
+                .iter()
+                .filter_map(|t| t.strip_prefix(&format!("s{s} ")))
+                .map(|i| i.parse().unwrap())
+                .collect();
+            assert_eq!(
+                order,
+                (0..PER_READER).collect::<Vec<_>>(),
+                "reader {r}, sender {s} (seed {seed}): every message once, in order"
+            );
+        }
+    }
+    let state = server.inspect().await;
+    assert!(
+        state["invariants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["holds"] == true),
+        "{}",
+        state["invariants"]
+    );
     server.stop().await;
 }
