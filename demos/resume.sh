@@ -27,7 +27,9 @@ check "bob's window is empty again, released up to #1" "'bob' not in d['offline_
 check "one push_back and one pop_front were counted for it" "d['ops']['offline_messages']['push_back'] == 1 and d['ops']['offline_messages']['pop_front'] == 1"
 
 step "bob's laptop crashes (kill -9: no close frame); alice writes twice more: queued, as for any offline user"
-kill -9 "${PIDS[-1]}"
+bob_pid="${PIDS[-1]}"
+kill -9 "$bob_pid"
+wait "$bob_pid" 2>/dev/null || true # reaped quietly: no "Killed" line from bash
 for _ in $(seq 50); do
   "$VIVACHAT" inspect --url "$HTTP" --json | python3 -c "import json,sys; sys.exit(0 if 'bob' not in json.load(sys.stdin)['presence'] else 1)" && break
   sleep 0.1
