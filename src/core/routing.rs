@@ -69,7 +69,13 @@ struct Sender<'a, C> {
 
 /// Gives an accepted message its id. One counter serves direct and group
 /// messages, so ids increase in the order the core processed them.
-fn stamp(next_id: &mut u64, from: &UserId, target: Target, text: Arc<str>, ts: u64) -> Message {
+fn stamp(
+    next_id: &mut u64,
+    from: &UserId,
+    target: Target,
+    (text, receipt): (Arc<str>, bool),
+    ts: u64,
+) -> Message {
     let id = *next_id;
     *next_id += 1;
     Message {
@@ -78,7 +84,7 @@ fn stamp(next_id: &mut u64, from: &UserId, target: Target, text: Arc<str>, ts: u
         target,
         text,
         ts,
-        receipt: false,
+        receipt,
     }
 }
 
@@ -566,14 +572,13 @@ impl<S: Structures> ChatCore<S> {
                 AckStatus::Queued
             }
         };
-        let mut message = stamp(
+        let message = stamp(
             &mut self.next_message_id,
             from,
             Target::User(to.clone()),
-            text,
+            (text, receipt),
             now_ms,
         );
-        message.receipt = receipt;
         let id = message.id;
         match status {
             _ if blocked => {}
@@ -635,14 +640,13 @@ impl<S: Structures> ChatCore<S> {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
         }
         let text_bytes = text.len();
-        let mut message = stamp(
+        let message = stamp(
             &mut self.next_message_id,
             from,
             Target::Group(group.clone()),
-            text,
+            (text, receipt),
             now_ms,
         );
-        message.receipt = receipt;
         let id = message.id;
         let frame = plan.frame(ServerFrame::Chat {
             message: message.clone(),
@@ -665,7 +669,13 @@ impl<S: Structures> ChatCore<S> {
             // sending device gets nothing, so it does not count); a full
             // window skips them as a full queue skips an offline member.
             let hold = reach.clone().any(|d| d.resume().is_some());
-            if !devices.is_empty() && !hold {
+            let online = !devices.is_empty();
+            // A held or queued copy needs room in the member's deque (checked
+            // only then: a live-only copy costs no `len`).
+            let keep = (hold || !online)
+                && s.queued_len(&member, trace) < max
+                && room_to_queue(s, &self.config, from, text_bytes).is_ok();
+            if online && (keep || !hold) {
                 for device in reach {
                     would_reach += 1;
                     if !blocks {
@@ -673,28 +683,12 @@ impl<S: Structures> ChatCore<S> {
                         connections += 1;
                     }
                 }
-            } else if hold {
-                if s.queued_len(&member, trace) < max
-                    && room_to_queue(s, &self.config, from, text_bytes).is_ok()
-                {
-                    let reached = reach.clone().count();
-                    would_reach += reached;
-                    if !blocks {
-                        for device in reach {
-                            plan.send(device, frame);
-                        }
-                        connections += reached;
-                        s.queue_push_back(&member, message.clone(), trace);
-                    }
-                }
-            } else if s.queued_len(&member, trace) < max
-                && room_to_queue(s, &self.config, from, text_bytes).is_ok()
-            {
+            } else if keep {
                 would_queue += 1;
-                if !blocks {
-                    s.queue_push_back(&member, message.clone(), trace);
-                    queued += 1;
-                }
+                queued += usize::from(!blocks);
+            }
+            if keep && !blocks {
+                s.queue_push_back(&member, message.clone(), trace);
             }
         }
         let status = if would_reach > 0 {
