@@ -76,7 +76,7 @@ const MIGRATIONS: &[&str] = &[
         user TEXT PRIMARY KEY NOT NULL,
         upto INTEGER NOT NULL
     ) WITHOUT ROWID;
-    INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', abs(random()));
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', random() & 9223372036854775807);
 ",
 ];
 
@@ -1109,6 +1109,30 @@ mod tests {
         for p in [path, foreign, newer] {
             let _ = std::fs::remove_dir_all(p.parent().unwrap());
         }
+    }
+
+    #[test]
+    fn a_version_1_file_keeps_its_queues_and_gains_an_epoch() {
+        let path = temp("v1");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "{} PRAGMA user_version = 1; PRAGMA application_id = {APPLICATION_ID};
+                 INSERT INTO offline_messages VALUES ('bob', 7, 'ann', NULL, 'hi', 1000);
+                 INSERT INTO meta VALUES ('next_message_id', 200000);",
+                MIGRATIONS[0]
+            ))
+            .unwrap();
+        }
+        let (store, loaded) = Store::open(&path).unwrap();
+        let s = &loaded.state;
+        assert_eq!(s.queues.len(), 1);
+        let m = &s.queues[0].1[0];
+        assert_eq!((m.id, m.text.as_ref(), m.receipt), (7, "hi", false));
+        assert_eq!(s.next_message_id, 200000);
+        assert!(s.epoch.is_some() && s.released.is_empty());
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]

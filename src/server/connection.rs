@@ -56,7 +56,8 @@ pub(crate) async fn serve(
     socket: WebSocket,
     user: UserId,
     remote: SocketAddr,
-    (admitted, resume): (Admitted, Option<Resume>),
+    admitted: Admitted,
+    resume: Option<Resume>,
 ) {
     let conn = hub.new_connection(user.clone(), remote, admitted.authenticated, resume);
     let (sink, stream) = socket.split();

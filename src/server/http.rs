@@ -176,7 +176,7 @@ async fn ws_upgrade(
                 // Held for the connection's lifetime; dropped (freed) with the
                 // closure if the upgrade never completes.
                 let _slot = slot;
-                connection::serve(hub, socket, user, remote, (admitted, resume)).await
+                connection::serve(hub, socket, user, remote, admitted, resume).await
             })
         })
 }
