@@ -314,12 +314,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         for inv in &snapshot.invariants {
             prop_assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
         }
-        let queues: BTreeMap<String, Vec<u64>> = snapshot
-            .structures
-            .offline_messages
-            .iter()
-            .map(|(u, q)| (u.to_string(), q.messages.iter().map(|msg| msg.id).collect()))
-            .collect();
+        let queues = disk::queue_ids(&snapshot.structures);
         let model_queues: BTreeMap<String, Vec<u64>> = m
             .queues
             .iter()

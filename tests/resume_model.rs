@@ -429,12 +429,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         for inv in &snapshot.invariants {
             prop_assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
         }
-        let windows: BTreeMap<String, Vec<u64>> = snapshot
-            .structures
-            .offline_messages
-            .iter()
-            .map(|(u, q)| (u.to_string(), q.messages.iter().map(|m| m.id).collect()))
-            .collect();
+        let windows = disk::queue_ids(&snapshot.structures);
         let model: BTreeMap<String, Vec<u64>> = m
             .window
             .iter()

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vivachat::core::{Change, ConnHandle, DurableState, Outcome};
+use vivachat::core::{Change, ConnHandle, DurableState, Outcome, StructuresSnapshot};
 use vivachat::names::Name;
 use vivachat::protocol::{Message, ServerFrame};
 
@@ -85,4 +85,13 @@ impl Disk {
             ..DurableState::default()
         }
     }
+}
+
+/// Each user's deque as its message ids, oldest first: what the model tests
+/// compare with their reference model after every step.
+pub fn queue_ids(s: &StructuresSnapshot) -> BTreeMap<String, Vec<u64>> {
+    s.offline_messages
+        .iter()
+        .map(|(u, q)| (u.to_string(), q.messages.iter().map(|m| m.id).collect()))
+        .collect()
 }
