@@ -3,7 +3,7 @@
 # something that no longer works.
 set -euo pipefail
 cd "$(dirname "$0")"
-for demo in offline-delivery resume multi-device groups-and-blocking durable-restart big-o; do
+for demo in offline-delivery resume multi-device groups-and-blocking durable-restart cluster big-o; do
   echo "##### demos/$demo.sh"
   bash "./$demo.sh"
 done

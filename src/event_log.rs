@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use colored::{ColoredString, Colorize};
 
-use crate::core::{Event, Trace};
+use crate::core::{Event, Relay, Trace};
 use crate::output::paint;
 use crate::protocol::AckStatus;
 
@@ -246,6 +246,33 @@ pub fn summary(event: &Event) -> String {
         }
         Event::Shutdown { connections } => {
             format!("shutting down: closing {connections} connection(s) with 1001")
+        }
+        Event::NodeLost {
+            node,
+            offline,
+            notified,
+        } => {
+            let names: Vec<&str> = offline.iter().map(|u| u.as_str()).collect();
+            format!(
+                "! node {node} missed its heartbeat: swept its devices; offline: {} (told {notified} connection(s))",
+                if names.is_empty() { "nobody".to_string() } else { names.join(", ") }
+            )
+        }
+        Event::Relayed {
+            user,
+            what,
+            connections,
+            requeued,
+        } => {
+            let mut s = match what {
+                Relay::ToUser => format!("<< from another node, for {user}: to {connections} connection(s) here"),
+                Relay::ToEveryone => format!("<< from another node, presence of {user}: to {connections} connection(s) here"),
+                Relay::TakeQueue => format!("<< {user}'s queue grew while online here: flushed to {connections} connection(s)"),
+            };
+            if *requeued > 0 {
+                s += &format!(", {requeued} put back in {user}'s queue (no device here any more)");
+            }
+            s
         }
     }
 }

@@ -53,6 +53,24 @@ pub struct ServerInfo {
     /// The board's feed: what drawing the structures for `/board` costs the server.
     #[serde(default)]
     pub board: BoardStats,
+    /// Cluster mode (`serve --redis`): the nodes and what this one asked of Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// One node's view of its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClusterInfo {
+    /// The node that answered.
+    pub node: String,
+    /// Every node with a live heartbeat, sorted.
+    pub nodes: Vec<String>,
+    /// Where Redis is (`HOST:PORT/DB`, never a password) and the key prefix.
+    pub redis: String,
+    pub prefix: String,
+    /// Each Redis command this node ran, with its documented cost: what the
+    /// in-memory operations cost once the structures are shared.
+    pub redis_commands: Vec<crate::cluster::RedisCount>,
 }
 
 /// The memory budget and what is counted against it, in bytes.

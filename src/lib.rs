@@ -9,6 +9,7 @@
 //! - [`inspection`]: the `/inspect` document (the core's snapshot + server facts).
 //! - [`tokens`]: name tokens: random generation, Argon2id hashing and checking.
 //! - [`store`]: durable mode (`serve --data`): SQLite with group commit.
+//! - [`cluster`]: `serve --redis`: the shared structures in Redis, so several nodes are one server.
 //! - [`server`]: the network shell; `server::run(listener, config, log, shutdown)`.
 //! - [`event_log`]: narrates each event with the structure operations it cost.
 //! - [`output`]: clock, duration and colour formatting shared by every view.
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod board;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod core;
 pub mod event_log;
 pub mod inspect;

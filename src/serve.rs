@@ -9,6 +9,7 @@ use colored::Colorize;
 
 use clap::Args;
 
+use crate::cluster::ClusterConfig;
 use crate::core::{
     CoreConfig, MAX_BLOCKED, MAX_GROUPS, MAX_GROUPS_PER_USER, MAX_GROUP_SIZE, MAX_OFFLINE,
 };
@@ -97,6 +98,19 @@ pub struct ServeArgs {
     /// what needs the disk is refused with `unavailable` until space is freed.
     #[arg(long, value_name = "SIZE", requires = "data", value_parser = parse_size)]
     pub max_data_size: Option<u64>,
+    /// Run as one node of a cluster: the shared structures (presence, queues,
+    /// groups, blocks, name claims) live in this Redis, and every node started
+    /// with the same URL serves the same chat (redis://HOST:PORT or redis://HOST:PORT/DB).
+    #[arg(long, value_name = "URL", conflicts_with = "data")]
+    pub redis: Option<String>,
+    /// With --redis: this node's name in the cluster, unique among its nodes
+    /// (letters, digits, `.`, `-`, `_`). Default: this server's host and port.
+    #[arg(long, value_name = "NAME", requires = "redis", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+    /// With --redis: the first part of every key and channel, so one Redis can
+    /// hold several clusters (one per class).
+    #[arg(long, value_name = "NAME", requires = "redis", default_value = "vivachat", value_parser = parse_node_id)]
+    pub redis_prefix: String,
     /// Do not print the event log (start-up lines and final counts are still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -207,7 +221,7 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
             println!("\nShutting down: closing every connection with code 1001 (going away)...");
         };
         print_banner(bound, &args, color);
-        print_storage(durable.as_ref(), fd_limit);
+        print_storage(durable.as_ref(), args.redis.is_some(), fd_limit);
         let (budget, why) = args.memory_budget();
         let line = format!(
             "Memory budget: {:.0} MiB for queued messages and unsent frames ({why}).",
@@ -239,8 +253,23 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
             ),
             view: args.view.view(),
         });
-        let config = args.config(durable, dashboard, budget);
-        let report = server::run(listener, config, log, shutdown).await?;
+        let mut config = args.config(durable, dashboard, budget);
+        if let Some(url) = &args.redis {
+            let node = args.node_id.clone().unwrap_or_else(|| {
+                format!("{}-{}", bound.ip(), bound.port()).replace(':', "_")
+            });
+            say!(
+                "Cluster node {} on Redis {}: presence, queues, groups, blocks and claims are shared; this node keeps its own sockets.",
+                node.bold(),
+                url
+            );
+            let mut cluster = ClusterConfig::new(url, &node);
+            cluster.prefix = args.redis_prefix.clone();
+            config.cluster = Some(cluster);
+        }
+        let report = server::run(listener, config, log, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!(
             "\n{} after {:.1}s, {} connection(s) served. Final operation counts:",
             "Stopped".bold(),
@@ -278,8 +307,13 @@ async fn bind(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 /// Durable or not, and a warning when few files may be opened.
-fn print_storage(durable: Option<&Durable>, fd_limit: Option<(u64, u64)>) {
+fn print_storage(durable: Option<&Durable>, cluster: bool, fd_limit: Option<(u64, u64)>) {
     match durable {
+        None if cluster => say!(
+            "{}",
+            "In Redis: queues, groups, blocks and name claims outlive this node; they are as durable as Redis is (redis-server --appendonly yes keeps them across its restarts)."
+                .dimmed()
+        ),
         Some(d) => say!(
             "Durable: {} ({}); every `queued` ack is sent after the write.",
             d.store.path().display().to_string().bold(),
@@ -438,6 +472,17 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
         .map(|n| (n * scale) as u64)
         .filter(|bytes| *bytes >= 4096)
         .ok_or_else(|| format!("{raw:?} is not a size of at least 4KiB, like 64MiB"))
+}
+
+/// `--node-id`: safe in Redis keys and fields.
+fn parse_node_id(raw: &str) -> Result<String, String> {
+    if crate::cluster::valid_node_id(raw) {
+        Ok(raw.to_string())
+    } else {
+        Err(format!(
+            "{raw:?}: a node id is 1 to 64 letters, digits, '.', '-' or '_'"
+        ))
+    }
 }
 
 #[cfg(test)]

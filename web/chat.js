@@ -52,6 +52,7 @@ const state = {
   shown: 0,
   confirmed: 0,
   epoch: null,
+  resuming: true, // until a welcome without `resume` says otherwise
   unconfirmed: 0,
   confirmTimer: null,
   sentById: new Map(), // id of a message this page sent -> its entry, for the second tick
@@ -160,7 +161,7 @@ function loadPosition(name) {
 function confirmReceived() {
   clearTimeout(state.confirmTimer);
   state.confirmTimer = null;
-  if (state.shown <= state.confirmed) return;
+  if (!state.resuming || state.shown <= state.confirmed) return;
   if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
   state.socket.send(JSON.stringify({ type: "received", id: state.shown }));
   state.confirmed = state.shown;
@@ -170,6 +171,7 @@ function confirmReceived() {
 
 /** A chat frame arrived: false if it was shown before (a re-send after a reconnect). */
 function firstTime(frame) {
+  if (!state.resuming) return true;
   if (!Number.isSafeInteger(frame.id) || frame.id <= state.shown) return false;
   state.shown = frame.id;
   state.unconfirmed += 1;
@@ -305,7 +307,11 @@ function receive(frame) {
     case "welcome": {
       // Where the server resumed from: our position, or 0 if it could not
       // trust it (it restarted, and its ids now mean other messages).
-      if (Number.isSafeInteger(frame.resume)) {
+      // No `resume` in the welcome: the server did not resume (a cluster
+      // node does not offer it), so ids may arrive out of order: none is
+      // skipped, and nothing is confirmed on this connection.
+      state.resuming = Number.isSafeInteger(frame.resume);
+      if (state.resuming) {
         state.shown = frame.resume;
         state.confirmed = frame.resume;
         state.unconfirmed = 0;

@@ -45,6 +45,8 @@ pub struct Position {
     unconfirmed: usize,
     /// Where it is saved (None: not saved, e.g. no config directory).
     file: Option<(PathBuf, String, String)>,
+    /// The last welcome said the server resumed (false: a v1 connection).
+    resuming: bool,
 }
 
 impl Position {
@@ -63,6 +65,7 @@ impl Position {
 
     fn from_saved(saved: Saved) -> Position {
         Position {
+            resuming: true,
             shown: saved.received,
             confirmed: saved.received,
             epoch: saved.epoch,
@@ -83,6 +86,10 @@ impl Position {
     /// when it did not trust it (another run of the server, whose ids meant
     /// other messages). From then on, ids at or below it are duplicates.
     pub fn welcome(&mut self, resume: Option<u64>, epoch: Option<&str>) {
+        // No `resume` in the welcome: the server did not resume (a cluster
+        // node does not offer it), so ids may arrive out of order and none
+        // is skipped; nothing is confirmed on this connection.
+        self.resuming = resume.is_some();
         let Some(from) = resume else { return };
         self.shown = from;
         self.confirmed = from;
@@ -107,6 +114,9 @@ impl Position {
 
     /// A chat message arrived: true if it is new and must be shown.
     pub fn arrived(&mut self, id: u64) -> bool {
+        if !self.resuming {
+            return true;
+        }
         if id <= self.shown {
             return false;
         }
@@ -123,7 +133,7 @@ impl Position {
     /// The id to confirm, if anything was shown since the last confirmation;
     /// records it as confirmed (and saves it).
     pub fn confirm(&mut self) -> Option<u64> {
-        if self.shown <= self.confirmed {
+        if !self.resuming || self.shown <= self.confirmed {
             return None;
         }
         self.confirmed = self.shown;
@@ -133,7 +143,7 @@ impl Position {
     }
 
     pub fn pending(&self) -> bool {
-        self.shown > self.confirmed
+        self.resuming && self.shown > self.confirmed
     }
 
     /// Written beside the tokens, under their lock; a failure costs at most
@@ -183,6 +193,24 @@ mod tests {
         assert!(p.batch_full());
         assert_eq!(p.confirm(), Some(2 + CONFIRM_BATCH as u64));
         assert_eq!(p.query(), format!("resume={}&epoch=e1", 2 + CONFIRM_BATCH));
+    }
+
+    #[test]
+    fn a_server_that_does_not_resume_gets_every_message_shown_and_no_confirmation() {
+        let mut p = Position::from_saved(Saved {
+            received: 40,
+            epoch: None,
+        });
+        // A cluster node answers `?resume=40` with a v1 welcome.
+        p.welcome(None, None);
+        // Two senders on two nodes: ids can arrive out of order, and at or
+        // below the old position; every one is shown.
+        assert!(p.arrived(7) && p.arrived(5) && p.arrived(41));
+        assert!(!p.pending());
+        assert_eq!(p.confirm(), None, "v1: nothing to confirm");
+        // A later connection that does resume skips duplicates again.
+        p.welcome(Some(41), None);
+        assert!(!p.arrived(41) && p.arrived(42));
     }
 
     #[test]

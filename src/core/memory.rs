@@ -3,6 +3,7 @@
 //! Each method does one operation on one structure and counts it. Field names
 //! are the seed's, so the code reads like the design table.
 
+use std::borrow::Cow;
 use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
 
 use crate::core::journal::{Change, DurableState};
@@ -170,7 +171,7 @@ fn sorted<'a>(names: impl Iterator<Item = &'a UserId>) -> Vec<UserId> {
 impl<C: ConnHandle> Structures for MemoryStructures<C> {
     type Conn = C;
 
-    fn connections(&self, user: &UserId, trace: &mut Trace) -> &[C] {
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [C]> {
         let conns = self.ops.measure(ActiveConnections, Op::Get, || {
             self.active_connections
                 .get(user)
@@ -183,7 +184,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             None,
             Some(conns.len()),
         );
-        conns
+        Cow::Borrowed(conns)
     }
 
     fn add_connection(&mut self, user: &UserId, conn: C, trace: &mut Trace) -> usize {
@@ -633,7 +634,7 @@ mod tests {
 
         assert_eq!(s.add_connection(&a, 1, t), 1);
         assert_eq!(s.add_connection(&a, 2, t), 2);
-        assert_eq!(s.connections(&a, t), &[1, 2]);
+        assert_eq!(*s.connections(&a, t), [1, 2]);
         assert_eq!(s.remove_connection(&a, 9, t), None, "unknown id");
         assert_eq!(s.remove_connection(&a, 1, t), Some((1, 1)));
         assert_eq!(s.remove_connection(&a, 2, t), Some((0, 2)));

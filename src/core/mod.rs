@@ -23,6 +23,7 @@ use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 pub use journal::{Change, DurableState};
 pub use memory::MemoryStructures;
 pub use ops::{Facts, Op, OpTable, Structure, Trace, FACTS};
+pub use routing::Relayed;
 pub use snapshot::{ConnDetail, ConnId, Invariant, QueueView, Snapshot, StructuresSnapshot};
 pub use structures::{ConnHandle, Device, Structures};
 
@@ -252,6 +253,36 @@ pub enum Event {
     Shutdown {
         connections: usize,
     },
+    /// Cluster mode: a node stopped renewing its heartbeat and was swept.
+    NodeLost {
+        node: String,
+        /// Users whose last device was there: announced offline.
+        offline: Vec<UserId>,
+        notified: usize,
+    },
+    /// Cluster mode: what another node routed here, carried out on this
+    /// node's own sockets.
+    Relayed {
+        /// Whose devices it was for; for a presence broadcast, the user it is about.
+        user: UserId,
+        what: Relay,
+        /// Connections on this node that got it.
+        connections: usize,
+        /// Chat messages that found none of the user's devices here any more,
+        /// so went back to their queue.
+        requeued: usize,
+    },
+}
+
+/// What another node of a cluster asked this one to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// A frame for one user's devices here.
+    ToUser,
+    /// A presence frame for every device here but the user's own.
+    ToEveryone,
+    /// The user's queue got a message while they were online here: take it.
+    TakeQueue,
 }
 
 impl<S: Structures> ChatCore<S> {
@@ -313,7 +344,7 @@ impl<S: Structures> ChatCore<S> {
         Snapshot::new(
             self.structures.snapshot(QueueView::All),
             &self.structures.op_table(),
-            self.next_message_id,
+            self.structures.next_id(self.next_message_id),
         )
     }
 
@@ -326,6 +357,20 @@ impl<S: Structures> ChatCore<S> {
     /// Bytes held by the offline deques, as the memory budget counts them.
     pub fn queued_bytes(&self) -> usize {
         self.structures.queued_bytes()
+    }
+
+    /// The structures themselves, for the shell's upkeep of a backend (a
+    /// cluster node registering its sockets again after Redis comes back).
+    /// Rules never go around the core this way.
+    pub fn structures_mut(&mut self) -> &mut S {
+        &mut self.structures
+    }
+
+    /// Why the last rule's operations could not all be carried out (a
+    /// cluster's Redis is unreachable), taken once. The shell then does not
+    /// trust that rule's outcome.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.structures.take_failure()
     }
 
     /// Turns the event-log trace on or off (the board turns it on while watched).

@@ -308,6 +308,8 @@ pub struct OpRecord {
     pub size: Option<usize>,
     /// How many identical (structure, op) records in a row this one stands for.
     pub times: u32,
+    /// In a cluster, the Redis command that did it: `RPUSH vivachat:q:bob O(1)`.
+    pub via: Option<String>,
 }
 
 /// The longest trace kept for one event: a presence broadcast to 10,000 users
@@ -367,7 +369,19 @@ impl Trace {
             arg: arg.cloned(),
             size,
             times: 1,
+            via: None,
         });
+    }
+
+    /// Says which Redis command carried out the operation just recorded
+    /// (built only while tracing: the event log's narration, not routing).
+    pub fn via(&mut self, command: impl FnOnce() -> String) {
+        if !self.enabled || self.omitted > 0 {
+            return;
+        }
+        if let Some(last) = self.records.last_mut() {
+            last.via = Some(command());
+        }
     }
 
     pub fn records(&self) -> &[OpRecord] {
@@ -405,6 +419,9 @@ impl fmt::Display for OpRecord {
             }
         }
         write!(f, " {}", complexity(self.structure, self.op))?;
+        if let Some(command) = &self.via {
+            write!(f, " -> {command}")?;
+        }
         if let Some(n) = self.size {
             let unit = match self.structure {
                 Structure::ActiveConnections => "devices",

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::core::{
-    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, Disk, Event, Outcome,
+    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, Disk, Event, Outcome, Relay,
     Structures, Trace, QUEUED_ENTRY_BYTES,
 };
 use crate::names::{GroupId, UserId};
@@ -59,6 +59,33 @@ impl<C: Clone> Plan<C> {
     }
 }
 
+/// What one node of a cluster (`serve --redis`) publishes to another, to be
+/// carried out on that node's own sockets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Relayed {
+    /// A frame for `user`'s devices there. `held`: the routing node also kept
+    /// it in the user's deque (a device of theirs resumed), so a copy that
+    /// finds no device must not be queued a second time.
+    ToUser {
+        user: UserId,
+        frame: ServerFrame,
+        held: bool,
+    },
+    /// A presence frame about `about`, for every device there but theirs
+    /// that was registered before the change (its `order`).
+    ToEveryone {
+        about: UserId,
+        frame: ServerFrame,
+        order: u64,
+    },
+    /// A message was queued for `user` while a device of theirs was online
+    /// there (it connected while the router looked): the queue is theirs to take.
+    TakeQueue { user: UserId },
+    /// Not from another node: a chat message this node published for `user`
+    /// reached no node (the one with their socket died), so it is queued.
+    Undeliverable { user: UserId, message: Message },
+}
+
 /// Who sent a request, on which connection, with which `ref`, and when.
 struct Sender<'a, C> {
     user: &'a UserId,
@@ -67,17 +94,16 @@ struct Sender<'a, C> {
     now_ms: u64,
 }
 
-/// Gives an accepted message its id. One counter serves direct and group
-/// messages, so ids increase in the order the core processed them.
+/// An accepted message, with the id the structures issued for it. One
+/// counter serves direct and group messages, so ids increase in the order
+/// messages were accepted.
 fn stamp(
-    next_id: &mut u64,
+    id: u64,
     from: &UserId,
     target: Target,
     (text, receipt): (Arc<str>, bool),
     ts: u64,
 ) -> Message {
-    let id = *next_id;
-    *next_id += 1;
     Message {
         id,
         from: from.clone(),
@@ -190,14 +216,12 @@ impl<S: Structures> ChatCore<S> {
             user: user.clone(),
             status,
         });
-        let mut notified = 0;
-        for other in others.iter().filter(|o| *o != user) {
-            for conn in self.structures.connections(other, trace) {
-                plan.send(conn, frame);
-                notified += 1;
-            }
+        let others: Vec<UserId> = others.iter().filter(|o| *o != user).cloned().collect();
+        let devices = self.structures.devices_of_all(&others, trace);
+        for conn in &devices {
+            plan.send(conn, frame);
         }
-        notified
+        devices.len()
     }
 
     /// A new connection: register the device, greet it, flush its queue FIFO,
@@ -224,13 +248,7 @@ impl<S: Structures> ChatCore<S> {
 
         let mut released = 0;
         let flush = match resume {
-            None => {
-                let s = &mut self.structures;
-                let queued = s.queued_len(user, &mut trace);
-                (0..queued)
-                    .map_while(|_| s.queue_pop_front(user, &mut trace))
-                    .collect()
-            }
+            None => self.structures.queue_take_all(user, &mut trace),
             Some(position) => {
                 released = self.release(&mut plan, user, position, &mut trace).0;
                 self.structures.queue_held_after(user, position, &mut trace)
@@ -280,11 +298,13 @@ impl<S: Structures> ChatCore<S> {
     fn resume_position(&self, conn: &S::Conn) -> Option<u64> {
         let n = conn.resume()?;
         let same_run = conn.resume_epoch().is_none_or(|e| e == self.epoch);
-        Some(if same_run && n < self.next_message_id {
-            n
-        } else {
-            0
-        })
+        Some(
+            if same_run && n < self.structures.next_id(self.next_message_id) {
+                n
+            } else {
+                0
+            },
+        )
     }
 
     /// Releases `user`'s held messages up to `upto` and sends a receipt for
@@ -309,7 +329,7 @@ impl<S: Structures> ChatCore<S> {
                 id: message.id,
                 user: member,
             });
-            for device in s.connections(&message.from, trace) {
+            for device in s.connections(&message.from, trace).iter() {
                 plan.send(device, frame);
                 receipts += 1;
             }
@@ -369,6 +389,113 @@ impl<S: Structures> ChatCore<S> {
         self.finish(plan, event, trace)
     }
 
+    /// Cluster mode: carries out what another node routed to this one. A chat
+    /// message for a user with no device here any more (they left while it
+    /// was on its way) goes back to their queue, so it is never lost.
+    pub fn relayed(&mut self, relayed: Relayed) -> Outcome<S::Conn> {
+        let mut trace = self.new_trace();
+        let mut plan = Plan::new();
+        let s = &mut self.structures;
+        let (user, what) = match &relayed {
+            Relayed::ToUser { user, .. } => (user.clone(), Relay::ToUser),
+            Relayed::ToEveryone { about, .. } => (about.clone(), Relay::ToEveryone),
+            Relayed::TakeQueue { user } => (user.clone(), Relay::TakeQueue),
+            Relayed::Undeliverable { user, .. } => (user.clone(), Relay::ToUser),
+        };
+        let mut connections = 0;
+        let mut requeued = 0;
+        match relayed {
+            Relayed::ToUser { user, frame, held } => {
+                let devices = s.local_connections(&user, &mut trace).into_owned();
+                let message = frame.chat_message().cloned();
+                if devices.is_empty() {
+                    if let (Some(message), false) = (message, held) {
+                        requeued += usize::from(s.queue_put_back(&user, message, &mut trace));
+                    }
+                } else {
+                    let index = plan.frame(frame);
+                    for device in &devices {
+                        plan.send(device, index);
+                    }
+                    connections = devices.len();
+                }
+            }
+            Relayed::ToEveryone {
+                about,
+                frame,
+                order,
+            } => {
+                let theirs: Vec<ConnId> = s
+                    .local_connections(&about, &mut trace)
+                    .iter()
+                    .map(ConnHandle::id)
+                    .collect();
+                let index = plan.frame(frame);
+                for device in s.all_connections(&mut trace) {
+                    if !theirs.contains(&device.id()) && device.presence_order() < order {
+                        plan.send(&device, index);
+                        connections += 1;
+                    }
+                }
+            }
+            Relayed::TakeQueue { user } => {
+                let devices = s.local_connections(&user, &mut trace).into_owned();
+                // A resuming user's deque is a window of held messages, not a queue to take.
+                if !devices.is_empty() && !holds(&devices) {
+                    for message in s.queue_take_all(&user, &mut trace) {
+                        let index = plan.frame(ServerFrame::Chat {
+                            message,
+                            offline: true,
+                        });
+                        for device in &devices {
+                            plan.send(device, index);
+                        }
+                    }
+                    connections = devices.len();
+                }
+            }
+            Relayed::Undeliverable { user, message } => {
+                requeued += usize::from(s.queue_put_back(&user, message, &mut trace));
+            }
+        }
+        let event = Event::Relayed {
+            user,
+            what,
+            connections,
+            requeued,
+        };
+        self.finish(plan, event, trace)
+    }
+
+    /// Cluster mode: `node` stopped renewing its heartbeat (killed, or cut
+    /// off). Its devices are swept from the shared structures, and each user
+    /// who had no device anywhere else is announced `offline`, as if their
+    /// last connection had closed. Their queues stay: they reconnect elsewhere.
+    pub fn node_lost(&mut self, node: &str) -> Outcome<S::Conn> {
+        let mut trace = self.new_trace();
+        let mut plan = Plan::new();
+        let gone = self.structures.sweep_node(node, &mut trace);
+        let mut notified = 0;
+        if !gone.is_empty() {
+            let others = self.structures.online_users(&mut trace);
+            for user in &gone {
+                notified += self.broadcast_presence(
+                    &mut plan,
+                    user,
+                    PresenceStatus::Offline,
+                    &others,
+                    &mut trace,
+                );
+            }
+        }
+        let event = Event::NodeLost {
+            node: node.to_string(),
+            offline: gone,
+            notified,
+        };
+        self.finish(plan, event, trace)
+    }
+
     /// Answers a frame that could not be parsed: the error goes to the sender only.
     pub fn refuse(&self, user: &UserId, conn: &S::Conn, error: RequestError) -> Outcome<S::Conn> {
         self.refuse_traced(user, conn, error, self.new_trace())
@@ -407,6 +534,7 @@ impl<S: Structures> ChatCore<S> {
             reference,
             now_ms,
         };
+        self.structures.forget_prefetch();
         let mut trace = self.new_trace();
         if let Err(error) = self.check_text(&request, &sender.reference) {
             return self.refuse_traced(user, conn, error, trace);
@@ -494,7 +622,7 @@ impl<S: Structures> ChatCore<S> {
             // No answer: a confirmation is the client's ack, not a request.
             // An id this run never issued confirms only what it did issue.
             Request::Received { id } => {
-                let upto = id.min(self.next_message_id - 1);
+                let upto = id.min(self.structures.next_id(self.next_message_id) - 1);
                 let (released, receipts) = self.release(&mut plan, user, upto, &mut trace);
                 Event::Received {
                     user: user.clone(),
@@ -525,6 +653,7 @@ impl<S: Structures> ChatCore<S> {
             now_ms,
         } = sender;
         let s = &mut self.structures;
+        s.prefetch_route(from, &to);
         if let Err(why) = may_send(s, &self.config, from) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
         }
@@ -533,11 +662,11 @@ impl<S: Structures> ChatCore<S> {
         // (devices? disk? inbox full?); only then does the block stop the
         // message, so `delivered`, `queued` and `inbox_full` reveal nothing.
         let blocked = s.is_blocked(&to, from, trace);
-        let devices: &[S::Conn] = s.connections(&to, trace);
+        let devices = s.connections(&to, trace);
         // Live to a resuming user, the message is also held in their deque
         // until confirmed, so it is bounded like a queue (TCP's zero window:
         // the sender waits until the reader catches up).
-        let hold = holds(devices);
+        let hold = holds(&devices);
         let status = if !devices.is_empty() && !hold {
             AckStatus::Delivered
         } else if let Disk::Unavailable(why) = &self.disk {
@@ -572,34 +701,22 @@ impl<S: Structures> ChatCore<S> {
                 AckStatus::Queued
             }
         };
-        let message = stamp(
-            &mut self.next_message_id,
-            from,
-            Target::User(to.clone()),
-            (text, receipt),
-            now_ms,
-        );
-        let id = message.id;
-        match status {
-            _ if blocked => {}
-            AckStatus::Delivered => {
-                let held = hold.then(|| message.clone());
-                let frame = plan.frame(ServerFrame::Chat {
-                    message,
-                    offline: false,
-                });
-                // Every device of the recipient; not the sender's other devices.
-                for device in devices {
-                    plan.send(device, frame);
-                }
-                if let Some(message) = held {
-                    s.queue_push_back(&to, message, trace);
-                }
+        let id = s.issue_id(&mut self.next_message_id, trace);
+        let message = stamp(id, from, Target::User(to.clone()), (text, receipt), now_ms);
+        if status == AckStatus::Delivered && !blocked {
+            let frame = plan.frame(ServerFrame::Chat {
+                message: message.clone(),
+                offline: false,
+            });
+            // Every device of the recipient; not the sender's other devices.
+            for device in devices.iter() {
+                plan.send(device, frame);
             }
-            AckStatus::Queued => {
-                s.queue_push_back(&to, message, trace);
-            }
-            _ => {}
+        }
+        drop(devices);
+        // Kept: queued for an offline user, or held for a resuming one.
+        if !blocked && (status == AckStatus::Queued || hold) {
+            s.queue_push_back(&to, message, trace);
         }
         plan.reply(conn, ack(reference, Some(id), status));
         Ok(Event::Message {
@@ -640,14 +757,14 @@ impl<S: Structures> ChatCore<S> {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
         }
         let text_bytes = text.len();
+        let id = s.issue_id(&mut self.next_message_id, trace);
         let message = stamp(
-            &mut self.next_message_id,
+            id,
             from,
             Target::Group(group.clone()),
             (text, receipt),
             now_ms,
         );
-        let id = message.id;
         let frame = plan.frame(ServerFrame::Chat {
             message: message.clone(),
             offline: false,
@@ -687,6 +804,7 @@ impl<S: Structures> ChatCore<S> {
                 would_queue += 1;
                 queued += usize::from(!blocks);
             }
+            drop(devices);
             if keep && !blocks {
                 s.queue_push_back(&member, message.clone(), trace);
             }
@@ -825,7 +943,7 @@ impl<S: Structures> ChatCore<S> {
     /// One user's open connections (one `active_connections` look-up, counted).
     pub fn devices(&mut self, user: &UserId) -> Vec<S::Conn> {
         let mut trace = self.new_trace();
-        self.structures.connections(user, &mut trace).to_vec()
+        self.structures.connections(user, &mut trace).into_owned()
     }
 
     /// Every open connection, for a graceful shutdown that closes each with 1001.

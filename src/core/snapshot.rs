@@ -25,6 +25,9 @@ pub struct ConnDetail {
     pub connected_at_ms: Option<u64>,
     /// Frames waiting in its outbox, not yet written to the socket.
     pub unsent: Option<usize>,
+    /// In a cluster, the node whose socket it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The five structures, with every collection sorted so two snapshots of the
@@ -328,6 +331,7 @@ mod tests {
             remote: Some("127.0.0.1:5000".into()),
             connected_at_ms: Some(7),
             unsent: Some(0),
+            node: Some("n1".into()),
         });
         let m = |id, target| crate::protocol::Message {
             id,

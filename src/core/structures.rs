@@ -5,6 +5,8 @@
 //! reuse every routing rule unchanged. Each method is one instrumented
 //! operation: it counts itself and, when tracing, records itself.
 
+use std::borrow::Cow;
+
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{OpTable, Trace};
 use crate::core::snapshot::{ConnDetail, ConnId, QueueView, StructuresSnapshot};
@@ -33,6 +35,20 @@ pub trait ConnHandle: Clone {
     /// The epoch the client's position belongs to (`&epoch=E`), when it said.
     fn resume_epoch(&self) -> Option<&str> {
         None
+    }
+
+    /// False for a handle that stands for devices on another node of a
+    /// cluster (`serve --redis`): a frame sent to it is published there.
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    /// In a cluster, when this device was registered in the cluster-wide
+    /// order of presence changes: a presence frame relayed from another node
+    /// is only for devices registered before the change (the others saw it in
+    /// their welcome). One server: 0, every device.
+    fn presence_order(&self) -> u64 {
+        0
     }
 }
 
@@ -63,8 +79,24 @@ pub trait Structures {
     type Conn: ConnHandle;
 
     // active_connections: HashMap<UserId, Vec<ConnHandle>>
-    /// The user's open connections (empty when offline). O(1).
-    fn connections(&self, user: &UserId, trace: &mut Trace) -> &[Self::Conn];
+    /// The user's open connections (empty when offline). O(1). In memory a
+    /// borrowed slice; a cluster builds the list (its own sockets, and one
+    /// handle per other node that has some of the user's devices).
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Self::Conn]>;
+    /// The user's devices on this node only: what a frame relayed from another
+    /// node of a cluster can reach. In memory, every device is local.
+    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Self::Conn]> {
+        self.connections(user, trace)
+    }
+    /// Every device of every user in `users`, for a presence broadcast. In a
+    /// cluster, one handle per other node stands for all of its devices.
+    fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Self::Conn> {
+        let mut all = Vec::new();
+        for user in users {
+            all.extend(self.connections(user, trace).iter().cloned());
+        }
+        all
+    }
     /// Adds a device; returns how many the user now has. O(1) amortised.
     fn add_connection(&mut self, user: &UserId, conn: Self::Conn, trace: &mut Trace) -> usize;
     /// Removes a device; returns how many remain and its handle, or `None`
@@ -75,7 +107,7 @@ pub trait Structures {
         id: ConnId,
         trace: &mut Trace,
     ) -> Option<(usize, Self::Conn)>;
-    /// Every open connection, for shutdown. O(n).
+    /// Every open connection (on this node), for shutdown. O(n).
     fn all_connections(&self, trace: &mut Trace) -> Vec<Self::Conn>;
 
     // presence: HashSet<UserId>. Routing never asks "is bob online?" here:
@@ -93,6 +125,15 @@ pub trait Structures {
     fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize;
     /// Takes the oldest message. O(1). An emptied deque is removed from the map.
     fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message>;
+    /// Takes the whole deque, oldest first: the flush on connect. One
+    /// `pop_front` per message, O(k). A cluster does it in one atomic script,
+    /// so two devices connecting at once on two nodes cannot both take a message.
+    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Vec<Message> {
+        let queued = self.queued_len(user, trace);
+        (0..queued)
+            .map_while(|_| self.queue_pop_front(user, trace))
+            .collect()
+    }
     /// Copies of the held messages with id > `after`, oldest first, left in
     /// place: a resume re-sends without releasing. O(log n + k) for k copied.
     fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message>;
@@ -135,6 +176,38 @@ pub trait Structures {
     fn queued_bytes_from(&self, sender: &UserId) -> usize;
     /// How many groups `user` is a member of.
     fn groups_of(&self, user: &UserId) -> usize;
+
+    /// The id for the next accepted message. One server counts in memory
+    /// (`next`); a cluster counts in Redis (INCR), so ids stay unique and
+    /// increasing across its nodes.
+    fn issue_id(&self, next: &mut u64, _trace: &mut Trace) -> u64 {
+        let id = *next;
+        *next += 1;
+        id
+    }
+    /// The id the next message will get, as far as this backend knows.
+    fn next_id(&self, next: u64) -> u64 {
+        next
+    }
+    /// A cluster node stopped renewing its heartbeat: its devices leave
+    /// `active_connections`; returns the users who left `presence` with them.
+    /// One server has no other node: nothing to do.
+    fn sweep_node(&mut self, _node: &str, _trace: &mut Trace) -> Vec<UserId> {
+        Vec::new()
+    }
+    /// A direct message from `from` to `to` is about to be routed: a backend
+    /// whose every operation is a round trip (Redis) may fetch, in one, what
+    /// routing will ask next (the budget, the block, the devices, the id).
+    /// Each operation still runs, counts and narrates as itself. In memory:
+    /// nothing to do.
+    fn prefetch_route(&self, _from: &UserId, _to: &UserId) {}
+    /// Forgets anything prefetched and not used (a refused request).
+    fn forget_prefetch(&self) {}
+    /// Why the last operations could not be carried out (a cluster's Redis is
+    /// unreachable), taken once: the shell then refuses the rule's outcome.
+    fn take_failure(&mut self) -> Option<String> {
+        None
+    }
 
     /// The durable changes made since the last call (see `core::journal`).
     fn take_changes(&mut self) -> Vec<Change>;

@@ -1318,3 +1318,151 @@ fn releasing_is_journaled_so_the_disk_forgets_what_was_confirmed() {
         }
     ));
 }
+
+// ---- cluster mode: what another node relays here (carried out on this node's sockets)
+
+fn chat(id: u64, from: &str, to: &str) -> ServerFrame {
+    ServerFrame::Chat {
+        message: Message {
+            id,
+            from: n(from),
+            target: crate::protocol::Target::User(n(to)),
+            text: "hi".into(),
+            ts: 1,
+            receipt: false,
+        },
+        offline: false,
+    }
+}
+
+#[test]
+fn a_relayed_message_reaches_every_local_device_of_its_user_only() {
+    let mut core = core();
+    core.connect(&n("bob"), 1);
+    core.connect(&n("bob"), 2);
+    core.connect(&n("carol"), 3);
+    let o = core.relayed(Relayed::ToUser {
+        user: n("bob"),
+        frame: chat(7, "alice", "bob"),
+        held: false,
+    });
+    assert_eq!(receivers(&o), [1, 2]);
+    assert_eq!(frames(&o, 1)[0]["id"], 7);
+    assert!(matches!(
+        o.event,
+        Event::Relayed {
+            connections: 2,
+            requeued: 0,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_relayed_message_that_finds_no_device_is_queued_unless_held() {
+    let mut core = core();
+    let o = core.relayed(Relayed::ToUser {
+        user: n("bob"),
+        frame: chat(7, "alice", "bob"),
+        held: false,
+    });
+    assert!(o.deliveries.is_empty());
+    assert!(matches!(o.event, Event::Relayed { requeued: 1, .. }));
+    assert_eq!(
+        core.snapshot().structures.offline_messages[&n("bob")].len,
+        1
+    );
+    // Held: the routing node kept it in the deque already; a second copy
+    // must not be queued (and the same id is never queued twice).
+    let o = core.relayed(Relayed::ToUser {
+        user: n("bob"),
+        frame: chat(8, "alice", "bob"),
+        held: true,
+    });
+    assert!(matches!(o.event, Event::Relayed { requeued: 0, .. }));
+    let o = core.relayed(Relayed::Undeliverable {
+        user: n("bob"),
+        message: chat(7, "alice", "bob").chat_message().unwrap().clone(),
+    });
+    assert!(matches!(o.event, Event::Relayed { requeued: 0, .. }));
+    assert_eq!(
+        core.snapshot().structures.offline_messages[&n("bob")].len,
+        1
+    );
+    assert_invariants(&core);
+}
+
+#[test]
+fn a_relayed_presence_skips_its_user_and_devices_registered_after_the_change() {
+    let mut core: ChatCore<MemoryStructures<Ordered>> =
+        ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+    core.connect(&n("alice"), Ordered(1, 10));
+    core.connect(&n("bob"), Ordered(2, 11));
+    core.connect(&n("carol"), Ordered(3, 30));
+    let o = core.relayed(Relayed::ToEveryone {
+        about: n("bob"),
+        frame: ServerFrame::Presence {
+            user: n("bob"),
+            status: crate::protocol::PresenceStatus::Online,
+        },
+        order: 20,
+    });
+    // alice registered before the change (10 < 20): told. bob: it is about
+    // him. carol registered after it (30): her welcome already said so.
+    let told: Vec<ConnId> = o.deliveries.iter().map(|d| d.conn.0).collect();
+    assert_eq!(told, [1]);
+}
+
+#[test]
+fn a_take_queue_flushes_to_the_local_devices_and_a_lost_node_is_a_no_op_in_memory() {
+    let mut core = core();
+    send(
+        &mut core,
+        "alice",
+        9,
+        json!({"type":"message","to":"bob","text":"q"}),
+    );
+    core.connect(&n("bob"), 1);
+    send(
+        &mut core,
+        "alice",
+        9,
+        json!({"type":"message","to":"bob","text":"late"}),
+    );
+    // The queue is empty (the flush took it, the second went live): nothing to do.
+    let o = core.relayed(Relayed::TakeQueue { user: n("bob") });
+    assert!(o.deliveries.is_empty());
+    // A message queued while bob was online (its router looked before he
+    // connected) is taken by his device here, as an offline message.
+    let late = chat(50, "alice", "bob").chat_message().unwrap().clone();
+    core.relayed(Relayed::Undeliverable {
+        user: n("bob"),
+        message: late,
+    });
+    let o = core.relayed(Relayed::TakeQueue { user: n("bob") });
+    let got = frames(&o, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0]["id"].clone(), got[0]["offline"].clone()),
+        (json!(50), json!(true))
+    );
+    assert!(core.snapshot().structures.offline_messages.is_empty());
+    // One server has no other node to lose.
+    let o = core.node_lost("b");
+    assert!(o.deliveries.is_empty());
+    assert!(matches!(o.event, Event::NodeLost { ref offline, .. } if offline.is_empty()));
+}
+
+/// A device with a place in the cluster's order of presence changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ordered(ConnId, u64);
+
+impl ConnHandle for Ordered {
+    fn id(&self) -> ConnId {
+        self.0
+    }
+
+    fn presence_order(&self) -> u64 {
+        self.1
+    }
+}

@@ -436,10 +436,16 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
             clock(info.taken_at_ms),
             duration(info.uptime_ms),
             info.hold_us,
-            match (&info.durable, &info.data_path) {
-                (true, Some(path)) => format!("durable: {path}"),
-                (true, None) => "durable".to_string(),
-                (false, _) => "in memory: lost on restart".to_string(),
+            match (&info.cluster, &info.durable, &info.data_path) {
+                (Some(c), ..) => format!(
+                    "cluster node {} of {} on Redis {}",
+                    c.node,
+                    c.nodes.join(", "),
+                    c.redis
+                ),
+                (None, true, Some(path)) => format!("durable: {path}"),
+                (None, true, None) => "durable".to_string(),
+                (None, false, _) => "in memory: lost on restart".to_string(),
             }
         );
     }
@@ -481,6 +487,27 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
             name_list(&info.claimed_names, o.rows.max(NAMES_PER_CELL))
         );
         // A live screen gives it one line: it is context, not the lesson.
+        let line = match (o.compact, o.width) {
+            (true, Some(w)) => crate::terminal::clip(&line, w),
+            _ => line,
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(c) = doc.server.as_ref().and_then(|i| i.cluster.as_ref()) {
+        let shown: Vec<String> = c
+            .redis_commands
+            .iter()
+            .take(8)
+            .map(|r| format!("{} x{} {}", r.command, r.count, r.complexity))
+            .collect();
+        let line = format!(
+            "Redis commands this node ran (the in-memory operations, shared): {}",
+            if shown.is_empty() {
+                "none yet".to_string()
+            } else {
+                shown.join(" · ")
+            }
+        );
         let line = match (o.compact, o.width) {
             (true, Some(w)) => crate::terminal::clip(&line, w),
             _ => line,
@@ -555,6 +582,11 @@ impl Ctx<'_> {
         // a narrow one none for the addresses either.
         let remote = self.column.is_none_or(|c| c >= 60);
         let mut header = vec!["user", "devices", "connection ids"];
+        // A cluster: each socket lives on one node.
+        let nodes = st.connection_details.iter().any(|d| d.node.is_some());
+        if nodes {
+            header.push("node");
+        }
         if remote {
             header.push("remote address");
         }
@@ -595,6 +627,13 @@ impl Ctx<'_> {
                 self.count(ids.len(), before),
                 Cell::new(name_list(ids, NAMES_PER_CELL)),
             ];
+            if nodes {
+                let on: Vec<String> = details
+                    .iter()
+                    .map(|d| d.and_then(|d| d.node.clone()).unwrap_or_else(|| "-".into()))
+                    .collect();
+                row.push(Cell::new(name_list(&on, 3)));
+            }
             if remote {
                 row.push(Cell::new(name_list(&remotes, 3)));
             }

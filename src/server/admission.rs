@@ -169,6 +169,9 @@ pub struct Gate {
     /// user -> the digest of their token, once it has been verified (or claimed) here.
     verified: Mutex<HashMap<UserId, Digest>>,
     in_flight: Mutex<InFlight>,
+    /// Cluster mode: the claims are a HASH in Redis (`claims`: name -> hash),
+    /// so a name claimed through one node is claimed on every node.
+    cluster: Option<Arc<crate::cluster::Link>>,
 }
 
 impl Default for Gate {
@@ -191,6 +194,64 @@ impl Gate {
             key: digest_key(),
             verified: Mutex::default(),
             in_flight: Mutex::default(),
+            cluster: None,
+        }
+    }
+
+    /// The same gate, keeping its claims in the cluster's Redis.
+    pub fn in_cluster(mut self, link: Option<Arc<crate::cluster::Link>>) -> Gate {
+        self.cluster = link;
+        self
+    }
+
+    /// Cluster mode: learns `user`'s claim from Redis (HGET, O(1)), in case
+    /// it was made through another node. A claim never changes once made,
+    /// so what is learned stays true.
+    fn learn_claim(&self, user: &UserId) {
+        let Some(link) = &self.cluster else {
+            return;
+        };
+        if self.claims().is_claimed(user) {
+            return;
+        }
+        let found = link.run("HGET", "O(1)", |c| {
+            redis::cmd("HGET")
+                .arg(link.key("claims"))
+                .arg(user.as_str())
+                .query::<Option<String>>(c)
+        });
+        if let Ok(Some(phc)) = found {
+            let _ = self.claims().claim(user, TokenHash::new(phc));
+        }
+    }
+
+    /// Cluster mode: claims `user` in Redis first (HSETNX: exactly one node's
+    /// claim wins a race); Err(winner) when another token won.
+    fn claim_in_cluster(
+        &self,
+        user: &UserId,
+        hash: &TokenHash,
+    ) -> Result<Result<(), TokenHash>, Refused> {
+        let Some(link) = &self.cluster else {
+            return Ok(Ok(()));
+        };
+        let key = link.key("claims");
+        let outcome = link.run("HSETNX + HGET", "O(1)", |c| {
+            let won: bool = redis::cmd("HSETNX")
+                .arg(&key)
+                .arg(user.as_str())
+                .arg(hash.as_phc())
+                .query(c)?;
+            let winner: String = redis::cmd("HGET").arg(&key).arg(user.as_str()).query(c)?;
+            Ok((won, winner))
+        });
+        match outcome {
+            Ok((true, _)) => Ok(Ok(())),
+            Ok((false, winner)) => Ok(Err(TokenHash::new(winner))),
+            Err(why) => Err(Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: format!("{why}; try again in a moment"),
+            }),
         }
     }
 
@@ -246,6 +307,7 @@ impl Gate {
                 });
             }
         }
+        self.learn_claim(user);
         let check = self.claims().check(user, token);
         let wrong = || {
             Refused::unauthorized(format!(
@@ -275,7 +337,13 @@ impl Gate {
             (Check::Claim, Some(t)) => {
                 let owned = t.to_string();
                 let hash = self.hasher.run(move || crate::tokens::hash(&owned)).await?;
-                let claimed = self.claims().claim(user, hash.clone());
+                let claimed = match self.claim_in_cluster(user, &hash)? {
+                    Ok(()) => self.claims().claim(user, hash.clone()),
+                    Err(winner) => {
+                        let _ = self.claims().claim(user, winner.clone());
+                        Err(winner)
+                    }
+                };
                 match claimed {
                     Ok(()) => {
                         self.remember(user, digest(&self.key, user.as_str(), t));

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::cluster::ClusterConfig;
 use crate::core::CoreConfig;
 use crate::event_log::LogRing;
 use crate::store::Durable;
@@ -54,6 +55,8 @@ pub struct Config {
     pub allow_origins: Vec<String>,
     /// `serve --max-memory`, in bytes (None: no budget; see [`Config::with_memory_budget`]).
     pub max_memory: Option<u64>,
+    /// `serve --redis`: this server is one node of a cluster. None: one process, in memory.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -145,6 +148,7 @@ impl Default for Config {
             public_url: None,
             allow_origins: Vec::new(),
             max_memory: None,
+            cluster: None,
         }
     }
 }

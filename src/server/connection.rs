@@ -13,10 +13,12 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use super::admission::Admitted;
+use super::backend::Handle;
 use super::deliver::deliver;
 use super::hub::{Conn, Core, Hub, Resume};
 use super::limits::TokenBucket;
 use super::outbox::{unsent_messages, Next};
+use crate::core::ConnHandle;
 use crate::names::UserId;
 use crate::output::now_ms;
 use crate::protocol::{parse_request, ErrorCode, RequestError};
@@ -27,6 +29,8 @@ pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
 pub(crate) const CLOSE_POLICY: u16 = 1008;
 pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
+/// Try again later: a cluster node whose Redis cannot be reached.
+pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Application close code (4000-4999 are free for applications): no pong in time.
 pub(crate) const CLOSE_IDLE: u16 = 4000;
 /// The name was just claimed with a token this connection does not have.
@@ -72,12 +76,18 @@ pub(crate) async fn serve(
             if admitted.claimed_now {
                 close_unclaimed(&hub, &mut core, &user);
             }
-            let outcome = core.connect(&user, conn.clone());
-            // The welcome and the whole offline flush are exempt from the
-            // slow-client bound; only what comes after counts against it.
-            let own = outcome.deliveries.iter().filter(|d| d.conn.id == conn.id);
-            conn.outbox.allow_backlog(own.count());
-            deliver(&mut core, outcome, &hub);
+            let outcome = core.connect(&user, Handle::Local(conn.clone()));
+            if let Some(why) = core.take_failure() {
+                // Cluster mode, Redis unreachable: what the connect did is not
+                // trusted. The client is told why and reconnects later.
+                refuse_unavailable(&hub, &mut core, &conn, &why);
+            } else {
+                // The welcome and the whole offline flush are exempt from the
+                // slow-client bound; only what comes after counts against it.
+                let own = outcome.deliveries.iter().filter(|d| d.conn.id() == conn.id);
+                conn.outbox.allow_backlog(own.count());
+                deliver(&mut core, outcome, &hub);
+            }
         }
     }
     let ending = read_loop(&hub, &conn, stream).await;
@@ -91,12 +101,33 @@ pub(crate) async fn serve(
     }
 }
 
+/// A connect that Redis failed under: an `unavailable` error, then close
+/// 1013 (try again later). The queue it may have taken is put back by the
+/// disconnect that follows, when Redis answers again.
+fn refuse_unavailable(hub: &Hub, core: &mut Core, conn: &Conn, why: &str) {
+    let error = RequestError::new(
+        ErrorCode::Unavailable,
+        format!("{why}; reconnect in a moment"),
+        None,
+    );
+    let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
+    deliver(core, refusal, hub);
+    conn.outbox
+        .close_after_pending(close_frame(CLOSE_TRY_AGAIN, "redis unavailable"));
+    if let Some(log) = &hub.log {
+        log.line(format!("! refused {} (conn {}): {why}", conn.user, conn.id));
+    }
+}
+
 /// The name has just been claimed: its connections without the token (which
 /// may be someone else's) are closed with 4001 before the owner is registered,
 /// so from now on only the owner's devices receive its messages. What they
 /// had not yet been sent goes back to the queue, for the owner.
 fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) {
     for device in core.devices(user) {
+        let Some(device) = device.local().cloned() else {
+            continue;
+        };
         if device.authenticated {
             continue;
         }
@@ -148,7 +179,7 @@ fn finish(hub: &Hub, conn: &Conn, ending: Ending) {
                 ),
                 None,
             );
-            let refusal = core.refuse(&conn.user, conn, error);
+            let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
             deliver(&mut core, refusal, hub);
             conn.outbox
                 .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
@@ -158,7 +189,7 @@ fn finish(hub: &Hub, conn: &Conn, ending: Ending) {
             let error = RequestError::bad_json(
                 "a text frame that is not valid UTF-8; the connection will close (1007)",
             );
-            let refusal = core.refuse(&conn.user, conn, error);
+            let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
             deliver(&mut core, refusal, hub);
             conn.outbox.close_after_pending(close_frame(
                 CLOSE_INVALID_DATA,
@@ -226,7 +257,11 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
                             )
                         } else {
                             let now = now_ms();
-                            hub.apply(|core| core.handle(&conn.user, conn, envelope, now));
+                            let reference = envelope.reference.clone();
+                            let handle = Handle::Local(conn.clone());
+                            hub.apply_request(conn, reference, |core| {
+                                core.handle(&conn.user, &handle, envelope, now)
+                            });
                             continue;
                         }
                     }
@@ -244,7 +279,7 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
             Some(Ok(WsMessage::Close(_))) | None => return Ending::Gone,
             Some(Err(error)) => return ending_of(error),
         };
-        hub.apply(|core| core.refuse(&conn.user, conn, refusal));
+        hub.apply(|core| core.refuse(&conn.user, &Handle::Local(conn.clone()), refusal));
     }
 }
 

@@ -17,14 +17,16 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 
+use super::backend::Handle;
 use super::hub::{Conn, Core, Hub};
 use super::outbox::{unsent_messages, Encoded, Outgoing, PushError};
-use crate::core::Outcome;
+use super::relay;
+use crate::core::{Outcome, Relayed};
 use crate::protocol::ServerFrame;
 use crate::store::{Seq, StoreStopped, NEVER_COMMITTED};
 
 /// Delivers `outcome` (and any evictions it causes). Call with the core locked.
-pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Conn>, hub: &Hub) {
+pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
     let log = hub.log.as_ref();
     let mut work = VecDeque::from([outcome]);
     while let Some(mut outcome) = work.pop_front() {
@@ -42,23 +44,39 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Conn>, hub: &Hub) {
         };
         let encoded = encode(&outcome.frames, seq);
         let mut evicted: Vec<(Conn, Vec<Outgoing>)> = Vec::new();
+        let mut publish = Vec::new();
         for delivery in &outcome.deliveries {
-            let refused = match delivery.conn.outbox.push(encoded[delivery.frame].clone()) {
+            let conn = match &delivery.conn {
+                Handle::Local(conn) => conn,
+                Handle::Remote(remote) => {
+                    let frame = &outcome.frames[delivery.frame];
+                    publish.push(relay::Publish::new(remote, frame, &encoded[delivery.frame]));
+                    continue;
+                }
+            };
+            let refused = match conn.outbox.push(encoded[delivery.frame].clone()) {
                 Ok(()) => continue,
                 Err(PushError::Full(o)) => o,
                 // Closed: the connection is evicted in this loop, or the server is
                 // shutting down; any other closing connection has already left the core.
                 Err(PushError::Closed(o)) => o,
             };
-            let index = match evicted.iter().position(|(c, _)| c.id == delivery.conn.id) {
+            let index = match evicted.iter().position(|(c, _)| c.id == conn.id) {
                 Some(i) => i,
-                None if delivery.conn.outbox.is_open() => {
-                    evicted.push((delivery.conn.clone(), Vec::new()));
+                None if conn.outbox.is_open() => {
+                    evicted.push((conn.clone(), Vec::new()));
                     evicted.len() - 1
                 }
                 None => continue,
             };
             evicted[index].1.push(refused);
+        }
+        // Cluster mode: frames for other nodes' sockets, in one round trip.
+        // One that reached no node (its node died before the sweep) is queued.
+        if let Some(link) = hub.cluster.as_ref().filter(|_| !publish.is_empty()) {
+            for (user, message) in relay::publish(link, publish) {
+                work.push_back(core.relayed(Relayed::Undeliverable { user, message }));
+            }
         }
         // --max-memory: when every outbox together holds more than its share,
         // the fullest (a client that stopped reading) is evicted first. The
@@ -67,6 +85,7 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Conn>, hub: &Hub) {
             let fullest = core
                 .all_connections()
                 .into_iter()
+                .filter_map(|h| h.local().cloned())
                 .filter(|c| c.outbox.is_open() && !evicted.iter().any(|(e, _)| e.id == c.id))
                 .max_by_key(|c| c.outbox.bytes());
             if let Some(conn) = fullest.filter(|c| c.outbox.bytes() > 0) {

@@ -118,13 +118,44 @@ async fn ws_upgrade(
     if hub.shutdown.has_begun() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
     }
+    // Cluster mode: without Redis this node can register nobody.
+    if let Some(why) = hub.cluster.as_ref().and_then(|l| l.down_reason()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}; try again in a moment\n"),
+        )
+            .into_response();
+    }
     let slot = match reserve_slot(&hub, &user, remote) {
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
+    // Cluster mode: a user's devices on every node count against
+    // --max-connections-per-user (HLEN of their HASH in Redis, O(1)); the
+    // other connection limits protect one process, so they stay per node.
+    if let Some(link) = &hub.cluster {
+        let max = hub.config.net.max_connections_per_user;
+        let devices = link.run("HLEN", "O(1)", |c| {
+            redis::cmd("HLEN")
+                .arg(link.key(&format!("devices:{user}")))
+                .query::<usize>(c)
+        });
+        if devices.is_ok_and(|n| n >= max) {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{user} already has {max} connections open across the cluster (--max-connections-per-user); close a device first\n"),
+            )
+                .into_response();
+        }
+    }
     // The claim is checked last: it is the one check that costs real CPU.
     let (token, resume) = match &query {
         Ok(Query(q)) => match resume_of(q) {
+            // A cluster does not offer resume (docs/protocol.md, "Resume"): its
+            // nodes cannot promise each user's messages in id order, which
+            // cumulative confirmations need. The welcome then carries no
+            // `resume`, and the connection is v1.
+            Ok(_) if hub.cluster.is_some() => (q.token.as_deref(), None),
             Ok(resume) => (q.token.as_deref(), resume),
             Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
         },

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use super::admission::Gate;
+use super::backend::{Backend, Handle};
 use super::board::BoardFeed;
 use super::config::Config;
 use super::deliver::deliver;
@@ -16,6 +17,7 @@ use super::limits::Slots;
 use super::outbox::Outbox;
 use super::shutdown::Shutdown;
 use super::site::Site;
+use crate::cluster::{Link, RedisStructures};
 use crate::core::{ChatCore, ConnDetail, ConnHandle, ConnId, MemoryStructures, Outcome};
 use crate::event_log::EventLog;
 use crate::inspection::{Inspection, MemoryStats, ServerInfo};
@@ -34,6 +36,9 @@ pub struct Connection {
     pub authenticated: bool,
     /// v1.1: it connected with `?resume=N`, so what is routed to it is held.
     pub resume: Option<Resume>,
+    /// Cluster mode: where its registration falls in the cluster-wide order
+    /// of presence changes (set by the Redis backend; 0 otherwise).
+    pub presence_order: AtomicU64,
 }
 
 /// `?resume=N&epoch=E`: the highest id the client has, and the run it is from.
@@ -57,6 +62,7 @@ impl ConnHandle for Conn {
             remote: Some(self.remote.to_string()),
             connected_at_ms: Some(self.connected_at_ms),
             unsent: Some(self.outbox.len()),
+            node: None,
         }
     }
 
@@ -69,10 +75,10 @@ impl ConnHandle for Conn {
     }
 }
 
-pub(crate) type Core = ChatCore<MemoryStructures<Conn>>;
+pub(crate) type Core = ChatCore<Backend>;
 
 /// 64 random bits, in hex, from the standard library's per-process hash keys.
-fn random_epoch() -> String {
+pub(crate) fn random_epoch() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -81,6 +87,25 @@ fn random_epoch() -> String {
             .map_or(0, |d| d.as_nanos()),
     );
     format!("{:x}", h.finish())
+}
+
+/// The cluster as this node sees it: the nodes with a live heartbeat, and
+/// every Redis command this node ran.
+fn cluster_info(link: &Link) -> crate::inspection::ClusterInfo {
+    let nodes = link.run("SMEMBERS (inspect)", "O(N)", |c| {
+        redis::cmd("SMEMBERS")
+            .arg(link.key("nodes"))
+            .query::<Vec<String>>(c)
+    });
+    let mut nodes = nodes.unwrap_or_default();
+    nodes.sort_unstable();
+    crate::inspection::ClusterInfo {
+        node: link.node().to_string(),
+        nodes,
+        redis: link.shown_url.clone(),
+        prefix: link.config.prefix.clone(),
+        redis_commands: link.counts(),
+    }
 }
 
 /// Nanoseconds since the first call: the monotonic clock the core's op
@@ -111,35 +136,59 @@ pub(crate) struct Hub {
     pub board: BoardFeed,
     /// Bytes in every outbox together (each outbox adds and subtracts its own).
     pub outbox_bytes: Arc<AtomicUsize>,
+    /// Cluster mode (`serve --redis`): the node's connection to Redis.
+    pub cluster: Option<Arc<Link>>,
+    /// The first connection id of this process (a cluster gives each node
+    /// its own range, so ids are unique across nodes).
+    first_conn_id: u64,
 }
 
 impl Hub {
-    pub fn new(mut config: Config, log: Option<EventLog>, bound: SocketAddr) -> Hub {
+    /// The hub of one server; `cluster` is its link to Redis in cluster mode,
+    /// with the cluster's epoch and this node's first connection id.
+    pub fn new(
+        mut config: Config,
+        log: Option<EventLog>,
+        bound: SocketAddr,
+        cluster: Option<(Arc<Link>, String, u64)>,
+    ) -> Hub {
         config.core.trace = log.is_some();
         let durable = config.durable.clone();
-        let structures = match durable {
-            Some(_) => MemoryStructures::journaled(),
-            None => MemoryStructures::default(),
+        let structures = match (&cluster, &durable) {
+            (Some((link, ..)), _) => Backend::Redis(Box::new(RedisStructures::new(
+                link.clone(),
+                Some(monotonic_ns),
+            ))),
+            (None, Some(_)) => {
+                Backend::Memory(MemoryStructures::journaled().with_clock(monotonic_ns))
+            }
+            (None, None) => Backend::Memory(MemoryStructures::default().with_clock(monotonic_ns)),
         };
-        let mut core = ChatCore::new(structures.with_clock(monotonic_ns), config.core.clone());
+        let mut core = ChatCore::new(structures, config.core.clone());
         if let Some(d) = &durable {
             core.restore(&d.loaded.state);
         }
-        // A data file keeps its epoch (its ids continue); in memory, every run
-        // is a new one, since its ids start again at 1.
-        let epoch = durable.as_ref().and_then(|d| d.loaded.state.epoch.clone());
+        // A data file keeps its epoch (its ids continue); a cluster shares one
+        // (its ids come from one counter); in memory, every run is a new one,
+        // since its ids start again at 1.
+        let epoch = durable
+            .as_ref()
+            .and_then(|d| d.loaded.state.epoch.clone())
+            .or_else(|| cluster.as_ref().map(|(_, epoch, _)| epoch.clone()));
         core.set_epoch(epoch.unwrap_or_else(random_epoch));
+        let first_conn_id = cluster.as_ref().map_or(1, |(_, _, first)| *first);
         let store = durable.as_ref().map(|d| d.store.clone());
         let site = Site::new(bound, config.public_url.as_deref(), &config.allow_origins);
         let gate = Gate::new(
             store.clone(),
             durable.map(|d| d.loaded.claims).unwrap_or_default(),
-        );
+        )
+        .in_cluster(cluster.as_ref().map(|(link, ..)| link.clone()));
         Hub {
             core: Mutex::new(core),
             config,
             log,
-            next_conn_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(first_conn_id),
             started: Instant::now(),
             slots: Arc::default(),
             gate,
@@ -148,6 +197,8 @@ impl Hub {
             site,
             board: BoardFeed::default(),
             outbox_bytes: Arc::default(),
+            cluster: cluster.map(|(link, ..)| link),
+            first_conn_id,
         }
     }
 
@@ -168,9 +219,34 @@ impl Hub {
 
     /// Lets one rule of the core decide, then delivers its outcome, all under
     /// the lock.
-    pub fn apply(&self, rule: impl FnOnce(&mut Core) -> Outcome<Conn>) {
+    pub fn apply(&self, rule: impl FnOnce(&mut Core) -> Outcome<Handle>) {
         let mut core = self.core();
         let outcome = rule(&mut core);
+        deliver(&mut core, outcome, self);
+    }
+
+    /// A request's rule: as [`Hub::apply`], but when Redis failed under it
+    /// (cluster mode) its outcome is not trusted, and the requester is told
+    /// `unavailable` instead: an error, never a silent loss.
+    pub fn apply_request(
+        &self,
+        conn: &Conn,
+        reference: crate::protocol::Ref,
+        rule: impl FnOnce(&mut Core) -> Outcome<Handle>,
+    ) {
+        let mut core = self.core();
+        let outcome = rule(&mut core);
+        let outcome = match core.take_failure() {
+            None => outcome,
+            Some(why) => {
+                let error = crate::protocol::RequestError::new(
+                    crate::protocol::ErrorCode::Unavailable,
+                    format!("{why}. This may not have been done: send it again in a moment"),
+                    reference,
+                );
+                core.refuse(&conn.user, &Handle::Local(conn.clone()), error)
+            }
+        };
         deliver(&mut core, outcome, self);
     }
 
@@ -193,11 +269,12 @@ impl Hub {
             ),
             authenticated,
             resume,
+            presence_order: AtomicU64::new(0),
         })
     }
 
     pub fn connections_served(&self) -> u64 {
-        self.next_conn_id.load(Ordering::SeqCst) - 1
+        self.next_conn_id.load(Ordering::SeqCst) - self.first_conn_id
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -237,6 +314,7 @@ impl Hub {
                 rss_bytes: crate::server::limits::rss_bytes(),
             },
             board: self.board.stats(),
+            cluster: self.cluster.as_ref().map(|link| cluster_info(link)),
         };
         Inspection {
             snapshot,

@@ -5,8 +5,13 @@
 //! - [`config`]: every setting, each default written once.
 //! - `hub.rs`: the shared state and [`Hub::apply`](hub::Hub::apply), the one
 //!   way into the core (lock, decide, deliver).
-//! - `deliver.rs`: an outcome's frames into each connection's outbox, and the
-//!   eviction of a connection that stopped reading.
+//! - `deliver.rs`: an outcome's frames into each connection's outbox (or, in
+//!   a cluster, published to the node that has the socket), and the eviction
+//!   of a connection that stopped reading.
+//! - `backend.rs`: the structures in memory or in Redis, and [`Handle`]: a
+//!   socket here or a stand-in for devices on another node.
+//! - `relay.rs`: cluster mode's threads: what other nodes publish here, the
+//!   heartbeat, and the sweep of dead nodes.
 //! - `http.rs`: routes, the WebSocket upgrade (origin, name, slots, claim), `/inspect`.
 //! - `pages.rs`: the chat page `/` and the board `/board`, embedded, with their CSP.
 //! - `board.rs`: the board's live feed, coalesced to at most 10 frames a second.
@@ -25,6 +30,7 @@
 //! each connection's writer sends them.
 
 mod admission;
+mod backend;
 mod board;
 pub mod config;
 mod connection;
@@ -36,6 +42,7 @@ mod hub;
 pub mod limits;
 pub mod outbox;
 mod pages;
+mod relay;
 mod shutdown;
 pub mod site;
 
@@ -45,9 +52,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use backend::{Handle, Remote};
 pub use config::{Config, Dashboard, NetLimits};
 pub use hub::{Conn, Connection};
 
+use crate::cluster::Link;
 use crate::core::OpTable;
 use crate::event_log::EventLog;
 use hub::Hub;
@@ -76,6 +85,25 @@ async fn give_back_drained_memory(hub: Arc<Hub>) {
     }
 }
 
+/// Connects to the cluster's Redis: the link, the cluster's epoch (the first
+/// node draws it), and this node's range of connection ids.
+fn join_cluster(config: crate::cluster::ClusterConfig) -> Result<(Arc<Link>, String, u64), String> {
+    let link = Link::connect(config)?;
+    let epoch = link.run("SET NX + GET", "O(1)", |c| {
+        redis::cmd("SET")
+            .arg(link.key("epoch"))
+            .arg(hub::random_epoch())
+            .arg("NX")
+            .query::<()>(c)?;
+        redis::cmd("GET").arg(link.key("epoch")).query::<String>(c)
+    })?;
+    let seq = link.run("INCR", "O(1)", |c| {
+        redis::cmd("INCR").arg(link.key("node_seq")).query::<u64>(c)
+    })?;
+    // A billion ids per node run, readable in tables: node run 3 counts from 3000000001.
+    Ok((link, epoch, (seq % 1_000_000_000) * 1_000_000_000 + 1))
+}
+
 /// What `run` reports when it returns.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -96,7 +124,15 @@ pub async fn run(
 ) -> std::io::Result<Report> {
     let bound = listener.local_addr()?;
     limits::tune_allocator();
-    let hub = Arc::new(Hub::new(config, log, bound));
+    let cluster = match &config.cluster {
+        Some(c) => Some(join_cluster(c.clone()).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let hub = Arc::new(Hub::new(config, log, bound, cluster));
+    let relays = match hub.cluster.clone() {
+        Some(link) => relay::start(hub.clone(), link).map_err(std::io::Error::other)?,
+        None => Vec::new(),
+    };
     let listener = handshake::GuardedListener::new(listener, hub.config.net.handshake_timeout);
     let app = http::routes(hub.clone());
     let http = tokio::spawn(
@@ -127,6 +163,12 @@ pub async fn run(
     let _ = tokio::time::timeout(grace, http).await;
     let _ = board.await;
 
+    if let Some(link) = &hub.cluster {
+        relay::leave(link);
+    }
+    for thread in relays {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     let ops = hub.core().op_table();
     // Everything acknowledged is already on disk; this writes what is left
     // (flushed-message deletions, the last requeues) and closes the file cleanly.

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::{close_frame, CLOSE_GOING_AWAY};
 use super::deliver::deliver;
-use super::hub::Hub;
+use super::hub::{Conn, Hub};
 use super::outbox::unsent_messages;
 use crate::core::{Event, Trace};
 use crate::protocol::Message;
@@ -55,7 +55,11 @@ impl Shutdown {
         let mut core = hub.core();
         // Under the core lock, so no connection registers between the flag and the closes.
         self.token.cancel();
-        let mut connections = core.all_connections();
+        let mut connections: Vec<Conn> = core
+            .all_connections()
+            .into_iter()
+            .filter_map(|h| h.local().cloned())
+            .collect();
         if let Some(log) = &hub.log {
             log.event(
                 Event::Shutdown {

@@ -24,6 +24,38 @@ pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<std::io::Result<Report>>,
+    /// Cluster mode: the second node, on its own port, sharing one Redis.
+    pub second: Option<Box<TestServer>>,
+    /// Which node the next connection goes to (clients alternate).
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+/// `VIVACHAT_TEST_REDIS=redis://127.0.0.1:PORT` runs every test server as a
+/// cluster of two nodes on that Redis, each test under a key prefix of its
+/// own, with clients placed alternately on each node (CI runs the protocol
+/// and stress suites this way too).
+pub fn test_redis() -> Option<String> {
+    std::env::var("VIVACHAT_TEST_REDIS")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A cluster config for one node of a test's own cluster (`prefix`).
+pub fn cluster_node(url: &str, prefix: &str, node: &str) -> vivachat::cluster::ClusterConfig {
+    let mut c = vivachat::cluster::ClusterConfig::new(url, node);
+    c.prefix = prefix.to_string();
+    c
+}
+
+/// A key prefix no other test (or earlier run) uses.
+pub fn fresh_prefix(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("t{tag}{}x{n}x{nanos}", std::process::id())
 }
 
 impl TestServer {
@@ -39,9 +71,35 @@ impl TestServer {
     /// `VIVACHAT_TEST_DURABLE=1` runs every test server in durable mode, each
     /// on a fresh data file (CI runs the protocol and stress suites both ways).
     pub async fn start_at(addr: SocketAddr, mut config: Config) -> TestServer {
-        if config.durable.is_none() && std::env::var_os("VIVACHAT_TEST_DURABLE").is_some() {
+        if config.durable.is_none() && config.cluster.is_none() {
+            if let Some(url) = test_redis() {
+                return TestServer::cluster(&url, config).await;
+            }
+        }
+        if config.durable.is_none()
+            && config.cluster.is_none()
+            && std::env::var_os("VIVACHAT_TEST_DURABLE").is_some()
+        {
             config.durable = Some(open_store(&temp_data_file("suite")));
         }
+        TestServer::one(addr, config).await
+    }
+
+    /// Two nodes of one cluster, each with `config`, on a fresh key prefix.
+    pub async fn cluster(url: &str, config: Config) -> TestServer {
+        let prefix = fresh_prefix("c");
+        let mut first = config.clone();
+        first.cluster = Some(cluster_node(url, &prefix, "n1"));
+        let mut second = config;
+        second.cluster = Some(cluster_node(url, &prefix, "n2"));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut server = TestServer::one(any, first).await;
+        server.second = Some(Box::new(TestServer::one(any, second).await));
+        server
+    }
+
+    /// One server process (or one node), as configured.
+    pub async fn one(addr: SocketAddr, config: Config) -> TestServer {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -52,15 +110,38 @@ impl TestServer {
         let handle = tokio::spawn(server::run(listener, config, log, async move {
             let _ = stopped.await;
         }));
+        // A node that cannot join its cluster ends at once: say why here.
+        tokio::task::yield_now().await;
+        if handle.is_finished() {
+            panic!("the server did not start: {:?}", handle.await);
+        }
         TestServer {
             addr,
             stop: Some(stop),
             handle,
+            second: None,
+            turn: Default::default(),
+        }
+    }
+
+    /// The address of the node the next connection goes to: in a cluster,
+    /// each node in turn; else the one server.
+    pub fn next_addr(&self) -> SocketAddr {
+        match &self.second {
+            Some(second) => {
+                let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if turn % 2 == 0 {
+                    self.addr
+                } else {
+                    second.addr
+                }
+            }
+            None => self.addr,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("ws://{}{}", self.addr, path)
+        format!("ws://{}{}", self.next_addr(), path)
     }
 
     /// Connects as `user` and consumes the welcome frame.
@@ -125,7 +206,30 @@ impl TestServer {
         }
     }
 
+    /// Stops the server; a cluster stops both nodes and reports what they did together.
     pub async fn stop(mut self) -> Report {
+        let Some(second) = self.second.take() else {
+            return self.stop_node().await;
+        };
+        let (a, b) = (self.stop_node().await, second.stop_node().await);
+        let mut ops = a.ops.clone();
+        for row in &mut ops.0 {
+            row.count += b.ops.get(row.structure, row.op);
+        }
+        Report {
+            ops,
+            uptime: a.uptime.max(b.uptime),
+            connections_served: a.connections_served + b.connections_served,
+        }
+    }
+
+    /// One server even under `VIVACHAT_TEST_REDIS`: for what is per process
+    /// (connection slots per node, a restart on the same port).
+    pub async fn start_alone(config: Config) -> TestServer {
+        TestServer::one("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    async fn stop_node(mut self) -> Report {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(WAIT, self.handle)
             .await

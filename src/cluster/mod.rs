@@ -1,0 +1,75 @@
+//! Several `serve` processes as one chat server: the seed's scaling chapter,
+//! run for real (`serve --redis URL`).
+//!
+//! Each node keeps its own sockets (a socket cannot live in Redis) and puts
+//! the shared structures in Redis, with the types that match the seed's:
+//!
+//! | seed structure       | in Redis (prefix `vivachat`)                         |
+//! |----------------------|------------------------------------------------------|
+//! | `active_connections` | HASH `devices:{user}`, field `node/conn` per device   |
+//! | `presence`           | SET `presence`                                        |
+//! | `offline_messages`   | LIST `q:{user}` (RPUSH at the back, LPOP the front)  |
+//! | `group_members`      | SET `g:{group}` (and SET `groups`, SET `ug:{user}`)   |
+//! | `blocked_users`      | SET `b:{user}`                                        |
+//! | name claims          | HASH `claims`                                        |
+//!
+//! A frame for a device on another node is published on that node's channel
+//! (`node:{id}`): a channel per node, so each node holds one subscription
+//! however many users it serves, and one PUBLISH reaches all of a user's
+//! devices there. Liveness: each node renews `alive:{id}` (TTL
+//! [`HEARTBEAT_TTL`]); a survivor that finds it expired sweeps the dead
+//! node's devices and announces its users `offline` (`server/relay.rs`).
+//!
+//! - `scripts.rs`: the Lua scripts that make the racy steps atomic.
+//! - `structures.rs`: [`RedisStructures`], the core's `Structures` on Redis.
+//! - [`link`]: the one command connection, its failure state and its counters.
+//! - `server/relay.rs` (the shell): the subscriber, the heartbeat and the sweep.
+
+pub mod link;
+mod scripts;
+mod structures;
+
+use std::time::Duration;
+
+pub use link::{Link, RedisCount};
+pub use structures::{decode, encode, RedisStructures};
+
+/// How often a node renews its heartbeat and looks for dead nodes.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long a heartbeat lives: a node silent this long is dead. So a killed
+/// node's users are announced offline within TTL + one period: 6 s.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+/// How long one Redis command may take before the node counts Redis as
+/// unreachable (and refuses what needs it with `unavailable`).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `serve --redis URL [--node-id NAME]`.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT[/DB]`.
+    pub url: String,
+    /// This node's name, unique in the cluster (default: host and port).
+    pub node_id: String,
+    /// The first part of every key and channel: one Redis can hold several
+    /// clusters (the tests run one per test). `vivachat` unless told.
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    pub fn new(url: &str, node_id: &str) -> ClusterConfig {
+        ClusterConfig {
+            url: url.to_string(),
+            node_id: node_id.to_string(),
+            prefix: "vivachat".to_string(),
+        }
+    }
+}
+
+/// A node name that is safe in keys and fields: letters, digits, `.`, `-`,
+/// `_`, 1 to 64 of them (a `/` or `:` would split fields and keys).
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}

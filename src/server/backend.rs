@@ -1,0 +1,243 @@
+//! The structures a server routes with: in memory (one process, the
+//! default), or shared through Redis by the nodes of a cluster
+//! (`serve --redis`). One enum, so the core is compiled once for both and
+//! the in-memory path pays one predictable branch per operation.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::hub::Conn;
+use crate::cluster::RedisStructures;
+use crate::core::{
+    Change, ConnDetail, ConnHandle, ConnId, DurableState, MemoryStructures, OpTable, QueueView,
+    Structures, StructuresSnapshot, Trace,
+};
+use crate::names::{GroupId, UserId};
+use crate::protocol::Message;
+
+/// What `active_connections` holds on a server: one of this node's sockets,
+/// or (in a cluster) a stand-in for a user's devices on another node. A frame
+/// sent to a stand-in is published on that node's channel, and that node
+/// writes it to its own sockets.
+#[derive(Clone)]
+pub enum Handle {
+    Local(Conn),
+    Remote(Arc<Remote>),
+}
+
+/// Devices on another node of the cluster.
+pub struct Remote {
+    /// Unique among handles (high bit set); not a socket's id.
+    pub id: ConnId,
+    pub node: Arc<str>,
+    /// Whose devices there.
+    pub user: UserId,
+    /// A device of the user there resumed (v1.1): what is routed to them is held.
+    pub resuming: bool,
+}
+
+impl Handle {
+    /// This node's socket, if it is one.
+    pub fn local(&self) -> Option<&Conn> {
+        match self {
+            Handle::Local(conn) => Some(conn),
+            Handle::Remote(_) => None,
+        }
+    }
+}
+
+impl ConnHandle for Handle {
+    fn id(&self) -> ConnId {
+        match self {
+            Handle::Local(conn) => conn.id,
+            Handle::Remote(remote) => remote.id,
+        }
+    }
+
+    fn detail(&self) -> ConnDetail {
+        match self {
+            Handle::Local(conn) => conn.detail(),
+            Handle::Remote(remote) => ConnDetail {
+                id: remote.id,
+                node: Some(remote.node.to_string()),
+                ..ConnDetail::default()
+            },
+        }
+    }
+
+    fn resume(&self) -> Option<u64> {
+        match self {
+            Handle::Local(conn) => conn.resume(),
+            // Its position is that node's business; here only "it holds" matters.
+            Handle::Remote(remote) => remote.resuming.then_some(0),
+        }
+    }
+
+    fn resume_epoch(&self) -> Option<&str> {
+        match self {
+            Handle::Local(conn) => conn.resume_epoch(),
+            Handle::Remote(_) => None,
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self, Handle::Local(_))
+    }
+
+    fn presence_order(&self) -> u64 {
+        match self {
+            Handle::Local(conn) => conn
+                .presence_order
+                .load(std::sync::atomic::Ordering::Relaxed),
+            Handle::Remote(_) => 0,
+        }
+    }
+}
+
+// One per server, never moved after start: the in-memory structures stay
+// inline (no pointer to follow on the default path); Redis's are boxed.
+#[allow(clippy::large_enum_variant)]
+pub enum Backend {
+    Memory(MemoryStructures<Handle>),
+    Redis(Box<RedisStructures>),
+}
+
+/// Each method goes to whichever backend this server runs.
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Backend::Memory($s) => $e,
+            Backend::Redis($s) => $e,
+        }
+    };
+}
+
+impl Structures for Backend {
+    type Conn = Handle;
+
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle]> {
+        each!(self, s => s.connections(user, trace))
+    }
+    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle]> {
+        each!(self, s => s.local_connections(user, trace))
+    }
+    fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Handle> {
+        each!(self, s => s.devices_of_all(users, trace))
+    }
+    fn add_connection(&mut self, user: &UserId, conn: Handle, trace: &mut Trace) -> usize {
+        each!(self, s => s.add_connection(user, conn, trace))
+    }
+    fn remove_connection(
+        &mut self,
+        user: &UserId,
+        id: ConnId,
+        trace: &mut Trace,
+    ) -> Option<(usize, Handle)> {
+        each!(self, s => s.remove_connection(user, id, trace))
+    }
+    fn all_connections(&self, trace: &mut Trace) -> Vec<Handle> {
+        each!(self, s => s.all_connections(trace))
+    }
+    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+        each!(self, s => s.set_online(user, trace))
+    }
+    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+        each!(self, s => s.set_offline(user, trace))
+    }
+    fn online_users(&self, trace: &mut Trace) -> Vec<UserId> {
+        each!(self, s => s.online_users(trace))
+    }
+    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize {
+        each!(self, s => s.queued_len(user, trace))
+    }
+    fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
+        each!(self, s => s.queue_push_back(user, message, trace))
+    }
+    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message> {
+        each!(self, s => s.queue_pop_front(user, trace))
+    }
+    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Vec<Message> {
+        each!(self, s => s.queue_take_all(user, trace))
+    }
+    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message> {
+        each!(self, s => s.queue_held_after(user, after, trace))
+    }
+    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Vec<Message> {
+        each!(self, s => s.queue_release(user, upto, trace))
+    }
+    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool {
+        each!(self, s => s.queue_put_back(user, message, trace))
+    }
+    fn released(&self, user: &UserId) -> Option<u64> {
+        each!(self, s => s.released(user))
+    }
+    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
+        each!(self, s => s.join_group(group, user, trace))
+    }
+    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+        each!(self, s => s.leave_group(group, user, trace))
+    }
+    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+        each!(self, s => s.is_member(group, user, trace))
+    }
+    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId> {
+        each!(self, s => s.group_members(group, trace))
+    }
+    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize {
+        each!(self, s => s.group_len(group, trace))
+    }
+    fn group_count(&self, trace: &mut Trace) -> usize {
+        each!(self, s => s.group_count(trace))
+    }
+    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+        each!(self, s => s.block(by, whom, trace))
+    }
+    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+        each!(self, s => s.unblock(by, whom, trace))
+    }
+    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+        each!(self, s => s.is_blocked(by, whom, trace))
+    }
+    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize {
+        each!(self, s => s.blocked_len(by, trace))
+    }
+    fn queued_bytes(&self) -> usize {
+        each!(self, s => s.queued_bytes())
+    }
+    fn queued_bytes_from(&self, sender: &UserId) -> usize {
+        each!(self, s => s.queued_bytes_from(sender))
+    }
+    fn groups_of(&self, user: &UserId) -> usize {
+        each!(self, s => s.groups_of(user))
+    }
+    fn issue_id(&self, next: &mut u64, trace: &mut Trace) -> u64 {
+        each!(self, s => s.issue_id(next, trace))
+    }
+    fn next_id(&self, next: u64) -> u64 {
+        each!(self, s => s.next_id(next))
+    }
+    fn prefetch_route(&self, from: &UserId, to: &UserId) {
+        each!(self, s => s.prefetch_route(from, to))
+    }
+    fn forget_prefetch(&self) {
+        each!(self, s => s.forget_prefetch())
+    }
+    fn take_failure(&mut self) -> Option<String> {
+        each!(self, s => s.take_failure())
+    }
+    fn sweep_node(&mut self, node: &str, trace: &mut Trace) -> Vec<UserId> {
+        each!(self, s => s.sweep_node(node, trace))
+    }
+    fn take_changes(&mut self) -> Vec<Change> {
+        each!(self, s => s.take_changes())
+    }
+    fn restore(&mut self, state: &DurableState) {
+        each!(self, s => s.restore(state))
+    }
+    fn op_table(&self) -> OpTable {
+        each!(self, s => s.op_table())
+    }
+    fn snapshot(&self, view: QueueView) -> StructuresSnapshot {
+        each!(self, s => s.snapshot(view))
+    }
+}

@@ -1,0 +1,446 @@
+//! `serve --redis`: two nodes on one real Redis are one chat server, across
+//! the races that only a cluster has: two devices of one user connecting on
+//! two nodes at once, a node killed with -9, Redis stopped mid-run.
+//!
+//! Each test starts its own `redis-server` (Debian's package) on a free
+//! loopback port and stops it at the end. Without `redis-server` on the
+//! PATH the tests say so and pass, except under CI, where `.ci/run`
+//! installs it and its absence is a failure.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{cluster_node, fresh_prefix, Client, Proc, Seen, TestServer, WAIT};
+use serde_json::{json, Value};
+use vivachat::server::Config;
+
+/// A `redis-server` of this test's own, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    /// Starts one, or None (with a line saying why) where redis-server is missing.
+    fn start(persistent: bool) -> Option<Redis> {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("vivachat-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Redis::start_at(port, dir, persistent)
+    }
+
+    fn start_at(port: u16, dir: std::path::PathBuf, persistent: bool) -> Option<Redis> {
+        let aof = if persistent { "yes" } else { "no" };
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", aof, "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "redis-server is needed under CI (.ci/run installs it): {e}"
+                );
+                eprintln!(
+                    "skipped: redis-server is not installed ({e}); apt-get install -y redis-server"
+                );
+                return None;
+            }
+        };
+        let redis = Redis { child, port, dir };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it at once (SIGKILL): with `appendfsync always` nothing written is lost.
+    fn stop(mut self) -> (u16, std::path::PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.port, self.dir.clone())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect_to(addr: SocketAddr, user: &str) -> Client {
+    let url = format!("ws://{addr}/ws/{user}");
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .expect("upgrade");
+    let mut client = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    client.welcome = client.recv().await;
+    assert_eq!(client.welcome["type"], "welcome");
+    client
+}
+
+/// Every chat message a client receives until `quiet` passes with nothing new.
+async fn drain_messages(client: &mut Client, quiet: Duration) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(quiet, client.ws.next()).await {
+        if let Ok(text) = frame.to_text() {
+            let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if v["type"] == "message" {
+                got.push(v);
+            }
+        }
+    }
+    got
+}
+
+fn ids(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_connecting_on_two_nodes_at_once_take_the_queue_exactly_once() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let server = TestServer::cluster(&redis.url(), Config::default()).await;
+    let second = server.second.as_ref().unwrap().addr;
+    let mut alice = connect_to(server.addr, "alice").await;
+    for round in 0..10 {
+        let mut sent = Vec::new();
+        for i in 0..30 {
+            let ack = alice
+                .request(json!({"type":"message","to":"bob","text":format!("{round}:{i}")}))
+                .await;
+            assert_eq!(ack["status"], "queued", "{ack}");
+            sent.push(ack["id"].as_u64().unwrap());
+        }
+        // bob's laptop on node 1 and his phone on node 2, at the same moment.
+        let (mut laptop, mut phone) =
+            tokio::join!(connect_to(server.addr, "bob"), connect_to(second, "bob"));
+        let quiet = Duration::from_millis(300);
+        let (a, b) = tokio::join!(
+            drain_messages(&mut laptop, quiet),
+            drain_messages(&mut phone, quiet)
+        );
+        let (a, b) = (ids(&a), ids(&b));
+        // The flush is one atomic script: one device takes the whole queue.
+        assert!(
+            (a == sent && b.is_empty()) || (b == sent && a.is_empty()),
+            "round {round}: laptop got {a:?}, phone got {b:?}; sent {sent:?}"
+        );
+        let queued: u64 = [&laptop, &phone]
+            .iter()
+            .map(|c| c.welcome["queued"].as_u64().unwrap())
+            .sum();
+        assert_eq!(queued, 30, "the welcomes' counts add up to the queue");
+        laptop.close().await;
+        phone.close().await;
+        // alice hears bob go offline once both are gone (he went online once).
+        let mut statuses = Vec::new();
+        while statuses.last() != Some(&"offline".to_string()) {
+            let v = alice.recv().await;
+            assert_eq!(v["type"], "presence", "{v}");
+            statuses.push(v["status"].as_str().unwrap().to_string());
+        }
+        assert_eq!(statuses, ["online", "offline"], "round {round}");
+    }
+    let state = server.inspect().await;
+    assert!(state["offline_messages"].as_object().unwrap().is_empty());
+    assert!(
+        state["invariants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["holds"] == true),
+        "{state}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_shows_the_cluster_and_narrates_each_redis_command() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let server = TestServer::cluster(&redis.url(), Config::default()).await;
+    let second = server.second.as_ref().unwrap().addr;
+    let mut alice = connect_to(server.addr, "alice").await;
+    let mut bob = connect_to(second, "bob").await;
+    assert_eq!(alice.recv().await["status"], "online");
+    let ack = alice
+        .request(json!({"type":"message","to":"bob","text":"across"}))
+        .await;
+    assert_eq!(ack["status"], "delivered");
+    assert_eq!(bob.recv().await["text"], "across");
+    // Either node's /inspect is the whole cluster, with each socket's node.
+    for addr in [server.addr, second] {
+        let (status, body) = common::http_get(addr, "/inspect", &[]).await;
+        assert_eq!(status, 200);
+        let state: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(state["presence"], json!(["alice", "bob"]));
+        let nodes: Vec<&str> = state["connection_details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes.contains(&"n1") && nodes.contains(&"n2"), "{nodes:?}");
+        let cluster = &state["server"]["cluster"];
+        assert_eq!(cluster["nodes"], json!(["n1", "n2"]));
+        let commands: Vec<&str> = cluster["redis_commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["command"].as_str().unwrap())
+            .collect();
+        assert!(commands.contains(&"EVALSHA connect"), "{commands:?}");
+    }
+    // A claim made through one node holds on every node (HASH claims).
+    let first = format!("ws://{}/ws/zoe?token=zoe-secret-1", server.addr);
+    let (zoe, _) = tokio_tungstenite::connect_async(first)
+        .await
+        .expect("claims zoe");
+    drop(zoe);
+    for (path, status) in [("/ws/zoe", 401), ("/ws/zoe?token=not-hers", 401)] {
+        let url = format!("ws://{second}{path}");
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), status, "{path}")
+            }
+            other => panic!("{path}: expected {status}, got {:?}", other.map(|_| ())),
+        }
+    }
+    let zoe = connect_to_path(second, "/ws/zoe?token=zoe-secret-1").await;
+    // A cluster does not offer resume: a v1 welcome, without `resume`.
+    let resumer = connect_to_path(second, "/ws/rex?resume=0").await;
+    assert!(
+        resumer.welcome.get("resume").is_none(),
+        "{}",
+        resumer.welcome
+    );
+    assert!(zoe.welcome.get("resume").is_none());
+    server.stop().await;
+}
+
+async fn connect_to_path(addr: SocketAddr, path: &str) -> Client {
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("upgrade");
+    let mut client = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    client.welcome = client.recv().await;
+    assert_eq!(client.welcome["type"], "welcome");
+    client
+}
+
+/// `vivachat serve --redis URL --node-id NAME` on a free port.
+fn node(url: &str, name: &str, prefix: &str) -> (Proc, u16) {
+    let all = [
+        "serve",
+        "--port",
+        "0",
+        "--redis",
+        url,
+        "--node-id",
+        name,
+        "--redis-prefix",
+        prefix,
+        "--quiet",
+    ];
+    let mut served = Proc::spawn(&all);
+    let line = served.expect("listening on");
+    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    (served, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_9_leaves_no_ghosts_and_its_users_find_their_queues() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("kill");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let (b, port_b) = node(&redis.url(), "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let mut alice = connect_to(addr(port_a), "alice").await;
+    let bob = connect_to(addr(port_b), "bob").await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"presence","user":"bob","status":"online"})
+    );
+    // carol is offline: her queue lives in Redis, not in either node.
+    let ack = alice
+        .request(json!({"type":"message","to":"carol","text":"before"}))
+        .await;
+    assert_eq!(ack["status"], "queued");
+
+    let killed = Instant::now();
+    b.kill_9();
+    // Meanwhile (b is dead, not yet swept) a message to bob is not lost:
+    // no node received its PUBLISH, so it is queued for him.
+    let ack = alice
+        .request(json!({"type":"message","to":"bob","text":"meanwhile"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    // The survivor announces bob offline within the bound (TTL 5 s + 1 s period).
+    let v = tokio::time::timeout(Duration::from_secs(15), alice.recv())
+        .await
+        .expect("bob was never announced offline");
+    assert_eq!(
+        v,
+        json!({"type":"presence","user":"bob","status":"offline"})
+    );
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(8), "swept after {took:?}");
+    drop(bob);
+
+    let (status, body) = common::http_get(addr(port_a), "/inspect", &[]).await;
+    assert_eq!(status, 200);
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["presence"], json!(["alice"]), "no ghost of bob");
+    // bob reconnects on the survivor and gets what was sent meanwhile.
+    let mut bob = connect_to(addr(port_a), "bob").await;
+    let got = drain_messages(&mut bob, Duration::from_millis(300)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "meanwhile");
+    let mut carol = connect_to(addr(port_a), "carol").await;
+    let got = drain_messages(&mut carol, Duration::from_millis(300)).await;
+    assert_eq!(got[0]["text"], "before");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_refuses_with_unavailable_then_recovers_losing_nothing() {
+    let Some(redis) = Redis::start(true) else {
+        return;
+    };
+    let url = redis.url();
+    let prefix = fresh_prefix("outage");
+    let config = Config {
+        cluster: Some(cluster_node(&url, &prefix, "n1")),
+        ..Config::default()
+    };
+    let server = TestServer::start_alone(config).await;
+    let mut alice = server.connect("alice").await;
+    let ack = alice
+        .request(json!({"type":"message","to":"bob","text":"one"}))
+        .await;
+    assert_eq!(ack["status"], "queued");
+
+    let (port, dir) = redis.stop();
+    // Every request that needs Redis is refused, saying why; none is acked.
+    let reply = alice
+        .request(json!({"type":"message","to":"bob","text":"lost?","ref":"r"}))
+        .await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "unavailable");
+    assert_eq!(reply["ref"], "r");
+    assert!(
+        reply["detail"].as_str().unwrap().contains("Redis"),
+        "{reply}"
+    );
+    // New connections are refused at the upgrade.
+    assert_eq!(server.refused_status("/ws/dave").await, 503);
+
+    let _redis = Redis::start_at(port, dir, true).unwrap();
+    // Within a few heartbeats the node reconnects and registers alice again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ack = loop {
+        let reply = alice
+            .request(json!({"type":"message","to":"bob","text":"two"}))
+            .await;
+        if reply["type"] == "ack" {
+            break reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ack["status"], "queued");
+    let state = server
+        .wait_for_state("alice registered again", |s| {
+            s["presence"] == json!(["alice"])
+        })
+        .await;
+    assert_eq!(state["active_connections"].as_object().unwrap().len(), 1);
+    let mut bob = server.connect("bob").await;
+    let got = drain_messages(&mut bob, Duration::from_millis(300)).await;
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["one", "two"],
+        "the acked ones, in order; the refused one never"
+    );
+    match alice.next_seen().await {
+        Seen::Frame(v) => assert_eq!(v["type"], "presence"),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut served = Proc::spawn(&["serve", "--port", "0", "--redis", &url]);
+    let status = served.exited();
+    assert!(!status.success());
+    let mut all = String::new();
+    use std::io::Read;
+    served
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut all)
+        .unwrap();
+    assert!(
+        all.contains("cannot reach Redis") && all.contains(&format!("127.0.0.1:{port}")),
+        "{all}"
+    );
+}
