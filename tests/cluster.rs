@@ -102,18 +102,7 @@ impl Drop for Redis {
 }
 
 async fn connect_to(addr: SocketAddr, user: &str) -> Client {
-    let url = format!("ws://{addr}/ws/{user}");
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect timed out")
-        .expect("upgrade");
-    let mut client = Client {
-        ws,
-        welcome: Value::Null,
-    };
-    client.welcome = client.recv().await;
-    assert_eq!(client.welcome["type"], "welcome");
-    client
+    connect_to_path(addr, &format!("/ws/{user}")).await
 }
 
 /// Every chat message a client receives until `quiet` passes with nothing new.
@@ -184,14 +173,7 @@ async fn two_devices_connecting_on_two_nodes_at_once_take_the_queue_exactly_once
     }
     let state = server.inspect().await;
     assert!(state["offline_messages"].as_object().unwrap().is_empty());
-    assert!(
-        state["invariants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["holds"] == true),
-        "{state}"
-    );
+    common::assert_invariants_hold(&state);
     server.stop().await;
 }
 

@@ -491,14 +491,6 @@ async fn readers_that_drop_at_random_lose_nothing() {
         }
     }
     let state = server.inspect().await;
-    assert!(
-        state["invariants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["holds"] == true),
-        "{}",
-        state["invariants"]
-    );
+    common::assert_invariants_hold(&state);
     server.stop().await;
 }

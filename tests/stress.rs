@@ -149,14 +149,7 @@ async fn rapid_connect_close_cycles_leave_presence_consistent() {
         1,
         "every connection but the observer's was removed exactly once: {ops}"
     );
-    assert!(
-        state["invariants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["holds"] == true),
-        "{state}"
-    );
+    common::assert_invariants_hold(&state);
 
     // The observer saw each user strictly alternate online/offline, ending offline.
     let mut last: HashMap<String, String> = HashMap::new();

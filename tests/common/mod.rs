@@ -239,6 +239,12 @@ impl TestServer {
     }
 }
 
+/// Every invariant in an `/inspect` document holds.
+pub fn assert_invariants_hold(state: &Value) {
+    let all = state["invariants"].as_array().expect("invariants");
+    assert!(all.iter().all(|i| i["holds"] == true), "{state}");
+}
+
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
