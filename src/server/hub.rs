@@ -214,6 +214,15 @@ impl Hub {
         }
         // The trace costs an allocation per event: only while someone reads it.
         core.set_tracing(self.log.is_some() || self.board.watched());
+        // Cluster mode: a failure left by an event nobody answers (a close, a
+        // relayed frame) is said here, and not blamed on the next request.
+        if let Some(why) = core.take_failure() {
+            if let Some(log) = &self.log {
+                log.line(format!(
+                    "! Redis failed under the last event ({why}); its shared state is repaired when Redis is back (this node registers its sockets again)"
+                ));
+            }
+        }
         core
     }
 
