@@ -220,6 +220,19 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
             signal.await;
             println!("\nShutting down: closing every connection with code 1001 (going away)...");
         };
+        // Redis is checked before the banner invites anyone in.
+        let cluster = match &args.redis {
+            Some(url) => {
+                let node = args.node_id.clone().unwrap_or_else(|| {
+                    format!("{}-{}", bound.ip(), bound.port()).replace(':', "_")
+                });
+                let mut cluster = ClusterConfig::new(url, &node);
+                cluster.prefix = args.redis_prefix.clone();
+                crate::cluster::Link::connect(cluster.clone()).map_err(|e| anyhow::anyhow!(e))?;
+                Some(cluster)
+            }
+            None => None,
+        };
         print_banner(bound, &args, color);
         print_storage(durable.as_ref(), args.redis.is_some(), fd_limit);
         let (budget, why) = args.memory_budget();
@@ -254,17 +267,12 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
             view: args.view.view(),
         });
         let mut config = args.config(durable, dashboard, budget);
-        if let Some(url) = &args.redis {
-            let node = args.node_id.clone().unwrap_or_else(|| {
-                format!("{}-{}", bound.ip(), bound.port()).replace(':', "_")
-            });
+        if let Some(cluster) = cluster {
             say!(
                 "Cluster node {} on Redis {}: presence, queues, groups, blocks and claims are shared; this node keeps its own sockets.",
-                node.bold(),
-                url
+                cluster.node_id.bold(),
+                cluster.url
             );
-            let mut cluster = ClusterConfig::new(url, &node);
-            cluster.prefix = args.redis_prefix.clone();
             config.cluster = Some(cluster);
         }
         let report = server::run(listener, config, log, shutdown)
