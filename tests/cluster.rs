@@ -260,6 +260,35 @@ async fn connect_to_path(addr: SocketAddr, path: &str) -> Client {
     client
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_s_presence_arrives_before_their_first_message_on_any_node() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let server = TestServer::cluster(&redis.url(), Config::default()).await;
+    let nodes = [server.addr, server.second.as_ref().unwrap().addr];
+    let mut bob = connect_to(nodes[0], "bob").await;
+    for round in 0..20 {
+        // On bob's node (its own change, shown at once) and on the other
+        // (the presence publish and the message share its channel, in order).
+        let name = format!("m{round}");
+        let mut newcomer = connect_to(nodes[round % 2], &name).await;
+        let ack = newcomer
+            .request(json!({"type":"message","to":"bob","text":"first"}))
+            .await;
+        assert_eq!(ack["status"], "delivered");
+        assert_eq!(
+            bob.recv().await,
+            json!({"type":"presence","user":name,"status":"online"}),
+            "round {round}"
+        );
+        assert_eq!(bob.recv().await["from"], name.as_str());
+        newcomer.close().await;
+        assert_eq!(bob.recv().await["status"], "offline");
+    }
+    server.stop().await;
+}
+
 /// `vivachat serve --redis URL --node-id NAME` on a free port.
 fn node(url: &str, name: &str, prefix: &str) -> (Proc, u16) {
     let all = [

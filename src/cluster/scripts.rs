@@ -29,9 +29,12 @@ end
 /// agree on who was first and who was last. The first device anywhere is
 /// announced online. Returns the online users as of this step, for the
 /// welcome: exactly the state the announcements after it change.
-/// KEYS: devices:{user}, on:{node}, presence, presence_order.
+/// Also returns the order of the user's previous presence change (HASH
+/// `presence_last`), so the node knows whether it has seen it.
+/// KEYS: devices:{user}, on:{node}, presence, presence_order, presence_last.
 /// ARGV: user, field, value, prefix.
-/// Returns {devices anywhere, 1 if the user was not in presence, order, online users}.
+/// Returns {devices anywhere, 1 if the user was not in presence, order,
+/// online users, previous change's order}.
 pub fn connect() -> String {
     format!(
         "{ANNOUNCE}
@@ -40,16 +43,23 @@ redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 local n = redis.call('HLEN', KEYS[1])
 local added = redis.call('SADD', KEYS[3], ARGV[1])
 local order = redis.call('INCR', KEYS[4])
-if added == 1 then announce(ARGV[4], ARGV[1], 'online', order) end
-return {{n, added, order, redis.call('SMEMBERS', KEYS[3])}}
+local prev = 0
+if added == 1 then
+  prev = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
+  redis.call('HSET', KEYS[5], ARGV[1], order)
+  announce(ARGV[4], ARGV[1], 'online', order)
+end
+return {{n, added, order, redis.call('SMEMBERS', KEYS[3]), prev}}
 "
     )
 }
 
 /// A device closes; the last one anywhere takes the user out of `presence`
 /// and is announced offline.
-/// KEYS: devices:{user}, on:{node}, presence, presence_order. ARGV: user, field, prefix.
-/// Returns {devices left anywhere, 1 if the user left presence, order}.
+/// KEYS: devices:{user}, on:{node}, presence, presence_order, presence_last.
+/// ARGV: user, field, prefix.
+/// Returns {devices left anywhere, 1 if the user left presence, order,
+/// previous change's order}.
 pub fn disconnect() -> String {
     format!(
         "{ANNOUNCE}
@@ -62,8 +72,13 @@ local n = redis.call('HLEN', KEYS[1])
 local removed = 0
 if n == 0 then removed = redis.call('SREM', KEYS[3], ARGV[1]) end
 local order = redis.call('INCR', KEYS[4])
-if removed == 1 then announce(ARGV[3], ARGV[1], 'offline', order) end
-return {{n, removed, order}}
+local prev = 0
+if removed == 1 then
+  prev = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
+  redis.call('HSET', KEYS[5], ARGV[1], order)
+  announce(ARGV[3], ARGV[1], 'offline', order)
+end
+return {{n, removed, order, prev}}
 "
     )
 }
@@ -231,8 +246,8 @@ return was
 /// HASH, and users left with none leave `presence` and are announced
 /// offline. Run by whichever survivor notices first; the others then find
 /// nothing to do, so each user is announced once.
-/// KEYS: on:{dead}, presence, nodes, presence_order. ARGV: key prefix, dead node.
-/// Returns the users who went offline.
+/// KEYS: on:{dead}, presence, nodes, presence_order, presence_last.
+/// ARGV: key prefix, dead node. Returns the users who went offline.
 pub fn sweep() -> String {
     format!(
         "{ANNOUNCE}
@@ -251,7 +266,9 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[2])
 for _, u in ipairs(gone) do
-  announce(ARGV[1], u, 'offline', redis.call('INCR', KEYS[4]))
+  local order = redis.call('INCR', KEYS[4])
+  redis.call('HSET', KEYS[5], u, order)
+  announce(ARGV[1], u, 'offline', order)
 end
 return gone
 "

@@ -155,6 +155,12 @@ pub struct RedisStructures {
     /// The online users the connect script read, atomically with the
     /// registration, for the welcome (`online_users` right after it).
     online: RefCell<Option<Vec<UserId>>>,
+    /// Per user, the order of the last presence change this node's devices
+    /// were shown: a relayed change at or below it is old news.
+    shown_presence: RefCell<HashMap<UserId, u64>>,
+    /// The presence change this rule made may go straight to this node's
+    /// devices (see `caught_up`).
+    direct: Cell<bool>,
     /// Whether the last connect or disconnect script changed `presence` (it
     /// does so atomically with the device), for `set_online`/`set_offline`.
     presence_changed: Cell<bool>,
@@ -175,6 +181,8 @@ impl RedisStructures {
             total_bytes: Cell::new(None),
             order: Cell::new(0),
             online: RefCell::new(None),
+            shown_presence: RefCell::default(),
+            direct: Cell::new(false),
             presence_changed: Cell::new(false),
             failure: RefCell::new(None),
             prefetched: RefCell::default(),
@@ -221,7 +229,9 @@ impl RedisStructures {
 
     /// Registers one of this node's devices in Redis (CONNECT): on connect,
     /// and again for every device after Redis comes back.
-    fn register(&self, user: &UserId, handle: &Handle) -> Result<(usize, bool), String> {
+    /// Returns the devices the user has anywhere, whether this made them
+    /// online, and the order of their previous presence change.
+    fn register(&self, user: &UserId, handle: &Handle) -> Result<(usize, bool, u64), String> {
         let (record, resumed) = match handle {
             Handle::Local(conn) => (
                 DeviceRecord {
@@ -237,7 +247,7 @@ impl RedisStructures {
             u8::from(resumed),
             serde_json::to_string(&record).unwrap_or_default()
         );
-        let (n, added, order, online): (usize, u8, u64, Vec<String>) =
+        let (n, added, order, online, prev): (usize, u8, u64, Vec<String>, u64) =
             self.link.run("EVALSHA connect", "O(n)", |c| {
                 self.scripts
                     .connect
@@ -245,6 +255,7 @@ impl RedisStructures {
                     .key(self.key(format_args!("on:{}", self.link.node())))
                     .key(self.key("presence"))
                     .key(self.key("presence_order"))
+                    .key(self.key("presence_last"))
                     .arg(user.as_str())
                     .arg(self.field(handle.id()))
                     .arg(value)
@@ -257,7 +268,7 @@ impl RedisStructures {
             conn.presence_order
                 .store(order, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok((n, added == 1))
+        Ok((n, added == 1, prev))
     }
 
     /// After an outage: forgets what Redis remembers of this node (devices
@@ -276,6 +287,7 @@ impl RedisStructures {
             }
         }
         self.online.borrow_mut().take();
+        self.direct.set(false);
         Ok(registered)
     }
 
@@ -287,6 +299,7 @@ impl RedisStructures {
                 .key(self.key("presence"))
                 .key(self.key("nodes"))
                 .key(self.key("presence_order"))
+                .key(self.key("presence_last"))
                 .arg(&self.link.config.prefix)
                 .arg(node)
                 .invoke(c)
@@ -307,6 +320,21 @@ impl RedisStructures {
 
     fn decode_all(&self, entries: Vec<String>) -> Vec<Message> {
         entries.iter().filter_map(|e| decode(e)).collect()
+    }
+
+    /// A presence change this node made (`order`; the user's previous one was
+    /// `prev`) can go straight to its own devices, ahead of anything routed
+    /// after it, when they were shown every earlier change of that user;
+    /// its copy through Redis is then old news. Otherwise an earlier change
+    /// is still on its way through Redis, and this one follows it there.
+    fn caught_up(&self, user: &UserId, order: u64, prev: u64) -> bool {
+        let mut shown = self.shown_presence.borrow_mut();
+        let last = shown.get(user).copied().unwrap_or(0);
+        if prev > last {
+            return false;
+        }
+        shown.insert(user.clone(), order);
+        true
     }
 
     /// A part of the prefetch, if `pick` finds it for this operation's keys.
@@ -419,33 +447,54 @@ impl Structures for RedisStructures {
         Cow::Borrowed(devices)
     }
 
-    /// Presence broadcasts are published by the connect, disconnect and
-    /// sweep scripts themselves (see `scripts::connect`), to every node,
-    /// this one included: so no device is handed one here.
+    /// Presence changes are published by the connect, disconnect and sweep
+    /// scripts themselves (see `scripts::connect`), to every node. This
+    /// node's own devices get its change here, at once, when it has shown
+    /// them every earlier change of that user (`caught_up`); else through Redis.
     fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Handle> {
-        self.ops.measure(ActiveConnections, Op::Iterate, || ());
-        trace.record(
-            ActiveConnections,
-            Op::Iterate,
-            None,
-            None,
-            Some(users.len()),
-        );
+        let direct = self.direct.take();
+        let all: Vec<Handle> = self.ops.measure(ActiveConnections, Op::Iterate, || {
+            if !direct {
+                return Vec::new();
+            }
+            users
+                .iter()
+                .filter_map(|u| self.local.get(u))
+                .flatten()
+                .cloned()
+                .collect()
+        });
+        trace.record(ActiveConnections, Op::Iterate, None, None, Some(all.len()));
         trace.via(|| {
             format!(
-                "PUBLISH {} to each node, in the same script O(N+M): every node hears presence changes in one order",
+                "this node's sockets{}; PUBLISH {} to every other node, in the same script O(N+M): every node hears presence changes in one order",
+                if direct { "" } else { " later, through Redis (an earlier change is on its way)" },
                 self.key("node:*")
             )
         });
-        Vec::new()
+        all
+    }
+
+    fn presence_is_news(&self, about: &UserId, order: u64) -> bool {
+        let mut shown = self.shown_presence.borrow_mut();
+        let last = shown.entry(about.clone()).or_default();
+        if order <= *last {
+            return false;
+        }
+        *last = order;
+        true
     }
 
     fn add_connection(&mut self, user: &UserId, conn: Handle, trace: &mut Trace) -> usize {
         let result = self
             .ops
             .measure(ActiveConnections, Op::Insert, || self.register(user, &conn));
-        let (n, added) = self.ok(result);
+        let (n, added, prev) = self.ok(result);
         self.presence_changed.set(added);
+        if added {
+            self.direct
+                .set(self.caught_up(user, self.order.get(), prev));
+        }
         self.local.entry(user.clone()).or_default().push(conn);
         trace.record(ActiveConnections, Op::Insert, Some(user), None, Some(n));
         trace.via(|| {
@@ -479,14 +528,18 @@ impl Structures for RedisStructures {
                     .key(self.key(format_args!("on:{}", self.link.node())))
                     .key(self.key("presence"))
                     .key(self.key("presence_order"))
+                    .key(self.key("presence_last"))
                     .arg(user.as_str())
                     .arg(&field)
                     .arg(&self.link.config.prefix)
-                    .invoke::<(usize, u8, u64)>(c)
+                    .invoke::<(usize, u8, u64, u64)>(c)
             })
         });
-        let (n, removed, order) = self.ok(result);
+        let (n, removed, order, prev) = self.ok(result);
         self.order.set(order);
+        if removed == 1 {
+            self.direct.set(self.caught_up(user, order, prev));
+        }
         self.presence_changed.set(removed == 1);
         trace.record(ActiveConnections, Op::Remove, Some(user), None, Some(n));
         trace.via(|| {
@@ -1010,6 +1063,7 @@ impl Structures for RedisStructures {
     fn take_changes(&mut self) -> Vec<Change> {
         // The end of every rule: nothing prefetched outlives it.
         self.forget_prefetch();
+        self.direct.set(false);
         Vec::new()
     }
 

@@ -425,13 +425,18 @@ impl<S: Structures> ChatCore<S> {
                 frame,
                 order,
             } => {
+                // Shown already (this node made it, or a later one), or news.
+                let devices = match s.presence_is_news(&about, order) {
+                    true => s.all_connections(&mut trace),
+                    false => Vec::new(),
+                };
                 let theirs: Vec<ConnId> = s
                     .local_connections(&about, &mut trace)
                     .iter()
                     .map(ConnHandle::id)
                     .collect();
                 let index = plan.frame(frame);
-                for device in s.all_connections(&mut trace) {
+                for device in devices {
                     if !theirs.contains(&device.id()) && device.presence_order() < order {
                         plan.send(&device, index);
                         connections += 1;

@@ -195,6 +195,12 @@ pub trait Structures {
     fn sweep_node(&mut self, _node: &str, _trace: &mut Trace) -> Vec<UserId> {
         Vec::new()
     }
+    /// A presence change relayed from another node of a cluster, about
+    /// `about`, is news here: this node has not shown its devices that change
+    /// or a later one. One server relays nothing: always news.
+    fn presence_is_news(&self, _about: &UserId, _order: u64) -> bool {
+        true
+    }
     /// A direct message from `from` to `to` is about to be routed: a backend
     /// whose every operation is a round trip (Redis) may fetch, in one, what
     /// routing will ask next (the budget, the block, the devices, the id).

@@ -216,6 +216,9 @@ impl Structures for Backend {
     fn next_id(&self, next: u64) -> u64 {
         each!(self, s => s.next_id(next))
     }
+    fn presence_is_news(&self, about: &UserId, order: u64) -> bool {
+        each!(self, s => s.presence_is_news(about, order))
+    }
     fn prefetch_route(&self, from: &UserId, to: &UserId) {
         each!(self, s => s.prefetch_route(from, to))
     }
