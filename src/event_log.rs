@@ -265,9 +265,9 @@ pub fn summary(event: &Event) -> String {
             requeued,
         } => {
             let mut s = match what {
-                Relay::ToUser => format!("<< from another node, for {user}: to {connections} connection(s) here"),
-                Relay::ToEveryone => format!("<< from another node, presence of {user}: to {connections} connection(s) here"),
-                Relay::TakeQueue => format!("<< {user}'s queue grew while online here: flushed to {connections} connection(s)"),
+                Relay::ToUser => format!("<< through Redis, for {user}: to {connections} connection(s) here"),
+                Relay::ToEveryone => format!("<< through Redis, presence of {user}: to {connections} connection(s) here (none if already shown)"),
+                Relay::TakeQueue => format!("<< through Redis: {user}'s queue grew while online here: flushed to {connections} connection(s)"),
             };
             if *requeued > 0 {
                 s += &format!(", {requeued} put back in {user}'s queue (no device here any more)");
@@ -329,10 +329,25 @@ pub fn lay_out(
         Some(w) if one_line > w => (format!("\n{hanging}"), "· "),
         _ => (String::new(), " | "),
     };
+    // An operation longer than the screen (a cluster's adds its Redis
+    // command) wraps at spaces, under itself.
+    let indent = hanging.len() + mark.chars().count();
+    let room = width.map(|w| w.saturating_sub(indent).max(20));
     for op in ops {
         line += &separator;
         line += &paint(mark, color, |s| s.dimmed());
-        line += &paint(op, color, |s| s.bright_blue());
+        let parts = match room {
+            Some(r) if one_line > width.unwrap_or(usize::MAX) && op.chars().count() > r => {
+                crate::terminal::wrap(&op, r)
+            }
+            _ => vec![op],
+        };
+        let under = format!("\n{}", " ".repeat(indent));
+        let painted: Vec<String> = parts
+            .into_iter()
+            .map(|part| paint(part, color, |s| s.bright_blue()))
+            .collect();
+        line += &painted.join(&under);
     }
     line
 }
@@ -424,6 +439,24 @@ mod tests {
         let mut ring = LogRing::default();
         writeln!(ring, "{painted}").unwrap();
         assert_eq!(ring.entries().0, vec![painted]);
+    }
+
+    #[test]
+    fn a_cluster_s_long_operation_wraps_under_itself() {
+        let (e, mut t) = queued_for_bob();
+        t.via(|| "RPUSH vivachat:q:bob O(1), kept in id order by the push script".to_string());
+        let at = Duration::from_millis(1500);
+        let narrow = lay_out(at, &e, &t, false, Some(60));
+        assert!(narrow.lines().all(|l| l.chars().count() <= 60), "{narrow}");
+        let last: Vec<&str> = narrow.lines().skip(4).collect();
+        assert_eq!(
+            last,
+            [
+                "             · offline_messages[bob].push_back O(1)* ->",
+                "               RPUSH vivachat:q:bob O(1), kept in id order",
+                "               by the push script, len 3",
+            ]
+        );
     }
 
     #[test]

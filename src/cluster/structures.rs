@@ -467,9 +467,12 @@ impl Structures for RedisStructures {
         trace.record(ActiveConnections, Op::Iterate, None, None, Some(all.len()));
         trace.via(|| {
             format!(
-                "this node's sockets{}; PUBLISH {} to every other node, in the same script O(N+M): every node hears presence changes in one order",
-                if direct { "" } else { " later, through Redis (an earlier change is on its way)" },
-                self.key("node:*")
+                "{}; PUBLISH to every node in the same script O(N+M): one order for all",
+                if direct {
+                    "this node's sockets now"
+                } else {
+                    "this node's later, through Redis"
+                }
             )
         });
         all
@@ -671,10 +674,7 @@ impl Structures for RedisStructures {
         self.count_more(OfflineMessages, Op::PopFront, all.len().saturating_sub(1));
         trace.record(OfflineMessages, Op::PopFront, Some(user), None, Some(0));
         trace.via(|| {
-            format!(
-                "LRANGE {key} 0 -1 + DEL in one script O(k), k = {}: atomic, so two devices connecting on two nodes cannot both take a message",
-                all.len()
-            )
+            format!("LRANGE + DEL {key} in one script O(k): a second device cannot take it too")
         });
         all
     }
