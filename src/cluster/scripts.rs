@@ -21,6 +21,14 @@ local function announce(prefix, user, status, order)
     redis.call('PUBLISH', prefix .. ':node:' .. node, payload)
   end
 end
+-- Records the change as the user's last (HASH presence_last) and announces
+-- it; returns the order of the user's previous change (0: none).
+local function changed(prefix, last, user, status, order)
+  local prev = tonumber(redis.call('HGET', last, user) or '0')
+  redis.call('HSET', last, user, order)
+  announce(prefix, user, status, order)
+  return prev
+end
 "#;
 
 /// A device connects: registered in `active_connections` (the user's HASH
@@ -44,11 +52,7 @@ local n = redis.call('HLEN', KEYS[1])
 local added = redis.call('SADD', KEYS[3], ARGV[1])
 local order = redis.call('INCR', KEYS[4])
 local prev = 0
-if added == 1 then
-  prev = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
-  redis.call('HSET', KEYS[5], ARGV[1], order)
-  announce(ARGV[4], ARGV[1], 'online', order)
-end
+if added == 1 then prev = changed(ARGV[4], KEYS[5], ARGV[1], 'online', order) end
 return {{n, added, order, redis.call('SMEMBERS', KEYS[3]), prev}}
 "
     )
@@ -73,11 +77,7 @@ local removed = 0
 if n == 0 then removed = redis.call('SREM', KEYS[3], ARGV[1]) end
 local order = redis.call('INCR', KEYS[4])
 local prev = 0
-if removed == 1 then
-  prev = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
-  redis.call('HSET', KEYS[5], ARGV[1], order)
-  announce(ARGV[3], ARGV[1], 'offline', order)
-end
+if removed == 1 then prev = changed(ARGV[3], KEYS[5], ARGV[1], 'offline', order) end
 return {{n, removed, order, prev}}
 "
     )
@@ -266,9 +266,7 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[2])
 for _, u in ipairs(gone) do
-  local order = redis.call('INCR', KEYS[4])
-  redis.call('HSET', KEYS[5], u, order)
-  announce(ARGV[1], u, 'offline', order)
+  changed(ARGV[1], KEYS[5], u, 'offline', redis.call('INCR', KEYS[4]))
 end
 return gone
 "

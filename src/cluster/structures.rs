@@ -140,6 +140,9 @@ struct Prefetched {
     id: Option<u64>,
 }
 
+/// What a trace shows as the size after an operation, read from its answer.
+type SizeOf<T> = fn(&T) -> Option<usize>;
+
 pub struct RedisStructures {
     link: Arc<Link>,
     /// This node's sockets: `active_connections` for the devices whose
@@ -335,6 +338,37 @@ impl RedisStructures {
         }
         shown.insert(user.clone(), order);
         true
+    }
+
+    /// One operation carried out by one Redis command on one key (`SADD`,
+    /// `SREM`, `SISMEMBER`, `SCARD`, `LLEN`), with an optional member:
+    /// counted as `op` on `structure`, and traced with the command beside it.
+    fn one_command<T: redis::FromRedisValue + Default>(
+        &self,
+        (structure, op): (Structure, Op),
+        command: &'static str,
+        key: &str,
+        member: Option<&UserId>,
+        (outer, size): (Option<&Name>, SizeOf<T>),
+        trace: &mut Trace,
+    ) -> T {
+        let r = self.ops.measure(structure, op, || {
+            self.link.run(command, "O(1)", |c| {
+                let mut cmd = redis::cmd(command);
+                cmd.arg(key);
+                if let Some(member) = member {
+                    cmd.arg(member.as_str());
+                }
+                cmd.query::<T>(c)
+            })
+        });
+        let value: T = self.ok(r);
+        trace.record(structure, op, outer, member, size(&value));
+        trace.via(|| match member {
+            Some(m) => format!("{command} {key} {m} O(1)"),
+            None => format!("{command} {key} O(1)"),
+        });
+        value
     }
 
     /// A part of the prefetch, if `pick` finds it for this operation's keys.
@@ -607,14 +641,15 @@ impl Structures for RedisStructures {
 
     fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize {
         let key = self.key(format_args!("q:{user}"));
-        let r = self.ops.measure(OfflineMessages, Op::Len, || {
-            self.link
-                .run("LLEN", "O(1)", |c| redis::cmd("LLEN").arg(&key).query(c))
-        });
-        let n: usize = self.ok(r);
-        trace.record(OfflineMessages, Op::Len, Some(user), None, Some(n));
-        trace.via(|| format!("LLEN {key} O(1)"));
-        n
+        let size: SizeOf<usize> = |n| Some(*n);
+        self.one_command(
+            (OfflineMessages, Op::Len),
+            "LLEN",
+            &key,
+            None,
+            (Some(user), size),
+            trace,
+        )
     }
 
     fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
@@ -815,18 +850,15 @@ impl Structures for RedisStructures {
 
     fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
         let key = self.key(format_args!("g:{group}"));
-        let r = self.ops.measure(GroupMembers, Op::Contains, || {
-            self.link.run("SISMEMBER", "O(1)", |c| {
-                redis::cmd("SISMEMBER")
-                    .arg(&key)
-                    .arg(user.as_str())
-                    .query::<bool>(c)
-            })
-        });
-        let member = self.ok(r);
-        trace.record(GroupMembers, Op::Contains, Some(group), Some(user), None);
-        trace.via(|| format!("SISMEMBER {key} {user} O(1)"));
-        member
+        let size: SizeOf<bool> = |_| None;
+        self.one_command(
+            (GroupMembers, Op::Contains),
+            "SISMEMBER",
+            &key,
+            Some(user),
+            (Some(group), size),
+            trace,
+        )
     }
 
     fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId> {
@@ -850,58 +882,54 @@ impl Structures for RedisStructures {
 
     fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize {
         let key = self.key(format_args!("g:{group}"));
-        let r = self.ops.measure(GroupMembers, Op::Len, || {
-            self.link
-                .run("SCARD", "O(1)", |c| redis::cmd("SCARD").arg(&key).query(c))
-        });
-        let n: usize = self.ok(r);
-        trace.record(GroupMembers, Op::Len, Some(group), None, Some(n));
-        trace.via(|| format!("SCARD {key} O(1)"));
-        n
+        let size: SizeOf<usize> = |n| Some(*n);
+        self.one_command(
+            (GroupMembers, Op::Len),
+            "SCARD",
+            &key,
+            None,
+            (Some(group), size),
+            trace,
+        )
     }
 
     fn group_count(&self, trace: &mut Trace) -> usize {
         let key = self.key("groups");
-        let r = self.ops.measure(GroupMembers, Op::Len, || {
-            self.link
-                .run("SCARD", "O(1)", |c| redis::cmd("SCARD").arg(&key).query(c))
-        });
-        let n: usize = self.ok(r);
-        trace.record(GroupMembers, Op::Len, None, None, Some(n));
-        trace.via(|| format!("SCARD {key} O(1)"));
-        n
+        let size: SizeOf<usize> = |n| Some(*n);
+        self.one_command(
+            (GroupMembers, Op::Len),
+            "SCARD",
+            &key,
+            None,
+            (None, size),
+            trace,
+        )
     }
 
     fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
         let key = self.key(format_args!("b:{by}"));
-        let r = self.ops.measure(BlockedUsers, Op::Insert, || {
-            self.link.run("SADD", "O(1)", |c| {
-                redis::cmd("SADD")
-                    .arg(&key)
-                    .arg(whom.as_str())
-                    .query::<bool>(c)
-            })
-        });
-        let added = self.ok(r);
-        trace.record(BlockedUsers, Op::Insert, Some(by), Some(whom), None);
-        trace.via(|| format!("SADD {key} {whom} O(1)"));
-        added
+        let size: SizeOf<bool> = |_| None;
+        self.one_command(
+            (BlockedUsers, Op::Insert),
+            "SADD",
+            &key,
+            Some(whom),
+            (Some(by), size),
+            trace,
+        )
     }
 
     fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
         let key = self.key(format_args!("b:{by}"));
-        let r = self.ops.measure(BlockedUsers, Op::Remove, || {
-            self.link.run("SREM", "O(1)", |c| {
-                redis::cmd("SREM")
-                    .arg(&key)
-                    .arg(whom.as_str())
-                    .query::<bool>(c)
-            })
-        });
-        let removed = self.ok(r);
-        trace.record(BlockedUsers, Op::Remove, Some(by), Some(whom), None);
-        trace.via(|| format!("SREM {key} {whom} O(1)"));
-        removed
+        let size: SizeOf<bool> = |_| None;
+        self.one_command(
+            (BlockedUsers, Op::Remove),
+            "SREM",
+            &key,
+            Some(whom),
+            (Some(by), size),
+            trace,
+        )
     }
 
     fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
@@ -928,14 +956,15 @@ impl Structures for RedisStructures {
 
     fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize {
         let key = self.key(format_args!("b:{by}"));
-        let r = self.ops.measure(BlockedUsers, Op::Len, || {
-            self.link
-                .run("SCARD", "O(1)", |c| redis::cmd("SCARD").arg(&key).query(c))
-        });
-        let n: usize = self.ok(r);
-        trace.record(BlockedUsers, Op::Len, Some(by), None, Some(n));
-        trace.via(|| format!("SCARD {key} O(1)"));
-        n
+        let size: SizeOf<usize> = |n| Some(*n);
+        self.one_command(
+            (BlockedUsers, Op::Len),
+            "SCARD",
+            &key,
+            None,
+            (Some(by), size),
+            trace,
+        )
     }
 
     fn queued_bytes(&self) -> usize {
