@@ -121,10 +121,7 @@ impl Link {
         let Some(c) = con.as_mut() else {
             return Err(lock(&self.why).clone());
         };
-        lock(&self.counts)
-            .entry(command)
-            .and_modify(|(n, _)| *n += 1)
-            .or_insert((1, complexity));
+        self.count(command, complexity, 1);
         match f(c) {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -156,6 +153,14 @@ impl Link {
         *lock(&self.con) = None;
         *lock(&self.why) = why;
         self.down.store(true, Ordering::Release);
+    }
+
+    /// Counts `n` more runs of `command` (a pipeline of n is one `run`).
+    pub fn count(&self, command: &'static str, complexity: &'static str, n: u64) {
+        lock(&self.counts)
+            .entry(command)
+            .and_modify(|(count, _)| *count += n)
+            .or_insert((n, complexity));
     }
 
     /// Every command this node ran, most used first.

@@ -77,6 +77,15 @@ impl ConnHandle for Conn {
 
 pub(crate) type Core = ChatCore<Backend>;
 
+/// What a node gets from joining its cluster (`server::join_cluster`).
+pub(crate) struct Joined {
+    pub link: Arc<Link>,
+    /// The cluster's epoch: the first node drew it, the others read it.
+    pub epoch: String,
+    /// This node's first connection id: each node run has its own range.
+    pub first_conn_id: u64,
+}
+
 /// 64 random bits, in hex, from the standard library's per-process hash keys.
 pub(crate) fn random_epoch() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -150,13 +159,13 @@ impl Hub {
         mut config: Config,
         log: Option<EventLog>,
         bound: SocketAddr,
-        cluster: Option<(Arc<Link>, String, u64)>,
+        cluster: Option<Joined>,
     ) -> Hub {
         config.core.trace = log.is_some();
         let durable = config.durable.clone();
         let structures = match (&cluster, &durable) {
-            (Some((link, ..)), _) => Backend::Redis(Box::new(RedisStructures::new(
-                link.clone(),
+            (Some(joined), _) => Backend::Redis(Box::new(RedisStructures::new(
+                joined.link.clone(),
                 Some(monotonic_ns),
             ))),
             (None, Some(_)) => {
@@ -174,16 +183,16 @@ impl Hub {
         let epoch = durable
             .as_ref()
             .and_then(|d| d.loaded.state.epoch.clone())
-            .or_else(|| cluster.as_ref().map(|(_, epoch, _)| epoch.clone()));
+            .or_else(|| cluster.as_ref().map(|j| j.epoch.clone()));
         core.set_epoch(epoch.unwrap_or_else(random_epoch));
-        let first_conn_id = cluster.as_ref().map_or(1, |(_, _, first)| *first);
+        let first_conn_id = cluster.as_ref().map_or(1, |j| j.first_conn_id);
         let store = durable.as_ref().map(|d| d.store.clone());
         let site = Site::new(bound, config.public_url.as_deref(), &config.allow_origins);
         let gate = Gate::new(
             store.clone(),
             durable.map(|d| d.loaded.claims).unwrap_or_default(),
         )
-        .in_cluster(cluster.as_ref().map(|(link, ..)| link.clone()));
+        .in_cluster(cluster.as_ref().map(|j| j.link.clone()));
         Hub {
             core: Mutex::new(core),
             config,
@@ -197,7 +206,7 @@ impl Hub {
             site,
             board: BoardFeed::default(),
             outbox_bytes: Arc::default(),
-            cluster: cluster.map(|(link, ..)| link),
+            cluster: cluster.map(|j| j.link),
             first_conn_id,
         }
     }

@@ -87,7 +87,7 @@ async fn give_back_drained_memory(hub: Arc<Hub>) {
 
 /// Connects to the cluster's Redis: the link, the cluster's epoch (the first
 /// node draws it), and this node's range of connection ids.
-fn join_cluster(config: crate::cluster::ClusterConfig) -> Result<(Arc<Link>, String, u64), String> {
+fn join_cluster(config: crate::cluster::ClusterConfig) -> Result<hub::Joined, String> {
     let link = Link::connect(config)?;
     let epoch = link.run("SET NX + GET", "O(1)", |c| {
         redis::cmd("SET")
@@ -101,7 +101,11 @@ fn join_cluster(config: crate::cluster::ClusterConfig) -> Result<(Arc<Link>, Str
         redis::cmd("INCR").arg(link.key("node_seq")).query::<u64>(c)
     })?;
     // A billion ids per node run, readable in tables: node run 3 counts from 3000000001.
-    Ok((link, epoch, (seq % 1_000_000_000) * 1_000_000_000 + 1))
+    Ok(hub::Joined {
+        link,
+        epoch,
+        first_conn_id: (seq % 1_000_000_000) * 1_000_000_000 + 1,
+    })
 }
 
 /// What `run` reports when it returns.

@@ -62,6 +62,10 @@ pub(crate) fn publish(link: &Link, batch: Vec<Publish>) -> Vec<(UserId, Message)
         }
         pipe.query::<Vec<i64>>(c)
     });
+    // One round trip, but each PUBLISH is a command of its own: count them all.
+    if result.is_ok() {
+        link.count("PUBLISH", "O(N+M)", batch.len().saturating_sub(1) as u64);
+    }
     let received = result.unwrap_or_else(|_| vec![0; batch.len()]);
     batch
         .into_iter()
