@@ -55,6 +55,30 @@ async fn wait_log(page: &Page, needle: &str) -> String {
     }
 }
 
+/// Waits until the status of the page's own message containing `text` reads
+/// `wanted`, and returns it. A status moves on ("delivered", then "✓✓
+/// received" once the recipient's page confirms), so a test waits for the
+/// one it can end on, never for a word that may already have been replaced.
+async fn wait_status(page: &Page, text: &str, wanted: &str) -> String {
+    let js = format!(
+        "(() => {{ const e = [...document.querySelectorAll('[role=log] .entry.mine')].find(e => e.textContent.includes({text:?})); \
+         const s = e && e.querySelector('.status'); return s ? s.textContent : ''; }})()"
+    );
+    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
+    loop {
+        let status = page.eval(&js).await;
+        let status = status.as_str().unwrap_or_default().to_owned();
+        if status.contains(wanted) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the status of {text:?} never read {wanted:?}; it reads {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends `text` from the page: To, Message, then Enter (or the Send button).
 async fn say(page: &Page, to: &str, text: &str, with_button: bool) {
     page.fill("To", to).await;
@@ -110,7 +134,10 @@ async fn two_pages_chat_directly_and_in_a_group() {
     say(&alice, "bob", "hello bob", false).await;
     let bob_log = wait_log(&bob, "hello bob").await;
     assert!(bob_log.contains("alice → you"), "{bob_log}");
-    wait_log(&alice, "delivered").await;
+    assert!(!bob_log.contains("while you were offline"), "{bob_log}");
+    // bob's page confirms what it showed, so "delivered" soon becomes the
+    // second tick: the tick is the state that stays.
+    wait_status(&alice, "hello bob", "✓✓ received").await;
 
     // Group: both join with the slash command, alice sends with the button.
     for page in [&alice, &bob] {
@@ -146,7 +173,7 @@ async fn a_message_queued_while_offline_appears_marked_when_they_join() {
     let alice = browser.page(LAPTOP.0, LAPTOP.1, false).await;
     join(&alice, &server, "alice").await;
     say(&alice, "carol", "read this when you are back", false).await;
-    wait_log(&alice, "queued").await;
+    wait_status(&alice, "read this when you are back", "queued").await;
 
     let carol = browser.page(PHONE.0, PHONE.1, true).await;
     join(&carol, &server, "carol").await;
@@ -211,9 +238,10 @@ async fn the_page_resumes_after_a_reload_and_shows_the_second_tick() {
     say(&page, "bob", "did you get this?", false).await;
     let got = bob.recv_skipping_presence().await;
     assert_eq!(got["text"], "did you get this?");
-    wait_log(&page, "delivered").await;
+    // bob has not confirmed yet, so "delivered" stays until he does.
+    wait_status(&page, "did you get this?", "delivered").await;
     bob.send(json!({"type": "received", "id": got["id"]})).await;
-    wait_log(&page, "✓✓ received").await;
+    wait_status(&page, "did you get this?", "✓✓ received").await;
     if let Ok(dir) = std::env::var("VIVACHAT_SCREENSHOTS") {
         page.screenshot(&std::path::Path::new(&dir).join("chat-receipt.png"))
             .await;
@@ -454,7 +482,8 @@ async fn a_phone_sized_viewport_fits_and_works() {
     phone.press_enter().await;
     wait_log(&phone, "/block bob").await;
     say(&phone, "pat", "note to self", false).await;
-    wait_log(&phone, "delivered").await;
+    // pat's own page shows it and confirms it: the second tick stays.
+    wait_status(&phone, "note to self", "✓✓ received").await;
     server.stop().await;
 }
 
@@ -723,7 +752,7 @@ async fn screenshots() {
     class[2].recv_skipping_presence().await;
     wait_log(&alice, "lab at 3").await;
     say(&alice, "chen", "yes! see you there", false).await;
-    wait_log(&alice, "delivered").await;
+    wait_status(&alice, "yes! see you there", "delivered").await;
     alice.fill("Message", "/join lab1").await;
     alice.press_enter().await;
     wait_log(&alice, "You joined #lab1").await;
