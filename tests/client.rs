@@ -107,6 +107,13 @@ async fn an_offline_user_gets_the_queue_in_order_on_connect() {
             "{out}"
         );
     }
+    // alice's `--send` connections must have closed, or carol could see
+    // alice online in her welcome and then hear her go offline.
+    server
+        .wait_for_state("alice's sends to close", |s| {
+            s["presence"] == serde_json::json!([])
+        })
+        .await;
     let mut carol = client(&server, "carol", &[]);
     assert!(
         carol.seen[0].contains("2 queued message(s) coming"),
@@ -445,6 +452,12 @@ async fn the_client_resumes_and_never_shows_a_message_twice() {
     for text in ["four", "five"] {
         send_once(&server, "alice", "dana", text);
     }
+    // As above: nobody online, so dana's only lines are her two messages.
+    server
+        .wait_for_state("dana's crash and alice's sends to close", |s| {
+            s["presence"] == serde_json::json!([])
+        })
+        .await;
     let mut dana = client(&server, "dana", &[]);
     assert!(
         dana.seen[0].contains("2 message(s) after #3 coming"),
