@@ -1013,3 +1013,53 @@ async fn connection_limits_refuse_at_the_upgrade_and_free_slots_on_close() {
     assert_eq!(server.refused_status("/ws/b").await, 429);
     server.stop().await;
 }
+
+/// Regression: on Redis the memory budget's total was cached by one check
+/// and read by the next, so a group message's second offline member was
+/// checked against the total from before the first member's copy. Room for
+/// one queued copy in all: the first member gets it, the second does not.
+#[tokio::test]
+async fn a_group_message_checks_each_members_queue_against_the_budget_after_the_last_copy() {
+    let text = "x".repeat(1000);
+    let one_copy = vivachat::core::queued_cost(text.len());
+    let server = TestServer::start_with(Config {
+        core: CoreConfig {
+            max_queued_bytes: one_copy + one_copy / 2,
+            ..CoreConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    for member in ["bob", "carol"] {
+        let mut c = server.connect(member).await;
+        c.request(json!({"type":"group_join","group":"lab"})).await;
+        c.close().await;
+    }
+    server
+        .wait_for_state("bob and carol offline", |s| s["presence"] == json!([]))
+        .await;
+    let mut alice = server.connect("alice").await;
+    alice
+        .request(json!({"type":"group_join","group":"lab"}))
+        .await;
+    let ack = alice
+        .request(json!({"type":"group_message","group":"lab","text":text}))
+        .await;
+    assert_eq!(ack["status"], "queued", "{ack}");
+    let state = server.inspect().await;
+    let lens: Vec<u64> = ["bob", "carol"]
+        .iter()
+        .map(|u| state["offline_messages"][u]["len"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        lens.iter().sum::<u64>(),
+        1,
+        "one copy fits the budget: {state}"
+    );
+    assert!(
+        state["server"]["memory"]["queued_bytes"].as_u64().unwrap()
+            <= (one_copy + one_copy / 2) as u64,
+        "{state}"
+    );
+    server.stop().await;
+}

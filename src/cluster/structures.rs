@@ -19,7 +19,7 @@ use super::scripts;
 use crate::core::ops::{Op, OpCounts, Structure};
 use crate::core::{
     queued_cost, Change, ConnDetail, ConnHandle, ConnId, DurableState, OpTable, QueueView,
-    Structures, StructuresSnapshot, Trace,
+    QueuedBytes, Structures, StructuresSnapshot, Trace,
 };
 use crate::names::{GroupId, Name, UserId};
 use crate::protocol::{Message, Target};
@@ -149,9 +149,6 @@ pub struct RedisStructures {
     /// socket is here. Redis holds every node's (a HASH per user).
     local: HashMap<UserId, Vec<Handle>>,
     ops: OpCounts,
-    /// The total the last `queued_bytes_from` read with it (one HMGET for
-    /// both), for the `queued_bytes` that follows it in the budget check.
-    total_bytes: Cell<Option<usize>>,
     /// The `presence_order` of the last presence change this node made (see
     /// `scripts::CONNECT`), which its relayed presence frames carry.
     order: Cell<u64>,
@@ -181,7 +178,6 @@ impl RedisStructures {
             link,
             local: HashMap::new(),
             ops: clock.map(OpCounts::timed).unwrap_or_default(),
-            total_bytes: Cell::new(None),
             order: Cell::new(0),
             online: RefCell::new(None),
             shown_presence: RefCell::default(),
@@ -968,20 +964,19 @@ impl Structures for RedisStructures {
     }
 
     fn queued_bytes(&self) -> usize {
-        match self.total_bytes.take() {
-            Some(total) => total,
-            None => self.bytes(""),
-        }
+        self.bytes("")
     }
 
     /// One HMGET reads the sender's bytes and the total together: the
     /// budget check asks for both on every message.
-    fn queued_bytes_from(&self, sender: &UserId) -> usize {
+    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes {
         let prefetched =
             self.take_prefetched(|p| (p.from.as_ref() == Some(sender)).then(|| p.bytes.take()));
         if let Some((mine, total)) = prefetched {
-            self.total_bytes.set(Some(total));
-            return mine;
+            return QueuedBytes {
+                all: total,
+                sender: mine,
+            };
         }
         let r = self.link.run("HMGET (budget)", "O(1)", |c| {
             redis::cmd("HMGET")
@@ -991,9 +986,10 @@ impl Structures for RedisStructures {
                 .query::<(Option<i64>, Option<i64>)>(c)
         });
         let (mine, total) = self.ok(r);
-        self.total_bytes
-            .set(Some(total.unwrap_or(0).max(0) as usize));
-        mine.unwrap_or(0).max(0) as usize
+        QueuedBytes {
+            all: total.unwrap_or(0).max(0) as usize,
+            sender: mine.unwrap_or(0).max(0) as usize,
+        }
     }
 
     fn groups_of(&self, user: &UserId) -> usize {

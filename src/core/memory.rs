@@ -9,7 +9,7 @@ use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{Op, OpCounts, OpTable, Structure, Trace};
 use crate::core::snapshot::{QueueView, StructuresSnapshot};
-use crate::core::{queued_cost, ConnHandle, ConnId, Structures};
+use crate::core::{queued_cost, ConnHandle, ConnId, QueuedBytes, Structures};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
@@ -546,8 +546,11 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         self.queued_bytes
     }
 
-    fn queued_bytes_from(&self, sender: &UserId) -> usize {
-        self.queued_by_sender.get(sender).copied().unwrap_or(0)
+    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes {
+        QueuedBytes {
+            all: self.queued_bytes,
+            sender: self.queued_by_sender.get(sender).copied().unwrap_or(0),
+        }
     }
 
     fn groups_of(&self, user: &UserId) -> usize {

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use crate::core::{
-    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, Disk, Event, Outcome, Relay,
-    Structures, Trace, QUEUED_ENTRY_BYTES,
+    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, Disk, Event, Outcome,
+    QueuedBytes, Relay, Structures, Trace, QUEUED_ENTRY_BYTES,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::{
@@ -139,9 +139,9 @@ fn unavailable(why: &str, what: &str, reference: Ref) -> RequestError {
 /// until some are read; once the deques are full in all, neither may anyone
 /// holding an eighth of that share. Everyone else, the class, chats on.
 fn may_send<S: Structures>(s: &S, config: &CoreConfig, from: &UserId) -> Result<(), String> {
-    let mine = s.queued_bytes_from(from);
+    let QueuedBytes { all, sender: mine } = s.queued_bytes_of(from);
     let share = config.max_queued_bytes_per_sender;
-    let full = s.queued_bytes() >= config.max_queued_bytes;
+    let full = all >= config.max_queued_bytes;
     // "Filled": not even one more queued copy would fit.
     if mine + QUEUED_ENTRY_BYTES > share || (full && mine >= share / 8) {
         return Err(format!(
@@ -165,18 +165,19 @@ fn room_to_queue<S: Structures>(
 ) -> Result<(), String> {
     let cost = queued_cost(text_bytes);
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-    if s.queued_bytes().saturating_add(cost) > config.max_queued_bytes {
+    let queued = s.queued_bytes_of(from);
+    if queued.all.saturating_add(cost) > config.max_queued_bytes {
         return Err(format!(
             "the server's memory for offline messages is full ({:.0} MiB, from --max-memory); \
              nothing more can be queued until some are read: try again later",
             mib(config.max_queued_bytes)
         ));
     }
-    if s.queued_bytes_from(from).saturating_add(cost) > config.max_queued_bytes_per_sender {
+    if queued.sender.saturating_add(cost) > config.max_queued_bytes_per_sender {
         return Err(format!(
             "you already have {:.1} MiB of messages waiting for offline users, the most one \
              sender may have (--max-memory); wait until some are read",
-            mib(s.queued_bytes_from(from))
+            mib(queued.sender)
         ));
     }
     Ok(())

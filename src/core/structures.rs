@@ -75,6 +75,16 @@ impl ConnHandle for ConnId {
     }
 }
 
+/// The offline deques' bytes as the memory budget sees them (see
+/// [`crate::core::queued_cost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueuedBytes {
+    /// Held by every deque together.
+    pub all: usize,
+    /// Of those, the bytes of one sender's messages.
+    pub sender: usize,
+}
+
 pub trait Structures {
     type Conn: ConnHandle;
 
@@ -172,8 +182,11 @@ pub trait Structures {
     // (they are not counted).
     /// Bytes held by every offline deque together (see [`crate::core::queued_cost`]).
     fn queued_bytes(&self) -> usize;
-    /// Bytes of `sender`'s messages waiting in anyone's offline deque.
-    fn queued_bytes_from(&self, sender: &UserId) -> usize;
+    /// What the budget needs before `sender`'s next message: the bytes of
+    /// every deque, and of `sender`'s messages in them, read together (one
+    /// round trip on Redis), afresh each time: nothing read for one check is
+    /// kept for the next.
+    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes;
     /// How many groups `user` is a member of.
     fn groups_of(&self, user: &UserId) -> usize;
 

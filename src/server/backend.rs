@@ -10,7 +10,7 @@ use super::hub::Conn;
 use crate::cluster::RedisStructures;
 use crate::core::{
     Change, ConnDetail, ConnHandle, ConnId, DurableState, MemoryStructures, OpTable, QueueView,
-    Structures, StructuresSnapshot, Trace,
+    QueuedBytes, Structures, StructuresSnapshot, Trace,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
@@ -204,8 +204,8 @@ impl Structures for Backend {
     fn queued_bytes(&self) -> usize {
         each!(self, s => s.queued_bytes())
     }
-    fn queued_bytes_from(&self, sender: &UserId) -> usize {
-        each!(self, s => s.queued_bytes_from(sender))
+    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes {
+        each!(self, s => s.queued_bytes_of(sender))
     }
     fn groups_of(&self, user: &UserId) -> usize {
         each!(self, s => s.groups_of(user))
