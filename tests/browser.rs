@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use browser::{Browser, Page, PAGE_WAIT};
+use browser::{poll, Browser, Page};
 use common::TestServer;
 use serde_json::json;
 use vivachat::server::Config;
@@ -41,18 +41,12 @@ async fn join(page: &Page, server: &TestServer, name: &str) {
 /// Waits until the Messages log shows `needle`; returns the log's text.
 async fn wait_log(page: &Page, needle: &str) -> String {
     let log = page.by_role("log", "Messages").await;
-    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
-    loop {
-        let text = log.text().await;
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the log never showed {needle:?}; it shows:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        || log.text(),
+        |text| text.contains(needle),
+        |text| format!("the log never showed {needle:?}; it shows:\n{text}"),
+    )
+    .await
 }
 
 /// Waits until the status of the page's own message containing `text` reads
@@ -64,19 +58,12 @@ async fn wait_status(page: &Page, text: &str, wanted: &str) -> String {
         "(() => {{ const e = [...document.querySelectorAll('[role=log] .entry.mine')].find(e => e.textContent.includes({text:?})); \
          const s = e && e.querySelector('.status'); return s ? s.textContent : ''; }})()"
     );
-    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
-    loop {
-        let status = page.eval(&js).await;
-        let status = status.as_str().unwrap_or_default().to_owned();
-        if status.contains(wanted) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the status of {text:?} never read {wanted:?}; it reads {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        || async { page.eval(&js).await.as_str().unwrap_or_default().to_owned() },
+        |status| status.contains(wanted),
+        |status| format!("the status of {text:?} never read {wanted:?}; it reads {status:?}"),
+    )
+    .await
 }
 
 /// Sends `text` from the page: To, Message, then Enter (or the Send button).
@@ -100,18 +87,12 @@ async fn online(page: &Page) -> Vec<String> {
 }
 
 async fn wait_online(page: &Page, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
-    loop {
-        let now = online(page).await;
-        if check(&now) {
-            return now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Online never showed {what}: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        || online(page),
+        |now| check(now),
+        |now| format!("Online never showed {what}: {now:?}"),
+    )
+    .await
 }
 
 fn assert_no_problems(page: &Page, what: &str) {
@@ -318,18 +299,12 @@ async fn region(page: &Page, name: &str) -> String {
 }
 
 async fn wait_region(page: &Page, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
-    loop {
-        let text = region(page, name).await;
-        if check(&text) {
-            return text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "region {name} never showed {what}; it shows:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        || region(page, name),
+        |text| check(text),
+        |text| format!("region {name} never showed {what}; it shows:\n{text}"),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -911,7 +911,7 @@ async fn ghost_members_of_a_group_cannot_take_the_memory() {
 }
 
 /// Ten connections that never read, each sent 60 KB messages by its own
-/// sender for 8 s: each outbox is capped in bytes (evicted beyond it, its
+/// sender in rounds of 8 s until the queues fill: each outbox is capped in bytes (evicted beyond it, its
 /// messages put back in the queue), the senders are then stopped by their
 /// share, and memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,25 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Longest wait for any one thing a page should do.
 pub const PAGE_WAIT: Duration = Duration::from_secs(15);
 
+/// Reads `probe` every 50 ms until `done` holds, and returns what it read;
+/// after [`PAGE_WAIT`] fails with `why` of the last reading. Every wait on a
+/// page is this one loop, so every wait is bounded the same way.
+pub async fn poll<T, F: std::future::Future<Output = T>>(
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+    why: impl Fn(&T) -> String,
+) -> T {
+    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
+    loop {
+        let now = probe().await;
+        if done(&now) {
+            return now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", why(&now));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
 /// What a page did that a test may assert on: requests, errors, console.
