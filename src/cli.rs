@@ -212,43 +212,13 @@ pub struct InspectArgs {
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
     #[command(flatten)]
-    pub view: ViewArgs,
+    pub view: crate::inspect::ViewArgs,
     /// Rows per table before "... and N more".
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub rows: u64,
 }
 
-/// What the tables show; the same flags on `inspect` and `serve --dashboard`.
-#[derive(Debug, Args, Clone, Default)]
-pub struct ViewArgs {
-    /// Show only this structure (active_connections, presence, offline_messages,
-    /// group_members, blocked_users; or connections, queue, groups, blocks), at
-    /// full width, with its own operations.
-    #[arg(long, value_name = "STRUCTURE", value_parser = crate::inspect::render::View::parse_structure)]
-    pub only: Option<crate::core::Structure>,
-    /// Show only this user's rows.
-    #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    pub user: Option<Name>,
-    /// Show only this group and its members' rows.
-    #[arg(long, value_name = "NAME", value_parser = parse_name, conflicts_with = "user")]
-    pub group: Option<Name>,
-}
-
-impl ViewArgs {
-    pub fn view(&self) -> crate::inspect::render::View {
-        crate::inspect::render::View {
-            only: self.only,
-            user: self.user.clone(),
-            group: self.group.clone(),
-        }
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.view() != crate::inspect::render::View::default()
-    }
-}
-
-fn parse_name(raw: &str) -> Result<Name, String> {
+pub(crate) fn parse_name(raw: &str) -> Result<Name, String> {
     Name::parse(raw.trim_start_matches('#')).map_err(|e| e.to_string())
 }
 

@@ -24,8 +24,8 @@ pub struct ServerInfo {
     pub uptime_ms: u64,
     /// Unix time in milliseconds when this snapshot was taken.
     pub taken_at_ms: u64,
-    /// How long copying the structures held the core's lock, in microseconds:
-    /// chat traffic waits this long while a snapshot is taken.
+    /// How long the core's owner spent copying the structures, in
+    /// microseconds: chat traffic waits this long while a snapshot is taken.
     pub hold_us: u64,
     /// Whether queued messages, groups, blocks and claims survive a restart (`serve --data`).
     pub durable: bool,
@@ -53,9 +53,21 @@ pub struct ServerInfo {
     /// The board's feed: what drawing the structures for `/board` costs the server.
     #[serde(default)]
     pub board: BoardStats,
+    /// The core's owner: inputs applied, in how many wake-ups (batches).
+    #[serde(default)]
+    pub owner: OwnerInfo,
     /// Cluster mode (`serve --redis`): the nodes and what this one asked of Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
+}
+
+/// How the core's owner took its inputs: `inputs / batches` per wake-up
+/// on average; under load many, at rest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OwnerInfo {
+    pub inputs: u64,
+    pub batches: u64,
+    pub largest_batch: u64,
 }
 
 /// One node's view of its cluster.

@@ -120,7 +120,7 @@ pub struct ServeArgs {
     pub dashboard: bool,
     /// With --dashboard: which structures and rows it shows.
     #[command(flatten)]
-    pub view: crate::cli::ViewArgs,
+    pub view: crate::inspect::ViewArgs,
     /// The address students open when it is not this machine's own, such as a
     /// tunnel's (https://abc.trycloudflare.com): shown, put in the QR code,
     /// and trusted as an Origin and a Host.
@@ -351,7 +351,7 @@ fn print_banner(bound: SocketAddr, args: &ServeArgs, color: bool) {
         "vivachat".bold().green(),
         bound.to_string().bold()
     );
-    let join = Site::new(bound, args.public_url.as_deref(), &[]).join_url;
+    let join = Site::new(bound, args.public_url.as_deref(), &[], None).join_url;
     let reachable = args.public_url.is_some() || !bound.ip().is_loopback();
     say!(
         "Students: open {} on a phone or laptop{}",

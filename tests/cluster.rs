@@ -455,3 +455,66 @@ async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
         "{all}"
     );
 }
+
+/// No tokio worker waits for Redis while the core is busy: with Redis
+/// paused (`CLIENT PAUSE`), four senders' rules wait for it on the core's
+/// owner thread, and the node's own HTTP (`/healthz`, the chat page) still
+/// answers within 50 ms. When Redis continues, every sender gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_stalls_the_core_but_never_the_node_s_own_http() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("pause");
+    let (node_a, port) = node(&redis.url(), "a", &prefix);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        senders.push(connect_to(addr, &format!("sender{k}")).await);
+    }
+    let _bob = connect_to(addr, "bob").await;
+    // Under the link's 1 s command timeout, so the rules wait rather than fail.
+    let paused = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "PAUSE",
+            "800",
+            "ALL",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(paused.status.success(), "{paused:?}");
+    let pause_began = Instant::now();
+    for (k, sender) in senders.iter_mut().enumerate() {
+        sender
+            .send(json!({"type":"message","to":"bob","text":format!("during the pause {k}")}))
+            .await;
+    }
+    let mut slowest = Duration::ZERO;
+    let mut answered = 0;
+    while pause_began.elapsed() < Duration::from_millis(600) {
+        for path in ["/healthz", "/"] {
+            let asked = Instant::now();
+            let (status, _) = common::http_get(addr, path, &[]).await;
+            slowest = slowest.max(asked.elapsed());
+            assert_eq!(status, 200, "{path}");
+            answered += 1;
+        }
+    }
+    assert!(answered >= 4, "only {answered} requests in the pause");
+    assert!(
+        slowest < Duration::from_millis(50),
+        "the node's own HTTP waited {slowest:?} for a stalled Redis"
+    );
+    // The rules were waiting, not lost: each sender hears back.
+    for sender in &mut senders {
+        let ack = sender.recv_skipping_presence().await;
+        assert!(
+            ack["status"] == "delivered" || ack["code"] == "unavailable",
+            "{ack}"
+        );
+    }
+    drop(node_a);
+}

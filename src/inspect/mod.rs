@@ -10,10 +10,47 @@ pub mod render;
 
 use std::time::Duration;
 
+use clap::Args;
+
 use crate::inspection::Inspection;
 use crate::terminal::{interrupted, print_or_exit, Screen};
 use fetch::{Endpoint, FetchError};
 use render::RenderOptions;
+
+/// What the tables show; the same flags on `inspect` and `serve --dashboard`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ViewArgs {
+    /// Show only this structure (active_connections, presence, offline_messages,
+    /// group_members, blocked_users; or connections, queue, groups, blocks), at
+    /// full width, with its own operations.
+    #[arg(long, value_name = "STRUCTURE", value_parser = crate::inspect::render::View::parse_structure)]
+    pub only: Option<crate::core::Structure>,
+    /// Show only this user's rows.
+    #[arg(long, value_name = "NAME", value_parser = view_name)]
+    pub user: Option<crate::names::Name>,
+    /// Show only this group and its members' rows.
+    #[arg(long, value_name = "NAME", value_parser = view_name, conflicts_with = "user")]
+    pub group: Option<crate::names::Name>,
+}
+
+impl ViewArgs {
+    pub fn view(&self) -> crate::inspect::render::View {
+        crate::inspect::render::View {
+            only: self.only,
+            user: self.user.clone(),
+            group: self.group.clone(),
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.view() != crate::inspect::render::View::default()
+    }
+}
+
+/// A user or group name for `--user`/`--group` (a leading `#` is allowed).
+fn view_name(raw: &str) -> Result<crate::names::Name, String> {
+    crate::names::Name::parse(raw.trim_start_matches('#')).map_err(|e| e.to_string())
+}
 
 #[cfg(test)]
 mod tests {

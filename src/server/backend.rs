@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::hub::Conn;
+use super::conn::Conn;
 use crate::cluster::RedisStructures;
 use crate::core::{
     Change, ConnDetail, ConnHandle, ConnId, DurableState, MemoryStructures, OpTable, QueueView,
@@ -93,6 +93,9 @@ impl ConnHandle for Handle {
         }
     }
 }
+
+/// The core as a server runs it: the rules over whichever backend it has.
+pub(crate) type Core = crate::core::ChatCore<Backend>;
 
 // One per server, never moved after start: the in-memory structures stay
 // inline (no pointer to follow on the default path); Redis's are boxed.

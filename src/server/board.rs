@@ -7,25 +7,21 @@
 //! bounded snapshot, whatever the message rate and however many boards
 //! watch. A board that reads slowly skips frames: it always gets the latest.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::watch;
 
 use super::handshake::Peer;
 use super::hub::Hub;
-use crate::board::{BoardFrame, Flow, FrameContext, EVENT_LINES, QUEUE_ENDS};
-use crate::core::{Event, Trace};
+use crate::board::{BoardFrame, Flow, FrameContext, QUEUE_ENDS};
 use crate::event_log::format_event;
-use crate::inspection::BoardStats;
 
 /// At most this many frames a second: smooth enough to watch a push_back
 /// happen, and a bounded cost however fast the class chats.
@@ -34,72 +30,6 @@ pub const FRAMES_PER_SECOND: u64 = 10;
 const REFRESH: Duration = Duration::from_secs(1);
 /// Boards watching at once; a projector needs one, a few spares cost little.
 const MAX_VIEWERS: usize = 32;
-
-/// What routing leaves for the board: the latest events, kept only while watched.
-#[derive(Default)]
-struct Recent {
-    lines: VecDeque<(Duration, Event, Trace)>,
-    /// The latest chat message, whose path the board lights.
-    last_chat: Option<(Event, Trace)>,
-    /// Events recorded ever: a change counter.
-    events: u64,
-}
-
-pub(crate) struct BoardFeed {
-    viewers: AtomicUsize,
-    recent: Mutex<Recent>,
-    frames: watch::Sender<Option<Bytes>>,
-    started: Instant,
-    /// Frames built, and the time they took (µs), for docs/performance.md.
-    built: AtomicU64,
-    build_us: AtomicU64,
-}
-
-impl Default for BoardFeed {
-    fn default() -> Self {
-        BoardFeed {
-            viewers: AtomicUsize::new(0),
-            recent: Mutex::default(),
-            frames: watch::Sender::new(None),
-            started: Instant::now(),
-            built: AtomicU64::new(0),
-            build_us: AtomicU64::new(0),
-        }
-    }
-}
-
-impl BoardFeed {
-    /// Is a board open? Routing traces and records events only then.
-    pub fn watched(&self) -> bool {
-        self.viewers.load(Ordering::Relaxed) > 0
-    }
-
-    /// Keeps `event` for the next frame. Called under the core lock, so it
-    /// only clones into a ring of [`EVENT_LINES`]: O(1), formatting is later.
-    pub fn record(&self, event: &Event, trace: &Trace) {
-        let at = self.started.elapsed();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.events += 1;
-        if matches!(event, Event::Message { .. } | Event::GroupMessage { .. }) {
-            recent.last_chat = Some((event.clone(), trace.clone()));
-        }
-        if recent.lines.len() == EVENT_LINES {
-            recent.lines.pop_front();
-        }
-        recent.lines.push_back((at, event.clone(), trace.clone()));
-    }
-
-    /// What the feed has cost so far, for `/inspect`.
-    pub fn stats(&self) -> BoardStats {
-        let frames = self.built.load(Ordering::Relaxed);
-        let us = self.build_us.load(Ordering::Relaxed);
-        BoardStats {
-            viewers: self.viewers.load(Ordering::Relaxed),
-            frames,
-            mean_build_us: us.checked_div(frames).unwrap_or(0),
-        }
-    }
-}
 
 /// Builds frames while a board watches, until `stop`.
 pub(crate) async fn publish(hub: Arc<Hub>, stop: impl Future<Output = ()>) {
@@ -130,7 +60,9 @@ pub(crate) async fn publish(hub: Arc<Hub>, stop: impl Future<Output = ()>) {
         }
         let started = Instant::now();
         seq += 1;
-        let frame = build(&hub, seq, events.wrapping_sub(seen), last_build_us);
+        let Some(frame) = build(&hub, seq, events.wrapping_sub(seen), last_build_us).await else {
+            break;
+        };
         let mut json = serde_json::to_vec(&frame).unwrap_or_default();
         json.push(b'\n');
         board.frames.send_replace(Some(Bytes::from(json)));
@@ -142,13 +74,16 @@ pub(crate) async fn publish(hub: Arc<Hub>, stop: impl Future<Output = ()>) {
     }
 }
 
-fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> BoardFrame {
-    let core = hub.core();
-    let hold = Instant::now();
-    let structures = core.snapshot_ends(QUEUE_ENDS);
-    let ops = core.op_table();
-    let hold_us = hold.elapsed().as_micros() as u64;
-    drop(core);
+/// One frame; None once the core's owner has stopped.
+async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<BoardFrame> {
+    let (structures, ops, hold_us) = hub
+        .look(|core| {
+            let hold = Instant::now();
+            let structures = core.snapshot_ends(QUEUE_ENDS);
+            let ops = core.op_table();
+            (structures, ops, hold.elapsed().as_micros() as u64)
+        })
+        .await?;
     let (lines, last_chat) = {
         let recent = hub.board.recent.lock().unwrap_or_else(|e| e.into_inner());
         (recent.lines.clone(), recent.last_chat.clone())
@@ -171,7 +106,7 @@ fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> BoardFrame {
         hold_us,
         build_us,
     };
-    BoardFrame::build(&structures, ops, cx)
+    Some(BoardFrame::build(&structures, ops, cx))
 }
 
 /// Counts a board while its feed is open.
@@ -189,7 +124,7 @@ pub(crate) async fn feed(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = super::http::may_see_everything(&hub, &peer, &headers) {
+    if let Err(refused) = hub.site.may_see_everything(&peer.addr, &headers) {
         return refused.into_response();
     }
     if hub.shutdown.has_begun() {

@@ -1,59 +1,28 @@
 //! One WebSocket connection: a reader (this task) and a writer (a spawned task).
 //!
-//! The reader turns each frame into a core call and carries out the answer
-//! under the core lock. The writer only drains the connection's outbox into
-//! the socket, so a client that stops reading blocks nobody but itself.
+//! The reader turns each frame into an [`Input`] for the core's owner; what
+//! the core decides comes back through the connection's outbox. The writer
+//! only drains that outbox into the socket, so a client that stops reading
+//! blocks nobody but itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use super::admission::Admitted;
-use super::backend::Handle;
-use super::deliver::deliver;
-use super::hub::{Conn, Core, Hub, Resume};
+use super::conn::{close_frame, Conn, Ending, Resume, CLOSE_POLICY};
+use super::hub::Hub;
+use super::input::Input;
 use super::limits::TokenBucket;
-use super::outbox::{unsent_messages, Next};
-use crate::core::ConnHandle;
+use super::outbox::Next;
 use crate::names::UserId;
 use crate::output::now_ms;
 use crate::protocol::{parse_request, ErrorCode, RequestError};
 use crate::store::Store;
-
-pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
-/// RFC 6455: a text frame that is not valid UTF-8.
-pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
-pub(crate) const CLOSE_POLICY: u16 = 1008;
-pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
-/// Try again later: a cluster node whose Redis cannot be reached.
-pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
-/// Application close code (4000-4999 are free for applications): no pong in time.
-pub(crate) const CLOSE_IDLE: u16 = 4000;
-/// The name was just claimed with a token this connection does not have.
-pub(crate) const CLOSE_CLAIMED: u16 = 4001;
-
-pub(crate) fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    }
-}
-
-/// How a connection ended, which decides what happens to its unsent frames.
-enum Ending {
-    /// The client closed, the socket failed, or the server is shutting down.
-    Gone,
-    /// The client sent a message over the size limit: answer, then close with 1009.
-    TooLarge(usize),
-    /// Nothing heard, not even a pong, for the idle timeout: close with 4000.
-    Idle(Duration),
-    /// A text frame that is not UTF-8: answer `bad_json`, then close with 1007.
-    BadUtf8,
-}
 
 pub(crate) async fn serve(
     hub: Arc<Hub>,
@@ -63,35 +32,21 @@ pub(crate) async fn serve(
     admitted: Admitted,
     resume: Option<Resume>,
 ) {
-    let conn = hub.new_connection(user.clone(), remote, admitted.authenticated, resume);
+    let conn = hub.new_connection(user, remote, admitted.authenticated, resume);
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, conn.clone(), hub.store.clone()));
-    {
-        let mut core = hub.core();
-        if hub.shutdown.has_begun() {
-            // Raced with shutdown: never registered, so nothing to undo.
-            conn.outbox
-                .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
-        } else {
-            if admitted.claimed_now {
-                close_unclaimed(&hub, &mut core, &user);
-            }
-            let outcome = core.connect(&user, Handle::Local(conn.clone()));
-            if let Some(why) = core.take_failure() {
-                // Cluster mode, Redis unreachable: what the connect did is not
-                // trusted. The client is told why and reconnects later.
-                refuse_unavailable(&hub, &mut core, &conn, &why);
-            } else {
-                // The welcome and the whole offline flush are exempt from the
-                // slow-client bound; only what comes after counts against it.
-                let own = outcome.deliveries.iter().filter(|d| d.conn.id() == conn.id);
-                conn.outbox.allow_backlog(own.count());
-                deliver(&mut core, outcome, &hub);
-            }
-        }
-    }
+    // The owner applies inputs in order: this connect before any request read below.
+    hub.send(Input::Connect {
+        conn: conn.clone(),
+        claimed_now: admitted.claimed_now,
+    })
+    .await;
     let ending = read_loop(&hub, &conn, stream).await;
-    finish(&hub, &conn, ending);
+    hub.send(Input::Close {
+        conn: conn.clone(),
+        ending,
+    })
+    .await;
     // The writer ends after its close frame; a client that never reads cannot hold it forever.
     if tokio::time::timeout(hub.config.shutdown_grace, &mut writer)
         .await
@@ -99,107 +54,6 @@ pub(crate) async fn serve(
     {
         writer.abort();
     }
-}
-
-/// A connect that Redis failed under: an `unavailable` error, then close
-/// 1013 (try again later). The queue it may have taken is put back by the
-/// disconnect that follows, when Redis answers again.
-fn refuse_unavailable(hub: &Hub, core: &mut Core, conn: &Conn, why: &str) {
-    let error = RequestError::new(
-        ErrorCode::Unavailable,
-        format!("{why}; reconnect in a moment"),
-        None,
-    );
-    let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
-    deliver(core, refusal, hub);
-    conn.outbox
-        .close_after_pending(close_frame(CLOSE_TRY_AGAIN, "redis unavailable"));
-    if let Some(log) = &hub.log {
-        log.line(format!("! refused {} (conn {}): {why}", conn.user, conn.id));
-    }
-}
-
-/// The name has just been claimed: its connections without the token (which
-/// may be someone else's) are closed with 4001 before the owner is registered,
-/// so from now on only the owner's devices receive its messages. What they
-/// had not yet been sent goes back to the queue, for the owner.
-fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) {
-    for device in core.devices(user) {
-        let Some(device) = device.local().cloned() else {
-            continue;
-        };
-        if device.authenticated {
-            continue;
-        }
-        let unsent = unsent_messages(&device.outbox.take_and_close(Some(close_frame(
-            CLOSE_CLAIMED,
-            "this name was just claimed with a token; reconnect with it or use another name",
-        ))));
-        if let Some(log) = &hub.log {
-            log.line(format!(
-                "! closed {user} (conn {}): the name was claimed and this connection has no token",
-                device.id
-            ));
-        }
-        let outcome = core.disconnect(user, device.id, unsent);
-        deliver(core, outcome, hub);
-    }
-}
-
-/// Removes the connection from the core, atomically with closing its outbox,
-/// so no frame can be routed to it in between and then lost.
-fn finish(hub: &Hub, conn: &Conn, ending: Ending) {
-    let mut core = hub.core();
-    if conn.outbox.was_evicted() {
-        return;
-    }
-    let unsent = match ending {
-        Ending::Gone => conn.outbox.take_and_close(None),
-        Ending::Idle(timeout) => {
-            if let Some(log) = &hub.log {
-                log.line(format!(
-                    "! closed {} (conn {}): nothing heard for {} s, not even a pong (--idle-timeout)",
-                    conn.user,
-                    conn.id,
-                    timeout.as_secs_f64()
-                ));
-            }
-            // Its unsent messages were probably never read: they go back to the
-            // queue, with the batch stuck in its socket write.
-            conn.outbox
-                .take_all_and_close(Some(close_frame(CLOSE_IDLE, "idle: no pong in time")))
-        }
-        Ending::TooLarge(size) => {
-            let limit = hub.config.net.max_message_bytes;
-            let error = RequestError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "message of {size} bytes is over the {limit}-byte limit; \
-                     the connection will close (1009). Split long texts."
-                ),
-                None,
-            );
-            let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
-            deliver(&mut core, refusal, hub);
-            conn.outbox
-                .close_after_pending(close_frame(CLOSE_TOO_BIG, "message too large"));
-            Vec::new()
-        }
-        Ending::BadUtf8 => {
-            let error = RequestError::bad_json(
-                "a text frame that is not valid UTF-8; the connection will close (1007)",
-            );
-            let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
-            deliver(&mut core, refusal, hub);
-            conn.outbox.close_after_pending(close_frame(
-                CLOSE_INVALID_DATA,
-                "invalid UTF-8 in a text frame",
-            ));
-            Vec::new()
-        }
-    };
-    let outcome = core.disconnect(&conn.user, conn.id, unsent_messages(&unsent));
-    deliver(&mut core, outcome, hub);
 }
 
 async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -> Ending {
@@ -256,12 +110,13 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
                                 envelope.reference,
                             )
                         } else {
-                            let now = now_ms();
-                            let reference = envelope.reference.clone();
-                            let handle = Handle::Local(conn.clone());
-                            hub.apply_request(conn, reference, |core| {
-                                core.handle(&conn.user, &handle, envelope, now)
-                            });
+                            conn.outbox.request_sent();
+                            hub.send(Input::Request {
+                                conn: conn.clone(),
+                                envelope,
+                                now_ms: now_ms(),
+                            })
+                            .await;
                             continue;
                         }
                     }
@@ -279,7 +134,12 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
             Some(Ok(WsMessage::Close(_))) | None => return Ending::Gone,
             Some(Err(error)) => return ending_of(error),
         };
-        hub.apply(|core| core.refuse(&conn.user, &Handle::Local(conn.clone()), refusal));
+        conn.outbox.request_sent();
+        hub.send(Input::Refuse {
+            conn: conn.clone(),
+            error: refusal,
+        })
+        .await;
     }
 }
 

@@ -42,10 +42,12 @@ pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationT
     let mut last_seen = (u64::MAX, u64::MAX);
     let mut last_draw = tokio::time::Instant::now();
     loop {
-        let ops = hub.core().op_table().total();
+        let ops = hub.op_table().await.total();
         let (entries, written) = ring.entries();
         if (ops, written) != last_seen || last_draw.elapsed() >= REFRESH {
-            let snapshot = hub.inspection();
+            let Some(snapshot) = hub.inspection().await else {
+                return;
+            };
             options.width = crate::terminal::output_width();
             if options.view.only.is_some() {
                 let height = crate::terminal::output_height().unwrap_or(40);

@@ -1,5 +1,5 @@
 //! Delivering what the core decided: every frame of an outcome into its
-//! connection's outbox, in order, under the core lock.
+//! connection's outbox, in order, on the core's owner thread.
 //!
 //! Slow-client policy: a push into a full outbox evicts that connection at
 //! once. Its unsent chat messages (and the one that did not fit) go back to
@@ -17,15 +17,17 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 
+use super::backend::Core;
 use super::backend::Handle;
-use super::hub::{Conn, Core, Hub};
+use super::conn::Conn;
+use super::hub::Hub;
 use super::outbox::{unsent_messages, Encoded, Outgoing, PushError};
-use super::relay;
+use super::publish;
 use crate::core::{Outcome, Relayed};
 use crate::protocol::ServerFrame;
 use crate::store::{Seq, StoreStopped, NEVER_COMMITTED};
 
-/// Delivers `outcome` (and any evictions it causes). Call with the core locked.
+/// Delivers `outcome` (and any evictions it causes). Only the core's owner calls it.
 pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
     let log = hub.log.as_ref();
     let mut work = VecDeque::from([outcome]);
@@ -44,13 +46,17 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
         };
         let encoded = encode(&outcome.frames, seq);
         let mut evicted: Vec<(Conn, Vec<Outgoing>)> = Vec::new();
-        let mut publish = Vec::new();
+        let mut to_publish = Vec::new();
         for delivery in &outcome.deliveries {
             let conn = match &delivery.conn {
                 Handle::Local(conn) => conn,
                 Handle::Remote(remote) => {
                     let frame = &outcome.frames[delivery.frame];
-                    publish.push(relay::Publish::new(remote, frame, &encoded[delivery.frame]));
+                    to_publish.push(publish::Publish::new(
+                        remote,
+                        frame,
+                        &encoded[delivery.frame],
+                    ));
                     continue;
                 }
             };
@@ -73,8 +79,8 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
         }
         // Cluster mode: frames for other nodes' sockets, in one round trip.
         // One that reached no node (its node died before the sweep) is queued.
-        if let Some(link) = hub.cluster.as_ref().filter(|_| !publish.is_empty()) {
-            for (user, message) in relay::publish(link, publish) {
+        if let Some(link) = hub.cluster.as_ref().filter(|_| !to_publish.is_empty()) {
+            for (user, message) in publish::publish(link, to_publish) {
                 work.push_back(core.relayed(Relayed::Undeliverable { user, message }));
             }
         }

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::config::Config;
+use super::conn::Resume;
 use super::handshake::Peer;
-use super::hub::{Hub, Resume};
+use super::hub::Hub;
 use super::limits::{Full, SlotLimits};
 use super::{board, connection, pages};
 use crate::names::Name;
@@ -227,88 +227,22 @@ async fn fallback(uri: Uri) -> Response {
         .into_response()
 }
 
-/// Compares without an early exit, so response time does not reveal how many
-/// leading bytes of a guessed token were right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Headers a reverse proxy or tunnel adds: a request carrying one came from
-/// somewhere else, even though it reaches us from the proxy on loopback.
-const FORWARDED_HEADERS: [&str; 5] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-real-ip",
-    "cf-connecting-ip",
-    "true-client-ip",
-];
-
-/// Without `--admin-token`: this machine only, and not through a proxy or
-/// tunnel (whose agent connects from loopback on behalf of the whole internet).
-/// With it: the Bearer token from everyone, loopback included, since other
-/// users of a shared machine, and tunnels that add no header, are loopback too.
-fn may_inspect(config: &Config, remote: &SocketAddr, headers: &HeaderMap) -> bool {
-    match &config.admin_token {
-        None => {
-            remote.ip().to_canonical().is_loopback()
-                && !FORWARDED_HEADERS.iter().any(|h| headers.contains_key(*h))
-        }
-        Some(token) => headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
-    }
-}
-
-/// Refuses a `Host` that is not this machine's (see `site.rs`: DNS rebinding).
-/// A refusal: its status and one line saying why and what to do.
-pub(crate) type Refusal = (StatusCode, String);
-
-pub(crate) fn host_is_local(hub: &Hub, headers: &HeaderMap) -> Result<(), Refusal> {
-    let host = header_str(headers, header::HOST);
-    if hub.site.host_is_local(host) {
-        return Ok(());
-    }
-    Err((
-        StatusCode::FORBIDDEN,
-        format!(
-            "/inspect and /board answer only to this machine's names and addresses, not {:?}; \
-             open them as http://127.0.0.1:PORT/board (or pass --public-url with the address you use)\n",
-            host.unwrap_or_default()
-        ),
-    ))
-}
-
-/// The rule of `/inspect`, `/board` and its feed, which show every queued
-/// message: a local `Host`, then loopback or the admin token.
-pub(crate) fn may_see_everything(
-    hub: &Hub,
-    peer: &Peer,
-    headers: &HeaderMap,
-) -> Result<(), Refusal> {
-    host_is_local(hub, headers)?;
-    if may_inspect(&hub.config, &peer.addr, headers) {
-        return Ok(());
-    }
-    Err((
-        StatusCode::FORBIDDEN,
-        "/inspect and /board show every queued message: without --admin-token they answer only \
-         this machine (not through a proxy or tunnel); with --admin-token TOKEN they need \
-         'Authorization: Bearer TOKEN' (vivachat inspect --admin-token TOKEN; the board asks for it)\n"
-            .to_string(),
-    ))
-}
-
 async fn inspect(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = may_see_everything(&hub, &peer, &headers) {
+    if let Err(refused) = hub.site.may_see_everything(&peer.addr, &headers) {
         return refused.into_response();
     }
-    match serde_json::to_string(&hub.inspection()) {
+    let Some(inspection) = hub.inspection().await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down\n".to_string(),
+        )
+            .into_response();
+    };
+    match serde_json::to_string(&inspection) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
@@ -348,77 +282,4 @@ fn reserve_slot(
         }
         (status, format!("{why}\n"))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(auth: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(a) = auth {
-            h.insert(header::AUTHORIZATION, a.parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn inspect_is_loopback_only_or_needs_the_token_from_everyone() {
-        let open = Config::default();
-        let with_token = Config {
-            admin_token: Some("s3cret".into()),
-            ..Config::default()
-        };
-        let lan: SocketAddr = "192.168.1.20:5000".parse().unwrap();
-        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let v6_loop: SocketAddr = "[::1]:5000".parse().unwrap();
-        let mapped_loop: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
-        for addr in [v4_loop, v6_loop, mapped_loop] {
-            assert!(may_inspect(&open, &addr, &headers(None)), "{addr}");
-            // With a token set, loopback needs it too.
-            assert!(!may_inspect(&with_token, &addr, &headers(None)), "{addr}");
-            assert!(may_inspect(
-                &with_token,
-                &addr,
-                &headers(Some("Bearer s3cret"))
-            ));
-        }
-        assert!(!may_inspect(&open, &lan, &headers(Some("Bearer s3cret"))));
-        assert!(!may_inspect(&with_token, &lan, &headers(None)));
-        assert!(!may_inspect(
-            &with_token,
-            &lan,
-            &headers(Some("Bearer wrong"))
-        ));
-        assert!(!may_inspect(&with_token, &lan, &headers(Some("s3cret"))));
-        assert!(!may_inspect(
-            &with_token,
-            &lan,
-            &headers(Some("Bearer s3cre"))
-        ));
-        assert!(may_inspect(
-            &with_token,
-            &lan,
-            &headers(Some("Bearer s3cret"))
-        ));
-    }
-
-    #[test]
-    fn a_request_through_a_proxy_or_tunnel_is_not_local() {
-        let open = Config::default();
-        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        for name in FORWARDED_HEADERS {
-            let mut h = HeaderMap::new();
-            h.insert(name, "203.0.113.9".parse().unwrap());
-            assert!(!may_inspect(&open, &v4_loop, &h), "{name}");
-        }
-    }
-
-    #[test]
-    fn constant_time_eq_is_plain_equality() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(constant_time_eq(b"", b""));
-    }
 }

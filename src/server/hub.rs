@@ -1,81 +1,31 @@
-//! The state every task of one server shares, and the one way into the core:
-//! [`Hub::apply`] locks it, lets a rule decide, and delivers the decision
-//! before unlocking, so every connection sees frames in the order the core
-//! produced them.
+//! The state every task of one server shares, and the one way into the
+//! core: [`Hub::send`] hands an [`Input`] to the core's owner (`owner.rs`),
+//! which applies inputs one at a time, in the order they arrived.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::admission::Gate;
-use super::backend::{Backend, Handle};
-use super::board::BoardFeed;
+use super::backend::{Backend, Core};
+use super::board_feed::BoardFeed;
 use super::config::Config;
-use super::deliver::deliver;
+use super::conn::{Conn, Connection, Resume};
+use super::input::{Input, CHANNEL_BOUND};
 use super::limits::Slots;
 use super::outbox::Outbox;
 use super::shutdown::Shutdown;
 use super::site::Site;
 use crate::cluster::{Link, RedisStructures};
-use crate::core::{ChatCore, ConnDetail, ConnHandle, ConnId, MemoryStructures, Outcome};
+use crate::core::{ChatCore, MemoryStructures, OpTable};
 use crate::event_log::EventLog;
 use crate::inspection::{Inspection, MemoryStats, ServerInfo};
 use crate::names::UserId;
 use crate::output::now_ms;
 use crate::store::Store;
-
-/// One WebSocket connection, as stored in `active_connections`.
-pub struct Connection {
-    pub id: ConnId,
-    pub user: UserId,
-    pub remote: SocketAddr,
-    pub connected_at_ms: u64,
-    pub outbox: Outbox,
-    /// It presented the token of a claimed name (false: the name was open).
-    pub authenticated: bool,
-    /// v1.1: it connected with `?resume=N`, so what is routed to it is held.
-    pub resume: Option<Resume>,
-    /// Cluster mode: where its registration falls in the cluster-wide order
-    /// of presence changes (set by the Redis backend; 0 otherwise).
-    pub presence_order: AtomicU64,
-}
-
-/// `?resume=N&epoch=E`: the highest id the client has, and the run it is from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resume {
-    pub from: u64,
-    pub epoch: Option<String>,
-}
-
-/// The handle the core stores: cloning it is one atomic increment.
-pub type Conn = Arc<Connection>;
-
-impl ConnHandle for Conn {
-    fn id(&self) -> ConnId {
-        self.id
-    }
-
-    fn detail(&self) -> ConnDetail {
-        ConnDetail {
-            id: self.id,
-            remote: Some(self.remote.to_string()),
-            connected_at_ms: Some(self.connected_at_ms),
-            unsent: Some(self.outbox.len()),
-            node: None,
-        }
-    }
-
-    fn resume(&self) -> Option<u64> {
-        self.resume.as_ref().map(|r| r.from)
-    }
-
-    fn resume_epoch(&self) -> Option<&str> {
-        self.resume.as_ref()?.epoch.as_deref()
-    }
-}
-
-pub(crate) type Core = ChatCore<Backend>;
 
 /// What a node gets from joining its cluster (`server::join_cluster`).
 pub(crate) struct Joined {
@@ -124,11 +74,39 @@ fn monotonic_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// How the owner's batches ran: inputs applied and wake-ups, for `/inspect`.
+#[derive(Default)]
+pub(crate) struct OwnerStats {
+    inputs: AtomicU64,
+    batches: AtomicU64,
+    largest: AtomicUsize,
+}
+
+impl OwnerStats {
+    pub fn record(&self, batch: usize) {
+        self.inputs.fetch_add(batch as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.largest.fetch_max(batch, Ordering::Relaxed);
+    }
+
+    fn info(&self) -> crate::inspection::OwnerInfo {
+        crate::inspection::OwnerInfo {
+            inputs: self.inputs.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            largest_batch: self.largest.load(Ordering::Relaxed) as u64,
+        }
+    }
+}
+
+/// The core before its owner takes it, and the channel the owner reads.
+pub(crate) struct Unowned {
+    pub core: Core,
+    pub inputs: mpsc::Receiver<Input>,
+}
+
 pub(crate) struct Hub {
-    /// One `std` mutex around the whole core: every critical section is a few
-    /// microseconds of hash-map work with no `.await` inside, so a blocking
-    /// lock is cheaper than an async one and keeps a single global order.
-    core: Mutex<Core>,
+    /// The one way into the core: its owner's channel (see `owner.rs`).
+    inputs: mpsc::Sender<Input>,
     pub config: Config,
     pub log: Option<EventLog>,
     next_conn_id: AtomicU64,
@@ -147,20 +125,25 @@ pub(crate) struct Hub {
     pub outbox_bytes: Arc<AtomicUsize>,
     /// Cluster mode (`serve --redis`): the node's connection to Redis.
     pub cluster: Option<Arc<Link>>,
+    /// Cluster mode: Redis answers again after an outage, so the owner
+    /// registers this node's sockets again before its next rule.
+    pub resync_wanted: AtomicBool,
+    pub owner_stats: OwnerStats,
     /// The first connection id of this process (a cluster gives each node
     /// its own range, so ids are unique across nodes).
     first_conn_id: u64,
 }
 
 impl Hub {
-    /// The hub of one server; `cluster` is its link to Redis in cluster mode,
-    /// with the cluster's epoch and this node's first connection id.
+    /// The hub of one server and its core, not yet owned; `cluster` is its
+    /// link to Redis in cluster mode, with the cluster's epoch and this
+    /// node's first connection id.
     pub fn new(
         mut config: Config,
         log: Option<EventLog>,
         bound: SocketAddr,
         cluster: Option<Joined>,
-    ) -> Hub {
+    ) -> (Hub, Unowned) {
         config.core.trace = log.is_some();
         let durable = config.durable.clone();
         let structures = match (&cluster, &durable) {
@@ -187,14 +170,20 @@ impl Hub {
         core.set_epoch(epoch.unwrap_or_else(random_epoch));
         let first_conn_id = cluster.as_ref().map_or(1, |j| j.first_conn_id);
         let store = durable.as_ref().map(|d| d.store.clone());
-        let site = Site::new(bound, config.public_url.as_deref(), &config.allow_origins);
+        let site = Site::new(
+            bound,
+            config.public_url.as_deref(),
+            &config.allow_origins,
+            config.admin_token.clone(),
+        );
         let gate = Gate::new(
             store.clone(),
             durable.map(|d| d.loaded.claims).unwrap_or_default(),
         )
         .in_cluster(cluster.as_ref().map(|j| j.link.clone()));
-        Hub {
-            core: Mutex::new(core),
+        let (sender, inputs) = mpsc::channel(CHANNEL_BOUND);
+        let hub = Hub {
+            inputs: sender,
             config,
             log,
             next_conn_id: AtomicU64::new(first_conn_id),
@@ -207,65 +196,37 @@ impl Hub {
             board: BoardFeed::default(),
             outbox_bytes: Arc::default(),
             cluster: cluster.map(|j| j.link),
+            resync_wanted: AtomicBool::new(false),
+            owner_stats: OwnerStats::default(),
             first_conn_id,
-        }
-    }
-
-    /// The locked core. Prefer [`Hub::apply`]; this is for the few places
-    /// that carry out several rules under one lock.
-    pub fn core(&self) -> MutexGuard<'_, Core> {
-        // The core is only mutated through methods that leave it consistent, so
-        // a panic on another thread (a bug) must not take the whole server down.
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
-        // The rules refuse what needs the disk while it cannot be written.
-        if let Some(store) = &self.store {
-            core.set_disk(store.disk());
-        }
-        // The trace costs an allocation per event: only while someone reads it.
-        core.set_tracing(self.log.is_some() || self.board.watched());
-        // Cluster mode: a failure left by an event nobody answers (a close, a
-        // relayed frame) is said here, and not blamed on the next request.
-        if let Some(why) = core.take_failure() {
-            if let Some(log) = &self.log {
-                log.line(format!(
-                    "! Redis failed under the last event ({why}); its shared state is repaired when Redis is back (this node registers its sockets again)"
-                ));
-            }
-        }
-        core
-    }
-
-    /// Lets one rule of the core decide, then delivers its outcome, all under
-    /// the lock.
-    pub fn apply(&self, rule: impl FnOnce(&mut Core) -> Outcome<Handle>) {
-        let mut core = self.core();
-        let outcome = rule(&mut core);
-        deliver(&mut core, outcome, self);
-    }
-
-    /// A request's rule: as [`Hub::apply`], but when Redis failed under it
-    /// (cluster mode) its outcome is not trusted, and the requester is told
-    /// `unavailable` instead: an error, never a silent loss.
-    pub fn apply_request(
-        &self,
-        conn: &Conn,
-        reference: crate::protocol::Ref,
-        rule: impl FnOnce(&mut Core) -> Outcome<Handle>,
-    ) {
-        let mut core = self.core();
-        let outcome = rule(&mut core);
-        let outcome = match core.take_failure() {
-            None => outcome,
-            Some(why) => {
-                let error = crate::protocol::RequestError::new(
-                    crate::protocol::ErrorCode::Unavailable,
-                    format!("{why}. This may not have been done: send it again in a moment"),
-                    reference,
-                );
-                core.refuse(&conn.user, &Handle::Local(conn.clone()), error)
-            }
         };
-        deliver(&mut core, outcome, self);
+        (hub, Unowned { core, inputs })
+    }
+
+    /// Hands an input to the core's owner, waiting while its channel is full.
+    /// After the owner stopped (the server is gone) there is nobody to tell.
+    pub async fn send(&self, input: Input) {
+        let _ = self.inputs.send(input).await;
+    }
+
+    /// [`Hub::send`] from a thread of our own (the cluster's subscriber and
+    /// heartbeat), never from a tokio worker.
+    pub fn send_blocking(&self, input: Input) {
+        let _ = self.inputs.blocking_send(input);
+    }
+
+    /// Runs `look` on the owner's thread, between two inputs, and returns
+    /// what it copied; None once the owner has stopped.
+    pub async fn look<T: Send + 'static>(
+        &self,
+        look: impl FnOnce(&Core) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Input::Look(Box::new(move |core| {
+            let _ = reply.send(look(core));
+        })))
+        .await;
+        answer.await.ok()
     }
 
     pub fn new_connection(
@@ -299,15 +260,27 @@ impl Hub {
         self.started.elapsed()
     }
 
-    /// The `/inspect` document. The core is copied under its lock (timed: that
-    /// is how long chat traffic waits); the server's facts are added after.
-    pub fn inspection(&self) -> Inspection {
-        let core = self.core();
-        let start = Instant::now();
-        let snapshot = core.snapshot();
-        let queued_bytes = core.queued_bytes();
-        let hold = start.elapsed();
-        drop(core);
+    /// Every operation counter, copied by the owner.
+    pub async fn op_table(&self) -> OpTable {
+        self.look(|core| core.op_table()).await.unwrap_or_default()
+    }
+
+    /// The `/inspect` document. The core is copied by its owner (timed: that
+    /// is how long chat traffic waits); a cluster's node list is read there
+    /// too, off the tokio workers; the server's facts are added after.
+    /// None once the owner has stopped (the server is shutting down).
+    pub async fn inspection(&self) -> Option<Inspection> {
+        let link = self.cluster.clone();
+        let copied = self
+            .look(move |core| {
+                let start = Instant::now();
+                let snapshot = core.snapshot();
+                let queued_bytes = core.queued_bytes();
+                let hold = start.elapsed();
+                (snapshot, queued_bytes, hold, link.map(|l| cluster_info(&l)))
+            })
+            .await;
+        let (snapshot, queued_bytes, hold, cluster) = copied?;
         let store = self.store.as_deref();
         let server = ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -332,11 +305,12 @@ impl Hub {
                 rss_bytes: crate::server::limits::rss_bytes(),
             },
             board: self.board.stats(),
-            cluster: self.cluster.as_ref().map(|link| cluster_info(link)),
+            owner: self.owner_stats.info(),
+            cluster,
         };
-        Inspection {
+        Some(Inspection {
             snapshot,
             server: Some(server),
-        }
+        })
     }
 }

@@ -3,19 +3,27 @@
 //!
 //! # Layout
 //! - [`config`]: every setting, each default written once.
-//! - `hub.rs`: the shared state and [`Hub::apply`](hub::Hub::apply), the one
-//!   way into the core (lock, decide, deliver).
+//! - `owner.rs`: the core's one owner, a thread that applies every [`input`]
+//!   in arrival order and delivers each outcome before the next.
+//! - `input.rs`: what reaches the core (requests, connects, closes, relayed
+//!   frames, the views' looks).
+//! - `hub.rs`: the shared state, and [`Hub::send`](hub::Hub::send), the one
+//!   way into the core.
+//! - `conn.rs`: one connection as the rest of the server sees it (a leaf).
 //! - `deliver.rs`: an outcome's frames into each connection's outbox (or, in
 //!   a cluster, published to the node that has the socket), and the eviction
 //!   of a connection that stopped reading.
 //! - `backend.rs`: the structures in memory or in Redis, and [`Handle`]: a
 //!   socket here or a stand-in for devices on another node.
+//! - `publish.rs`: the wire between the nodes of a cluster, both directions.
 //! - `relay.rs`: cluster mode's threads: what other nodes publish here, the
 //!   heartbeat, and the sweep of dead nodes.
 //! - `http.rs`: routes, the WebSocket upgrade (origin, name, slots, claim), `/inspect`.
 //! - `pages.rs`: the chat page `/` and the board `/board`, embedded, with their CSP.
-//! - `board.rs`: the board's live feed, coalesced to at most 10 frames a second.
-//! - [`site`]: the join URL and the Origin and Host checks that keep other sites out.
+//! - `board.rs`, `board_feed.rs`: the board's live feed, coalesced to at most
+//!   10 frames a second, and what routing leaves for it.
+//! - [`site`]: the join URL, the Origin check, and the access rule of
+//!   `/inspect` and `/board`.
 //! - `connection.rs`: one reader and one writer task per WebSocket.
 //! - [`outbox`]: the bounded queue between routing and a socket's writer.
 //! - `admission.rs`: name claims, with Argon2 off the chat path.
@@ -24,24 +32,29 @@
 //! - `shutdown.rs`: one cancellation token and one task tracker.
 //! - `dashboard.rs`: `serve --dashboard`.
 //!
-//! The life of one message: `connection.rs` reads a frame and parses it, then
-//! `hub.apply(|core| core.handle(..))` routes it and `deliver` pushes the
-//! frames into outboxes (after the store took its changes, in durable mode);
-//! each connection's writer sends them.
+//! The life of one message: `connection.rs` reads a frame and parses it and
+//! `hub.send` hands it to the owner (`owner.rs`), which routes it
+//! (`core.handle`) and `deliver`s the frames into outboxes (after the store
+//! took its changes, in durable mode); each connection's writer sends them.
 
 mod admission;
 mod backend;
 mod board;
+mod board_feed;
 pub mod config;
+mod conn;
 mod connection;
 pub(crate) mod dashboard;
 mod deliver;
 pub mod handshake;
 mod http;
 mod hub;
+mod input;
 pub mod limits;
 pub mod outbox;
+mod owner;
 mod pages;
+mod publish;
 mod relay;
 mod shutdown;
 pub mod site;
@@ -54,7 +67,7 @@ use tokio::net::TcpListener;
 
 pub use backend::{Handle, Remote};
 pub use config::{Config, Dashboard, NetLimits};
-pub use hub::{Conn, Connection};
+pub use conn::{Conn, Connection};
 
 use crate::cluster::Link;
 use crate::core::OpTable;
@@ -75,8 +88,10 @@ async fn give_back_drained_memory(hub: Arc<Hub>) {
             () = tokio::time::sleep(EVERY) => {}
             () = &mut stop => return,
         }
-        let held =
-            hub.core().queued_bytes() + hub.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(queued) = hub.look(|core| core.queued_bytes()).await else {
+            return;
+        };
+        let held = queued + hub.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed);
         peak = peak.max(held);
         if peak - held >= WORTH_IT {
             tokio::task::spawn_blocking(limits::give_back_memory);
@@ -132,11 +147,21 @@ pub async fn run(
         Some(c) => Some(join_cluster(c.clone()).map_err(std::io::Error::other)?),
         None => None,
     };
-    let hub = Arc::new(Hub::new(config, log, bound, cluster));
-    let relays = match hub.cluster.clone() {
-        Some(link) => relay::start(hub.clone(), link).map_err(std::io::Error::other)?,
-        None => Vec::new(),
-    };
+    let (hub, mut unowned) = Hub::new(config, log, bound, cluster);
+    let hub = Arc::new(hub);
+    let mut relays = Vec::new();
+    if let Some(link) = hub.cluster.clone() {
+        relays.push(relay::subscribe(hub.clone(), link).map_err(std::io::Error::other)?);
+        // A node restarted under the same name forgets its previous run's
+        // devices (the sweep also takes it out of `nodes`), then beats.
+        if let backend::Backend::Redis(redis) = unowned.core.structures_mut() {
+            redis.resync().map_err(std::io::Error::other)?;
+        }
+    }
+    let owner = owner::start(hub.clone(), unowned.core, unowned.inputs)?;
+    if let Some(link) = hub.cluster.clone() {
+        relays.push(relay::start_heartbeat(hub.clone(), link).map_err(std::io::Error::other)?);
+    }
     let listener = handshake::GuardedListener::new(listener, hub.config.net.handshake_timeout);
     let app = http::routes(hub.clone());
     let http = tokio::spawn(
@@ -163,7 +188,12 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     let grace = hub.config.shutdown_grace;
-    hub.shutdown.begin(&hub, grace).await;
+    // Every socket is closed with 1001, in the owner's order; then the
+    // connections' tasks get `grace` to finish their closing handshakes.
+    let (closed, all_closed) = tokio::sync::oneshot::channel();
+    hub.send(input::Input::CloseAll(closed)).await;
+    let _ = all_closed.await;
+    hub.shutdown.wait(grace).await;
     let _ = tokio::time::timeout(grace, http).await;
     let _ = board.await;
 
@@ -173,7 +203,13 @@ pub async fn run(
     for thread in relays {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
-    let ops = hub.core().op_table();
+    // Nothing is left to feed the core: its owner hands it back.
+    hub.send(input::Input::Stop).await;
+    let core = tokio::task::spawn_blocking(move || owner.join())
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|_| std::io::Error::other("the core's owner thread panicked"))?;
+    let ops = core.op_table();
     // Everything acknowledged is already on disk; this writes what is left
     // (flushed-message deletions, the last requeues) and closes the file cleanly.
     if let Some(store) = hub.store.clone() {

@@ -89,6 +89,10 @@ struct Inner {
     /// stopped reading holds it in a stuck write, so when such a connection is
     /// given up (evicted, idle, shutdown) these go back to the queue too.
     in_flight: Vec<Outgoing>,
+    /// Requests the reader handed to the core that the core has not applied
+    /// yet: each will push its reply here, so the reader counts them as if
+    /// they were queued already (see [`Outbox::has_room`]).
+    unapplied: usize,
 }
 
 /// What the writer should do next.
@@ -142,6 +146,7 @@ impl Outbox {
                 frames: VecDeque::new(),
                 state: State::Open,
                 backlog: 0,
+                unapplied: 0,
                 ping_due: false,
                 bytes: 0,
                 in_flight: Vec::new(),
@@ -301,7 +306,8 @@ impl Outbox {
         }
     }
 
-    /// Resolves once the outbox is at most half full (or closing). The reader
+    /// Resolves once the outbox is at most half full (or closing), counting
+    /// the replies of requests the core has not applied yet. The reader
     /// awaits this before reading the next request, so a client that sends
     /// faster than it reads its replies is slowed down by TCP backpressure
     /// instead of being evicted for its own acks.
@@ -310,13 +316,33 @@ impl Outbox {
             let drained = self.drained.notified();
             {
                 let inner = self.lock();
-                if inner.state != State::Open
-                    || inner.frames.len() <= self.capacity / 2 + inner.backlog
-                {
+                if inner.state != State::Open || self.room_for_reader(&inner) {
                     return;
                 }
             }
             drained.await;
+        }
+    }
+
+    fn room_for_reader(&self, inner: &Inner) -> bool {
+        inner.frames.len() + inner.unapplied <= self.capacity / 2 + inner.backlog
+    }
+
+    /// The reader handed a request to the core.
+    pub fn request_sent(&self) {
+        self.lock().unapplied += 1;
+    }
+
+    /// The core applied one of this connection's requests (its replies are
+    /// pushed by now); wakes the reader if that made room.
+    pub fn request_applied(&self) {
+        let mut inner = self.lock();
+        let before = self.room_for_reader(&inner);
+        inner.unapplied = inner.unapplied.saturating_sub(1);
+        let after = self.room_for_reader(&inner);
+        drop(inner);
+        if after && !before {
+            self.drained.notify_waiters();
         }
     }
 

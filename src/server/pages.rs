@@ -108,10 +108,10 @@ pub(crate) async fn board(
 ) -> Response {
     // With an admin token, the page itself asks for it and sends it with the feed.
     if hub.config.admin_token.is_none() {
-        if let Err(refused) = super::http::may_see_everything(&hub, &peer, &headers) {
+        if let Err(refused) = hub.site.may_see_everything(&peer.addr, &headers) {
             return refused.into_response();
         }
-    } else if let Err(refused) = super::http::host_is_local(&hub, &headers) {
+    } else if let Err(refused) = hub.site.check_host(&headers) {
         return refused.into_response();
     }
     page("text/html; charset=utf-8", BOARD_HTML)

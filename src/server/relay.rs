@@ -11,127 +11,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
-use super::backend::{Backend, Remote};
 use super::hub::Hub;
-use super::outbox::Outgoing;
+use super::input::Input;
+use super::publish::parse;
 use crate::cluster::{link, Link, HEARTBEAT_EVERY, HEARTBEAT_TTL};
-use crate::core::Relayed;
-use crate::names::{Name, UserId};
-use crate::protocol::{parse_server_frame, Message, ServerFrame};
 
-/// One PUBLISH to another node's channel.
-pub(crate) struct Publish {
-    node: Arc<str>,
-    payload: String,
-    /// A chat message for one user: queued if no node receives it.
-    lost: Option<(UserId, Message)>,
-}
-
-impl Publish {
-    /// What `remote` gets for `frame`, already serialised once as `encoded`.
-    pub fn new(remote: &Remote, frame: &ServerFrame, encoded: &Outgoing) -> Publish {
-        let message = frame.chat_message();
-        let payload = format!(
-            r#"{{"kind":"user","user":"{}","held":{},"receipt":{},"frame":{}}}"#,
-            remote.user,
-            remote.resuming,
-            message.is_some_and(|m| m.receipt),
-            encoded.text.as_str(),
-        );
-        Publish {
-            node: remote.node.clone(),
-            payload,
-            lost: message.map(|m| (remote.user.clone(), m.clone())),
-        }
-    }
-}
-
-/// Publishes a batch in one round trip (a pipeline). Returns the chat
-/// messages that no node received: PUBLISH answers how many subscribers got
-/// it, and 0 means the node holding the socket is gone.
-pub(crate) fn publish(link: &Link, batch: Vec<Publish>) -> Vec<(UserId, Message)> {
-    let result = link.run("PUBLISH", "O(N+M)", |c| {
-        let mut pipe = redis::pipe();
-        for p in &batch {
-            pipe.cmd("PUBLISH")
-                .arg(link.key(&format!("node:{}", p.node)))
-                .arg(&p.payload);
-        }
-        pipe.query::<Vec<i64>>(c)
-    });
-    // One round trip, but each PUBLISH is a command of its own: count them all.
-    if result.is_ok() {
-        link.count("PUBLISH", "O(N+M)", batch.len().saturating_sub(1) as u64);
-    }
-    let received = result.unwrap_or_else(|_| vec![0; batch.len()]);
-    batch
-        .into_iter()
-        .zip(received)
-        .filter(|(_, n)| *n == 0)
-        .filter_map(|(p, _)| p.lost)
-        .collect()
-}
-
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    kind: &'a str,
-    #[serde(default)]
-    user: Option<&'a str>,
-    #[serde(default)]
-    about: Option<&'a str>,
-    #[serde(default)]
-    held: bool,
-    #[serde(default)]
-    receipt: bool,
-    #[serde(default)]
-    order: u64,
-    #[serde(borrow, default)]
-    frame: Option<&'a RawValue>,
-}
-
-/// What another node published here, as the core's input; None if it is not
-/// one of ours (a newer or older node's format), which is then ignored.
-fn parse(payload: &str) -> Option<Relayed> {
-    let incoming: Incoming = serde_json::from_str(payload).ok()?;
-    let frame = || parse_server_frame(incoming.frame?.get()).ok();
-    Some(match incoming.kind {
-        "user" => {
-            let mut frame = frame()?;
-            // The receipt flag is the sender's business, so not in the frame.
-            if let ServerFrame::Chat { message, .. } = &mut frame {
-                message.receipt = incoming.receipt;
-            }
-            Relayed::ToUser {
-                user: Name::parse(incoming.user?).ok()?,
-                frame,
-                held: incoming.held,
-            }
-        }
-        "all" => Relayed::ToEveryone {
-            about: Name::parse(incoming.about?).ok()?,
-            frame: frame()?,
-            order: incoming.order,
-        },
-        "take" => Relayed::TakeQueue {
-            user: Name::parse(incoming.user?).ok()?,
-        },
-        _ => return None,
-    })
-}
-
-/// Joins the cluster: names this node's connection ids and subscribes to
-/// its channel before any socket is accepted, then runs the heartbeat.
-/// Returns the threads, which end when the server shuts down.
-pub(crate) fn start(hub: Arc<Hub>, link: Arc<Link>) -> Result<Vec<JoinHandle<()>>, String> {
+/// Subscribes to this node's channel, before any socket is accepted, and
+/// returns once subscribed; the thread feeds what arrives to the core's owner
+/// until the server shuts down.
+pub(crate) fn subscribe(hub: Arc<Hub>, link: Arc<Link>) -> Result<JoinHandle<()>, String> {
     let (ready, subscribed) = mpsc::channel();
     let subscriber = {
-        let (hub, link) = (hub.clone(), link.clone());
+        let link = link.clone();
         std::thread::Builder::new()
             .name("vivachat-subscriber".into())
-            .spawn(move || subscribe(&hub, &link, ready))
+            .spawn(move || listen(&hub, &link, ready))
             .map_err(|e| e.to_string())?
     };
     subscribed
@@ -142,17 +36,17 @@ pub(crate) fn start(hub: Arc<Hub>, link: Arc<Link>) -> Result<Vec<JoinHandle<()>
                 link.shown_url
             )
         })?;
-    // A node restarted under the same name forgets its previous run's
-    // devices (the sweep also takes it out of `nodes`), then beats.
-    if let Backend::Redis(backend) = hub.core().structures_mut() {
-        backend.resync()?;
-    }
+    Ok(subscriber)
+}
+
+/// Beats once, then runs the heartbeat (and the sweep of dead nodes) on a
+/// thread of its own until the server shuts down.
+pub(crate) fn start_heartbeat(hub: Arc<Hub>, link: Arc<Link>) -> Result<JoinHandle<()>, String> {
     beat(&link)?;
-    let heart = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("vivachat-heartbeat".into())
         .spawn(move || heartbeat(&hub, &link))
-        .map_err(|e| e.to_string())?;
-    Ok(vec![subscriber, heart])
+        .map_err(|e| e.to_string())
 }
 
 /// Leaves the cluster at shutdown (every socket is closed by then): the
@@ -169,7 +63,7 @@ pub(crate) fn leave(link: &Link) {
     });
 }
 
-fn subscribe(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
+fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
     let channel = link.key(&format!("node:{}", link.node()));
     while !hub.shutdown.has_begun() {
         let Ok(mut con) = link::open(link.client()) else {
@@ -191,7 +85,7 @@ fn subscribe(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
                 Ok(message) => {
                     let payload: String = message.get_payload().unwrap_or_default();
                     if let Some(relayed) = parse(&payload) {
-                        hub.apply(|core| core.relayed(relayed));
+                        hub.send_blocking(Input::Relayed(relayed));
                     }
                 }
                 Err(e) if e.is_timeout() => {}
@@ -256,29 +150,20 @@ fn heartbeat(hub: &Hub, link: &Link) {
                     .query::<bool>(c)
             });
             if alive == Ok(false) {
-                hub.apply(|core| core.node_lost(&node));
+                hub.send_blocking(Input::NodeLost(node));
             }
         }
     }
 }
 
-/// Redis answers again: reconnect, and (under the core's lock, before any
-/// rule runs) register this node's open sockets again.
+/// Redis answers again: reconnect, and have the core's owner register this
+/// node's open sockets again before it applies any other input.
 fn recover(hub: &Hub, link: &Link) {
     if link.reconnect().is_err() {
         return;
     }
-    let mut core = hub.core();
-    let result = match core.structures_mut() {
-        Backend::Redis(backend) => backend.resync(),
-        Backend::Memory(_) => Ok(0),
-    };
-    drop(core);
+    hub.resync_wanted
+        .store(true, std::sync::atomic::Ordering::Release);
+    hub.send_blocking(Input::Wake);
     let _ = beat(link);
-    if let Some(log) = &hub.log {
-        log.line(match result {
-            Ok(n) => format!("! Redis is back: registered this node's {n} device(s) again"),
-            Err(why) => format!("! Redis answered, then failed again: {why}"),
-        });
-    }
 }

@@ -12,6 +12,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::http::{header, HeaderMap, StatusCode};
+
 use qrcode::render::{svg, unicode};
 use qrcode::QrCode;
 
@@ -86,10 +88,17 @@ pub struct Site {
     public_host: Option<String>,
     /// The address students open: `--public-url`, else the first LAN address.
     pub join_url: String,
+    /// `--admin-token`: with it, `/inspect` and `/board` need it from everyone.
+    admin_token: Option<String>,
 }
 
 impl Site {
-    pub fn new(bound: SocketAddr, public_url: Option<&str>, allow_origins: &[String]) -> Site {
+    pub fn new(
+        bound: SocketAddr,
+        public_url: Option<&str>,
+        allow_origins: &[String],
+        admin_token: Option<String>,
+    ) -> Site {
         let addrs = connect_addresses(bound);
         let mut local_ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
         local_ips.push(bound.ip());
@@ -110,6 +119,7 @@ impl Site {
             allowed_origins,
             public_host: public.as_deref().and_then(authority).map(host_part),
             join_url,
+            admin_token,
         }
     }
 
@@ -193,6 +203,81 @@ fn host_part(authority: &str) -> String {
     }
 }
 
+/// Compares without an early exit, so response time does not reveal how many
+/// leading bytes of a guessed token were right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Headers a reverse proxy or tunnel adds: a request carrying one came from
+/// somewhere else, even though it reaches us from the proxy on loopback.
+const FORWARDED_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+];
+
+/// Without `--admin-token`: this machine only, and not through a proxy or
+/// tunnel (whose agent connects from loopback on behalf of the whole internet).
+/// With it: the Bearer token from everyone, loopback included, since other
+/// users of a shared machine, and tunnels that add no header, are loopback too.
+fn may_inspect(admin_token: Option<&str>, remote: &SocketAddr, headers: &HeaderMap) -> bool {
+    match admin_token {
+        None => {
+            remote.ip().to_canonical().is_loopback()
+                && !FORWARDED_HEADERS.iter().any(|h| headers.contains_key(*h))
+        }
+        Some(token) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
+    }
+}
+
+/// A refusal: its status and one line saying why and what to do.
+pub type Refusal = (StatusCode, String);
+
+impl Site {
+    /// Refuses a `Host` that is not this machine's (DNS rebinding, above).
+    pub fn check_host(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if self.host_is_local(host) {
+            return Ok(());
+        }
+        Err((
+        StatusCode::FORBIDDEN,
+        format!(
+            "/inspect and /board answer only to this machine's names and addresses, not {:?}; \
+             open them as http://127.0.0.1:PORT/board (or pass --public-url with the address you use)\n",
+            host.unwrap_or_default()
+        ),
+    ))
+    }
+
+    /// The rule of `/inspect`, `/board` and its feed, which show every queued
+    /// message: a local `Host`, then loopback or the admin token.
+    pub fn may_see_everything(
+        &self,
+        remote: &SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        self.check_host(headers)?;
+        if may_inspect(self.admin_token.as_deref(), remote, headers) {
+            return Ok(());
+        }
+        Err((
+        StatusCode::FORBIDDEN,
+        "/inspect and /board show every queued message: without --admin-token they answer only \
+         this machine (not through a proxy or tunnel); with --admin-token TOKEN they need \
+         'Authorization: Bearer TOKEN' (vivachat inspect --admin-token TOKEN; the board asks for it)\n"
+            .to_string(),
+    ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,7 +289,16 @@ mod tests {
             allowed_origins: vec!["https://class.example".into()],
             public_host: Some("chat.example.org".into()),
             join_url: "http://192.168.1.20:8000/".into(),
+            admin_token: None,
         }
+    }
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
     }
 
     #[test]
@@ -286,10 +380,10 @@ mod tests {
     fn the_join_url_prefers_the_public_url_then_the_lan() {
         let loopback: SocketAddr = "127.0.0.1:8000".parse().unwrap();
         assert_eq!(
-            Site::new(loopback, None, &[]).join_url,
+            Site::new(loopback, None, &[], None).join_url,
             "http://127.0.0.1:8000/"
         );
-        let public = Site::new(loopback, Some("https://chat.example.org/"), &[]);
+        let public = Site::new(loopback, Some("https://chat.example.org/"), &[], None);
         assert_eq!(public.join_url, "https://chat.example.org/");
         assert!(public.host_is_local(Some("chat.example.org")));
         assert_eq!(
@@ -322,5 +416,62 @@ mod tests {
         assert_eq!(host_part("[::1]:8000"), "[::1]");
         assert_eq!(host_part("Example.COM:80"), "example.com");
         assert_eq!(host_part("example.com"), "example.com");
+    }
+
+    #[test]
+    fn inspect_is_loopback_only_or_needs_the_token_from_everyone() {
+        let open = None;
+        let with_token = Some("s3cret");
+        let lan: SocketAddr = "192.168.1.20:5000".parse().unwrap();
+        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let v6_loop: SocketAddr = "[::1]:5000".parse().unwrap();
+        let mapped_loop: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        for addr in [v4_loop, v6_loop, mapped_loop] {
+            assert!(may_inspect(open, &addr, &headers(None)), "{addr}");
+            // With a token set, loopback needs it too.
+            assert!(!may_inspect(with_token, &addr, &headers(None)), "{addr}");
+            assert!(may_inspect(
+                with_token,
+                &addr,
+                &headers(Some("Bearer s3cret"))
+            ));
+        }
+        assert!(!may_inspect(open, &lan, &headers(Some("Bearer s3cret"))));
+        assert!(!may_inspect(with_token, &lan, &headers(None)));
+        assert!(!may_inspect(
+            with_token,
+            &lan,
+            &headers(Some("Bearer wrong"))
+        ));
+        assert!(!may_inspect(with_token, &lan, &headers(Some("s3cret"))));
+        assert!(!may_inspect(
+            with_token,
+            &lan,
+            &headers(Some("Bearer s3cre"))
+        ));
+        assert!(may_inspect(
+            with_token,
+            &lan,
+            &headers(Some("Bearer s3cret"))
+        ));
+    }
+
+    #[test]
+    fn a_request_through_a_proxy_or_tunnel_is_not_local() {
+        let open = None;
+        let v4_loop: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        for name in FORWARDED_HEADERS {
+            let mut h = HeaderMap::new();
+            h.insert(name, "203.0.113.9".parse().unwrap());
+            assert!(!may_inspect(open, &v4_loop, &h), "{name}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_is_plain_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -1,0 +1,52 @@
+//! What reaches the core: every [`Input`] its owner (`owner.rs`) applies,
+//! in the one order they arrive on its channel.
+
+use tokio::sync::oneshot;
+
+use super::backend::Core;
+use super::conn::{Conn, Ending};
+use crate::core::Relayed;
+use crate::protocol::{Envelope, RequestError};
+
+/// At most this many inputs are applied per wake: enough to amortise the
+/// wake-up under load, few enough that a view waits at most one batch.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// How many inputs may wait for the owner. A reader that finds the channel
+/// full waits (as it waited for the lock before), so a flood costs bounded
+/// memory however slow the backend is.
+pub(crate) const CHANNEL_BOUND: usize = 4096;
+
+/// A read-only look at the core for a view (`/inspect`, the board, the
+/// dashboard): it copies what it needs and sends it back itself.
+pub(crate) type Look = Box<dyn FnOnce(&Core) + Send>;
+
+/// Everything that reaches the core, in the one order it is applied.
+pub(crate) enum Input {
+    /// A socket was upgraded: register it and flush its queue. When its
+    /// name was just claimed, the name's devices without the token go first.
+    Connect { conn: Conn, claimed_now: bool },
+    /// A request parsed from one of this node's sockets.
+    Request {
+        conn: Conn,
+        envelope: Envelope,
+        now_ms: u64,
+    },
+    /// A frame the reader refused before routing (bad JSON, the rate limit).
+    Refuse { conn: Conn, error: RequestError },
+    /// A socket's reader ended: answer if the ending needs it, then leave.
+    Close { conn: Conn, ending: Ending },
+    /// Cluster: a frame another node published to this one.
+    Relayed(Relayed),
+    /// Cluster: a node's heartbeat expired; its users go offline.
+    NodeLost(String),
+    /// Cluster: nothing to apply; wakes the owner so that it registers this
+    /// node's sockets again now that Redis answers (see [`Hub::resync_wanted`]).
+    Wake,
+    /// Shutdown: close every socket with 1001 and put back what it was not sent.
+    CloseAll(oneshot::Sender<()>),
+    /// A view's look at the core.
+    Look(Look),
+    /// The server has stopped: hand the core back.
+    Stop,
+}

@@ -1,0 +1,352 @@
+//! The core's one owner: a thread of its own that alone holds [`ChatCore`],
+//! fed by one channel of [`Input`]s, and that carries out each decision
+//! (`deliver`) before it takes the next input.
+//!
+//! Why a thread and a channel, not a lock. Redis itself answers this question
+//! with one thread that owns all the data, fed by every client: one owner,
+//! one order, no lock. Here the same shape buys three things:
+//! - **One global order.** Every input is applied in the order it arrived,
+//!   and every frame is pushed into its outbox before the next input is
+//!   taken, so each connection sees frames in the order the core made them.
+//! - **No blocking on a tokio worker.** On a cluster each rule waits for
+//!   Redis; it waits on this thread, never on a worker that other sockets,
+//!   `/healthz` and the pages need. (A `std::sync::Mutex` held across those
+//!   round trips stalled every worker that wanted the core.)
+//! - **Batches.** The owner takes every input already waiting (up to
+//!   [`MAX_BATCH`]) each time it wakes, so under load it wakes once per batch
+//!   rather than once per message, and a backend can serve a batch together.
+//!
+//! The cost is one channel hop per input, paid in memory too (see
+//! docs/performance.md, "One owner for the core").
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc;
+
+use super::backend::{Backend, Core, Handle};
+use super::conn::{
+    close_frame, Conn, Ending, CLOSE_CLAIMED, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INVALID_DATA,
+    CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
+};
+use super::deliver::deliver;
+use super::hub::Hub;
+use super::input::{Input, MAX_BATCH};
+use super::outbox::unsent_messages;
+use crate::core::{ConnHandle, Event, Trace};
+use crate::names::UserId;
+use crate::protocol::{Envelope, ErrorCode, Message, RequestError};
+
+/// Starts the owner thread; joining it gives the core back (for the final counts).
+pub(crate) fn start(
+    hub: Arc<Hub>,
+    core: Core,
+    inputs: mpsc::Receiver<Input>,
+) -> std::io::Result<JoinHandle<Core>> {
+    std::thread::Builder::new()
+        .name("vivachat-core".into())
+        .spawn(move || own(&hub, core, inputs))
+}
+
+fn own(hub: &Hub, mut core: Core, mut inputs: mpsc::Receiver<Input>) -> Core {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // Sleeps until there is work, then takes everything already waiting.
+        if inputs.blocking_recv_many(&mut batch, MAX_BATCH) == 0 {
+            return core;
+        }
+        hub.owner_stats.record(batch.len());
+        prepare(hub, &mut core);
+        for input in batch.drain(..) {
+            if matches!(input, Input::Stop) {
+                return core;
+            }
+            resync_if_wanted(hub, &mut core);
+            // A bug in one rule must not stop routing for everyone: the core
+            // is only changed through steps that leave it consistent.
+            let applied = catch_unwind(AssertUnwindSafe(|| apply(hub, &mut core, input)));
+            if applied.is_err() {
+                if let Some(log) = &hub.log {
+                    log.line("! a rule panicked (a bug); the server goes on".to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Once per batch: what the rules need to know about the shell right now.
+fn prepare(hub: &Hub, core: &mut Core) {
+    // The rules refuse what needs the disk while it cannot be written.
+    if let Some(store) = &hub.store {
+        core.set_disk(store.disk());
+    }
+    // The trace costs an allocation per event: only while someone reads it.
+    core.set_tracing(hub.log.is_some() || hub.board.watched());
+}
+
+/// Redis answers again after an outage: this node's sockets are registered
+/// again before the next rule runs.
+fn resync_if_wanted(hub: &Hub, core: &mut Core) {
+    if hub.resync_wanted.load(Ordering::Acquire) && hub.resync_wanted.swap(false, Ordering::AcqRel)
+    {
+        if let Backend::Redis(backend) = core.structures_mut() {
+            let result = backend.resync();
+            if let Some(log) = &hub.log {
+                log.line(match result {
+                    Ok(n) => format!("! Redis is back: registered this node's {n} device(s) again"),
+                    Err(why) => format!("! Redis answered, then failed again: {why}"),
+                });
+            }
+        }
+    }
+}
+
+fn apply(hub: &Hub, core: &mut Core, input: Input) {
+    match input {
+        Input::Connect { conn, claimed_now } => connect(hub, core, conn, claimed_now),
+        Input::Request {
+            conn,
+            envelope,
+            now_ms,
+        } => {
+            request(hub, core, &conn, envelope, now_ms);
+            conn.outbox.request_applied();
+        }
+        Input::Refuse { conn, error } => {
+            let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
+            finish_rule(hub, core, refusal);
+            conn.outbox.request_applied();
+        }
+        Input::Close { conn, ending } => close(hub, core, &conn, ending),
+        Input::Relayed(relayed) => {
+            let outcome = core.relayed(relayed);
+            finish_rule(hub, core, outcome);
+        }
+        Input::NodeLost(node) => {
+            let outcome = core.node_lost(&node);
+            finish_rule(hub, core, outcome);
+        }
+        Input::Wake => {}
+        Input::CloseAll(done) => {
+            close_all(hub, core);
+            let _ = done.send(());
+        }
+        Input::Look(look) => look(core),
+        Input::Stop => {}
+    }
+}
+
+/// Delivers the outcome of a rule nobody answers (a close, a relayed frame).
+/// A Redis failure under it is said in the log, and never blamed on the
+/// next request.
+fn finish_rule(hub: &Hub, core: &mut Core, outcome: crate::core::Outcome<Handle>) {
+    if let Some(why) = core.take_failure() {
+        if let Some(log) = &hub.log {
+            log.line(format!(
+                "! Redis failed under the last event ({why}); its shared state is repaired when Redis is back (this node registers its sockets again)"
+            ));
+        }
+    }
+    deliver(core, outcome, hub);
+}
+
+/// A request's rule. When Redis failed under it (cluster mode) its outcome
+/// is not trusted, and the requester is told `unavailable` instead: an
+/// error, never a silent loss.
+fn request(hub: &Hub, core: &mut Core, conn: &Conn, envelope: Envelope, now_ms: u64) {
+    let reference = envelope.reference.clone();
+    let handle = Handle::Local(conn.clone());
+    let outcome = core.handle(&conn.user, &handle, envelope, now_ms);
+    let outcome = match core.take_failure() {
+        None => outcome,
+        Some(why) => {
+            let error = RequestError::new(
+                ErrorCode::Unavailable,
+                format!("{why}. This may not have been done: send it again in a moment"),
+                reference,
+            );
+            core.refuse(&conn.user, &handle, error)
+        }
+    };
+    deliver(core, outcome, hub);
+}
+
+fn connect(hub: &Hub, core: &mut Core, conn: Conn, claimed_now: bool) {
+    if hub.shutdown.has_begun() {
+        // Raced with shutdown: never registered, so nothing to undo.
+        conn.outbox
+            .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
+        return;
+    }
+    if claimed_now {
+        close_unclaimed(hub, core, &conn.user);
+    }
+    let outcome = core.connect(&conn.user, Handle::Local(conn.clone()));
+    if let Some(why) = core.take_failure() {
+        // Cluster mode, Redis unreachable: what the connect did is not
+        // trusted. The client is told why and reconnects later.
+        refuse_unavailable(hub, core, &conn, &why);
+        return;
+    }
+    // The welcome and the whole offline flush are exempt from the slow-client
+    // bound; only what comes after counts against it.
+    let own = outcome.deliveries.iter().filter(|d| d.conn.id() == conn.id);
+    conn.outbox.allow_backlog(own.count());
+    deliver(core, outcome, hub);
+}
+
+/// A connect that Redis failed under: an `unavailable` error, then close
+/// 1013 (try again later). The queue it may have taken is put back by the
+/// disconnect that follows, when Redis answers again.
+fn refuse_unavailable(hub: &Hub, core: &mut Core, conn: &Conn, why: &str) {
+    let error = RequestError::new(
+        ErrorCode::Unavailable,
+        format!("{why}; reconnect in a moment"),
+        None,
+    );
+    let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
+    deliver(core, refusal, hub);
+    conn.outbox
+        .close_after_pending(close_frame(CLOSE_TRY_AGAIN, "redis unavailable"));
+    if let Some(log) = &hub.log {
+        log.line(format!("! refused {} (conn {}): {why}", conn.user, conn.id));
+    }
+}
+
+/// The name has just been claimed: its connections without the token (which
+/// may be someone else's) are closed with 4001 before the owner is registered,
+/// so from now on only the owner's devices receive its messages. What they
+/// had not yet been sent goes back to the queue, for the owner.
+fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) {
+    for device in core.devices(user) {
+        let Some(device) = device.local().cloned() else {
+            continue;
+        };
+        if device.authenticated {
+            continue;
+        }
+        let unsent = unsent_messages(&device.outbox.take_and_close(Some(close_frame(
+            CLOSE_CLAIMED,
+            "this name was just claimed with a token; reconnect with it or use another name",
+        ))));
+        if let Some(log) = &hub.log {
+            log.line(format!(
+                "! closed {user} (conn {}): the name was claimed and this connection has no token",
+                device.id
+            ));
+        }
+        let outcome = core.disconnect(user, device.id, unsent);
+        deliver(core, outcome, hub);
+    }
+}
+
+/// Removes the connection from the core, in the same step as closing its
+/// outbox, so no frame can be routed to it in between and then lost.
+fn close(hub: &Hub, core: &mut Core, conn: &Conn, ending: Ending) {
+    if conn.outbox.was_evicted() {
+        return;
+    }
+    let answer = |core: &mut Core, error: RequestError, code: u16, reason: &'static str| {
+        let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
+        deliver(core, refusal, hub);
+        conn.outbox.close_after_pending(close_frame(code, reason));
+        Vec::new()
+    };
+    let unsent = match ending {
+        Ending::Gone => conn.outbox.take_and_close(None),
+        Ending::Idle(timeout) => {
+            if let Some(log) = &hub.log {
+                log.line(format!(
+                    "! closed {} (conn {}): nothing heard for {} s, not even a pong (--idle-timeout)",
+                    conn.user,
+                    conn.id,
+                    timeout.as_secs_f64()
+                ));
+            }
+            // Its unsent messages were probably never read: they go back to the
+            // queue, with the batch stuck in its socket write.
+            conn.outbox
+                .take_all_and_close(Some(close_frame(CLOSE_IDLE, "idle: no pong in time")))
+        }
+        Ending::TooLarge(size) => {
+            let limit = hub.config.net.max_message_bytes;
+            let error = RequestError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {size} bytes is over the {limit}-byte limit; \
+                     the connection will close (1009). Split long texts."
+                ),
+                None,
+            );
+            answer(core, error, CLOSE_TOO_BIG, "message too large")
+        }
+        Ending::BadUtf8 => {
+            let error = RequestError::bad_json(
+                "a text frame that is not valid UTF-8; the connection will close (1007)",
+            );
+            answer(
+                core,
+                error,
+                CLOSE_INVALID_DATA,
+                "invalid UTF-8 in a text frame",
+            )
+        }
+    };
+    let outcome = core.disconnect(&conn.user, conn.id, unsent_messages(&unsent));
+    finish_rule(hub, core, outcome);
+}
+
+/// Closes every connection with 1001, and every frame not known to be
+/// written to it (its outbox, and the batch a stuck write holds) goes back
+/// to its user's offline deque, so with `--data` the store writes it before
+/// the server exits.
+fn close_all(hub: &Hub, core: &mut Core) {
+    // In the owner's order, so no connection registers between the flag and
+    // the closes (a later Connect sees the flag).
+    hub.shutdown.cancel();
+    let mut connections: Vec<Conn> = core
+        .all_connections()
+        .into_iter()
+        .filter_map(|h| h.local().cloned())
+        .collect();
+    if let Some(log) = &hub.log {
+        log.event(
+            Event::Shutdown {
+                connections: connections.len(),
+            },
+            Trace::new(false),
+        );
+    }
+    // A user's devices side by side: a message routed to two devices is
+    // one message, and it goes back once, oldest first, with the last device.
+    connections.sort_by(|a, b| a.user.cmp(&b.user).then(a.id.cmp(&b.id)));
+    // Every outbox is closed first, so the presence `offline` of one user
+    // is not pushed to another who is about to get 1001 anyway.
+    let unsent: Vec<Vec<Message>> = connections
+        .iter()
+        .map(|conn| {
+            let frames = conn
+                .outbox
+                .take_all_and_close(Some(close_frame(CLOSE_GOING_AWAY, "server shutting down")));
+            unsent_messages(&frames)
+        })
+        .collect();
+    let mut pending: Vec<Message> = Vec::new();
+    for (i, (conn, mine)) in connections.iter().zip(unsent).enumerate() {
+        pending.extend(mine);
+        let last_device = connections
+            .get(i + 1)
+            .is_none_or(|next| next.user != conn.user);
+        let undelivered = if last_device {
+            pending.sort_by_key(|m| m.id);
+            pending.dedup_by_key(|m| m.id);
+            std::mem::take(&mut pending)
+        } else {
+            Vec::new()
+        };
+        let outcome = core.disconnect(&conn.user, conn.id, undelivered);
+        deliver(core, outcome, hub);
+    }
+}
