@@ -36,8 +36,9 @@ pub(crate) enum Input {
     Refuse { conn: Conn, error: RequestError },
     /// A socket's reader ended: answer if the ending needs it, then leave.
     Close { conn: Conn, ending: Ending },
-    /// Cluster: a frame another node published to this one.
-    Relayed(Relayed),
+    /// Cluster: what another node published to this one in one PUBLISH,
+    /// applied together.
+    Relayed(Vec<Relayed>),
     /// Cluster: a node's heartbeat expired; its users go offline.
     NodeLost(String),
     /// Cluster: nothing to apply; wakes the owner so that it registers this

@@ -120,9 +120,11 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
             conn.outbox.request_applied();
         }
         Input::Close { conn, ending } => close(hub, core, &conn, ending),
-        Input::Relayed(relayed) => {
-            let outcome = core.relayed(relayed);
-            finish_rule(hub, core, outcome);
+        Input::Relayed(batch) => {
+            for relayed in batch {
+                let outcome = core.relayed(relayed);
+                finish_rule(hub, core, outcome);
+            }
         }
         Input::NodeLost(node) => {
             let outcome = core.node_lost(&node);

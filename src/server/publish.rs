@@ -43,29 +43,41 @@ impl Publish {
     }
 }
 
-/// Publishes a batch in one round trip (a pipeline). Returns the chat
+/// Publishes an outcome's frames for other nodes in one round trip: one
+/// PUBLISH per node, its payload a JSON array of every frame for that node,
+/// which the node applies as one input. So a node's recipients of one
+/// message all have it before any of them can answer it. Returns the chat
 /// messages that no node received: PUBLISH answers how many subscribers got
-/// it, and 0 means the node holding the socket is gone.
+/// it, and 0 means the node holding the sockets is gone.
 pub(crate) fn publish(link: &Link, batch: Vec<Publish>) -> Vec<(UserId, Message)> {
+    // Nodes in the order their first frame came: a handful per outcome.
+    let mut per_node: Vec<(Arc<str>, Vec<Publish>)> = Vec::new();
+    for p in batch {
+        match per_node.iter_mut().find(|(node, _)| *node == p.node) {
+            Some((_, items)) => items.push(p),
+            None => per_node.push((p.node.clone(), vec![p])),
+        }
+    }
     let result = link.run("PUBLISH", "O(N+M)", |c| {
         let mut pipe = redis::pipe();
-        for p in &batch {
+        for (node, items) in &per_node {
+            let payloads: Vec<&str> = items.iter().map(|p| p.payload.as_str()).collect();
             pipe.cmd("PUBLISH")
-                .arg(link.key(&format!("node:{}", p.node)))
-                .arg(&p.payload);
+                .arg(link.key(&format!("node:{node}")))
+                .arg(format!("[{}]", payloads.join(",")));
         }
         pipe.query::<Vec<i64>>(c)
     });
     // One round trip, but each PUBLISH is a command of its own: count them all.
     if result.is_ok() {
-        link.count("PUBLISH", "O(N+M)", batch.len().saturating_sub(1) as u64);
+        link.count("PUBLISH", "O(N+M)", per_node.len().saturating_sub(1) as u64);
     }
-    let received = result.unwrap_or_else(|_| vec![0; batch.len()]);
-    batch
+    let received = result.unwrap_or_else(|_| vec![0; per_node.len()]);
+    per_node
         .into_iter()
         .zip(received)
         .filter(|(_, n)| *n == 0)
-        .filter_map(|(p, _)| p.lost)
+        .flat_map(|((_, items), _)| items.into_iter().filter_map(|p| p.lost))
         .collect()
 }
 
@@ -86,9 +98,21 @@ struct Incoming<'a> {
     frame: Option<&'a RawValue>,
 }
 
-/// What another node published here, as the core's input; None if it is not
-/// one of ours (a newer or older node's format), which is then ignored.
-pub(crate) fn parse(payload: &str) -> Option<Relayed> {
+/// What another node published here, as the core's inputs, in order: an
+/// array from a node's [`publish`], or one object from a Lua script. What is
+/// not one of ours (a newer or older node's format) is skipped.
+pub(crate) fn parse(payload: &str) -> Vec<Relayed> {
+    if payload.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(payload).unwrap_or_default();
+        return items
+            .iter()
+            .filter_map(|item| parse_one(item.get()))
+            .collect();
+    }
+    parse_one(payload).into_iter().collect()
+}
+
+fn parse_one(payload: &str) -> Option<Relayed> {
     let incoming: Incoming = serde_json::from_str(payload).ok()?;
     let frame = || parse_server_frame(incoming.frame?.get()).ok();
     Some(match incoming.kind {
@@ -114,4 +138,24 @@ pub(crate) fn parse(payload: &str) -> Option<Relayed> {
         },
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_s_array_and_a_script_s_object_both_parse_in_order() {
+        let frame = r#"{"type":"presence","user":"bob","status":"online"}"#;
+        let array = format!(
+            r#"[{{"kind":"user","user":"amy","held":false,"receipt":false,"frame":{frame}}},{{"kind":"take","user":"bo"}},{{"kind":"what"}}]"#
+        );
+        let parsed = parse(&array);
+        assert_eq!(parsed.len(), 2, "the unknown kind is skipped");
+        assert!(matches!(&parsed[0], Relayed::ToUser { user, .. } if user.as_str() == "amy"));
+        assert!(matches!(&parsed[1], Relayed::TakeQueue { user } if user.as_str() == "bo"));
+        let one = parse(r#"{"kind":"take","user":"cy"}"#);
+        assert!(matches!(&one[..], [Relayed::TakeQueue { user }] if user.as_str() == "cy"));
+        assert!(parse("not json").is_empty());
+    }
 }

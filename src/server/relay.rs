@@ -84,7 +84,8 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
             match pubsub.get_message() {
                 Ok(message) => {
                     let payload: String = message.get_payload().unwrap_or_default();
-                    if let Some(relayed) = parse(&payload) {
+                    let relayed = parse(&payload);
+                    if !relayed.is_empty() {
                         hub.send_blocking(Input::Relayed(relayed));
                     }
                 }
