@@ -2,9 +2,10 @@
 //! core: [`Hub::send`] hands an [`Input`] to the core's owner (`owner.rs`),
 //! which applies inputs one at a time, in the order they arrived.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -98,15 +99,45 @@ impl OwnerStats {
     }
 }
 
-/// The core before its owner takes it, and the channel the owner reads.
+/// A lock nobody can poison: the inputs queue only grows and shrinks whole.
+fn lock(waiting: &Mutex<VecDeque<Input>>) -> std::sync::MutexGuard<'_, VecDeque<Input>> {
+    waiting.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Cluster mode: the core before its thread takes it, and the channel that
+/// thread reads.
 pub(crate) struct Unowned {
     pub core: Core,
     pub inputs: mpsc::Receiver<Input>,
 }
 
+/// The owner's rules, given by `owner.rs`: once per batch, and once per input.
+pub(crate) struct Rules {
+    pub prepare: fn(&Hub, &mut Core),
+    pub apply: fn(&Hub, &mut Core, Input),
+}
+
+/// The one way into the core, in one of two shapes (`owner.rs` says why).
+// One per server, never moved after start: the core stays inline.
+#[allow(clippy::large_enum_variant)]
+enum Entry {
+    /// Cluster mode: a thread owns the core, because its rules wait for
+    /// Redis; inputs wait on its bounded channel.
+    Thread(mpsc::Sender<Input>),
+    /// In memory: whoever finds the core free holds it, and applies every
+    /// input waiting, its own and the others', before letting go.
+    Combining(Combining),
+}
+
+struct Combining {
+    waiting: Mutex<VecDeque<Input>>,
+    core: Mutex<Core>,
+    rules: Rules,
+}
+
 pub(crate) struct Hub {
-    /// The one way into the core: its owner's channel (see `owner.rs`).
-    inputs: mpsc::Sender<Input>,
+    /// The one way into the core (see `owner.rs`).
+    entry: Entry,
     pub config: Config,
     pub log: Option<EventLog>,
     next_conn_id: AtomicU64,
@@ -135,15 +166,17 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// The hub of one server and its core, not yet owned; `cluster` is its
-    /// link to Redis in cluster mode, with the cluster's epoch and this
-    /// node's first connection id.
+    /// The hub of one server; `cluster` is its link to Redis in cluster mode,
+    /// with the cluster's epoch and this node's first connection id. In
+    /// memory the hub holds the core; in cluster mode it is returned, for the
+    /// owner's thread, with the channel that thread reads.
     pub fn new(
         mut config: Config,
         log: Option<EventLog>,
         bound: SocketAddr,
         cluster: Option<Joined>,
-    ) -> (Hub, Unowned) {
+        rules: Rules,
+    ) -> (Hub, Option<Unowned>) {
         config.core.trace = log.is_some();
         let durable = config.durable.clone();
         let structures = match (&cluster, &durable) {
@@ -181,9 +214,19 @@ impl Hub {
             durable.map(|d| d.loaded.claims).unwrap_or_default(),
         )
         .in_cluster(cluster.as_ref().map(|j| j.link.clone()));
-        let (sender, inputs) = mpsc::channel(CHANNEL_BOUND);
+        let (entry, unowned) = if cluster.is_some() {
+            let (sender, inputs) = mpsc::channel(CHANNEL_BOUND);
+            (Entry::Thread(sender), Some(Unowned { core, inputs }))
+        } else {
+            let combining = Combining {
+                waiting: Mutex::default(),
+                core: Mutex::new(core),
+                rules,
+            };
+            (Entry::Combining(combining), None)
+        };
         let hub = Hub {
-            inputs: sender,
+            entry,
             config,
             log,
             next_conn_id: AtomicU64::new(first_conn_id),
@@ -200,19 +243,65 @@ impl Hub {
             owner_stats: OwnerStats::default(),
             first_conn_id,
         };
-        (hub, Unowned { core, inputs })
+        (hub, unowned)
     }
 
-    /// Hands an input to the core's owner, waiting while its channel is full.
+    /// Hands an input to the core's owner. In memory it is applied before
+    /// this returns, by this task or by the one holding the core; in cluster
+    /// mode it waits on the thread's channel (only while that is full).
     /// After the owner stopped (the server is gone) there is nobody to tell.
     pub async fn send(&self, input: Input) {
-        let _ = self.inputs.send(input).await;
+        match &self.entry {
+            Entry::Thread(inputs) => {
+                let _ = inputs.send(input).await;
+            }
+            Entry::Combining(combining) => self.combine(combining, input),
+        }
     }
 
     /// [`Hub::send`] from a thread of our own (the cluster's subscriber and
     /// heartbeat), never from a tokio worker.
     pub fn send_blocking(&self, input: Input) {
-        let _ = self.inputs.blocking_send(input);
+        match &self.entry {
+            Entry::Thread(inputs) => {
+                let _ = inputs.blocking_send(input);
+            }
+            Entry::Combining(combining) => self.combine(combining, input),
+        }
+    }
+
+    /// Flat combining: the input joins the queue; whoever holds the core
+    /// applies it. If nobody does, this task takes the core and applies
+    /// every waiting input in arrival order until none is left. The queue
+    /// is checked again after letting go, so an input added while the holder
+    /// was finishing is never left behind. Rules in memory do no I/O, so the
+    /// core is held for CPU work only.
+    fn combine(&self, combining: &Combining, input: Input) {
+        lock(&combining.waiting).push_back(input);
+        let mut batch = VecDeque::new();
+        loop {
+            let mut core = match combining.core.try_lock() {
+                Ok(core) => core,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                // The holder will apply it.
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                std::mem::swap(&mut *lock(&combining.waiting), &mut batch);
+                if batch.is_empty() {
+                    break;
+                }
+                self.owner_stats.record(batch.len());
+                (combining.rules.prepare)(self, &mut core);
+                for input in batch.drain(..) {
+                    (combining.rules.apply)(self, &mut core, input);
+                }
+            }
+            drop(core);
+            if lock(&combining.waiting).is_empty() {
+                return;
+            }
+        }
     }
 
     /// Runs `look` on the owner's thread, between two inputs, and returns

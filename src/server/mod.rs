@@ -147,19 +147,18 @@ pub async fn run(
         Some(c) => Some(join_cluster(c.clone()).map_err(std::io::Error::other)?),
         None => None,
     };
-    let (hub, mut unowned) = Hub::new(config, log, bound, cluster);
+    let (hub, unowned) = Hub::new(config, log, bound, cluster, owner::RULES);
     let hub = Arc::new(hub);
     let mut relays = Vec::new();
-    if let Some(link) = hub.cluster.clone() {
-        relays.push(relay::subscribe(hub.clone(), link).map_err(std::io::Error::other)?);
+    let mut owner = None;
+    if let (Some(link), Some(mut unowned)) = (hub.cluster.clone(), unowned) {
+        relays.push(relay::subscribe(hub.clone(), link.clone()).map_err(std::io::Error::other)?);
         // A node restarted under the same name forgets its previous run's
         // devices (the sweep also takes it out of `nodes`), then beats.
         if let backend::Backend::Redis(redis) = unowned.core.structures_mut() {
             redis.resync().map_err(std::io::Error::other)?;
         }
-    }
-    let owner = owner::start(hub.clone(), unowned.core, unowned.inputs)?;
-    if let Some(link) = hub.cluster.clone() {
+        owner = Some(owner::start(hub.clone(), unowned.core, unowned.inputs)?);
         relays.push(relay::start_heartbeat(hub.clone(), link).map_err(std::io::Error::other)?);
     }
     let listener = handshake::GuardedListener::new(listener, hub.config.net.handshake_timeout);
@@ -203,13 +202,18 @@ pub async fn run(
     for thread in relays {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
-    // Nothing is left to feed the core: its owner hands it back.
-    hub.send(input::Input::Stop).await;
-    let core = tokio::task::spawn_blocking(move || owner.join())
-        .await
-        .map_err(std::io::Error::other)?
-        .map_err(|_| std::io::Error::other("the core's owner thread panicked"))?;
-    let ops = core.op_table();
+    // Nothing is left to feed the core: a cluster's owner thread hands it back.
+    let ops = match owner {
+        Some(thread) => {
+            hub.send(input::Input::Stop).await;
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|_| std::io::Error::other("the core's owner thread panicked"))?
+                .op_table()
+        }
+        None => hub.op_table().await,
+    };
     // Everything acknowledged is already on disk; this writes what is left
     // (flushed-message deletions, the last requeues) and closes the file cleanly.
     if let Some(store) = hub.store.clone() {

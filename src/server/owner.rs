@@ -32,7 +32,7 @@ use super::conn::{
     CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
 };
 use super::deliver::deliver;
-use super::hub::Hub;
+use super::hub::{Hub, Rules};
 use super::input::{Input, MAX_BATCH};
 use super::outbox::unsent_messages;
 use crate::core::{ConnHandle, Event, Trace};
@@ -63,16 +63,33 @@ fn own(hub: &Hub, mut core: Core, mut inputs: mpsc::Receiver<Input>) -> Core {
             if matches!(input, Input::Stop) {
                 return core;
             }
-            resync_if_wanted(hub, &mut core);
-            // A bug in one rule must not stop routing for everyone: the core
-            // is only changed through steps that leave it consistent.
-            let applied = catch_unwind(AssertUnwindSafe(|| apply(hub, &mut core, input)));
-            if applied.is_err() {
-                if let Some(log) = &hub.log {
-                    log.line("! a rule panicked (a bug); the server goes on".to_string());
-                }
-            }
+            apply_one(hub, &mut core, input);
         }
+    }
+}
+
+/// The rules both shapes of owner run (see `Hub::send`).
+pub(crate) const RULES: Rules = Rules {
+    prepare,
+    apply: apply_one,
+};
+
+/// One input, applied. A bug in one rule must not stop routing for
+/// everyone: the core is only changed through steps that leave it
+/// consistent, so a panic is caught and logged, and the server goes on.
+fn apply_one(hub: &Hub, core: &mut Core, input: Input) {
+    resync_if_wanted(hub, core);
+    let requester = match &input {
+        Input::Request { conn, .. } | Input::Refuse { conn, .. } => Some(conn.clone()),
+        _ => None,
+    };
+    let applied = catch_unwind(AssertUnwindSafe(|| apply(hub, core, input)));
+    if applied.is_err() {
+        eprintln!("! a rule panicked (a bug); the server goes on");
+    }
+    // Its replies are pushed (or it failed): the reader may read on.
+    if let Some(conn) = requester {
+        conn.outbox.request_applied();
     }
 }
 
@@ -110,14 +127,10 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
             conn,
             envelope,
             now_ms,
-        } => {
-            request(hub, core, &conn, envelope, now_ms);
-            conn.outbox.request_applied();
-        }
+        } => request(hub, core, &conn, envelope, now_ms),
         Input::Refuse { conn, error } => {
             let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
             finish_rule(hub, core, refusal);
-            conn.outbox.request_applied();
         }
         Input::Close { conn, ending } => close(hub, core, &conn, ending),
         Input::Relayed(batch) => {
