@@ -1,5 +1,5 @@
 //! What reaches the core: every [`Input`] its owner (`owner.rs`) applies,
-//! in the one order they arrive on its channel.
+//! in the one order they arrive.
 
 use tokio::sync::oneshot;
 
@@ -8,13 +8,15 @@ use super::conn::{Conn, Ending};
 use crate::core::Relayed;
 use crate::protocol::{Envelope, RequestError};
 
-/// At most this many inputs are applied per wake: enough to amortise the
-/// wake-up under load, few enough that a view waits at most one batch.
+/// At most this many inputs the cluster's owner thread applies per wake:
+/// enough to amortise the wake-up under load, few enough to keep `/inspect`'s
+/// batch figures meaningful.
 pub(crate) const MAX_BATCH: usize = 256;
 
-/// How many inputs may wait for the owner. A reader that finds the channel
-/// full waits (as it waited for the lock before), so a flood costs bounded
-/// memory however slow the backend is.
+/// How many inputs may wait for the cluster's owner thread. A reader that
+/// finds the channel full waits, so a flood costs bounded memory however
+/// slow Redis is. (In memory each reader applies or hands over its input
+/// before it reads the next, and `Outbox::has_room` bounds what it sends.)
 pub(crate) const CHANNEL_BOUND: usize = 4096;
 
 /// A read-only look at the core for a view (`/inspect`, the board, the

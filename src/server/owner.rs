@@ -1,23 +1,22 @@
-//! The core's one owner: a thread of its own that alone holds [`ChatCore`],
-//! fed by one channel of [`Input`]s, and that carries out each decision
-//! (`deliver`) before it takes the next input.
+//! The core's one owner, and the rules it applies to each [`Input`]: every
+//! input reaches [`ChatCore`] through one queue, is applied in arrival
+//! order, and has its outcome delivered (`deliver`) before the next.
 //!
-//! Why a thread and a channel, not a lock. Redis itself answers this question
-//! with one thread that owns all the data, fed by every client: one owner,
-//! one order, no lock. Here the same shape buys three things:
-//! - **One global order.** Every input is applied in the order it arrived,
-//!   and every frame is pushed into its outbox before the next input is
-//!   taken, so each connection sees frames in the order the core made them.
-//! - **No blocking on a tokio worker.** On a cluster each rule waits for
-//!   Redis; it waits on this thread, never on a worker that other sockets,
-//!   `/healthz` and the pages need. (A `std::sync::Mutex` held across those
-//!   round trips stalled every worker that wanted the core.)
-//! - **Batches.** The owner takes every input already waiting (up to
-//!   [`MAX_BATCH`]) each time it wakes, so under load it wakes once per batch
-//!   rather than once per message, and a backend can serve a batch together.
+//! Who holds the core while it applies them depends on what a rule waits for:
+//! - **In memory, flat combining.** A rule is a few microseconds of CPU
+//!   work, so the task that sends an input takes the core if it is free and
+//!   applies every input waiting, its own and the others', before letting
+//!   go (`Hub::send`). No thread hand-off, so no wake-up per message.
+//! - **On a cluster, a thread of its own** ([`start`]), fed by a bounded
+//!   channel: each rule waits for Redis round trips, and it waits here,
+//!   never on a tokio worker that other sockets, `/healthz` and the pages
+//!   need. (A `std::sync::Mutex` held across those round trips stalled every
+//!   worker that wanted the core.) This is Redis's own shape: one thread
+//!   owns the data, fed by everyone.
 //!
-//! The cost is one channel hop per input, paid in memory too (see
-//! docs/performance.md, "One owner for the core").
+//! Either way the holder takes every input already waiting (the thread at
+//! most [`MAX_BATCH`] per wake), which is where a backend can serve a batch
+//! together. docs/performance.md ("One owner for the core") measures both.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
