@@ -25,14 +25,16 @@
 //! - [`link`]: the one command connection, its failure state and its counters.
 //! - `server/relay.rs` (the shell): the subscriber, the heartbeat and the sweep.
 
-pub mod link;
+mod handle;
+mod link;
 mod scripts;
 mod structures;
 
 use std::time::Duration;
 
-pub use link::{Link, RedisCount};
-pub use structures::{decode, encode, RedisStructures};
+pub use handle::{Handle, LocalDevice, Remote};
+pub use link::{open, Link, RedisCount};
+pub use structures::RedisStructures;
 
 /// How often a node renews its heartbeat and looks for dead nodes.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);

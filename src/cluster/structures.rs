@@ -14,6 +14,7 @@ use std::sync::Arc;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
+use super::handle::{Handle, LocalDevice, Remote};
 use super::link::Link;
 use super::scripts;
 use crate::core::ops::{Op, OpCounts, Structure};
@@ -23,7 +24,6 @@ use crate::core::{
 };
 use crate::names::{GroupId, Name, UserId};
 use crate::protocol::{Message, Target};
-use crate::server::{Handle, Remote};
 
 use Structure::*;
 
@@ -143,11 +143,11 @@ struct Prefetched {
 /// What a trace shows as the size after an operation, read from its answer.
 type SizeOf<T> = fn(&T) -> Option<usize>;
 
-pub struct RedisStructures {
+pub struct RedisStructures<L> {
     link: Arc<Link>,
     /// This node's sockets: `active_connections` for the devices whose
     /// socket is here. Redis holds every node's (a HASH per user).
-    local: HashMap<UserId, Vec<Handle>>,
+    local: HashMap<UserId, Vec<Handle<L>>>,
     ops: OpCounts,
     /// The `presence_order` of the last presence change this node made (see
     /// `scripts::CONNECT`), which its relayed presence frames carry.
@@ -172,8 +172,8 @@ pub struct RedisStructures {
     scripts: Scripts,
 }
 
-impl RedisStructures {
-    pub fn new(link: Arc<Link>, clock: Option<crate::core::ops::Clock>) -> RedisStructures {
+impl<L: LocalDevice> RedisStructures<L> {
+    pub fn new(link: Arc<Link>, clock: Option<crate::core::ops::Clock>) -> RedisStructures<L> {
         RedisStructures {
             link,
             local: HashMap::new(),
@@ -211,7 +211,7 @@ impl RedisStructures {
         format!("{}/{id}", self.link.node())
     }
 
-    fn remote(&self, node: &str, user: &UserId, resuming: bool) -> Handle {
+    fn remote(&self, node: &str, user: &UserId, resuming: bool) -> Handle<L> {
         let id = self.next_remote.get();
         self.next_remote.set(id.wrapping_add(1) | (1 << 63));
         Handle::Remote(Arc::new(Remote {
@@ -230,14 +230,14 @@ impl RedisStructures {
     /// and again for every device after Redis comes back.
     /// Returns the devices the user has anywhere, whether this made them
     /// online, and the order of their previous presence change.
-    fn register(&self, user: &UserId, handle: &Handle) -> Result<(usize, bool, u64), String> {
+    fn register(&self, user: &UserId, handle: &Handle<L>) -> Result<(usize, bool, u64), String> {
         let (record, resumed) = match handle {
             Handle::Local(conn) => (
                 DeviceRecord {
-                    remote: Some(conn.remote.to_string()),
-                    since: Some(conn.connected_at_ms),
+                    remote: Some(conn.peer().0),
+                    since: Some(conn.peer().1),
                 },
-                conn.resume.is_some(),
+                conn.resume().is_some(),
             ),
             Handle::Remote(_) => (DeviceRecord::default(), false),
         };
@@ -264,8 +264,7 @@ impl RedisStructures {
         self.order.set(order);
         *self.online.borrow_mut() = Some(names(online));
         if let Handle::Local(conn) = handle {
-            conn.presence_order
-                .store(order, std::sync::atomic::Ordering::Relaxed);
+            conn.set_registered_at(order);
         }
         Ok((n, added == 1, prev))
     }
@@ -422,10 +421,10 @@ impl RedisStructures {
     }
 }
 
-impl Structures for RedisStructures {
-    type Conn = Handle;
+impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
+    type Conn = Handle<L>;
 
-    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle]> {
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle<L>]> {
         let key = self.key(format_args!("devices:{user}"));
         let all = self.ops.measure(ActiveConnections, Op::Get, || {
             match self.take_prefetched(|p| (p.to.as_ref() == Some(user)).then(|| p.devices.take()))
@@ -439,7 +438,7 @@ impl Structures for RedisStructures {
             }
         });
         let all = self.ok(all);
-        let mut handles: Vec<Handle> = self.local.get(user).cloned().unwrap_or_default();
+        let mut handles: Vec<Handle<L>> = self.local.get(user).cloned().unwrap_or_default();
         // One stand-in per other node, however many of the user's devices it has.
         let mut nodes: BTreeMap<&str, bool> = BTreeMap::new();
         for (field, value) in &all {
@@ -462,7 +461,7 @@ impl Structures for RedisStructures {
         Cow::Owned(handles)
     }
 
-    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle]> {
+    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle<L>]> {
         let devices = self.ops.measure(ActiveConnections, Op::Get, || {
             self.local.get(user).map_or(&[][..], Vec::as_slice)
         });
@@ -481,9 +480,9 @@ impl Structures for RedisStructures {
     /// scripts themselves (see `scripts::connect`), to every node. This
     /// node's own devices get its change here, at once, when it has shown
     /// them every earlier change of that user (`caught_up`); else through Redis.
-    fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Handle> {
+    fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Handle<L>> {
         let direct = self.direct.take();
-        let all: Vec<Handle> = self.ops.measure(ActiveConnections, Op::Iterate, || {
+        let all: Vec<Handle<L>> = self.ops.measure(ActiveConnections, Op::Iterate, || {
             if !direct {
                 return Vec::new();
             }
@@ -518,7 +517,7 @@ impl Structures for RedisStructures {
         true
     }
 
-    fn add_connection(&mut self, user: &UserId, conn: Handle, trace: &mut Trace) -> usize {
+    fn add_connection(&mut self, user: &UserId, conn: Handle<L>, trace: &mut Trace) -> usize {
         let result = self
             .ops
             .measure(ActiveConnections, Op::Insert, || self.register(user, &conn));
@@ -545,7 +544,7 @@ impl Structures for RedisStructures {
         user: &UserId,
         id: ConnId,
         trace: &mut Trace,
-    ) -> Option<(usize, Handle)> {
+    ) -> Option<(usize, Handle<L>)> {
         let devices = self.local.get_mut(user)?;
         let at = devices.iter().position(|d| d.id() == id)?;
         let handle = devices.swap_remove(at);
@@ -584,8 +583,8 @@ impl Structures for RedisStructures {
         Some((n, handle))
     }
 
-    fn all_connections(&self, trace: &mut Trace) -> Vec<Handle> {
-        let all: Vec<Handle> = self.ops.measure(ActiveConnections, Op::Iterate, || {
+    fn all_connections(&self, trace: &mut Trace) -> Vec<Handle<L>> {
+        let all: Vec<Handle<L>> = self.ops.measure(ActiveConnections, Op::Iterate, || {
             self.local.values().flatten().cloned().collect()
         });
         trace.record(ActiveConnections, Op::Iterate, None, None, Some(all.len()));

@@ -4,95 +4,20 @@
 //! the in-memory path pays one predictable branch per operation.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use super::conn::Conn;
 use crate::cluster::RedisStructures;
 use crate::core::{
-    Change, ConnDetail, ConnHandle, ConnId, DurableState, MemoryStructures, OpTable, QueueView,
-    QueuedBytes, Structures, StructuresSnapshot, Trace,
+    Change, ConnId, DurableState, MemoryStructures, OpTable, QueueView, QueuedBytes, Structures,
+    StructuresSnapshot, Trace,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
 /// What `active_connections` holds on a server: one of this node's sockets,
-/// or (in a cluster) a stand-in for a user's devices on another node. A frame
-/// sent to a stand-in is published on that node's channel, and that node
-/// writes it to its own sockets.
-#[derive(Clone)]
-pub enum Handle {
-    Local(Conn),
-    Remote(Arc<Remote>),
-}
-
-/// Devices on another node of the cluster.
-pub struct Remote {
-    /// Unique among handles (high bit set); not a socket's id.
-    pub id: ConnId,
-    pub node: Arc<str>,
-    /// Whose devices there.
-    pub user: UserId,
-    /// A device of the user there resumed (v1.1): what is routed to them is held.
-    pub resuming: bool,
-}
-
-impl Handle {
-    /// This node's socket, if it is one.
-    pub fn local(&self) -> Option<&Conn> {
-        match self {
-            Handle::Local(conn) => Some(conn),
-            Handle::Remote(_) => None,
-        }
-    }
-}
-
-impl ConnHandle for Handle {
-    fn id(&self) -> ConnId {
-        match self {
-            Handle::Local(conn) => conn.id,
-            Handle::Remote(remote) => remote.id,
-        }
-    }
-
-    fn detail(&self) -> ConnDetail {
-        match self {
-            Handle::Local(conn) => conn.detail(),
-            Handle::Remote(remote) => ConnDetail {
-                id: remote.id,
-                node: Some(remote.node.to_string()),
-                ..ConnDetail::default()
-            },
-        }
-    }
-
-    fn resume(&self) -> Option<u64> {
-        match self {
-            Handle::Local(conn) => conn.resume(),
-            // Its position is that node's business; here only "it holds" matters.
-            Handle::Remote(remote) => remote.resuming.then_some(0),
-        }
-    }
-
-    fn resume_epoch(&self) -> Option<&str> {
-        match self {
-            Handle::Local(conn) => conn.resume_epoch(),
-            Handle::Remote(_) => None,
-        }
-    }
-
-    fn is_local(&self) -> bool {
-        matches!(self, Handle::Local(_))
-    }
-
-    fn presence_order(&self) -> u64 {
-        match self {
-            Handle::Local(conn) => conn
-                .presence_order
-                .load(std::sync::atomic::Ordering::Relaxed),
-            Handle::Remote(_) => 0,
-        }
-    }
-}
+/// or (in a cluster) a stand-in for a user's devices on another node.
+pub type Handle = crate::cluster::Handle<Conn>;
+pub use crate::cluster::Remote;
 
 /// The core as a server runs it: the rules over whichever backend it has.
 pub(crate) type Core = crate::core::ChatCore<Backend>;
@@ -102,7 +27,7 @@ pub(crate) type Core = crate::core::ChatCore<Backend>;
 #[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Memory(MemoryStructures<Handle>),
-    Redis(Box<RedisStructures>),
+    Redis(Box<RedisStructures<Conn>>),
 }
 
 /// Each method goes to whichever backend this server runs.

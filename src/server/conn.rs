@@ -4,7 +4,7 @@
 //! connection can name it without importing the code that serves it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,20 @@ impl ConnHandle for Conn {
 
     fn resume_epoch(&self) -> Option<&str> {
         self.resume.as_ref()?.epoch.as_deref()
+    }
+}
+
+impl crate::cluster::LocalDevice for Conn {
+    fn peer(&self) -> (String, u64) {
+        (self.remote.to_string(), self.connected_at_ms)
+    }
+
+    fn registered_at(&self) -> u64 {
+        self.presence_order.load(Ordering::Relaxed)
+    }
+
+    fn set_registered_at(&self, order: u64) {
+        self.presence_order.store(order, Ordering::Relaxed);
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::hub::Hub;
 use super::input::Input;
 use super::publish::parse;
-use crate::cluster::{link, Link, HEARTBEAT_EVERY, HEARTBEAT_TTL};
+use crate::cluster::{open, Link, HEARTBEAT_EVERY, HEARTBEAT_TTL};
 
 /// Subscribes to this node's channel, before any socket is accepted, and
 /// returns once subscribed; the thread feeds what arrives to the core's owner
@@ -66,7 +66,7 @@ pub(crate) fn leave(link: &Link) {
 fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
     let channel = link.key(&format!("node:{}", link.node()));
     while !hub.shutdown.has_begun() {
-        let Ok(mut con) = link::open(link.client()) else {
+        let Ok(mut con) = open(link.client()) else {
             std::thread::sleep(Duration::from_millis(250));
             continue;
         };
