@@ -126,36 +126,7 @@ fn status(s: AckStatus) -> &'static str {
 /// The first words of a line: what happened, in the domain's terms.
 pub fn summary(event: &Event) -> String {
     match event {
-        Event::Connected {
-            user,
-            conn,
-            devices,
-            flushed,
-            notified,
-            resume,
-            released,
-        } => {
-            let mut s = format!("+ {user} connected (conn {conn}, {devices} device(s) now)");
-            match resume {
-                None if *flushed > 0 => {
-                    s += &format!(", flushed {flushed} queued message(s) FIFO");
-                }
-                None => {}
-                Some(from) => {
-                    s += &format!(", resuming after message {from}");
-                    if *released > 0 {
-                        s += &format!(": released {released} it confirms");
-                    }
-                    s += &format!(
-                        ", re-sent {flushed} held message(s) in order (kept until confirmed)"
-                    );
-                }
-            }
-            if *devices == 1 {
-                s += &format!(", online: told {notified} connection(s)");
-            }
-            s
-        }
+        Event::Connected { .. } => connected(event),
         Event::Disconnected {
             user,
             conn,
@@ -203,24 +174,7 @@ pub fn summary(event: &Event) -> String {
                 format!("{from} -> {to} (message {id}): {}", status(*st))
             }
         }
-        Event::GroupMessage {
-            from,
-            group,
-            id,
-            status: st,
-            connections,
-            queued,
-            blocked,
-        } => {
-            let mut s = format!(
-                "{from} -> #{group} (message {id}): {}, {connections} connection(s), {queued} queued",
-                status(*st)
-            );
-            if *blocked > 0 {
-                s += &format!(", {blocked} member(s) block {from}: skipped");
-            }
-            s
-        }
+        Event::GroupMessage { .. } => group_message(event),
         Event::Joined {
             user,
             group,
@@ -247,6 +201,72 @@ pub fn summary(event: &Event) -> String {
         Event::Shutdown { connections } => {
             format!("shutting down: closing {connections} connection(s) with 1001")
         }
+        Event::NodeLost { .. } | Event::Relayed { .. } => cluster_summary(event),
+    }
+}
+
+/// A connect: the flush (FIFO for v1, the held window for a resume) and
+/// whom the `online` went to. `summary` calls it with that event only.
+fn connected(event: &Event) -> String {
+    let Event::Connected {
+        user,
+        conn,
+        devices,
+        flushed,
+        notified,
+        resume,
+        released,
+    } = event
+    else {
+        return String::new();
+    };
+    let mut s = format!("+ {user} connected (conn {conn}, {devices} device(s) now)");
+    match resume {
+        None if *flushed > 0 => {
+            s += &format!(", flushed {flushed} queued message(s) FIFO");
+        }
+        None => {}
+        Some(from) => {
+            s += &format!(", resuming after message {from}");
+            if *released > 0 {
+                s += &format!(": released {released} it confirms");
+            }
+            s += &format!(", re-sent {flushed} held message(s) in order (kept until confirmed)");
+        }
+    }
+    if *devices == 1 {
+        s += &format!(", online: told {notified} connection(s)");
+    }
+    s
+}
+
+/// A group message: its fan-out. `summary` calls it with that event only.
+fn group_message(event: &Event) -> String {
+    let Event::GroupMessage {
+        from,
+        group,
+        id,
+        status: st,
+        connections,
+        queued,
+        blocked,
+    } = event
+    else {
+        return String::new();
+    };
+    let mut s = format!(
+        "{from} -> #{group} (message {id}): {}, {connections} connection(s), {queued} queued",
+        status(*st)
+    );
+    if *blocked > 0 {
+        s += &format!(", {blocked} member(s) block {from}: skipped");
+    }
+    s
+}
+
+/// What only a cluster node logs: a dead node swept, a frame through Redis.
+fn cluster_summary(event: &Event) -> String {
+    match event {
         Event::NodeLost {
             node,
             offline,
@@ -274,6 +294,7 @@ pub fn summary(event: &Event) -> String {
             }
             s
         }
+        _ => String::new(),
     }
 }
 

@@ -207,76 +207,39 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
         }
         None => None,
     };
-    let missing = |field: &str, what: &str| {
-        RequestError::new(
-            ErrorCode::MissingField,
-            format!("field \"{field}\" is required and must be {what}"),
-            reference.clone(),
-        )
+    let f = Fields {
+        raw: &raw,
+        reference: &reference,
     };
-    // Present, not null, and a JSON string; borrowed from the frame unless it has escapes.
-    let string = |field: &str, value: Option<&RawValue>| -> Result<Cow<'_, str>, RequestError> {
-        match value {
-            // A string that does not decode (a lone surrogate escape) is broken JSON.
-            Some(v) if v.get().starts_with('"') => serde_json::from_str(v.get()).map_err(|e| {
-                RequestError::bad_json(format!("field \"{field}\" is not a valid string ({e})"))
-            }),
-            _ => Err(missing(field, "a string")),
-        }
-    };
-    let user = |raw: &str| {
-        Name::parse(raw).map_err(|e| {
-            RequestError::new(
-                ErrorCode::InvalidUser,
-                format!("invalid user name {raw:?}: {e}"),
-                reference.clone(),
-            )
-        })
-    };
-    let group = |raw: &str| {
-        Name::parse(raw).map_err(|e| {
-            RequestError::new(
-                ErrorCode::InvalidGroup,
-                format!("invalid group name {raw:?}: {e}"),
-                reference.clone(),
-            )
-        })
-    };
-    // Optional and false when absent; anything but a JSON boolean is refused.
-    let receipt = || match raw.receipt.map(RawValue::get) {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(_) => Err(missing("receipt", "true or false")),
-    };
-    let kind = string("type", raw.kind)?;
+    let kind = f.string("type", raw.kind)?;
     let request = match &*kind {
         "message" => {
-            let (to, text) = (string("to", raw.to)?, string("text", raw.text)?);
+            let (to, text) = (f.string("to", raw.to)?, f.string("text", raw.text)?);
             Request::Message {
-                to: user(&to)?,
+                to: f.user(&to)?,
                 text: Arc::from(&*text),
-                receipt: receipt()?,
+                receipt: f.receipt()?,
             }
         }
         "group_join" => Request::GroupJoin {
-            group: group(&string("group", raw.group)?)?,
+            group: f.group(&f.string("group", raw.group)?)?,
         },
         "group_leave" => Request::GroupLeave {
-            group: group(&string("group", raw.group)?)?,
+            group: f.group(&f.string("group", raw.group)?)?,
         },
         "group_message" => {
-            let (g, text) = (string("group", raw.group)?, string("text", raw.text)?);
+            let (g, text) = (f.string("group", raw.group)?, f.string("text", raw.text)?);
             Request::GroupMessage {
-                group: group(&g)?,
+                group: f.group(&g)?,
                 text: Arc::from(&*text),
-                receipt: receipt()?,
+                receipt: f.receipt()?,
             }
         }
         "block" => Request::Block {
-            user: user(&string("user", raw.user)?)?,
+            user: f.user(&f.string("user", raw.user)?)?,
         },
         "unblock" => Request::Unblock {
-            user: user(&string("user", raw.user)?)?,
+            user: f.user(&f.string("user", raw.user)?)?,
         },
         "who" => Request::Who,
         "ping" => Request::Ping,
@@ -284,7 +247,7 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
             id: raw
                 .id
                 .and_then(|v| v.get().parse::<u64>().ok())
-                .ok_or_else(|| missing("id", "a message id, a whole number from 0 up"))?,
+                .ok_or_else(|| f.missing("id", "a message id, a whole number from 0 up"))?,
         },
         other => {
             return Err(RequestError::new(
@@ -298,6 +261,67 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
         }
     };
     Ok(Envelope { reference, request })
+}
+
+/// One request's fields, read with the error each rule gives: the `ref` is
+/// echoed in every refusal.
+struct Fields<'f, 'a> {
+    raw: &'f RawRequest<'a>,
+    reference: &'f Ref,
+}
+
+impl<'a> Fields<'_, 'a> {
+    fn missing(&self, field: &str, what: &str) -> RequestError {
+        RequestError::new(
+            ErrorCode::MissingField,
+            format!("field \"{field}\" is required and must be {what}"),
+            self.reference.clone(),
+        )
+    }
+
+    /// Present, not null, and a JSON string; borrowed from the frame unless it has escapes.
+    fn string(
+        &self,
+        field: &str,
+        value: Option<&'a RawValue>,
+    ) -> Result<Cow<'a, str>, RequestError> {
+        match value {
+            // A string that does not decode (a lone surrogate escape) is broken JSON.
+            Some(v) if v.get().starts_with('"') => serde_json::from_str(v.get()).map_err(|e| {
+                RequestError::bad_json(format!("field \"{field}\" is not a valid string ({e})"))
+            }),
+            _ => Err(self.missing(field, "a string")),
+        }
+    }
+
+    fn user(&self, raw: &str) -> Result<Name, RequestError> {
+        Name::parse(raw).map_err(|e| {
+            RequestError::new(
+                ErrorCode::InvalidUser,
+                format!("invalid user name {raw:?}: {e}"),
+                self.reference.clone(),
+            )
+        })
+    }
+
+    fn group(&self, raw: &str) -> Result<Name, RequestError> {
+        Name::parse(raw).map_err(|e| {
+            RequestError::new(
+                ErrorCode::InvalidGroup,
+                format!("invalid group name {raw:?}: {e}"),
+                self.reference.clone(),
+            )
+        })
+    }
+
+    /// Optional and false when absent; anything but a JSON boolean is refused.
+    fn receipt(&self) -> Result<bool, RequestError> {
+        match self.raw.receipt.map(RawValue::get) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(_) => Err(self.missing("receipt", "true or false")),
+        }
+    }
 }
 
 /// The fields a request may have, each kept as unparsed JSON so its type can be

@@ -840,22 +840,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn changes_survive_a_reopen_in_order_and_flushed_ones_do_not() {
-        let path = temp("reopen");
-        let (store, loaded) = Store::open(&path).unwrap();
-        let epoch = loaded.state.epoch.clone();
-        assert!(epoch.is_some(), "a new file draws its epoch");
-        assert_eq!(
-            loaded.state,
-            DurableState {
-                next_message_id: 1,
-                epoch: epoch.clone(),
-                ..Default::default()
-            }
-        );
+    /// Every kind of change, for queues, windows, groups and blocks, with
+    /// some undone again, as routing makes them.
+    fn one_of_each_change() -> Vec<Change> {
         let g = Target::Group(n("g1"));
-        let changes = vec![
+        vec![
             Change::Queued {
                 user: n("bob"),
                 message: message(3, "ann", Target::User(n("bob"))),
@@ -909,7 +898,25 @@ mod tests {
                 by: n("bob"),
                 whom: n("dan"),
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn changes_survive_a_reopen_in_order_and_flushed_ones_do_not() {
+        let path = temp("reopen");
+        let (store, loaded) = Store::open(&path).unwrap();
+        let epoch = loaded.state.epoch.clone();
+        assert!(epoch.is_some(), "a new file draws its epoch");
+        assert_eq!(
+            loaded.state,
+            DurableState {
+                next_message_id: 1,
+                epoch: epoch.clone(),
+                ..Default::default()
+            }
+        );
+        let g = Target::Group(n("g1"));
+        let changes = one_of_each_change();
         let seq = store.submit(changes, 6).unwrap().unwrap();
         let hash = hash_token("t");
         let claim = store.claim(&n("bob"), &hash).unwrap();

@@ -839,103 +839,112 @@ pub fn render(r: &LoadReport) -> String {
         t.add_row(vec![k.to_string(), v]);
     };
     row("mode", r.mode.clone());
-    if let Some(n) = r.idle_connections {
-        row("idle connections", n.to_string());
-        if let Some(frames) = r.presence_frames.filter(|f| *f > 0) {
-            row(
-                "presence frames read while they connected",
-                frames.to_string(),
-            );
-        }
-        if let Some(k) = r.kib_per_connection {
-            row(
-                "server memory per idle connection (after presence settled)",
-                format!("{k:.1} KiB"),
-            );
-        }
-        if let (Some(peak), Some(before)) = (r.server_peak_rss_kib, r.server_rss_kib_before) {
-            row(
-                "transient peak while connecting (not idle cost)",
-                format!(
-                    "{peak} KiB RSS, {:.1} KiB per connection",
-                    peak.saturating_sub(before) as f64 / n.max(1) as f64
-                ),
-            );
-        }
-        if !r.snapshot_hold_us.is_empty() {
-            let holds: Vec<String> = r
-                .snapshot_hold_us
-                .iter()
-                .map(|h| format!("{:.1}", *h as f64 / 1000.0))
-                .collect();
-            row(
-                "snapshot held the core (3 takes)",
-                format!("{} ms", holds.join(", ")),
-            );
-            if let Some(b) = r.snapshot_bytes {
-                row("snapshot size", format!("{:.1} MB", b as f64 / 1e6));
-            }
-        }
-    } else {
-        row("clients", r.clients.to_string());
-        row("generator threads", r.threads.to_string());
-        row("seconds", format!("{:.1}", r.seconds));
-        if r.resume {
-            row(
-                "received frames sent (confirmations)",
-                r.confirmations.to_string(),
-            );
-        }
-        // What is counted depends on the mode: say it in each label.
-        let (expected, got, rate) = match (r.offline, r.fan_out) {
-            (true, _) => (
-                "queued acks expected (one per send)",
-                "queued acks received",
-                "queued acks per second",
-            ),
-            (false, Some(_)) => (
-                "expected deliveries (K-1 per send)",
-                "deliveries",
-                "deliveries per second (fan-out)",
-            ),
-            (false, None) => ("expected deliveries", "delivered", "delivered per second"),
-        };
-        row("offered sends", r.offered.to_string());
-        row("sent", r.sent.to_string());
-        row(expected, r.expected.to_string());
-        row(got, r.delivered.to_string());
-        row("lost", r.lost.to_string());
-        row("duplicates", r.duplicates.to_string());
-        row("out of order", r.out_of_order.to_string());
-        if r.fan_out.is_some() {
-            row("sends per second", format!("{:.0} msgs/s", r.send_rate));
-        }
-        row(rate, format!("{:.0} msgs/s", r.achieved_rate));
-        let l = &r.latency_us;
-        row(
-            "latency p50 / p90 / p99",
-            format!("{} / {} / {} µs", l.p50, l.p90, l.p99),
-        );
-        row("latency p99.9 / max", format!("{} / {} µs", l.p999, l.max));
-        let l = &r.service_latency_us;
-        row(
-            "from actual send: p50 / p99 / max",
-            format!("{} / {} / {} µs", l.p50, l.p99, l.max),
-        );
-        if let Some(cpu) = r.server_cpu_seconds {
-            row(
-                "server CPU",
-                format!(
-                    "{cpu:.2} s ({:.2} µs per delivered message)",
-                    cpu * 1e6 / r.delivered.max(1) as f64
-                ),
-            );
-        }
+    match r.idle_connections {
+        Some(n) => idle_rows(r, n, &mut row),
+        None => traffic_rows(r, &mut row),
     }
     if let (Some(a), Some(b)) = (r.server_rss_kib_before, r.server_rss_kib_after) {
         row("server RSS before / after", format!("{a} / {b} KiB"));
     }
     t.to_string()
+}
+
+/// `--conns N`: what idle connections cost.
+fn idle_rows(r: &LoadReport, n: usize, row: &mut impl FnMut(&str, String)) {
+    row("idle connections", n.to_string());
+    if let Some(frames) = r.presence_frames.filter(|f| *f > 0) {
+        row(
+            "presence frames read while they connected",
+            frames.to_string(),
+        );
+    }
+    if let Some(k) = r.kib_per_connection {
+        row(
+            "server memory per idle connection (after presence settled)",
+            format!("{k:.1} KiB"),
+        );
+    }
+    if let (Some(peak), Some(before)) = (r.server_peak_rss_kib, r.server_rss_kib_before) {
+        row(
+            "transient peak while connecting (not idle cost)",
+            format!(
+                "{peak} KiB RSS, {:.1} KiB per connection",
+                peak.saturating_sub(before) as f64 / n.max(1) as f64
+            ),
+        );
+    }
+    if !r.snapshot_hold_us.is_empty() {
+        let holds: Vec<String> = r
+            .snapshot_hold_us
+            .iter()
+            .map(|h| format!("{:.1}", *h as f64 / 1000.0))
+            .collect();
+        row(
+            "snapshot held the core (3 takes)",
+            format!("{} ms", holds.join(", ")),
+        );
+        if let Some(b) = r.snapshot_bytes {
+            row("snapshot size", format!("{:.1} MB", b as f64 / 1e6));
+        }
+    }
+}
+
+/// A closed or open loop: what was sent, what arrived, how fast, how late.
+fn traffic_rows(r: &LoadReport, row: &mut impl FnMut(&str, String)) {
+    row("clients", r.clients.to_string());
+    row("generator threads", r.threads.to_string());
+    row("seconds", format!("{:.1}", r.seconds));
+    if r.resume {
+        row(
+            "received frames sent (confirmations)",
+            r.confirmations.to_string(),
+        );
+    }
+    // What is counted depends on the mode: say it in each label.
+    let (expected, got, rate) = match (r.offline, r.fan_out) {
+        (true, _) => (
+            "queued acks expected (one per send)",
+            "queued acks received",
+            "queued acks per second",
+        ),
+        (false, Some(_)) => (
+            "expected deliveries (K-1 per send)",
+            "deliveries",
+            "deliveries per second (fan-out)",
+        ),
+        (false, None) => ("expected deliveries", "delivered", "delivered per second"),
+    };
+    row("offered sends", r.offered.to_string());
+    row("sent", r.sent.to_string());
+    row(expected, r.expected.to_string());
+    row(got, r.delivered.to_string());
+    row("lost", r.lost.to_string());
+    row("duplicates", r.duplicates.to_string());
+    row("out of order", r.out_of_order.to_string());
+    if r.fan_out.is_some() {
+        row("sends per second", format!("{:.0} msgs/s", r.send_rate));
+    }
+    row(rate, format!("{:.0} msgs/s", r.achieved_rate));
+    let l = &r.latency_us;
+    row(
+        "latency p50 / p90 / p99",
+        format!("{} / {} / {} µs", l.p50, l.p90, l.p99),
+    );
+    row("latency p99.9 / max", format!("{} / {} µs", l.p999, l.max));
+    let l = &r.service_latency_us;
+    row(
+        "from actual send: p50 / p99 / max",
+        format!("{} / {} / {} µs", l.p50, l.p99, l.max),
+    );
+    if let Some(cpu) = r.server_cpu_seconds {
+        row(
+            "server CPU",
+            format!(
+                "{cpu:.2} s ({:.2} µs per delivered message)",
+                cpu * 1e6 / r.delivered.max(1) as f64
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -549,31 +549,34 @@ impl<S: Structures> ChatCore<S> {
             return self.refuse_traced(user, conn, error, trace);
         }
         let mut plan = Plan::new();
-        let event = match request {
+        match self.route(&mut plan, sender, request, &mut trace) {
+            Ok(event) => self.finish(plan, event, trace),
+            Err(error) => self.refuse_traced(user, conn, error, trace),
+        }
+    }
+
+    /// The rule of each request type: the replies and deliveries it plans,
+    /// and its event; Err when the request is refused (nothing was changed).
+    fn route(
+        &mut self,
+        plan: &mut Plan<S::Conn>,
+        sender: Sender<'_, S::Conn>,
+        request: Request,
+        trace: &mut Trace,
+    ) -> Result<Event, RequestError> {
+        let (user, conn) = (sender.user, sender.conn);
+        Ok(match request {
             Request::Message { to, text, receipt } => {
-                match self.route_message(&mut plan, sender, to, (text, receipt), &mut trace) {
-                    Ok(event) => event,
-                    Err(error) => return self.refuse_traced(user, conn, error, trace),
-                }
+                self.route_message(plan, sender, to, (text, receipt), trace)?
             }
             Request::GroupMessage {
                 group,
                 text,
                 receipt,
-            } => {
-                let body = (text, receipt);
-                match self.route_group_message(&mut plan, sender, group, body, &mut trace) {
-                    Ok(event) => event,
-                    Err(error) => return self.refuse_traced(user, conn, error, trace),
-                }
-            }
+            } => self.route_group_message(plan, sender, group, (text, receipt), trace)?,
             Request::GroupJoin { group } => {
-                if let Err(error) =
-                    self.may_join(&group, user, sender.reference.clone(), &mut trace)
-                {
-                    return self.refuse_traced(user, conn, error, trace);
-                }
-                let members = self.structures.join_group(&group, user, &mut trace);
+                self.may_join(&group, user, sender.reference.clone(), trace)?;
+                let members = self.structures.join_group(&group, user, trace);
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Joined {
                     user: user.clone(),
@@ -582,7 +585,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::GroupLeave { group } => {
-                let was_member = self.structures.leave_group(&group, user, &mut trace);
+                let was_member = self.structures.leave_group(&group, user, trace);
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Left {
                     user: user.clone(),
@@ -591,12 +594,8 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::Block { user: whom } => {
-                if let Err(error) =
-                    self.may_block(user, &whom, sender.reference.clone(), &mut trace)
-                {
-                    return self.refuse_traced(user, conn, error, trace);
-                }
-                self.structures.block(user, &whom, &mut trace);
+                self.may_block(user, &whom, sender.reference.clone(), trace)?;
+                self.structures.block(user, &whom, trace);
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Blocked {
                     by: user.clone(),
@@ -604,7 +603,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::Unblock { user: whom } => {
-                self.structures.unblock(user, &whom, &mut trace);
+                self.structures.unblock(user, &whom, trace);
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Unblocked {
                     by: user.clone(),
@@ -612,7 +611,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::Who => {
-                let mut online = self.structures.online_users(&mut trace);
+                let mut online = self.structures.online_users(trace);
                 online.sort_unstable();
                 let count = online.len();
                 plan.reply(conn, ServerFrame::Who { online });
@@ -629,7 +628,7 @@ impl<S: Structures> ChatCore<S> {
             // An id this run never issued confirms only what it did issue.
             Request::Received { id } => {
                 let upto = id.min(self.structures.next_id(self.next_message_id) - 1);
-                let (released, receipts) = self.release(&mut plan, user, upto, &mut trace);
+                let (released, receipts) = self.release(plan, user, upto, trace);
                 Event::Received {
                     user: user.clone(),
                     upto,
@@ -637,8 +636,7 @@ impl<S: Structures> ChatCore<S> {
                     receipts,
                 }
             }
-        };
-        self.finish(plan, event, trace)
+        })
     }
 
     /// The seed's message flow: blocked? then online (push to every device) or

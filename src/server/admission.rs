@@ -206,45 +206,59 @@ impl Gate {
 
     /// Cluster mode: learns `user`'s claim from Redis (HGET, O(1)), in case
     /// it was made through another node. A claim never changes once made,
-    /// so what is learned stays true.
-    fn learn_claim(&self, user: &UserId) {
-        let Some(link) = &self.cluster else {
+    /// so what is learned stays true. The round trip runs on tokio's
+    /// blocking pool, never on a worker.
+    async fn learn_claim(&self, user: &UserId) {
+        let Some(link) = self.cluster.clone() else {
             return;
         };
         if self.claims().is_claimed(user) {
             return;
         }
-        let found = link.run("HGET", "O(1)", |c| {
-            redis::cmd("HGET")
-                .arg(link.key("claims"))
-                .arg(user.as_str())
-                .query::<Option<String>>(c)
-        });
-        if let Ok(Some(phc)) = found {
+        let (key, field) = (link.key("claims"), user.to_string());
+        let found = tokio::task::spawn_blocking(move || {
+            link.run("HGET", "O(1)", |c| {
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(&field)
+                    .query::<Option<String>>(c)
+            })
+        })
+        .await;
+        if let Ok(Ok(Some(phc))) = found {
             let _ = self.claims().claim(user, TokenHash::new(phc));
         }
     }
 
     /// Cluster mode: claims `user` in Redis first (HSETNX: exactly one node's
-    /// claim wins a race); Err(winner) when another token won.
-    fn claim_in_cluster(
+    /// claim wins a race); Err(winner) when another token won. On tokio's
+    /// blocking pool, as `learn_claim`.
+    async fn claim_in_cluster(
         &self,
         user: &UserId,
         hash: &TokenHash,
     ) -> Result<Result<(), TokenHash>, Refused> {
-        let Some(link) = &self.cluster else {
+        let Some(link) = self.cluster.clone() else {
             return Ok(Ok(()));
         };
-        let key = link.key("claims");
-        let outcome = link.run("HSETNX + HGET", "O(1)", |c| {
-            let won: bool = redis::cmd("HSETNX")
-                .arg(&key)
-                .arg(user.as_str())
-                .arg(hash.as_phc())
-                .query(c)?;
-            let winner: String = redis::cmd("HGET").arg(&key).arg(user.as_str()).query(c)?;
-            Ok((won, winner))
-        });
+        let (key, field, phc) = (
+            link.key("claims"),
+            user.to_string(),
+            hash.as_phc().to_string(),
+        );
+        let outcome = tokio::task::spawn_blocking(move || {
+            link.run("HSETNX + HGET", "O(1)", |c| {
+                let won: bool = redis::cmd("HSETNX")
+                    .arg(&key)
+                    .arg(&field)
+                    .arg(&phc)
+                    .query(c)?;
+                let winner: String = redis::cmd("HGET").arg(&key).arg(&field).query(c)?;
+                Ok((won, winner))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         match outcome {
             Ok((true, _)) => Ok(Ok(())),
             Ok((false, winner)) => Ok(Err(TokenHash::new(winner))),
@@ -307,7 +321,7 @@ impl Gate {
                 });
             }
         }
-        self.learn_claim(user);
+        self.learn_claim(user).await;
         let check = self.claims().check(user, token);
         let wrong = || {
             Refused::unauthorized(format!(
@@ -337,7 +351,7 @@ impl Gate {
             (Check::Claim, Some(t)) => {
                 let owned = t.to_string();
                 let hash = self.hasher.run(move || crate::tokens::hash(&owned)).await?;
-                let claimed = match self.claim_in_cluster(user, &hash)? {
+                let claimed = match self.claim_in_cluster(user, &hash).await? {
                     Ok(()) => self.claims().claim(user, hash.clone()),
                     Err(winner) => {
                         let _ = self.claims().claim(user, winner.clone());

@@ -12,12 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::admission::Admitted;
 use super::conn::Resume;
 use super::handshake::Peer;
 use super::hub::Hub;
-use super::limits::{Full, SlotLimits};
+use super::limits::{Full, Slot, SlotLimits};
+use super::site::Refusal;
 use super::{board, connection, pages};
-use crate::names::Name;
+use crate::names::{Name, UserId};
 
 /// tungstenite's write buffer per connection, filled lazily (idle sockets pay nothing).
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
@@ -93,15 +95,8 @@ async fn ws_upgrade(
     let remote = peer.addr;
     // First, before anything is looked at: a page of another site may not
     // talk through a visitor's browser (cross-site WebSocket hijacking).
-    let origin = header_str(&headers, header::ORIGIN);
-    if let Err(why) = hub
-        .site
-        .check_origin(origin, header_str(&headers, header::HOST))
-    {
-        if let Some(log) = &hub.log {
-            log.line(format!("! refused an upgrade from {remote}: {why}"));
-        }
-        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    if let Err(refused) = check_origin(&hub, &headers, remote) {
+        return refused.into_response();
     }
     // The name is checked before the upgrade, so a bad one changes nothing.
     let user = match path {
@@ -130,23 +125,8 @@ async fn ws_upgrade(
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
-    // Cluster mode: a user's devices on every node count against
-    // --max-connections-per-user (HLEN of their HASH in Redis, O(1)); the
-    // other connection limits protect one process, so they stay per node.
-    if let Some(link) = &hub.cluster {
-        let max = hub.config.net.max_connections_per_user;
-        let devices = link.run("HLEN", "O(1)", |c| {
-            redis::cmd("HLEN")
-                .arg(link.key(&format!("devices:{user}")))
-                .query::<usize>(c)
-        });
-        if devices.is_ok_and(|n| n >= max) {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("{user} already has {max} connections open across the cluster (--max-connections-per-user); close a device first\n"),
-            )
-                .into_response();
-        }
+    if let Err(refused) = devices_across_the_cluster(&hub, &user).await {
+        return refused.into_response();
     }
     // The claim is checked last: it is the one check that costs real CPU.
     let (token, resume) = match &query {
@@ -161,12 +141,85 @@ async fn ws_upgrade(
         },
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
     };
-    let admitted = match hub
+    let admitted = match admit(&hub, &user, token, remote).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
+    };
+    peer.upgraded();
+    accept(
+        hub,
+        upgrade,
+        Accepted {
+            user,
+            remote,
+            admitted,
+            resume,
+            slot,
+        },
+    )
+}
+
+/// The Origin rule (`site.rs`); a refusal is logged and answered 403.
+fn check_origin(hub: &Hub, headers: &HeaderMap, remote: SocketAddr) -> Result<(), Refusal> {
+    let origin = header_str(headers, header::ORIGIN);
+    hub.site
+        .check_origin(origin, header_str(headers, header::HOST))
+        .map_err(|why| {
+            if let Some(log) = &hub.log {
+                log.line(format!("! refused an upgrade from {remote}: {why}"));
+            }
+            (StatusCode::FORBIDDEN, format!("{why}\n"))
+        })
+}
+
+/// Cluster mode: a user's devices on every node count against
+/// --max-connections-per-user (HLEN of their HASH in Redis, O(1)); the other
+/// connection limits protect one process, so they stay per node. The round
+/// trip runs on tokio's blocking pool, never on a worker.
+async fn devices_across_the_cluster(hub: &Hub, user: &UserId) -> Result<(), Refusal> {
+    let Some(link) = hub.cluster.clone() else {
+        return Ok(());
+    };
+    let key = link.key(&format!("devices:{user}"));
+    let devices = tokio::task::spawn_blocking(move || {
+        link.run("HLEN", "O(1)", |c| {
+            redis::cmd("HLEN").arg(&key).query::<usize>(c)
+        })
+    })
+    .await;
+    let max = hub.config.net.max_connections_per_user;
+    if matches!(devices, Ok(Ok(n)) if n >= max) {
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{user} already has {max} connections open across the cluster (--max-connections-per-user); close a device first\n"),
+        ));
+    }
+    Ok(())
+}
+
+/// The claim check (`admission.rs`), with what it decided said in the log.
+async fn admit(
+    hub: &Hub,
+    user: &UserId,
+    token: Option<&str>,
+    remote: SocketAddr,
+) -> Result<Admitted, Refusal> {
+    match hub
         .gate
-        .admit(&user, token, remote.ip().to_canonical())
+        .admit(user, token, remote.ip().to_canonical())
         .await
     {
-        Ok(admitted) => admitted,
+        Ok(admitted) => {
+            if admitted.claimed_now {
+                if let Some(log) = &hub.log {
+                    log.line(format!(
+                        "+ {user} claimed with a token (only its Argon2id hash is kept); \
+                         from now on connections as {user} need it"
+                    ));
+                }
+            }
+            Ok(admitted)
+        }
         Err(refused) => {
             if let Some(log) = &hub.log {
                 log.line(format!(
@@ -174,17 +227,25 @@ async fn ws_upgrade(
                     refused.reason
                 ));
             }
-            return (refused.status, format!("{}\n", refused.reason)).into_response();
-        }
-    };
-    if admitted.claimed_now {
-        if let Some(log) = &hub.log {
-            log.line(format!(
-                "+ {user} claimed with a token (only its Argon2id hash is kept); \
-                 from now on connections as {user} need it"
-            ));
+            Err((refused.status, format!("{}\n", refused.reason)))
         }
     }
+}
+
+/// Everything the upgrade checked, handed to the connection it becomes.
+struct Accepted {
+    user: UserId,
+    remote: SocketAddr,
+    admitted: Admitted,
+    resume: Option<Resume>,
+    /// Held for the connection's lifetime; freed with it, or with the
+    /// closure if the upgrade never completes.
+    slot: Slot,
+}
+
+/// Completes the upgrade with this server's buffer and size limits, and
+/// serves the connection as a task shutdown waits for.
+fn accept(hub: Arc<Hub>, upgrade: WebSocketUpgrade, accepted: Accepted) -> Response {
     // tungstenite refuses anything past this on its own; between our limit and
     // this one, the reader answers `too_large` itself (see connection.rs).
     let net = &hub.config.net;
@@ -192,7 +253,6 @@ async fn ws_upgrade(
         .max_message_bytes
         .saturating_mul(2)
         .max(net.max_message_bytes + 65_536);
-    peer.upgraded();
     upgrade
         .read_buffer_size(net.read_buffer_bytes)
         // The writer feeds a batch of frames and flushes once: up to 8 KiB of
@@ -204,9 +264,13 @@ async fn ws_upgrade(
         .on_upgrade(move |socket| {
             let tasks = hub.shutdown.tasks();
             tasks.track_future(async move {
-                // Held for the connection's lifetime; dropped (freed) with the
-                // closure if the upgrade never completes.
-                let _slot = slot;
+                let Accepted {
+                    user,
+                    remote,
+                    admitted,
+                    resume,
+                    slot: _slot,
+                } = accepted;
                 connection::serve(hub, socket, user, remote, admitted, resume).await
             })
         })
@@ -250,11 +314,7 @@ async fn inspect(
 
 /// Reserves one of the connection slots (`--max-connections`, `-per-ip`,
 /// `-per-user`), or answers 503/429 with the limit that was reached.
-fn reserve_slot(
-    hub: &Hub,
-    user: &Name,
-    remote: SocketAddr,
-) -> Result<super::limits::Slot, (StatusCode, String)> {
+fn reserve_slot(hub: &Hub, user: &Name, remote: SocketAddr) -> Result<Slot, (StatusCode, String)> {
     let net = &hub.config.net;
     let ip = remote.ip().to_canonical();
     let limits = SlotLimits {
