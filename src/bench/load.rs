@@ -231,14 +231,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    crate::server::limits::proc_bytes(&format!("/proc/{pid}/status"), field).map(|b| b / 1024)
 }
 
 /// The most resident memory a process has had (Linux's high-water mark), in KiB.

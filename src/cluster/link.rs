@@ -148,13 +148,6 @@ impl Link {
         Ok(())
     }
 
-    /// Marks Redis unreachable (the heartbeat noticed before any command did).
-    pub fn mark_down(&self, why: String) {
-        *lock(&self.con) = None;
-        *lock(&self.why) = why;
-        self.down.store(true, Ordering::Release);
-    }
-
     /// Counts `n` more runs of `command` (a pipeline of n is one `run`).
     pub fn count(&self, command: &'static str, complexity: &'static str, n: u64) {
         lock(&self.counts)

@@ -191,10 +191,6 @@ impl<L: LocalDevice> RedisStructures<L> {
         }
     }
 
-    pub fn link(&self) -> &Arc<Link> {
-        &self.link
-    }
-
     fn key(&self, rest: impl std::fmt::Display) -> String {
         self.link.key(&rest.to_string())
     }
@@ -785,16 +781,6 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         trace.record(OfflineMessages, Op::PushBack, Some(user), None, None);
         trace.via(|| format!("RPUSH {key} in id order (put-back script) O(1)"));
         put
-    }
-
-    fn released(&self, user: &UserId) -> Option<u64> {
-        let r = self.link.run("HGET", "O(1)", |c| {
-            redis::cmd("HGET")
-                .arg(self.key("released"))
-                .arg(user.as_str())
-                .query::<Option<u64>>(c)
-        });
-        self.ok(r)
     }
 
     fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {

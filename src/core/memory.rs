@@ -364,10 +364,6 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         true
     }
 
-    fn released(&self, user: &UserId) -> Option<u64> {
-        self.released.get(user).copied()
-    }
-
     fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
         let (added, size) = self.ops.measure(GroupMembers, Op::Insert, || {
             let members = self.group_members.entry(group.clone()).or_default();

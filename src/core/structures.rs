@@ -153,8 +153,6 @@ pub trait Structures {
     /// Puts back a message a closing device never got, in id order; false
     /// when it is still held or was already released. O(1) at the back.
     fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool;
-    /// The highest id the user confirmed (None: never). Bookkeeping, not counted.
-    fn released(&self, user: &UserId) -> Option<u64>;
 
     // group_members: HashMap<GroupId, HashSet<UserId>>
     /// Returns the group's size afterwards; creates the group if new.

@@ -96,9 +96,6 @@ impl Structures for Backend {
     fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool {
         each!(self, s => s.queue_put_back(user, message, trace))
     }
-    fn released(&self, user: &UserId) -> Option<u64> {
-        each!(self, s => s.released(user))
-    }
     fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
         each!(self, s => s.join_group(group, user, trace))
     }

@@ -136,10 +136,9 @@ impl TokenBucket {
     }
 }
 
-/// Raises this process's open-file limit to its hard maximum, so thousands of
-/// connections do not fail at a default of 1,024. Returns (before, after).
 /// A `Key:   123 kB` line of a /proc file, in bytes (Linux; None elsewhere).
-fn proc_bytes(file: &str, key: &str) -> Option<u64> {
+/// `bench load` reads its server's the same way.
+pub fn proc_bytes(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     let kib: u64 = text
         .lines()
@@ -185,6 +184,8 @@ pub fn give_back_memory() {
     }
 }
 
+/// Raises this process's open-file limit to its hard maximum, so thousands of
+/// connections do not fail at a default of 1,024. Returns (before, after).
 #[cfg(unix)]
 // `rlim_t` is u64 on Linux but not on every Unix, so the casts stay.
 #[allow(clippy::unnecessary_cast)]

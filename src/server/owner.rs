@@ -220,10 +220,7 @@ fn refuse_unavailable(hub: &Hub, core: &mut Core, conn: &Conn, why: &str) {
         format!("{why}; reconnect in a moment"),
         None,
     );
-    let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
-    deliver(core, refusal, hub);
-    conn.outbox
-        .close_after_pending(close_frame(CLOSE_TRY_AGAIN, "redis unavailable"));
+    refuse_and_close(hub, core, conn, error, CLOSE_TRY_AGAIN, "redis unavailable");
     if let Some(log) = &hub.log {
         log.line(format!("! refused {} (conn {}): {why}", conn.user, conn.id));
     }
@@ -256,18 +253,27 @@ fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) {
     }
 }
 
+/// Tells the client why (an error frame), then closes with `code` once
+/// everything before it is written.
+fn refuse_and_close(
+    hub: &Hub,
+    core: &mut Core,
+    conn: &Conn,
+    error: RequestError,
+    code: u16,
+    reason: &'static str,
+) {
+    let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
+    deliver(core, refusal, hub);
+    conn.outbox.close_after_pending(close_frame(code, reason));
+}
+
 /// Removes the connection from the core, in the same step as closing its
 /// outbox, so no frame can be routed to it in between and then lost.
 fn close(hub: &Hub, core: &mut Core, conn: &Conn, ending: Ending) {
     if conn.outbox.was_evicted() {
         return;
     }
-    let answer = |core: &mut Core, error: RequestError, code: u16, reason: &'static str| {
-        let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
-        deliver(core, refusal, hub);
-        conn.outbox.close_after_pending(close_frame(code, reason));
-        Vec::new()
-    };
     let unsent = match ending {
         Ending::Gone => conn.outbox.take_and_close(None),
         Ending::Idle(timeout) => {
@@ -294,18 +300,22 @@ fn close(hub: &Hub, core: &mut Core, conn: &Conn, ending: Ending) {
                 ),
                 None,
             );
-            answer(core, error, CLOSE_TOO_BIG, "message too large")
+            refuse_and_close(hub, core, conn, error, CLOSE_TOO_BIG, "message too large");
+            Vec::new()
         }
         Ending::BadUtf8 => {
             let error = RequestError::bad_json(
                 "a text frame that is not valid UTF-8; the connection will close (1007)",
             );
-            answer(
+            refuse_and_close(
+                hub,
                 core,
+                conn,
                 error,
                 CLOSE_INVALID_DATA,
                 "invalid UTF-8 in a text frame",
-            )
+            );
+            Vec::new()
         }
     };
     let outcome = core.disconnect(&conn.user, conn.id, unsent_messages(&unsent));
