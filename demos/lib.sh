@@ -9,8 +9,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # (CARGO_TARGET_DIR when set), else a fresh debug build.
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ -z "${VIVACHAT:-}" ]; then
-  if [ -x "$TARGET/release/vivachat" ]; then VIVACHAT="$TARGET/release/vivachat"
-  elif [ -x "$TARGET/debug/vivachat" ]; then VIVACHAT="$TARGET/debug/vivachat"
+  release="$TARGET/release/vivachat" debug="$TARGET/debug/vivachat"
+  # The newer of the two: a release build left from last week must not hide today's debug one.
+  if [ -x "$release" ] && { [ ! -x "$debug" ] || [ "$release" -nt "$debug" ]; }; then VIVACHAT="$release"
+  elif [ -x "$debug" ]; then VIVACHAT="$debug"
   else
     (cd "$ROOT" && cargo build --quiet) || { echo "demo: cargo build failed; fix the build first" >&2; exit 1; }
     VIVACHAT="$TARGET/debug/vivachat"

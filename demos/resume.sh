@@ -42,7 +42,7 @@ check "bob's deque holds #2 and #3, above his released position #1" "[m['id'] fo
 
 step "bob starts his client again: it resumes after #1 (saved beside his token), gets exactly #2 and #3, then confirms them"
 connect bob 9
-wait_for "$(out bob-9)" "2 message(s) after #1 coming"
+wait_for "$(out bob-9)" "2 message(s) you have not seen yet coming (after #1"
 wait_for "$(out bob-9)" "alice -> bob: ping me when you are back"
 lacks "$(out bob-9)" "are you there?"
 echo "    ✔ nothing shown twice: message #1 was confirmed before the crash"

@@ -298,6 +298,7 @@ fn connection_problems_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to ws://127.0.0.1:"), "{err}");
+    assert!(err.contains("Is `vivachat serve` running there?"), "{err}");
 
     // wss:// goes through TLS: against a plain TCP socket the handshake fails as TLS.
     let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -460,7 +461,7 @@ async fn the_client_resumes_and_never_shows_a_message_twice() {
         .await;
     let mut dana = client(&server, "dana", &[]);
     assert!(
-        dana.seen[0].contains("2 message(s) after #3 coming"),
+        dana.seen[0].contains("2 message(s) you have not seen yet coming (after #3,"),
         "{:?}",
         dana.seen
     );

@@ -459,7 +459,8 @@ async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
 /// No tokio worker waits for Redis while the core is busy: with Redis
 /// paused (`CLIENT PAUSE`), four senders' rules wait for it on the core's
 /// owner thread, and the node's own HTTP (`/healthz`, the chat page) still
-/// answers within 50 ms. When Redis continues, every sender gets its answer.
+/// answers at once (within a quarter of the pause). When Redis continues,
+/// every sender gets its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_stalls_the_core_but_never_the_node_s_own_http() {
     let Some(redis) = Redis::start(false) else {
@@ -503,9 +504,14 @@ async fn a_stalled_redis_stalls_the_core_but_never_the_node_s_own_http() {
             answered += 1;
         }
     }
+    eprintln!("during the pause: {answered} HTTP requests, the slowest {slowest:?}");
     assert!(answered >= 4, "only {answered} requests in the pause");
+    // A request that waited for the core would wait for the rest of the
+    // 800 ms pause (main before the owner answered 2 in 600 ms); one that did
+    // not takes a few ms, or tens on a loaded machine. A quarter of the pause
+    // tells the two apart with room on both sides.
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(200),
         "the node's own HTTP waited {slowest:?} for a stalled Redis"
     );
     // The rules were waiting, not lost: each sender hears back.

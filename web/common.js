@@ -20,9 +20,10 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-/** "14:05" for a Unix time in milliseconds. */
+/** "22:08" for a Unix time in milliseconds: 24-hour, as the terminal client
+ * prints it (the page shows the device's local time; the client, UTC). */
 export function clock(ms) {
-  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 }
 
 /** localStorage that keeps working (in memory) where storage is blocked. */

@@ -76,7 +76,9 @@ pub fn frame_line(
             };
             let coming = match resume {
                 None | Some(0) => format!("{queued} queued message(s) coming"),
-                Some(n) => format!("{queued} message(s) after #{n} coming"),
+                Some(n) => format!(
+                    "{queued} message(s) you have not seen yet coming (after #{n}, the last you confirmed)"
+                ),
             };
             let line = format!("welcome {user}: online now: {online}; {coming}");
             paint(line, c, |t| t.green().bold())
@@ -145,6 +147,12 @@ mod tests {
         assert_eq!(
             line(r#"{"type":"welcome","user":"alice","online":[],"queued":0}"#),
             "welcome alice: online now: nobody else; 0 queued message(s) coming"
+        );
+        assert_eq!(
+            line(
+                r#"{"type":"welcome","user":"alice","online":[],"queued":3,"resume":4,"epoch":"e"}"#
+            ),
+            "welcome alice: online now: nobody else; 3 message(s) you have not seen yet coming (after #4, the last you confirmed)"
         );
         assert_eq!(
             line(r#"{"type":"message","id":1,"from":"bob","to":"alice","text":"hi","ts":0}"#),

@@ -147,6 +147,10 @@ async fn connect(full_url: &str) -> anyhow::Result<Ws> {
                     resp.status().as_u16()
                 )
             }
+            // Nothing listens there: the server is not running, or the address is wrong.
+            tokio_tungstenite::tungstenite::Error::Io(io) => anyhow!(
+                "cannot connect to {url}: {io}. Is `vivachat serve` running there? (check --url)"
+            ),
             other => anyhow!("cannot connect to {url}: {other}"),
         })?;
     Ok(ws)
