@@ -295,20 +295,19 @@ impl<'a> Fields<'_, 'a> {
     }
 
     fn user(&self, raw: &str) -> Result<Name, RequestError> {
-        Name::parse(raw).map_err(|e| {
-            RequestError::new(
-                ErrorCode::InvalidUser,
-                format!("invalid user name {raw:?}: {e}"),
-                self.reference.clone(),
-            )
-        })
+        self.name(raw, ErrorCode::InvalidUser, "user")
     }
 
     fn group(&self, raw: &str) -> Result<Name, RequestError> {
+        self.name(raw, ErrorCode::InvalidGroup, "group")
+    }
+
+    /// A user and a group name follow one rule (`names.rs`); only the code differs.
+    fn name(&self, raw: &str, code: ErrorCode, what: &str) -> Result<Name, RequestError> {
         Name::parse(raw).map_err(|e| {
             RequestError::new(
-                ErrorCode::InvalidGroup,
-                format!("invalid group name {raw:?}: {e}"),
+                code,
+                format!("invalid {what} name {raw:?}: {e}"),
                 self.reference.clone(),
             )
         })
