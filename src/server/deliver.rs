@@ -1,5 +1,5 @@
 //! Delivering what the core decided: every frame of an outcome into its
-//! connection's outbox, in order, on the core's owner thread.
+//! connection's outbox, in order, by the core's one holder (see `owner.rs`).
 //!
 //! Slow-client policy: a push into a full outbox evicts that connection at
 //! once. Its unsent chat messages (and the one that did not fit) go back to

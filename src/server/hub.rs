@@ -304,7 +304,7 @@ impl Hub {
         }
     }
 
-    /// Runs `look` on the owner's thread, between two inputs, and returns
+    /// Runs `look` by the core's holder, between two inputs, and returns
     /// what it copied; None once the owner has stopped.
     pub async fn look<T: Send + 'static>(
         &self,
