@@ -28,13 +28,40 @@ TEXT
   exit 0
 fi
 SESSION="vivachat-$PORT"
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+# A teacher who already ran `serve` on this port: say so, and change nothing
+# (the panes would otherwise show that other server, or close at once).
+if answers; then
+  cat >&2 <<TEXT
+classroom: port $PORT is already in use, probably by a vivachat serve you started earlier.
+  Stop it (Ctrl-C in its terminal), or open the lesson on another port:
+    demos/classroom.sh --port $((PORT + 1))
+TEXT
+  exit 1
+fi
+if tmux has-session -t "$SESSION" 2>/dev/null; then
+  echo "classroom: a lesson on port $PORT is already open: tmux attach -t $SESSION (or tmux kill-session -t $SESSION)" >&2
+  exit 1
+fi
 # Left half: the event log on top, the two clients below it.
 # Right half: the deques (top, a third) and all five structures (below).
-tmux new-session -d -s "$SESSION" -x 220 -y 56 "$V serve --port $PORT"
-for _ in $(seq 50); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+# remain-on-exit keeps the server's pane (and its error) if it stops at once;
+# it is set before the server starts (a placeholder, then respawn), so even an
+# immediate exit leaves the pane to read.
+tmux new-session -d -s "$SESSION" -x 220 -y 56 "sleep 60"
+tmux set-option -t "$SESSION" remain-on-exit on >/dev/null
+tmux respawn-pane -k -t "$SESSION:0.0" "$V serve --port $PORT"
+for _ in $(seq 100); do
+  answers && break
   sleep 0.1
 done
+if ! answers; then
+  echo "classroom: the server did not start on port $PORT; it said:" >&2
+  tmux capture-pane -p -S - -t "$SESSION:0.0" 2>/dev/null | sed '/^$/d' | sed 's/^/  /' >&2 || true
+  tmux kill-session -t "$SESSION" 2>/dev/null || true
+  exit 1
+fi
+tmux set-option -t "$SESSION" remain-on-exit off >/dev/null
 tmux split-window -h -t "$SESSION:0.0" "$V inspect --url $HTTP --watch --only offline_messages --rows 6"
 tmux split-window -v -p 55 -t "$SESSION:0.1" "$V inspect --url $HTTP --watch --rows 4"
 # The clients start once the layout is final, so they wrap at their pane's width.
