@@ -16,6 +16,17 @@ if [ ! -x "$V" ]; then
 fi
 [ -x "$V" ] || { echo "classroom: no vivachat binary at $V (set VIVACHAT=/path/to/vivachat)" >&2; exit 1; }
 HTTP="http://127.0.0.1:$PORT"
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+# A teacher who already ran `serve` on this port: say so, and change nothing
+# (the panes would otherwise show that other server, or close at once).
+if answers; then
+  cat >&2 <<TEXT
+classroom: port $PORT is already in use, probably by a vivachat serve you started earlier.
+  Stop it (Ctrl-C in its terminal), or open the lesson on another port:
+    demos/classroom.sh --port $((PORT + 1))
+TEXT
+  exit 1
+fi
 if ! command -v tmux >/dev/null 2>&1; then
   cat <<TEXT
 tmux is not installed (apt-get install tmux). Open five terminals instead:
@@ -28,17 +39,6 @@ TEXT
   exit 0
 fi
 SESSION="vivachat-$PORT"
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
-# A teacher who already ran `serve` on this port: say so, and change nothing
-# (the panes would otherwise show that other server, or close at once).
-if answers; then
-  cat >&2 <<TEXT
-classroom: port $PORT is already in use, probably by a vivachat serve you started earlier.
-  Stop it (Ctrl-C in its terminal), or open the lesson on another port:
-    demos/classroom.sh --port $((PORT + 1))
-TEXT
-  exit 1
-fi
 if tmux has-session -t "$SESSION" 2>/dev/null; then
   echo "classroom: a lesson on port $PORT is already open: tmux attach -t $SESSION (or tmux kill-session -t $SESSION)" >&2
   exit 1

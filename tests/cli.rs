@@ -206,3 +206,45 @@ fn a_closed_pipe_is_a_quiet_successful_exit() {
         assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
     }
 }
+
+/// demos/classroom.sh when the port is taken (a teacher who already ran
+/// `serve`): it says so and which `--port` to try, exits 1, and leaves no
+/// tmux session behind.
+#[test]
+fn classroom_on_a_taken_port_says_so_and_starts_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut child = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/demos/classroom.sh"))
+        .args(["--port", &port.to_string()])
+        .env("VIVACHAT", BIN)
+        .env("CLASSROOM_NO_ATTACH", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "classroom.sh did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("port {port} is already in use")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("--port {}", port + 1)), "{err}");
+    let session = Command::new("tmux")
+        .args(["has-session", "-t", &format!("vivachat-{port}")])
+        .output();
+    // No tmux at all is fine too: then there is no session either.
+    if let Ok(session) = session {
+        assert!(!session.status.success(), "a tmux session was left behind");
+    }
+    drop(taken);
+}
