@@ -15,20 +15,20 @@ fn routing(c: &mut Criterion) {
         .map(|i| Name::parse(&format!("user{i}")).unwrap())
         .collect();
     for (i, u) in users.iter().enumerate() {
-        core.connect(u, i as ConnId);
+        core.connect(u, i as ConnId).unwrap();
     }
     for u in users.iter().take(30) {
         let join = parse_request(r#"{"type":"group_join","group":"class"}"#).unwrap();
-        core.handle(u, &0, join, 0);
+        core.handle(u, &0, join, 0).unwrap();
     }
     let direct = parse_request(r#"{"type":"message","to":"user1","text":"hello there"}"#).unwrap();
     let group =
         parse_request(r#"{"type":"group_message","group":"class","text":"hello all"}"#).unwrap();
     c.bench_function("route one direct message (1,000 online)", |b| {
-        b.iter(|| black_box(core.handle(&users[0], &0, direct.clone(), 0)))
+        b.iter(|| black_box(core.handle(&users[0], &0, direct.clone(), 0).unwrap()))
     });
     c.bench_function("fan out one group message to 30 members", |b| {
-        b.iter(|| black_box(core.handle(&users[0], &0, group.clone(), 0)))
+        b.iter(|| black_box(core.handle(&users[0], &0, group.clone(), 0).unwrap()))
     });
     c.bench_function("parse one message request", |b| {
         b.iter(|| {

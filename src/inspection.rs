@@ -137,9 +137,9 @@ mod tests {
     fn the_document_keeps_the_contract_shape_and_round_trips() {
         let mut core: ChatCore<MemoryStructures<u64>> =
             ChatCore::new(MemoryStructures::default(), CoreConfig::default());
-        core.connect(&Name::parse("alice").unwrap(), 1);
+        core.connect(&Name::parse("alice").unwrap(), 1).unwrap();
         let doc = Inspection {
-            snapshot: core.snapshot(),
+            snapshot: core.snapshot().unwrap(),
             server: Some(ServerInfo {
                 version: "0.1.0".into(),
                 hold_us: 12,

@@ -85,7 +85,9 @@ fn handle(
     conn: ConnId,
     text: &str,
 ) -> Outcome<ConnId> {
-    let outcome = core.handle(&n(user), &conn, parse_request(text).unwrap(), 0);
+    let outcome = core
+        .handle(&n(user), &conn, parse_request(text).unwrap(), 0)
+        .unwrap();
     disk.apply(&outcome);
     outcome
 }
@@ -134,7 +136,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Connect(u) => {
                 let conn = next_conn;
                 next_conn += 1;
-                let outcome = core.connect(&n(USERS[u]), conn);
+                let outcome = core.connect(&n(USERS[u]), conn).unwrap();
                 disk.apply(&outcome);
                 disk.flushed(&n(USERS[u]), &outcome);
                 let (got, _) = received(&outcome);
@@ -147,7 +149,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let Some((conn, u)) = pick(k, &m) else {
                     continue;
                 };
-                disk.apply(&core.disconnect(&n(USERS[u]), conn, vec![]));
+                disk.apply(&core.disconnect(&n(USERS[u]), conn, vec![]).unwrap());
                 m.open.retain(|(c, _)| *c != conn);
             }
             Step::Message(k, to) => {
@@ -299,12 +301,12 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
         }
         // After every step: the invariants, and the queues exactly as the model has them.
-        let snapshot = core.snapshot();
+        let snapshot = core.snapshot().unwrap();
         // Durable mode: replaying the journal gives back exactly the durable state.
         let mut restored: ChatCore<MemoryStructures<ConnId>> =
             ChatCore::new(MemoryStructures::default(), CoreConfig::default());
         restored.restore(&disk.state());
-        let again = restored.snapshot().structures;
+        let again = restored.snapshot().unwrap().structures;
         prop_assert_eq!(
             &again.offline_messages,
             &snapshot.structures.offline_messages
@@ -358,7 +360,7 @@ fn handle_once(text: &str) -> Result<(), TestCaseError> {
         },
     );
     let ann = n("ann");
-    core.connect(&ann, 1);
+    core.connect(&ann, 1).unwrap();
     // `received` is the one request with no reply: it is the client's ack.
     let mut expected = 1;
     let outcome = match parse_request(text) {
@@ -366,7 +368,7 @@ fn handle_once(text: &str) -> Result<(), TestCaseError> {
             if matches!(envelope.request, Request::Received { .. }) {
                 expected = 0;
             }
-            core.handle(&ann, &1, envelope, 0)
+            core.handle(&ann, &1, envelope, 0).unwrap()
         }
         Err(error) => core.refuse(&ann, &1, error),
     };
@@ -377,7 +379,7 @@ fn handle_once(text: &str) -> Result<(), TestCaseError> {
         .filter(|f| !matches!(f, ServerFrame::Chat { .. }))
         .count();
     prop_assert_eq!(replies, expected, "replies to {:?}", text);
-    for inv in core.snapshot().invariants {
+    for inv in core.snapshot().unwrap().invariants {
         prop_assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
     }
     Ok(())

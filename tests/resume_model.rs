@@ -176,7 +176,9 @@ fn from_open(
         resume: o.resume,
     };
     let envelope = parse_request(&request.to_string()).unwrap();
-    let outcome = core.handle(&n(USERS[o.user]), &device, envelope, 0);
+    let outcome = core
+        .handle(&n(USERS[o.user]), &device, envelope, 0)
+        .unwrap();
     disk.apply(&outcome);
     Some((o.conn, o.user, outcome))
 }
@@ -201,7 +203,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             id: 1_000_000 + u as u64,
             resume: None,
         };
-        core.handle(&n(user), &device, join, 0);
+        core.handle(&n(user), &device, join, 0).unwrap();
     }
     let mut next_conn: ConnId = 1;
     for step in steps {
@@ -225,7 +227,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     From::Any(n) => n,
                 });
                 let device = Device { id: conn, resume };
-                let outcome = core.connect(&n(USERS[u]), device);
+                let outcome = core.connect(&n(USERS[u]), device).unwrap();
                 disk.apply(&outcome);
                 if resume.is_none() {
                     disk.flushed(&n(USERS[u]), &outcome);
@@ -275,7 +277,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 let o = m.open.remove(k % m.open.len());
                 let unsent = if unclean { o.last_live.clone() } else { vec![] };
-                let outcome = core.disconnect(&n(USERS[o.user]), o.conn, unsent.clone());
+                let outcome = core
+                    .disconnect(&n(USERS[o.user]), o.conn, unsent.clone())
+                    .unwrap();
                 disk.apply(&outcome);
                 let last = m.conns_of(o.user).is_empty();
                 if last && o.resume.is_none() {
@@ -425,7 +429,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&got.receipts, &m.receipt_frames(&receipts));
             }
         }
-        let snapshot = core.snapshot();
+        let snapshot = core.snapshot().unwrap();
         for inv in &snapshot.invariants {
             prop_assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
         }
@@ -457,7 +461,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         let mut restored: ChatCore<MemoryStructures<Device>> =
             ChatCore::new(MemoryStructures::default(), CoreConfig::default());
         restored.restore(&disk.state());
-        let again = restored.snapshot().structures;
+        let again = restored.snapshot().unwrap().structures;
         prop_assert_eq!(
             &again.offline_messages,
             &snapshot.structures.offline_messages

@@ -7,8 +7,9 @@
 //! devices of other nodes come back from Redis as [`Remote`] stand-ins.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use redis::Script;
@@ -19,8 +20,8 @@ use super::link::Link;
 use super::scripts;
 use crate::core::ops::{Op, OpCounts, Structure};
 use crate::core::{
-    queued_cost, Change, ConnDetail, ConnHandle, ConnId, DurableState, OpTable, QueueView,
-    QueuedBytes, Structures, StructuresSnapshot, Trace,
+    queued_cost, Change, ConnDetail, ConnHandle, ConnId, DirectFacts, DurableState, OpTable,
+    QueueView, QueuedBytes, Step, Structures, StructuresSnapshot, Trace, Unavailable,
 };
 use crate::names::{GroupId, Name, UserId};
 use crate::protocol::{Message, Target};
@@ -128,16 +129,39 @@ fn names(raw: Vec<String>) -> Vec<UserId> {
     raw.iter().filter_map(|s| Name::parse(s).ok()).collect()
 }
 
-/// What one pipelined round trip fetched for routing a direct message from
-/// `from` to `to`; each part is used once, by the operation that asks for it.
-#[derive(Default)]
-struct Prefetched {
-    from: Option<UserId>,
-    to: Option<UserId>,
-    bytes: Option<(usize, usize)>,
-    blocked: Option<bool>,
-    devices: Option<Vec<(String, String)>>,
-    id: Option<u64>,
+/// What the connect script answered for one device: how many the user now
+/// has anywhere, whether this made them online, the order of this change and
+/// of their previous one, and who is online (read in the same script).
+struct Registered {
+    devices: usize,
+    added: bool,
+    order: u64,
+    prev: u64,
+    online: Vec<UserId>,
+}
+
+/// A budget counter as Redis holds it (absent, or an integer).
+fn counter(value: Option<i64>) -> usize {
+    value.unwrap_or(0).max(0) as usize
+}
+
+/// The budget's two counters, the sender's and the total, as HMGET reads them.
+fn budget(mine: Option<i64>, total: Option<i64>) -> QueuedBytes {
+    QueuedBytes {
+        all: counter(total),
+        sender: counter(mine),
+    }
+}
+
+/// `active_connections.get(user)` in the trace, with the Redis command it took.
+fn trace_devices(trace: &mut Trace, user: &UserId, devices: usize, via: impl FnOnce() -> String) {
+    trace.record(ActiveConnections, Op::Get, Some(user), None, Some(devices));
+    trace.via(via);
+}
+
+/// A reply of Redis, or why there was none, as a rule's step.
+fn step<T>(reply: Result<T, String>) -> Step<T> {
+    reply.map_err(Unavailable)
 }
 
 /// What a trace shows as the size after an operation, read from its answer.
@@ -151,24 +175,20 @@ pub struct RedisStructures<L> {
     ops: OpCounts,
     /// The `presence_order` of the last presence change this node made (see
     /// `scripts::CONNECT`), which its relayed presence frames carry.
-    order: Cell<u64>,
+    order: u64,
     /// The online users the connect script read, atomically with the
-    /// registration, for the welcome (`online_users` right after it).
-    online: RefCell<Option<Vec<UserId>>>,
+    /// registration, for the welcome: `online_users` takes them right after
+    /// `add_connection`, in the same rule.
+    online: Option<Vec<UserId>>,
     /// Per user, the order of the last presence change this node's devices
     /// were shown: a relayed change at or below it is old news.
-    shown_presence: RefCell<HashMap<UserId, u64>>,
+    shown_presence: HashMap<UserId, u64>,
     /// The presence change this rule made may go straight to this node's
-    /// devices (see `caught_up`).
-    direct: Cell<bool>,
+    /// devices (see `caught_up`); set by the step that made it.
+    direct: bool,
     /// Whether the last connect or disconnect script changed `presence` (it
     /// does so atomically with the device), for `set_online`/`set_offline`.
-    presence_changed: Cell<bool>,
-    failure: RefCell<Option<String>>,
-    prefetched: RefCell<Prefetched>,
-    next_remote: Cell<u64>,
-    /// The highest message id this node issued or saw issued.
-    highest_id: Cell<u64>,
+    presence_changed: bool,
     scripts: Scripts,
 }
 
@@ -178,15 +198,11 @@ impl<L: LocalDevice> RedisStructures<L> {
             link,
             local: HashMap::new(),
             ops: clock.map(OpCounts::timed).unwrap_or_default(),
-            order: Cell::new(0),
-            online: RefCell::new(None),
-            shown_presence: RefCell::default(),
-            direct: Cell::new(false),
-            presence_changed: Cell::new(false),
-            failure: RefCell::new(None),
-            prefetched: RefCell::default(),
-            next_remote: Cell::new(1 << 63),
-            highest_id: Cell::new(0),
+            order: 0,
+            online: None,
+            shown_presence: HashMap::new(),
+            direct: false,
+            presence_changed: false,
             scripts: Scripts::new(),
         }
     }
@@ -195,21 +211,17 @@ impl<L: LocalDevice> RedisStructures<L> {
         self.link.key(&rest.to_string())
     }
 
-    /// The first failure of this rule is kept; the shell refuses the rule's outcome.
-    fn ok<T: Default>(&self, result: Result<T, String>) -> T {
-        result.unwrap_or_else(|why| {
-            self.failure.borrow_mut().get_or_insert(why);
-            T::default()
-        })
-    }
-
     fn field(&self, id: ConnId) -> String {
         format!("{}/{id}", self.link.node())
     }
 
+    /// The stand-in for `user`'s devices on `node`. Its id is drawn from the
+    /// two names, with the high bit set, so it never equals a socket's id and
+    /// is the same every time it is built.
     fn remote(&self, node: &str, user: &UserId, resuming: bool) -> Handle<L> {
-        let id = self.next_remote.get();
-        self.next_remote.set(id.wrapping_add(1) | (1 << 63));
+        let mut hasher = DefaultHasher::new();
+        (node, user.as_str()).hash(&mut hasher);
+        let id = hasher.finish() | (1 << 63);
         Handle::Remote(Arc::new(Remote {
             id,
             node: Arc::from(node),
@@ -224,9 +236,7 @@ impl<L: LocalDevice> RedisStructures<L> {
 
     /// Registers one of this node's devices in Redis (CONNECT): on connect,
     /// and again for every device after Redis comes back.
-    /// Returns the devices the user has anywhere, whether this made them
-    /// online, and the order of their previous presence change.
-    fn register(&self, user: &UserId, handle: &Handle<L>) -> Result<(usize, bool, u64), String> {
+    fn register(&self, user: &UserId, handle: &Handle<L>) -> Result<Registered, String> {
         let (record, resumed) = match handle {
             Handle::Local(conn) => (
                 DeviceRecord {
@@ -257,12 +267,16 @@ impl<L: LocalDevice> RedisStructures<L> {
                     .arg(&self.link.config.prefix)
                     .invoke(c)
             })?;
-        self.order.set(order);
-        *self.online.borrow_mut() = Some(names(online));
         if let Handle::Local(conn) = handle {
             conn.set_registered_at(order);
         }
-        Ok((n, added == 1, prev))
+        Ok(Registered {
+            devices: n,
+            added: added == 1,
+            order,
+            prev,
+            online: names(online),
+        })
     }
 
     /// After an outage: forgets what Redis remembers of this node (devices
@@ -273,15 +287,14 @@ impl<L: LocalDevice> RedisStructures<L> {
         let node = self.link.node().to_string();
         self.run_sweep(&node)?;
         let mut registered = 0;
-        self.online.borrow_mut().take();
         for (user, devices) in &self.local {
             for device in devices {
-                self.register(user, device)?;
+                self.order = self.register(user, device)?.order;
                 registered += 1;
             }
         }
-        self.online.borrow_mut().take();
-        self.direct.set(false);
+        self.online = None;
+        self.direct = false;
         Ok(registered)
     }
 
@@ -302,14 +315,14 @@ impl<L: LocalDevice> RedisStructures<L> {
     }
 
     /// The budget counter `field` of HASH `bytes` ("" is the total).
-    fn bytes(&self, field: &str) -> usize {
+    fn bytes(&self, field: &str) -> Step<usize> {
         let r = self.link.run("HGET (budget)", "O(1)", |c| {
             redis::cmd("HGET")
                 .arg(self.key("bytes"))
                 .arg(field)
                 .query::<Option<i64>>(c)
         });
-        self.ok(r).unwrap_or(0).max(0) as usize
+        Ok(counter(step(r)?))
     }
 
     fn decode_all(&self, entries: Vec<String>) -> Vec<Message> {
@@ -321,20 +334,19 @@ impl<L: LocalDevice> RedisStructures<L> {
     /// after it, when they were shown every earlier change of that user;
     /// its copy through Redis is then old news. Otherwise an earlier change
     /// is still on its way through Redis, and this one follows it there.
-    fn caught_up(&self, user: &UserId, order: u64, prev: u64) -> bool {
-        let mut shown = self.shown_presence.borrow_mut();
-        let last = shown.get(user).copied().unwrap_or(0);
+    fn caught_up(&mut self, user: &UserId, order: u64, prev: u64) -> bool {
+        let last = self.shown_presence.get(user).copied().unwrap_or(0);
         if prev > last {
             return false;
         }
-        shown.insert(user.clone(), order);
+        self.shown_presence.insert(user.clone(), order);
         true
     }
 
     /// One operation carried out by one Redis command on one key (`SADD`,
     /// `SREM`, `SISMEMBER`, `SCARD`, `LLEN`), with an optional member:
     /// counted as `op` on `structure`, and traced with the command beside it.
-    fn one_command<T: redis::FromRedisValue + Default>(
+    fn one_command<T: redis::FromRedisValue>(
         &self,
         (structure, op): (Structure, Op),
         command: &'static str,
@@ -342,7 +354,7 @@ impl<L: LocalDevice> RedisStructures<L> {
         member: Option<&UserId>,
         (outer, size): (Option<&Name>, SizeOf<T>),
         trace: &mut Trace,
-    ) -> T {
+    ) -> Step<T> {
         let r = self.ops.measure(structure, op, || {
             self.link.run(command, "O(1)", |c| {
                 let mut cmd = redis::cmd(command);
@@ -353,21 +365,13 @@ impl<L: LocalDevice> RedisStructures<L> {
                 cmd.query::<T>(c)
             })
         });
-        let value: T = self.ok(r);
+        let value: T = step(r)?;
         trace.record(structure, op, outer, member, size(&value));
         trace.via(|| match member {
             Some(m) => format!("{command} {key} {m} O(1)"),
             None => format!("{command} {key} O(1)"),
         });
-        value
-    }
-
-    /// A part of the prefetch, if `pick` finds it for this operation's keys.
-    fn take_prefetched<T>(
-        &self,
-        pick: impl FnOnce(&mut Prefetched) -> Option<Option<T>>,
-    ) -> Option<T> {
-        pick(&mut self.prefetched.borrow_mut()).flatten()
+        Ok(value)
     }
 
     /// Counts `op` once more for each of `extra` items a script did in one call.
@@ -378,7 +382,7 @@ impl<L: LocalDevice> RedisStructures<L> {
     }
 
     /// Keys matching `prefix:kind:*`, with the part after the prefix. Bounded: inspection only.
-    fn scan(&self, kind: &str) -> Vec<(String, String)> {
+    fn scan(&self, kind: &str) -> Step<Vec<(String, String)>> {
         let pattern = self.key(format_args!("{kind}:*"));
         let strip = pattern.len() - 1;
         let mut keys = Vec::new();
@@ -393,7 +397,7 @@ impl<L: LocalDevice> RedisStructures<L> {
                     .arg(1000)
                     .query::<(u64, Vec<String>)>(c)
             });
-            let (next, batch) = self.ok(r);
+            let (next, batch) = step(r)?;
             keys.extend(batch.into_iter().map(|k| {
                 let rest = k[strip..].to_string();
                 (k, rest)
@@ -404,40 +408,25 @@ impl<L: LocalDevice> RedisStructures<L> {
             }
         }
         keys.sort_unstable();
-        keys
+        Ok(keys)
     }
 
-    fn members(&self, key: &str) -> Vec<UserId> {
+    fn members(&self, key: &str) -> Step<Vec<UserId>> {
         let r = self.link.run("SMEMBERS (inspect)", "O(n)", |c| {
             redis::cmd("SMEMBERS").arg(key).query::<Vec<String>>(c)
         });
-        let mut all = names(self.ok(r));
+        let mut all = names(step(r)?);
         all.sort_unstable();
-        all
+        Ok(all)
     }
-}
 
-impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
-    type Conn = Handle<L>;
-
-    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle<L>]> {
-        let key = self.key(format_args!("devices:{user}"));
-        let all = self.ops.measure(ActiveConnections, Op::Get, || {
-            match self.take_prefetched(|p| (p.to.as_ref() == Some(user)).then(|| p.devices.take()))
-            {
-                Some(devices) => Ok(devices),
-                None => self.link.run("HGETALL", "O(d)", |c| {
-                    redis::cmd("HGETALL")
-                        .arg(&key)
-                        .query::<Vec<(String, String)>>(c)
-                }),
-            }
-        });
-        let all = self.ok(all);
+    /// The handles routing gets for `user`'s devices, from their HASH's
+    /// fields (`node/conn` -> `1` or `0` and a record): this node's own
+    /// sockets, and one stand-in per other node, however many devices it has.
+    fn handles_from(&self, user: &UserId, fields: &[(String, String)]) -> Vec<Handle<L>> {
         let mut handles: Vec<Handle<L>> = self.local.get(user).cloned().unwrap_or_default();
-        // One stand-in per other node, however many of the user's devices it has.
         let mut nodes: BTreeMap<&str, bool> = BTreeMap::new();
-        for (field, value) in &all {
+        for (field, value) in fields {
             let node = field.rsplit_once('/').map_or(field.as_str(), |(n, _)| n);
             if node != self.link.node() {
                 *nodes.entry(node).or_default() |= value.starts_with('1');
@@ -446,18 +435,28 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         for (node, resuming) in nodes {
             handles.push(self.remote(node, user, resuming));
         }
-        trace.record(
-            ActiveConnections,
-            Op::Get,
-            Some(user),
-            None,
-            Some(all.len()),
-        );
-        trace.via(|| format!("HGETALL {key} O(d)"));
-        Cow::Owned(handles)
+        handles
+    }
+}
+
+impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
+    type Conn = Handle<L>;
+
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Step<Cow<'_, [Handle<L>]>> {
+        let key = self.key(format_args!("devices:{user}"));
+        let fields = self.ops.measure(ActiveConnections, Op::Get, || {
+            self.link.run("HGETALL", "O(d)", |c| {
+                redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query::<Vec<(String, String)>>(c)
+            })
+        });
+        let fields = step(fields)?;
+        trace_devices(trace, user, fields.len(), || format!("HGETALL {key} O(d)"));
+        Ok(Cow::Owned(self.handles_from(user, &fields)))
     }
 
-    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle<L>]> {
+    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Step<Cow<'_, [Handle<L>]>> {
         let devices = self.ops.measure(ActiveConnections, Op::Get, || {
             self.local.get(user).map_or(&[][..], Vec::as_slice)
         });
@@ -469,15 +468,15 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             Some(devices.len()),
         );
         trace.via(|| "this node's own sockets, no Redis".to_string());
-        Cow::Borrowed(devices)
+        Ok(Cow::Borrowed(devices))
     }
 
     /// Presence changes are published by the connect, disconnect and sweep
     /// scripts themselves (see `scripts::connect`), to every node. This
     /// node's own devices get its change here, at once, when it has shown
     /// them every earlier change of that user (`caught_up`); else through Redis.
-    fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Handle<L>> {
-        let direct = self.direct.take();
+    fn devices_of_all(&mut self, users: &[UserId], trace: &mut Trace) -> Step<Vec<Handle<L>>> {
+        let direct = std::mem::take(&mut self.direct);
         let all: Vec<Handle<L>> = self.ops.measure(ActiveConnections, Op::Iterate, || {
             if !direct {
                 return Vec::new();
@@ -500,12 +499,11 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 }
             )
         });
-        all
+        Ok(all)
     }
 
-    fn presence_is_news(&self, about: &UserId, order: u64) -> bool {
-        let mut shown = self.shown_presence.borrow_mut();
-        let last = shown.entry(about.clone()).or_default();
+    fn presence_is_news(&mut self, about: &UserId, order: u64) -> bool {
+        let last = self.shown_presence.entry(about.clone()).or_default();
         if order <= *last {
             return false;
         }
@@ -513,17 +511,19 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         true
     }
 
-    fn add_connection(&mut self, user: &UserId, conn: Handle<L>, trace: &mut Trace) -> usize {
+    fn add_connection(&mut self, user: &UserId, conn: Handle<L>, trace: &mut Trace) -> Step<usize> {
         let result = self
             .ops
             .measure(ActiveConnections, Op::Insert, || self.register(user, &conn));
-        let (n, added, prev) = self.ok(result);
-        self.presence_changed.set(added);
-        if added {
-            self.direct
-                .set(self.caught_up(user, self.order.get(), prev));
-        }
+        // Kept here even when Redis failed: the close that follows removes it,
+        // and its disconnect script removes whatever Redis did record.
         self.local.entry(user.clone()).or_default().push(conn);
+        let registered = step(result)?;
+        self.order = registered.order;
+        self.online = Some(registered.online);
+        self.presence_changed = registered.added;
+        self.direct = registered.added && self.caught_up(user, registered.order, registered.prev);
+        let n = registered.devices;
         trace.record(ActiveConnections, Op::Insert, Some(user), None, Some(n));
         trace.via(|| {
             format!(
@@ -532,7 +532,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 self.link.node()
             )
         });
-        n
+        Ok(n)
     }
 
     fn remove_connection(
@@ -540,9 +540,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         user: &UserId,
         id: ConnId,
         trace: &mut Trace,
-    ) -> Option<(usize, Handle<L>)> {
-        let devices = self.local.get_mut(user)?;
-        let at = devices.iter().position(|d| d.id() == id)?;
+    ) -> Step<Option<(usize, Handle<L>)>> {
+        let Some(devices) = self.local.get_mut(user) else {
+            return Ok(None);
+        };
+        let Some(at) = devices.iter().position(|d| d.id() == id) else {
+            return Ok(None);
+        };
         let handle = devices.swap_remove(at);
         if devices.is_empty() {
             self.local.remove(user);
@@ -563,12 +567,10 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke::<(usize, u8, u64, u64)>(c)
             })
         });
-        let (n, removed, order, prev) = self.ok(result);
-        self.order.set(order);
-        if removed == 1 {
-            self.direct.set(self.caught_up(user, order, prev));
-        }
-        self.presence_changed.set(removed == 1);
+        let (n, removed, order, prev) = step(result)?;
+        self.order = order;
+        self.direct = removed == 1 && self.caught_up(user, order, prev);
+        self.presence_changed = removed == 1;
         trace.record(ActiveConnections, Op::Remove, Some(user), None, Some(n));
         trace.via(|| {
             format!(
@@ -576,7 +578,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 self.key(format_args!("devices:{user}"))
             )
         });
-        Some((n, handle))
+        Ok(Some((n, handle)))
     }
 
     fn all_connections(&self, trace: &mut Trace) -> Vec<Handle<L>> {
@@ -587,7 +589,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         all
     }
 
-    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool> {
         self.ops.measure(Presence, Op::Insert, || ());
         trace.record(Presence, Op::Insert, Some(user), None, None);
         trace.via(|| {
@@ -596,10 +598,10 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 self.key("presence")
             )
         });
-        self.presence_changed.get()
+        Ok(self.presence_changed)
     }
 
-    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool> {
         self.ops.measure(Presence, Op::Remove, || ());
         trace.record(Presence, Op::Remove, Some(user), None, None);
         trace.via(|| {
@@ -608,29 +610,29 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 self.key("presence")
             )
         });
-        self.presence_changed.get()
+        Ok(self.presence_changed)
     }
 
-    fn online_users(&self, trace: &mut Trace) -> Vec<UserId> {
+    fn online_users(&mut self, trace: &mut Trace) -> Step<Vec<UserId>> {
         let key = self.key("presence");
-        if let Some(all) = self.online.borrow_mut().take() {
+        if let Some(all) = self.online.take() {
             self.ops.measure(Presence, Op::Iterate, || ());
             trace.record(Presence, Op::Iterate, None, None, Some(all.len()));
             trace.via(|| format!("SMEMBERS {key} O(n), in the same connect script"));
-            return all;
+            return Ok(all);
         }
         let r = self.ops.measure(Presence, Op::Iterate, || {
             self.link.run("SMEMBERS", "O(N)", |c| {
                 redis::cmd("SMEMBERS").arg(&key).query::<Vec<String>>(c)
             })
         });
-        let all = names(self.ok(r));
+        let all = names(step(r)?);
         trace.record(Presence, Op::Iterate, None, None, Some(all.len()));
         trace.via(|| format!("SMEMBERS {key} O(n)"));
-        all
+        Ok(all)
     }
 
-    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize {
+    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> Step<usize> {
         let key = self.key(format_args!("q:{user}"));
         let size: SizeOf<usize> = |n| Some(*n);
         self.one_command(
@@ -643,7 +645,12 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         )
     }
 
-    fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
+    fn queue_push_back(
+        &mut self,
+        user: &UserId,
+        message: Message,
+        trace: &mut Trace,
+    ) -> Step<usize> {
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
             self.link.run("EVALSHA push (RPUSH)", "O(1)", |c| {
@@ -661,13 +668,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke(c)
             })
         });
-        let len: usize = self.ok(r);
+        let len: usize = step(r)?;
         trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
         trace.via(|| format!("RPUSH {key} O(1)"));
-        len
+        Ok(len)
     }
 
-    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message> {
+    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Step<Option<Message>> {
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA pop (LPOP)", "O(1)", |c| {
@@ -678,13 +685,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke::<Option<String>>(c)
             })
         });
-        let message = self.ok(r).as_deref().and_then(decode);
+        let message = step(r)?.as_deref().and_then(decode);
         trace.record(OfflineMessages, Op::PopFront, Some(user), None, None);
         trace.via(|| format!("LPOP {key} O(1)"));
-        message
+        Ok(message)
     }
 
-    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Vec<Message> {
+    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Step<Vec<Message>> {
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA take (LRANGE+DEL)", "O(k)", |c| {
@@ -695,17 +702,17 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke::<Vec<String>>(c)
             })
         });
-        let all = self.decode_all(self.ok(r));
+        let all = self.decode_all(step(r)?);
         // One pop_front per message, as in memory; Redis did them in one script.
         self.count_more(OfflineMessages, Op::PopFront, all.len().saturating_sub(1));
         trace.record(OfflineMessages, Op::PopFront, Some(user), None, Some(0));
         trace.via(|| {
             format!("LRANGE + DEL {key} in one script O(k): a second device cannot take it too")
         });
-        all
+        Ok(all)
     }
 
-    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message> {
+    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Step<Vec<Message>> {
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::Iterate, || {
             self.link.run("LRANGE", "O(n)", |c| {
@@ -717,7 +724,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             })
         });
         let held: Vec<Message> = self
-            .decode_all(self.ok(r))
+            .decode_all(step(r)?)
             .into_iter()
             .filter(|m| m.id > after)
             .collect();
@@ -729,10 +736,10 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             Some(held.len()),
         );
         trace.via(|| format!("LRANGE {key} 0 -1 O(n)"));
-        held
+        Ok(held)
     }
 
-    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Vec<Message> {
+    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Step<Vec<Message>> {
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA release (LPOP)", "O(k)", |c| {
@@ -746,7 +753,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke::<Vec<String>>(c)
             })
         });
-        let released = self.decode_all(self.ok(r));
+        let released = self.decode_all(step(r)?);
         self.count_more(
             OfflineMessages,
             Op::PopFront,
@@ -754,10 +761,10 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         );
         trace.record(OfflineMessages, Op::PopFront, Some(user), None, None);
         trace.via(|| format!("LPOP {key} while id <= {upto} (release script) O(k)"));
-        released
+        Ok(released)
     }
 
-    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool {
+    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool> {
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
             self.link.run("EVALSHA put_back (RPUSH)", "O(1)", |c| {
@@ -777,13 +784,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke::<u8>(c)
             })
         });
-        let put = self.ok(r) == 1;
+        let put = step(r)? == 1;
         trace.record(OfflineMessages, Op::PushBack, Some(user), None, None);
         trace.via(|| format!("RPUSH {key} in id order (put-back script) O(1)"));
-        put
+        Ok(put)
     }
 
-    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
+    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<usize> {
         let key = self.key(format_args!("g:{group}"));
         let r = self.ops.measure(GroupMembers, Op::Insert, || {
             self.link.run("EVALSHA join (SADD)", "O(1)", |c| {
@@ -797,7 +804,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke(c)
             })
         });
-        let size: usize = self.ok(r);
+        let size: usize = step(r)?;
         trace.record(
             GroupMembers,
             Op::Insert,
@@ -806,10 +813,10 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             Some(size),
         );
         trace.via(|| format!("SADD {key} {user} O(1)"));
-        size
+        Ok(size)
     }
 
-    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool> {
         let key = self.key(format_args!("g:{group}"));
         let r = self.ops.measure(GroupMembers, Op::Remove, || {
             self.link.run("EVALSHA leave (SREM)", "O(1)", |c| {
@@ -823,13 +830,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke::<u8>(c)
             })
         });
-        let was = self.ok(r) == 1;
+        let was = step(r)? == 1;
         trace.record(GroupMembers, Op::Remove, Some(group), Some(user), None);
         trace.via(|| format!("SREM {key} {user} O(1)"));
-        was
+        Ok(was)
     }
 
-    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool> {
         let key = self.key(format_args!("g:{group}"));
         let size: SizeOf<bool> = |_| None;
         self.one_command(
@@ -842,14 +849,14 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         )
     }
 
-    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId> {
+    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Step<Vec<UserId>> {
         let key = self.key(format_args!("g:{group}"));
         let r = self.ops.measure(GroupMembers, Op::Iterate, || {
             self.link.run("SMEMBERS", "O(N)", |c| {
                 redis::cmd("SMEMBERS").arg(&key).query::<Vec<String>>(c)
             })
         });
-        let members = names(self.ok(r));
+        let members = names(step(r)?);
         trace.record(
             GroupMembers,
             Op::Iterate,
@@ -858,10 +865,10 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             Some(members.len()),
         );
         trace.via(|| format!("SMEMBERS {key} O(m)"));
-        members
+        Ok(members)
     }
 
-    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize {
+    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> Step<usize> {
         let key = self.key(format_args!("g:{group}"));
         let size: SizeOf<usize> = |n| Some(*n);
         self.one_command(
@@ -874,7 +881,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         )
     }
 
-    fn group_count(&self, trace: &mut Trace) -> usize {
+    fn group_count(&self, trace: &mut Trace) -> Step<usize> {
         let key = self.key("groups");
         let size: SizeOf<usize> = |n| Some(*n);
         self.one_command(
@@ -887,7 +894,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         )
     }
 
-    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         let key = self.key(format_args!("b:{by}"));
         let size: SizeOf<bool> = |_| None;
         self.one_command(
@@ -900,7 +907,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         )
     }
 
-    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         let key = self.key(format_args!("b:{by}"));
         let size: SizeOf<bool> = |_| None;
         self.one_command(
@@ -913,15 +920,9 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         )
     }
 
-    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         let key = self.key(format_args!("b:{by}"));
-        let prefetched = self.take_prefetched(|p| {
-            (p.to.as_ref() == Some(by) && p.from.as_ref() == Some(whom)).then(|| p.blocked.take())
-        });
         let r = self.ops.measure(BlockedUsers, Op::Contains, || {
-            if let Some(blocked) = prefetched {
-                return Ok(blocked);
-            }
             self.link.run("SISMEMBER", "O(1)", |c| {
                 redis::cmd("SISMEMBER")
                     .arg(&key)
@@ -929,13 +930,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .query::<bool>(c)
             })
         });
-        let blocked = self.ok(r);
+        let blocked = step(r)?;
         trace.record(BlockedUsers, Op::Contains, Some(by), Some(whom), None);
         trace.via(|| format!("SISMEMBER {key} {whom} O(1)"));
-        blocked
+        Ok(blocked)
     }
 
-    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize {
+    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> Step<usize> {
         let key = self.key(format_args!("b:{by}"));
         let size: SizeOf<usize> = |n| Some(*n);
         self.one_command(
@@ -948,21 +949,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         )
     }
 
-    fn queued_bytes(&self) -> usize {
+    fn queued_bytes(&self) -> Step<usize> {
         self.bytes("")
     }
 
     /// One HMGET reads the sender's bytes and the total together: the
     /// budget check asks for both on every message.
-    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes {
-        let prefetched =
-            self.take_prefetched(|p| (p.from.as_ref() == Some(sender)).then(|| p.bytes.take()));
-        if let Some((mine, total)) = prefetched {
-            return QueuedBytes {
-                all: total,
-                sender: mine,
-            };
-        }
+    fn queued_bytes_of(&self, sender: &UserId) -> Step<QueuedBytes> {
         let r = self.link.run("HMGET (budget)", "O(1)", |c| {
             redis::cmd("HMGET")
                 .arg(self.key("bytes"))
@@ -970,94 +963,91 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 .arg("")
                 .query::<(Option<i64>, Option<i64>)>(c)
         });
-        let (mine, total) = self.ok(r);
-        QueuedBytes {
-            all: total.unwrap_or(0).max(0) as usize,
-            sender: mine.unwrap_or(0).max(0) as usize,
-        }
+        let (mine, total) = step(r)?;
+        Ok(budget(mine, total))
     }
 
-    fn groups_of(&self, user: &UserId) -> usize {
+    fn groups_of(&self, user: &UserId) -> Step<usize> {
         let r = self.link.run("SCARD", "O(1)", |c| {
             redis::cmd("SCARD")
                 .arg(self.key(format_args!("ug:{user}")))
                 .query(c)
         });
-        self.ok(r)
+        step(r)
     }
 
-    fn issue_id(&self, _next: &mut u64, _trace: &mut Trace) -> u64 {
-        let key = self.key("next_id");
-        let r = match self.take_prefetched(|p| Some(p.id.take())) {
-            Some(id) => Ok(id),
-            None => self.link.run("INCR", "O(1)", |c| {
-                redis::cmd("INCR").arg(&key).query::<u64>(c)
-            }),
-        };
-        let id = self.ok(r);
-        self.highest_id.set(self.highest_id.get().max(id));
-        id
+    /// INCR of one counter every node shares: ids stay unique and increasing
+    /// across the cluster. The core's own `next` is not the cluster's.
+    fn issue_id(&self, _next: u64, _trace: &mut Trace) -> Step<u64> {
+        let r = self.link.run("INCR", "O(1)", |c| {
+            redis::cmd("INCR").arg(self.key("next_id")).query::<u64>(c)
+        });
+        step(r)
     }
 
-    fn next_id(&self, _next: u64) -> u64 {
+    /// The shared counter's next, or the core's (past every id this node
+    /// issued) if Redis has forgotten the counter (restarted empty).
+    fn next_id(&self, next: u64) -> Step<u64> {
         let r = self.link.run("GET", "O(1)", |c| {
             redis::cmd("GET")
                 .arg(self.key("next_id"))
                 .query::<Option<u64>>(c)
         });
-        let issued = self.ok(r).unwrap_or(0).max(self.highest_id.get());
-        issued + 1
+        Ok((step(r)?.unwrap_or(0) + 1).max(next))
     }
 
     /// One round trip (a pipeline) for the four things routing a direct
-    /// message asks first. The id is taken now: a request refused after it
-    /// leaves a gap in the ids, never a repeat.
-    fn prefetch_route(&self, from: &UserId, to: &UserId) {
-        let r = self.link.run("PIPELINE (route)", "O(d)", |c| {
-            redis::pipe()
-                .cmd("HMGET")
-                .arg(self.key("bytes"))
-                .arg(from.as_str())
-                .arg("")
-                .cmd("SISMEMBER")
-                .arg(self.key(format_args!("b:{to}")))
-                .arg(from.as_str())
-                .cmd("HGETALL")
-                .arg(self.key(format_args!("devices:{to}")))
-                .cmd("INCR")
-                .arg(self.key("next_id"))
-                .query::<((Option<i64>, Option<i64>), bool, Vec<(String, String)>, u64)>(c)
+    /// message asks first: the budget, the block, the devices and the id.
+    /// The id is taken now: a request refused after it leaves a gap in the
+    /// ids, never a repeat. Each part is counted and narrated as the
+    /// operation it stands for, in the order memory does them.
+    fn direct_facts(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        trace: &mut Trace,
+    ) -> Step<DirectFacts<'_, Handle<L>>> {
+        let devices_key = self.key(format_args!("devices:{to}"));
+        let blocks_key = self.key(format_args!("b:{to}"));
+        let r = self.ops.measure(ActiveConnections, Op::Get, || {
+            self.link.run("PIPELINE (route)", "O(d)", |c| {
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(self.key("bytes"))
+                    .arg(from.as_str())
+                    .arg("")
+                    .cmd("SISMEMBER")
+                    .arg(&blocks_key)
+                    .arg(from.as_str())
+                    .cmd("HGETALL")
+                    .arg(&devices_key)
+                    .cmd("INCR")
+                    .arg(self.key("next_id"))
+                    .query::<((Option<i64>, Option<i64>), bool, Vec<(String, String)>, u64)>(c)
+            })
         });
-        let Ok(((mine, total), blocked, devices, id)) = r else {
-            // The operations run one by one and report the failure themselves.
-            self.forget_prefetch();
-            return;
-        };
-        let bytes = |b: Option<i64>| b.unwrap_or(0).max(0) as usize;
-        *self.prefetched.borrow_mut() = Prefetched {
-            from: Some(from.clone()),
-            to: Some(to.clone()),
-            bytes: Some((bytes(mine), bytes(total))),
-            blocked: Some(blocked),
-            devices: Some(devices),
+        let ((mine, total), blocked, fields, id) = step(r)?;
+        self.ops.measure(BlockedUsers, Op::Contains, || ());
+        trace.record(BlockedUsers, Op::Contains, Some(to), Some(from), None);
+        trace.via(|| format!("SISMEMBER {blocks_key} {from} O(1), pipelined"));
+        trace_devices(trace, to, fields.len(), || {
+            format!("HGETALL {devices_key} O(d), in the same pipeline")
+        });
+        Ok(DirectFacts {
+            queued: budget(mine, total),
+            blocked,
+            devices: Cow::Owned(self.handles_from(to, &fields)),
             id: Some(id),
-        };
+        })
     }
 
-    fn forget_prefetch(&self) {
-        *self.prefetched.borrow_mut() = Prefetched::default();
-    }
-
-    fn take_failure(&mut self) -> Option<String> {
-        self.forget_prefetch();
-        self.failure.borrow_mut().take()
-    }
-
-    fn sweep_node(&mut self, node: &str, trace: &mut Trace) -> Vec<UserId> {
+    fn sweep_node(&mut self, node: &str, trace: &mut Trace) -> Step<Vec<UserId>> {
         let r = self
             .ops
             .measure(ActiveConnections, Op::Remove, || self.run_sweep(node));
-        let gone = self.ok(r);
+        let gone = step(r)?;
+        // The sweep script publishes the presence changes: none goes direct.
+        self.direct = false;
         trace.record(ActiveConnections, Op::Remove, None, None, Some(gone.len()));
         trace.via(|| {
             format!(
@@ -1065,15 +1055,14 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 self.key("presence")
             )
         });
-        gone
+        Ok(gone)
     }
 
     /// A cluster is durable only as far as its Redis is (run it with
     /// `--appendonly yes`); `--data` is refused with `--redis`.
     fn take_changes(&mut self) -> Vec<Change> {
-        // The end of every rule: nothing prefetched outlives it.
-        self.forget_prefetch();
-        self.direct.set(false);
+        // The end of every rule: its presence change, if any, was broadcast.
+        self.direct = false;
         Vec::new()
     }
 
@@ -1083,9 +1072,9 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         self.ops.table()
     }
 
-    fn snapshot(&self, view: QueueView) -> StructuresSnapshot {
+    fn snapshot(&self, view: QueueView) -> Step<StructuresSnapshot> {
         let mut snapshot = StructuresSnapshot::default();
-        for (key, user) in self.scan("devices") {
+        for (key, user) in self.scan("devices")? {
             let Ok(user) = Name::parse(&user) else {
                 continue;
             };
@@ -1095,7 +1084,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .query::<Vec<(String, String)>>(c)
             });
             let mut ids = Vec::new();
-            for (field, value) in self.ok(r) {
+            for (field, value) in step(r)? {
                 let Some((node, id)) = field.rsplit_once('/') else {
                     continue;
                 };
@@ -1123,8 +1112,8 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             }
         }
         snapshot.connection_details.sort_unstable_by_key(|d| d.id);
-        snapshot.presence = self.members(&self.key("presence"));
-        for (key, user) in self.scan("q") {
+        snapshot.presence = self.members(&self.key("presence"))?;
+        for (key, user) in self.scan("q")? {
             let Ok(user) = Name::parse(&user) else {
                 continue;
             };
@@ -1135,7 +1124,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .arg(-1)
                     .query::<Vec<String>>(c)
             });
-            let queue: VecDeque<Message> = self.decode_all(self.ok(r)).into();
+            let queue: VecDeque<Message> = self.decode_all(step(r)?).into();
             if !queue.is_empty() {
                 snapshot.offline_messages.insert(user, view.copy(&queue));
             }
@@ -1145,24 +1134,23 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 .arg(self.key("released"))
                 .query::<Vec<(String, u64)>>(c)
         });
-        snapshot.released = self
-            .ok(r)
+        snapshot.released = step(r)?
             .into_iter()
             .filter_map(|(u, n)| Some((Name::parse(&u).ok()?, n)))
             .collect();
-        for (key, group) in self.scan("g") {
+        for (key, group) in self.scan("g")? {
             if let Ok(group) = Name::parse(&group) {
-                snapshot.groups.insert(group, self.members(&key));
+                snapshot.groups.insert(group, self.members(&key)?);
             }
         }
-        for (key, user) in self.scan("b") {
+        for (key, user) in self.scan("b")? {
             if let Ok(user) = Name::parse(&user) {
-                let blocked = self.members(&key);
+                let blocked = self.members(&key)?;
                 if !blocked.is_empty() {
                     snapshot.blocked.insert(user, blocked);
                 }
             }
         }
-        snapshot
+        Ok(snapshot)
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{hash_map::Entry, HashMap, HashSet, VecDeque};
 use crate::core::journal::{Change, DurableState};
 use crate::core::ops::{Op, OpCounts, OpTable, Structure, Trace};
 use crate::core::snapshot::{QueueView, StructuresSnapshot};
-use crate::core::{queued_cost, ConnHandle, ConnId, QueuedBytes, Structures};
+use crate::core::{queued_cost, ConnHandle, ConnId, QueuedBytes, Step, Structures};
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
 
@@ -171,7 +171,7 @@ fn sorted<'a>(names: impl Iterator<Item = &'a UserId>) -> Vec<UserId> {
 impl<C: ConnHandle> Structures for MemoryStructures<C> {
     type Conn = C;
 
-    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [C]> {
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Step<Cow<'_, [C]>> {
         let conns = self.ops.measure(ActiveConnections, Op::Get, || {
             self.active_connections
                 .get(user)
@@ -184,10 +184,10 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             None,
             Some(conns.len()),
         );
-        Cow::Borrowed(conns)
+        Ok(Cow::Borrowed(conns))
     }
 
-    fn add_connection(&mut self, user: &UserId, conn: C, trace: &mut Trace) -> usize {
+    fn add_connection(&mut self, user: &UserId, conn: C, trace: &mut Trace) -> Step<usize> {
         let devices = self.ops.measure(ActiveConnections, Op::Insert, || {
             let devices = self.active_connections.entry(user.clone()).or_default();
             devices.push(conn);
@@ -200,7 +200,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             None,
             Some(devices),
         );
-        devices
+        Ok(devices)
     }
 
     fn remove_connection(
@@ -208,7 +208,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         user: &UserId,
         id: ConnId,
         trace: &mut Trace,
-    ) -> Option<(usize, C)> {
+    ) -> Step<Option<(usize, C)>> {
         let removed = self.ops.measure(ActiveConnections, Op::Remove, || {
             let Entry::Occupied(mut devices) = self.active_connections.entry(user.clone()) else {
                 return None;
@@ -228,7 +228,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             None,
             removed.as_ref().map(|(after, _)| *after),
         );
-        removed
+        Ok(removed)
     }
 
     fn all_connections(&self, trace: &mut Trace) -> Vec<C> {
@@ -243,43 +243,48 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         all
     }
 
-    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool> {
         let added = self
             .ops
             .measure(Presence, Op::Insert, || self.presence.insert(user.clone()));
         trace.record(Presence, Op::Insert, Some(user), None, None);
-        added
+        Ok(added)
     }
 
-    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool> {
         let removed = self
             .ops
             .measure(Presence, Op::Remove, || self.presence.remove(user));
         trace.record(Presence, Op::Remove, Some(user), None, None);
-        removed
+        Ok(removed)
     }
 
-    fn online_users(&self, trace: &mut Trace) -> Vec<UserId> {
+    fn online_users(&mut self, trace: &mut Trace) -> Step<Vec<UserId>> {
         let users: Vec<UserId> = self.ops.measure(Presence, Op::Iterate, || {
             self.presence.iter().cloned().collect()
         });
         trace.record(Presence, Op::Iterate, None, None, Some(users.len()));
-        users
+        Ok(users)
     }
 
-    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize {
+    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> Step<usize> {
         let len = self.ops.measure(OfflineMessages, Op::Len, || {
             self.offline_messages.get(user).map_or(0, VecDeque::len)
         });
         trace.record(OfflineMessages, Op::Len, Some(user), None, Some(len));
-        len
+        Ok(len)
     }
 
-    fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
-        self.enqueue(user, message, None, trace)
+    fn queue_push_back(
+        &mut self,
+        user: &UserId,
+        message: Message,
+        trace: &mut Trace,
+    ) -> Step<usize> {
+        Ok(self.enqueue(user, message, None, trace))
     }
 
-    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message> {
+    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Step<Option<Message>> {
         let (message, len) = self.ops.measure(OfflineMessages, Op::PopFront, || {
             let Entry::Occupied(mut queue) = self.offline_messages.entry(user.clone()) else {
                 return (None, 0);
@@ -296,10 +301,10 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         if let Some(m) = &message {
             self.account(m, false);
         }
-        message
+        Ok(message)
     }
 
-    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message> {
+    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Step<Vec<Message>> {
         let held: Vec<Message> = self.ops.measure(OfflineMessages, Op::Iterate, || {
             let Some(queue) = self.offline_messages.get(user) else {
                 return Vec::new();
@@ -315,10 +320,10 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             None,
             Some(held.len()),
         );
-        held
+        Ok(held)
     }
 
-    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Vec<Message> {
+    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Step<Vec<Message>> {
         let mut released = Vec::new();
         while self
             .offline_messages
@@ -326,7 +331,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             .and_then(VecDeque::front)
             .is_some_and(|m| m.id <= upto)
         {
-            match self.queue_pop_front(user, trace) {
+            match self.queue_pop_front(user, trace)? {
                 Some(message) => released.push(message),
                 None => break,
             }
@@ -338,16 +343,16 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
                 upto,
             });
         }
-        released
+        Ok(released)
     }
 
-    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool {
+    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool> {
         if self
             .released
             .get(user)
             .is_some_and(|&edge| message.id <= edge)
         {
-            return false;
+            return Ok(false);
         }
         let queue = self.offline_messages.get(user);
         let at = queue.map_or(0, |q| q.partition_point(|m| m.id < message.id));
@@ -356,15 +361,15 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             .and_then(|q| q.get(at))
             .is_some_and(|m| m.id == message.id)
         {
-            return false; // still held in the window
+            return Ok(false); // still held in the window
         }
         // Usually at the back; in id order when a device without resume had it
         // in its outbox while a resuming one's newer messages were held (O(n), rare).
         self.enqueue(user, message, (at < len).then_some(at), trace);
-        true
+        Ok(true)
     }
 
-    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
+    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<usize> {
         let (added, size) = self.ops.measure(GroupMembers, Op::Insert, || {
             let members = self.group_members.entry(group.clone()).or_default();
             (members.insert(user.clone()), members.len())
@@ -383,10 +388,10 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             Some(user),
             Some(size),
         );
-        size
+        Ok(size)
     }
 
-    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool> {
         let (was_member, size) = self.ops.measure(GroupMembers, Op::Remove, || {
             let Entry::Occupied(mut members) = self.group_members.entry(group.clone()) else {
                 return (false, 0);
@@ -412,20 +417,20 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             Some(user),
             Some(size),
         );
-        was_member
+        Ok(was_member)
     }
 
-    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool> {
         let member = self.ops.measure(GroupMembers, Op::Contains, || {
             self.group_members
                 .get(group)
                 .is_some_and(|members| members.contains(user))
         });
         trace.record(GroupMembers, Op::Contains, Some(group), Some(user), None);
-        member
+        Ok(member)
     }
 
-    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId> {
+    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Step<Vec<UserId>> {
         let members: Vec<UserId> = self.ops.measure(GroupMembers, Op::Iterate, || {
             self.group_members
                 .get(group)
@@ -439,26 +444,26 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             None,
             Some(members.len()),
         );
-        members
+        Ok(members)
     }
 
-    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize {
+    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> Step<usize> {
         let len = self.ops.measure(GroupMembers, Op::Len, || {
             self.group_members.get(group).map_or(0, HashSet::len)
         });
         trace.record(GroupMembers, Op::Len, Some(group), None, Some(len));
-        len
+        Ok(len)
     }
 
-    fn group_count(&self, trace: &mut Trace) -> usize {
+    fn group_count(&self, trace: &mut Trace) -> Step<usize> {
         let len = self
             .ops
             .measure(GroupMembers, Op::Len, || self.group_members.len());
         trace.record(GroupMembers, Op::Len, None, None, Some(len));
-        len
+        Ok(len)
     }
 
-    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         let added = self.ops.measure(BlockedUsers, Op::Insert, || {
             self.blocked_users
                 .entry(by.clone())
@@ -472,10 +477,10 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             });
         }
         trace.record(BlockedUsers, Op::Insert, Some(by), Some(whom), None);
-        added
+        Ok(added)
     }
 
-    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         let removed = self.ops.measure(BlockedUsers, Op::Remove, || {
             let Entry::Occupied(mut set) = self.blocked_users.entry(by.clone()) else {
                 return false;
@@ -493,25 +498,25 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
             });
         }
         trace.record(BlockedUsers, Op::Remove, Some(by), Some(whom), None);
-        removed
+        Ok(removed)
     }
 
-    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         let blocked = self.ops.measure(BlockedUsers, Op::Contains, || {
             self.blocked_users
                 .get(by)
                 .is_some_and(|set| set.contains(whom))
         });
         trace.record(BlockedUsers, Op::Contains, Some(by), Some(whom), None);
-        blocked
+        Ok(blocked)
     }
 
-    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize {
+    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> Step<usize> {
         let len = self.ops.measure(BlockedUsers, Op::Len, || {
             self.blocked_users.get(by).map_or(0, HashSet::len)
         });
         trace.record(BlockedUsers, Op::Len, Some(by), None, Some(len));
-        len
+        Ok(len)
     }
 
     fn take_changes(&mut self) -> Vec<Change> {
@@ -538,27 +543,27 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
         }
     }
 
-    fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+    fn queued_bytes(&self) -> Step<usize> {
+        Ok(self.queued_bytes)
     }
 
-    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes {
-        QueuedBytes {
+    fn queued_bytes_of(&self, sender: &UserId) -> Step<QueuedBytes> {
+        Ok(QueuedBytes {
             all: self.queued_bytes,
             sender: self.queued_by_sender.get(sender).copied().unwrap_or(0),
-        }
+        })
     }
 
-    fn groups_of(&self, user: &UserId) -> usize {
-        self.groups_of.get(user).copied().unwrap_or(0)
+    fn groups_of(&self, user: &UserId) -> Step<usize> {
+        Ok(self.groups_of.get(user).copied().unwrap_or(0))
     }
 
     fn op_table(&self) -> OpTable {
         self.ops.table()
     }
 
-    fn snapshot(&self, view: QueueView) -> StructuresSnapshot {
-        StructuresSnapshot {
+    fn snapshot(&self, view: QueueView) -> Step<StructuresSnapshot> {
+        Ok(StructuresSnapshot {
             active_connections: self
                 .active_connections
                 .iter()
@@ -599,7 +604,7 @@ impl<C: ConnHandle> Structures for MemoryStructures<C> {
                 .iter()
                 .map(|(user, set)| (user.clone(), sorted(set.iter())))
                 .collect(),
-        }
+        })
     }
 }
 
@@ -631,48 +636,56 @@ mod tests {
         let t = &mut Trace::new(false);
         let (a, g) = (n("a"), n("g"));
 
-        assert_eq!(s.add_connection(&a, 1, t), 1);
-        assert_eq!(s.add_connection(&a, 2, t), 2);
-        assert_eq!(*s.connections(&a, t), [1, 2]);
-        assert_eq!(s.remove_connection(&a, 9, t), None, "unknown id");
-        assert_eq!(s.remove_connection(&a, 1, t), Some((1, 1)));
-        assert_eq!(s.remove_connection(&a, 2, t), Some((0, 2)));
-        assert!(s.connections(&a, t).is_empty());
-        assert_eq!(s.remove_connection(&a, 2, t), None, "unknown user");
+        assert_eq!(s.add_connection(&a, 1, t).unwrap(), 1);
+        assert_eq!(s.add_connection(&a, 2, t).unwrap(), 2);
+        assert_eq!(*s.connections(&a, t).unwrap(), [1, 2]);
+        assert_eq!(s.remove_connection(&a, 9, t).unwrap(), None, "unknown id");
+        assert_eq!(s.remove_connection(&a, 1, t).unwrap(), Some((1, 1)));
+        assert_eq!(s.remove_connection(&a, 2, t).unwrap(), Some((0, 2)));
+        assert!(s.connections(&a, t).unwrap().is_empty());
+        assert_eq!(s.remove_connection(&a, 2, t).unwrap(), None, "unknown user");
 
-        assert!(s.set_online(&a, t));
-        assert!(!s.set_online(&a, t), "a set keeps one copy");
-        assert_eq!(s.online_users(t), std::slice::from_ref(&a));
-        assert!(s.set_offline(&a, t));
-        assert!(!s.set_offline(&a, t));
+        assert!(s.set_online(&a, t).unwrap());
+        assert!(!s.set_online(&a, t).unwrap(), "a set keeps one copy");
+        assert_eq!(s.online_users(t).unwrap(), std::slice::from_ref(&a));
+        assert!(s.set_offline(&a, t).unwrap());
+        assert!(!s.set_offline(&a, t).unwrap());
 
-        assert_eq!(s.queue_pop_front(&a, t), None);
-        assert_eq!(s.queue_push_back(&a, msg(1), t), 1);
-        assert_eq!(s.queue_push_back(&a, msg(2), t), 2);
-        assert_eq!(s.queued_len(&a, t), 2);
-        assert_eq!(s.queue_pop_front(&a, t).map(|m| m.id), Some(1), "FIFO");
-        assert_eq!(s.queue_pop_front(&a, t).map(|m| m.id), Some(2));
-        assert_eq!(s.queued_len(&a, t), 0);
+        assert_eq!(s.queue_pop_front(&a, t).unwrap(), None);
+        assert_eq!(s.queue_push_back(&a, msg(1), t).unwrap(), 1);
+        assert_eq!(s.queue_push_back(&a, msg(2), t).unwrap(), 2);
+        assert_eq!(s.queued_len(&a, t).unwrap(), 2);
+        assert_eq!(
+            s.queue_pop_front(&a, t).unwrap().map(|m| m.id),
+            Some(1),
+            "FIFO"
+        );
+        assert_eq!(s.queue_pop_front(&a, t).unwrap().map(|m| m.id), Some(2));
+        assert_eq!(s.queued_len(&a, t).unwrap(), 0);
 
-        assert!(!s.is_member(&g, &a, t), "no such group");
-        assert_eq!(s.join_group(&g, &a, t), 1);
-        assert_eq!(s.join_group(&g, &a, t), 1, "joining twice is harmless");
-        assert!(s.is_member(&g, &a, t));
-        assert_eq!(s.group_members(&g, t), std::slice::from_ref(&a));
-        assert!(s.leave_group(&g, &a, t));
-        assert!(!s.leave_group(&g, &a, t));
-        assert!(s.group_members(&g, t).is_empty());
+        assert!(!s.is_member(&g, &a, t).unwrap(), "no such group");
+        assert_eq!(s.join_group(&g, &a, t).unwrap(), 1);
+        assert_eq!(
+            s.join_group(&g, &a, t).unwrap(),
+            1,
+            "joining twice is harmless"
+        );
+        assert!(s.is_member(&g, &a, t).unwrap());
+        assert_eq!(s.group_members(&g, t).unwrap(), std::slice::from_ref(&a));
+        assert!(s.leave_group(&g, &a, t).unwrap());
+        assert!(!s.leave_group(&g, &a, t).unwrap());
+        assert!(s.group_members(&g, t).unwrap().is_empty());
 
-        assert!(!s.is_blocked(&a, &g, t));
-        assert!(s.block(&a, &g, t));
-        assert!(!s.block(&a, &g, t));
-        assert!(s.is_blocked(&a, &g, t));
-        assert!(!s.is_blocked(&g, &a, t), "blocking is one-way");
-        assert!(s.unblock(&a, &g, t));
-        assert!(!s.unblock(&a, &g, t));
+        assert!(!s.is_blocked(&a, &g, t).unwrap());
+        assert!(s.block(&a, &g, t).unwrap());
+        assert!(!s.block(&a, &g, t).unwrap());
+        assert!(s.is_blocked(&a, &g, t).unwrap());
+        assert!(!s.is_blocked(&g, &a, t).unwrap(), "blocking is one-way");
+        assert!(s.unblock(&a, &g, t).unwrap());
+        assert!(!s.unblock(&a, &g, t).unwrap());
 
         // Nothing empty is left behind.
-        let snap = s.snapshot(QueueView::All);
+        let snap = s.snapshot(QueueView::All).unwrap();
         assert!(snap.active_connections.is_empty() && snap.offline_messages.is_empty());
         assert!(snap.groups.is_empty() && snap.blocked.is_empty() && snap.presence.is_empty());
 

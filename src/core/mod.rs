@@ -13,6 +13,8 @@ pub mod memory;
 pub mod ops;
 pub mod routing;
 pub mod snapshot;
+#[cfg(test)]
+mod step_failures;
 pub mod structures;
 #[cfg(test)]
 mod tests;
@@ -25,7 +27,7 @@ pub use memory::MemoryStructures;
 pub use ops::{Facts, Op, OpTable, Structure, Trace, FACTS};
 pub use routing::Relayed;
 pub use snapshot::{ConnDetail, ConnId, Invariant, QueueView, Snapshot, StructuresSnapshot};
-pub use structures::{ConnHandle, Device, QueuedBytes, Structures};
+pub use structures::{ConnHandle, Device, DirectFacts, QueuedBytes, Step, Structures, Unavailable};
 
 /// The core's default limits; `serve`'s flags use these same constants.
 pub const MAX_OFFLINE: u64 = 10_000;
@@ -108,12 +110,14 @@ pub enum Disk {
 /// let mut core: ChatCore<MemoryStructures<u64>> =
 ///     ChatCore::new(MemoryStructures::default(), CoreConfig::default());
 /// let alice = Name::parse("alice").unwrap();
-/// core.connect(&alice, 1);
+/// // Each rule answers a `Step`: in memory it is always `Ok`, on a cluster
+/// // it is an error when Redis does not answer.
+/// core.connect(&alice, 1).unwrap();
 /// let hi = parse_request(r#"{"type":"message","to":"bob","text":"hi"}"#).unwrap();
-/// let outcome = core.handle(&alice, &1, hi, 1_764_000_000_000);
+/// let outcome = core.handle(&alice, &1, hi, 1_764_000_000_000).unwrap();
 /// // bob is offline: alice's connection gets the ack, the message waits in bob's deque.
 /// assert_eq!(outcome.frames_for(1)[0].to_json(), r#"{"type":"ack","id":1,"status":"queued"}"#);
-/// assert_eq!(core.snapshot().structures.offline_messages.len(), 1);
+/// assert_eq!(core.snapshot().unwrap().structures.offline_messages.len(), 1);
 /// ```
 pub struct ChatCore<S: Structures> {
     structures: S,
@@ -340,22 +344,22 @@ impl<S: Structures> ChatCore<S> {
     }
 
     /// A consistent copy of everything, for `/inspect`. O(total state).
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot::new(
-            self.structures.snapshot(QueueView::All),
+    pub fn snapshot(&self) -> Step<Snapshot> {
+        Ok(Snapshot::new(
+            self.structures.snapshot(QueueView::All)?,
             &self.structures.op_table(),
-            self.structures.next_id(self.next_message_id),
-        )
+            self.structures.next_id(self.next_message_id)?,
+        ))
     }
 
     /// The five structures with only the ends of each deque, for the board:
     /// O(users + groups + blocks), however long the queues grow.
-    pub fn snapshot_ends(&self, keep: usize) -> StructuresSnapshot {
+    pub fn snapshot_ends(&self, keep: usize) -> Step<StructuresSnapshot> {
         self.structures.snapshot(QueueView::Ends(keep))
     }
 
     /// Bytes held by the offline deques, as the memory budget counts them.
-    pub fn queued_bytes(&self) -> usize {
+    pub fn queued_bytes(&self) -> Step<usize> {
         self.structures.queued_bytes()
     }
 
@@ -364,13 +368,6 @@ impl<S: Structures> ChatCore<S> {
     /// Rules never go around the core this way.
     pub fn structures_mut(&mut self) -> &mut S {
         &mut self.structures
-    }
-
-    /// Why the last rule's operations could not all be carried out (a
-    /// cluster's Redis is unreachable), taken once. The shell then does not
-    /// trust that rule's outcome.
-    pub fn take_failure(&mut self) -> Option<String> {
-        self.structures.take_failure()
     }
 
     /// Turns the event-log trace on or off (the board turns it on while watched).

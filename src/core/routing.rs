@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use crate::core::{
-    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, Disk, Event, Outcome,
-    QueuedBytes, Relay, Structures, Trace, QUEUED_ENTRY_BYTES,
+    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, DirectFacts, Disk, Event,
+    Outcome, QueuedBytes, Relay, Step, Structures, Trace, Unavailable, QUEUED_ENTRY_BYTES,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::{
@@ -138,8 +138,8 @@ fn unavailable(why: &str, what: &str, reference: Ref) -> RequestError {
 /// put back there by connections that stopped reading) may send nothing more
 /// until some are read; once the deques are full in all, neither may anyone
 /// holding an eighth of that share. Everyone else, the class, chats on.
-fn may_send<S: Structures>(s: &S, config: &CoreConfig, from: &UserId) -> Result<(), String> {
-    let QueuedBytes { all, sender: mine } = s.queued_bytes_of(from);
+fn may_send(queued: QueuedBytes, config: &CoreConfig) -> Result<(), String> {
+    let QueuedBytes { all, sender: mine } = queued;
     let share = config.max_queued_bytes_per_sender;
     let full = all >= config.max_queued_bytes;
     // "Filled": not even one more queued copy would fit.
@@ -156,16 +156,14 @@ fn may_send<S: Structures>(s: &S, config: &CoreConfig, from: &UserId) -> Result<
 /// The memory budget's say on queueing a copy of a `text_bytes` message from
 /// `from`: Err with the words for the sender when the offline deques are at
 /// `--max-memory`'s share, or `from` already has a sender's share waiting.
-/// O(1): two counters the structures keep.
-fn room_to_queue<S: Structures>(
-    s: &S,
+/// O(1): two counters the structures keep, read just before.
+fn room_to_queue(
+    queued: QueuedBytes,
     config: &CoreConfig,
-    from: &UserId,
     text_bytes: usize,
 ) -> Result<(), String> {
     let cost = queued_cost(text_bytes);
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-    let queued = s.queued_bytes_of(from);
     if queued.all.saturating_add(cost) > config.max_queued_bytes {
         return Err(format!(
             "the server's memory for offline messages is full ({:.0} MiB, from --max-memory); \
@@ -181,6 +179,25 @@ fn room_to_queue<S: Structures>(
         ));
     }
     Ok(())
+}
+
+/// Why a request's rule stopped before its outcome: refused (the sender is
+/// told why), or a backend step could not be carried out.
+enum Stop {
+    Refused(RequestError),
+    Unavailable(Unavailable),
+}
+
+impl From<RequestError> for Stop {
+    fn from(error: RequestError) -> Stop {
+        Stop::Refused(error)
+    }
+}
+
+impl From<Unavailable> for Stop {
+    fn from(why: Unavailable) -> Stop {
+        Stop::Unavailable(why)
+    }
 }
 
 fn ack(reference: Ref, id: Option<u64>, status: AckStatus) -> ServerFrame {
@@ -206,23 +223,23 @@ impl<S: Structures> ChatCore<S> {
     /// Sends one presence frame to every connection of every online user but `user`.
     /// O(n + total devices): the price of live presence, paid on first connect and last close.
     fn broadcast_presence(
-        &self,
+        &mut self,
         plan: &mut Plan<S::Conn>,
         user: &UserId,
         status: PresenceStatus,
         others: &[UserId],
         trace: &mut Trace,
-    ) -> usize {
+    ) -> Step<usize> {
         let frame = plan.frame(ServerFrame::Presence {
             user: user.clone(),
             status,
         });
         let others: Vec<UserId> = others.iter().filter(|o| *o != user).cloned().collect();
-        let devices = self.structures.devices_of_all(&others, trace);
+        let devices = self.structures.devices_of_all(&others, trace)?;
         for conn in &devices {
             plan.send(conn, frame);
         }
-        devices.len()
+        Ok(devices.len())
     }
 
     /// A new connection: register the device, greet it, flush its queue FIFO,
@@ -232,27 +249,28 @@ impl<S: Structures> ChatCore<S> {
     /// sent twice. A resuming device (`?resume=N`) first releases what N
     /// confirms, then gets a copy of every held message after N, which stays
     /// held until a `received` covers it.
-    pub fn connect(&mut self, user: &UserId, conn: S::Conn) -> Outcome<S::Conn> {
+    pub fn connect(&mut self, user: &UserId, conn: S::Conn) -> Step<Outcome<S::Conn>> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
-        let resume = self.resume_position(&conn);
+        let resume = self.resume_position(&conn)?;
         let devices = self
             .structures
-            .add_connection(user, conn.clone(), &mut trace);
+            .add_connection(user, conn.clone(), &mut trace)?;
         let first = devices == 1;
         if first {
-            self.structures.set_online(user, &mut trace);
+            self.structures.set_online(user, &mut trace)?;
         }
-        let mut others = self.structures.online_users(&mut trace);
+        let mut others = self.structures.online_users(&mut trace)?;
         others.retain(|u| u != user);
         others.sort_unstable();
 
         let mut released = 0;
         let flush = match resume {
-            None => self.structures.queue_take_all(user, &mut trace),
+            None => self.structures.queue_take_all(user, &mut trace)?,
             Some(position) => {
-                released = self.release(&mut plan, user, position, &mut trace).0;
-                self.structures.queue_held_after(user, position, &mut trace)
+                released = self.release(&mut plan, user, position, &mut trace)?.0;
+                self.structures
+                    .queue_held_after(user, position, &mut trace)?
             }
         };
         plan.reply(
@@ -276,7 +294,7 @@ impl<S: Structures> ChatCore<S> {
             );
         }
         let notified = if first {
-            self.broadcast_presence(&mut plan, user, PresenceStatus::Online, &others, &mut trace)
+            self.broadcast_presence(&mut plan, user, PresenceStatus::Online, &others, &mut trace)?
         } else {
             0
         };
@@ -289,23 +307,20 @@ impl<S: Structures> ChatCore<S> {
             resume,
             released,
         };
-        self.finish(plan, event, trace)
+        Ok(self.finish(plan, event, trace))
     }
 
     /// Where a resuming device starts: its N, unless N cannot be this run's.
     /// An id this server never issued, or a position from another epoch
     /// (the server restarted without `--data`, so ids started again at 1),
     /// would skip messages the client never saw: it starts from 0 instead.
-    fn resume_position(&self, conn: &S::Conn) -> Option<u64> {
-        let n = conn.resume()?;
+    fn resume_position(&self, conn: &S::Conn) -> Step<Option<u64>> {
+        let Some(n) = conn.resume() else {
+            return Ok(None);
+        };
         let same_run = conn.resume_epoch().is_none_or(|e| e == self.epoch);
-        Some(
-            if same_run && n < self.structures.next_id(self.next_message_id) {
-                n
-            } else {
-                0
-            },
-        )
+        let issued = n < self.structures.next_id(self.next_message_id)?;
+        Ok(Some(if same_run && issued { n } else { 0 }))
     }
 
     /// Releases `user`'s held messages up to `upto` and sends a receipt for
@@ -317,9 +332,9 @@ impl<S: Structures> ChatCore<S> {
         user: &UserId,
         upto: u64,
         trace: &mut Trace,
-    ) -> (usize, usize) {
+    ) -> Step<(usize, usize)> {
         let s = &mut self.structures;
-        let released = s.queue_release(user, upto, trace);
+        let released = s.queue_release(user, upto, trace)?;
         let mut receipts = 0;
         for message in released.iter().filter(|m| m.receipt) {
             let member = match &message.target {
@@ -330,12 +345,12 @@ impl<S: Structures> ChatCore<S> {
                 id: message.id,
                 user: member,
             });
-            for device in s.connections(&message.from, trace).iter() {
+            for device in s.connections(&message.from, trace)?.iter() {
                 plan.send(device, frame);
                 receipts += 1;
             }
         }
-        (released.len(), receipts)
+        Ok((released.len(), receipts))
     }
 
     /// A connection closed (or was evicted). `undelivered` are chat messages
@@ -347,38 +362,38 @@ impl<S: Structures> ChatCore<S> {
         user: &UserId,
         conn: ConnId,
         undelivered: Vec<Message>,
-    ) -> Outcome<S::Conn> {
+    ) -> Step<Outcome<S::Conn>> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
         let s = &mut self.structures;
-        let Some((devices, removed)) = s.remove_connection(user, conn, &mut trace) else {
+        let Some((devices, removed)) = s.remove_connection(user, conn, &mut trace)? else {
             let event = Event::AlreadyGone {
                 user: user.clone(),
                 conn,
             };
-            return plan.finish(event, trace);
+            return Ok(plan.finish(event, trace));
         };
         let mut requeued = 0;
         let mut notified = 0;
         if devices == 0 {
-            s.set_offline(user, &mut trace);
+            s.set_offline(user, &mut trace)?;
             // A v1 user's deque is empty while they are online (everything goes
             // live), so these go back at its back, oldest first. A resuming
             // device's unsent messages are still held: nothing to put back.
             // The --max-offline limit is not applied: these were already accepted.
             if removed.resume().is_none() {
                 for message in undelivered {
-                    requeued += usize::from(s.queue_put_back(user, message, &mut trace));
+                    requeued += usize::from(s.queue_put_back(user, message, &mut trace)?);
                 }
             }
-            let others = s.online_users(&mut trace);
+            let others = s.online_users(&mut trace)?;
             notified = self.broadcast_presence(
                 &mut plan,
                 user,
                 PresenceStatus::Offline,
                 &others,
                 &mut trace,
-            );
+            )?;
         }
         let event = Event::Disconnected {
             user: user.clone(),
@@ -387,13 +402,13 @@ impl<S: Structures> ChatCore<S> {
             requeued,
             notified,
         };
-        self.finish(plan, event, trace)
+        Ok(self.finish(plan, event, trace))
     }
 
     /// Cluster mode: carries out what another node routed to this one. A chat
     /// message for a user with no device here any more (they left while it
     /// was on its way) goes back to their queue, so it is never lost.
-    pub fn relayed(&mut self, relayed: Relayed) -> Outcome<S::Conn> {
+    pub fn relayed(&mut self, relayed: Relayed) -> Step<Outcome<S::Conn>> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
         let s = &mut self.structures;
@@ -407,11 +422,11 @@ impl<S: Structures> ChatCore<S> {
         let mut requeued = 0;
         match relayed {
             Relayed::ToUser { user, frame, held } => {
-                let devices = s.local_connections(&user, &mut trace).into_owned();
+                let devices = s.local_connections(&user, &mut trace)?.into_owned();
                 let message = frame.chat_message().cloned();
                 if devices.is_empty() {
                     if let (Some(message), false) = (message, held) {
-                        requeued += usize::from(s.queue_put_back(&user, message, &mut trace));
+                        requeued += usize::from(s.queue_put_back(&user, message, &mut trace)?);
                     }
                 } else {
                     let index = plan.frame(frame);
@@ -432,7 +447,7 @@ impl<S: Structures> ChatCore<S> {
                     false => Vec::new(),
                 };
                 let theirs: Vec<ConnId> = s
-                    .local_connections(&about, &mut trace)
+                    .local_connections(&about, &mut trace)?
                     .iter()
                     .map(ConnHandle::id)
                     .collect();
@@ -445,10 +460,10 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Relayed::TakeQueue { user } => {
-                let devices = s.local_connections(&user, &mut trace).into_owned();
+                let devices = s.local_connections(&user, &mut trace)?.into_owned();
                 // A resuming user's deque is a window of held messages, not a queue to take.
                 if !devices.is_empty() && !holds(&devices) {
-                    for message in s.queue_take_all(&user, &mut trace) {
+                    for message in s.queue_take_all(&user, &mut trace)? {
                         let index = plan.frame(ServerFrame::Chat {
                             message,
                             offline: true,
@@ -461,7 +476,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Relayed::Undeliverable { user, message } => {
-                requeued += usize::from(s.queue_put_back(&user, message, &mut trace));
+                requeued += usize::from(s.queue_put_back(&user, message, &mut trace)?);
             }
         }
         let event = Event::Relayed {
@@ -470,20 +485,20 @@ impl<S: Structures> ChatCore<S> {
             connections,
             requeued,
         };
-        self.finish(plan, event, trace)
+        Ok(self.finish(plan, event, trace))
     }
 
     /// Cluster mode: `node` stopped renewing its heartbeat (killed, or cut
     /// off). Its devices are swept from the shared structures, and each user
     /// who had no device anywhere else is announced `offline`, as if their
     /// last connection had closed. Their queues stay: they reconnect elsewhere.
-    pub fn node_lost(&mut self, node: &str) -> Outcome<S::Conn> {
+    pub fn node_lost(&mut self, node: &str) -> Step<Outcome<S::Conn>> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
-        let gone = self.structures.sweep_node(node, &mut trace);
+        let gone = self.structures.sweep_node(node, &mut trace)?;
         let mut notified = 0;
         if !gone.is_empty() {
-            let others = self.structures.online_users(&mut trace);
+            let others = self.structures.online_users(&mut trace)?;
             for user in &gone {
                 notified += self.broadcast_presence(
                     &mut plan,
@@ -491,7 +506,7 @@ impl<S: Structures> ChatCore<S> {
                     PresenceStatus::Offline,
                     &others,
                     &mut trace,
-                );
+                )?;
             }
         }
         let event = Event::NodeLost {
@@ -499,7 +514,7 @@ impl<S: Structures> ChatCore<S> {
             offline: gone,
             notified,
         };
-        self.finish(plan, event, trace)
+        Ok(self.finish(plan, event, trace))
     }
 
     /// Answers a frame that could not be parsed: the error goes to the sender only.
@@ -532,7 +547,7 @@ impl<S: Structures> ChatCore<S> {
         conn: &S::Conn,
         envelope: Envelope,
         now_ms: u64,
-    ) -> Outcome<S::Conn> {
+    ) -> Step<Outcome<S::Conn>> {
         let Envelope { reference, request } = envelope;
         let sender = Sender {
             user,
@@ -540,30 +555,31 @@ impl<S: Structures> ChatCore<S> {
             reference,
             now_ms,
         };
-        self.structures.forget_prefetch();
         let mut trace = self.new_trace();
         if let Err(error) = self.check_text(&request, &sender.reference) {
-            return self.refuse_traced(user, conn, error, trace);
-        }
-        if let Err(error) = self.check_disk(&request, &sender.reference, &mut trace) {
-            return self.refuse_traced(user, conn, error, trace);
+            return Ok(self.refuse_traced(user, conn, error, trace));
         }
         let mut plan = Plan::new();
-        match self.route(&mut plan, sender, request, &mut trace) {
-            Ok(event) => self.finish(plan, event, trace),
-            Err(error) => self.refuse_traced(user, conn, error, trace),
+        let routed = match self.check_disk(&request, &sender.reference, &mut trace) {
+            Ok(()) => self.route(&mut plan, sender, request, &mut trace),
+            Err(stop) => Err(stop),
+        };
+        match routed {
+            Ok(event) => Ok(self.finish(plan, event, trace)),
+            Err(Stop::Refused(error)) => Ok(self.refuse_traced(user, conn, error, trace)),
+            Err(Stop::Unavailable(why)) => Err(why),
         }
     }
 
     /// The rule of each request type: the replies and deliveries it plans,
-    /// and its event; Err when the request is refused (nothing was changed).
+    /// and its event; a refusal when the request is refused (nothing was changed).
     fn route(
         &mut self,
         plan: &mut Plan<S::Conn>,
         sender: Sender<'_, S::Conn>,
         request: Request,
         trace: &mut Trace,
-    ) -> Result<Event, RequestError> {
+    ) -> Result<Event, Stop> {
         let (user, conn) = (sender.user, sender.conn);
         Ok(match request {
             Request::Message { to, text, receipt } => {
@@ -576,7 +592,7 @@ impl<S: Structures> ChatCore<S> {
             } => self.route_group_message(plan, sender, group, (text, receipt), trace)?,
             Request::GroupJoin { group } => {
                 self.may_join(&group, user, sender.reference.clone(), trace)?;
-                let members = self.structures.join_group(&group, user, trace);
+                let members = self.structures.join_group(&group, user, trace)?;
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Joined {
                     user: user.clone(),
@@ -585,7 +601,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::GroupLeave { group } => {
-                let was_member = self.structures.leave_group(&group, user, trace);
+                let was_member = self.structures.leave_group(&group, user, trace)?;
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Left {
                     user: user.clone(),
@@ -595,7 +611,7 @@ impl<S: Structures> ChatCore<S> {
             }
             Request::Block { user: whom } => {
                 self.may_block(user, &whom, sender.reference.clone(), trace)?;
-                self.structures.block(user, &whom, trace);
+                self.structures.block(user, &whom, trace)?;
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Blocked {
                     by: user.clone(),
@@ -603,7 +619,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::Unblock { user: whom } => {
-                self.structures.unblock(user, &whom, trace);
+                self.structures.unblock(user, &whom, trace)?;
                 plan.reply(conn, ack(sender.reference, None, AckStatus::Ok));
                 Event::Unblocked {
                     by: user.clone(),
@@ -611,7 +627,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::Who => {
-                let mut online = self.structures.online_users(trace);
+                let mut online = self.structures.online_users(trace)?;
                 online.sort_unstable();
                 let count = online.len();
                 plan.reply(conn, ServerFrame::Who { online });
@@ -627,8 +643,8 @@ impl<S: Structures> ChatCore<S> {
             // No answer: a confirmation is the client's ack, not a request.
             // An id this run never issued confirms only what it did issue.
             Request::Received { id } => {
-                let upto = id.min(self.structures.next_id(self.next_message_id) - 1);
-                let (released, receipts) = self.release(plan, user, upto, trace);
+                let upto = id.min(self.structures.next_id(self.next_message_id)? - 1);
+                let (released, receipts) = self.release(plan, user, upto, trace)?;
                 Event::Received {
                     user: user.clone(),
                     upto,
@@ -637,6 +653,18 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
         })
+    }
+
+    /// The id of an accepted message: the one the backend issued already, or
+    /// the next from its counter. The core's counter then moves past it, so a
+    /// cluster node knows the highest id it issued even if Redis forgets.
+    fn issue(&mut self, issued: Option<u64>, trace: &mut Trace) -> Step<u64> {
+        let id = match issued {
+            Some(id) => id,
+            None => self.structures.issue_id(self.next_message_id, trace)?,
+        };
+        self.next_message_id = self.next_message_id.max(id + 1);
+        Ok(id)
     }
 
     /// The seed's message flow: blocked? then online (push to every device) or
@@ -649,24 +677,27 @@ impl<S: Structures> ChatCore<S> {
         to: UserId,
         (text, receipt): (Arc<str>, bool),
         trace: &mut Trace,
-    ) -> Result<Event, RequestError> {
+    ) -> Result<Event, Stop> {
         let Sender {
             user: from,
             conn,
             reference,
             now_ms,
         } = sender;
-        let s = &mut self.structures;
-        s.prefetch_route(from, &to);
-        if let Err(why) = may_send(s, &self.config, from) {
-            return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
+        let s = &self.structures;
+        let DirectFacts {
+            queued,
+            blocked,
+            devices,
+            id: issued,
+        } = s.direct_facts(from, &to, trace)?;
+        if let Err(why) = may_send(queued, &self.config) {
+            return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
         // Protocol v1.1: a block changes what happens, never what the sender is
         // told. The answer is decided exactly as if there were no block
         // (devices? disk? inbox full?); only then does the block stop the
         // message, so `delivered`, `queued` and `inbox_full` reveal nothing.
-        let blocked = s.is_blocked(&to, from, trace);
-        let devices = s.connections(&to, trace);
         // Live to a resuming user, the message is also held in their deque
         // until confirmed, so it is bounded like a queue (TCP's zero window:
         // the sender waits until the reader catches up).
@@ -679,10 +710,10 @@ impl<S: Structures> ChatCore<S> {
             } else {
                 "queue a message for an offline user"
             };
-            return Err(unavailable(why, what, reference));
+            return Err(unavailable(why, what, reference).into());
         } else {
             let max = self.config.max_offline;
-            if s.queued_len(&to, trace) >= max {
+            if s.queued_len(&to, trace)? >= max {
                 let detail = if hold {
                     format!(
                         "{to} has {max} messages their client has not confirmed yet \
@@ -694,10 +725,11 @@ impl<S: Structures> ChatCore<S> {
                          try again after they reconnect"
                     )
                 };
-                return Err(RequestError::new(ErrorCode::InboxFull, detail, reference));
+                return Err(RequestError::new(ErrorCode::InboxFull, detail, reference).into());
             }
-            if let Err(why) = room_to_queue(s, &self.config, from, text.len()) {
-                return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
+            // Nothing was queued since `queued` was read: it is still true.
+            if let Err(why) = room_to_queue(queued, &self.config, text.len()) {
+                return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
             }
             if hold {
                 AckStatus::Delivered
@@ -705,22 +737,28 @@ impl<S: Structures> ChatCore<S> {
                 AckStatus::Queued
             }
         };
-        let id = s.issue_id(&mut self.next_message_id, trace);
-        let message = stamp(id, from, Target::User(to.clone()), (text, receipt), now_ms);
-        if status == AckStatus::Delivered && !blocked {
-            let frame = plan.frame(ServerFrame::Chat {
-                message: message.clone(),
-                offline: false,
-            });
+        // Planned before the id is known (the frame is built after it), so the
+        // devices can stay borrowed from the structures: no copy in memory.
+        let live = status == AckStatus::Delivered && !blocked;
+        let frame = plan.frames.len();
+        if live {
             // Every device of the recipient; not the sender's other devices.
             for device in devices.iter() {
                 plan.send(device, frame);
             }
         }
         drop(devices);
+        let id = self.issue(issued, trace)?;
+        let message = stamp(id, from, Target::User(to.clone()), (text, receipt), now_ms);
+        if live {
+            plan.frame(ServerFrame::Chat {
+                message: message.clone(),
+                offline: false,
+            });
+        }
         // Kept: queued for an offline user, or held for a resuming one.
         if !blocked && (status == AckStatus::Queued || hold) {
-            s.queue_push_back(&to, message, trace);
+            self.structures.queue_push_back(&to, message, trace)?;
         }
         plan.reply(conn, ack(reference, Some(id), status));
         Ok(Event::Message {
@@ -742,26 +780,26 @@ impl<S: Structures> ChatCore<S> {
         group: GroupId,
         (text, receipt): (Arc<str>, bool),
         trace: &mut Trace,
-    ) -> Result<Event, RequestError> {
+    ) -> Result<Event, Stop> {
         let Sender {
             user: from,
             conn,
             reference,
             now_ms,
         } = sender;
-        let s = &mut self.structures;
-        if !s.is_member(&group, from, trace) {
+        if !self.structures.is_member(&group, from, trace)? {
             return Err(RequestError::new(
                 ErrorCode::NotMember,
                 format!("you are not a member of group {group}; send group_join first"),
                 reference,
-            ));
+            )
+            .into());
         }
-        if let Err(why) = may_send(s, &self.config, from) {
-            return Err(RequestError::new(ErrorCode::InboxFull, why, reference));
+        if let Err(why) = may_send(self.structures.queued_bytes_of(from)?, &self.config) {
+            return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
         let text_bytes = text.len();
-        let id = s.issue_id(&mut self.next_message_id, trace);
+        let id = self.issue(None, trace)?;
         let message = stamp(
             id,
             from,
@@ -774,17 +812,18 @@ impl<S: Structures> ChatCore<S> {
             offline: false,
         });
         let max = self.config.max_offline;
+        let s = &mut self.structures;
         // What the sender is told counts members who block them as if they
         // did not (v1.1: a block is undetectable); only real deliveries and
         // queued copies go to the event log as `connections` and `queued`.
         let (mut connections, mut queued, mut blocked) = (0, 0, 0);
         let (mut would_reach, mut would_queue) = (0, 0);
-        for member in s.group_members(&group, trace) {
+        for member in s.group_members(&group, trace)? {
             // The sender's own devices get it too; she is never checked
             // against her own block set.
-            let blocks = member != *from && s.is_blocked(&member, from, trace);
+            let blocks = member != *from && s.is_blocked(&member, from, trace)?;
             blocked += usize::from(blocks);
-            let devices = s.connections(&member, trace);
+            let devices = s.connections(&member, trace)?;
             let reach = devices.iter().filter(|d| d.id() != conn.id());
             // Held for a member when a device it goes to resumed (the
             // sending device gets nothing, so it does not count); a full
@@ -792,10 +831,11 @@ impl<S: Structures> ChatCore<S> {
             let hold = reach.clone().any(|d| d.resume().is_some());
             let online = !devices.is_empty();
             // A held or queued copy needs room in the member's deque (checked
-            // only then: a live-only copy costs no `len`).
+            // only then: a live-only copy costs no `len`), and in the budget,
+            // read afresh: the copy for the member before may have used it.
             let keep = (hold || !online)
-                && s.queued_len(&member, trace) < max
-                && room_to_queue(s, &self.config, from, text_bytes).is_ok();
+                && s.queued_len(&member, trace)? < max
+                && room_to_queue(s.queued_bytes_of(from)?, &self.config, text_bytes).is_ok();
             if online && (keep || !hold) {
                 for device in reach {
                     would_reach += 1;
@@ -810,7 +850,7 @@ impl<S: Structures> ChatCore<S> {
             }
             drop(devices);
             if keep && !blocks {
-                s.queue_push_back(&member, message.clone(), trace);
+                s.queue_push_back(&member, message.clone(), trace)?;
             }
         }
         let status = if would_reach > 0 {
@@ -842,7 +882,7 @@ impl<S: Structures> ChatCore<S> {
         request: &Request,
         reference: &Ref,
         trace: &mut Trace,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), Stop> {
         let Disk::Unavailable(why) = &self.disk else {
             return Ok(());
         };
@@ -853,10 +893,13 @@ impl<S: Structures> ChatCore<S> {
             Request::Unblock { .. } => "unblock a user",
             Request::GroupMessage { group, .. } => {
                 let s = &self.structures;
-                let queues = s
-                    .group_members(group, trace)
-                    .iter()
-                    .any(|member| s.connections(member, trace).is_empty());
+                let mut queues = false;
+                for member in s.group_members(group, trace)? {
+                    if s.connections(&member, trace)?.is_empty() {
+                        queues = true;
+                        break;
+                    }
+                }
                 if !queues {
                     return Ok(());
                 }
@@ -864,7 +907,7 @@ impl<S: Structures> ChatCore<S> {
             }
             _ => return Ok(()),
         };
-        Err(unavailable(why, what, reference.clone()))
+        Err(unavailable(why, what, reference.clone()).into())
     }
 
     /// `--max-text-chars`: counted in characters, as a reader would count them.
@@ -896,31 +939,27 @@ impl<S: Structures> ChatCore<S> {
         user: &UserId,
         reference: Ref,
         trace: &mut Trace,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), Stop> {
         let s = &self.structures;
-        let size = s.group_len(group, trace);
+        let size = s.group_len(group, trace)?;
         let (max_size, max_groups) = (self.config.max_group_size, self.config.max_groups);
         let per_user = self.config.max_groups_per_user;
-        let detail = if s.groups_of(user) >= per_user && !s.is_member(group, user, trace) {
+        let detail = if s.groups_of(user)? >= per_user && !s.is_member(group, user, trace)? {
             format!(
                 "you are already in {per_user} groups, the most one user may be in \
                  (--max-groups-per-user); leave one first"
             )
-        } else if size == 0 && s.group_count(trace) >= max_groups {
+        } else if size == 0 && s.group_count(trace)? >= max_groups {
             format!(
                 "this server already has its maximum of {max_groups} groups (--max-groups); \
                  join an existing group instead"
             )
-        } else if size >= max_size && !s.is_member(group, user, trace) {
+        } else if size >= max_size && !s.is_member(group, user, trace)? {
             format!("group {group} is full ({max_size} members, --max-group-size)")
         } else {
             return Ok(());
         };
-        Err(RequestError::new(
-            ErrorCode::LimitReached,
-            detail,
-            reference,
-        ))
+        Err(RequestError::new(ErrorCode::LimitReached, detail, reference).into())
     }
 
     /// `--max-blocked`: how many users one user may block. Blocking someone
@@ -931,23 +970,24 @@ impl<S: Structures> ChatCore<S> {
         whom: &UserId,
         reference: Ref,
         trace: &mut Trace,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), Stop> {
         let s = &self.structures;
         let max = self.config.max_blocked;
-        if s.blocked_len(by, trace) >= max && !s.is_blocked(by, whom, trace) {
+        if s.blocked_len(by, trace)? >= max && !s.is_blocked(by, whom, trace)? {
             return Err(RequestError::new(
                 ErrorCode::LimitReached,
                 format!("you already block {max} users (--max-blocked); unblock someone first"),
                 reference,
-            ));
+            )
+            .into());
         }
         Ok(())
     }
 
     /// One user's open connections (one `active_connections` look-up, counted).
-    pub fn devices(&mut self, user: &UserId) -> Vec<S::Conn> {
+    pub fn devices(&mut self, user: &UserId) -> Step<Vec<S::Conn>> {
         let mut trace = self.new_trace();
-        self.structures.connections(user, &mut trace).into_owned()
+        Ok(self.structures.connections(user, &mut trace)?.into_owned())
     }
 
     /// Every open connection, for a graceful shutdown that closes each with 1001.

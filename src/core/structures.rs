@@ -85,6 +85,36 @@ pub struct QueuedBytes {
     pub sender: usize,
 }
 
+/// A backend step that could not be carried out: a cluster's Redis did not
+/// answer in time. The rule stops at the first one, so nothing it would have
+/// decided afterwards is sent; what it wrote before stays written (see
+/// docs/architecture.md, "When Redis fails"). In memory it never happens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// What a backend step answers: the value, or why it could not be had.
+pub type Step<T> = Result<T, Unavailable>;
+
+/// What routing a direct message reads before it decides, taken in one step
+/// (see [`Structures::direct_facts`]).
+pub struct DirectFacts<'a, C: Clone> {
+    /// The memory budget's counters, for the sender.
+    pub queued: QueuedBytes,
+    /// Does the recipient block the sender?
+    pub blocked: bool,
+    /// The recipient's devices (empty when offline).
+    pub devices: Cow<'a, [C]>,
+    /// The message's id, when the backend issued it in the same step (Redis
+    /// does, in the same round trip: a refused request then leaves a gap).
+    pub id: Option<u64>,
+}
+
+/// Every method is one counted operation, or one step a rule takes, and
+/// answers [`Step`]: a rule never acts on a value made up for a failure.
+/// Reads take `&self`; a method that also keeps what it learnt for the next
+/// one (a cluster's presence order) takes `&mut self`, so no backend needs
+/// interior mutability.
 pub trait Structures {
     type Conn: ConnHandle;
 
@@ -92,23 +122,24 @@ pub trait Structures {
     /// The user's open connections (empty when offline). O(1). In memory a
     /// borrowed slice; a cluster builds the list (its own sockets, and one
     /// handle per other node that has some of the user's devices).
-    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Self::Conn]>;
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Step<Cow<'_, [Self::Conn]>>;
     /// The user's devices on this node only: what a frame relayed from another
     /// node of a cluster can reach. In memory, every device is local.
-    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Self::Conn]> {
+    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Step<Cow<'_, [Self::Conn]>> {
         self.connections(user, trace)
     }
     /// Every device of every user in `users`, for a presence broadcast. In a
     /// cluster, one handle per other node stands for all of its devices.
-    fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Self::Conn> {
+    fn devices_of_all(&mut self, users: &[UserId], trace: &mut Trace) -> Step<Vec<Self::Conn>> {
         let mut all = Vec::new();
         for user in users {
-            all.extend(self.connections(user, trace).iter().cloned());
+            all.extend(self.connections(user, trace)?.iter().cloned());
         }
-        all
+        Ok(all)
     }
     /// Adds a device; returns how many the user now has. O(1) amortised.
-    fn add_connection(&mut self, user: &UserId, conn: Self::Conn, trace: &mut Trace) -> usize;
+    fn add_connection(&mut self, user: &UserId, conn: Self::Conn, trace: &mut Trace)
+        -> Step<usize>;
     /// Removes a device; returns how many remain and its handle, or `None`
     /// if it was not there. O(d).
     fn remove_connection(
@@ -116,117 +147,135 @@ pub trait Structures {
         user: &UserId,
         id: ConnId,
         trace: &mut Trace,
-    ) -> Option<(usize, Self::Conn)>;
-    /// Every open connection (on this node), for shutdown. O(n).
+    ) -> Step<Option<(usize, Self::Conn)>>;
+    /// Every open connection on this node, for shutdown and relayed presence.
+    /// O(n). Never a round trip (a cluster keeps its own sockets itself), so
+    /// it cannot fail.
     fn all_connections(&self, trace: &mut Trace) -> Vec<Self::Conn>;
 
     // presence: HashSet<UserId>. Routing never asks "is bob online?" here:
     // it needs bob's sockets anyway, and `connections` answers both in one look-up.
     /// Returns true if the user was not online before.
-    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool;
+    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool>;
     /// Returns true if the user was online before.
-    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool;
+    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool>;
     /// Every online user, in no particular order. O(n).
-    fn online_users(&self, trace: &mut Trace) -> Vec<UserId>;
+    fn online_users(&mut self, trace: &mut Trace) -> Step<Vec<UserId>>;
 
     // offline_messages: HashMap<UserId, VecDeque<Message>>
-    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize;
+    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> Step<usize>;
     /// Appends to the user's deque; returns its new length. O(1) amortised.
-    fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize;
+    fn queue_push_back(
+        &mut self,
+        user: &UserId,
+        message: Message,
+        trace: &mut Trace,
+    ) -> Step<usize>;
     /// Takes the oldest message. O(1). An emptied deque is removed from the map.
-    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message>;
+    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Step<Option<Message>>;
     /// Takes the whole deque, oldest first: the flush on connect. One
     /// `pop_front` per message, O(k). A cluster does it in one atomic script,
     /// so two devices connecting at once on two nodes cannot both take a message.
-    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Vec<Message> {
-        let queued = self.queued_len(user, trace);
-        (0..queued)
-            .map_while(|_| self.queue_pop_front(user, trace))
-            .collect()
+    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Step<Vec<Message>> {
+        let queued = self.queued_len(user, trace)?;
+        let mut all = Vec::with_capacity(queued);
+        for _ in 0..queued {
+            match self.queue_pop_front(user, trace)? {
+                Some(message) => all.push(message),
+                None => break,
+            }
+        }
+        Ok(all)
     }
     /// Copies of the held messages with id > `after`, oldest first, left in
     /// place: a resume re-sends without releasing. O(log n + k) for k copied.
-    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message>;
+    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Step<Vec<Message>>;
     /// Pops every message with id <= `upto` from the front (one `pop_front`
     /// each, O(1)) and moves the released position up to `upto`.
-    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Vec<Message>;
+    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Step<Vec<Message>>;
     /// Puts back a message a closing device never got, in id order; false
     /// when it is still held or was already released. O(1) at the back.
-    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool;
+    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool>;
 
     // group_members: HashMap<GroupId, HashSet<UserId>>
     /// Returns the group's size afterwards; creates the group if new.
-    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize;
+    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<usize>;
     /// Returns true if the user was a member. An emptied group is removed.
-    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool;
+    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool>;
     /// False also when the group does not exist. O(1).
-    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool;
+    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool>;
     /// Every member, in no particular order. O(m).
-    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId>;
+    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Step<Vec<UserId>>;
     /// Members of one group (0 when it does not exist), for `--max-group-size`. O(1).
-    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize;
+    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> Step<usize>;
     /// How many groups exist, for `--max-groups`. O(1).
-    fn group_count(&self, trace: &mut Trace) -> usize;
+    fn group_count(&self, trace: &mut Trace) -> Step<usize>;
 
     // blocked_users: HashMap<UserId, HashSet<UserId>>, "whom each user blocks"
-    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
-    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
+    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool>;
+    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool>;
     /// Does `by` block `whom`? Asked once per delivered message. O(1).
-    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool;
+    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool>;
     /// How many users `by` blocks, for `--max-blocked`. O(1).
-    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize;
+    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> Step<usize>;
+
+    /// The first step of routing a direct message from `from` to `to`: the
+    /// budget, the block and the devices, each counted and narrated as its
+    /// own operation, in that order. A backend whose every read is a round
+    /// trip (Redis) makes them one, and issues the id in it too.
+    fn direct_facts(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        trace: &mut Trace,
+    ) -> Step<DirectFacts<'_, Self::Conn>> {
+        Ok(DirectFacts {
+            queued: self.queued_bytes_of(from)?,
+            blocked: self.is_blocked(to, from, trace)?,
+            devices: self.connections(to, trace)?,
+            id: None,
+        })
+    }
 
     // The memory budget's bookkeeping: O(1) answers, not structure operations
     // (they are not counted).
     /// Bytes held by every offline deque together (see [`crate::core::queued_cost`]).
-    fn queued_bytes(&self) -> usize;
+    fn queued_bytes(&self) -> Step<usize>;
     /// What the budget needs before `sender`'s next message: the bytes of
     /// every deque, and of `sender`'s messages in them, read together (one
     /// round trip on Redis), afresh each time: nothing read for one check is
     /// kept for the next.
-    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes;
+    fn queued_bytes_of(&self, sender: &UserId) -> Step<QueuedBytes>;
     /// How many groups `user` is a member of.
-    fn groups_of(&self, user: &UserId) -> usize;
+    fn groups_of(&self, user: &UserId) -> Step<usize>;
 
-    /// The id for the next accepted message. One server counts in memory
-    /// (`next`); a cluster counts in Redis (INCR), so ids stay unique and
-    /// increasing across its nodes.
-    fn issue_id(&self, next: &mut u64, _trace: &mut Trace) -> u64 {
-        let id = *next;
-        *next += 1;
-        id
+    /// The id for the next accepted message, when the core's own counter says
+    /// `next`. One server issues `next`; a cluster counts in Redis (INCR), so
+    /// ids stay unique and increasing across its nodes.
+    fn issue_id(&self, next: u64, _trace: &mut Trace) -> Step<u64> {
+        Ok(next)
     }
-    /// The id the next message will get, as far as this backend knows.
-    fn next_id(&self, next: u64) -> u64 {
-        next
+    /// The id the next message will get, when the core's own counter (the
+    /// highest id this node issued or restored, plus one) says `next`.
+    fn next_id(&self, next: u64) -> Step<u64> {
+        Ok(next)
     }
     /// A cluster node stopped renewing its heartbeat: its devices leave
     /// `active_connections`; returns the users who left `presence` with them.
     /// One server has no other node: nothing to do.
-    fn sweep_node(&mut self, _node: &str, _trace: &mut Trace) -> Vec<UserId> {
-        Vec::new()
+    fn sweep_node(&mut self, _node: &str, _trace: &mut Trace) -> Step<Vec<UserId>> {
+        Ok(Vec::new())
     }
     /// A presence change relayed from another node of a cluster, about
     /// `about`, is news here: this node has not shown its devices that change
-    /// or a later one. One server relays nothing: always news.
-    fn presence_is_news(&self, _about: &UserId, _order: u64) -> bool {
+    /// or a later one (and from now on, it has). One server relays nothing:
+    /// always news.
+    fn presence_is_news(&mut self, _about: &UserId, _order: u64) -> bool {
         true
-    }
-    /// A direct message from `from` to `to` is about to be routed: a backend
-    /// whose every operation is a round trip (Redis) may fetch, in one, what
-    /// routing will ask next (the budget, the block, the devices, the id).
-    /// Each operation still runs, counts and narrates as itself. In memory:
-    /// nothing to do.
-    fn prefetch_route(&self, _from: &UserId, _to: &UserId) {}
-    /// Forgets anything prefetched and not used (a refused request).
-    fn forget_prefetch(&self) {}
-    /// Why the last operations could not be carried out (a cluster's Redis is
-    /// unreachable), taken once: the shell then refuses the rule's outcome.
-    fn take_failure(&mut self) -> Option<String> {
-        None
     }
 
     /// The durable changes made since the last call (see `core::journal`).
+    /// Called at the end of every rule.
     fn take_changes(&mut self) -> Vec<Change>;
     /// Loads durable state into empty structures (not counted: it is not routing).
     fn restore(&mut self, state: &DurableState);
@@ -235,5 +284,5 @@ pub trait Structures {
     fn op_table(&self) -> OpTable;
     /// A consistent copy of all five structures, each deque whole or only its
     /// ends (see [`QueueView`]). Not counted: observing is not routing.
-    fn snapshot(&self, view: QueueView) -> StructuresSnapshot;
+    fn snapshot(&self, view: QueueView) -> Step<StructuresSnapshot>;
 }

@@ -30,7 +30,7 @@ fn n(s: &str) -> Name {
 /// Sends a JSON request from `user` on connection `conn`.
 fn send(core: &mut TestCore, user: &str, conn: ConnId, request: Value) -> Outcome<ConnId> {
     let envelope = parse_request(&request.to_string()).expect("test requests are valid");
-    core.handle(&n(user), &conn, envelope, 1_000)
+    core.handle(&n(user), &conn, envelope, 1_000).unwrap()
 }
 
 /// The frames one connection receives, as JSON.
@@ -43,7 +43,7 @@ fn frames(outcome: &Outcome<ConnId>, conn: ConnId) -> Vec<Value> {
 }
 
 fn assert_invariants(core: &TestCore) {
-    for inv in core.snapshot().invariants {
+    for inv in core.snapshot().unwrap().invariants {
         assert!(
             inv.holds,
             "invariant broken: {} ({:?})",
@@ -62,13 +62,13 @@ fn receivers(outcome: &Outcome<ConnId>) -> Vec<ConnId> {
 #[test]
 fn welcome_lists_others_sorted_and_presence_goes_to_others_only() {
     let mut c = core();
-    let o = c.connect(&n("carol"), 1);
+    let o = c.connect(&n("carol"), 1).unwrap();
     assert_eq!(
         frames(&o, 1),
         [json!({"type":"welcome","user":"carol","online":[],"queued":0})]
     );
-    c.connect(&n("alice"), 2);
-    let o = c.connect(&n("bob"), 3);
+    c.connect(&n("alice"), 2).unwrap();
+    let o = c.connect(&n("bob"), 3).unwrap();
     assert_eq!(
         frames(&o, 3),
         [json!({"type":"welcome","user":"bob","online":["alice","carol"],"queued":0})]
@@ -78,7 +78,7 @@ fn welcome_lists_others_sorted_and_presence_goes_to_others_only() {
     assert_eq!(frames(&o, 2), [online]);
 
     // A second device: welcome still lists only the others, and nobody is told.
-    let o = c.connect(&n("bob"), 4);
+    let o = c.connect(&n("bob"), 4).unwrap();
     assert_eq!(frames(&o, 4)[0]["online"], json!(["alice", "carol"]));
     assert_eq!(receivers(&o), [4]);
     assert_invariants(&c);
@@ -87,20 +87,23 @@ fn welcome_lists_others_sorted_and_presence_goes_to_others_only() {
 #[test]
 fn offline_presence_only_when_the_last_device_closes() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
-    c.connect(&n("bob"), 2);
-    c.connect(&n("bob"), 3);
-    let o = c.disconnect(&n("bob"), 2, vec![]);
+    c.connect(&n("alice"), 1).unwrap();
+    c.connect(&n("bob"), 2).unwrap();
+    c.connect(&n("bob"), 3).unwrap();
+    let o = c.disconnect(&n("bob"), 2, vec![]).unwrap();
     assert!(o.deliveries.is_empty(), "bob still has a device");
-    assert_eq!(c.snapshot().structures.presence, [n("alice"), n("bob")]);
-    let o = c.disconnect(&n("bob"), 3, vec![]);
+    assert_eq!(
+        c.snapshot().unwrap().structures.presence,
+        [n("alice"), n("bob")]
+    );
+    let o = c.disconnect(&n("bob"), 3, vec![]).unwrap();
     assert_eq!(
         frames(&o, 1),
         [json!({"type":"presence","user":"bob","status":"offline"})]
     );
-    assert_eq!(c.snapshot().structures.presence, [n("alice")]);
+    assert_eq!(c.snapshot().unwrap().structures.presence, [n("alice")]);
     // Closing an unknown connection changes nothing.
-    let o = c.disconnect(&n("bob"), 3, vec![]);
+    let o = c.disconnect(&n("bob"), 3, vec![]).unwrap();
     assert!(matches!(o.event, Event::AlreadyGone { .. }));
     assert_invariants(&c);
 }
@@ -108,10 +111,10 @@ fn offline_presence_only_when_the_last_device_closes() {
 #[test]
 fn direct_message_to_online_user_reaches_every_device_and_acks_the_sender_only() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
-    c.connect(&n("alice"), 2);
-    c.connect(&n("bob"), 3);
-    c.connect(&n("bob"), 4);
+    c.connect(&n("alice"), 1).unwrap();
+    c.connect(&n("alice"), 2).unwrap();
+    c.connect(&n("bob"), 3).unwrap();
+    c.connect(&n("bob"), 4).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -134,7 +137,7 @@ fn direct_message_to_online_user_reaches_every_device_and_acks_the_sender_only()
 #[test]
 fn offline_messages_queue_and_flush_fifo_exactly_once() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 1).unwrap();
     for i in 0..3 {
         let o = send(
             &mut c,
@@ -144,8 +147,11 @@ fn offline_messages_queue_and_flush_fifo_exactly_once() {
         );
         assert_eq!(frames(&o, 1)[0]["status"], "queued");
     }
-    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 3);
-    let o = c.connect(&n("bob"), 2);
+    assert_eq!(
+        c.snapshot().unwrap().structures.offline_messages[&n("bob")].len,
+        3
+    );
+    let o = c.connect(&n("bob"), 2).unwrap();
     let got = frames(&o, 2);
     assert_eq!(got[0]["queued"], 3);
     let texts: Vec<&str> = got[1..]
@@ -155,7 +161,7 @@ fn offline_messages_queue_and_flush_fifo_exactly_once() {
     assert_eq!(texts, ["m0", "m1", "m2"]);
     assert!(got[1..].iter().all(|f| f["offline"] == json!(true)));
     assert!(
-        c.snapshot().structures.offline_messages.is_empty(),
+        c.snapshot().unwrap().structures.offline_messages.is_empty(),
         "empty deques are removed"
     );
     // Welcome, flush, then presence to the others.
@@ -171,7 +177,7 @@ fn offline_messages_queue_and_flush_fifo_exactly_once() {
         .collect();
     assert_eq!(order, ["welcome", "chat", "chat", "chat", "presence"]);
     // A second device gets nothing twice.
-    let o = c.connect(&n("bob"), 3);
+    let o = c.connect(&n("bob"), 3).unwrap();
     assert_eq!(
         frames(&o, 3),
         [json!({"type":"welcome","user":"bob","online":["alice"],"queued":0})]
@@ -182,7 +188,7 @@ fn offline_messages_queue_and_flush_fifo_exactly_once() {
 #[test]
 fn inbox_full_refuses_without_storing_or_using_an_id() {
     let mut c = core_with(2);
-    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 1).unwrap();
     send(
         &mut c,
         "alice",
@@ -205,8 +211,11 @@ fn inbox_full_refuses_without_storing_or_using_an_id() {
     assert_eq!(err["type"], "error");
     assert_eq!(err["code"], "inbox_full");
     assert_eq!(err["ref"], 9);
-    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 2);
-    c.connect(&n("carol"), 2);
+    assert_eq!(
+        c.snapshot().unwrap().structures.offline_messages[&n("bob")].len,
+        2
+    );
+    c.connect(&n("carol"), 2).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -222,8 +231,8 @@ fn inbox_full_refuses_without_storing_or_using_an_id() {
 #[test]
 fn a_block_changes_what_happens_never_what_the_sender_is_told() {
     let mut c = core_with(2);
-    c.connect(&n("alice"), 1);
-    c.connect(&n("bob"), 2);
+    c.connect(&n("alice"), 1).unwrap();
+    c.connect(&n("bob"), 2).unwrap();
     send(&mut c, "bob", 2, json!({"type":"block","user":"alice"}));
 
     // Live: `delivered`, as to anyone online; nothing reaches bob.
@@ -238,7 +247,7 @@ fn a_block_changes_what_happens_never_what_the_sender_is_told() {
     assert!(matches!(o.event, Event::Message { blocked: true, .. }));
 
     // Offline: `queued`, and nothing is queued.
-    c.disconnect(&n("bob"), 2, vec![]);
+    c.disconnect(&n("bob"), 2, vec![]).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -246,10 +255,10 @@ fn a_block_changes_what_happens_never_what_the_sender_is_told() {
         json!({"type":"message","to":"bob","text":"x"}),
     );
     assert_eq!(frames(&o, 1)[0]["status"], "queued");
-    assert!(c.snapshot().structures.offline_messages.is_empty());
+    assert!(c.snapshot().unwrap().structures.offline_messages.is_empty());
 
     // Full inbox: `inbox_full`, as for anyone else.
-    c.connect(&n("carol"), 9);
+    c.connect(&n("carol"), 9).unwrap();
     for _ in 0..2 {
         send(
             &mut c,
@@ -265,10 +274,13 @@ fn a_block_changes_what_happens_never_what_the_sender_is_told() {
         json!({"type":"message","to":"bob","text":"x","ref":4}),
     );
     assert_eq!(frames(&o, 1)[0]["code"], "inbox_full");
-    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 2);
+    assert_eq!(
+        c.snapshot().unwrap().structures.offline_messages[&n("bob")].len,
+        2
+    );
 
     // A group: bob online in it, alice told `delivered`, bob gets nothing.
-    let o = c.connect(&n("bob"), 3);
+    let o = c.connect(&n("bob"), 3).unwrap();
     assert_eq!(frames(&o, 3).len(), 3, "welcome and carol's two only");
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
     send(&mut c, "bob", 3, json!({"type":"group_join","group":"g"}));
@@ -289,7 +301,7 @@ fn a_block_changes_what_happens_never_what_the_sender_is_told() {
         }
     ));
     // ... and offline: `queued`, nothing queued.
-    c.disconnect(&n("bob"), 3, vec![]);
+    c.disconnect(&n("bob"), 3, vec![]).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -297,10 +309,10 @@ fn a_block_changes_what_happens_never_what_the_sender_is_told() {
         json!({"type":"group_message","group":"g","text":"x"}),
     );
     assert_eq!(frames(&o, 1)[0]["status"], "queued");
-    assert!(c.snapshot().structures.offline_messages.is_empty());
+    assert!(c.snapshot().unwrap().structures.offline_messages.is_empty());
 
     // Unblocked: delivered for real again.
-    let o = c.connect(&n("bob"), 4);
+    let o = c.connect(&n("bob"), 4).unwrap();
     assert_eq!(frames(&o, 4).len(), 1, "only the welcome: nothing was kept");
     send(&mut c, "bob", 4, json!({"type":"unblock","user":"alice"}));
     let o = send(
@@ -312,7 +324,7 @@ fn a_block_changes_what_happens_never_what_the_sender_is_told() {
     assert_eq!(frames(&o, 1)[0]["status"], "delivered");
     assert_eq!(frames(&o, 4)[0]["text"], "y");
     assert!(
-        c.snapshot().structures.blocked.is_empty(),
+        c.snapshot().unwrap().structures.blocked.is_empty(),
         "empty block sets are removed"
     );
 }
@@ -320,8 +332,8 @@ fn a_block_changes_what_happens_never_what_the_sender_is_told() {
 #[test]
 fn a_sender_is_never_checked_against_her_own_block_set() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
-    c.connect(&n("bob"), 2);
+    c.connect(&n("alice"), 1).unwrap();
+    c.connect(&n("bob"), 2).unwrap();
     for (u, conn) in [("alice", 1), ("bob", 2)] {
         send(&mut c, u, conn, json!({"type":"group_join","group":"g"}));
     }
@@ -344,9 +356,9 @@ fn a_sender_is_never_checked_against_her_own_block_set() {
 #[test]
 fn group_fan_out_skips_the_sending_connection_and_queues_for_offline_members() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
-    c.connect(&n("alice"), 2);
-    c.connect(&n("bob"), 3);
+    c.connect(&n("alice"), 1).unwrap();
+    c.connect(&n("alice"), 2).unwrap();
+    c.connect(&n("bob"), 3).unwrap();
     for (u, conn) in [("alice", 1), ("bob", 3)] {
         let o = send(
             &mut c,
@@ -360,9 +372,9 @@ fn group_fan_out_skips_the_sending_connection_and_queues_for_offline_members() {
         );
     }
     // dave joins, then goes offline: his copy is queued.
-    c.connect(&n("dave"), 4);
+    c.connect(&n("dave"), 4).unwrap();
     send(&mut c, "dave", 4, json!({"type":"group_join","group":"g1"}));
-    c.disconnect(&n("dave"), 4, vec![]);
+    c.disconnect(&n("dave"), 4, vec![]).unwrap();
 
     let o = send(
         &mut c,
@@ -382,7 +394,7 @@ fn group_fan_out_skips_the_sending_connection_and_queues_for_offline_members() {
         frames(&o, 1),
         [json!({"type":"ack","id":1,"status":"delivered"})]
     );
-    let o = c.connect(&n("dave"), 5);
+    let o = c.connect(&n("dave"), 5).unwrap();
     assert_eq!(frames(&o, 5)[1]["type"], "group_message");
     assert_eq!(frames(&o, 5)[1]["offline"], true);
 }
@@ -390,7 +402,7 @@ fn group_fan_out_skips_the_sending_connection_and_queues_for_offline_members() {
 #[test]
 fn group_ack_is_delivered_then_queued_then_sent() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 1).unwrap();
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
     // Alone in the group: nobody to reach.
     let o = send(
@@ -400,9 +412,9 @@ fn group_ack_is_delivered_then_queued_then_sent() {
         json!({"type":"group_message","group":"g","text":"x"}),
     );
     assert_eq!(frames(&o, 1)[0]["status"], "sent");
-    c.connect(&n("bob"), 2);
+    c.connect(&n("bob"), 2).unwrap();
     send(&mut c, "bob", 2, json!({"type":"group_join","group":"g"}));
-    c.disconnect(&n("bob"), 2, vec![]);
+    c.disconnect(&n("bob"), 2, vec![]).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -410,7 +422,7 @@ fn group_ack_is_delivered_then_queued_then_sent() {
         json!({"type":"group_message","group":"g","text":"x"}),
     );
     assert_eq!(frames(&o, 1)[0]["status"], "queued");
-    c.connect(&n("alice"), 3);
+    c.connect(&n("alice"), 3).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -427,7 +439,7 @@ fn group_ack_is_delivered_then_queued_then_sent() {
 #[test]
 fn group_membership_rules() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 1).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -436,7 +448,7 @@ fn group_membership_rules() {
     );
     assert_eq!(frames(&o, 1)[0]["code"], "not_member");
     assert_eq!(frames(&o, 1)[0]["ref"], 1);
-    c.connect(&n("bob"), 2);
+    c.connect(&n("bob"), 2).unwrap();
     send(&mut c, "bob", 2, json!({"type":"group_join","group":"g"}));
     let o = send(
         &mut c,
@@ -450,7 +462,7 @@ fn group_membership_rules() {
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
     assert_eq!(
-        c.snapshot().structures.groups[&n("g")],
+        c.snapshot().unwrap().structures.groups[&n("g")],
         [n("alice"), n("bob")]
     );
     let o = send(
@@ -468,7 +480,7 @@ fn group_membership_rules() {
     );
     send(&mut c, "bob", 2, json!({"type":"group_leave","group":"g"}));
     assert!(
-        c.snapshot().structures.groups.is_empty(),
+        c.snapshot().unwrap().structures.groups.is_empty(),
         "empty groups are removed"
     );
 }
@@ -476,8 +488,8 @@ fn group_membership_rules() {
 #[test]
 fn who_includes_the_asker_and_ping_pongs() {
     let mut c = core();
-    c.connect(&n("zed"), 1);
-    c.connect(&n("amy"), 2);
+    c.connect(&n("zed"), 1).unwrap();
+    c.connect(&n("amy"), 2).unwrap();
     let o = send(&mut c, "zed", 1, json!({"type":"who"}));
     assert_eq!(
         frames(&o, 1),
@@ -490,7 +502,7 @@ fn who_includes_the_asker_and_ping_pongs() {
 #[test]
 fn ids_are_global_and_increase_across_direct_and_group() {
     let mut c = core();
-    c.connect(&n("a"), 1);
+    c.connect(&n("a"), 1).unwrap();
     send(&mut c, "a", 1, json!({"type":"group_join","group":"g"}));
     let mut ids = vec![];
     for i in 0..6 {
@@ -511,8 +523,8 @@ fn ids_are_global_and_increase_across_direct_and_group() {
 #[test]
 fn unsent_messages_of_a_last_device_go_back_to_the_deque() {
     let mut c = core();
-    c.connect(&n("bob"), 1);
-    c.connect(&n("alice"), 2);
+    c.connect(&n("bob"), 1).unwrap();
+    c.connect(&n("alice"), 2).unwrap();
     let msgs: Vec<Message> = (1..=3)
         .map(|i| {
             let o = send(
@@ -525,13 +537,13 @@ fn unsent_messages_of_a_last_device_go_back_to_the_deque() {
         })
         .collect();
     // Bob has a second device: what the first did not write is not re-queued.
-    c.connect(&n("bob"), 3);
-    let o = c.disconnect(&n("bob"), 1, msgs.clone());
+    c.connect(&n("bob"), 3).unwrap();
+    let o = c.disconnect(&n("bob"), 1, msgs.clone()).unwrap();
     assert!(matches!(o.event, Event::Disconnected { requeued: 0, .. }));
     // His last device goes with unsent messages: they are kept, in order.
-    let o = c.disconnect(&n("bob"), 3, msgs);
+    let o = c.disconnect(&n("bob"), 3, msgs).unwrap();
     assert!(matches!(o.event, Event::Disconnected { requeued: 3, .. }));
-    let o = c.connect(&n("bob"), 4);
+    let o = c.connect(&n("bob"), 4).unwrap();
     let texts: Vec<Value> = frames(&o, 4)[1..]
         .iter()
         .map(|f| f["text"].clone())
@@ -543,8 +555,8 @@ fn unsent_messages_of_a_last_device_go_back_to_the_deque() {
 #[test]
 fn routing_n_messages_costs_n_gets_and_n_block_checks() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
-    c.connect(&n("bob"), 2);
+    c.connect(&n("alice"), 1).unwrap();
+    c.connect(&n("bob"), 2).unwrap();
     let before = c.op_table();
     for _ in 0..1000 {
         send(
@@ -563,7 +575,7 @@ fn routing_n_messages_costs_n_gets_and_n_block_checks() {
 #[test]
 fn op_counts_for_a_scripted_sequence() {
     let mut c = core();
-    c.connect(&n("alice"), 1); // insert, presence insert, presence iterate, len
+    c.connect(&n("alice"), 1).unwrap(); // insert, presence insert, presence iterate, len
     send(
         &mut c,
         "alice",
@@ -571,7 +583,7 @@ fn op_counts_for_a_scripted_sequence() {
         json!({"type":"message","to":"bob","text":"x"}),
     ); // contains, get, len, push_back
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"})); // len(g), len (a new group), insert
-    c.connect(&n("bob"), 2); // insert, presence insert, iterate, len, pop_front, get(alice)
+    c.connect(&n("bob"), 2).unwrap(); // insert, presence insert, iterate, len, pop_front, get(alice)
     send(&mut c, "bob", 2, json!({"type":"block","user":"alice"})); // blocked len, insert
     send(
         &mut c,
@@ -579,7 +591,7 @@ fn op_counts_for_a_scripted_sequence() {
         1,
         json!({"type":"group_message","group":"g","text":"x"}),
     ); // contains, iterate, get (alice, the only member, is not checked against her own blocks)
-    c.disconnect(&n("bob"), 2, vec![]); // remove, presence remove, iterate, get(alice)
+    c.disconnect(&n("bob"), 2, vec![]).unwrap(); // remove, presence remove, iterate, get(alice)
     use Op::*;
     use Structure::*;
     let t = c.op_table();
@@ -614,7 +626,7 @@ fn op_counts_for_a_scripted_sequence() {
 #[test]
 fn the_trace_narrates_the_seed_message_flow() {
     let mut c = core();
-    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 1).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -646,11 +658,11 @@ fn presence_invariant_holds_through_a_random_walk() {
         seed ^= seed << 17;
         if open.is_empty() || seed % 3 != 0 {
             let u = (seed as usize / 3) % users.len();
-            c.connect(&n(users[u]), step + 1);
+            c.connect(&n(users[u]), step + 1).unwrap();
             open.push((u, step + 1));
         } else {
             let (u, id) = open.swap_remove((seed as usize / 3) % open.len());
-            c.disconnect(&n(users[u]), id, vec![]);
+            c.disconnect(&n(users[u]), id, vec![]).unwrap();
         }
         assert_invariants(&c);
     }
@@ -660,10 +672,10 @@ fn presence_invariant_holds_through_a_random_walk() {
 fn group_fan_out_skips_a_member_whose_queue_is_full() {
     let mut c = core_with(1);
     for (u, conn) in [("alice", 1), ("bob", 2)] {
-        c.connect(&n(u), conn);
+        c.connect(&n(u), conn).unwrap();
         send(&mut c, u, conn, json!({"type":"group_join","group":"g"}));
     }
-    c.disconnect(&n("bob"), 2, vec![]);
+    c.disconnect(&n("bob"), 2, vec![]).unwrap();
     let o = send(
         &mut c,
         "alice",
@@ -682,7 +694,10 @@ fn group_fan_out_skips_a_member_whose_queue_is_full() {
         frames(&o, 1),
         [json!({"type":"ack","id":2,"status":"sent"})]
     );
-    assert_eq!(c.snapshot().structures.offline_messages[&n("bob")].len, 1);
+    assert_eq!(
+        c.snapshot().unwrap().structures.offline_messages[&n("bob")].len,
+        1
+    );
 }
 
 #[test]
@@ -697,8 +712,8 @@ fn limits_refuse_with_limit_reached_and_change_nothing() {
             ..CoreConfig::default()
         },
     );
-    core.connect(&n("ann"), 1);
-    core.connect(&n("ben"), 2);
+    core.connect(&n("ann"), 1).unwrap();
+    core.connect(&n("ben"), 2).unwrap();
     let code = |outcome: &Outcome<ConnId>, conn| frames(outcome, conn)[0]["code"].clone();
     let long = send(
         &mut core,
@@ -751,7 +766,7 @@ fn limits_refuse_with_limit_reached_and_change_nothing() {
     send(&mut core, "ann", 1, json!({"type":"block","user":"cy"}));
     let more = send(&mut core, "ann", 1, json!({"type":"block","user":"dee"}));
     assert_eq!(code(&more, 1), "limit_reached");
-    let s = core.snapshot().structures;
+    let s = core.snapshot().unwrap().structures;
     assert_eq!(s.groups.len(), 1);
     assert_eq!(s.groups[&n("g")].len(), 1);
     assert_eq!(s.blocked[&n("ann")].len(), 1);
@@ -779,7 +794,7 @@ fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
     let cost = queued_cost(1000);
     let mut c = core_with_budget(10 * cost, 4 * cost);
     for (u, conn) in [("mallory", 1), ("alice", 2), ("bob", 3)] {
-        c.connect(&n(u), conn);
+        c.connect(&n(u), conn).unwrap();
     }
     let dm = |to: &str| json!({"type":"message","to":to,"text":text});
     let mut acks = Vec::new();
@@ -823,11 +838,11 @@ fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
     // someone with nothing waiting chats on.
     let o = send(&mut c, "alice", 2, dm("bob"));
     assert_eq!(frames(&o, 2)[0]["code"], "inbox_full");
-    c.connect(&n("eve"), 5);
+    c.connect(&n("eve"), 5).unwrap();
     let o = send(&mut c, "eve", 5, dm("bob"));
     assert_eq!(frames(&o, 5)[0]["status"], "delivered");
     // Reading frees the budget.
-    c.connect(&n("carol"), 4);
+    c.connect(&n("carol"), 4).unwrap();
     let o = send(&mut c, "alice", 2, dm("dave"));
     assert_eq!(frames(&o, 2)[0]["status"], "queued");
 }
@@ -836,18 +851,18 @@ fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
 fn a_group_fan_out_skips_members_the_budget_has_no_room_for() {
     let cost = queued_cost(1);
     let mut c = core_with_budget(3 * cost, 100 * cost);
-    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 1).unwrap();
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
     for i in 0..5 {
         let ghost = format!("ghost{i}");
-        c.connect(&n(&ghost), 10 + i);
+        c.connect(&n(&ghost), 10 + i).unwrap();
         send(
             &mut c,
             &ghost,
             10 + i,
             json!({"type":"group_join","group":"g"}),
         );
-        c.disconnect(&n(&ghost), 10 + i, vec![]);
+        c.disconnect(&n(&ghost), 10 + i, vec![]).unwrap();
     }
     let o = send(
         &mut c,
@@ -862,7 +877,7 @@ fn a_group_fan_out_skips_members_the_budget_has_no_room_for() {
 #[test]
 fn one_user_may_join_only_so_many_groups() {
     let mut c = core_with_budget(usize::MAX, usize::MAX);
-    c.connect(&n("alice"), 1);
+    c.connect(&n("alice"), 1).unwrap();
     for g in ["a", "b"] {
         let o = send(&mut c, "alice", 1, json!({"type":"group_join","group":g}));
         assert_eq!(frames(&o, 1)[0]["status"], "ok");
@@ -920,7 +935,7 @@ fn resuming(id: ConnId, from: u64) -> Device {
 
 fn say(core: &mut WindowCore, user: &str, conn: Device, request: Value) -> Outcome<Device> {
     let envelope = parse_request(&request.to_string()).expect("test requests are valid");
-    core.handle(&n(user), &conn, envelope, 1_000)
+    core.handle(&n(user), &conn, envelope, 1_000).unwrap()
 }
 
 fn json_for(outcome: &Outcome<Device>, conn: ConnId) -> Vec<Value> {
@@ -933,6 +948,7 @@ fn json_for(outcome: &Outcome<Device>, conn: ConnId) -> Vec<Value> {
 
 fn held_ids(core: &WindowCore, user: &str) -> Vec<u64> {
     core.snapshot()
+        .unwrap()
         .structures
         .offline_messages
         .get(&n(user))
@@ -952,8 +968,8 @@ fn chat_ids(frames: &[Value]) -> Vec<u64> {
 fn live_messages_to_a_resuming_user_are_held_until_received() {
     let mut c = window_core(100);
     let alice = v1(1);
-    c.connect(&n("alice"), alice);
-    let o = c.connect(&n("bob"), resuming(2, 0));
+    c.connect(&n("alice"), alice).unwrap();
+    let o = c.connect(&n("bob"), resuming(2, 0)).unwrap();
     assert_eq!(
         json_for(&o, 2)[0],
         json!({"type":"welcome","user":"bob","online":["alice"],"queued":0,"resume":0,"epoch":"e1"})
@@ -970,9 +986,9 @@ fn live_messages_to_a_resuming_user_are_held_until_received() {
     }
     assert_eq!(held_ids(&c, "bob"), [1, 2, 3, 4, 5]);
     // The device dies without confirming: nothing is put back twice.
-    let o = c.disconnect(&n("bob"), 2, vec![]);
+    let o = c.disconnect(&n("bob"), 2, vec![]).unwrap();
     assert!(matches!(o.event, Event::Disconnected { requeued: 0, .. }));
-    let o = c.connect(&n("bob"), resuming(3, 0));
+    let o = c.connect(&n("bob"), resuming(3, 0)).unwrap();
     let got = json_for(&o, 3);
     assert_eq!(got[0]["queued"], 5);
     assert_eq!(
@@ -990,7 +1006,10 @@ fn live_messages_to_a_resuming_user_are_held_until_received() {
     );
     assert!(o.deliveries.is_empty());
     assert_eq!(held_ids(&c, "bob"), [4, 5]);
-    assert_eq!(c.snapshot().structures.released.get(&n("bob")), Some(&3));
+    assert_eq!(
+        c.snapshot().unwrap().structures.released.get(&n("bob")),
+        Some(&3)
+    );
     say(
         &mut c,
         "bob",
@@ -998,13 +1017,13 @@ fn live_messages_to_a_resuming_user_are_held_until_received() {
         json!({"type":"received","id":5}),
     );
     assert!(held_ids(&c, "bob").is_empty());
-    let o = c.connect(&n("bob"), resuming(4, 0));
+    let o = c.connect(&n("bob"), resuming(4, 0)).unwrap();
     assert_eq!(json_for(&o, 4)[0]["queued"], 0);
     assert_invariants_of(&c);
 }
 
 fn assert_invariants_of(core: &WindowCore) {
-    for inv in core.snapshot().invariants {
+    for inv in core.snapshot().unwrap().invariants {
         assert!(inv.holds, "{}: {:?}", inv.name, inv.detail);
     }
 }
@@ -1013,7 +1032,7 @@ fn assert_invariants_of(core: &WindowCore) {
 fn a_resume_position_releases_what_it_confirms_and_resends_the_rest() {
     let mut c = window_core(1_000);
     let alice = v1(1);
-    c.connect(&n("alice"), alice);
+    c.connect(&n("alice"), alice).unwrap();
     for i in 0..100 {
         say(
             &mut c,
@@ -1023,7 +1042,7 @@ fn a_resume_position_releases_what_it_confirms_and_resends_the_rest() {
         );
     }
     // Crash mid-flush: the first connection read 10 and confirmed the 10th.
-    let o = c.connect(&n("bob"), resuming(2, 0));
+    let o = c.connect(&n("bob"), resuming(2, 0)).unwrap();
     assert_eq!(chat_ids(&json_for(&o, 2)).len(), 100);
     say(
         &mut c,
@@ -1031,15 +1050,15 @@ fn a_resume_position_releases_what_it_confirms_and_resends_the_rest() {
         resuming(2, 0),
         json!({"type":"received","id":10}),
     );
-    c.disconnect(&n("bob"), 2, vec![]);
-    let o = c.connect(&n("bob"), resuming(3, 10));
+    c.disconnect(&n("bob"), 2, vec![]).unwrap();
+    let o = c.connect(&n("bob"), resuming(3, 10)).unwrap();
     let got = json_for(&o, 3);
     assert_eq!(got[0]["queued"], 90);
     assert_eq!(chat_ids(&got), (11..=100).collect::<Vec<u64>>());
     // A position alone confirms too: a client that crashed before its
     // `received` went out says where it is when it comes back.
-    c.disconnect(&n("bob"), 3, vec![]);
-    let o = c.connect(&n("bob"), resuming(4, 50));
+    c.disconnect(&n("bob"), 3, vec![]).unwrap();
+    let o = c.connect(&n("bob"), resuming(4, 50)).unwrap();
     assert!(matches!(
         o.event,
         Event::Connected {
@@ -1051,8 +1070,8 @@ fn a_resume_position_releases_what_it_confirms_and_resends_the_rest() {
     ));
     assert_eq!(held_ids(&c, "bob").first(), Some(&51));
     // The v1 rule is unchanged: a device without resume takes the queue.
-    c.disconnect(&n("bob"), 4, vec![]);
-    let o = c.connect(&n("bob"), v1(5));
+    c.disconnect(&n("bob"), 4, vec![]).unwrap();
+    let o = c.connect(&n("bob"), v1(5)).unwrap();
     assert_eq!(chat_ids(&json_for(&o, 5)), (51..=100).collect::<Vec<u64>>());
     assert!(held_ids(&c, "bob").is_empty());
     assert_invariants_of(&c);
@@ -1062,7 +1081,7 @@ fn a_resume_position_releases_what_it_confirms_and_resends_the_rest() {
 fn a_position_from_another_run_or_never_issued_starts_from_zero() {
     let mut c = window_core(100);
     let alice = v1(1);
-    c.connect(&n("alice"), alice);
+    c.connect(&n("alice"), alice).unwrap();
     for _ in 0..3 {
         say(
             &mut c,
@@ -1072,14 +1091,14 @@ fn a_position_from_another_run_or_never_issued_starts_from_zero() {
         );
     }
     // Id 500 was never issued here (the server restarted in memory).
-    let o = c.connect(&n("bob"), resuming(2, 500));
+    let o = c.connect(&n("bob"), resuming(2, 500)).unwrap();
     let got = json_for(&o, 2);
     assert_eq!(
         (got[0]["resume"].clone(), chat_ids(&got)),
         (json!(0), vec![1, 2, 3])
     );
-    c.disconnect(&n("bob"), 2, vec![]);
-    let o = c.connect(&n("bob"), resuming(3, 2));
+    c.disconnect(&n("bob"), 2, vec![]).unwrap();
+    let o = c.connect(&n("bob"), resuming(3, 2)).unwrap();
     assert_eq!(
         chat_ids(&json_for(&o, 3)),
         [3],
@@ -1091,9 +1110,9 @@ fn a_position_from_another_run_or_never_issued_starts_from_zero() {
 fn receipts_go_to_the_sender_when_the_recipient_confirms_and_never_from_a_block() {
     let mut c = window_core(100);
     let alice = v1(1);
-    c.connect(&n("alice"), alice);
-    c.connect(&n("bob"), resuming(2, 0));
-    c.connect(&n("eve"), resuming(3, 0));
+    c.connect(&n("alice"), alice).unwrap();
+    c.connect(&n("bob"), resuming(2, 0)).unwrap();
+    c.connect(&n("eve"), resuming(3, 0)).unwrap();
     say(
         &mut c,
         "alice",
@@ -1177,8 +1196,8 @@ fn receipts_go_to_the_sender_when_the_recipient_confirms_and_never_from_a_block(
 fn a_full_window_refuses_like_a_full_queue() {
     let mut c = window_core(2);
     let alice = v1(1);
-    c.connect(&n("alice"), alice);
-    c.connect(&n("bob"), resuming(2, 0));
+    c.connect(&n("alice"), alice).unwrap();
+    c.connect(&n("bob"), resuming(2, 0)).unwrap();
     for _ in 0..2 {
         say(
             &mut c,
@@ -1219,8 +1238,8 @@ fn a_full_window_refuses_like_a_full_queue() {
 fn a_v1_device_closing_last_puts_back_only_what_is_neither_held_nor_released() {
     let mut c = window_core(100);
     let alice = v1(1);
-    c.connect(&n("alice"), alice);
-    c.connect(&n("bob"), v1(2));
+    c.connect(&n("alice"), alice).unwrap();
+    c.connect(&n("bob"), v1(2)).unwrap();
     // Message 1 reaches the v1 device only: not held.
     let o = say(
         &mut c,
@@ -1232,7 +1251,7 @@ fn a_v1_device_closing_last_puts_back_only_what_is_neither_held_nor_released() {
         .chat_message()
         .unwrap()
         .clone();
-    c.connect(&n("bob"), resuming(3, 0));
+    c.connect(&n("bob"), resuming(3, 0)).unwrap();
     // Messages 2 and 3 reach both devices and are held.
     let mut unsent = vec![one];
     for text in ["two", "three"] {
@@ -1249,25 +1268,25 @@ fn a_v1_device_closing_last_puts_back_only_what_is_neither_held_nor_released() {
                 .clone(),
         );
     }
-    c.disconnect(&n("bob"), 3, vec![]);
+    c.disconnect(&n("bob"), 3, vec![]).unwrap();
     // The v1 device closes last with all three unsent: 1 goes back in front
     // of the held 2 and 3, which are not put back twice.
-    let o = c.disconnect(&n("bob"), 2, unsent.clone());
+    let o = c.disconnect(&n("bob"), 2, unsent.clone()).unwrap();
     assert!(matches!(o.event, Event::Disconnected { requeued: 1, .. }));
     assert_eq!(held_ids(&c, "bob"), [1, 2, 3]);
     assert_invariants_of(&c);
     // `received` is cumulative for the user: once 2 is confirmed, neither it
     // nor anything older comes back, whichever device had it.
-    c.connect(&n("bob"), v1(4));
-    c.connect(&n("bob"), resuming(5, 0));
+    c.connect(&n("bob"), v1(4)).unwrap();
+    c.connect(&n("bob"), resuming(5, 0)).unwrap();
     say(
         &mut c,
         "bob",
         resuming(5, 0),
         json!({"type":"received","id":2}),
     );
-    c.disconnect(&n("bob"), 5, vec![]);
-    let o = c.disconnect(&n("bob"), 4, unsent);
+    c.disconnect(&n("bob"), 5, vec![]).unwrap();
+    let o = c.disconnect(&n("bob"), 4, unsent).unwrap();
     assert!(matches!(o.event, Event::Disconnected { requeued: 1, .. }));
     assert_eq!(held_ids(&c, "bob"), [3]);
     assert_invariants_of(&c);
@@ -1277,8 +1296,8 @@ fn a_v1_device_closing_last_puts_back_only_what_is_neither_held_nor_released() {
 fn releasing_is_journaled_so_the_disk_forgets_what_was_confirmed() {
     let mut c = window_core(100);
     let alice = v1(1);
-    c.connect(&n("alice"), alice);
-    c.connect(&n("bob"), resuming(2, 0));
+    c.connect(&n("alice"), alice).unwrap();
+    c.connect(&n("bob"), resuming(2, 0)).unwrap();
     let o = say(
         &mut c,
         "alice",
@@ -1338,14 +1357,16 @@ fn chat(id: u64, from: &str, to: &str) -> ServerFrame {
 #[test]
 fn a_relayed_message_reaches_every_local_device_of_its_user_only() {
     let mut core = core();
-    core.connect(&n("bob"), 1);
-    core.connect(&n("bob"), 2);
-    core.connect(&n("carol"), 3);
-    let o = core.relayed(Relayed::ToUser {
-        user: n("bob"),
-        frame: chat(7, "alice", "bob"),
-        held: false,
-    });
+    core.connect(&n("bob"), 1).unwrap();
+    core.connect(&n("bob"), 2).unwrap();
+    core.connect(&n("carol"), 3).unwrap();
+    let o = core
+        .relayed(Relayed::ToUser {
+            user: n("bob"),
+            frame: chat(7, "alice", "bob"),
+            held: false,
+        })
+        .unwrap();
     assert_eq!(receivers(&o), [1, 2]);
     assert_eq!(frames(&o, 1)[0]["id"], 7);
     assert!(matches!(
@@ -1361,32 +1382,38 @@ fn a_relayed_message_reaches_every_local_device_of_its_user_only() {
 #[test]
 fn a_relayed_message_that_finds_no_device_is_queued_unless_held() {
     let mut core = core();
-    let o = core.relayed(Relayed::ToUser {
-        user: n("bob"),
-        frame: chat(7, "alice", "bob"),
-        held: false,
-    });
+    let o = core
+        .relayed(Relayed::ToUser {
+            user: n("bob"),
+            frame: chat(7, "alice", "bob"),
+            held: false,
+        })
+        .unwrap();
     assert!(o.deliveries.is_empty());
     assert!(matches!(o.event, Event::Relayed { requeued: 1, .. }));
     assert_eq!(
-        core.snapshot().structures.offline_messages[&n("bob")].len,
+        core.snapshot().unwrap().structures.offline_messages[&n("bob")].len,
         1
     );
     // Held: the routing node kept it in the deque already; a second copy
     // must not be queued (and the same id is never queued twice).
-    let o = core.relayed(Relayed::ToUser {
-        user: n("bob"),
-        frame: chat(8, "alice", "bob"),
-        held: true,
-    });
+    let o = core
+        .relayed(Relayed::ToUser {
+            user: n("bob"),
+            frame: chat(8, "alice", "bob"),
+            held: true,
+        })
+        .unwrap();
     assert!(matches!(o.event, Event::Relayed { requeued: 0, .. }));
-    let o = core.relayed(Relayed::Undeliverable {
-        user: n("bob"),
-        message: chat(7, "alice", "bob").chat_message().unwrap().clone(),
-    });
+    let o = core
+        .relayed(Relayed::Undeliverable {
+            user: n("bob"),
+            message: chat(7, "alice", "bob").chat_message().unwrap().clone(),
+        })
+        .unwrap();
     assert!(matches!(o.event, Event::Relayed { requeued: 0, .. }));
     assert_eq!(
-        core.snapshot().structures.offline_messages[&n("bob")].len,
+        core.snapshot().unwrap().structures.offline_messages[&n("bob")].len,
         1
     );
     assert_invariants(&core);
@@ -1396,17 +1423,19 @@ fn a_relayed_message_that_finds_no_device_is_queued_unless_held() {
 fn a_relayed_presence_skips_its_user_and_devices_registered_after_the_change() {
     let mut core: ChatCore<MemoryStructures<Ordered>> =
         ChatCore::new(MemoryStructures::default(), CoreConfig::default());
-    core.connect(&n("alice"), Ordered(1, 10));
-    core.connect(&n("bob"), Ordered(2, 11));
-    core.connect(&n("carol"), Ordered(3, 30));
-    let o = core.relayed(Relayed::ToEveryone {
-        about: n("bob"),
-        frame: ServerFrame::Presence {
-            user: n("bob"),
-            status: crate::protocol::PresenceStatus::Online,
-        },
-        order: 20,
-    });
+    core.connect(&n("alice"), Ordered(1, 10)).unwrap();
+    core.connect(&n("bob"), Ordered(2, 11)).unwrap();
+    core.connect(&n("carol"), Ordered(3, 30)).unwrap();
+    let o = core
+        .relayed(Relayed::ToEveryone {
+            about: n("bob"),
+            frame: ServerFrame::Presence {
+                user: n("bob"),
+                status: crate::protocol::PresenceStatus::Online,
+            },
+            order: 20,
+        })
+        .unwrap();
     // alice registered before the change (10 < 20): told. bob: it is about
     // him. carol registered after it (30): her welcome already said so.
     let told: Vec<ConnId> = o.deliveries.iter().map(|d| d.conn.0).collect();
@@ -1422,7 +1451,7 @@ fn a_take_queue_flushes_to_the_local_devices_and_a_lost_node_is_a_no_op_in_memor
         9,
         json!({"type":"message","to":"bob","text":"q"}),
     );
-    core.connect(&n("bob"), 1);
+    core.connect(&n("bob"), 1).unwrap();
     send(
         &mut core,
         "alice",
@@ -1430,7 +1459,7 @@ fn a_take_queue_flushes_to_the_local_devices_and_a_lost_node_is_a_no_op_in_memor
         json!({"type":"message","to":"bob","text":"late"}),
     );
     // The queue is empty (the flush took it, the second went live): nothing to do.
-    let o = core.relayed(Relayed::TakeQueue { user: n("bob") });
+    let o = core.relayed(Relayed::TakeQueue { user: n("bob") }).unwrap();
     assert!(o.deliveries.is_empty());
     // A message queued while bob was online (its router looked before he
     // connected) is taken by his device here, as an offline message.
@@ -1438,17 +1467,23 @@ fn a_take_queue_flushes_to_the_local_devices_and_a_lost_node_is_a_no_op_in_memor
     core.relayed(Relayed::Undeliverable {
         user: n("bob"),
         message: late,
-    });
-    let o = core.relayed(Relayed::TakeQueue { user: n("bob") });
+    })
+    .unwrap();
+    let o = core.relayed(Relayed::TakeQueue { user: n("bob") }).unwrap();
     let got = frames(&o, 1);
     assert_eq!(got.len(), 1);
     assert_eq!(
         (got[0]["id"].clone(), got[0]["offline"].clone()),
         (json!(50), json!(true))
     );
-    assert!(core.snapshot().structures.offline_messages.is_empty());
+    assert!(core
+        .snapshot()
+        .unwrap()
+        .structures
+        .offline_messages
+        .is_empty());
     // One server has no other node to lose.
-    let o = core.node_lost("b");
+    let o = core.node_lost("b").unwrap();
     assert!(o.deliveries.is_empty());
     assert!(matches!(o.event, Event::NodeLost { ref offline, .. } if offline.is_empty()));
 }

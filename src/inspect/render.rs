@@ -881,7 +881,7 @@ mod tests {
 
     fn doc(core: &ChatCore<MemoryStructures<ConnId>>) -> Inspection {
         Inspection {
-            snapshot: core.snapshot(),
+            snapshot: core.snapshot().unwrap(),
             server: None,
         }
     }
@@ -898,7 +898,8 @@ mod tests {
     }
 
     fn send(core: &mut ChatCore<MemoryStructures<ConnId>>, user: &str, conn: ConnId, json: &str) {
-        core.handle(&n(user), &conn, parse_request(json).unwrap(), 1_000);
+        core.handle(&n(user), &conn, parse_request(json).unwrap(), 1_000)
+            .unwrap();
     }
 
     #[test]
@@ -934,7 +935,7 @@ mod tests {
             "ana", "ben", "chen", "dara", "eli", "femi", "gus", "hana", "ivan", "jo",
         ];
         for (i, u) in class.iter().enumerate() {
-            core.connect(&n(u), i as ConnId);
+            core.connect(&n(u), i as ConnId).unwrap();
             let group = format!(r#"{{"type":"group_join","group":"lab{}"}}"#, i % 3);
             send(&mut core, u, i as ConnId, &group);
         }
@@ -965,15 +966,15 @@ mod tests {
             9,
             r#"{"type":"group_leave","group":"lab0"}"#,
         );
-        core.disconnect(&n("jo"), 9, Vec::new());
-        core.connect(&n("zed"), 99);
+        core.disconnect(&n("jo"), 9, Vec::new()).unwrap();
+        core.connect(&n("zed"), 99).unwrap();
         send(
             &mut core,
             "ana",
             0,
             r#"{"type":"message","to":"zed","text":"live"}"#,
         );
-        core.connect(&n("omar"), 100);
+        core.connect(&n("omar"), 100).unwrap();
         let text = render(
             &doc(&core),
             None,
@@ -1001,9 +1002,9 @@ mod tests {
     /// alice (2 devices) and bob online; carol has 2 queued; g1 = alice, bob; bob blocks mallory.
     fn classroom() -> ChatCore<MemoryStructures<ConnId>> {
         let mut core = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
-        core.connect(&n("alice"), 1);
-        core.connect(&n("alice"), 2);
-        core.connect(&n("bob"), 3);
+        core.connect(&n("alice"), 1).unwrap();
+        core.connect(&n("alice"), 2).unwrap();
+        core.connect(&n("bob"), 3).unwrap();
         send(
             &mut core,
             "alice",
@@ -1047,16 +1048,17 @@ mod tests {
                 resume: Some(0),
             },
         );
-        core.connect(&n("alice"), alice);
-        core.connect(&n("bob"), bob);
+        core.connect(&n("alice"), alice).unwrap();
+        core.connect(&n("bob"), bob).unwrap();
         for text in ["one", "two", "three"] {
             let json = format!(r#"{{"type":"message","to":"bob","text":"{text}"}}"#);
-            core.handle(&n("alice"), &alice, parse_request(&json).unwrap(), 1_000);
+            core.handle(&n("alice"), &alice, parse_request(&json).unwrap(), 1_000)
+                .unwrap();
         }
         let received = parse_request(r#"{"type":"received","id":1}"#).unwrap();
-        core.handle(&n("bob"), &bob, received, 1_000);
+        core.handle(&n("bob"), &bob, received, 1_000).unwrap();
         let resumed = Inspection {
-            snapshot: core.snapshot(),
+            snapshot: core.snapshot().unwrap(),
             server: None,
         };
         let text = render(&resumed, None, &options());
@@ -1168,8 +1170,8 @@ mod tests {
             1,
             r#"{"type":"message","to":"dave","text":"hi"}"#,
         );
-        core.connect(&n("erin"), 4);
-        core.disconnect(&n("bob"), 3, vec![]);
+        core.connect(&n("erin"), 4).unwrap();
+        core.disconnect(&n("bob"), 3, vec![]).unwrap();
         let text = render(&doc(&core), Some(&before), &options());
         assert!(line_with(&text, "│ carol").contains("3 (+1)"));
         assert!(line_with(&text, "│ dave (new)").contains("1"));
@@ -1184,7 +1186,7 @@ mod tests {
         let mut core = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
         for i in 0..30u64 {
             let user = format!("u{i:02}");
-            core.connect(&n(&user), i);
+            core.connect(&n(&user), i).unwrap();
             send(
                 &mut core,
                 &user,

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use super::conn::Conn;
 use crate::cluster::RedisStructures;
 use crate::core::{
-    Change, ConnId, DurableState, MemoryStructures, OpTable, QueueView, QueuedBytes, Structures,
-    StructuresSnapshot, Trace,
+    Change, ConnId, DirectFacts, DurableState, MemoryStructures, OpTable, QueueView, QueuedBytes,
+    Step, Structures, StructuresSnapshot, Trace,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
@@ -43,16 +43,16 @@ macro_rules! each {
 impl Structures for Backend {
     type Conn = Handle;
 
-    fn connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle]> {
+    fn connections(&self, user: &UserId, trace: &mut Trace) -> Step<Cow<'_, [Handle]>> {
         each!(self, s => s.connections(user, trace))
     }
-    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Cow<'_, [Handle]> {
+    fn local_connections(&self, user: &UserId, trace: &mut Trace) -> Step<Cow<'_, [Handle]>> {
         each!(self, s => s.local_connections(user, trace))
     }
-    fn devices_of_all(&self, users: &[UserId], trace: &mut Trace) -> Vec<Handle> {
+    fn devices_of_all(&mut self, users: &[UserId], trace: &mut Trace) -> Step<Vec<Handle>> {
         each!(self, s => s.devices_of_all(users, trace))
     }
-    fn add_connection(&mut self, user: &UserId, conn: Handle, trace: &mut Trace) -> usize {
+    fn add_connection(&mut self, user: &UserId, conn: Handle, trace: &mut Trace) -> Step<usize> {
         each!(self, s => s.add_connection(user, conn, trace))
     }
     fn remove_connection(
@@ -60,101 +60,105 @@ impl Structures for Backend {
         user: &UserId,
         id: ConnId,
         trace: &mut Trace,
-    ) -> Option<(usize, Handle)> {
+    ) -> Step<Option<(usize, Handle)>> {
         each!(self, s => s.remove_connection(user, id, trace))
     }
     fn all_connections(&self, trace: &mut Trace) -> Vec<Handle> {
         each!(self, s => s.all_connections(trace))
     }
-    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+    fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.set_online(user, trace))
     }
-    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> bool {
+    fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.set_offline(user, trace))
     }
-    fn online_users(&self, trace: &mut Trace) -> Vec<UserId> {
+    fn online_users(&mut self, trace: &mut Trace) -> Step<Vec<UserId>> {
         each!(self, s => s.online_users(trace))
     }
-    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> usize {
+    fn queued_len(&self, user: &UserId, trace: &mut Trace) -> Step<usize> {
         each!(self, s => s.queued_len(user, trace))
     }
-    fn queue_push_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> usize {
+    fn queue_push_back(
+        &mut self,
+        user: &UserId,
+        message: Message,
+        trace: &mut Trace,
+    ) -> Step<usize> {
         each!(self, s => s.queue_push_back(user, message, trace))
     }
-    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Option<Message> {
+    fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Step<Option<Message>> {
         each!(self, s => s.queue_pop_front(user, trace))
     }
-    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Vec<Message> {
+    fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Step<Vec<Message>> {
         each!(self, s => s.queue_take_all(user, trace))
     }
-    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Vec<Message> {
+    fn queue_held_after(&self, user: &UserId, after: u64, trace: &mut Trace) -> Step<Vec<Message>> {
         each!(self, s => s.queue_held_after(user, after, trace))
     }
-    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Vec<Message> {
+    fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Step<Vec<Message>> {
         each!(self, s => s.queue_release(user, upto, trace))
     }
-    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> bool {
+    fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.queue_put_back(user, message, trace))
     }
-    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> usize {
+    fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<usize> {
         each!(self, s => s.join_group(group, user, trace))
     }
-    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+    fn leave_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.leave_group(group, user, trace))
     }
-    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> bool {
+    fn is_member(&self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.is_member(group, user, trace))
     }
-    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Vec<UserId> {
+    fn group_members(&self, group: &GroupId, trace: &mut Trace) -> Step<Vec<UserId>> {
         each!(self, s => s.group_members(group, trace))
     }
-    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> usize {
+    fn group_len(&self, group: &GroupId, trace: &mut Trace) -> Step<usize> {
         each!(self, s => s.group_len(group, trace))
     }
-    fn group_count(&self, trace: &mut Trace) -> usize {
+    fn group_count(&self, trace: &mut Trace) -> Step<usize> {
         each!(self, s => s.group_count(trace))
     }
-    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.block(by, whom, trace))
     }
-    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.unblock(by, whom, trace))
     }
-    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> bool {
+    fn is_blocked(&self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.is_blocked(by, whom, trace))
     }
-    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> usize {
+    fn blocked_len(&self, by: &UserId, trace: &mut Trace) -> Step<usize> {
         each!(self, s => s.blocked_len(by, trace))
     }
-    fn queued_bytes(&self) -> usize {
+    fn direct_facts(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        trace: &mut Trace,
+    ) -> Step<DirectFacts<'_, Handle>> {
+        each!(self, s => s.direct_facts(from, to, trace))
+    }
+    fn queued_bytes(&self) -> Step<usize> {
         each!(self, s => s.queued_bytes())
     }
-    fn queued_bytes_of(&self, sender: &UserId) -> QueuedBytes {
+    fn queued_bytes_of(&self, sender: &UserId) -> Step<QueuedBytes> {
         each!(self, s => s.queued_bytes_of(sender))
     }
-    fn groups_of(&self, user: &UserId) -> usize {
+    fn groups_of(&self, user: &UserId) -> Step<usize> {
         each!(self, s => s.groups_of(user))
     }
-    fn issue_id(&self, next: &mut u64, trace: &mut Trace) -> u64 {
+    fn issue_id(&self, next: u64, trace: &mut Trace) -> Step<u64> {
         each!(self, s => s.issue_id(next, trace))
     }
-    fn next_id(&self, next: u64) -> u64 {
+    fn next_id(&self, next: u64) -> Step<u64> {
         each!(self, s => s.next_id(next))
     }
-    fn presence_is_news(&self, about: &UserId, order: u64) -> bool {
-        each!(self, s => s.presence_is_news(about, order))
-    }
-    fn prefetch_route(&self, from: &UserId, to: &UserId) {
-        each!(self, s => s.prefetch_route(from, to))
-    }
-    fn forget_prefetch(&self) {
-        each!(self, s => s.forget_prefetch())
-    }
-    fn take_failure(&mut self) -> Option<String> {
-        each!(self, s => s.take_failure())
-    }
-    fn sweep_node(&mut self, node: &str, trace: &mut Trace) -> Vec<UserId> {
+    fn sweep_node(&mut self, node: &str, trace: &mut Trace) -> Step<Vec<UserId>> {
         each!(self, s => s.sweep_node(node, trace))
+    }
+    fn presence_is_news(&mut self, about: &UserId, order: u64) -> bool {
+        each!(self, s => s.presence_is_news(about, order))
     }
     fn take_changes(&mut self) -> Vec<Change> {
         each!(self, s => s.take_changes())
@@ -165,7 +169,7 @@ impl Structures for Backend {
     fn op_table(&self) -> OpTable {
         each!(self, s => s.op_table())
     }
-    fn snapshot(&self, view: QueueView) -> StructuresSnapshot {
+    fn snapshot(&self, view: QueueView) -> Step<StructuresSnapshot> {
         each!(self, s => s.snapshot(view))
     }
 }

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use super::handshake::Peer;
 use super::hub::Hub;
 use crate::board::{BoardFrame, Flow, FrameContext, QUEUE_ENDS};
+use crate::core::Step;
 use crate::event_log::format_event;
 
 /// At most this many frames a second: smooth enough to watch a push_back
@@ -60,8 +61,11 @@ pub(crate) async fn publish(hub: Arc<Hub>, stop: impl Future<Output = ()>) {
         }
         let started = Instant::now();
         seq += 1;
-        let Some(frame) = build(&hub, seq, events.wrapping_sub(seen), last_build_us).await else {
-            break;
+        let frame = match build(&hub, seq, events.wrapping_sub(seen), last_build_us).await {
+            Some(Ok(frame)) => frame,
+            // A cluster's Redis did not answer: the boards keep the last frame.
+            Some(Err(_)) => continue,
+            None => break,
         };
         let mut json = serde_json::to_vec(&frame).unwrap_or_default();
         json.push(b'\n');
@@ -74,8 +78,9 @@ pub(crate) async fn publish(hub: Arc<Hub>, stop: impl Future<Output = ()>) {
     }
 }
 
-/// One frame; None once the core's owner has stopped.
-async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<BoardFrame> {
+/// One frame; None once the core's owner has stopped, an error when a
+/// cluster's Redis did not answer.
+async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<Step<BoardFrame>> {
     let (structures, ops, hold_us) = hub
         .look(|core| {
             let hold = Instant::now();
@@ -84,6 +89,10 @@ async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<
             (structures, ops, hold.elapsed().as_micros() as u64)
         })
         .await?;
+    let structures = match structures {
+        Ok(structures) => structures,
+        Err(why) => return Some(Err(why)),
+    };
     let (lines, last_chat) = {
         let recent = hub.board.recent.lock().unwrap_or_else(|e| e.into_inner());
         (recent.lines.clone(), recent.last_chat.clone())
@@ -106,7 +115,7 @@ async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<
         hold_us,
         build_us,
     };
-    Some(BoardFrame::build(&structures, ops, cx))
+    Some(Ok(BoardFrame::build(&structures, ops, cx)))
 }
 
 /// Counts a board while its feed is open.

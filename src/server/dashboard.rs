@@ -45,25 +45,30 @@ pub(crate) async fn run(hub: Arc<Hub>, dashboard: Dashboard, stop: CancellationT
         let ops = hub.op_table().await.total();
         let (entries, written) = ring.entries();
         if (ops, written) != last_seen || last_draw.elapsed() >= REFRESH {
-            let Some(snapshot) = hub.inspection().await else {
-                return;
+            let snapshot = match hub.inspection().await {
+                Some(Ok(snapshot)) => Some(snapshot),
+                // Redis did not answer: the last frame stays up until it does.
+                Some(Err(_)) => None,
+                None => return,
             };
-            options.width = crate::terminal::output_width();
-            if options.view.only.is_some() {
-                let height = crate::terminal::output_height().unwrap_or(40);
-                options.rows = height.saturating_sub(ONLY_OVERHEAD).max(ROWS);
+            if let Some(snapshot) = snapshot {
+                options.width = crate::terminal::output_width();
+                if options.view.only.is_some() {
+                    let height = crate::terminal::output_height().unwrap_or(40);
+                    options.rows = height.saturating_sub(ONLY_OVERHEAD).max(ROWS);
+                }
+                // The event log goes under the header, so a short screen cuts
+                // the long tables at the bottom rather than the latest events.
+                let (head, body) = render_parts(&snapshot, previous.as_ref(), &options);
+                let mut frame = head;
+                frame += "event log (latest last):\n";
+                frame += &latest(&entries, LOG_LINES);
+                frame += &body;
+                screen.draw(&frame);
+                last_seen = (ops, written);
+                last_draw = tokio::time::Instant::now();
+                previous = Some(snapshot);
             }
-            // The event log goes under the header, so a short screen cuts
-            // the long tables at the bottom rather than the latest events.
-            let (head, body) = render_parts(&snapshot, previous.as_ref(), &options);
-            let mut frame = head;
-            frame += "event log (latest last):\n";
-            frame += &latest(&entries, LOG_LINES);
-            frame += &body;
-            screen.draw(&frame);
-            last_seen = (ops, written);
-            last_draw = tokio::time::Instant::now();
-            previous = Some(snapshot);
         }
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}

@@ -23,7 +23,7 @@ use super::conn::Conn;
 use super::hub::Hub;
 use super::outbox::{unsent_messages, Encoded, Outgoing, PushError};
 use super::publish;
-use crate::core::{Outcome, Relayed};
+use crate::core::{Outcome, Relayed, Step};
 use crate::protocol::ServerFrame;
 use crate::store::{Seq, StoreStopped, NEVER_COMMITTED};
 
@@ -81,7 +81,10 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
         // One that reached no node (its node died before the sweep) is queued.
         if let Some(link) = hub.cluster.as_ref().filter(|_| !to_publish.is_empty()) {
             for (user, message) in publish::publish(link, to_publish) {
-                work.push_back(core.relayed(Relayed::Undeliverable { user, message }));
+                work.extend(trusted(
+                    hub,
+                    core.relayed(Relayed::Undeliverable { user, message }),
+                ));
             }
         }
         // --max-memory: when every outbox together holds more than its share,
@@ -115,9 +118,23 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
                     hub.config.net.max_outbox_bytes / 1024
                 ));
             }
-            work.push_back(core.disconnect(&conn.user, conn.id, unsent));
+            work.extend(trusted(hub, core.disconnect(&conn.user, conn.id, unsent)));
         }
     }
+}
+
+/// A rule's outcome, or none when Redis failed under it: the rule stopped
+/// there and nothing it decided is sent (said in the log).
+pub(crate) fn trusted(hub: &Hub, outcome: Step<Outcome<Handle>>) -> Option<Outcome<Handle>> {
+    outcome
+        .inspect_err(|why| {
+            if let Some(log) = &hub.log {
+                log.line(format!(
+                    "! Redis failed under the last event ({why}); its shared state is repaired when Redis is back (this node registers its sockets again)"
+                ));
+            }
+        })
+        .ok()
 }
 
 /// Each frame serialised once, however many connections it fans out to.

@@ -299,12 +299,22 @@ async fn inspect(
     if let Err(refused) = hub.site.may_see_everything(&peer.addr, &headers) {
         return refused.into_response();
     }
-    let Some(inspection) = hub.inspection().await else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down\n".to_string(),
-        )
-            .into_response();
+    let inspection = match hub.inspection().await {
+        Some(Ok(inspection)) => inspection,
+        Some(Err(why)) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the shared structures now ({why}); try again in a moment\n"),
+            )
+                .into_response()
+        }
+        None => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down\n".to_string(),
+            )
+                .into_response()
+        }
     };
     match serde_json::to_string(&inspection) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),

@@ -21,7 +21,7 @@ use super::outbox::Outbox;
 use super::shutdown::Shutdown;
 use super::site::Site;
 use crate::cluster::{Link, RedisStructures};
-use crate::core::{ChatCore, MemoryStructures, OpTable};
+use crate::core::{ChatCore, MemoryStructures, OpTable, Step};
 use crate::event_log::EventLog;
 use crate::inspection::{Inspection, MemoryStats, ServerInfo};
 use crate::names::UserId;
@@ -357,8 +357,9 @@ impl Hub {
     /// The `/inspect` document. The core is copied by its owner (timed: that
     /// is how long chat traffic waits); a cluster's node list is read there
     /// too, off the tokio workers; the server's facts are added after.
-    /// None once the owner has stopped (the server is shutting down).
-    pub async fn inspection(&self) -> Option<Inspection> {
+    /// None once the owner has stopped (the server is shutting down); an
+    /// error when a cluster's Redis did not answer.
+    pub async fn inspection(&self) -> Option<Step<Inspection>> {
         let link = self.cluster.clone();
         let copied = self
             .look(move |core| {
@@ -370,6 +371,10 @@ impl Hub {
             })
             .await;
         let (snapshot, queued_bytes, hold, cluster) = copied?;
+        let (snapshot, queued_bytes) = match (snapshot, queued_bytes) {
+            (Ok(snapshot), Ok(queued)) => (snapshot, queued),
+            (Err(why), _) | (_, Err(why)) => return Some(Err(why)),
+        };
         let store = self.store.as_deref();
         let server = ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -397,9 +402,9 @@ impl Hub {
             owner: self.owner_stats.info(),
             cluster,
         };
-        Some(Inspection {
+        Some(Ok(Inspection {
             snapshot,
             server: Some(server),
-        })
+        }))
     }
 }

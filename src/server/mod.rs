@@ -88,8 +88,10 @@ async fn give_back_drained_memory(hub: Arc<Hub>) {
             () = tokio::time::sleep(EVERY) => {}
             () = &mut stop => return,
         }
-        let Some(queued) = hub.look(|core| core.queued_bytes()).await else {
-            return;
+        let queued = match hub.look(|core| core.queued_bytes()).await {
+            Some(Ok(queued)) => queued,
+            Some(Err(_)) => continue,
+            None => return,
         };
         let held = queued + hub.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed);
         peak = peak.max(held);

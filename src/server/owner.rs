@@ -30,11 +30,11 @@ use super::conn::{
     close_frame, Conn, Ending, CLOSE_CLAIMED, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INVALID_DATA,
     CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
 };
-use super::deliver::deliver;
+use super::deliver::{deliver, trusted};
 use super::hub::{Hub, Rules};
 use super::input::{Input, MAX_BATCH};
 use super::outbox::unsent_messages;
-use crate::core::{ConnHandle, Event, Trace};
+use crate::core::{ConnHandle, Event, Outcome, Step, Trace};
 use crate::names::UserId;
 use crate::protocol::{Envelope, ErrorCode, Message, RequestError};
 
@@ -129,7 +129,7 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
         } => request(hub, core, &conn, envelope, now_ms),
         Input::Refuse { conn, error } => {
             let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
-            finish_rule(hub, core, refusal);
+            deliver(core, refusal, hub);
         }
         Input::Close { conn, ending } => close(hub, core, &conn, ending),
         Input::Relayed(batch) => {
@@ -152,18 +152,13 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
     }
 }
 
-/// Delivers the outcome of a rule nobody answers (a close, a relayed frame).
-/// A Redis failure under it is said in the log, and never blamed on the
-/// next request.
-fn finish_rule(hub: &Hub, core: &mut Core, outcome: crate::core::Outcome<Handle>) {
-    if let Some(why) = core.take_failure() {
-        if let Some(log) = &hub.log {
-            log.line(format!(
-                "! Redis failed under the last event ({why}); its shared state is repaired when Redis is back (this node registers its sockets again)"
-            ));
-        }
+/// Delivers the outcome of a rule nobody answers (a close, a relayed frame),
+/// or says in the log that Redis failed under it: it stopped there, and
+/// nothing it decided is sent.
+fn finish_rule(hub: &Hub, core: &mut Core, outcome: Step<Outcome<Handle>>) {
+    if let Some(outcome) = trusted(hub, outcome) {
+        deliver(core, outcome, hub);
     }
-    deliver(core, outcome, hub);
 }
 
 /// A request's rule. When Redis failed under it (cluster mode) its outcome
@@ -172,10 +167,9 @@ fn finish_rule(hub: &Hub, core: &mut Core, outcome: crate::core::Outcome<Handle>
 fn request(hub: &Hub, core: &mut Core, conn: &Conn, envelope: Envelope, now_ms: u64) {
     let reference = envelope.reference.clone();
     let handle = Handle::Local(conn.clone());
-    let outcome = core.handle(&conn.user, &handle, envelope, now_ms);
-    let outcome = match core.take_failure() {
-        None => outcome,
-        Some(why) => {
+    let outcome = match core.handle(&conn.user, &handle, envelope, now_ms) {
+        Ok(outcome) => outcome,
+        Err(why) => {
             let error = RequestError::new(
                 ErrorCode::Unavailable,
                 format!("{why}. This may not have been done: send it again in a moment"),
@@ -194,16 +188,20 @@ fn connect(hub: &Hub, core: &mut Core, conn: Conn, claimed_now: bool) {
             .close_after_pending(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
         return;
     }
-    if claimed_now {
-        close_unclaimed(hub, core, &conn.user);
-    }
-    let outcome = core.connect(&conn.user, Handle::Local(conn.clone()));
-    if let Some(why) = core.take_failure() {
-        // Cluster mode, Redis unreachable: what the connect did is not
-        // trusted. The client is told why and reconnects later.
-        refuse_unavailable(hub, core, &conn, &why);
-        return;
-    }
+    let claimed = match claimed_now {
+        true => close_unclaimed(hub, core, &conn.user),
+        false => Ok(()),
+    };
+    let outcome = claimed.and_then(|()| core.connect(&conn.user, Handle::Local(conn.clone())));
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        // Cluster mode, Redis unreachable: the connect stopped where it
+        // failed. The client is told why and reconnects later.
+        Err(why) => {
+            refuse_unavailable(hub, core, &conn, &why.0);
+            return;
+        }
+    };
     // The welcome and the whole offline flush are exempt from the slow-client
     // bound; only what comes after counts against it.
     let own = outcome.deliveries.iter().filter(|d| d.conn.id() == conn.id);
@@ -230,8 +228,8 @@ fn refuse_unavailable(hub: &Hub, core: &mut Core, conn: &Conn, why: &str) {
 /// may be someone else's) are closed with 4001 before the owner is registered,
 /// so from now on only the owner's devices receive its messages. What they
 /// had not yet been sent goes back to the queue, for the owner.
-fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) {
-    for device in core.devices(user) {
+fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) -> Step<()> {
+    for device in core.devices(user)? {
         let Some(device) = device.local().cloned() else {
             continue;
         };
@@ -249,8 +247,9 @@ fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) {
             ));
         }
         let outcome = core.disconnect(user, device.id, unsent);
-        deliver(core, outcome, hub);
+        finish_rule(hub, core, outcome);
     }
+    Ok(())
 }
 
 /// Tells the client why (an error frame), then closes with `code` once
@@ -371,6 +370,6 @@ fn close_all(hub: &Hub, core: &mut Core) {
             Vec::new()
         };
         let outcome = core.disconnect(&conn.user, conn.id, undelivered);
-        deliver(core, outcome, hub);
+        finish_rule(hub, core, outcome);
     }
 }
