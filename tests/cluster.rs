@@ -365,6 +365,159 @@ async fn a_node_killed_with_9_leaves_no_ghosts_and_its_users_find_their_queues()
     drop(a);
 }
 
+/// Sends SIGSTOP or SIGCONT to a node: a VM migration, a swap storm, a closed laptop lid.
+fn signal(node: &Proc, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &node.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig}");
+}
+
+/// Chat messages until the connection closes (or `bound` passes), and the close code.
+async fn messages_until_close(client: &mut Client, bound: Duration) -> (Vec<Value>, Option<u16>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, client.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "message" {
+                    got.push(v);
+                }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => return (got, frame.map(|f| f.code.into())),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) | Err(_) => return (got, None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_heartbeat_fences_itself_and_loses_nothing_it_acked() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("pause");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let (b, port_b) = node(&redis.url(), "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let mut alice = connect_to(addr(port_a), "alice").await;
+    let mut bob = connect_to(addr(port_b), "bob").await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"presence","user":"bob","status":"online"})
+    );
+    let mut acked = Vec::new();
+    signal(&b, "-STOP");
+    // Published to b, whose subscription Redis still holds: `delivered`.
+    for text in ["during-1", "during-2"] {
+        let ack = alice
+            .request(json!({"type":"message","to":"bob","text":text}))
+            .await;
+        assert_eq!(ack["status"], "delivered", "{ack}");
+        acked.push(ack["id"].as_u64().unwrap());
+    }
+    // a counts b dead and sweeps it: bob is offline for the cluster.
+    let v = tokio::time::timeout(Duration::from_secs(15), alice.recv())
+        .await
+        .expect("bob was never announced offline");
+    assert_eq!(
+        v,
+        json!({"type":"presence","user":"bob","status":"offline"})
+    );
+    for text in ["swept-1", "swept-2", "swept-3"] {
+        let ack = alice
+            .request(json!({"type":"message","to":"bob","text":text}))
+            .await;
+        assert_eq!(ack["status"], "queued", "{ack}");
+        acked.push(ack["id"].as_u64().unwrap());
+    }
+    signal(&b, "-CONT");
+    // b finds its heartbeat had expired and closes bob's socket: no zombie.
+    let (live, code) = messages_until_close(&mut bob, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1012), "bob's socket on b was not fenced");
+    let mut bob = connect_to(addr(port_b), "bob").await;
+    let flushed = drain_messages(&mut bob, Duration::from_millis(500)).await;
+    let mut seen: Vec<u64> = ids(&live).into_iter().chain(ids(&flushed)).collect();
+    let shown = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen, acked,
+        "every acked message arrives (live {live:?}, flushed {flushed:?})"
+    );
+    assert!(
+        shown <= acked.len() + 2,
+        "{shown} shown for {} acked",
+        acked.len()
+    );
+    // The queued ones come in the order they were sent.
+    let late: Vec<u64> = ids(&flushed)
+        .into_iter()
+        .filter(|id| acked[2..].contains(id))
+        .collect();
+    assert_eq!(late, acked[2..], "the queued ones, in order");
+    // bob is online again, for everyone, and b lists him.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = tokio::time::timeout(WAIT, alice.recv())
+            .await
+            .expect("no presence");
+        if v == json!({"type":"presence","user":"bob","status":"online"}) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never came back online");
+    }
+    let (status, body) = common::http_get(addr(port_b), "/inspect", &[]).await;
+    assert_eq!(status, 200);
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["presence"], json!(["alice", "bob"]), "{body}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_subscription_is_dropped_fences_itself_and_chat_goes_on() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("dropped");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let addr: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
+    let mut alice = connect_to(addr, "alice").await;
+    // Redis drops every subscriber, as it does one over its output buffer limit.
+    let killed = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "KILL",
+            "TYPE",
+            "pubsub",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert!(killed.status.success(), "{killed:?}");
+    // What was published meanwhile is gone, so the node closes its sockets.
+    let (_, code) = messages_until_close(&mut alice, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(1012), "alice's socket was not fenced");
+    // Subscribed again: chat works, and nothing acked is lost from now on.
+    let mut alice = connect_to(addr, "alice").await;
+    let mut bob = connect_to(addr, "bob").await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"presence","user":"bob","status":"online"})
+    );
+    let ack = alice
+        .request(json!({"type":"message","to":"bob","text":"after"}))
+        .await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(bob.recv_skipping_presence().await["text"], "after");
+    drop(a);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_run_refuses_with_unavailable_then_recovers_losing_nothing() {
     let Some(redis) = Redis::start(true) else {

@@ -225,6 +225,8 @@ function connect() {
       1001: "the server is restarting",
       1008: "this device fell behind (it did not read its messages in time)",
       1009: "a message was too large",
+      1012: "this server node lost its place in the cluster",
+      1013: "the server could not reach its shared store",
       4000: "the connection was silent too long",
     }[event.code];
     scheduleRetry(why);

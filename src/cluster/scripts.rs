@@ -245,12 +245,15 @@ return was
 /// A node stopped renewing its heartbeat: its devices leave every user's
 /// HASH, and users left with none leave `presence` and are announced
 /// offline. Run by whichever survivor notices first; the others then find
-/// nothing to do, so each user is announced once.
-/// KEYS: on:{dead}, presence, nodes, presence_order, presence_last.
-/// ARGV: key prefix, dead node. Returns the users who went offline.
+/// nothing to do, so each user is announced once. With ARGV[3] = 1 (a
+/// survivor sweeping another node) it does nothing if that node's heartbeat
+/// is back: the check and the sweep are one step.
+/// KEYS: on:{dead}, presence, nodes, presence_order, presence_last, alive:{dead}.
+/// ARGV: key prefix, dead node, 1 or 0. Returns the users who went offline.
 pub fn sweep() -> String {
     format!(
         "{ANNOUNCE}
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then return {{}} end
 local users = redis.call('HKEYS', KEYS[1])
 local gone = {{}}
 local mine = ARGV[2] .. '/'

@@ -298,7 +298,11 @@ impl<L: LocalDevice> RedisStructures<L> {
         Ok(registered)
     }
 
+    /// Sweeps `node`'s devices. Another node is swept only while its heartbeat
+    /// is still expired, checked in the same script: one that came back
+    /// between the check and the sweep is left alone (and fences itself).
     fn run_sweep(&self, node: &str) -> Result<Vec<UserId>, String> {
+        let other = node != self.link.node();
         let gone: Vec<String> = self.link.run("EVALSHA sweep", "O(users x devices)", |c| {
             self.scripts
                 .sweep
@@ -307,8 +311,10 @@ impl<L: LocalDevice> RedisStructures<L> {
                 .key(self.key("nodes"))
                 .key(self.key("presence_order"))
                 .key(self.key("presence_last"))
+                .key(self.key(format_args!("alive:{node}")))
                 .arg(&self.link.config.prefix)
                 .arg(node)
+                .arg(u8::from(other))
                 .invoke(c)
         })?;
         Ok(names(gone))

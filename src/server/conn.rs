@@ -19,6 +19,10 @@ pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
 pub(crate) const CLOSE_POLICY: u16 = 1008;
 pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
+/// Service restart: a cluster node that was declared dead (paused or cut off
+/// past its heartbeat) or missed what was published to it closes its sockets,
+/// so that they reconnect and get what waits for them.
+pub(crate) const CLOSE_RESTART: u16 = 1012;
 /// Try again later: a cluster node whose Redis cannot be reached.
 pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Application close code (4000-4999 are free for applications): no pong in time.

@@ -43,6 +43,9 @@ pub(crate) enum Input {
     Relayed(Vec<Relayed>),
     /// Cluster: a node's heartbeat expired; its users go offline.
     NodeLost(String),
+    /// Cluster: this node was declared dead, or its subscription broke (said
+    /// why): it closes every socket (1012) and registers again.
+    Fence(String),
     /// Cluster: nothing to apply; wakes the owner so that it registers this
     /// node's sockets again now that Redis answers (see [`Hub::resync_wanted`]).
     Wake,

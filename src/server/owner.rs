@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use super::backend::{Backend, Core, Handle};
 use super::conn::{
     close_frame, Conn, Ending, CLOSE_CLAIMED, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INVALID_DATA,
-    CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
+    CLOSE_RESTART, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
 };
 use super::deliver::{deliver, trusted};
 use super::hub::{Hub, Rules};
@@ -142,6 +142,7 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
             let outcome = core.node_lost(&node);
             finish_rule(hub, core, outcome);
         }
+        Input::Fence(why) => fence(hub, core, &why),
         Input::Wake => {}
         Input::CloseAll(done) => {
             close_all(hub, core);
@@ -321,27 +322,51 @@ fn close(hub: &Hub, core: &mut Core, conn: &Conn, ending: Ending) {
     finish_rule(hub, core, outcome);
 }
 
-/// Closes every connection with 1001, and every frame not known to be
-/// written to it (its outbox, and the batch a stuck write holds) goes back
-/// to its user's offline deque, so with `--data` the store writes it before
-/// the server exits.
+/// Shutdown: closes every connection with 1001; with `--data` the store
+/// writes what goes back to the queues before the server exits.
 fn close_all(hub: &Hub, core: &mut Core) {
     // In the owner's order, so no connection registers between the flag and
     // the closes (a later Connect sees the flag).
     hub.shutdown.cancel();
+    if let Some(log) = &hub.log {
+        let connections = core.all_connections().len();
+        log.event(Event::Shutdown { connections }, Trace::new(false));
+    }
+    close_every(hub, core, CLOSE_GOING_AWAY, "server shutting down");
+}
+
+/// A cluster node that the others declared dead (its heartbeat expired while
+/// it was paused or cut off) has been swept: its users were announced offline
+/// and what was sent to them since was queued. Or its subscription broke, and
+/// what was published to it meanwhile is gone. Either way its sockets no
+/// longer stand for what the cluster believes, so it closes them all (1012):
+/// each client reconnects, through any node, and is flushed its queue; what
+/// was unsent in their outboxes goes back to it first. Then it registers again.
+fn fence(hub: &Hub, core: &mut Core, why: &str) {
+    let connections = core.all_connections().len();
+    close_every(
+        hub,
+        core,
+        CLOSE_RESTART,
+        "this node lost its place in the cluster; reconnect",
+    );
+    hub.resync_wanted.store(true, Ordering::Release);
+    if let Some(log) = &hub.log {
+        log.line(format!(
+            "! fenced: {why}; closed this node's {connections} connection(s) with 1012 so they reconnect and get their queues"
+        ));
+    }
+}
+
+/// Closes every connection with `code`, and every frame not known to be
+/// written to it (its outbox, and the batch a stuck write holds) goes back
+/// to its user's offline deque.
+fn close_every(hub: &Hub, core: &mut Core, code: u16, reason: &'static str) {
     let mut connections: Vec<Conn> = core
         .all_connections()
         .into_iter()
         .filter_map(|h| h.local().cloned())
         .collect();
-    if let Some(log) = &hub.log {
-        log.event(
-            Event::Shutdown {
-                connections: connections.len(),
-            },
-            Trace::new(false),
-        );
-    }
     // A user's devices side by side: a message routed to two devices is
     // one message, and it goes back once, oldest first, with the last device.
     connections.sort_by(|a, b| a.user.cmp(&b.user).then(a.id.cmp(&b.id)));
@@ -352,7 +377,7 @@ fn close_all(hub: &Hub, core: &mut Core) {
         .map(|conn| {
             let frames = conn
                 .outbox
-                .take_all_and_close(Some(close_frame(CLOSE_GOING_AWAY, "server shutting down")));
+                .take_all_and_close(Some(close_frame(code, reason)));
             unsent_messages(&frames)
         })
         .collect();

@@ -42,7 +42,7 @@ pub(crate) fn subscribe(hub: Arc<Hub>, link: Arc<Link>) -> Result<JoinHandle<()>
 /// Beats once, then runs the heartbeat (and the sweep of dead nodes) on a
 /// thread of its own until the server shuts down.
 pub(crate) fn start_heartbeat(hub: Arc<Hub>, link: Arc<Link>) -> Result<JoinHandle<()>, String> {
-    beat(&link)?;
+    let _first = beat(&link)?;
     std::thread::Builder::new()
         .name("vivachat-heartbeat".into())
         .spawn(move || heartbeat(&hub, &link))
@@ -65,11 +65,14 @@ pub(crate) fn leave(link: &Link) {
 
 fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
     let channel = link.key(&format!("node:{}", link.node()));
+    // The Redis process the last subscription was made on.
+    let mut subscribed_on: Option<String> = None;
     while !hub.shutdown.has_begun() {
         let Ok(mut con) = open(link.client()) else {
             std::thread::sleep(Duration::from_millis(250));
             continue;
         };
+        let server = run_id(&mut con);
         let mut pubsub = con.as_pubsub();
         if pubsub.subscribe(&channel).is_err()
             || pubsub
@@ -80,6 +83,16 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
             continue;
         }
         let _ = ready.send(());
+        // The same Redis dropped the subscription (a client kill, its output
+        // buffer limit): PUBLISH had counted this node until then, so senders
+        // were told `delivered` for frames dropped with it. (A Redis that
+        // restarted is an outage instead: the heartbeat registers again.)
+        if server.is_some() && subscribed_on == server {
+            hub.send_blocking(Input::Fence(
+                "Redis dropped this node's subscription and it was opened again (what was published to it meanwhile is gone)".into(),
+            ));
+        }
+        subscribed_on = server;
         while !hub.shutdown.has_begun() {
             match pubsub.get_message() {
                 Ok(message) => {
@@ -89,31 +102,54 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
                         hub.send_blocking(Input::Relayed(relayed));
                     }
                 }
-                Err(e) if e.is_timeout() => {}
+                Err(e) if e.is_timeout() || interrupted(&e) => {}
                 Err(_) => break,
             }
         }
     }
 }
 
+/// Which Redis process this connection reached (`INFO server`'s run_id):
+/// it changes when Redis restarts.
+fn run_id(con: &mut redis::Connection) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg("server").query(con).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_string())
+}
+
+/// A read cut short by a signal (EINTR): SIGSTOP and SIGCONT do this to a
+/// blocked read. Nothing was read, so the subscription is intact: read again.
+fn interrupted(e: &redis::RedisError) -> bool {
+    // redis keeps the io::Error behind an `Arc<dyn Error>`.
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<Shared>())
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+}
+
 /// Renews this node's heartbeat: `alive:{node}` for [`HEARTBEAT_TTL`], and
 /// its name in `nodes` (which survivors scan for expired heartbeats).
-fn beat(link: &Link) -> Result<(), String> {
+/// Answers whether the previous one was still alive (`SET ... GET`, Redis
+/// 6.2 or later): false means the others may have counted this node dead.
+fn beat(link: &Link) -> Result<bool, String> {
     let ttl = HEARTBEAT_TTL.as_millis() as u64;
-    link.run("SET PX + SADD (heartbeat)", "O(1)", |c| {
+    let (previous,) = link.run("SET PX GET + SADD (heartbeat)", "O(1)", |c| {
         redis::pipe()
             .cmd("SET")
             .arg(link.key(&format!("alive:{}", link.node())))
             .arg(1)
             .arg("PX")
             .arg(ttl)
-            .ignore()
+            .arg("GET")
             .cmd("SADD")
             .arg(link.key("nodes"))
             .arg(link.node())
             .ignore()
-            .query::<()>(c)
-    })
+            .query::<(Option<String>,)>(c)
+    })?;
+    Ok(previous.is_some())
 }
 
 /// Once a [`HEARTBEAT_EVERY`]: renew the heartbeat, reconnect after an
@@ -133,8 +169,13 @@ fn heartbeat(hub: &Hub, link: &Link) {
             recover(hub, link);
             continue;
         }
-        if beat(link).is_err() {
-            continue;
+        match beat(link) {
+            Err(_) => continue,
+            Ok(true) => {}
+            Ok(false) => hub.send_blocking(Input::Fence(format!(
+                "this node's heartbeat had expired (paused or cut off for over {} s): the others counted it dead",
+                HEARTBEAT_TTL.as_secs()
+            ))),
         }
         let nodes = link.run("SMEMBERS", "O(N)", |c| {
             redis::cmd("SMEMBERS")
