@@ -25,7 +25,7 @@ enum Item {
     Flush(SyncSender<()>),
 }
 
-/// A handle to the printing thread. Cheap to call from under the core lock.
+/// A handle to the printing thread. Cheap to call from the core's owner.
 pub struct EventLog {
     tx: SyncSender<Item>,
     dropped: AtomicU64,

@@ -587,6 +587,121 @@ async fn redis_stopped_mid_run_refuses_with_unavailable_then_recovers_losing_not
     server.stop().await;
 }
 
+/// The HTTP status an upgrade to `path` is refused with, or None if it was admitted.
+async fn upgrade_refused(addr: SocketAddr, path: &str) -> Option<u16> {
+    let url = format!("ws://{addr}{path}");
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => Some(resp.status().as_u16()),
+        Ok(Err(e)) => panic!("{path}: {e}"),
+        Ok(Ok(_)) => None,
+        Err(_) => panic!("{path}: no answer"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_loses_no_claim_and_repeats_no_id() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("empty");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let (b, port_b) = node(&redis.url(), "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    // bob claims his name through a; b has never heard of him, so only a
+    // can put the claim back.
+    drop(connect_to_path(addr(port_a), "/ws/bob?token=bobs-secret-token").await);
+    let mut alice = connect_to(addr(port_a), "alice").await;
+    let mut issued = Vec::new();
+    for i in 0..3 {
+        let ack = alice
+            .request(json!({"type":"message","to":"carol","text":format!("m{i}")}))
+            .await;
+        issued.push(ack["id"].as_u64().unwrap());
+    }
+
+    // Redis restarts with nothing: no AOF, no RDB.
+    let (port, dir) = redis.stop();
+    let _redis = Redis::start_at(port, dir, false).unwrap();
+    // Until a has put bob's claim back, nobody is admitted as bob on b
+    // without his token; then b knows the claim again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let refused = upgrade_refused(addr(port_b), "/ws/bob").await;
+        assert!(
+            matches!(refused, Some(401 | 503)),
+            "an impostor was admitted as bob on b: {refused:?}"
+        );
+        if refused == Some(401) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's claim never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ids go on past every one issued before the restart.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        alice
+            .send(json!({"type":"message","to":"carol","text":"after"}))
+            .await;
+        let reply = loop {
+            match alice.next_seen().await {
+                Seen::Frame(v) if v["type"] == "presence" => continue,
+                Seen::Frame(v) => break v,
+                other => panic!("alice: {other:?}"),
+            }
+        };
+        if reply["type"] == "ack" {
+            break reply["id"].as_u64().unwrap();
+        }
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        id > *issued.iter().max().unwrap(),
+        "id {id} after {issued:?}"
+    );
+    // A node asked about a name asks Redis, not only its own memory.
+    let (_, body) = common::http_get(addr(port_b), "/names/bob", &[]).await;
+    assert!(body.contains(r#""claimed":true"#), "{body}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_of_a_long_queue_reads_its_length_and_its_two_ends_only() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("view");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let addr: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
+    let mut alice = connect_to(addr, "alice").await;
+    for i in 0..300 {
+        alice
+            .send(json!({"type":"message","to":"carol","text":format!("m{i}")}))
+            .await;
+    }
+    for _ in 0..300 {
+        assert_eq!(alice.recv().await["status"], "queued");
+    }
+    let (status, body) = common::http_get(addr, "/inspect", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    let carol = &state["offline_messages"]["carol"];
+    assert_eq!(carol["len"], 300, "{carol}");
+    assert_eq!(carol["skipped"], 200, "{carol}");
+    let texts: Vec<&str> = carol["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    let ends: Vec<String> = (0..50).chain(250..300).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, ends, "the 50 oldest, then the 50 newest");
+    common::assert_invariants_hold(&state);
+    drop(a);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
     let port = free_port();

@@ -1,12 +1,13 @@
 //! One node's command connection to Redis: every structure operation and
-//! every PUBLISH of the node goes through it, in order, under the core's
-//! lock. One connection (not a pool) is what keeps a node's rules in one
-//! order in Redis too: a nudge published by a script and a frame published
-//! after it arrive in that order.
+//! every PUBLISH of the node goes through it, in order, from the core's
+//! owner thread. One connection (not a pool) is what keeps a node's rules in
+//! one order in Redis too: a nudge published by a script and a frame
+//! published after it arrive in that order. (Views read Redis on connections
+//! of their own: `view.rs`.)
 //!
-//! Blocking, with a timeout, on purpose: the core is synchronous and runs
-//! under one mutex, so a rule waits for its Redis round trip anyway; an async
-//! client would need the lock held across `.await`. When a command fails
+//! Blocking, with a timeout, on purpose: the core is synchronous and its
+//! owner is a thread of its own on a cluster, so a rule waits for its Redis
+//! round trip there, never on a tokio worker. When a command fails
 //! (Redis stopped, unreachable, timed out) the link is marked down and every
 //! later command fails at once, until the heartbeat thread reconnects.
 
@@ -139,8 +140,8 @@ impl Link {
     }
 
     /// Reconnects after an outage (the heartbeat thread calls this once PING
-    /// answers again). The caller holds the core lock and re-registers this
-    /// node's devices before anything else runs.
+    /// answers again). The owner then registers this node's devices again
+    /// before it applies anything else (`Hub::resync_wanted`).
     pub fn reconnect(&self) -> RedisResult<()> {
         let con = open(&self.client)?;
         *lock(&self.con) = Some(con);

@@ -22,6 +22,7 @@
 //!
 //! - `scripts.rs`: the Lua scripts that make the racy steps atomic.
 //! - `structures.rs`: [`RedisStructures`], the core's `Structures` on Redis.
+//! - `view.rs`: what the board and `/inspect` read of Redis: bounded, pipelined, on a connection of their own.
 //! - [`link`]: the one command connection, its failure state and its counters.
 //! - `server/relay.rs` (the shell): the subscriber, the heartbeat and the sweep.
 
@@ -29,12 +30,14 @@ mod handle;
 mod link;
 mod scripts;
 mod structures;
+mod view;
 
 use std::time::Duration;
 
 pub use handle::{Handle, LocalDevice, Remote};
 pub use link::{open, Link, RedisCount};
 pub use structures::RedisStructures;
+pub use view::read as read_shared;
 
 /// How often a node renews its heartbeat and looks for dead nodes.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);

@@ -233,6 +233,16 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return redis.call('SCARD', KEYS[1])
 ";
 
+/// Raises the id counter to at least what a node issued: after Redis lost
+/// its data, ids go on from the highest any node put back, never again from 1.
+/// KEYS: next_id. ARGV: the highest id the node issued. Returns the counter.
+pub const RAISE_ID: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local issued = tonumber(ARGV[1])
+if cur < issued then redis.call('SET', KEYS[1], issued) return issued end
+return cur
+";
+
 /// Leaves a group; an emptied group stops existing (as in memory).
 /// KEYS: g:{group}, groups, ug:{user}. ARGV: user, group. Returns 1 if a member.
 pub const LEAVE: &str = r"

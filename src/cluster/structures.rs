@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -20,8 +20,8 @@ use super::link::Link;
 use super::scripts;
 use crate::core::ops::{Op, OpCounts, Structure};
 use crate::core::{
-    queued_cost, Change, ConnDetail, ConnHandle, ConnId, DirectFacts, DurableState, OpTable,
-    QueueView, QueuedBytes, Step, Structures, StructuresSnapshot, Trace, Unavailable,
+    queued_cost, Change, ConnHandle, ConnId, DirectFacts, DurableState, OpTable, QueueView,
+    QueuedBytes, Step, Structures, StructuresSnapshot, Trace, Unavailable,
 };
 use crate::names::{GroupId, Name, UserId};
 use crate::protocol::{Message, Target};
@@ -39,6 +39,7 @@ struct Scripts {
     join: Script,
     leave: Script,
     sweep: Script,
+    raise_id: Script,
 }
 
 impl Scripts {
@@ -54,6 +55,7 @@ impl Scripts {
             join: Script::new(scripts::JOIN),
             leave: Script::new(scripts::LEAVE),
             sweep: Script::new(&scripts::sweep()),
+            raise_id: Script::new(scripts::RAISE_ID),
         }
     }
 }
@@ -118,14 +120,14 @@ pub fn decode(entry: &str) -> Option<Message> {
 /// What a device's field in `devices:{user}` holds: `1` or `0` (it resumed
 /// or not), then where and since when, for `/inspect` on any node.
 #[derive(Serialize, Deserialize, Default)]
-struct DeviceRecord {
+pub(super) struct DeviceRecord {
     #[serde(default)]
-    remote: Option<String>,
+    pub remote: Option<String>,
     #[serde(default)]
-    since: Option<u64>,
+    pub since: Option<u64>,
 }
 
-fn names(raw: Vec<String>) -> Vec<UserId> {
+pub(super) fn names(raw: Vec<String>) -> Vec<UserId> {
     raw.iter().filter_map(|s| Name::parse(s).ok()).collect()
 }
 
@@ -283,9 +285,18 @@ impl<L: LocalDevice> RedisStructures<L> {
     /// that closed meanwhile) and registers every open socket again, so
     /// presence is right before the first rule runs. Presence changes during
     /// the outage are not announced (nothing could be sent then).
-    pub fn resync(&mut self) -> Result<usize, String> {
+    /// `issued` is the highest message id this node issued: the shared
+    /// counter is raised to it, in case Redis lost the counter.
+    pub fn resync(&mut self, issued: u64) -> Result<usize, String> {
         let node = self.link.node().to_string();
         self.run_sweep(&node)?;
+        self.link.run("EVALSHA raise_id", "O(1)", |c| {
+            self.scripts
+                .raise_id
+                .key(self.key("next_id"))
+                .arg(issued)
+                .invoke::<u64>(c)
+        })?;
         let mut registered = 0;
         for (user, devices) in &self.local {
             for device in devices {
@@ -387,43 +398,16 @@ impl<L: LocalDevice> RedisStructures<L> {
         }
     }
 
-    /// Keys matching `prefix:kind:*`, with the part after the prefix. Bounded: inspection only.
-    fn scan(&self, kind: &str) -> Step<Vec<(String, String)>> {
-        let pattern = self.key(format_args!("{kind}:*"));
-        let strip = pattern.len() - 1;
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        for _ in 0..100_000 {
-            let r = self.link.run("SCAN (inspect)", "O(N)", |c| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query::<(u64, Vec<String>)>(c)
-            });
-            let (next, batch) = step(r)?;
-            keys.extend(batch.into_iter().map(|k| {
-                let rest = k[strip..].to_string();
-                (k, rest)
-            }));
-            cursor = next;
-            if cursor == 0 {
-                break;
+    /// Each of this node's sockets in a view's snapshot gets what it has
+    /// not been sent (the view read the rest from Redis).
+    pub fn add_unsent(&self, snapshot: &mut StructuresSnapshot) {
+        for detail in &mut snapshot.connection_details {
+            if detail.node.as_deref() != Some(self.link.node()) {
+                continue;
             }
+            let here = self.local.values().flatten().find(|h| h.id() == detail.id);
+            detail.unsent = here.and_then(|h| h.detail().unsent);
         }
-        keys.sort_unstable();
-        Ok(keys)
-    }
-
-    fn members(&self, key: &str) -> Step<Vec<UserId>> {
-        let r = self.link.run("SMEMBERS (inspect)", "O(n)", |c| {
-            redis::cmd("SMEMBERS").arg(key).query::<Vec<String>>(c)
-        });
-        let mut all = names(step(r)?);
-        all.sort_unstable();
-        Ok(all)
     }
 
     /// The handles routing gets for `user`'s devices, from their HASH's
@@ -1078,85 +1062,11 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         self.ops.table()
     }
 
+    /// Read on a connection of its own (`view.rs`), bounded and pipelined;
+    /// each of this node's sockets adds what it has not been sent.
     fn snapshot(&self, view: QueueView) -> Step<StructuresSnapshot> {
-        let mut snapshot = StructuresSnapshot::default();
-        for (key, user) in self.scan("devices")? {
-            let Ok(user) = Name::parse(&user) else {
-                continue;
-            };
-            let r = self.link.run("HGETALL (inspect)", "O(d)", |c| {
-                redis::cmd("HGETALL")
-                    .arg(&key)
-                    .query::<Vec<(String, String)>>(c)
-            });
-            let mut ids = Vec::new();
-            for (field, value) in step(r)? {
-                let Some((node, id)) = field.rsplit_once('/') else {
-                    continue;
-                };
-                let Ok(id) = id.parse::<ConnId>() else {
-                    continue;
-                };
-                let record: DeviceRecord =
-                    serde_json::from_str(value.get(1..).unwrap_or("")).unwrap_or_default();
-                let here = self
-                    .local
-                    .get(&user)
-                    .and_then(|d| d.iter().find(|h| h.id() == id));
-                ids.push(id);
-                snapshot.connection_details.push(ConnDetail {
-                    id,
-                    remote: record.remote,
-                    connected_at_ms: record.since,
-                    unsent: here.and_then(|h| h.detail().unsent),
-                    node: Some(node.to_string()),
-                });
-            }
-            ids.sort_unstable();
-            if !ids.is_empty() {
-                snapshot.active_connections.insert(user, ids);
-            }
-        }
-        snapshot.connection_details.sort_unstable_by_key(|d| d.id);
-        snapshot.presence = self.members(&self.key("presence"))?;
-        for (key, user) in self.scan("q")? {
-            let Ok(user) = Name::parse(&user) else {
-                continue;
-            };
-            let r = self.link.run("LRANGE (inspect)", "O(n)", |c| {
-                redis::cmd("LRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-1)
-                    .query::<Vec<String>>(c)
-            });
-            let queue: VecDeque<Message> = self.decode_all(step(r)?).into();
-            if !queue.is_empty() {
-                snapshot.offline_messages.insert(user, view.copy(&queue));
-            }
-        }
-        let r = self.link.run("HGETALL (inspect)", "O(n)", |c| {
-            redis::cmd("HGETALL")
-                .arg(self.key("released"))
-                .query::<Vec<(String, u64)>>(c)
-        });
-        snapshot.released = step(r)?
-            .into_iter()
-            .filter_map(|(u, n)| Some((Name::parse(&u).ok()?, n)))
-            .collect();
-        for (key, group) in self.scan("g")? {
-            if let Ok(group) = Name::parse(&group) {
-                snapshot.groups.insert(group, self.members(&key)?);
-            }
-        }
-        for (key, user) in self.scan("b")? {
-            if let Ok(user) = Name::parse(&user) {
-                let blocked = self.members(&key)?;
-                if !blocked.is_empty() {
-                    snapshot.blocked.insert(user, blocked);
-                }
-            }
-        }
+        let mut snapshot = step(super::view::read(&self.link, view))?;
+        self.add_unsent(&mut snapshot);
         Ok(snapshot)
     }
 }

@@ -82,6 +82,14 @@ impl Claims {
         self.claims.contains_key(user)
     }
 
+    /// Every claim, for a cluster node to put back in a Redis that lost them.
+    pub fn all(&self) -> Vec<(UserId, TokenHash)> {
+        self.claims
+            .iter()
+            .map(|(user, hash)| (user.clone(), hash.clone()))
+            .collect()
+    }
+
     /// Claimed names, sorted, for `/inspect` (which shows names, never hashes).
     pub fn names(&self) -> Vec<UserId> {
         let mut names: Vec<UserId> = self.claims.keys().cloned().collect();

@@ -352,6 +352,22 @@ impl<S: Structures> ChatCore<S> {
         ))
     }
 
+    /// `/inspect`'s document around structures read elsewhere (a cluster
+    /// reads Redis for a view off the core's owner, then asks it for this).
+    pub fn snapshot_of(&self, structures: StructuresSnapshot) -> Step<Snapshot> {
+        Ok(Snapshot::new(
+            structures,
+            &self.structures.op_table(),
+            self.structures.next_id(self.next_message_id)?,
+        ))
+    }
+
+    /// The structures, for a view to read what only they know (a cluster
+    /// node's own sockets). Rules never go around the core this way.
+    pub fn structures(&self) -> &S {
+        &self.structures
+    }
+
     /// The five structures with only the ends of each deque, for the board:
     /// O(users + groups + blocks), however long the queues grow.
     pub fn snapshot_ends(&self, keep: usize) -> Step<StructuresSnapshot> {

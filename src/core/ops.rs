@@ -179,8 +179,8 @@ struct OpCell {
 }
 
 /// Counters (and sampled timings) for every (structure, operation) pair.
-/// `Cell` lets read-only look-ups (`&self`) count too; the core lives behind
-/// one mutex, so the counters need no atomics.
+/// `Cell` lets read-only look-ups (`&self`) count too; the core has one
+/// owner at a time, so the counters need no atomics.
 /// A monotonic clock in nanoseconds. The core never reads a clock itself:
 /// the server passes one in to time sampled operations, and tests leave it
 /// out, so their op tables are the same on every run.

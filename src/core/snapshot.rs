@@ -1,7 +1,7 @@
 //! A consistent, serialisable copy of the core: what `GET /inspect` returns.
 //!
-//! The copy is taken under the core's lock in one pass (O(total size)), then
-//! serialised after the lock is released, so chat traffic waits only for the copy.
+//! The copy is taken by the core's owner in one pass (O(total size)), then
+//! serialised after the owner has moved on, so chat traffic waits only for the copy.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};

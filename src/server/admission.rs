@@ -61,6 +61,17 @@ impl Refused {
         }
     }
 
+    /// A cluster whose Redis lost its data: whether a name is claimed is not
+    /// known until the nodes have put back the claims they hold.
+    fn lost_claims() -> Refused {
+        Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "the cluster's Redis lost its data and the nodes are putting back the \
+                     name claims they know; try again in a few seconds"
+                .to_string(),
+        }
+    }
+
     fn busy() -> Refused {
         Refused {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -172,6 +183,9 @@ pub struct Gate {
     /// Cluster mode: the claims are a HASH in Redis (`claims`: name -> hash),
     /// so a name claimed through one node is claimed on every node.
     cluster: Option<Arc<crate::cluster::Link>>,
+    /// Cluster mode: until then, Redis is being given back the claims it
+    /// lost, and a name this node does not know as claimed is not admitted.
+    reconciling_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for Gate {
@@ -195,7 +209,63 @@ impl Gate {
             verified: Mutex::default(),
             in_flight: Mutex::default(),
             cluster: None,
+            reconciling_until: Mutex::new(None),
         }
+    }
+
+    /// Cluster mode: Redis lost its data (it restarted without persistence,
+    /// or was flushed). Puts back every claim this node knows (HSETNX: a
+    /// claim another node put back first wins, and this node learns it), and
+    /// admits no name it does not know as claimed for `window`, while the
+    /// other nodes do the same. Returns how many it put back, and the names
+    /// whose claim in Redis is another token's (Redis's stands).
+    pub fn reconcile(
+        &self,
+        link: &crate::cluster::Link,
+        window: std::time::Duration,
+    ) -> (usize, Vec<UserId>) {
+        *self
+            .reconciling_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now() + window);
+        let mine = self.claims().all();
+        let key = link.key("claims");
+        let (mut put_back, mut differ) = (0, Vec::new());
+        for (user, hash) in mine {
+            let answer = link.run("HSETNX + HGET (claims)", "O(1)", |c| {
+                redis::pipe()
+                    .cmd("HSETNX")
+                    .arg(&key)
+                    .arg(user.as_str())
+                    .arg(hash.as_phc())
+                    .cmd("HGET")
+                    .arg(&key)
+                    .arg(user.as_str())
+                    .query::<(bool, String)>(c)
+            });
+            match answer {
+                Ok((true, _)) => put_back += 1,
+                Ok((false, winner)) if winner != hash.as_phc() => differ.push(user),
+                _ => {}
+            }
+        }
+        (put_back, differ)
+    }
+
+    /// While claims are being put back: who may not be admitted yet.
+    fn reconciling(&self, user: &UserId) -> Option<Refused> {
+        let until = *self
+            .reconciling_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let busy = until.is_some_and(|t| std::time::Instant::now() < t);
+        (busy && !self.claims().is_claimed(user)).then(Refused::lost_claims)
+    }
+
+    /// Is `user` claimed, anywhere in the cluster? (`/names/{user}`)
+    pub async fn is_claimed_anywhere(&self, user: &UserId) -> bool {
+        let _ = self.learn_claim(user).await;
+        self.is_claimed(user)
     }
 
     /// The same gate, keeping its claims in the cluster's Redis.
@@ -206,27 +276,44 @@ impl Gate {
 
     /// Cluster mode: learns `user`'s claim from Redis (HGET, O(1)), in case
     /// it was made through another node. A claim never changes once made,
-    /// so what is learned stays true. The round trip runs on tokio's
-    /// blocking pool, never on a worker.
-    async fn learn_claim(&self, user: &UserId) {
-        let Some(link) = self.cluster.clone() else {
-            return;
-        };
+    /// so what is learned stays true. In the same round trip, this node's
+    /// marker (see `relay::beat`): if Redis lost its data, "not claimed" is
+    /// not known to be true, and the name is not admitted (a refusal). The
+    /// round trip runs on tokio's blocking pool, never on a worker.
+    async fn learn_claim(&self, user: &UserId) -> Option<Refused> {
+        let link = self.cluster.clone()?;
         if self.claims().is_claimed(user) {
-            return;
+            return None;
         }
         let (key, field) = (link.key("claims"), user.to_string());
+        let marker = link.key(&format!("marker:{}", link.node()));
         let found = tokio::task::spawn_blocking(move || {
-            link.run("HGET", "O(1)", |c| {
-                redis::cmd("HGET")
+            link.run("HGET + EXISTS", "O(1)", |c| {
+                redis::pipe()
+                    .cmd("HGET")
                     .arg(&key)
                     .arg(&field)
-                    .query::<Option<String>>(c)
+                    .cmd("EXISTS")
+                    .arg(&marker)
+                    .query::<(Option<String>, bool)>(c)
             })
         })
         .await;
-        if let Ok(Ok(Some(phc))) = found {
-            let _ = self.claims().claim(user, TokenHash::new(phc));
+        match found {
+            Ok(Ok((Some(phc), _))) => {
+                let _ = self.claims().claim(user, TokenHash::new(phc));
+                None
+            }
+            Ok(Ok((None, false))) => Some(Refused::lost_claims()),
+            Ok(Ok((None, true))) => None,
+            // Whether the name is claimed cannot be known: not admitted.
+            Ok(Err(why)) => Some(Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: format!(
+                    "cannot check whether {user} is claimed ({why}); try again in a moment"
+                ),
+            }),
+            Err(_) => Some(Refused::busy()),
         }
     }
 
@@ -321,7 +408,10 @@ impl Gate {
                 });
             }
         }
-        self.learn_claim(user).await;
+        let unknown = self.learn_claim(user).await;
+        if let Some(refused) = unknown.or_else(|| self.reconciling(user)) {
+            return Err(refused);
+        }
         let check = self.claims().check(user, token);
         let wrong = || {
             Refused::unauthorized(format!(

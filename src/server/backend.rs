@@ -30,6 +30,16 @@ pub enum Backend {
     Redis(Box<RedisStructures<Conn>>),
 }
 
+impl Backend {
+    /// A view's snapshot read from Redis off the owner: this node's sockets
+    /// add what they have not been sent. In memory the snapshot has it already.
+    pub fn add_unsent(&self, snapshot: &mut StructuresSnapshot) {
+        if let Backend::Redis(redis) = self {
+            redis.add_unsent(snapshot);
+        }
+    }
+}
+
 /// Each method goes to whichever backend this server runs.
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {

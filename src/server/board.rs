@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use super::handshake::Peer;
 use super::hub::Hub;
 use crate::board::{BoardFrame, Flow, FrameContext, QUEUE_ENDS};
-use crate::core::Step;
+use crate::core::{QueueView, Step};
 use crate::event_log::format_event;
 
 /// At most this many frames a second: smooth enough to watch a push_back
@@ -81,10 +81,21 @@ pub(crate) async fn publish(hub: Arc<Hub>, stop: impl Future<Output = ()>) {
 /// One frame; None once the core's owner has stopped, an error when a
 /// cluster's Redis did not answer.
 async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<Step<BoardFrame>> {
+    // A cluster reads Redis off the owner (see `Hub::read_shared`).
+    let shared = match hub.read_shared(QueueView::Ends(QUEUE_ENDS)).await {
+        Some(Err(why)) => return Some(Err(why)),
+        shared => shared.and_then(Result::ok),
+    };
     let (structures, ops, hold_us) = hub
         .look(|core| {
             let hold = Instant::now();
-            let structures = core.snapshot_ends(QUEUE_ENDS);
+            let structures = match shared {
+                Some(mut structures) => {
+                    core.structures().add_unsent(&mut structures);
+                    Ok(structures)
+                }
+                None => core.snapshot_ends(QUEUE_ENDS),
+            };
             let ops = core.op_table();
             (structures, ops, hold.elapsed().as_micros() as u64)
         })

@@ -21,7 +21,9 @@ use super::outbox::Outbox;
 use super::shutdown::Shutdown;
 use super::site::Site;
 use crate::cluster::{Link, RedisStructures};
-use crate::core::{ChatCore, MemoryStructures, OpTable, Step};
+use crate::core::{
+    ChatCore, MemoryStructures, OpTable, QueueView, Step, StructuresSnapshot, Unavailable,
+};
 use crate::event_log::EventLog;
 use crate::inspection::{Inspection, MemoryStats, ServerInfo};
 use crate::names::UserId;
@@ -354,6 +356,17 @@ impl Hub {
         self.look(|core| core.op_table()).await.unwrap_or_default()
     }
 
+    /// A cluster's shared structures, read for a view on tokio's blocking
+    /// pool with a connection of their own (None in memory).
+    pub(crate) async fn read_shared(&self, view: QueueView) -> Option<Step<StructuresSnapshot>> {
+        let link = self.cluster.clone()?;
+        let read = tokio::task::spawn_blocking(move || crate::cluster::read_shared(&link, view));
+        Some(match read.await {
+            Ok(read) => read.map_err(Unavailable),
+            Err(e) => Err(Unavailable(e.to_string())),
+        })
+    }
+
     /// The `/inspect` document. The core is copied by its owner (timed: that
     /// is how long chat traffic waits); a cluster's node list is read there
     /// too, off the tokio workers; the server's facts are added after.
@@ -361,10 +374,22 @@ impl Hub {
     /// error when a cluster's Redis did not answer.
     pub async fn inspection(&self) -> Option<Step<Inspection>> {
         let link = self.cluster.clone();
+        // A cluster's shared structures are read off the owner, on a
+        // connection of their own: routing never waits for a view.
+        let shared = match self.read_shared(QueueView::All).await {
+            Some(Err(why)) => return Some(Err(why)),
+            shared => shared.and_then(Result::ok),
+        };
         let copied = self
             .look(move |core| {
                 let start = Instant::now();
-                let snapshot = core.snapshot();
+                let snapshot = match shared {
+                    Some(mut structures) => {
+                        core.structures().add_unsent(&mut structures);
+                        core.snapshot_of(structures)
+                    }
+                    None => core.snapshot(),
+                };
                 let queued_bytes = core.queued_bytes();
                 let hold = start.elapsed();
                 (snapshot, queued_bytes, hold, link.map(|l| cluster_info(&l)))

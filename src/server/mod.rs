@@ -158,7 +158,7 @@ pub async fn run(
         // A node restarted under the same name forgets its previous run's
         // devices (the sweep also takes it out of `nodes`), then beats.
         if let backend::Backend::Redis(redis) = unowned.core.structures_mut() {
-            redis.resync().map_err(std::io::Error::other)?;
+            redis.resync(0).map_err(std::io::Error::other)?;
         }
         owner = Some(owner::start(hub.clone(), unowned.core, unowned.inputs)?);
         relays.push(relay::start_heartbeat(hub.clone(), link).map_err(std::io::Error::other)?);

@@ -1,6 +1,6 @@
 //! The bounded queue between routing and one connection's socket writer.
 //!
-//! Routing pushes without ever waiting (O(1), under the core lock); the
+//! Routing pushes without ever waiting (O(1), by the core's owner); the
 //! connection's writer task drains it into the socket. The bound is what
 //! keeps one slow client from stalling everyone or growing memory without
 //! limit: when it is full, the connection is evicted (see `server/deliver.rs`).

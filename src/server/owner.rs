@@ -104,16 +104,21 @@ fn prepare(hub: &Hub, core: &mut Core) {
 
 /// Redis answers again after an outage: this node's sockets are registered
 /// again before the next rule runs.
+/// It stays wanted until it succeeds: no rule runs on a Redis that answers
+/// again before this node's sockets and its highest id are back in it.
 fn resync_if_wanted(hub: &Hub, core: &mut Core) {
-    if hub.resync_wanted.load(Ordering::Acquire) && hub.resync_wanted.swap(false, Ordering::AcqRel)
-    {
-        if let Backend::Redis(backend) = core.structures_mut() {
-            let result = backend.resync();
+    if !hub.resync_wanted.load(Ordering::Acquire) {
+        return;
+    }
+    let issued = core.next_message_id().saturating_sub(1);
+    if let Backend::Redis(backend) = core.structures_mut() {
+        // Still down: it stays wanted (a rule's own step says so to its requester).
+        if let Ok(n) = backend.resync(issued) {
+            hub.resync_wanted.store(false, Ordering::Release);
             if let Some(log) = &hub.log {
-                log.line(match result {
-                    Ok(n) => format!("! Redis is back: registered this node's {n} device(s) again"),
-                    Err(why) => format!("! Redis answered, then failed again: {why}"),
-                });
+                log.line(format!(
+                    "! Redis is back: registered this node's {n} device(s) again"
+                ));
             }
         }
     }

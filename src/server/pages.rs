@@ -144,7 +144,7 @@ pub(crate) async fn name_status(State(hub): State<Arc<Hub>>, Path(raw): Path<Str
     let (status, body) = match Name::parse(&raw) {
         Ok(user) => (
             StatusCode::OK,
-            serde_json::json!({ "name": user, "claimed": hub.gate.is_claimed(&user) }),
+            serde_json::json!({ "name": user, "claimed": hub.gate.is_claimed_anywhere(&user).await }),
         ),
         Err(e) => (
             StatusCode::BAD_REQUEST,

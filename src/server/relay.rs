@@ -129,13 +129,22 @@ fn interrupted(e: &redis::RedisError) -> bool {
         .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
 }
 
+/// What one heartbeat found.
+struct Beat {
+    /// The previous heartbeat had not expired: false means the others may
+    /// have counted this node dead.
+    alive: bool,
+    /// This node's marker (`marker:{node}`, set at its first beat, no TTL)
+    /// was still there: false means Redis lost its data since.
+    kept: bool,
+}
+
 /// Renews this node's heartbeat: `alive:{node}` for [`HEARTBEAT_TTL`], and
-/// its name in `nodes` (which survivors scan for expired heartbeats).
-/// Answers whether the previous one was still alive (`SET ... GET`, Redis
-/// 6.2 or later): false means the others may have counted this node dead.
-fn beat(link: &Link) -> Result<bool, String> {
+/// its name in `nodes` (which survivors scan for expired heartbeats), and
+/// checks its marker, in one round trip (`SET ... GET`: Redis 6.2 or later).
+fn beat(link: &Link) -> Result<Beat, String> {
     let ttl = HEARTBEAT_TTL.as_millis() as u64;
-    let (previous,) = link.run("SET PX GET + SADD (heartbeat)", "O(1)", |c| {
+    let (alive, kept) = link.run("SET PX GET + SADD + SET GET (heartbeat)", "O(1)", |c| {
         redis::pipe()
             .cmd("SET")
             .arg(link.key(&format!("alive:{}", link.node())))
@@ -147,9 +156,42 @@ fn beat(link: &Link) -> Result<bool, String> {
             .arg(link.key("nodes"))
             .arg(link.node())
             .ignore()
-            .query::<(Option<String>,)>(c)
+            .cmd("SET")
+            .arg(link.key(&format!("marker:{}", link.node())))
+            .arg(1)
+            .arg("GET")
+            .query::<(Option<String>, Option<String>)>(c)
     })?;
-    Ok(previous.is_some())
+    Ok(Beat {
+        alive: alive.is_some(),
+        kept: kept.is_some(),
+    })
+}
+
+/// How long nodes admit only names they know as claimed after Redis lost
+/// its data: every live node beats in that time, and puts back its claims.
+const RECONCILE: Duration = Duration::from_secs(3);
+
+/// Redis lost its data (restarted without persistence, or flushed): what it
+/// held for the cluster is gone, and this node says so. It puts back the
+/// name claims it knows, and (through the owner, before its next input) the
+/// highest message id it issued, so claims and ids do not start again.
+fn reconcile(hub: &Hub, link: &Link) {
+    let (put_back, differ) = hub.gate.reconcile(link, RECONCILE);
+    hub.resync_wanted
+        .store(true, std::sync::atomic::Ordering::Release);
+    hub.send_blocking(Input::Wake);
+    if let Some(log) = &hub.log {
+        log.line(format!(
+            "! Redis lost its data (restarted without persistence, or flushed): queues, groups and blocks it held are gone; this node put back {put_back} name claim(s) and its highest message id, and admits only names it knows as claimed for {} s while the other nodes do the same",
+            RECONCILE.as_secs()
+        ));
+        for user in differ {
+            log.line(format!(
+                "! {user} was claimed again with another token before this node put its claim back: that claim stands"
+            ));
+        }
+    }
 }
 
 /// Once a [`HEARTBEAT_EVERY`]: renew the heartbeat, reconnect after an
@@ -169,13 +211,17 @@ fn heartbeat(hub: &Hub, link: &Link) {
             recover(hub, link);
             continue;
         }
-        match beat(link) {
-            Err(_) => continue,
-            Ok(true) => {}
-            Ok(false) => hub.send_blocking(Input::Fence(format!(
+        let Ok(beat) = beat(link) else {
+            continue;
+        };
+        if !beat.kept {
+            reconcile(hub, link);
+        }
+        if !beat.alive {
+            hub.send_blocking(Input::Fence(format!(
                 "this node's heartbeat had expired (paused or cut off for over {} s): the others counted it dead",
                 HEARTBEAT_TTL.as_secs()
-            ))),
+            )));
         }
         let nodes = link.run("SMEMBERS", "O(N)", |c| {
             redis::cmd("SMEMBERS")
@@ -201,11 +247,14 @@ fn heartbeat(hub: &Hub, link: &Link) {
 /// Redis answers again: reconnect, and have the core's owner register this
 /// node's open sockets again before it applies any other input.
 fn recover(hub: &Hub, link: &Link) {
+    // Wanted before the link answers, so no rule runs on it first.
+    hub.resync_wanted
+        .store(true, std::sync::atomic::Ordering::Release);
     if link.reconnect().is_err() {
         return;
     }
-    hub.resync_wanted
-        .store(true, std::sync::atomic::Ordering::Release);
     hub.send_blocking(Input::Wake);
-    let _ = beat(link);
+    if let Ok(Beat { kept: false, .. }) = beat(link) {
+        reconcile(hub, link);
+    }
 }
