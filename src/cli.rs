@@ -179,6 +179,10 @@ pub struct ClientArgs {
     /// client uses (and on first use creates) the one saved in your config directory.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Print the token saved for NAME on this server (to pass with --token on
+    /// another device), and exit without connecting.
+    #[arg(long, conflicts_with_all = ["token", "send"])]
+    pub show_token: bool,
     /// Do not resume (protocol v1): messages count as received once written
     /// to the connection, and one lost in a crash is not sent again. By
     /// default the client resumes from the last message it showed, and the
@@ -257,7 +261,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{}", crate::bench::render_structures(&report, color));
+                // The paragraphs wrap at spaces to the terminal (the tables fit 100 columns).
+                let text = crate::bench::render_structures(&report, color);
+                println!(
+                    "{}",
+                    crate::terminal::wrap_lines(&text, crate::terminal::output_width())
+                );
                 if let Some(python) = &report.python {
                     println!(
                         "{}",
@@ -341,6 +350,10 @@ fn client(args: ClientArgs) -> anyhow::Result<()> {
         None => None,
     };
     let url = crate::client::base_url(&args.url)?;
+    if args.show_token {
+        println!("{}", crate::client::token::show(&url, &args.name)?);
+        return Ok(());
+    }
     let resolved = crate::client::token::resolve(&url, &args.name, args.token.as_deref())?;
     let options = crate::client::ClientOptions {
         name: args.name,

@@ -285,6 +285,7 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
             report.connections_served
         );
         println!("{}", crate::inspect::render::ops_table(&report.ops, color));
+        println!("{}", crate::core::ops::TIMING_NOTE);
         if let Some(path) = &args.data {
             println!("Everything acknowledged is saved in {}.", path.display());
         }

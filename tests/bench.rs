@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::TestServer;
 use serde_json::Value;
@@ -314,7 +315,7 @@ fn verdicts_are_the_same_on_every_run_and_the_queue_slope_reads_1() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| format!("{} {}", c["confirmed"], c["verdict"]))
+            .map(|c| format!("{} {} {}", c["confirmed"], c["verdict"], c["correction"]))
             .collect()
     };
     let (code, first, err) = run(&["bench", "--quick", "--json"]);
@@ -332,7 +333,13 @@ fn verdicts_are_the_same_on_every_run_and_the_queue_slope_reads_1() {
         slope(1)
     );
     assert_eq!(slope(0), 0.0, "VecDeque::pop_front");
-    assert!(verdicts(&first)[1].contains("NOT faster than a map's keys"));
+    // The seed's second claim is corrected, as the lesson, while its first holds.
+    assert!(
+        verdicts(&first)[1].starts_with(r#"true "confirmed"#),
+        "{}",
+        verdicts(&first)[1]
+    );
+    assert!(verdicts(&first)[1].contains("not faster than a map's keys"));
 }
 
 /// `bench --python --quick`: the seed's claims in CPython, beside the Rust
@@ -403,4 +410,44 @@ fn one_claim_at_a_time_in_tables_that_fit_100_columns() {
     let (code, _, err) = run(&["bench", "--only", "nothing"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("queue") && err.contains("presence"), "{err}");
+}
+
+/// `bench --quick` in a 120x40 terminal, as a teacher runs it: no line is too
+/// wide for it, no table row is cut, and every structure's name is whole.
+#[test]
+fn bench_quick_in_a_120_column_terminal_cuts_nothing() {
+    let shell = format!("{} bench --quick; echo END-OF-BENCH", common::BIN);
+    let Some(screen) = common::tmux_run(&shell, 120, 40, "END-OF-BENCH", Duration::from_secs(60))
+    else {
+        return;
+    };
+    for line in screen.lines() {
+        assert!(
+            line.chars().count() <= 120,
+            "wider than the terminal: {line}"
+        );
+        if line.starts_with('│') {
+            assert!(line.trim_end().ends_with('│'), "a cut table row: {line}");
+        }
+    }
+    let (_, json, _) = run(&["bench", "--quick", "--json"]);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    for c in report["comparisons"].as_array().unwrap() {
+        for v in c["variants"].as_array().unwrap() {
+            let name = v["name"].as_str().unwrap();
+            let whole = format!(" {name} ");
+            assert!(
+                screen
+                    .lines()
+                    .any(|l| l.starts_with('│') && l.contains(&whole)),
+                "{name} is not whole in a table row:\n{screen}"
+            );
+        }
+    }
+    // What the seed gets wrong reads as the lesson, not as a failure.
+    assert!(
+        screen.contains("✎ corrected: a set is not faster"),
+        "{screen}"
+    );
+    assert!(!screen.contains("✘"), "{screen}");
 }

@@ -395,6 +395,26 @@ async fn the_client_claims_its_name_and_another_device_needs_the_token() {
         !kept.contains("\"ada\""),
         "a refused token was kept: {kept}"
     );
+    // The laptop prints its token for the phone, without connecting; the
+    // phone, which has none, is told how to get one and creates nothing.
+    let show = |config: &std::path::Path| {
+        let url = format!("ws://{}", server.addr);
+        std::process::Command::new(common::BIN)
+            .env("XDG_CONFIG_HOME", config)
+            .args(["client", "ada", "--url", &url, "--show-token"])
+            .output()
+            .unwrap()
+    };
+    let out = show(&laptop);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
+    let out = show(&phone);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no token is saved for ada"), "{err}");
+    assert!(!std::fs::read_to_string(&phone_file)
+        .unwrap_or_default()
+        .contains("\"ada\""));
     // With --token it is ada, and the phone remembers the token from then on.
     let out = send_from_device(server.addr, &phone, &["--token", &token]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

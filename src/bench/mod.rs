@@ -139,11 +139,18 @@ fn ns(x: f64) -> String {
 const TABLE_WIDTH: u16 = 100;
 
 /// "7.29 µs (7.19-7.31)": the median with the repetitions' range, in one unit.
+/// `233 ns (227-234)`: the median and the range of the repetitions, with
+/// three significant digits at most, so the column stays narrow.
 fn ns_range(median: f64, min: f64, max: f64) -> String {
-    let (scale, unit, digits) = match median {
-        x if x < 1_000.0 => (1.0, "ns", 1),
-        x if x < 1_000_000.0 => (1_000.0, "µs", 2),
-        _ => (1_000_000.0, "ms", 2),
+    let (scale, unit) = match median {
+        x if x < 1_000.0 => (1.0, "ns"),
+        x if x < 1_000_000.0 => (1_000.0, "µs"),
+        _ => (1_000_000.0, "ms"),
+    };
+    let digits = match median / scale {
+        x if x < 10.0 => 2,
+        x if x < 100.0 => 1,
+        _ => 0,
     };
     let f = |x: f64| format!("{:.*}", digits, x / scale);
     format!("{} {unit} ({}-{})", f(median), f(min), f(max))
@@ -157,6 +164,78 @@ fn count(x: f64) -> String {
     }
 }
 
+/// One claim's measurements as a table. A counted-step column that is 0 on
+/// every row is left out and said under the table, so the rest fits a
+/// projector's 100 columns with each cell on one line.
+fn claim_table(c: &ComparisonResult, color: bool) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    if !color {
+        t.force_no_tty();
+    }
+    let points = || c.variants.iter().flat_map(|v| v.points.iter());
+    type Counted = fn(&structures::Point) -> f64;
+    let counted: [(&str, Counted); 3] = [
+        ("hashes", |p| p.counts.hashes),
+        ("compares", |p| p.counts.comparisons),
+        ("moves", |p| p.counts.moves),
+    ];
+    let (shown, zero): (Vec<_>, Vec<_>) = counted
+        .iter()
+        .partition(|(_, get)| points().any(|p| get(p) != 0.0));
+    let mut header = vec!["N", "structure", "time/op (range)"];
+    header.extend(shown.iter().map(|(name, _)| *name));
+    header.push("vs choice");
+    t.set_header(header);
+    // A name or a time is never split over two lines; other cells may wrap.
+    for column in [1, 2] {
+        if let Some(col) = t.column_mut(column) {
+            col.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
+    }
+    for (vi, v) in c.variants.iter().enumerate() {
+        for (pi, p) in v.points.iter().enumerate() {
+            let choice = &c.variants[0].points[pi];
+            // A timing difference is called real only when the ranges of
+            // the repetitions do not overlap.
+            let overlap = p.ns_min <= choice.ns_max && choice.ns_min <= p.ns_max;
+            let ratio = p.ns_median / choice.ns_median.max(0.001);
+            let ratio = match (vi, overlap) {
+                (0, _) => "-".to_string(),
+                (_, true) => format!("{ratio:.1}x (overlap)"),
+                (_, false) if ratio >= 1.0 => format!("{ratio:.1}x slower"),
+                (_, false) => format!("{:.1}x faster", 1.0 / ratio.max(0.001)),
+            };
+            let mut row = vec![
+                Cell::new(p.n).set_alignment(CellAlignment::Right),
+                Cell::new(v.name),
+                Cell::new(ns_range(p.ns_median, p.ns_min, p.ns_max)),
+            ];
+            for (_, get) in &shown {
+                row.push(Cell::new(count(get(p))).set_alignment(CellAlignment::Right));
+            }
+            row.push(Cell::new(ratio));
+            t.add_row(row);
+        }
+    }
+    // Each cell on one line when the table fits 100 columns; else the cells
+    // other than names and times wrap.
+    let mut text = t.to_string();
+    if text
+        .lines()
+        .any(|l| crate::terminal::width(l) > TABLE_WIDTH as usize)
+    {
+        t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+        t.set_width(TABLE_WIDTH);
+        text = t.to_string();
+    }
+    if !zero.is_empty() {
+        let names: Vec<&str> = zero.iter().map(|(name, _)| *name).collect();
+        text += &format!("\n  {}: 0 on every row", names.join(", "));
+    }
+    text
+}
+
 /// The report as tables and plain-language summaries.
 pub fn render_structures(report: &StructuresReport, color: bool) -> String {
     let mut out = String::new();
@@ -167,48 +246,7 @@ pub fn render_structures(report: &StructuresReport, color: bool) -> String {
             c.title.to_string()
         };
         let _ = writeln!(out, "\n{title}\nseed: \"{}\"", c.claim);
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED);
-        if !color {
-            t.force_no_tty();
-        }
-        // A projector's terminal: at most 100 columns, long names wrapped.
-        t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
-        t.set_width(TABLE_WIDTH);
-        t.set_header([
-            "N",
-            "structure",
-            "time/op (range)",
-            "hashes",
-            "compares",
-            "moves",
-            "vs choice",
-        ]);
-        for (vi, v) in c.variants.iter().enumerate() {
-            for (pi, p) in v.points.iter().enumerate() {
-                let choice = &c.variants[0].points[pi];
-                // A timing difference is called real only when the ranges of
-                // the repetitions do not overlap.
-                let overlap = p.ns_min <= choice.ns_max && choice.ns_min <= p.ns_max;
-                let ratio = p.ns_median / choice.ns_median.max(0.001);
-                let ratio = match (vi, overlap) {
-                    (0, _) => "-".to_string(),
-                    (_, true) => format!("{ratio:.1}x (overlap)"),
-                    (_, false) if ratio >= 1.0 => format!("{ratio:.1}x slower"),
-                    (_, false) => format!("{:.1}x faster", 1.0 / ratio.max(0.001)),
-                };
-                t.add_row(vec![
-                    Cell::new(p.n).set_alignment(CellAlignment::Right),
-                    Cell::new(v.name),
-                    Cell::new(ns_range(p.ns_median, p.ns_min, p.ns_max)),
-                    Cell::new(count(p.counts.hashes)).set_alignment(CellAlignment::Right),
-                    Cell::new(count(p.counts.comparisons)).set_alignment(CellAlignment::Right),
-                    Cell::new(count(p.counts.moves)).set_alignment(CellAlignment::Right),
-                    Cell::new(ratio),
-                ]);
-            }
-        }
-        let _ = writeln!(out, "{t}");
+        let _ = writeln!(out, "{}", claim_table(c, color));
         for v in &c.variants {
             let by_time = v.time_slope.map(fit::Class::from_slope);
             let note = match (by_time, v.class) {
@@ -251,7 +289,17 @@ pub fn render_structures(report: &StructuresReport, color: bool) -> String {
             (true, true) => verdict.green().bold().to_string(),
             (true, false) => verdict.red().bold().to_string(),
         };
-        let _ = writeln!(out, "{verdict}\n{}", c.summary);
+        let _ = writeln!(out, "{verdict}");
+        // What the seed gets wrong is the lesson, not a failure: its own mark and colour.
+        if let Some(correction) = &c.correction {
+            let line = format!("✎ {correction}");
+            let line = match color {
+                true => line.yellow().bold().to_string(),
+                false => line,
+            };
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out, "{}", c.summary);
     }
     out
 }

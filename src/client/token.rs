@@ -80,6 +80,23 @@ pub fn token_for(
     })
 }
 
+/// `client NAME --show-token`: the token saved for `name` on `url`, to pass
+/// with `--token` on another device. Creates nothing: a name that never
+/// connected from here has no token yet, and the error says how to get one.
+pub fn show(url: &str, name: &crate::names::Name) -> anyhow::Result<String> {
+    let dir = config_dir()?;
+    let path = dir.join(FILE);
+    let store = load(&path)?;
+    match store.get(url).and_then(|names| names.get(name.as_str())) {
+        Some(token) => Ok(token.clone()),
+        None => bail!(
+            "no token is saved for {name} on {url} in {}: connect once with \
+             `vivachat client {name} --url {url}` and it is created (and the name claimed)",
+            path.display()
+        ),
+    }
+}
+
 /// An exclusive advisory lock on a file, released when dropped (or when the
 /// process dies, so a crash never leaves it held).
 struct Lock(#[allow(dead_code)] fs::File);
@@ -215,7 +232,8 @@ pub fn announce(url: &str, name: &crate::names::Name, path: &Path) {
     use colored::Colorize;
     let text = format!(
         "Your token for {name} on {url} is saved in {} (readable by you only). \
-         The server ties the name to it: on another device, pass it with --token.",
+         The server ties the name to it: on another device, pass it with --token \
+         (`vivachat client {name} --url {url} --show-token` prints it).",
         path.display()
     );
     let text = crate::terminal::wrap_lines(&text, crate::terminal::output_width());

@@ -827,10 +827,7 @@ impl Ctx<'_> {
             "\n{}",
             paint("operations", self.o.color, |t| t.bold().cyan())
         );
-        let _ = writeln!(
-            out,
-            "Every call on a structure is counted; one call in 16 is timed (mean time per call; - until the 16th call)."
-        );
+        let _ = writeln!(out, "{}", crate::core::ops::TIMING_NOTE);
         let _ = writeln!(out, "{}", self.ops_table(ops, previous));
     }
 

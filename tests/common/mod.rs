@@ -623,3 +623,54 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `shell` (a command line) in a detached tmux pane of `width` x
+/// `height`, as a teacher's terminal would show it, until `done` appears in
+/// the pane (at most `bound`), and returns the pane's whole history with the
+/// lines tmux wrapped joined again, so a line too wide for the pane shows as
+/// wider than it. None where tmux is missing (outside CI, which installs it).
+pub fn tmux_run(
+    shell: &str,
+    width: u16,
+    height: u16,
+    done: &str,
+    bound: Duration,
+) -> Option<String> {
+    use std::process::Command;
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is needed under CI");
+        eprintln!("skipped: tmux is not installed");
+        return None;
+    }
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let session = format!("vivachat-test-{}-{n}", std::process::id());
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session])
+        .args(["-x", &width.to_string(), "-y", &height.to_string()])
+        .arg(format!("{shell}; sleep 600"))
+        .env("XDG_CONFIG_HOME", config_home())
+        .status()
+        .expect("tmux runs");
+    assert!(started.success());
+    let capture = || {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-J", "-S", "-", "-t", &session])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + bound;
+    let screen = loop {
+        let screen = capture();
+        if screen.contains(done) || std::time::Instant::now() > deadline {
+            break screen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    assert!(screen.contains(done), "never showed {done:?}:\n{screen}");
+    Some(screen)
+}
