@@ -256,14 +256,7 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
         let dashboard = args.dashboard.then(|| Dashboard {
             ring,
             color,
-            banner: format!(
-                "connect: {}",
-                connect_addresses(bound)
-                    .iter()
-                    .map(|a| format!("ws://{a}/ws/NAME"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            ),
+            banner: dashboard_banner(&connect_addresses(bound)),
             view: args.view.view(),
         });
         let mut config = args.config(durable, dashboard, budget);
@@ -291,6 +284,23 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The dashboard's first line: where students join, the board, and the
+/// terminal clients' address, for the first address the server answers on.
+fn dashboard_banner(addresses: &[SocketAddr]) -> String {
+    let Some(first) = addresses.first() else {
+        return String::new();
+    };
+    let mut banner =
+        format!("page http://{first}/ · board http://{first}/board · ws://{first}/ws/NAME");
+    if addresses.len() > 1 {
+        banner += &format!(
+            " (and {} more address(es), printed at start)",
+            addresses.len() - 1
+        );
+    }
+    banner
 }
 
 /// Binds the listening socket, or explains in one line why it cannot.

@@ -222,7 +222,14 @@ fn serve_dashboard_redraws_the_tables_as_the_class_chats() {
     let mut served = Proc::spawn_with(command, &["serve", "--port", "0", "--dashboard"]);
     let line = served.expect("listening on");
     let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-    served.expect(&format!("connect: ws://127.0.0.1:{port}/ws/NAME"));
+    // Where to join: the page, the board and the clients' address.
+    let banner = served.expect(&format!("ws://127.0.0.1:{port}/ws/NAME"));
+    assert!(
+        banner.contains(&format!(
+            "page http://127.0.0.1:{port}/ · board http://127.0.0.1:{port}/board"
+        )),
+        "{banner}"
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _ws = runtime.block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/zoe"))
@@ -238,4 +245,124 @@ fn serve_dashboard_redraws_the_tables_as_the_class_chats() {
     served.expect("+ zoe connected");
     let rest = served.interrupt();
     assert!(rest.contains("Final operation counts"), "{rest}");
+}
+
+/// What a 120x40 terminal must show whole, whatever the view: every
+/// structure's type (a student copies it into the viva), and no line wider
+/// than the terminal (tmux's wrapped lines are joined again, so a line too
+/// wide shows as wider than 120).
+fn assert_nothing_cut(screen: &str) {
+    for line in screen.lines() {
+        assert!(
+            line.chars().count() <= 120,
+            "wider than the terminal: {line}\n{screen}"
+        );
+    }
+    for facts in vivachat::core::FACTS {
+        assert!(
+            screen.contains(facts.rust_type),
+            "{} is cut:\n{screen}",
+            facts.rust_type
+        );
+    }
+}
+
+/// A class on the server at `addr`: four claimed names, and a long message
+/// queued for someone offline.
+async fn a_class(addr: std::net::SocketAddr) -> Vec<common::Client> {
+    let mut class = Vec::new();
+    // eve, last: no presence arrives after her welcome, so her next frame is her ack.
+    for name in ["alice", "bob", "carol", "dave", "eve"] {
+        let token = if name == "eve" {
+            ""
+        } else {
+            "?token=the-token-0123456789"
+        };
+        let url = format!("ws://{addr}/ws/{name}{token}");
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let mut c = common::Client {
+            ws,
+            welcome: serde_json::Value::Null,
+        };
+        c.welcome = c.recv().await;
+        class.push(c);
+    }
+    let ack = class[4]
+        .request(json!({"type":"message","to":"nobody-here","text":"are you there? this is a longer message than a cell"}))
+        .await;
+    assert_eq!(ack["status"], "queued");
+    class
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_watch_in_a_120_by_40_terminal_cuts_nothing() {
+    let server = TestServer::start().await;
+    let _class = a_class(server.addr).await;
+    let shell = format!("{BIN} inspect --url http://{} --watch", server.addr);
+    let screen = tokio::task::spawn_blocking(move || {
+        common::tmux_run(&shell, 120, 40, "invariants hold", Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    let Some(screen) = screen else {
+        return;
+    };
+    assert_nothing_cut(&screen);
+    assert!(screen.contains("in memory: lost on restart"), "{screen}");
+    assert!(
+        screen.contains("4 claimed: alice, bob, carol, dave") || screen.contains("more"),
+        "{screen}"
+    );
+    server.stop().await;
+}
+
+#[test]
+fn the_dashboard_in_a_120_by_40_terminal_cuts_nothing_and_says_where_to_join() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let shell = format!("{BIN} serve --port {port} --dashboard");
+    // The class joins once the server answers; then the dashboard redraws.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let joined = std::thread::spawn(move || {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        runtime.block_on(async move {
+            let class = a_class(addr).await;
+            // Held open until the screen was read.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            drop(class);
+        });
+    });
+    let screen = common::tmux_run(&shell, 120, 40, "nobody-here", Duration::from_secs(20));
+    joined.join().unwrap();
+    let Some(screen) = screen else {
+        return;
+    };
+    assert_nothing_cut(&screen);
+    for address in [
+        format!("page http://127.0.0.1:{port}/"),
+        format!("board http://127.0.0.1:{port}/board"),
+        format!("ws://127.0.0.1:{port}/ws/NAME"),
+    ] {
+        assert!(screen.contains(&address), "{address}:\n{screen}");
+    }
+    let log = screen.find("event log").expect("an event log");
+    let tables = screen.find("active_connections").expect("the tables");
+    assert!(log < tables, "the event log is above the tables:\n{screen}");
 }

@@ -131,18 +131,23 @@ impl Ctx<'_> {
         let facts = structure.facts();
         let (name, ty, cost, why) = (facts.name, facts.rust_type, facts.headline, facts.why);
         if let Some(column) = self.column {
-            // One line: the name first, so a narrow column still shows it.
-            let line = if self.o.color {
-                format!(
-                    "{}  {}  {}{extra}",
-                    name.bold().cyan(),
-                    cost.green(),
-                    ty.yellow()
+            // One line when it fits; else the type goes on a line of its own.
+            // Nothing is cut: a student copies these types into the viva.
+            let (name, cost, ty) = if self.o.color {
+                (
+                    name.bold().cyan().to_string(),
+                    cost.green().to_string(),
+                    ty.yellow().to_string(),
                 )
             } else {
-                format!("{name}  {cost}  {ty}{extra}")
+                (name.to_string(), cost.to_string(), ty.to_string())
             };
-            let _ = writeln!(out, "{}", crate::terminal::clip(&line, column));
+            let line = format!("{name}  {cost}  {ty}{extra}");
+            if crate::terminal::width(&line) <= column {
+                let _ = writeln!(out, "{line}");
+            } else {
+                let _ = writeln!(out, "{name}  {cost}\n  {ty}{extra}");
+            }
             return;
         }
         if self.o.color {
@@ -428,14 +433,12 @@ fn fit_width(text: &str, width: Option<usize>, cut: bool) -> String {
 /// the disk, the claims and the filters (into `out`).
 fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderOptions) {
     let (s, st) = (&doc.snapshot, &doc.snapshot.structures);
-    let mut head = format!("vivachat · {}", o.source);
+    let mut parts = vec![format!("vivachat · {}", o.source)];
     if let Some(info) = &doc.server {
-        let _ = write!(
-            head,
-            " · snapshot {} · up {} · core held {} µs · {}",
+        parts.extend([
             clock(info.taken_at_ms),
-            duration(info.uptime_ms),
-            info.hold_us,
+            format!("up {}", duration(info.uptime_ms)),
+            format!("core held {} µs", info.hold_us),
             match (&info.cluster, &info.durable, &info.data_path) {
                 (Some(c), ..) => format!(
                     "cluster node {} of {} on Redis {}",
@@ -446,9 +449,14 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
                 (None, true, Some(path)) => format!("durable: {path}"),
                 (None, true, None) => "durable".to_string(),
                 (None, false, _) => "in memory: lost on restart".to_string(),
-            }
-        );
+            },
+        ]);
     }
+    // On a live screen the parts go on as many lines as they need, never cut.
+    let head = match (o.compact, o.width) {
+        (true, Some(w)) => pack(&parts, " · ", w).join("\n"),
+        _ => parts.join(" · "),
+    };
     let queued: usize = st.offline_messages.values().map(|q| q.len).sum();
     let summary = format!(
         "{} connection(s), {} online, {} queued message(s), {} group(s), next message id {}",
@@ -481,38 +489,61 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
         }
     }
     if let Some(info) = doc.server.as_ref().filter(|i| !i.claimed_names.is_empty()) {
-        let line = format!(
-            "name claims (HashMap<UserId, Argon2id hash>: O(1) look-up, then one slow check by design): {} claimed: {}",
-            info.claimed_names.len(),
-            name_list(&info.claimed_names, o.rows.max(NAMES_PER_CELL))
-        );
-        // A live screen gives it one line: it is context, not the lesson.
+        let names = &info.claimed_names;
         let line = match (o.compact, o.width) {
-            (true, Some(w)) => crate::terminal::clip(&line, w),
-            _ => line,
+            // A live screen gives it one line (it is context, not the
+            // lesson): as many names as fit, and how many more there are.
+            (true, Some(w)) => {
+                let lead = format!(
+                    "name claims (HashMap<UserId, Argon2id hash>, O(1) look-up): {} claimed: ",
+                    names.len()
+                );
+                let fits = (0..=names.len())
+                    .rev()
+                    .find(|&k| {
+                        crate::terminal::width(&format!("{lead}{}", name_list(names, k))) <= w
+                    })
+                    .unwrap_or(0);
+                format!("{lead}{}", name_list(names, fits))
+            }
+            _ => format!(
+                "name claims (HashMap<UserId, Argon2id hash>: O(1) look-up, then one slow check by design): {} claimed: {}",
+                names.len(),
+                name_list(names, o.rows.max(NAMES_PER_CELL))
+            ),
         };
         let _ = writeln!(out, "{line}");
     }
     if let Some(c) = doc.server.as_ref().and_then(|i| i.cluster.as_ref()) {
-        let shown: Vec<String> = c
+        let all: Vec<String> = c
             .redis_commands
             .iter()
-            .take(8)
             .map(|r| format!("{} x{} {}", r.command, r.count, r.complexity))
             .collect();
-        let line = format!(
-            "Redis commands this node ran (the in-memory operations, shared): {}",
-            if shown.is_empty() {
-                "none yet".to_string()
-            } else {
-                shown.join(" · ")
+        let line = |k: usize| {
+            let mut line = format!(
+                "Redis commands this node ran (the in-memory operations, shared): {}",
+                if all.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    all[..k].join(" · ")
+                }
+            );
+            if k < all.len() {
+                line += &format!(" · and {} more", all.len() - k);
             }
-        );
-        let line = match (o.compact, o.width) {
-            (true, Some(w)) => crate::terminal::clip(&line, w),
-            _ => line,
+            line
         };
-        let _ = writeln!(out, "{line}");
+        // A live screen: the most used commands that fit one line.
+        let most = all.len().min(8);
+        let k = match (o.compact, o.width) {
+            (true, Some(w)) => (0..=most)
+                .rev()
+                .find(|&k| crate::terminal::width(&line(k)) <= w)
+                .unwrap_or(0),
+            _ => most,
+        };
+        let _ = writeln!(out, "{}", line(k));
     }
     if let Some(only) = o.view.only {
         let _ = writeln!(out, "showing only {}", only.name());
@@ -523,6 +554,27 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
     if let Some(g) = &o.view.group {
         let _ = writeln!(out, "showing only group {g} and its members");
     }
+}
+
+/// `parts` joined by `sep` on as few lines of at most `width` as they need;
+/// a part wider than `width` alone gets a line of its own.
+fn pack(parts: &[String], sep: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for part in parts {
+        match lines.last_mut() {
+            Some(line)
+                if crate::terminal::width(line)
+                    + crate::terminal::width(sep)
+                    + crate::terminal::width(part)
+                    <= width =>
+            {
+                line.push_str(sep);
+                line.push_str(part);
+            }
+            _ => lines.push(part.clone()),
+        }
+    }
+    lines
 }
 
 /// One ✔ or ✘ line per invariant.
@@ -663,7 +715,17 @@ impl Ctx<'_> {
             .filter(|u| p.is_some_and(|p| !p.presence.contains(**u)))
             .map(|u| format!("{u} (new)"))
             .collect();
-        let mut members = name_list(&shown, self.o.rows.max(NAMES_PER_CELL));
+        let most = self.o.rows.max(NAMES_PER_CELL);
+        // A compact column keeps the cell on one line: the names that fit,
+        // and how many more (the table's borders and count take 14 columns).
+        let fits = match self.column {
+            Some(column) => (0..=most.min(shown.len()))
+                .rev()
+                .find(|&k| crate::terminal::width(&name_list(&shown, k)) + 14 <= column)
+                .unwrap_or(0),
+            None => most,
+        };
+        let mut members = name_list(&shown, fits);
         if !newly.is_empty() {
             let _ = write!(members, "\njust arrived: {}", newly.join(", "));
         }

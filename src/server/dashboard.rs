@@ -19,7 +19,7 @@ const TICK: Duration = Duration::from_millis(200);
 const REFRESH: Duration = Duration::from_secs(1);
 /// Event-log lines shown above the tables: the latest event whole (its
 /// operations one per line), then older ones while they fit.
-pub const LOG_LINES: usize = 5;
+pub const LOG_LINES: usize = 4;
 /// Rows per table: with the compact layout, all five structures and the
 /// operations fit 120x40 (tested in `inspect::render`).
 const ROWS: usize = 4;
