@@ -69,8 +69,9 @@ pub struct StructuresArgs {
     #[arg(long)]
     pub json: bool,
     /// Write a chart to this SVG file: per claim, time and counted steps per
-    /// operation against N (log-log), with dashed O(1) and O(n) slopes.
-    #[arg(long, value_name = "FILE.svg")]
+    /// operation against N (log-log), with dashed O(1) and O(n) slopes. With
+    /// --only, one claim: a landscape chart (1600x550) for one slide.
+    #[arg(long, value_name = "FILE.svg", value_parser = parse_svg_path)]
     pub plot: Option<std::path::PathBuf>,
     /// Measure one claim only.
     #[arg(long, value_enum)]
@@ -220,6 +221,19 @@ pub struct InspectArgs {
     /// Rows per table before "... and N more".
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub rows: u64,
+}
+
+/// `--plot` writes SVG, so a name that promises another format is refused
+/// rather than filled with SVG.
+fn parse_svg_path(raw: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(raw);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("svg") => Ok(path),
+        _ => Err(format!(
+            "--plot writes an SVG chart, so the file name must end in .svg (e.g. chart.svg), not {raw:?}. \
+             A browser shows and prints it; for a PNG, convert it (e.g. rsvg-convert chart.svg -o chart.png)"
+        )),
+    }
 }
 
 pub(crate) fn parse_name(raw: &str) -> Result<Name, String> {

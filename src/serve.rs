@@ -330,7 +330,7 @@ fn print_storage(durable: Option<&Durable>, cluster: bool, fd_limit: Option<(u64
     match durable {
         None if cluster => say!(
             "{}",
-            "In Redis: queues, groups, blocks and name claims outlive this node; they are as durable as Redis is (redis-server --appendonly yes keeps them across its restarts)."
+            "In Redis: queues, groups, blocks and name claims outlive this node; they are as durable as Redis is (redis-server --appendonly yes --appendfsync always keeps them across its restarts and power cuts)."
                 .dimmed()
         ),
         Some(d) => say!(

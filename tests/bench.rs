@@ -451,3 +451,18 @@ fn bench_quick_in_a_120_column_terminal_cuts_nothing() {
     );
     assert!(!screen.contains("✘"), "{screen}");
 }
+
+/// `--plot chart.png` would be SVG in a .png file: refused, saying why and
+/// what to do, and nothing is written.
+#[test]
+fn a_plot_named_png_is_refused_and_nothing_is_written() {
+    let png = std::env::temp_dir().join(format!("vivachat-chart-{}.png", std::process::id()));
+    let _ = std::fs::remove_file(&png);
+    let (code, _, err) = run(&["bench", "--quick", "--plot", png.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("must end in .svg") && err.contains("rsvg-convert"),
+        "{err}"
+    );
+    assert!(!png.exists(), "a file was written");
+}

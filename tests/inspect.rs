@@ -314,7 +314,28 @@ async fn inspect_watch_in_a_120_by_40_terminal_cuts_nothing() {
         return;
     };
     assert_nothing_cut(&screen);
-    assert!(screen.contains("in memory: lost on restart"), "{screen}");
+    // Where the state lives, whole: in memory, or the data file's path.
+    let state = server.inspect().await;
+    let cluster = &state["server"]["cluster"];
+    let mode = match (cluster.is_object(), state["server"]["data_path"].as_str()) {
+        (true, _) => {
+            let nodes: Vec<&str> = cluster["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            format!(
+                "cluster node {} of {} on Redis {}",
+                cluster["node"].as_str().unwrap(),
+                nodes.join(", "),
+                cluster["redis"].as_str().unwrap()
+            )
+        }
+        (false, Some(path)) => format!("durable: {path}"),
+        (false, None) => "in memory: lost on restart".to_string(),
+    };
+    assert!(screen.contains(&mode), "{mode}:\n{screen}");
     assert!(
         screen.contains("4 claimed: alice, bob, carol, dave") || screen.contains("more"),
         "{screen}"
