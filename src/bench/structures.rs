@@ -727,30 +727,10 @@ fn judge(workload: Workload, variants: &[VariantResult], crossover: Option<usize
         ),
     };
     if workload == Workload::Presence {
-        // The seed's second claim: a set beats a map's keys. Judged by the
-        // counted work, which is the same on every run: one hash and about one
-        // comparison for both. The timing is reported, never judged.
         if let Some(map) = variants.get(2).and_then(last) {
-            let ratio = map.ns_median / c.ns_median.max(0.001);
-            let same_work = (map.counts.hashes - c.counts.hashes).abs() < 0.05
-                && (map.counts.comparisons - c.counts.comparisons).abs() < 0.05;
-            summary += &format!(
-                " HashMap::contains_key did {:.1} hash and {:.1} comparison per check, {}; on this run the map took {ratio:.2}x the set's time (timing, which also reflects memory: the map's entries carry a value, so fewer fit in the cache).",
-                map.counts.hashes,
-                map.counts.comparisons,
-                if same_work {
-                    "the same counted work as the set: the seed's claim that a set check is faster than checking dict keys does not hold; in Rust a HashSet<K> is a HashMap<K, ()>"
-                } else {
-                    "not the set's counted work"
-                }
-            );
-            if same_work {
-                correction = Some(
-                    "corrected: a set is not faster than a map's keys (the same counted look-up: \
-                     one hash, about one comparison)"
-                        .to_string(),
-                );
-            }
+            let (said, corrected) = set_against_map(&c, &map);
+            summary += &said;
+            correction = corrected;
         }
     }
     summary += " ";
@@ -761,6 +741,32 @@ fn judge(workload: Workload, variants: &[VariantResult], crossover: Option<usize
         correction,
         summary,
     }
+}
+
+/// The seed's second presence claim, that a set beats a map's keys: the
+/// sentence for the summary, and the correction when the counted work is the
+/// same (one hash and about one comparison for both, on every run). The
+/// timing is reported, never judged.
+fn set_against_map(set: &Point, map: &Point) -> (String, Option<String>) {
+    let ratio = map.ns_median / set.ns_median.max(0.001);
+    let same_work = (map.counts.hashes - set.counts.hashes).abs() < 0.05
+        && (map.counts.comparisons - set.counts.comparisons).abs() < 0.05;
+    let said = format!(
+        " HashMap::contains_key did {:.1} hash and {:.1} comparison per check, {}; on this run the map took {ratio:.2}x the set's time (timing, which also reflects memory: the map's entries carry a value, so fewer fit in the cache).",
+        map.counts.hashes,
+        map.counts.comparisons,
+        if same_work {
+            "the same counted work as the set: the seed's claim that a set check is faster than checking dict keys does not hold; in Rust a HashSet<K> is a HashMap<K, ()>"
+        } else {
+            "not the set's counted work"
+        }
+    );
+    let corrected = same_work.then(|| {
+        "corrected: a set is not faster than a map's keys (the same counted look-up: \
+         one hash, about one comparison)"
+            .to_string()
+    });
+    (said, corrected)
 }
 
 /// What the counts say of a claim: the first claim confirmed or not, and a

@@ -20,12 +20,14 @@
 //! [`HEARTBEAT_TTL`]); a survivor that finds it expired sweeps the dead
 //! node's devices and announces its users `offline` (`server/relay.rs`).
 //!
+//! - `codec.rs`: how a queue entry and a device's record are written in Redis.
 //! - `scripts.rs`: the Lua scripts that make the racy steps atomic.
 //! - `structures.rs`: [`RedisStructures`], the core's `Structures` on Redis.
 //! - `view.rs`: what the board and `/inspect` read of Redis: bounded, pipelined, on a connection of their own.
 //! - [`link`]: the one command connection, its failure state and its counters.
 //! - `server/relay.rs` (the shell): the subscriber, the heartbeat and the sweep.
 
+mod codec;
 mod handle;
 mod link;
 mod scripts;

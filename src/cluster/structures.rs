@@ -13,8 +13,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use redis::Script;
-use serde::{Deserialize, Serialize};
 
+use super::codec::{decode, encode, names, DeviceRecord};
 use super::handle::{Handle, LocalDevice, Remote};
 use super::link::Link;
 use super::scripts;
@@ -24,7 +24,7 @@ use crate::core::{
     QueuedBytes, Step, Structures, StructuresSnapshot, Trace, Unavailable,
 };
 use crate::names::{GroupId, Name, UserId};
-use crate::protocol::{Message, Target};
+use crate::protocol::Message;
 
 use Structure::*;
 
@@ -58,77 +58,6 @@ impl Scripts {
             raise_id: Script::new(scripts::RAISE_ID),
         }
     }
-}
-
-/// A message as a queue entry holds it (the `json` part of an entry).
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    id: u64,
-    from: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    to: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    group: Option<String>,
-    text: String,
-    ts: u64,
-    #[serde(default)]
-    receipt: bool,
-}
-
-/// `id \t cost \t sender \t json`: the scripts read the first three fields.
-pub fn encode(m: &Message) -> String {
-    let (to, group) = match &m.target {
-        Target::User(u) => (Some(u.to_string()), None),
-        Target::Group(g) => (None, Some(g.to_string())),
-    };
-    let stored = Stored {
-        id: m.id,
-        from: m.from.to_string(),
-        to,
-        group,
-        text: m.text.to_string(),
-        ts: m.ts,
-        receipt: m.receipt,
-    };
-    let json = serde_json::to_string(&stored).unwrap_or_default();
-    format!(
-        "{}\t{}\t{}\t{json}",
-        m.id,
-        queued_cost(m.text.len()),
-        m.from
-    )
-}
-
-pub fn decode(entry: &str) -> Option<Message> {
-    let json = entry.splitn(4, '\t').nth(3)?;
-    let s: Stored = serde_json::from_str(json).ok()?;
-    let target = match (s.to, s.group) {
-        (Some(u), _) => Target::User(Name::parse(&u).ok()?),
-        (None, Some(g)) => Target::Group(Name::parse(&g).ok()?),
-        (None, None) => return None,
-    };
-    Some(Message {
-        id: s.id,
-        from: Name::parse(&s.from).ok()?,
-        target,
-        text: Arc::from(s.text),
-        ts: s.ts,
-        receipt: s.receipt,
-    })
-}
-
-/// What a device's field in `devices:{user}` holds: `1` or `0` (it resumed
-/// or not), then where and since when, for `/inspect` on any node.
-#[derive(Serialize, Deserialize, Default)]
-pub(super) struct DeviceRecord {
-    #[serde(default)]
-    pub remote: Option<String>,
-    #[serde(default)]
-    pub since: Option<u64>,
-}
-
-pub(super) fn names(raw: Vec<String>) -> Vec<UserId> {
-    raw.iter().filter_map(|s| Name::parse(s).ok()).collect()
 }
 
 /// What the connect script answered for one device: how many the user now

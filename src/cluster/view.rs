@@ -8,8 +8,8 @@
 
 use redis::Connection;
 
+use super::codec::{decode, names, DeviceRecord};
 use super::link::{open, Link};
-use super::structures::{decode, names, DeviceRecord};
 use crate::core::snapshot::QueueSnapshot;
 use crate::core::{ConnDetail, ConnId, QueueView, StructuresSnapshot};
 use crate::names::Name;

@@ -489,61 +489,10 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
         }
     }
     if let Some(info) = doc.server.as_ref().filter(|i| !i.claimed_names.is_empty()) {
-        let names = &info.claimed_names;
-        let line = match (o.compact, o.width) {
-            // A live screen gives it one line (it is context, not the
-            // lesson): as many names as fit, and how many more there are.
-            (true, Some(w)) => {
-                let lead = format!(
-                    "name claims (HashMap<UserId, Argon2id hash>, O(1) look-up): {} claimed: ",
-                    names.len()
-                );
-                let fits = (0..=names.len())
-                    .rev()
-                    .find(|&k| {
-                        crate::terminal::width(&format!("{lead}{}", name_list(names, k))) <= w
-                    })
-                    .unwrap_or(0);
-                format!("{lead}{}", name_list(names, fits))
-            }
-            _ => format!(
-                "name claims (HashMap<UserId, Argon2id hash>: O(1) look-up, then one slow check by design): {} claimed: {}",
-                names.len(),
-                name_list(names, o.rows.max(NAMES_PER_CELL))
-            ),
-        };
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", claims_line(&info.claimed_names, o));
     }
     if let Some(c) = doc.server.as_ref().and_then(|i| i.cluster.as_ref()) {
-        let all: Vec<String> = c
-            .redis_commands
-            .iter()
-            .map(|r| format!("{} x{} {}", r.command, r.count, r.complexity))
-            .collect();
-        let line = |k: usize| {
-            let mut line = format!(
-                "Redis commands this node ran (the in-memory operations, shared): {}",
-                if all.is_empty() {
-                    "none yet".to_string()
-                } else {
-                    all[..k].join(" · ")
-                }
-            );
-            if k < all.len() {
-                line += &format!(" · and {} more", all.len() - k);
-            }
-            line
-        };
-        // A live screen: the most used commands that fit one line.
-        let most = all.len().min(8);
-        let k = match (o.compact, o.width) {
-            (true, Some(w)) => (0..=most)
-                .rev()
-                .find(|&k| crate::terminal::width(&line(k)) <= w)
-                .unwrap_or(0),
-            _ => most,
-        };
-        let _ = writeln!(out, "{}", line(k));
+        let _ = writeln!(out, "{}", redis_line(c, o));
     }
     if let Some(only) = o.view.only {
         let _ = writeln!(out, "showing only {}", only.name());
@@ -554,6 +503,62 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
     if let Some(g) = &o.view.group {
         let _ = writeln!(out, "showing only group {g} and its members");
     }
+}
+
+/// The claimed names. A live screen gives them one line (context, not the
+/// lesson): as many names as fit, and how many more there are.
+fn claims_line(names: &[Name], o: &RenderOptions) -> String {
+    match (o.compact, o.width) {
+        (true, Some(w)) => {
+            let lead = format!(
+                "name claims (HashMap<UserId, Argon2id hash>, O(1) look-up): {} claimed: ",
+                names.len()
+            );
+            let fits = (0..=names.len())
+                .rev()
+                .find(|&k| crate::terminal::width(&format!("{lead}{}", name_list(names, k))) <= w)
+                .unwrap_or(0);
+            format!("{lead}{}", name_list(names, fits))
+        }
+        _ => format!(
+            "name claims (HashMap<UserId, Argon2id hash>: O(1) look-up, then one slow check by design): {} claimed: {}",
+            names.len(),
+            name_list(names, o.rows.max(NAMES_PER_CELL))
+        ),
+    }
+}
+
+/// The Redis commands a cluster node ran, most used first; a live screen
+/// shows those that fit one line, and how many more.
+fn redis_line(c: &crate::inspection::ClusterInfo, o: &RenderOptions) -> String {
+    let all: Vec<String> = c
+        .redis_commands
+        .iter()
+        .map(|r| format!("{} x{} {}", r.command, r.count, r.complexity))
+        .collect();
+    let line = |k: usize| {
+        let mut line = format!(
+            "Redis commands this node ran (the in-memory operations, shared): {}",
+            if all.is_empty() {
+                "none yet".to_string()
+            } else {
+                all[..k].join(" · ")
+            }
+        );
+        if k < all.len() {
+            line += &format!(" · and {} more", all.len() - k);
+        }
+        line
+    };
+    let most = all.len().min(8);
+    let k = match (o.compact, o.width) {
+        (true, Some(w)) => (0..=most)
+            .rev()
+            .find(|&k| crate::terminal::width(&line(k)) <= w)
+            .unwrap_or(0),
+        _ => most,
+    };
+    line(k)
 }
 
 /// `parts` joined by `sep` on as few lines of at most `width` as they need;
