@@ -613,9 +613,11 @@ async fn redis_restarted_empty_loses_no_claim_and_repeats_no_id() {
     let mut alice = connect_to(addr(port_a), "alice").await;
     let mut issued = Vec::new();
     for i in 0..3 {
-        let ack = alice
-            .request(json!({"type":"message","to":"carol","text":format!("m{i}")}))
+        // bob's `offline` (his connection closing) may still be on its way.
+        alice
+            .send(json!({"type":"message","to":"carol","text":format!("m{i}")}))
             .await;
+        let ack = alice.recv_skipping_presence().await;
         issued.push(ack["id"].as_u64().unwrap());
     }
 

@@ -71,46 +71,74 @@ fn scan(
     Ok(keys)
 }
 
-/// `active_connections`: each user's devices, with the node of each.
+/// `active_connections` and `presence`, read in one transaction (MULTI/EXEC)
+/// so that they are from one moment: the connect and disconnect scripts keep
+/// them equal, and a view must not show them apart. The devices are those of
+/// every user SCAN found and every user online; a user who came online after
+/// the SCAN is added and the transaction read again (at most four times).
 fn read_devices(
     link: &Link,
     con: &mut Connection,
     snapshot: &mut StructuresSnapshot,
 ) -> redis::RedisResult<()> {
-    for batch in scan(link, con, "devices")?.chunks(BATCH) {
+    let mut users: std::collections::BTreeSet<String> = scan(link, con, "devices")?
+        .into_iter()
+        .map(|(_, user)| user)
+        .collect();
+    let mut attempts = 0;
+    let (online, hashes) = loop {
+        attempts += 1;
         let mut pipe = redis::pipe();
-        for (key, _) in batch {
-            pipe.cmd("HGETALL").arg(key);
+        pipe.atomic().cmd("SMEMBERS").arg(link.key("presence"));
+        for user in &users {
+            pipe.cmd("HGETALL")
+                .arg(link.key(&format!("devices:{user}")));
         }
-        link.count("HGETALL (view)", "O(d)", batch.len() as u64);
-        let all: Vec<Vec<(String, String)>> = pipe.query(con)?;
-        for ((_, user), fields) in batch.iter().zip(all) {
-            let Ok(user) = Name::parse(user) else {
+        link.count(
+            "MULTI SMEMBERS + HGETALL (view)",
+            "O(n + d)",
+            users.len() as u64 + 1,
+        );
+        let mut answers: Vec<redis::Value> = pipe.query(con)?;
+        let online: Vec<String> = redis::from_redis_value(answers.remove(0))?;
+        let unseen: Vec<String> = online
+            .iter()
+            .filter(|u| !users.contains(*u))
+            .cloned()
+            .collect();
+        if unseen.is_empty() || attempts == 4 {
+            break (online, answers);
+        }
+        users.extend(unseen);
+    };
+    snapshot.presence = sorted(names(online));
+    for (user, fields) in users.iter().zip(hashes) {
+        let fields: Vec<(String, String)> = redis::from_redis_value(fields)?;
+        let Ok(user) = Name::parse(user) else {
+            continue;
+        };
+        let mut ids = Vec::new();
+        for (field, value) in fields {
+            let Some((node, id)) = field.rsplit_once('/') else {
                 continue;
             };
-            let mut ids = Vec::new();
-            for (field, value) in fields {
-                let Some((node, id)) = field.rsplit_once('/') else {
-                    continue;
-                };
-                let Ok(id) = id.parse::<ConnId>() else {
-                    continue;
-                };
-                let record: DeviceRecord =
-                    serde_json::from_str(value.get(1..).unwrap_or("")).unwrap_or_default();
-                ids.push(id);
-                snapshot.connection_details.push(ConnDetail {
-                    id,
-                    remote: record.remote,
-                    connected_at_ms: record.since,
-                    unsent: None,
-                    node: Some(node.to_string()),
-                });
-            }
-            ids.sort_unstable();
-            if !ids.is_empty() {
-                snapshot.active_connections.insert(user, ids);
-            }
+            let Ok(id) = id.parse::<ConnId>() else {
+                continue;
+            };
+            let record: DeviceRecord =
+                serde_json::from_str(value.get(1..).unwrap_or("")).unwrap_or_default();
+            ids.push(id);
+            snapshot.connection_details.push(ConnDetail {
+                id,
+                remote: record.remote,
+                connected_at_ms: record.since,
+                unsent: None,
+                node: Some(node.to_string()),
+            });
+        }
+        ids.sort_unstable();
+        if !ids.is_empty() {
+            snapshot.active_connections.insert(user, ids);
         }
     }
     snapshot.connection_details.sort_unstable_by_key(|d| d.id);
@@ -185,18 +213,13 @@ fn read_queues(
     Ok(())
 }
 
-/// `presence`, `group_members` and `blocked_users`: sets, read whole (they
-/// are bounded by --max-group-size and --max-blocked).
+/// `group_members` and `blocked_users`: sets, read whole (they are bounded
+/// by --max-group-size and --max-blocked).
 fn read_sets(
     link: &Link,
     con: &mut Connection,
     snapshot: &mut StructuresSnapshot,
 ) -> redis::RedisResult<()> {
-    link.count("SMEMBERS (view)", "O(n)", 1);
-    let presence: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(link.key("presence"))
-        .query(con)?;
-    snapshot.presence = sorted(names(presence));
     for (kind, groups) in [("g", true), ("b", false)] {
         for batch in scan(link, con, kind)?.chunks(BATCH) {
             let mut pipe = redis::pipe();
@@ -209,9 +232,13 @@ fn read_sets(
                 let (Ok(name), members) = (Name::parse(name), sorted(names(members))) else {
                     continue;
                 };
+                // A set emptied since SCAN found it no longer exists in Redis.
+                if members.is_empty() {
+                    continue;
+                }
                 if groups {
                     snapshot.groups.insert(name, members);
-                } else if !members.is_empty() {
+                } else {
                     snapshot.blocked.insert(name, members);
                 }
             }
