@@ -194,9 +194,7 @@ async fn every_node_shows_the_cluster_and_narrates_each_redis_command() {
     assert_eq!(bob.recv().await["text"], "across");
     // Either node's /inspect is the whole cluster, with each socket's node.
     for addr in [server.addr, second] {
-        let (status, body) = common::http_get(addr, "/inspect", &[]).await;
-        assert_eq!(status, 200);
-        let state: Value = serde_json::from_str(&body).unwrap();
+        let state = common::inspect_at(addr).await;
         assert_eq!(state["presence"], json!(["alice", "bob"]));
         let nodes: Vec<&str> = state["connection_details"]
             .as_array()
@@ -350,9 +348,7 @@ async fn a_node_killed_with_9_leaves_no_ghosts_and_its_users_find_their_queues()
     assert!(took <= Duration::from_secs(8), "swept after {took:?}");
     drop(bob);
 
-    let (status, body) = common::http_get(addr(port_a), "/inspect", &[]).await;
-    assert_eq!(status, 200);
-    let state: Value = serde_json::from_str(&body).unwrap();
+    let state = common::inspect_at(addr(port_a)).await;
     assert_eq!(state["presence"], json!(["alice"]), "no ghost of bob");
     // bob reconnects on the survivor and gets what was sent meanwhile.
     let mut bob = connect_to(addr(port_a), "bob").await;
@@ -471,10 +467,8 @@ async fn a_node_paused_past_its_heartbeat_fences_itself_and_loses_nothing_it_ack
         }
         assert!(Instant::now() < deadline, "bob never came back online");
     }
-    let (status, body) = common::http_get(addr(port_b), "/inspect", &[]).await;
-    assert_eq!(status, 200);
-    let state: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(state["presence"], json!(["alice", "bob"]), "{body}");
+    let state = common::inspect_at(addr(port_b)).await;
+    assert_eq!(state["presence"], json!(["alice", "bob"]), "{state}");
     drop((a, b));
 }
 
@@ -686,9 +680,7 @@ async fn a_view_of_a_long_queue_reads_its_length_and_its_two_ends_only() {
     for _ in 0..300 {
         assert_eq!(alice.recv().await["status"], "queued");
     }
-    let (status, body) = common::http_get(addr, "/inspect", &[]).await;
-    assert_eq!(status, 200, "{body}");
-    let state: Value = serde_json::from_str(&body).unwrap();
+    let state = common::inspect_at(addr).await;
     let carol = &state["offline_messages"]["carol"];
     assert_eq!(carol["len"], 300, "{carol}");
     assert_eq!(carol["skipped"], 200, "{carol}");

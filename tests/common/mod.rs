@@ -185,9 +185,7 @@ impl TestServer {
     }
 
     pub async fn inspect(&self) -> Value {
-        let (status, body) = self.get("/inspect").await;
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+        inspect_at(self.addr).await
     }
 
     /// Waits until `/inspect` satisfies `check` (state changes after a close are asynchronous).
@@ -243,6 +241,13 @@ impl TestServer {
 pub fn assert_invariants_hold(state: &Value) {
     let all = state["invariants"].as_array().expect("invariants");
     assert!(all.iter().all(|i| i["holds"] == true), "{state}");
+}
+
+/// `GET /inspect` from the server at `addr`, as JSON; anything but 200 fails the test.
+pub async fn inspect_at(addr: SocketAddr) -> Value {
+    let (status, body) = http_get(addr, "/inspect", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("/inspect answers JSON")
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
