@@ -229,24 +229,33 @@ impl Gate {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now() + window);
         let mine = self.claims().all();
+        if mine.is_empty() {
+            return (0, Vec::new());
+        }
         let key = link.key("claims");
+        // One round trip for every claim: HSETNX then HGET of each.
+        let mut pipe = redis::pipe();
+        for (user, hash) in &mine {
+            pipe.cmd("HSETNX")
+                .arg(&key)
+                .arg(user.as_str())
+                .arg(hash.as_phc());
+            pipe.cmd("HGET").arg(&key).arg(user.as_str());
+        }
+        let answers: Vec<redis::Value> =
+            match link.run("HSETNX + HGET (claims)", "O(n)", |c| pipe.query(c)) {
+                Ok(answers) => answers,
+                Err(_) => return (0, Vec::new()),
+            };
         let (mut put_back, mut differ) = (0, Vec::new());
-        for (user, hash) in mine {
-            let answer = link.run("HSETNX + HGET (claims)", "O(1)", |c| {
-                redis::pipe()
-                    .cmd("HSETNX")
-                    .arg(&key)
-                    .arg(user.as_str())
-                    .arg(hash.as_phc())
-                    .cmd("HGET")
-                    .arg(&key)
-                    .arg(user.as_str())
-                    .query::<(bool, String)>(c)
-            });
-            match answer {
-                Ok((true, _)) => put_back += 1,
-                Ok((false, winner)) if winner != hash.as_phc() => differ.push(user),
-                _ => {}
+        for ((user, hash), pair) in mine.into_iter().zip(answers.chunks(2)) {
+            let [won, winner] = pair else { continue };
+            let won = redis::from_redis_value::<bool>(won.clone()).unwrap_or(false);
+            let winner = redis::from_redis_value::<String>(winner.clone()).unwrap_or_default();
+            if won {
+                put_back += 1;
+            } else if winner != hash.as_phc() {
+                differ.push(user);
             }
         }
         (put_back, differ)
