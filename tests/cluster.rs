@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{cluster_node, fresh_prefix, Client, Proc, Seen, TestServer, WAIT};
 use serde_json::{json, Value};
+use tokio_tungstenite::WebSocketStream;
 use vivachat::server::Config;
 
 /// A `redis-server` of this test's own, killed when dropped.
@@ -230,14 +231,14 @@ async fn every_node_shows_the_cluster_and_narrates_each_redis_command() {
         }
     }
     let zoe = connect_to_path(second, "/ws/zoe?token=zoe-secret-1").await;
-    // A cluster does not offer resume: a v1 welcome, without `resume`.
-    let resumer = connect_to_path(second, "/ws/rex?resume=0").await;
-    assert!(
-        resumer.welcome.get("resume").is_none(),
-        "{}",
-        resumer.welcome
-    );
-    assert!(zoe.welcome.get("resume").is_none());
+    // Resume is offered on every node, with one epoch for the cluster.
+    let on_second = connect_to_path(second, "/ws/rex?resume=0").await;
+    let on_first = connect_to_path(server.addr, "/ws/rex?resume=0").await;
+    assert_eq!(on_second.welcome["resume"], 0, "{}", on_second.welcome);
+    let epoch = on_second.welcome["epoch"].as_str().unwrap();
+    assert!(!epoch.is_empty());
+    assert_eq!(on_first.welcome["epoch"], epoch, "one epoch, every node");
+    assert!(zoe.welcome.get("resume").is_none(), "v1 stays v1");
     server.stop().await;
 }
 
@@ -785,4 +786,486 @@ async fn a_stalled_redis_stalls_the_core_but_never_the_node_s_own_http() {
         );
     }
     drop(node_a);
+}
+
+/// What one resuming reader saw, kept as the terminal client and the page
+/// keep it: the highest id shown, and anything at or below it dropped as a
+/// repeat. An id that arrives below the highest without having been shown
+/// is one such a client drops unseen: it is counted as `behind`.
+#[derive(Default)]
+struct ReaderLog {
+    highest: u64,
+    epoch: Option<String>,
+    shown: Vec<(String, String)>,
+    shown_ids: std::collections::HashSet<u64>,
+    repeats: usize,
+    behind: Vec<u64>,
+    closes: Vec<Option<u16>>,
+}
+
+impl ReaderLog {
+    fn saw(&mut self, message: &Value) {
+        let id = message["id"].as_u64().unwrap();
+        if id <= self.highest {
+            match self.shown_ids.contains(&id) {
+                true => self.repeats += 1,
+                false => self.behind.push(id),
+            }
+            return;
+        }
+        self.highest = id;
+        self.shown_ids.insert(id);
+        let from = message["from"].as_str().unwrap().to_string();
+        self.shown
+            .push((from, message["text"].as_str().unwrap().to_string()));
+    }
+}
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// A WebSocket client on a 4 KiB receive buffer: a phone on a weak network,
+/// whose node's outbox fills while it reads.
+async fn slow_connect(
+    addr: SocketAddr,
+    path: &str,
+) -> Option<WebSocketStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.set_recv_buffer_size(4096).ok()?;
+    let stream = tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .ok()?
+        .ok()?;
+    Some(ws)
+}
+
+/// A reader that resumes: it connects to `addrs` in turn (the next one each
+/// time it is cut off), asks `?resume=` its highest id with the epoch it was
+/// given, reads one frame every `pace`, and confirms every 10 messages it
+/// shows. With `hop`, it also leaves after showing that many on one
+/// connection, and resumes on the next node. It stops when `stop` says so.
+async fn resuming_reader(
+    user: String,
+    addrs: Vec<SocketAddr>,
+    log: Shared<ReaderLog>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    (pace, hop): (Duration, Option<usize>),
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut turn = 0;
+    while !*stop.borrow() {
+        let addr = addrs[turn % addrs.len()];
+        turn += 1;
+        let path = {
+            let log = log.lock().unwrap();
+            match &log.epoch {
+                Some(e) => format!("/ws/{user}?resume={}&epoch={e}", log.highest),
+                None => format!("/ws/{user}?resume=0"),
+            }
+        };
+        let Some(mut ws) = slow_connect(addr, &path).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (mut unconfirmed, mut here) = (0, 0);
+        let close = loop {
+            if hop.is_some_and(|hop| here >= hop) {
+                let _ = ws.close(None).await;
+                break Some(1000);
+            }
+            let next = tokio::select! {
+                next = ws.next() => next,
+                _ = stop.changed() => return,
+            };
+            let text = match next {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break None,
+            };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let confirm = {
+                let mut log = log.lock().unwrap();
+                match v["type"].as_str() {
+                    Some("welcome") => log.epoch = v["epoch"].as_str().map(String::from),
+                    Some("message") => {
+                        log.saw(&v);
+                        unconfirmed += 1;
+                        here += 1;
+                    }
+                    _ => {}
+                }
+                (unconfirmed >= 10).then_some(log.highest)
+            };
+            if let Some(id) = confirm {
+                unconfirmed = 0;
+                let frame = json!({"type":"received","id":id}).to_string();
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break None;
+                }
+            }
+            tokio::time::sleep(pace).await;
+        };
+        log.lock().unwrap().closes.push(close);
+    }
+}
+
+/// What the senders were told: per recipient, the (sender, text, id) of
+/// every message acked `delivered` or `queued`.
+type Acked = std::collections::HashMap<String, Vec<(String, String, u64)>>;
+
+/// The ack (or error) for the request just sent, skipping presence frames.
+async fn reply_to(client: &mut Client) -> Value {
+    loop {
+        let v = client.recv().await;
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+/// `senders` (already connected) write the messages numbered `seqs`, to `readers`
+/// in turn; `fault` runs once, when `at` messages have been acked. A refused
+/// message (`unavailable` while Redis is down) is not acked, so not counted.
+async fn burst(
+    senders: &mut [(String, Client)],
+    readers: &[&str],
+    seqs: std::ops::Range<usize>,
+    (at, fault): (usize, &mut dyn FnMut()),
+) -> Acked {
+    let mut acked = Acked::new();
+    let mut count = 0;
+    let mut faulted = false;
+    for seq in seqs {
+        for (name, client) in senders.iter_mut() {
+            let to = readers[seq % readers.len()];
+            let text = format!("{name}-{seq:04}");
+            client
+                .send(json!({"type":"message","to":to,"text":text}))
+                .await;
+            let ack = reply_to(client).await;
+            if ack["type"] == "ack" {
+                let status = ack["status"].as_str().unwrap();
+                assert!(["delivered", "queued"].contains(&status), "{ack}");
+                let id = ack["id"].as_u64().unwrap();
+                acked
+                    .entry(to.to_string())
+                    .or_default()
+                    .push((name.clone(), text, id));
+                count += 1;
+            } else {
+                // As a person would: wait a moment, then go on.
+                assert_eq!(ack["code"], "unavailable", "{ack}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if count >= at && !faulted {
+                faulted = true;
+                fault();
+            }
+        }
+    }
+    assert!(faulted, "only {count} acked: the fault never ran");
+    acked
+}
+
+/// Waits (bounded) until every reader has shown every message acked for it,
+/// then stops them, and checks what a student would check: none lost, none
+/// dropped unseen for arriving late, each sender's messages in the order sent.
+async fn every_acked_message_arrives(
+    acked: &Acked,
+    logs: &[(&str, Shared<ReaderLog>)],
+    stop: tokio::sync::watch::Sender<bool>,
+    bound: Duration,
+) -> (usize, usize) {
+    // A user's devices share one window: what one confirms is released for
+    // all, so a message counts as arrived when any device of its user showed it.
+    let missing = |logs: &[(&str, Shared<ReaderLog>)]| -> Vec<(String, u64)> {
+        let mut missing = Vec::new();
+        for (user, sent) in acked {
+            let devices: Vec<_> = logs.iter().filter(|(u, _)| u == user).collect();
+            for (_, _, id) in sent {
+                if !devices
+                    .iter()
+                    .any(|(_, l)| l.lock().unwrap().shown_ids.contains(id))
+                {
+                    missing.push((user.clone(), *id));
+                }
+            }
+        }
+        missing
+    };
+    let deadline = Instant::now() + bound;
+    while !missing(logs).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    let lost = missing(logs);
+    let (mut shown, mut repeats) = (0, 0);
+    for (reader, log) in logs {
+        let log = log.lock().unwrap();
+        assert!(
+            log.behind.is_empty(),
+            "{reader} was sent {:?} late",
+            log.behind
+        );
+        // Each sender's messages, in the order sent (texts carry the sequence).
+        let mut last: std::collections::HashMap<&str, &str> = Default::default();
+        for (from, text) in &log.shown {
+            if let Some(before) = last.insert(from, text) {
+                assert!(before < text.as_str(), "{reader}: {text} after {before}");
+            }
+        }
+        shown += log.shown.len();
+        repeats += log.repeats;
+    }
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert!(
+        lost.is_empty(),
+        "{} of {total} acked never arrived: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    (shown, repeats)
+}
+
+fn reader_logs(names: &[&'static str]) -> Vec<(&'static str, Shared<ReaderLog>)> {
+    names.iter().map(|n| (*n, Shared::default())).collect()
+}
+
+fn start_readers(
+    logs: &[(&'static str, Shared<ReaderLog>)],
+    addrs: &[SocketAddr],
+    pace: Duration,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let tasks = logs
+        .iter()
+        .map(|(name, log)| {
+            tokio::spawn(resuming_reader(
+                name.to_string(),
+                addrs.to_vec(),
+                log.clone(),
+                stopped.clone(),
+                (pace, None),
+            ))
+        })
+        .collect();
+    (stop, tasks)
+}
+
+/// Waits (bounded) until each reader's welcome has come, so the burst starts
+/// with every reader registered and resuming.
+async fn readers_are_in(logs: &[(&str, Shared<ReaderLog>)]) {
+    let deadline = Instant::now() + WAIT;
+    while logs.iter().any(|(_, l)| l.lock().unwrap().epoch.is_none()) {
+        assert!(Instant::now() < deadline, "a reader never got its welcome");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("a reader did not stop")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_burst_under_slow_resuming_readers_loses_nothing_it_acked() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("kill-resume");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let (b, port_b) = node(&redis.url(), "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    // The readers are on b, and go to a when b dies.
+    let logs = reader_logs(&["rita", "ravi"]);
+    let pace = Duration::from_millis(15);
+    let (stop, tasks) = start_readers(&logs, &[addr(port_b), addr(port_a)], pace);
+    readers_are_in(&logs).await;
+    let mut senders = Vec::new();
+    for name in ["sam", "sue"] {
+        senders.push((name.to_string(), connect_to(addr(port_a), name).await));
+    }
+    let mut b = Some(b);
+    let mut shown_at_kill = 0;
+    let mut kill = || {
+        shown_at_kill = logs
+            .iter()
+            .map(|(_, l)| l.lock().unwrap().shown.len())
+            .sum();
+        b.take().unwrap().kill_9();
+    };
+    let acked = burst(&mut senders, &["rita", "ravi"], 0..300, (300, &mut kill)).await;
+    // Mid-burst, with the readers behind: b died holding what they had not read.
+    assert!(
+        shown_at_kill < 250,
+        "{shown_at_kill} of 300 read: the readers were not slow"
+    );
+    let (shown, repeats) =
+        every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
+    join_all(tasks).await;
+    assert_eq!(shown, 600, "each acked message shown once");
+    for (name, log) in &logs {
+        let closes = &log.lock().unwrap().closes;
+        assert!(
+            !closes.is_empty(),
+            "{name} was never cut off: the kill missed the readers"
+        );
+    }
+    eprintln!("kill -9 mid-burst: 600 acked, 600 shown, {repeats} repeats dropped by id");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_of_one_user_on_two_nodes_resuming_in_turn_see_every_message_in_order() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("two-devices");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let (b, port_b) = node(&redis.url(), "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let logs: Vec<(&str, Shared<ReaderLog>)> =
+        vec![("bob", Shared::default()), ("bob", Shared::default())];
+    // The phone starts on a, the laptop on b; each leaves and resumes on the
+    // other node every few dozen messages, at different moments.
+    let mut tasks = Vec::new();
+    for (i, (hop, nodes)) in [(37, [port_a, port_b]), (53, [port_b, port_a])]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(resuming_reader(
+            "bob".into(),
+            nodes.iter().map(|p| addr(*p)).collect(),
+            logs[i].1.clone(),
+            stopped.clone(),
+            (Duration::from_millis(1), Some(hop)),
+        )));
+    }
+    readers_are_in(&logs).await;
+    // Two senders, one on each node, write at once: their ids race.
+    let mut sam = vec![("sam".to_string(), connect_to(addr(port_a), "sam").await)];
+    let mut sue = vec![("sue".to_string(), connect_to(addr(port_b), "sue").await)];
+    let (mut none_a, mut none_b) = (|| {}, || {});
+    let (from_sam, from_sue) = tokio::join!(
+        burst(&mut sam, &["bob"], 0..250, (0, &mut none_a)),
+        burst(&mut sue, &["bob"], 0..250, (0, &mut none_b)),
+    );
+    let mut acked = from_sam;
+    acked
+        .get_mut("bob")
+        .unwrap()
+        .extend(from_sue["bob"].iter().cloned());
+    let (shown, repeats) =
+        every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
+    join_all(tasks).await;
+    let hops: Vec<usize> = logs
+        .iter()
+        .map(|(_, l)| l.lock().unwrap().closes.len())
+        .collect();
+    assert!(
+        hops.iter().all(|h| *h >= 2),
+        "each device resumed on the other node: {hops:?}"
+    );
+    eprintln!("two devices: 500 acked, {shown} shown on the two, {repeats} repeats dropped, hops {hops:?}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_burst_with_aof_always_loses_nothing_resuming_readers_were_acked() {
+    let Some(redis) = Redis::start(true) else {
+        return;
+    };
+    let url = redis.url();
+    let prefix = fresh_prefix("restart-resume");
+    let (a, port_a) = node(&url, "a", &prefix);
+    let (b, port_b) = node(&url, "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let logs = reader_logs(&["rita", "ravi"]);
+    let pace = Duration::from_millis(3);
+    let (stop, tasks) = start_readers(&logs, &[addr(port_b), addr(port_a)], pace);
+    readers_are_in(&logs).await;
+    let mut senders = vec![("sam".to_string(), connect_to(addr(port_a), "sam").await)];
+    let (mut redis, mut restarted) = (Some(redis), None);
+    let mut restart = || {
+        let (port, dir) = redis.take().unwrap().stop();
+        restarted = Redis::start_at(port, dir, true);
+    };
+    let acked = burst(&mut senders, &["rita", "ravi"], 0..300, (100, &mut restart)).await;
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert!(
+        total > 150,
+        "only {total} acked: chat never came back after the restart"
+    );
+    let (shown, repeats) =
+        every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
+    join_all(tasks).await;
+    for (name, log) in &logs {
+        let closes = log.lock().unwrap().closes.clone();
+        assert!(
+            closes.contains(&Some(1012)),
+            "{name} was not told to resume: {closes:?}"
+        );
+    }
+    eprintln!("Redis restarted: {total} acked, {shown} shown, {repeats} repeats dropped");
+    drop((a, b, restarted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_heartbeat_under_resuming_readers_loses_nothing_it_acked() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("pause-resume");
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let (b, port_b) = node(&redis.url(), "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let logs = reader_logs(&["rita", "ravi"]);
+    let pace = Duration::from_millis(3);
+    // Back on b after the fence: the node that was paused serves again.
+    let (stop, tasks) = start_readers(&logs, &[addr(port_b)], pace);
+    readers_are_in(&logs).await;
+    let mut senders = vec![("sam".to_string(), connect_to(addr(port_a), "sam").await)];
+    let mut paused = None;
+    let mut pause = || {
+        signal(&b, "-STOP");
+        paused = Some(Instant::now());
+    };
+    let mut acked = burst(&mut senders, &["rita", "ravi"], 0..100, (50, &mut pause)).await;
+    // a counts b dead and sweeps it (TTL 5 s, checked every second); then
+    // more messages, queued for readers the cluster now thinks offline.
+    let swept = paused.unwrap() + Duration::from_secs(8);
+    tokio::time::sleep_until(swept.into()).await;
+    let mut none = || {};
+    let after = burst(&mut senders, &["rita", "ravi"], 100..150, (0, &mut none)).await;
+    for (user, sent) in after {
+        acked.entry(user).or_default().extend(sent);
+    }
+    signal(&b, "-CONT");
+    let (shown, repeats) =
+        every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
+    join_all(tasks).await;
+    for (name, log) in &logs {
+        let closes = log.lock().unwrap().closes.clone();
+        assert!(
+            closes.contains(&Some(1012)),
+            "{name} was not fenced: {closes:?}"
+        );
+    }
+    let total: usize = acked.values().map(Vec::len).sum();
+    eprintln!("paused 8 s: {total} acked, {shown} shown, {repeats} repeats dropped");
+    drop((a, b));
 }

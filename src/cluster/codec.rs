@@ -50,8 +50,12 @@ pub fn encode(m: &Message) -> String {
     )
 }
 
+/// The id is the entry's first field: the keep script writes the id it
+/// settled on there, in front of a message encoded with id 0.
 pub fn decode(entry: &str) -> Option<Message> {
-    let json = entry.splitn(4, '\t').nth(3)?;
+    let mut fields = entry.splitn(4, '\t');
+    let id: u64 = fields.next()?.parse().ok()?;
+    let json = fields.nth(2)?;
     let s: Stored = serde_json::from_str(json).ok()?;
     let target = match (s.to, s.group) {
         (Some(u), _) => Target::User(Name::parse(&u).ok()?),
@@ -59,7 +63,7 @@ pub fn decode(entry: &str) -> Option<Message> {
         (None, None) => return None,
     };
     Some(Message {
-        id: s.id,
+        id,
         from: Name::parse(&s.from).ok()?,
         target,
         text: Arc::from(s.text),

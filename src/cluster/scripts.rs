@@ -144,6 +144,60 @@ return len
     )
 }
 
+/// Keeps one message for each of its users (one for a direct message, the
+/// members whose copy is kept for a group message), in one step, the way
+/// Centrifugo publishes with history: the id, the append and the PUBLISH are
+/// one atomic step, so every user's deque, and what each node is sent for
+/// them, are in one order, the id order. The id the router took is kept
+/// unless some user already has a higher one kept or released (another
+/// node's message overtook it): then a new one is drawn, higher than all.
+/// Each copy goes to every node with devices of that user: the message
+/// itself if one of them resumed (the node sends it as is), else a nudge to
+/// take the queue (a v1 device connected while the router looked).
+/// KEYS: next_id, bytes, kept, released, then q:{user} and devices:{user}
+/// for each user.
+/// ARGV: proposed id, entry with id 0, sender, cost, channel prefix, the
+/// payload's tail (after its id and user), then the users.
+/// Returns the id.
+pub fn keep() -> String {
+    format!(
+        r#"{GROW_AND_NUDGE}{INSERT}
+local id = tonumber(ARGV[1])
+local users = {{}}
+for i = 7, #ARGV do table.insert(users, ARGV[i]) end
+for i, user in ipairs(users) do
+  local last = math.max(tonumber(redis.call('HGET', KEYS[3], user) or '0'),
+    tonumber(redis.call('HGET', KEYS[4], user) or '0'))
+  local tail = redis.call('LINDEX', KEYS[3 + 2 * i], -1)
+  if tail then last = math.max(last, tonumber(string.match(tail, '^(%d+)\t'))) end
+  if id <= last then
+    id = redis.call('INCR', KEYS[1])
+    break
+  end
+end
+local entry = id .. string.sub(ARGV[2], 2)
+for i, user in ipairs(users) do
+  local devices = KEYS[4 + 2 * i]
+  insert(KEYS[3 + 2 * i], entry, id)
+  grow(KEYS[2], ARGV[3], ARGV[4])
+  redis.call('HSET', KEYS[3], user, id)
+  local all = redis.call('HGETALL', devices)
+  local nodes, holds = {{}}, false
+  for j = 1, #all, 2 do
+    holds = holds or string.sub(all[j + 1], 1, 1) == '1'
+    nodes[string.match(all[j], '^(.*)/')] = true
+  end
+  local payload = '{{"kind":"take","user":"' .. user .. '"}}'
+  if holds then payload = '{{"id":' .. id .. ',"user":"' .. user .. '",' .. ARGV[6] end
+  for node, _ in pairs(nodes) do
+    redis.call('PUBLISH', ARGV[5] .. node, payload)
+  end
+end
+return id
+"#
+    )
+}
+
 /// Puts back a message a device never got, in id order; 0 when it is still
 /// held there or its user already confirmed it (as in memory).
 /// KEYS: q:{user}, bytes, released, devices:{user}.

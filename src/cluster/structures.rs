@@ -20,11 +20,11 @@ use super::link::Link;
 use super::scripts;
 use crate::core::ops::{Op, OpCounts, Structure};
 use crate::core::{
-    queued_cost, Change, ConnHandle, ConnId, DirectFacts, DurableState, OpTable, QueueView,
+    queued_cost, Change, ConnHandle, ConnId, DirectFacts, DurableState, Kept, OpTable, QueueView,
     QueuedBytes, Step, Structures, StructuresSnapshot, Trace, Unavailable,
 };
 use crate::names::{GroupId, Name, UserId};
-use crate::protocol::Message;
+use crate::protocol::{Message, ServerFrame};
 
 use Structure::*;
 
@@ -32,6 +32,7 @@ struct Scripts {
     connect: Script,
     disconnect: Script,
     push: Script,
+    keep: Script,
     put_back: Script,
     take_all: Script,
     pop_front: Script,
@@ -48,6 +49,7 @@ impl Scripts {
             connect: Script::new(&scripts::connect()),
             disconnect: Script::new(&scripts::disconnect()),
             push: Script::new(&scripts::push()),
+            keep: Script::new(&scripts::keep()),
             put_back: Script::new(&scripts::put_back()),
             take_all: Script::new(&scripts::take_all()),
             pop_front: Script::new(&scripts::pop_front()),
@@ -216,15 +218,23 @@ impl<L: LocalDevice> RedisStructures<L> {
     /// the outage are not announced (nothing could be sent then).
     /// `issued` is the highest message id this node issued: the shared
     /// counter is raised to it, in case Redis lost the counter.
-    pub fn resync(&mut self, issued: u64) -> Result<usize, String> {
+    /// `epoch` is the cluster's, put back if Redis forgot it, so a client's
+    /// `&epoch=` still matches on every node (the ids go on, so its position
+    /// still means what it did).
+    pub fn resync(&mut self, issued: u64, epoch: &str) -> Result<usize, String> {
         let node = self.link.node().to_string();
         self.run_sweep(&node)?;
-        self.link.run("EVALSHA raise_id", "O(1)", |c| {
+        self.link.run("EVALSHA raise_id + SET NX", "O(1)", |c| {
             self.scripts
                 .raise_id
                 .key(self.key("next_id"))
                 .arg(issued)
-                .invoke::<u64>(c)
+                .invoke::<u64>(c)?;
+            redis::cmd("SET")
+                .arg(self.key("epoch"))
+                .arg(epoch)
+                .arg("NX")
+                .query::<()>(c)
         })?;
         let mut registered = 0;
         for (user, devices) in &self.local {
@@ -591,6 +601,73 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
         trace.via(|| format!("RPUSH {key} O(1)"));
         Ok(len)
+    }
+
+    /// One script (`scripts::keep`) for every copy: the id settled, each
+    /// copy appended in id order and published to the nodes with devices of
+    /// its user, this node's own included, so no copy goes straight to a
+    /// socket here ahead of one still on its way through Redis.
+    fn keep(
+        &mut self,
+        message: Message,
+        users: &[UserId],
+        except: Option<ConnId>,
+        trace: &mut Trace,
+    ) -> Step<Kept> {
+        let chat = ServerFrame::Chat {
+            message: Message {
+                id: 0,
+                ..message.clone()
+            },
+            offline: false,
+        };
+        let tail = format!(
+            r#""kind":"user","held":true,"receipt":{},"except":{},"frame":{}}}"#,
+            message.receipt,
+            except.map_or("null".to_string(), |c| c.to_string()),
+            chat.to_json()
+        );
+        let entry = encode(&Message {
+            id: 0,
+            ..message.clone()
+        });
+        let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
+            self.link
+                .run("EVALSHA keep (RPUSH + PUBLISH)", "O(users)", |c| {
+                    let mut call = self.scripts.keep.prepare_invoke();
+                    call.key(self.key("next_id"))
+                        .key(self.key("bytes"))
+                        .key(self.key("kept"))
+                        .key(self.key("released"));
+                    for user in users {
+                        call.key(self.key(format_args!("q:{user}")))
+                            .key(self.key(format_args!("devices:{user}")));
+                    }
+                    call.arg(message.id)
+                        .arg(&entry)
+                        .arg(message.from.as_str())
+                        .arg(queued_cost(message.text.len()))
+                        .arg(self.key("node:"))
+                        .arg(&tail);
+                    for user in users {
+                        call.arg(user.as_str());
+                    }
+                    call.invoke::<u64>(c)
+                })
+        });
+        let id = step(r)?;
+        // One push_back per copy, as in memory; Redis did them in one script.
+        self.count_more(OfflineMessages, Op::PushBack, users.len().saturating_sub(1));
+        for user in users {
+            let key = self.key(format_args!("q:{user}"));
+            trace.record(OfflineMessages, Op::PushBack, Some(user), None, None);
+            trace.via(|| {
+                format!(
+                    "RPUSH {key} id {id} + PUBLISH to each node with {user}'s devices (keep script) O(1)"
+                )
+            });
+        }
+        Ok(Kept { id, sent: true })
     }
 
     fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Step<Option<Message>> {

@@ -27,7 +27,9 @@ pub use memory::MemoryStructures;
 pub use ops::{Facts, Op, OpTable, Structure, Trace, FACTS};
 pub use routing::Relayed;
 pub use snapshot::{ConnDetail, ConnId, Invariant, QueueView, Snapshot, StructuresSnapshot};
-pub use structures::{ConnHandle, Device, DirectFacts, QueuedBytes, Step, Structures, Unavailable};
+pub use structures::{
+    ConnHandle, Device, DirectFacts, Kept, QueuedBytes, Step, Structures, Unavailable,
+};
 
 /// The core's default limits; `serve`'s flags use these same constants.
 pub const MAX_OFFLINE: u64 = 10_000;

@@ -66,10 +66,13 @@ pub enum Relayed {
     /// A frame for `user`'s devices there. `held`: the routing node also kept
     /// it in the user's deque (a device of theirs resumed), so a copy that
     /// finds no device must not be queued a second time.
+    /// `except`: the device that sent it (a group message is not sent back
+    /// to it; connection ids are unique across the nodes).
     ToUser {
         user: UserId,
         frame: ServerFrame,
         held: bool,
+        except: Option<ConnId>,
     },
     /// A presence frame about `about`, for every device there but theirs
     /// that was registered before the change (its `order`).
@@ -421,9 +424,22 @@ impl<S: Structures> ChatCore<S> {
         let mut connections = 0;
         let mut requeued = 0;
         match relayed {
-            Relayed::ToUser { user, frame, held } => {
-                let devices = s.local_connections(&user, &mut trace)?.into_owned();
+            Relayed::ToUser {
+                user,
+                frame,
+                held,
+                except,
+            } => {
+                let mut devices = s.local_connections(&user, &mut trace)?.into_owned();
+                devices.retain(|d| Some(d.id()) != except);
                 let message = frame.chat_message().cloned();
+                // A message routed while none of the user's devices had
+                // resumed is not in their held order: a device that resumed
+                // since gets only what is held for it (as on one server, it
+                // connected after the message was routed).
+                if message.is_some() && !held {
+                    devices.retain(|d| d.resume().is_none());
+                }
                 if devices.is_empty() {
                     if let (Some(message), false) = (message, held) {
                         requeued += usize::from(s.queue_put_back(&user, message, &mut trace)?);
@@ -663,8 +679,14 @@ impl<S: Structures> ChatCore<S> {
             Some(id) => id,
             None => self.structures.issue_id(self.next_message_id, trace)?,
         };
+        Ok(self.settle(id))
+    }
+
+    /// The id a message finally has (a cluster's `keep` may raise it): the
+    /// core's counter moves past it.
+    fn settle(&mut self, id: u64) -> u64 {
         self.next_message_id = self.next_message_id.max(id + 1);
-        Ok(id)
+        id
     }
 
     /// The seed's message flow: blocked? then online (push to every device) or
@@ -740,7 +762,7 @@ impl<S: Structures> ChatCore<S> {
         // Planned before the id is known (the frame is built after it), so the
         // devices can stay borrowed from the structures: no copy in memory.
         let live = status == AckStatus::Delivered && !blocked;
-        let frame = plan.frames.len();
+        let (first, frame) = (plan.deliveries.len(), plan.frames.len());
         if live {
             // Every device of the recipient; not the sender's other devices.
             for device in devices.iter() {
@@ -749,17 +771,24 @@ impl<S: Structures> ChatCore<S> {
         }
         drop(devices);
         let id = self.issue(issued, trace)?;
-        let message = stamp(id, from, Target::User(to.clone()), (text, receipt), now_ms);
-        if live {
+        let mut message = stamp(id, from, Target::User(to.clone()), (text, receipt), now_ms);
+        // Kept: queued for an offline user, or held for a resuming one.
+        if !blocked && (status == AckStatus::Queued || hold) {
+            let kept =
+                self.structures
+                    .keep(message.clone(), std::slice::from_ref(&to), None, trace)?;
+            message.id = self.settle(kept.id);
+            if kept.sent {
+                plan.deliveries.truncate(first);
+            }
+        }
+        if plan.deliveries.len() > first {
             plan.frame(ServerFrame::Chat {
                 message: message.clone(),
                 offline: false,
             });
         }
-        // Kept: queued for an offline user, or held for a resuming one.
-        if !blocked && (status == AckStatus::Queued || hold) {
-            self.structures.queue_push_back(&to, message, trace)?;
-        }
+        let id = message.id;
         plan.reply(conn, ack(reference, Some(id), status));
         Ok(Event::Message {
             from: from.clone(),
@@ -795,22 +824,22 @@ impl<S: Structures> ChatCore<S> {
             )
             .into());
         }
-        if let Err(why) = may_send(self.structures.queued_bytes_of(from)?, &self.config) {
+        let mut budget = self.structures.queued_bytes_of(from)?;
+        if let Err(why) = may_send(budget, &self.config) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
         let text_bytes = text.len();
+        let cost = queued_cost(text_bytes);
         let id = self.issue(None, trace)?;
-        let message = stamp(
+        let mut message = stamp(
             id,
             from,
             Target::Group(group.clone()),
             (text, receipt),
             now_ms,
         );
-        let frame = plan.frame(ServerFrame::Chat {
-            message: message.clone(),
-            offline: false,
-        });
+        // Built once the id is final (after `keep`); planned for now.
+        let (first, frame) = (plan.deliveries.len(), plan.frames.len());
         let max = self.config.max_offline;
         let s = &mut self.structures;
         // What the sender is told counts members who block them as if they
@@ -818,6 +847,8 @@ impl<S: Structures> ChatCore<S> {
         // queued copies go to the event log as `connections` and `queued`.
         let (mut connections, mut queued, mut blocked) = (0, 0, 0);
         let (mut would_reach, mut would_queue) = (0, 0);
+        // Members whose copy is kept, and the live copies that are held.
+        let (mut kept_for, mut held) = (Vec::new(), Vec::new());
         for member in s.group_members(&group, trace)? {
             // The sender's own devices get it too; she is never checked
             // against her own block set.
@@ -832,15 +863,19 @@ impl<S: Structures> ChatCore<S> {
             let online = !devices.is_empty();
             // A held or queued copy needs room in the member's deque (checked
             // only then: a live-only copy costs no `len`), and in the budget,
-            // read afresh: the copy for the member before may have used it.
+            // counting the copies kept for the members before.
             let keep = (hold || !online)
                 && s.queued_len(&member, trace)? < max
-                && room_to_queue(s.queued_bytes_of(from)?, &self.config, text_bytes).is_ok();
+                && room_to_queue(budget, &self.config, text_bytes).is_ok();
             if online && (keep || !hold) {
                 for device in reach {
                     would_reach += 1;
                     if !blocks {
-                        plan.send(device, frame);
+                        // A held copy waits for `keep`, which may send it itself.
+                        match hold {
+                            true => held.push(device.clone()),
+                            false => plan.send(device, frame),
+                        }
                         connections += 1;
                     }
                 }
@@ -850,9 +885,28 @@ impl<S: Structures> ChatCore<S> {
             }
             drop(devices);
             if keep && !blocks {
-                s.queue_push_back(&member, message.clone(), trace)?;
+                budget.all += cost;
+                budget.sender += cost;
+                kept_for.push(member);
             }
         }
+        if !kept_for.is_empty() {
+            let kept = s.keep(message.clone(), &kept_for, Some(conn.id()), trace)?;
+            message.id = self.settle(kept.id);
+            if kept.sent {
+                held.clear();
+            }
+        }
+        for device in &held {
+            plan.send(device, frame);
+        }
+        if plan.deliveries.len() > first {
+            plan.frame(ServerFrame::Chat {
+                message: message.clone(),
+                offline: false,
+            });
+        }
+        let id = message.id;
         let status = if would_reach > 0 {
             AckStatus::Delivered
         } else if would_queue > 0 {

@@ -110,6 +110,15 @@ pub struct DirectFacts<'a, C: Clone> {
     pub id: Option<u64>,
 }
 
+/// What [`Structures::keep`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// The message's id: the one it came with, or a higher one.
+    pub id: u64,
+    /// The backend delivered the kept copies to the users' devices itself.
+    pub sent: bool,
+}
+
 /// Every method is one counted operation, or one step a rule takes, and
 /// answers [`Step`]: a rule never acts on a value made up for a failure.
 /// Reads take `&self`; a method that also keeps what it learnt for the next
@@ -193,6 +202,31 @@ pub trait Structures {
     /// Pops every message with id <= `upto` from the front (one `pop_front`
     /// each, O(1)) and moves the released position up to `upto`.
     fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Step<Vec<Message>>;
+    /// Keeps a copy of an accepted message in the deque of each of `users`
+    /// (queued for an offline user, held for a resuming one), in one step.
+    /// In memory: one `push_back` each, and the core sends the live copies.
+    /// A cluster runs one script: it may give the message a higher id, so
+    /// that each user's deque, and what each of their devices is sent, stay in
+    /// id order across nodes (a cumulative `received` needs that), and it
+    /// publishes every copy itself, to each node with devices of that user:
+    /// the core then sends none of them. `except`: the sending device, which
+    /// never gets its own group message.
+    fn keep(
+        &mut self,
+        message: Message,
+        users: &[UserId],
+        except: Option<ConnId>,
+        trace: &mut Trace,
+    ) -> Step<Kept> {
+        let _ = except;
+        for user in users {
+            self.queue_push_back(user, message.clone(), trace)?;
+        }
+        Ok(Kept {
+            id: message.id,
+            sent: false,
+        })
+    }
     /// Puts back a message a closing device never got, in id order; false
     /// when it is still held or was already released. O(1) at the back.
     fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool>;

@@ -1365,6 +1365,7 @@ fn a_relayed_message_reaches_every_local_device_of_its_user_only() {
             user: n("bob"),
             frame: chat(7, "alice", "bob"),
             held: false,
+            except: None,
         })
         .unwrap();
     assert_eq!(receivers(&o), [1, 2]);
@@ -1377,6 +1378,27 @@ fn a_relayed_message_reaches_every_local_device_of_its_user_only() {
             ..
         }
     ));
+    // A held group copy published back to its sender's node skips the
+    // sending device, and a device it skips is not a reason to queue it.
+    let o = core
+        .relayed(Relayed::ToUser {
+            user: n("bob"),
+            frame: chat(8, "bob", "bob"),
+            held: true,
+            except: Some(2),
+        })
+        .unwrap();
+    assert_eq!(receivers(&o), [1]);
+    let o = core
+        .relayed(Relayed::ToUser {
+            user: n("carol"),
+            frame: chat(9, "carol", "carol"),
+            held: true,
+            except: Some(3),
+        })
+        .unwrap();
+    assert!(o.deliveries.is_empty());
+    assert!(matches!(o.event, Event::Relayed { requeued: 0, .. }));
 }
 
 #[test]
@@ -1387,6 +1409,7 @@ fn a_relayed_message_that_finds_no_device_is_queued_unless_held() {
             user: n("bob"),
             frame: chat(7, "alice", "bob"),
             held: false,
+            except: None,
         })
         .unwrap();
     assert!(o.deliveries.is_empty());
@@ -1402,6 +1425,7 @@ fn a_relayed_message_that_finds_no_device_is_queued_unless_held() {
             user: n("bob"),
             frame: chat(8, "alice", "bob"),
             held: true,
+            except: None,
         })
         .unwrap();
     assert!(matches!(o.event, Event::Relayed { requeued: 0, .. }));
@@ -1500,4 +1524,36 @@ impl ConnHandle for Ordered {
     fn presence_order(&self) -> u64 {
         self.1
     }
+}
+
+#[test]
+fn a_resuming_device_gets_only_held_relayed_messages_which_keep_their_order() {
+    let mut core = window_core(100);
+    core.connect(&n("bob"), v1(1)).unwrap();
+    core.connect(&n("bob"), resuming(2, 0)).unwrap();
+    // Routed before bob's second device resumed: not in his held order.
+    let o = core
+        .relayed(Relayed::ToUser {
+            user: n("bob"),
+            frame: chat(9, "alice", "bob"),
+            held: false,
+            except: None,
+        })
+        .unwrap();
+    assert_eq!(
+        o.deliveries.iter().map(|d| d.conn.id).collect::<Vec<_>>(),
+        [1]
+    );
+    let o = core
+        .relayed(Relayed::ToUser {
+            user: n("bob"),
+            frame: chat(10, "alice", "bob"),
+            held: true,
+            except: None,
+        })
+        .unwrap();
+    assert_eq!(
+        o.deliveries.iter().map(|d| d.conn.id).collect::<Vec<_>>(),
+        [1, 2]
+    );
 }

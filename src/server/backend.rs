@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use super::conn::Conn;
 use crate::cluster::RedisStructures;
 use crate::core::{
-    Change, ConnId, DirectFacts, DurableState, MemoryStructures, OpTable, QueueView, QueuedBytes,
-    Step, Structures, StructuresSnapshot, Trace,
+    Change, ConnId, DirectFacts, DurableState, Kept, MemoryStructures, OpTable, QueueView,
+    QueuedBytes, Step, Structures, StructuresSnapshot, Trace,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::Message;
@@ -110,6 +110,15 @@ impl Structures for Backend {
     }
     fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool> {
         each!(self, s => s.queue_put_back(user, message, trace))
+    }
+    fn keep(
+        &mut self,
+        message: Message,
+        users: &[UserId],
+        except: Option<ConnId>,
+        trace: &mut Trace,
+    ) -> Step<Kept> {
+        each!(self, s => s.keep(message, users, except, trace))
     }
     fn join_group(&mut self, group: &GroupId, user: &UserId, trace: &mut Trace) -> Step<usize> {
         each!(self, s => s.join_group(group, user, trace))

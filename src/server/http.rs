@@ -131,11 +131,6 @@ async fn ws_upgrade(
     // The claim is checked last: it is the one check that costs real CPU.
     let (token, resume) = match &query {
         Ok(Query(q)) => match resume_of(q) {
-            // A cluster does not offer resume (docs/protocol.md, "Resume"): its
-            // nodes cannot promise each user's messages in id order, which
-            // cumulative confirmations need. The welcome then carries no
-            // `resume`, and the connection is v1.
-            Ok(_) if hub.cluster.is_some() => (q.token.as_deref(), None),
             Ok(resume) => (q.token.as_deref(), resume),
             Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
         },

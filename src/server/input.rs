@@ -46,6 +46,11 @@ pub(crate) enum Input {
     /// Cluster: this node was declared dead, or its subscription broke (said
     /// why): it closes every socket (1012) and registers again.
     Fence(String),
+    /// Cluster: Redis restarted and this node subscribed again: held messages
+    /// published to it before that never arrived, so it closes the sockets
+    /// that resumed (1012), which resume and get them. A v1 socket missed
+    /// nothing: a PUBLISH that reached no subscriber was queued by its sender.
+    FenceResuming(String),
     /// Cluster: nothing to apply; wakes the owner so that it registers this
     /// node's sockets again now that Redis answers (see [`Hub::resync_wanted`]).
     Wake,

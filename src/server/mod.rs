@@ -157,8 +157,9 @@ pub async fn run(
         relays.push(relay::subscribe(hub.clone(), link.clone()).map_err(std::io::Error::other)?);
         // A node restarted under the same name forgets its previous run's
         // devices (the sweep also takes it out of `nodes`), then beats.
+        let epoch = unowned.core.epoch().to_string();
         if let backend::Backend::Redis(redis) = unowned.core.structures_mut() {
-            redis.resync(0).map_err(std::io::Error::other)?;
+            redis.resync(0, &epoch).map_err(std::io::Error::other)?;
         }
         owner = Some(owner::start(hub.clone(), unowned.core, unowned.inputs)?);
         relays.push(relay::start_heartbeat(hub.clone(), link).map_err(std::io::Error::other)?);

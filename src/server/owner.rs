@@ -111,9 +111,10 @@ fn resync_if_wanted(hub: &Hub, core: &mut Core) {
         return;
     }
     let issued = core.next_message_id().saturating_sub(1);
+    let epoch = core.epoch().to_string();
     if let Backend::Redis(backend) = core.structures_mut() {
         // Still down: it stays wanted (a rule's own step says so to its requester).
-        if let Ok(n) = backend.resync(issued) {
+        if let Ok(n) = backend.resync(issued, &epoch) {
             hub.resync_wanted.store(false, Ordering::Release);
             if let Some(log) = &hub.log {
                 log.line(format!(
@@ -148,6 +149,7 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
             finish_rule(hub, core, outcome);
         }
         Input::Fence(why) => fence(hub, core, &why),
+        Input::FenceResuming(why) => fence_resuming(hub, core, &why),
         Input::Wake => {}
         Input::CloseAll(done) => {
             close_all(hub, core);
@@ -359,6 +361,32 @@ fn fence(hub: &Hub, core: &mut Core, why: &str) {
     if let Some(log) = &hub.log {
         log.line(format!(
             "! fenced: {why}; closed this node's {connections} connection(s) with 1012 so they reconnect and get their queues"
+        ));
+    }
+}
+
+/// Closes only the sockets that resumed, with 1012: they reconnect, resume
+/// from what they have, and get what this node missed. Nothing goes back to
+/// a queue: what a resuming socket was not sent is still held.
+fn fence_resuming(hub: &Hub, core: &mut Core, why: &str) {
+    let resuming: Vec<Conn> = core
+        .all_connections()
+        .into_iter()
+        .filter_map(|h| h.local().cloned())
+        .filter(|c| c.resume.is_some())
+        .collect();
+    for conn in &resuming {
+        conn.outbox.take_all_and_close(Some(close_frame(
+            CLOSE_RESTART,
+            "this node missed messages while Redis restarted; reconnect to resume",
+        )));
+        let outcome = core.disconnect(&conn.user, conn.id, Vec::new());
+        finish_rule(hub, core, outcome);
+    }
+    if let Some(log) = &hub.log {
+        log.line(format!(
+            "! {why}; closed this node's {} resuming connection(s) with 1012 so they resume",
+            resuming.len()
         ));
     }
 }

@@ -94,6 +94,11 @@ struct Incoming<'a> {
     receipt: bool,
     #[serde(default)]
     order: u64,
+    /// Set by the keep script, which settles a kept message's id.
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    except: Option<u64>,
     #[serde(borrow, default)]
     frame: Option<&'a RawValue>,
 }
@@ -121,11 +126,15 @@ fn parse_one(payload: &str) -> Option<Relayed> {
             // The receipt flag is the sender's business, so not in the frame.
             if let ServerFrame::Chat { message, .. } = &mut frame {
                 message.receipt = incoming.receipt;
+                if let Some(id) = incoming.id {
+                    message.id = id;
+                }
             }
             Relayed::ToUser {
                 user: Name::parse(incoming.user?).ok()?,
                 frame,
                 held: incoming.held,
+                except: incoming.except,
             }
         }
         "all" => Relayed::ToEveryone {

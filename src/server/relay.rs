@@ -72,7 +72,7 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
             std::thread::sleep(Duration::from_millis(250));
             continue;
         };
-        let server = run_id(&mut con);
+        let server = run_id(&mut con).unwrap_or_default();
         let mut pubsub = con.as_pubsub();
         if pubsub.subscribe(&channel).is_err()
             || pubsub
@@ -83,16 +83,19 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
             continue;
         }
         let _ = ready.send(());
+        // Subscribed again, so what was published here meanwhile is gone.
         // The same Redis dropped the subscription (a client kill, its output
         // buffer limit): PUBLISH had counted this node until then, so senders
-        // were told `delivered` for frames dropped with it. (A Redis that
-        // restarted is an outage instead: the heartbeat registers again.)
-        if server.is_some() && subscribed_on == server {
-            hub.send_blocking(Input::Fence(
-                "Redis dropped this node's subscription and it was opened again (what was published to it meanwhile is gone)".into(),
-            ));
+        // were told `delivered` for frames dropped with it. A Redis that
+        // restarted: the keep script may have published held messages here
+        // before this node subscribed again (see `Input::FenceResuming`).
+        if let Some(before) = &subscribed_on {
+            hub.send_blocking(match !server.is_empty() && server == *before {
+                true => Input::Fence("Redis dropped this node's subscription and it was opened again (what was published to it meanwhile is gone)".into()),
+                false => Input::FenceResuming("Redis restarted, and this node subscribed again (held messages published to it before that are gone)".into()),
+            });
         }
-        subscribed_on = server;
+        subscribed_on = Some(server);
         while !hub.shutdown.has_begun() {
             match pubsub.get_message() {
                 Ok(message) => {
