@@ -309,9 +309,9 @@ function receive(frame) {
     case "welcome": {
       // Where the server resumed from: our position, or 0 if it could not
       // trust it (it restarted, and its ids now mean other messages).
-      // No `resume` in the welcome: the server did not resume (a cluster
-      // node does not offer it), so ids may arrive out of order: none is
-      // skipped, and nothing is confirmed on this connection.
+      // No `resume` in the welcome: the server did not resume (a v1
+      // server), so ids may arrive out of order: none is skipped, and
+      // nothing is confirmed on this connection.
       state.resuming = Number.isSafeInteger(frame.resume);
       if (state.resuming) {
         state.shown = frame.resume;

@@ -86,9 +86,9 @@ impl Position {
     /// when it did not trust it (another run of the server, whose ids meant
     /// other messages). From then on, ids at or below it are duplicates.
     pub fn welcome(&mut self, resume: Option<u64>, epoch: Option<&str>) {
-        // No `resume` in the welcome: the server did not resume (a cluster
-        // node does not offer it), so ids may arrive out of order and none
-        // is skipped; nothing is confirmed on this connection.
+        // No `resume` in the welcome: the server did not resume (a v1
+        // server), so ids may arrive out of order and none is skipped;
+        // nothing is confirmed on this connection.
         self.resuming = resume.is_some();
         let Some(from) = resume else { return };
         self.shown = from;

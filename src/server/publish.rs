@@ -2,7 +2,8 @@
 //! node publishes on another node's channel ([`Publish`], [`publish`]) and
 //! what it makes of a payload published to it ([`parse`]). One place, so the
 //! two directions cannot disagree about the format (the Lua scripts publish
-//! the `all` and `take` kinds; `cluster/scripts.rs`).
+//! the `all` and `take` kinds, and the keep script the `user` kind with the
+//! `id` it settled on; `cluster/scripts.rs`).
 
 use std::sync::Arc;
 
