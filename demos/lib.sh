@@ -126,6 +126,21 @@ out() { echo "$WORK/$1.out"; }
 # show [ARGS]: the real inspect tables right now.
 show() { log_news; "$VIVACHAT" inspect --url "$HTTP" "$@"; }
 
+# eventually "what" PYTHON_EXPR: like check, for something a client does by
+# itself (a confirmation goes out within 100 ms): asked again until it holds,
+# for at most 5 s.
+eventually() {
+  local what="$1" expr="$2"
+  for _ in $(seq 50); do
+    if "$VIVACHAT" inspect --url "$HTTP" --json | python3 -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if ($expr) else 1)"; then
+      echo "    ✔ $what"
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "$what"
+}
+
 # check "what" PYTHON_EXPR: an assertion on the /inspect snapshot `d`.
 check() {
   local what="$1" expr="$2"

@@ -19,7 +19,7 @@ wait_for "$(out alice-7)" 'queued #2 (to bob: "second, also queued")'
 show --user bob
 check "bob's deque holds 2 messages, oldest first" "d['offline_messages']['bob']['len'] == 2 and [m['text'] for m in d['offline_messages']['bob']['messages']] == ['first, sent while you were away', 'second, also queued']"
 
-step "bob connects: the welcome says 2 are coming, then pop_front delivers them oldest first"
+step "bob connects: the welcome says 2 are coming. His client resumes (?resume=0), so his deque is his window: the flush re-sends it from the front, oldest first, and each message is popped from the front (pop_front, O(1)) once his client confirms it"
 connect bob 8
 wait_for "$(out bob-8)" "2 queued message(s) coming"
 wait_for "$(out bob-8)" "alice -> bob: second, also queued"
@@ -28,8 +28,8 @@ second=$(grep -n "second, also queued" "$(out bob-8)" | cut -d: -f1 || true)
 [ -n "$first" ] && [ -n "$second" ] && [ "$first" -lt "$second" ] || fail "the queue was not flushed in FIFO order"
 grep -q "\[offline, sent" "$(out bob-8)" || fail "flushed messages are not marked offline"
 echo "    ✔ flushed FIFO, each marked [offline, sent HH:MM:SS]"
+eventually "bob's client confirmed both: the emptied deque is removed from the map" "'bob' not in d['offline_messages']"
 show --user bob
-check "the emptied deque is removed from the map" "'bob' not in d['offline_messages']"
 check "two pop_front operations were counted" "d['ops']['offline_messages']['pop_front'] == 2"
 
 step "Now that bob is online, alice's next message is delivered live (active_connections.get finds his socket)"

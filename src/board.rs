@@ -264,6 +264,7 @@ impl Flow {
                 id,
                 status,
                 blocked,
+                ..
             } => Some(direct(from, to, *id, (*status, *blocked), trace)),
             Event::GroupMessage {
                 from,
@@ -416,6 +417,7 @@ mod tests {
             id: 7,
             status: AckStatus::Delivered,
             blocked: false,
+            held: false,
         };
         let trace = traced(&[(Structure::ActiveConnections, Op::Get, "bob", 2)]);
         let flow = Flow::of(&event, &trace).unwrap();
@@ -434,6 +436,7 @@ mod tests {
             id: 7,
             status: AckStatus::Delivered,
             blocked: false,
+            held: false,
         };
         let trace = traced(&[
             (Structure::ActiveConnections, Op::Get, "bob", 1),
@@ -456,6 +459,7 @@ mod tests {
             id: 8,
             status: AckStatus::Queued,
             blocked: false,
+            held: false,
         };
         let trace = traced(&[
             (Structure::ActiveConnections, Op::Get, "bob", 0),
@@ -474,6 +478,7 @@ mod tests {
             id: 9,
             status: AckStatus::Delivered,
             blocked: true,
+            held: false,
         };
         let trace = traced(&[(Structure::ActiveConnections, Op::Get, "bob", 1)]);
         let flow = Flow::of(&blocked, &trace).unwrap();

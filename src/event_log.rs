@@ -164,11 +164,17 @@ pub fn summary(event: &Event) -> String {
             id,
             status: st,
             blocked,
+            held,
         } => {
             if *blocked {
                 format!(
                     "{from} -> {to} (message {id}): {to} blocks {from}: dropped; {from} is told {}",
                     status(*st)
+                )
+            } else if *held {
+                // The seed's deque, used as a window: why a live message is pushed too.
+                format!(
+                    "{from} -> {to} (message {id}): delivered, and kept at the back of {to}'s window (the offline deque, which also holds what {to}'s client has not confirmed)"
                 )
             } else {
                 format!("{from} -> {to} (message {id}): {}", status(*st))
@@ -229,9 +235,11 @@ fn connected(event: &Event) -> String {
         Some(from) => {
             s += &format!(", resuming after message {from}");
             if *released > 0 {
-                s += &format!(": released {released} it confirms");
+                s += &format!(": popped {released} it confirms from the front of its window");
             }
-            s += &format!(", re-sent {flushed} held message(s) in order (kept until confirmed)");
+            s += &format!(
+                ", flush: re-sent {flushed} message(s) from the front of the window, oldest first (each is popped from the front once confirmed)"
+            );
         }
     }
     if *devices == 1 {
@@ -418,6 +426,7 @@ mod tests {
             id: 7,
             status: AckStatus::Queued,
             blocked: false,
+            held: false,
         };
         (e, t)
     }

@@ -75,6 +75,21 @@ function more(container, count, what) {
   }
 }
 
+/**
+ * Nothing is cut: while `box` overflows its region, its last entries are
+ * hidden, whole, and counted in "+N more" with those the server left out.
+ */
+function fit(box, leftOut, what) {
+  const entries = [...box.querySelectorAll(":scope > [data-key]:not(.leave)")];
+  for (const node of entries) node.hidden = false;
+  let hidden = 0;
+  while (box.scrollHeight > box.clientHeight + 1 && hidden < entries.length) {
+    entries[entries.length - 1 - hidden].hidden = true;
+    hidden += 1;
+    more(box, leftOut + hidden, what);
+  }
+}
+
 function emptyNote(container, isEmpty, text) {
   let note = container.querySelector(":scope > .empty");
   if (isEmpty && !note) container.append(el("span", { class: "empty" }, text));
@@ -95,6 +110,7 @@ function drawStructure(id, shown, { key, row, inner, what, empty }) {
   }
   more(box, shown.more, what);
   emptyNote(box, shown.items.length === 0, empty);
+  fit(box, shown.more, what);
 }
 
 /** A keyed list of names inside `node`'s `selector`, each made by `make`. */
@@ -142,11 +158,11 @@ function drawStructures(frame) {
       el(
         "div",
         { class: "deque" },
-        el("span", { class: "owner" }, d.user),
+        // The length under the name, so a long deque wraps its boxes, never its len.
+        el("span", { class: "owner" }, el("b", {}, d.user), el("span", { class: "len" })),
         el("span", { class: "end" }, "front"),
         el("span", { class: "boxes" }),
         el("span", { class: "end" }, "back"),
-        el("span", { class: "len" }),
       ),
     inner: drawDeque,
     what: "deques",
@@ -237,7 +253,12 @@ function drawEvents(lines) {
     const [what, ...ops] = line.split(" | ");
     return el("li", {}, el("b", {}, what), ops.length ? ` | ${ops.join(" | ")}` : "");
   });
-  $("events").replaceChildren(...items);
+  const box = $("events");
+  box.replaceChildren(...items);
+  // The newest line is at the bottom: the oldest go first when they do not fit.
+  // (Laid out from the bottom, so a line that does not fit sticks out above.)
+  const top = () => box.firstElementChild.getBoundingClientRect().top < box.getBoundingClientRect().top - 1;
+  while (box.children.length > 1 && top()) box.firstElementChild.remove();
 }
 
 function render(frame) {
@@ -258,8 +279,10 @@ function render(frame) {
   stats.renderMsTotal += took;
   stats.renderMsMax = Math.max(stats.renderMsMax, took);
   stats.lastSeq = frame.seq;
+  // What looking costs: building the frame on the server (of which the core
+  // was held), and drawing it here.
   $("feed-cost").textContent =
-    `frame ${frame.seq}: server ${frame.build_us} µs (core held ${frame.hold_us} µs), page ${took.toFixed(1)} ms, ${frame.events_since} event(s) since the last`;
+    `frame ${frame.seq} (${frame.events_since} new event(s)) · server ${frame.build_us} µs, core held ${frame.hold_us} µs · page ${took.toFixed(1)} ms`;
 }
 
 // ---------------------------------------------------------------- the feed

@@ -30,8 +30,9 @@ type LogAxis = WithKeyPoints<LogCoord<f64>>;
 
 /// Counted steps are drawn from this floor: a log axis has no 0, so a
 /// variant that does no counted work (a deque's pop moves nothing) lies on
-/// the floor, labelled "0".
-const ZERO_STEPS: f64 = 0.3;
+/// the floor, labelled "0". A full decade below 1, so its tick is as far
+/// from "1" as "1" is from "10", not squeezed under it.
+const ZERO_STEPS: f64 = 0.1;
 
 /// A hash look-up whose time grows by this factor from the smallest to the
 /// largest N while its counted steps stay flat gets the cache note.
@@ -277,8 +278,12 @@ fn powers_of_ten(lo: f64, hi: f64) -> Vec<f64> {
 
 fn y_keys(lo: f64, hi: f64, measure: Measure) -> Vec<f64> {
     let mut keys = powers_of_ten(lo, hi);
-    if measure == Measure::Steps && lo <= ZERO_STEPS {
-        keys.insert(0, ZERO_STEPS);
+    if measure == Measure::Steps {
+        // Below 1 counted step there is only the floor (labelled "0").
+        keys.retain(|k| *k >= 1.0);
+        if lo <= ZERO_STEPS {
+            keys.insert(0, ZERO_STEPS);
+        }
     }
     keys
 }
@@ -299,6 +304,15 @@ mod tests {
         assert_eq!(short_number(1_000_000.0), "1M");
         assert_eq!(short_number(0.1), "0.1");
         assert_eq!(short_number(250.0), "250");
-        assert_eq!(y_keys(0.15, 2000.0, Measure::Steps)[0], ZERO_STEPS);
+        // The "0" floor sits one decade under "1", like every other tick.
+        assert_eq!(
+            y_keys(0.05, 2000.0, Measure::Steps),
+            [ZERO_STEPS, 1.0, 10.0, 100.0, 1000.0]
+        );
+        let gaps: Vec<f64> = y_keys(0.05, 2000.0, Measure::Steps)
+            .windows(2)
+            .map(|w| (w[1] / w[0]).log10())
+            .collect();
+        assert!(gaps.iter().all(|g| (g - 1.0).abs() < 1e-9), "{gaps:?}");
     }
 }

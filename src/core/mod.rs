@@ -204,6 +204,9 @@ pub enum Event {
         status: AckStatus,
         /// `to` blocks `from`: nothing was sent or stored.
         blocked: bool,
+        /// Delivered live and also kept in `to`'s deque until their client
+        /// confirms it (a device of theirs resumed, v1.1).
+        held: bool,
     },
     GroupMessage {
         from: UserId,

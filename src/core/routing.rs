@@ -796,6 +796,7 @@ impl<S: Structures> ChatCore<S> {
             id,
             status,
             blocked,
+            held: hold && !blocked,
         })
     }
 

@@ -2,8 +2,8 @@
 //! [`BoardFrame`] per line, pushed by the server as the class chats.
 //!
 //! Coalesced, so a big class cannot swamp the page or the core: routing only
-//! appends the event to a short ring (and only while a board is open), and
-//! one task builds at most [`FRAMES_PER_SECOND`] frames, each from one
+//! appends the event to a short ring (while a board is open or the server
+//! narrates), and one task builds at most [`FRAMES_PER_SECOND`] frames, each from one
 //! bounded snapshot, whatever the message rate and however many boards
 //! watch. A board that reads slowly skips frames: it always gets the latest.
 

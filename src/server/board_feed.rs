@@ -1,5 +1,5 @@
 //! What routing leaves for the board's feed (`board.rs`): the latest
-//! events, kept only while a board watches, and the latest frame built from
+//! events, kept while a board watches or the server narrates, and the latest frame built from
 //! them. A leaf, so the hub can hold it without importing the feed's code.
 
 use std::collections::VecDeque;
@@ -48,7 +48,8 @@ impl Default for BoardFeed {
 }
 
 impl BoardFeed {
-    /// Is a board open? Routing traces and records events only then.
+    /// Is a board open? Routing traces and records events then (and while
+    /// the server narrates, see `deliver.rs`).
     pub fn watched(&self) -> bool {
         self.viewers.load(Ordering::Relaxed) > 0
     }

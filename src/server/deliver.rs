@@ -101,7 +101,10 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
                 evicted.push((conn, Vec::new()));
             }
         }
-        if hub.board.watched() {
+        // Kept whenever the rule was traced (a board is open, or the server
+        // narrates), so a board opened mid-class shows the last message and
+        // the recent events at once.
+        if hub.board.watched() || log.is_some() {
             hub.board.record(&outcome.event, &outcome.trace);
         }
         if let Some(log) = log {
