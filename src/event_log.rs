@@ -237,9 +237,13 @@ fn connected(event: &Event) -> String {
             if *released > 0 {
                 s += &format!(": popped {released} it confirms from the front of its window");
             }
-            s += &format!(
-                ", flush: re-sent {flushed} message(s) from the front of the window, oldest first (each is popped from the front once confirmed)"
-            );
+            if *flushed > 0 {
+                s += &format!(
+                    ", flush: re-sent {flushed} message(s) from the front of the window, oldest first (each is popped from the front once confirmed)"
+                );
+            } else {
+                s += ", nothing held to re-send";
+            }
         }
     }
     if *devices == 1 {

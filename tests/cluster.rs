@@ -1269,3 +1269,96 @@ async fn a_node_paused_past_its_heartbeat_under_resuming_readers_loses_nothing_i
     eprintln!("paused 8 s: {total} acked, {shown} shown, {repeats} repeats dropped");
     drop((a, b));
 }
+
+/// A TCP relay between a node and Redis that the test can cut, as a network
+/// partition would: while cut, every connection through it is dropped and
+/// new ones are refused; the node's own clients are not touched.
+struct Partition {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: Shared<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Partition {
+    async fn to(redis_port: u16) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links: Shared<Vec<tokio::task::JoinHandle<()>>> = Shared::default();
+        let (is_cut, all) = (cut.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                all.lock().unwrap().push(link);
+            }
+        });
+        Partition { port, cut, links }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_under_resuming_readers_loses_nothing_it_acked() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("partition");
+    let partition = Partition::to(redis.port).await;
+    let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let through = format!("redis://127.0.0.1:{}", partition.port);
+    let (b, port_b) = node(&through, "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let logs = reader_logs(&["rita", "ravi"]);
+    let pace = Duration::from_millis(3);
+    let (stop, tasks) = start_readers(&logs, &[addr(port_b), addr(port_a)], pace);
+    readers_are_in(&logs).await;
+    let mut senders = vec![("sam".to_string(), connect_to(addr(port_a), "sam").await)];
+    let mut cut_at = None;
+    let mut cut = || {
+        partition.cut();
+        cut_at = Some(Instant::now());
+    };
+    // b is cut off from Redis (its sockets to the readers stay open) while a
+    // goes on sending; a counts b dead after its heartbeat's TTL.
+    let mut acked = burst(&mut senders, &["rita", "ravi"], 0..100, (50, &mut cut)).await;
+    tokio::time::sleep_until((cut_at.unwrap() + Duration::from_secs(8)).into()).await;
+    let mut none = || {};
+    let after = burst(&mut senders, &["rita", "ravi"], 100..150, (0, &mut none)).await;
+    for (user, sent) in after {
+        acked.entry(user).or_default().extend(sent);
+    }
+    partition.heal();
+    let (shown, repeats) =
+        every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
+    join_all(tasks).await;
+    for (name, log) in &logs {
+        let closes = log.lock().unwrap().closes.clone();
+        assert!(
+            closes.contains(&Some(1012)),
+            "{name} was not fenced: {closes:?}"
+        );
+    }
+    let total: usize = acked.values().map(Vec::len).sum();
+    eprintln!("cut off 8 s: {total} acked, {shown} shown, {repeats} repeats dropped");
+    drop((a, b));
+}
