@@ -144,9 +144,12 @@ pub fn summary(event: &Event) -> String {
             s
         }
         Event::AlreadyGone { user, conn } => format!("- {user} conn {conn} already closed"),
+        Event::Received { user, upto: None, .. } => {
+            format!("{user} sent `received` on a connection that did not resume: nothing is held for it, nothing to do")
+        }
         Event::Received {
             user,
-            upto,
+            upto: Some(upto),
             released,
             receipts,
         } => {

@@ -241,7 +241,18 @@ async fn a_position_from_another_run_is_not_trusted() {
         .await;
     let (_bob, welcome) = join(port, &format!("bob?resume={}&epoch={epoch}", acked[1])).await;
     assert_eq!(welcome["queued"], 1);
-    for bad in ["bob?resume=-1", "bob?resume=x", "bob?resume=1&epoch=a%20b"] {
+    // Digits only for resume (not "+3", not empty); 1-32 letters and digits for epoch.
+    for bad in [
+        "bob?resume=-1",
+        "bob?resume=x",
+        "bob?resume=1&epoch=a%20b",
+        "bob?resume=%2B3",
+        "bob?resume=",
+        "bob?resume=1&epoch=",
+        "bob?resume=1.5",
+        "bob?resume=0x10",
+        "bob?resume=1&epoch=abcdefghijklmnopqrstuvwxyz0123456",
+    ] {
         assert_eq!(
             server.refused_status(&format!("/ws/{bad}")).await,
             400,

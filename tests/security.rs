@@ -1009,3 +1009,25 @@ async fn memory_goes_back_after_the_queues_drain() {
     );
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_on_a_v1_connection_releases_nothing() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    alice
+        .send(json!({"type":"message","to":"carol","text":"for later"}))
+        .await;
+    let ack = alice.recv_skipping_presence().await;
+    let id = ack["id"].as_u64().unwrap();
+    // bob never resumed: a `received` from him, even naming carol's id or
+    // one far ahead, changes nothing anywhere, and is not answered.
+    for upto in [id, id + 1000] {
+        bob.send(json!({"type":"received","id":upto})).await;
+    }
+    bob.assert_nothing_pending().await;
+    let state = server.inspect().await;
+    assert_eq!(state["released"], json!({}), "{state}");
+    assert_eq!(state["offline_messages"]["carol"]["len"], 1, "{state}");
+    server.stop().await;
+}

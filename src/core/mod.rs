@@ -246,9 +246,11 @@ pub enum Event {
         user: UserId,
     },
     /// A resuming client confirmed every message up to `upto`.
+    /// `upto` is None when the connection did not resume (v1): it has no
+    /// window, so its `received` does nothing.
     Received {
         user: UserId,
-        upto: u64,
+        upto: Option<u64>,
         /// Messages that left the window.
         released: usize,
         /// Receipts sent to senders who asked for one (and are online).

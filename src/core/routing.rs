@@ -657,13 +657,21 @@ impl<S: Structures> ChatCore<S> {
                 Event::Ping { user: user.clone() }
             }
             // No answer: a confirmation is the client's ack, not a request.
+            // On a connection that did not resume (v1) it does nothing: its
+            // messages were never held, so there is nothing to release.
+            Request::Received { .. } if conn.resume().is_none() => Event::Received {
+                user: user.clone(),
+                upto: None,
+                released: 0,
+                receipts: 0,
+            },
             // An id this run never issued confirms only what it did issue.
             Request::Received { id } => {
                 let upto = id.min(self.structures.next_id(self.next_message_id)? - 1);
                 let (released, receipts) = self.release(plan, user, upto, trace)?;
                 Event::Received {
                     user: user.clone(),
-                    upto,
+                    upto: Some(upto),
                     released,
                     receipts,
                 }

@@ -1331,11 +1331,33 @@ fn releasing_is_journaled_so_the_disk_forgets_what_was_confirmed() {
     assert!(matches!(
         o.event,
         Event::Received {
-            upto: 1,
+            upto: Some(1),
             released: 0,
             ..
         }
     ));
+}
+
+#[test]
+fn received_on_a_v1_connection_does_nothing_so_its_unsent_messages_go_back() {
+    let mut c = window_core(100);
+    c.connect(&n("alice"), v1(1)).unwrap();
+    c.connect(&n("bob"), v1(2)).unwrap();
+    let mut sent = Vec::new();
+    for text in ["one", "two", "three"] {
+        let o = say(&mut c, "alice", v1(1), json!({"type":"message","to":"bob","text":text}));
+        assert_eq!(json_for(&o, 1)[0]["status"], "delivered");
+        sent.push(o.frames[o.deliveries.iter().find(|d| d.conn.id == 2).unwrap().frame].clone());
+    }
+    let o = say(&mut c, "bob", v1(2), json!({"type":"received","id":3}));
+    assert!(matches!(o.event, Event::Received { upto: None, released: 0, .. }));
+    assert!(o.deliveries.is_empty(), "no receipt, no answer");
+    // bob's connection ends before writing them: all three go back.
+    let unsent: Vec<Message> = sent.iter().map(|f| f.chat_message().unwrap().clone()).collect();
+    let o = c.disconnect(&n("bob"), 2, unsent).unwrap();
+    assert!(matches!(o.event, Event::Disconnected { requeued: 3, .. }));
+    let snapshot = c.snapshot().unwrap();
+    assert!(!snapshot.structures.released.contains_key(&n("bob")));
 }
 
 // ---- cluster mode: what another node relays here (carried out on this node's sockets)

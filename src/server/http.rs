@@ -63,14 +63,16 @@ fn resume_of(q: &ConnectQuery) -> Result<Option<Resume>, String> {
     let Some(raw) = &q.resume else {
         return Ok(None);
     };
-    let from = raw.parse::<u64>().map_err(|_| {
+    // Digits only: `parse` alone would also take "+3".
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    let from = raw.parse::<u64>().ok().filter(|_| digits).ok_or_else(|| {
         format!(
             "resume={raw:?} is not a message id: give the highest id this client has received, \
              a whole number from 0 up (0 the first time)"
         )
     })?;
     let epoch = match &q.epoch {
-        Some(e) if e.len() > 32 || !e.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+        Some(e) if !(1..=32).contains(&e.len()) || !e.bytes().all(|b| b.is_ascii_alphanumeric()) => {
             return Err(format!(
                 "epoch={e:?} is not one this server gives: send back the welcome's \"epoch\" as it came"
             ))
