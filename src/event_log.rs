@@ -144,7 +144,9 @@ pub fn summary(event: &Event) -> String {
             s
         }
         Event::AlreadyGone { user, conn } => format!("- {user} conn {conn} already closed"),
-        Event::Received { user, upto: None, .. } => {
+        Event::Received {
+            user, upto: None, ..
+        } => {
             format!("{user} sent `received` on a connection that did not resume: nothing is held for it, nothing to do")
         }
         Event::Received {

@@ -1031,3 +1031,43 @@ async fn received_on_a_v1_connection_releases_nothing() {
     assert_eq!(state["offline_messages"]["carol"]["len"], 1, "{state}");
     server.stop().await;
 }
+
+/// What eve is told for `n` messages to `to`, in order.
+async fn acks_for(eve: &mut common::Client, to: &str, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        eve.send(json!({"type":"message","to":to,"text":"flood"}))
+            .await;
+        let reply = eve.recv_skipping_presence().await;
+        let word = reply["status"].as_str().or(reply["code"].as_str());
+        seen.push(word.unwrap().to_string());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_does_not_reveal_a_block() {
+    let server = TestServer::start_with(Config {
+        core: CoreConfig {
+            max_offline: 20,
+            ..CoreConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    // bob blocks eve; carol does not. Both are offline.
+    let mut bob = server.connect("bob").await;
+    let ack = bob.request(json!({"type":"block","user":"eve"})).await;
+    assert_eq!(ack["status"], "ok");
+    bob.close().await;
+    let mut eve = server.connect("eve").await;
+    let blocked = acks_for(&mut eve, "bob", 25).await;
+    let open = acks_for(&mut eve, "carol", 25).await;
+    assert_eq!(blocked, open, "eve can tell bob blocks her");
+    assert_eq!(open[19], "queued");
+    assert_eq!(open[20], "inbox_full");
+    // Nothing of eve's was stored for bob.
+    let state = server.inspect().await;
+    assert!(state["offline_messages"].get("bob").is_none(), "{state}");
+    server.stop().await;
+}

@@ -18,6 +18,7 @@ mod step_failures;
 pub mod structures;
 #[cfg(test)]
 mod tests;
+pub mod withheld;
 
 use crate::names::{GroupId, UserId};
 use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
@@ -133,6 +134,9 @@ pub struct ChatCore<S: Structures> {
     /// position from another run, whose ids meant other messages, is not
     /// trusted. Centrifugo calls the same idea a stream's epoch.
     epoch: String,
+    /// What blocks kept out of the deques, so a blocked sender meets the same
+    /// limits (see `withheld.rs`).
+    withheld: withheld::Withheld,
 }
 
 /// One frame for one connection: an index into [`Outcome::frames`], so a frame
@@ -304,6 +308,7 @@ impl<S: Structures> ChatCore<S> {
             next_message_id: 1,
             disk: Disk::Writable,
             epoch: String::new(),
+            withheld: withheld::Withheld::default(),
         }
     }
 

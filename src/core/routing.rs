@@ -269,7 +269,11 @@ impl<S: Structures> ChatCore<S> {
 
         let mut released = 0;
         let flush = match resume {
-            None => self.structures.queue_take_all(user, &mut trace)?,
+            None => {
+                let all = self.structures.queue_take_all(user, &mut trace)?;
+                self.withheld.emptied(user);
+                all
+            }
             Some(position) => {
                 released = self.release(&mut plan, user, position, &mut trace)?.0;
                 self.structures
@@ -338,6 +342,10 @@ impl<S: Structures> ChatCore<S> {
     ) -> Step<(usize, usize)> {
         let s = &mut self.structures;
         let released = s.queue_release(user, upto, trace)?;
+        // Every copy confirmed: what a block kept out would be confirmed too.
+        if self.withheld.any_for(user) && s.queued_len(user, trace)? == 0 {
+            self.withheld.emptied(user);
+        }
         let mut receipts = 0;
         for message in released.iter().filter(|m| m.receipt) {
             let member = match &message.target {
@@ -479,7 +487,9 @@ impl<S: Structures> ChatCore<S> {
                 let devices = s.local_connections(&user, &mut trace)?.into_owned();
                 // A resuming user's deque is a window of held messages, not a queue to take.
                 if !devices.is_empty() && !holds(&devices) {
-                    for message in s.queue_take_all(&user, &mut trace)? {
+                    let taken = s.queue_take_all(&user, &mut trace)?;
+                    self.withheld.emptied(&user);
+                    for message in taken {
                         let index = plan.frame(ServerFrame::Chat {
                             message,
                             offline: true,
@@ -721,6 +731,7 @@ impl<S: Structures> ChatCore<S> {
             devices,
             id: issued,
         } = s.direct_facts(from, &to, trace)?;
+        let queued = self.withheld.as_seen_by(from, queued);
         if let Err(why) = may_send(queued, &self.config) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
@@ -743,7 +754,13 @@ impl<S: Structures> ChatCore<S> {
             return Err(unavailable(why, what, reference).into());
         } else {
             let max = self.config.max_offline;
-            if s.queued_len(&to, trace)? >= max {
+            // Blocked: the copies a block kept out count as if they were there.
+            let withheld = if blocked {
+                self.withheld.copies(&to, from)
+            } else {
+                0
+            };
+            if s.queued_len(&to, trace)? + withheld >= max {
                 let detail = if hold {
                     format!(
                         "{to} has {max} messages their client has not confirmed yet \
@@ -780,8 +797,13 @@ impl<S: Structures> ChatCore<S> {
         drop(devices);
         let id = self.issue(issued, trace)?;
         let mut message = stamp(id, from, Target::User(to.clone()), (text, receipt), now_ms);
+        let kept = status == AckStatus::Queued || hold;
+        if kept && blocked {
+            self.withheld
+                .add(&to, from, queued_cost(message.text.len()));
+        }
         // Kept: queued for an offline user, or held for a resuming one.
-        if !blocked && (status == AckStatus::Queued || hold) {
+        if kept && !blocked {
             let kept =
                 self.structures
                     .keep(message.clone(), std::slice::from_ref(&to), None, trace)?;
@@ -833,7 +855,9 @@ impl<S: Structures> ChatCore<S> {
             )
             .into());
         }
-        let mut budget = self.structures.queued_bytes_of(from)?;
+        let mut budget = self
+            .withheld
+            .as_seen_by(from, self.structures.queued_bytes_of(from)?);
         if let Err(why) = may_send(budget, &self.config) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
@@ -873,8 +897,13 @@ impl<S: Structures> ChatCore<S> {
             // A held or queued copy needs room in the member's deque (checked
             // only then: a live-only copy costs no `len`), and in the budget,
             // counting the copies kept for the members before.
+            let withheld = if blocks {
+                self.withheld.copies(&member, from)
+            } else {
+                0
+            };
             let keep = (hold || !online)
-                && s.queued_len(&member, trace)? < max
+                && s.queued_len(&member, trace)? + withheld < max
                 && room_to_queue(budget, &self.config, text_bytes).is_ok();
             if online && (keep || !hold) {
                 for device in reach {
@@ -893,10 +922,13 @@ impl<S: Structures> ChatCore<S> {
                 queued += usize::from(!blocks);
             }
             drop(devices);
-            if keep && !blocks {
+            if keep {
                 budget.all += cost;
                 budget.sender += cost;
-                kept_for.push(member);
+                match blocks {
+                    true => self.withheld.add(&member, from, cost),
+                    false => kept_for.push(member),
+                }
             }
         }
         if !kept_for.is_empty() {

@@ -1345,15 +1345,30 @@ fn received_on_a_v1_connection_does_nothing_so_its_unsent_messages_go_back() {
     c.connect(&n("bob"), v1(2)).unwrap();
     let mut sent = Vec::new();
     for text in ["one", "two", "three"] {
-        let o = say(&mut c, "alice", v1(1), json!({"type":"message","to":"bob","text":text}));
+        let o = say(
+            &mut c,
+            "alice",
+            v1(1),
+            json!({"type":"message","to":"bob","text":text}),
+        );
         assert_eq!(json_for(&o, 1)[0]["status"], "delivered");
         sent.push(o.frames[o.deliveries.iter().find(|d| d.conn.id == 2).unwrap().frame].clone());
     }
     let o = say(&mut c, "bob", v1(2), json!({"type":"received","id":3}));
-    assert!(matches!(o.event, Event::Received { upto: None, released: 0, .. }));
+    assert!(matches!(
+        o.event,
+        Event::Received {
+            upto: None,
+            released: 0,
+            ..
+        }
+    ));
     assert!(o.deliveries.is_empty(), "no receipt, no answer");
     // bob's connection ends before writing them: all three go back.
-    let unsent: Vec<Message> = sent.iter().map(|f| f.chat_message().unwrap().clone()).collect();
+    let unsent: Vec<Message> = sent
+        .iter()
+        .map(|f| f.chat_message().unwrap().clone())
+        .collect();
     let o = c.disconnect(&n("bob"), 2, unsent).unwrap();
     assert!(matches!(o.event, Event::Disconnected { requeued: 3, .. }));
     let snapshot = c.snapshot().unwrap();
@@ -1577,5 +1592,132 @@ fn a_resuming_device_gets_only_held_relayed_messages_which_keep_their_order() {
     assert_eq!(
         o.deliveries.iter().map(|d| d.conn.id).collect::<Vec<_>>(),
         [1, 2]
+    );
+}
+
+/// What a sender is told for each of `n` direct messages to `to`.
+fn acks_to(c: &mut WindowCore, from: &str, conn: Device, to: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let o = say(c, from, conn, json!({"type":"message","to":to,"text":"x"}));
+            let reply = &json_for(&o, conn.id)[0];
+            reply["status"]
+                .as_str()
+                .or(reply["code"].as_str())
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_blocked_sender_meets_a_full_inbox_exactly_when_an_unblocked_one_would() {
+    // Two worlds, the same but for bob's block of eve.
+    let mut sequences = Vec::new();
+    for block in [false, true] {
+        let mut c = window_core(3);
+        c.connect(&n("eve"), v1(1)).unwrap();
+        if block {
+            c.connect(&n("bob"), v1(2)).unwrap();
+            say(&mut c, "bob", v1(2), json!({"type":"block","user":"eve"}));
+            c.disconnect(&n("bob"), 2, Vec::new()).unwrap();
+        }
+        // Offline bob: queued up to --max-offline, then inbox_full.
+        let mut seen = acks_to(&mut c, "eve", v1(1), "bob", 5);
+        // bob's v1 connect flushes his deque; then he is offline again.
+        c.connect(&n("bob"), v1(3)).unwrap();
+        c.disconnect(&n("bob"), 3, Vec::new()).unwrap();
+        seen.extend(acks_to(&mut c, "eve", v1(1), "bob", 4));
+        // A resuming bob who never confirms: delivered while his window has
+        // room, then inbox_full; confirming everything empties it.
+        c.connect(&n("bob"), resuming(4, 0)).unwrap();
+        let o = say(
+            &mut c,
+            "bob",
+            resuming(4, 0),
+            json!({"type":"received","id":1000}),
+        );
+        assert!(matches!(o.event, Event::Received { .. }));
+        seen.extend(acks_to(&mut c, "eve", v1(1), "bob", 4));
+        say(
+            &mut c,
+            "bob",
+            resuming(4, 0),
+            json!({"type":"received","id":1000}),
+        );
+        seen.extend(acks_to(&mut c, "eve", v1(1), "bob", 1));
+        // A group with bob alone besides eve, bob offline: his copy is
+        // queued until his deque is full, then the message is only `sent`.
+        c.disconnect(&n("bob"), 4, Vec::new()).unwrap();
+        for (user, conn) in [("eve", v1(1)), ("bob", v1(5))] {
+            c.connect(&n(user), conn).unwrap();
+            say(&mut c, user, conn, json!({"type":"group_join","group":"g"}));
+        }
+        c.disconnect(&n("bob"), 5, Vec::new()).unwrap();
+        for _ in 0..5 {
+            let o = say(
+                &mut c,
+                "eve",
+                v1(1),
+                json!({"type":"group_message","group":"g","text":"y"}),
+            );
+            seen.push(json_for(&o, 1)[0]["status"].as_str().unwrap().to_string());
+        }
+        sequences.push(seen);
+    }
+    assert_eq!(sequences[0], sequences[1], "the block shows at the limits");
+    // And the sequence is the one the limits make (so both are not merely equal).
+    let expected: Vec<&str> = [
+        vec!["queued"; 3],
+        vec!["inbox_full"; 2],
+        vec!["queued"; 3],
+        vec!["inbox_full"; 1],
+        vec!["delivered"; 3],
+        vec!["inbox_full"; 1],
+        vec!["delivered"; 1],
+        vec!["queued"; 3],
+        vec!["sent"; 2],
+    ]
+    .concat();
+    assert_eq!(sequences[0], expected);
+}
+
+#[test]
+fn a_blocked_sender_meets_the_memory_budget_exactly_when_an_unblocked_one_would() {
+    let text = "x".repeat(1000);
+    let cost = queued_cost(1000);
+    let mut sequences = Vec::new();
+    for block in [false, true] {
+        let mut c = core_with_budget(100 * cost, 4 * cost);
+        c.connect(&n("eve"), 1).unwrap();
+        c.connect(&n("bob"), 2).unwrap();
+        if block {
+            send(&mut c, "bob", 2, json!({"type":"block","user":"eve"}));
+        }
+        c.disconnect(&n("bob"), 2, Vec::new()).unwrap();
+        let seen: Vec<String> = (0..6)
+            .map(|_| {
+                let o = send(
+                    &mut c,
+                    "eve",
+                    1,
+                    json!({"type":"message","to":"bob","text":text}),
+                );
+                let f = &frames(&o, 1)[0];
+                f["status"]
+                    .as_str()
+                    .or(f["code"].as_str())
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        sequences.push(seen);
+    }
+    assert_eq!(sequences[0], sequences[1], "the block shows at the budget");
+    assert_eq!(sequences[0][..4], ["queued"; 4]);
+    assert!(
+        sequences[0][4..].iter().all(|s| s == "inbox_full"),
+        "{:?}",
+        sequences[0]
     );
 }
