@@ -823,6 +823,13 @@ impl ReaderLog {
 
 type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
 
+/// Readers started by `start_readers`: their logs, the stop signal, their tasks.
+type Readers = (
+    Vec<(&'static str, Shared<ReaderLog>)>,
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
 /// A WebSocket client on a 4 KiB receive buffer: a phone on a weak network,
 /// whose node's outbox fills while it reads.
 async fn slow_connect(
@@ -1239,22 +1246,41 @@ async fn a_node_paused_past_its_heartbeat_under_resuming_readers_loses_nothing_i
     let (stop, tasks) = start_readers(&logs, &[addr(port_b)], pace);
     readers_are_in(&logs).await;
     let mut senders = vec![("sam".to_string(), connect_to(addr(port_a), "sam").await)];
-    let mut paused = None;
-    let mut pause = || {
-        signal(&b, "-STOP");
-        paused = Some(Instant::now());
+    let said = out_past_the_heartbeat(
+        &mut senders,
+        (logs, stop, tasks),
+        &mut || signal(&b, "-STOP"),
+        || signal(&b, "-CONT"),
+    )
+    .await;
+    eprintln!("paused 8 s: {said}");
+    drop((a, b));
+}
+
+/// The readers' node is taken out (`out`) after 50 of 100 messages acked,
+/// past its heartbeat, and 50 more are sent once the others counted it dead;
+/// then it comes back (`back`). Every acked message arrives at its reader,
+/// once, in order, and every reader was fenced (1012) and resumed.
+async fn out_past_the_heartbeat(
+    senders: &mut [(String, Client)],
+    (logs, stop, tasks): Readers,
+    out: &mut dyn FnMut(),
+    back: impl FnOnce(),
+) -> String {
+    let mut out_at = None;
+    let mut take_out = || {
+        out();
+        out_at = Some(Instant::now());
     };
-    let mut acked = burst(&mut senders, &["rita", "ravi"], 0..100, (50, &mut pause)).await;
-    // a counts b dead and sweeps it (TTL 5 s, checked every second); then
-    // more messages, queued for readers the cluster now thinks offline.
-    let swept = paused.unwrap() + Duration::from_secs(8);
-    tokio::time::sleep_until(swept.into()).await;
+    let mut acked = burst(senders, &["rita", "ravi"], 0..100, (50, &mut take_out)).await;
+    // Swept after the heartbeat's TTL (5 s, checked every second).
+    tokio::time::sleep_until((out_at.unwrap() + Duration::from_secs(8)).into()).await;
     let mut none = || {};
-    let after = burst(&mut senders, &["rita", "ravi"], 100..150, (0, &mut none)).await;
+    let after = burst(senders, &["rita", "ravi"], 100..150, (0, &mut none)).await;
     for (user, sent) in after {
         acked.entry(user).or_default().extend(sent);
     }
-    signal(&b, "-CONT");
+    back();
     let (shown, repeats) =
         every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
     join_all(tasks).await;
@@ -1266,8 +1292,7 @@ async fn a_node_paused_past_its_heartbeat_under_resuming_readers_loses_nothing_i
         );
     }
     let total: usize = acked.values().map(Vec::len).sum();
-    eprintln!("paused 8 s: {total} acked, {shown} shown, {repeats} repeats dropped");
-    drop((a, b));
+    format!("{total} acked, {shown} shown, {repeats} repeats dropped")
 }
 
 /// A TCP relay between a node and Redis that the test can cut, as a network
@@ -1333,32 +1358,14 @@ async fn a_node_cut_off_from_redis_under_resuming_readers_loses_nothing_it_acked
     let (stop, tasks) = start_readers(&logs, &[addr(port_b), addr(port_a)], pace);
     readers_are_in(&logs).await;
     let mut senders = vec![("sam".to_string(), connect_to(addr(port_a), "sam").await)];
-    let mut cut_at = None;
-    let mut cut = || {
-        partition.cut();
-        cut_at = Some(Instant::now());
-    };
-    // b is cut off from Redis (its sockets to the readers stay open) while a
-    // goes on sending; a counts b dead after its heartbeat's TTL.
-    let mut acked = burst(&mut senders, &["rita", "ravi"], 0..100, (50, &mut cut)).await;
-    tokio::time::sleep_until((cut_at.unwrap() + Duration::from_secs(8)).into()).await;
-    let mut none = || {};
-    let after = burst(&mut senders, &["rita", "ravi"], 100..150, (0, &mut none)).await;
-    for (user, sent) in after {
-        acked.entry(user).or_default().extend(sent);
-    }
-    partition.heal();
-    let (shown, repeats) =
-        every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
-    join_all(tasks).await;
-    for (name, log) in &logs {
-        let closes = log.lock().unwrap().closes.clone();
-        assert!(
-            closes.contains(&Some(1012)),
-            "{name} was not fenced: {closes:?}"
-        );
-    }
-    let total: usize = acked.values().map(Vec::len).sum();
-    eprintln!("cut off 8 s: {total} acked, {shown} shown, {repeats} repeats dropped");
+    // b is cut off from Redis; its sockets to the readers stay open.
+    let said = out_past_the_heartbeat(
+        &mut senders,
+        (logs, stop, tasks),
+        &mut || partition.cut(),
+        || partition.heal(),
+    )
+    .await;
+    eprintln!("cut off 8 s: {said}");
     drop((a, b));
 }

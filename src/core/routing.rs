@@ -59,6 +59,35 @@ impl<C: Clone> Plan<C> {
     }
 }
 
+/// A group message's copies as `fan_out` planned them. `connections` and
+/// `queued` are what really happened (the event log); `would_reach` and
+/// `would_queue` what would have, had no member blocked the sender (the ack).
+struct Fanout<C> {
+    connections: usize,
+    queued: usize,
+    blocked: usize,
+    would_reach: usize,
+    would_queue: usize,
+    /// Members whose copy is kept in their deque.
+    kept_for: Vec<UserId>,
+    /// Live copies to devices that resumed: sent once `keep` has settled the id.
+    held: Vec<C>,
+}
+
+impl<C> Default for Fanout<C> {
+    fn default() -> Self {
+        Fanout {
+            connections: 0,
+            queued: 0,
+            blocked: 0,
+            would_reach: 0,
+            would_queue: 0,
+            kept_for: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+}
+
 /// What one node of a cluster (`serve --redis`) publishes to another, to be
 /// carried out on that node's own sockets.
 #[derive(Debug, Clone, PartialEq)]
@@ -753,36 +782,14 @@ impl<S: Structures> ChatCore<S> {
             };
             return Err(unavailable(why, what, reference).into());
         } else {
-            let max = self.config.max_offline;
-            // Blocked: the copies a block kept out count as if they were there.
-            let withheld = if blocked {
-                self.withheld.copies(&to, from)
-            } else {
-                0
-            };
-            if s.queued_len(&to, trace)? + withheld >= max {
-                let detail = if hold {
-                    format!(
-                        "{to} has {max} messages their client has not confirmed yet \
-                         (--max-offline); try again when it catches up"
-                    )
-                } else {
-                    format!(
-                        "{to}'s offline inbox is full ({max} messages); \
-                         try again after they reconnect"
-                    )
-                };
-                return Err(RequestError::new(ErrorCode::InboxFull, detail, reference).into());
-            }
-            // Nothing was queued since `queued` was read: it is still true.
-            if let Err(why) = room_to_queue(queued, &self.config, text.len()) {
-                return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
-            }
-            if hold {
-                AckStatus::Delivered
-            } else {
-                AckStatus::Queued
-            }
+            self.room_to_keep(
+                (from, &to),
+                (hold, blocked),
+                queued,
+                text.len(),
+                reference.clone(),
+                trace,
+            )?
         };
         // Planned before the id is known (the frame is built after it), so the
         // devices can stay borrowed from the structures: no copy in memory.
@@ -830,6 +837,49 @@ impl<S: Structures> ChatCore<S> {
         })
     }
 
+    /// A direct message that is kept (queued for an offline user, or held for
+    /// a resuming one) needs room in `to`'s deque (`--max-offline`, counting
+    /// what a block kept out of it) and in the budget; then its status.
+    fn room_to_keep(
+        &self,
+        (from, to): (&UserId, &UserId),
+        (hold, blocked): (bool, bool),
+        queued: QueuedBytes,
+        text_bytes: usize,
+        reference: Ref,
+        trace: &mut Trace,
+    ) -> Result<AckStatus, Stop> {
+        let max = self.config.max_offline;
+        let withheld = if blocked {
+            self.withheld.copies(to, from)
+        } else {
+            0
+        };
+        if self.structures.queued_len(to, trace)? + withheld >= max {
+            let detail = if hold {
+                format!(
+                    "{to} has {max} messages their client has not confirmed yet \
+                     (--max-offline); try again when it catches up"
+                )
+            } else {
+                format!(
+                    "{to}'s offline inbox is full ({max} messages); \
+                     try again after they reconnect"
+                )
+            };
+            return Err(RequestError::new(ErrorCode::InboxFull, detail, reference).into());
+        }
+        // Nothing was queued since `queued` was read: it is still true.
+        if let Err(why) = room_to_queue(queued, &self.config, text_bytes) {
+            return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
+        }
+        Ok(if hold {
+            AckStatus::Delivered
+        } else {
+            AckStatus::Queued
+        })
+    }
+
     /// Fan-out to a group: every member's devices except the sending one;
     /// offline members get it queued (skipped if their deque is full);
     /// members who block the sender get nothing. O(m + their devices).
@@ -855,14 +905,13 @@ impl<S: Structures> ChatCore<S> {
             )
             .into());
         }
-        let mut budget = self
+        let budget = self
             .withheld
             .as_seen_by(from, self.structures.queued_bytes_of(from)?);
         if let Err(why) = may_send(budget, &self.config) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
         let text_bytes = text.len();
-        let cost = queued_cost(text_bytes);
         let id = self.issue(None, trace)?;
         let mut message = stamp(
             id,
@@ -873,64 +922,22 @@ impl<S: Structures> ChatCore<S> {
         );
         // Built once the id is final (after `keep`); planned for now.
         let (first, frame) = (plan.deliveries.len(), plan.frames.len());
-        let max = self.config.max_offline;
+        let Fanout {
+            connections,
+            queued,
+            blocked,
+            would_reach,
+            would_queue,
+            kept_for,
+            mut held,
+        } = self.fan_out(
+            plan,
+            (&group, from, conn),
+            frame,
+            (budget, text_bytes),
+            trace,
+        )?;
         let s = &mut self.structures;
-        // What the sender is told counts members who block them as if they
-        // did not (v1.1: a block is undetectable); only real deliveries and
-        // queued copies go to the event log as `connections` and `queued`.
-        let (mut connections, mut queued, mut blocked) = (0, 0, 0);
-        let (mut would_reach, mut would_queue) = (0, 0);
-        // Members whose copy is kept, and the live copies that are held.
-        let (mut kept_for, mut held) = (Vec::new(), Vec::new());
-        for member in s.group_members(&group, trace)? {
-            // The sender's own devices get it too; she is never checked
-            // against her own block set.
-            let blocks = member != *from && s.is_blocked(&member, from, trace)?;
-            blocked += usize::from(blocks);
-            let devices = s.connections(&member, trace)?;
-            let reach = devices.iter().filter(|d| d.id() != conn.id());
-            // Held for a member when a device it goes to resumed (the
-            // sending device gets nothing, so it does not count); a full
-            // window skips them as a full queue skips an offline member.
-            let hold = reach.clone().any(|d| d.resume().is_some());
-            let online = !devices.is_empty();
-            // A held or queued copy needs room in the member's deque (checked
-            // only then: a live-only copy costs no `len`), and in the budget,
-            // counting the copies kept for the members before.
-            let withheld = if blocks {
-                self.withheld.copies(&member, from)
-            } else {
-                0
-            };
-            let keep = (hold || !online)
-                && s.queued_len(&member, trace)? + withheld < max
-                && room_to_queue(budget, &self.config, text_bytes).is_ok();
-            if online && (keep || !hold) {
-                for device in reach {
-                    would_reach += 1;
-                    if !blocks {
-                        // A held copy waits for `keep`, which may send it itself.
-                        match hold {
-                            true => held.push(device.clone()),
-                            false => plan.send(device, frame),
-                        }
-                        connections += 1;
-                    }
-                }
-            } else if keep {
-                would_queue += 1;
-                queued += usize::from(!blocks);
-            }
-            drop(devices);
-            if keep {
-                budget.all += cost;
-                budget.sender += cost;
-                match blocks {
-                    true => self.withheld.add(&member, from, cost),
-                    false => kept_for.push(member),
-                }
-            }
-        }
         if !kept_for.is_empty() {
             let kept = s.keep(message.clone(), &kept_for, Some(conn.id()), trace)?;
             message.id = self.settle(kept.id);
@@ -965,6 +972,74 @@ impl<S: Structures> ChatCore<S> {
             queued,
             blocked,
         })
+    }
+
+    /// A group message's copies, member by member: planned live to each
+    /// device (not the sending one), or kept in the member's deque when they
+    /// are offline or resumed and it has room. The sender is told as if no
+    /// member blocked them (v1.1: a block is undetectable); a blocking member
+    /// gets nothing, and the copy a block kept out is counted (`withheld`).
+    fn fan_out(
+        &mut self,
+        plan: &mut Plan<S::Conn>,
+        (group, from, conn): (&GroupId, &UserId, &S::Conn),
+        frame: usize,
+        (mut budget, text_bytes): (QueuedBytes, usize),
+        trace: &mut Trace,
+    ) -> Step<Fanout<S::Conn>> {
+        let (max, cost) = (self.config.max_offline, queued_cost(text_bytes));
+        let s = &mut self.structures;
+        let mut out = Fanout::default();
+        for member in s.group_members(group, trace)? {
+            // The sender's own devices get it too; she is never checked
+            // against her own block set.
+            let blocks = member != *from && s.is_blocked(&member, from, trace)?;
+            out.blocked += usize::from(blocks);
+            let devices = s.connections(&member, trace)?;
+            let reach = devices.iter().filter(|d| d.id() != conn.id());
+            // Held for a member when a device it goes to resumed (the
+            // sending device gets nothing, so it does not count); a full
+            // window skips them as a full queue skips an offline member.
+            let hold = reach.clone().any(|d| d.resume().is_some());
+            let online = !devices.is_empty();
+            // A held or queued copy needs room in the member's deque (checked
+            // only then: a live-only copy costs no `len`), and in the budget,
+            // counting the copies kept for the members before.
+            let withheld = if blocks {
+                self.withheld.copies(&member, from)
+            } else {
+                0
+            };
+            let keep = (hold || !online)
+                && s.queued_len(&member, trace)? + withheld < max
+                && room_to_queue(budget, &self.config, text_bytes).is_ok();
+            if online && (keep || !hold) {
+                for device in reach {
+                    out.would_reach += 1;
+                    if !blocks {
+                        // A held copy waits for `keep`, which may send it itself.
+                        match hold {
+                            true => out.held.push(device.clone()),
+                            false => plan.send(device, frame),
+                        }
+                        out.connections += 1;
+                    }
+                }
+            } else if keep {
+                out.would_queue += 1;
+                out.queued += usize::from(!blocks);
+            }
+            drop(devices);
+            if keep {
+                budget.all += cost;
+                budget.sender += cost;
+                match blocks {
+                    true => self.withheld.add(&member, from, cost),
+                    false => out.kept_for.push(member),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// While the disk cannot be written, refuses every request that changes
