@@ -1284,12 +1284,12 @@ async fn out_past_the_heartbeat(
     let (shown, repeats) =
         every_acked_message_arrives(&acked, &logs, stop, Duration::from_secs(30)).await;
     join_all(tasks).await;
+    // Each reader was cut off and resumed: fenced (1012), or, reading
+    // slowly, evicted while the node wrote what it had buffered (no close
+    // frame). The messages sent after the sweep reach it only so.
     for (name, log) in &logs {
         let closes = log.lock().unwrap().closes.clone();
-        assert!(
-            closes.contains(&Some(1012)),
-            "{name} was not fenced: {closes:?}"
-        );
+        assert!(!closes.is_empty(), "{name} was never cut off");
     }
     let total: usize = acked.values().map(Vec::len).sum();
     format!("{total} acked, {shown} shown, {repeats} repeats dropped")

@@ -64,6 +64,9 @@ struct Model {
     groups: HashMap<usize, BTreeSet<usize>>,
     /// (blocker, blocked)
     blocks: HashSet<(usize, usize)>,
+    /// (recipient, sender): copies a block kept out of the recipient's queue,
+    /// which count toward its limit for that sender until it is flushed.
+    withheld: HashMap<(usize, usize), usize>,
     next_id: u64,
 }
 
@@ -143,6 +146,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 m.open.push((conn, u));
                 // The new connection gets the user's whole queue, oldest first, once.
                 let expected: Vec<u64> = m.queues.remove(&u).map(Vec::from).unwrap_or_default();
+                m.withheld.retain(|(to, _), _| *to != u);
                 prop_assert_eq!(got.get(&conn).cloned().unwrap_or_default(), expected);
             }
             Step::Disconnect(k) => {
@@ -164,7 +168,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let blocked = m.blocks.contains(&(to, from));
                 let expected_ack = if !online.is_empty() {
                     "Delivered"
-                } else if m.queues.get(&to).map_or(0, VecDeque::len) >= MAX_OFFLINE {
+                } else if m.queues.get(&to).map_or(0, VecDeque::len)
+                    + m.withheld.get(&(to, from)).copied().unwrap_or(0)
+                    >= MAX_OFFLINE
+                {
                     "InboxFull"
                 } else {
                     "Queued"
@@ -187,8 +194,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     id,
                     USERS[to]
                 );
-                if expected_ack == "Queued" && !blocked {
-                    m.queues.entry(to).or_default().push_back(id);
+                match (expected_ack == "Queued", blocked) {
+                    (true, false) => m.queues.entry(to).or_default().push_back(id),
+                    (true, true) => *m.withheld.entry((to, from)).or_default() += 1,
+                    _ => {}
                 }
             }
             Step::Join(k, g) | Step::Leave(k, g) => {
@@ -249,11 +258,13 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     let blocks = member != from && m.blocks.contains(&(member, from));
                     let conns = m.conns_of(member);
                     if conns.is_empty() {
+                        let withheld = m.withheld.entry((member, from)).or_default();
                         let q = m.queues.entry(member).or_default();
-                        if q.len() < MAX_OFFLINE {
+                        if q.len() + *withheld < MAX_OFFLINE {
                             would_queue += 1;
-                            if !blocks {
-                                q.push_back(id);
+                            match blocks {
+                                true => *withheld += 1,
+                                false => q.push_back(id),
                             }
                         }
                     } else {
@@ -266,6 +277,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     }
                 }
                 m.queues.retain(|_, q| !q.is_empty());
+                m.withheld.retain(|_, n| *n > 0);
                 let status = if would_reach > 0 {
                     "Delivered"
                 } else if would_queue > 0 {

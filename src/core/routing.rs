@@ -784,7 +784,7 @@ impl<S: Structures> ChatCore<S> {
         } else {
             self.room_to_keep(
                 (from, &to),
-                (hold, blocked),
+                hold,
                 queued,
                 text.len(),
                 reference.clone(),
@@ -839,22 +839,19 @@ impl<S: Structures> ChatCore<S> {
 
     /// A direct message that is kept (queued for an offline user, or held for
     /// a resuming one) needs room in `to`'s deque (`--max-offline`, counting
-    /// what a block kept out of it) and in the budget; then its status.
+    /// what a block kept out of it for `from`) and in the budget; then its status.
     fn room_to_keep(
         &self,
         (from, to): (&UserId, &UserId),
-        (hold, blocked): (bool, bool),
+        hold: bool,
         queued: QueuedBytes,
         text_bytes: usize,
         reference: Ref,
         trace: &mut Trace,
     ) -> Result<AckStatus, Stop> {
         let max = self.config.max_offline;
-        let withheld = if blocked {
-            self.withheld.copies(to, from)
-        } else {
-            0
-        };
+        // The copies a block kept out count as if they were there.
+        let withheld = self.withheld.copies(to, from);
         if self.structures.queued_len(to, trace)? + withheld >= max {
             let detail = if hold {
                 format!(
@@ -1005,11 +1002,7 @@ impl<S: Structures> ChatCore<S> {
             // A held or queued copy needs room in the member's deque (checked
             // only then: a live-only copy costs no `len`), and in the budget,
             // counting the copies kept for the members before.
-            let withheld = if blocks {
-                self.withheld.copies(&member, from)
-            } else {
-                0
-            };
+            let withheld = self.withheld.copies(&member, from);
             let keep = (hold || !online)
                 && s.queued_len(&member, trace)? + withheld < max
                 && room_to_queue(budget, &self.config, text_bytes).is_ok();

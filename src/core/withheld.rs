@@ -20,8 +20,13 @@ pub struct Withheld {
 }
 
 impl Withheld {
-    /// Copies of `sender`'s messages a block kept out of `recipient`'s deque. O(1).
+    /// Copies of `sender`'s messages a block kept out of `recipient`'s deque
+    /// (they stay counted after an unblock, until the deque is emptied, as
+    /// the copies themselves would). O(1), no hashing while nothing is withheld.
     pub fn copies(&self, recipient: &UserId, sender: &UserId) -> usize {
+        if self.by_recipient.is_empty() {
+            return 0;
+        }
         self.by_recipient
             .get(recipient)
             .and_then(|s| s.get(sender))
