@@ -770,8 +770,18 @@ async fn a_board_opened_mid_class_shows_the_last_message_and_the_events_at_once(
     let (served, port) = common::Proc::serve(&["--port", "0"]);
     let ws = |user: &str| format!("ws://127.0.0.1:{port}/ws/{user}");
     let (mut alice, _) = tokio_tungstenite::connect_async(ws("alice")).await.unwrap();
-    let (_bob, _) = tokio_tungstenite::connect_async(ws("bob")).await.unwrap();
     use futures_util::{SinkExt, StreamExt};
+    let (mut bob, _) = tokio_tungstenite::connect_async(ws("bob")).await.unwrap();
+    // bob is registered once his welcome has come: only then is he online.
+    let welcome = tokio::time::timeout(common::WAIT, bob.next())
+        .await
+        .expect("bob's welcome");
+    assert!(welcome
+        .unwrap()
+        .unwrap()
+        .into_text()
+        .unwrap()
+        .contains("welcome"));
     let message = json!({"type":"message","to":"bob","text":"before the board"}).to_string();
     alice.send(message.into()).await.unwrap();
     let acked = loop {
