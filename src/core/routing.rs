@@ -811,11 +811,12 @@ impl<S: Structures> ChatCore<S> {
         }
         // Kept: queued for an offline user, or held for a resuming one.
         if kept && !blocked {
-            let kept =
+            let copy =
                 self.structures
                     .keep(message.clone(), std::slice::from_ref(&to), None, trace)?;
-            message.id = self.settle(kept.id);
-            if kept.sent {
+            message.id = self.settle(copy.id);
+            // The backend sent it itself, in id order: the planned sends go.
+            if copy.sent {
                 plan.deliveries.truncate(first);
             }
         }

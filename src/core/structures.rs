@@ -215,10 +215,10 @@ pub trait Structures {
         &mut self,
         message: Message,
         users: &[UserId],
-        except: Option<ConnId>,
+        _except: Option<ConnId>,
         trace: &mut Trace,
     ) -> Step<Kept> {
-        let _ = except;
+        // The core sends the live copies itself, so no device is skipped here.
         for user in users {
             self.queue_push_back(user, message.clone(), trace)?;
         }
