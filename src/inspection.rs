@@ -83,6 +83,9 @@ pub struct ClusterInfo {
     /// Each Redis command this node ran, with its documented cost: what the
     /// in-memory operations cost once the structures are shared.
     pub redis_commands: Vec<crate::cluster::RedisCount>,
+    /// How many direct messages shared each batch's round trip to Redis.
+    #[serde(default)]
+    pub batches: crate::cluster::Batches,
 }
 
 /// The memory budget and what is counted against it, in bytes.

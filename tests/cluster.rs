@@ -1399,3 +1399,112 @@ async fn a_node_cut_off_from_redis_under_resuming_readers_loses_nothing_it_acked
     eprintln!("cut off 8 s: {said}");
     drop((a, b));
 }
+
+/// A device of the structures-level test below: an id, nothing else.
+#[derive(Clone)]
+struct Bare(u64);
+
+impl vivachat::core::ConnHandle for Bare {
+    fn id(&self) -> vivachat::core::ConnId {
+        self.0
+    }
+}
+
+impl vivachat::cluster::LocalDevice for Bare {
+    fn peer(&self) -> (String, u64) {
+        ("127.0.0.1:1".to_string(), 0)
+    }
+    fn registered_at(&self) -> u64 {
+        0
+    }
+    fn set_registered_at(&self, _order: u64) {}
+}
+
+/// The batch pipeline (`cluster/prefetch.rs`), driven step by step on a real
+/// Redis, as the owner does: one round trip reads what a batch of direct
+/// messages will ask, each key once, and reserves their ids; a rule that
+/// changes a fact before a message of the same batch reads it (a block, a
+/// device leaving) makes that message read Redis afresh.
+#[test]
+fn a_batch_reads_its_facts_in_one_round_trip_and_a_change_before_a_message_is_seen() {
+    use vivachat::cluster::{ClusterConfig, Handle, Link, RedisStructures};
+    use vivachat::core::{Structures, Trace};
+    use vivachat::names::Name;
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let mut config = ClusterConfig::new(&redis.url(), "n1");
+    config.prefix = fresh_prefix("batch");
+    let link = Link::connect(config).unwrap();
+    let mut s: RedisStructures<Bare> = RedisStructures::new(link.clone(), None);
+    let name = |n: &str| Name::parse(n).unwrap();
+    let (alice, bob, carol) = (name("alice"), name("bob"), name("carol"));
+    let mut t = Trace::new(true);
+    s.add_connection(&bob, Handle::Local(Bare(1)), &mut t)
+        .unwrap();
+    s.add_connection(&carol, Handle::Local(Bare(2)), &mut t)
+        .unwrap();
+
+    // Three messages, two to bob: one round trip, bob's devices read once.
+    let hgetall_before = count_of(&link, "HGETALL");
+    let wants = [
+        (alice.clone(), bob.clone()),
+        (carol.clone(), bob.clone()),
+        (alice.clone(), carol.clone()),
+    ];
+    s.prefetch(&wants, 3).unwrap();
+    let batches = link.batches();
+    assert_eq!((batches.round_trips, batches.rules), (1, 3));
+    assert_eq!(
+        count_of(&link, "HGETALL") - hgetall_before,
+        2,
+        "bob's and carol's, once each"
+    );
+    let mut ids = Vec::new();
+    for (from, to) in &wants {
+        let mut t = Trace::new(true);
+        let facts = s.direct_facts(from, to, &mut t).unwrap();
+        assert!(!facts.blocked);
+        assert_eq!(facts.devices.len(), 1, "{to} is online here");
+        ids.push(facts.id.unwrap());
+        let said: Vec<String> = t.records().iter().filter_map(|r| r.via.clone()).collect();
+        assert!(
+            said.iter().any(|v| v.contains("3 rules in one round trip")),
+            "the narration says the pipeline was shared: {said:?}"
+        );
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "reserved ids are increasing: {ids:?}"
+    );
+    let pipelines = count_of(&link, "PIPELINE (route)");
+    assert_eq!(pipelines, 0, "no message needed a round trip of its own");
+
+    // Bob blocks alice, and carol's device leaves, after the batch was read
+    // and before its messages run: each message sees the change.
+    s.prefetch(&wants, 3).unwrap();
+    s.block(&bob, &alice, &mut t).unwrap();
+    s.remove_connection(&carol, 2, &mut t).unwrap();
+    let to_bob = s.direct_facts(&alice, &bob, &mut t).unwrap();
+    assert!(to_bob.blocked, "the block made before it counts");
+    drop(to_bob);
+    let from_carol = s.direct_facts(&carol, &bob, &mut t).unwrap();
+    assert!(!from_carol.blocked, "bob blocks only alice");
+    drop(from_carol);
+    let to_carol = s.direct_facts(&alice, &carol, &mut t).unwrap();
+    assert!(to_carol.devices.is_empty(), "carol's device left before it");
+    drop(to_carol);
+    assert_eq!(
+        count_of(&link, "PIPELINE (route)"),
+        2,
+        "the two changed facts were read afresh"
+    );
+}
+
+/// How many times the node ran `command` (its own counters, as `/inspect` shows them).
+fn count_of(link: &vivachat::cluster::Link, command: &str) -> u64 {
+    link.counts()
+        .iter()
+        .find(|c| c.command == command)
+        .map_or(0, |c| c.count)
+}

@@ -85,6 +85,17 @@ async fn tables_show_the_state_built_by_real_clients() {
     assert!(pushes.contains("┆     2 ┆"), "{pushes}");
     assert!(text.contains("✔ presence == users with >= 1 connection"));
     assert!(text.contains("core held"), "hold time in the header");
+    // A cluster node says how many direct messages shared each round trip.
+    if text.contains("Redis commands this node ran") {
+        let line = line_with(&text, "batched: ");
+        let numbers: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let (rules, trips) = (numbers[0], numbers[1]);
+        assert!(rules >= trips && trips >= 1, "{line}");
+        assert!(line.contains("rules in one round trip"), "{line}");
+    }
 
     // Filters.
     let (_, only_carol, _) = inspect(&["--url", &url, "--user", "carol"]).await;

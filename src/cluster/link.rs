@@ -35,6 +35,7 @@ pub struct Link {
     /// Why it is down, for the `unavailable` error's detail.
     why: Mutex<String>,
     counts: Mutex<BTreeMap<&'static str, (u64, &'static str)>>,
+    batches: Mutex<Batches>,
     pub config: ClusterConfig,
     /// `HOST:PORT/DB` without a password, for tables and logs.
     pub shown_url: String,
@@ -80,6 +81,7 @@ impl Link {
             down: AtomicBool::new(false),
             why: Mutex::new(String::new()),
             counts: Mutex::new(BTreeMap::new()),
+            batches: Mutex::new(Batches::default()),
             config,
             shown_url,
         }))
@@ -157,6 +159,18 @@ impl Link {
             .or_insert((n, complexity));
     }
 
+    /// One batch pipeline was read for `rules` direct messages.
+    pub fn batched(&self, rules: usize) {
+        let mut b = lock(&self.batches);
+        b.round_trips += 1;
+        b.rules += rules as u64;
+        b.largest = b.largest.max(rules as u64);
+    }
+
+    pub fn batches(&self) -> Batches {
+        *lock(&self.batches)
+    }
+
     /// Every command this node ran, most used first.
     pub fn counts(&self) -> Vec<RedisCount> {
         let mut all: Vec<RedisCount> = lock(&self.counts)
@@ -170,6 +184,15 @@ impl Link {
         all.sort_by(|a, b| b.count.cmp(&a.count).then(a.command.cmp(&b.command)));
         all
     }
+}
+
+/// How well the batch pipelines shared their round trips: the rules (direct
+/// messages) they read for, in how many round trips, and the most in one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batches {
+    pub round_trips: u64,
+    pub rules: u64,
+    pub largest: u64,
 }
 
 /// The URL without its password: `redis://:secret@host:6379` shows as `host:6379`.

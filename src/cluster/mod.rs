@@ -22,6 +22,7 @@
 //!
 //! - `codec.rs`: how a queue entry and a device's record are written in Redis.
 //! - `scripts.rs`: the Lua scripts that make the racy steps atomic.
+//! - `prefetch.rs`: what a batch of rules reads in one round trip, and the ids it reserved.
 //! - `structures.rs`: [`RedisStructures`], the core's `Structures` on Redis.
 //! - `view.rs`: what the board and `/inspect` read of Redis: bounded, pipelined, on a connection of their own.
 //! - [`link`]: the one command connection, its failure state and its counters.
@@ -30,6 +31,7 @@
 mod codec;
 mod handle;
 mod link;
+mod prefetch;
 mod scripts;
 mod structures;
 mod view;
@@ -37,7 +39,7 @@ mod view;
 use std::time::Duration;
 
 pub use handle::{Handle, LocalDevice, Remote};
-pub use link::{open, Link, RedisCount};
+pub use link::{open, Batches, Link, RedisCount};
 pub use structures::RedisStructures;
 pub use view::read as read_shared;
 

@@ -17,6 +17,7 @@ use redis::Script;
 use super::codec::{decode, encode, names, DeviceRecord};
 use super::handle::{Handle, LocalDevice, Remote};
 use super::link::Link;
+use super::prefetch::{Budget, Fields, Prefetched, Reserved};
 use super::scripts;
 use crate::core::ops::{Op, OpCounts, Structure};
 use crate::core::{
@@ -123,6 +124,10 @@ pub struct RedisStructures<L> {
     /// does so atomically with the device), for `set_online`/`set_offline`.
     presence_changed: bool,
     scripts: Scripts,
+    /// What the batch's pipeline read for its direct messages (`prefetch.rs`).
+    prefetched: Prefetched,
+    /// Message ids reserved from the cluster's counter, one INCRBY per batch.
+    reserved: Reserved,
 }
 
 impl<L: LocalDevice> RedisStructures<L> {
@@ -137,6 +142,8 @@ impl<L: LocalDevice> RedisStructures<L> {
             direct: false,
             presence_changed: false,
             scripts: Scripts::new(),
+            prefetched: Prefetched::default(),
+            reserved: Reserved::default(),
         }
     }
 
@@ -223,6 +230,8 @@ impl<L: LocalDevice> RedisStructures<L> {
     /// still means what it did).
     pub fn resync(&mut self, issued: u64, epoch: &str) -> Result<usize, String> {
         let node = self.link.node().to_string();
+        self.prefetched.forget_all();
+        self.reserved.drop_all();
         self.run_sweep(&node)?;
         self.link.run("EVALSHA raise_id + SET NX", "O(1)", |c| {
             self.scripts
@@ -246,6 +255,82 @@ impl<L: LocalDevice> RedisStructures<L> {
         self.online = None;
         self.direct = false;
         Ok(registered)
+    }
+
+    /// Before a batch runs: reads in one pipeline what its direct messages
+    /// (`wants`: sender, recipient) will ask first, each distinct key once,
+    /// and reserves `ids` message ids with one INCRBY. The rules then find
+    /// their facts in `prefetched` (see `prefetch.rs` for why that is safe).
+    pub fn prefetch(&mut self, wants: &[(UserId, UserId)], ids: u64) -> Result<(), String> {
+        let reserve = ids.saturating_sub(self.reserved.left());
+        if wants.is_empty() && reserve == 0 {
+            return Ok(());
+        }
+        let mut senders: Vec<&UserId> = wants.iter().map(|(from, _)| from).collect();
+        let mut pairs: Vec<(&UserId, &UserId)> = wants.iter().map(|(f, t)| (t, f)).collect();
+        let mut recipients: Vec<&UserId> = wants.iter().map(|(_, to)| to).collect();
+        // O(k log k) for the batch's k messages: each key read once.
+        senders.sort_unstable();
+        senders.dedup();
+        pairs.sort_unstable();
+        pairs.dedup();
+        recipients.sort_unstable();
+        recipients.dedup();
+        let bytes = self.key("bytes");
+        let mut pipe = redis::pipe();
+        for from in &senders {
+            pipe.cmd("HMGET").arg(&bytes).arg(from.as_str()).arg("");
+        }
+        for (to, from) in &pairs {
+            pipe.cmd("SISMEMBER")
+                .arg(self.key(format_args!("b:{to}")))
+                .arg(from.as_str());
+        }
+        for to in &recipients {
+            pipe.cmd("HGETALL")
+                .arg(self.key(format_args!("devices:{to}")));
+        }
+        if reserve > 0 {
+            pipe.cmd("INCRBY").arg(self.key("next_id")).arg(reserve);
+        }
+        let replies: Vec<redis::Value> = self
+            .link
+            .run("PIPELINE (batch)", "O(rules)", |c| pipe.query(c))?;
+        if !wants.is_empty() {
+            self.link.batched(wants.len());
+        }
+        self.link
+            .count("HMGET (budget)", "O(1)", senders.len() as u64);
+        self.link.count("SISMEMBER", "O(1)", pairs.len() as u64);
+        self.link.count("HGETALL", "O(d)", recipients.len() as u64);
+        let mut replies = replies.into_iter();
+        let mut next = || -> Result<redis::Value, String> {
+            replies
+                .next()
+                .ok_or_else(|| "a pipeline answered too little".to_string())
+        };
+        let parse = |e: redis::ParsingError| format!("Redis answered a pipeline oddly ({e})");
+        let mut filling = self.prefetched.fill(wants.len());
+        for from in senders {
+            filling.budget(
+                from.clone(),
+                redis::from_redis_value(next()?).map_err(parse)?,
+            );
+        }
+        for (to, from) in pairs {
+            let blocked = redis::from_redis_value(next()?).map_err(parse)?;
+            filling.block(to.clone(), from.clone(), blocked);
+        }
+        for to in recipients {
+            let fields: Fields = redis::from_redis_value(next()?).map_err(parse)?;
+            filling.devices(to.clone(), fields);
+        }
+        if reserve > 0 {
+            self.link.count("INCRBY", "O(1)", 1);
+            let top: u64 = redis::from_redis_value(next()?).map_err(parse)?;
+            self.reserved.reserved(reserve, top);
+        }
+        Ok(())
     }
 
     /// Sweeps `node`'s devices. Another node is swept only while its heartbeat
@@ -349,6 +434,49 @@ impl<L: LocalDevice> RedisStructures<L> {
         }
     }
 
+    /// A direct message's budget, block and devices in a round trip of its
+    /// own, when its batch's pipeline did not read them (or a rule before it
+    /// changed them); an id is reserved in it too if none is left.
+    fn read_direct_facts(
+        &self,
+        from: &UserId,
+        blocks_key: &str,
+        devices_key: &str,
+    ) -> Result<(Budget, bool, Fields), String> {
+        let reserve = self.reserved.left() == 0;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.key("bytes"))
+            .arg(from.as_str())
+            .arg("")
+            .cmd("SISMEMBER")
+            .arg(blocks_key)
+            .arg(from.as_str())
+            .cmd("HGETALL")
+            .arg(devices_key);
+        if reserve {
+            pipe.cmd("INCRBY").arg(self.key("next_id")).arg(1);
+        }
+        let replies: Vec<redis::Value> = self
+            .link
+            .run("PIPELINE (route)", "O(d)", |c| pipe.query(c))?;
+        let parse = |e: redis::ParsingError| format!("Redis answered a pipeline oddly ({e})");
+        let mut replies = replies.into_iter();
+        let mut next = || {
+            replies
+                .next()
+                .ok_or("a pipeline answered too little".to_string())
+        };
+        let budget = redis::from_redis_value(next()?).map_err(parse)?;
+        let blocked = redis::from_redis_value(next()?).map_err(parse)?;
+        let fields = redis::from_redis_value(next()?).map_err(parse)?;
+        if reserve {
+            self.reserved
+                .reserved(1, redis::from_redis_value(next()?).map_err(parse)?);
+        }
+        Ok((budget, blocked, fields))
+    }
+
     /// The handles routing gets for `user`'s devices, from their HASH's
     /// fields (`node/conn` -> `1` or `0` and a record): this node's own
     /// sockets, and one stand-in per other node, however many devices it has.
@@ -441,6 +569,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn add_connection(&mut self, user: &UserId, conn: Handle<L>, trace: &mut Trace) -> Step<usize> {
+        self.prefetched.forget_devices(user);
         let result = self
             .ops
             .measure(ActiveConnections, Op::Insert, || self.register(user, &conn));
@@ -470,6 +599,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         id: ConnId,
         trace: &mut Trace,
     ) -> Step<Option<(usize, Handle<L>)>> {
+        self.prefetched.forget_devices(user);
         let Some(devices) = self.local.get_mut(user) else {
             return Ok(None);
         };
@@ -580,6 +710,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         message: Message,
         trace: &mut Trace,
     ) -> Step<usize> {
+        self.prefetched.forget_budgets();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
             self.link.run("EVALSHA push (RPUSH)", "O(1)", |c| {
@@ -614,6 +745,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         except: Option<ConnId>,
         trace: &mut Trace,
     ) -> Step<Kept> {
+        self.prefetched.forget_budgets();
         let chat = ServerFrame::Chat {
             message: Message {
                 id: 0,
@@ -671,6 +803,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Step<Option<Message>> {
+        self.prefetched.forget_budgets();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA pop (LPOP)", "O(1)", |c| {
@@ -688,6 +821,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Step<Vec<Message>> {
+        self.prefetched.forget_budgets();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA take (LRANGE+DEL)", "O(k)", |c| {
@@ -736,6 +870,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Step<Vec<Message>> {
+        self.prefetched.forget_budgets();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA release (LPOP)", "O(k)", |c| {
@@ -761,6 +896,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool> {
+        self.prefetched.forget_budgets();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
             self.link.run("EVALSHA put_back (RPUSH)", "O(1)", |c| {
@@ -891,6 +1027,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn block(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
+        self.prefetched.forget_block(by, whom);
         let key = self.key(format_args!("b:{by}"));
         let size: SizeOf<bool> = |_| None;
         self.one_command(
@@ -904,6 +1041,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn unblock(&mut self, by: &UserId, whom: &UserId, trace: &mut Trace) -> Step<bool> {
+        self.prefetched.forget_block(by, whom);
         let key = self.key(format_args!("b:{by}"));
         let size: SizeOf<bool> = |_| None;
         self.one_command(
@@ -972,9 +1110,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         step(r)
     }
 
-    /// INCR of one counter every node shares: ids stay unique and increasing
-    /// across the cluster. The core's own `next` is not the cluster's.
+    /// An id this node reserved for its batch, or else one INCR of the counter
+    /// every node shares: unique across the cluster, and increasing on this
+    /// node. The core's own `next` is not the cluster's.
     fn issue_id(&self, _next: u64, _trace: &mut Trace) -> Step<u64> {
+        if let Some(id) = self.reserved.take() {
+            return Ok(id);
+        }
         let r = self.link.run("INCR", "O(1)", |c| {
             redis::cmd("INCR").arg(self.key("next_id")).query::<u64>(c)
         });
@@ -992,11 +1134,12 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         Ok((step(r)?.unwrap_or(0) + 1).max(next))
     }
 
-    /// One round trip (a pipeline) for the four things routing a direct
-    /// message asks first: the budget, the block, the devices and the id.
-    /// The id is taken now: a request refused after it leaves a gap in the
-    /// ids, never a repeat. Each part is counted and narrated as the
-    /// operation it stands for, in the order memory does them.
+    /// What routing a direct message asks first: the budget, the block,
+    /// the devices and the id. Usually read already, with the rest of its
+    /// batch, in one pipeline (`prefetch`); else in a round trip of its own.
+    /// Each part is counted and narrated as the operation it stands for, in
+    /// the order memory does them. The id is taken now: a request refused
+    /// after it leaves a gap in the ids, never a repeat.
     fn direct_facts(
         &self,
         from: &UserId,
@@ -1006,28 +1149,30 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         let devices_key = self.key(format_args!("devices:{to}"));
         let blocks_key = self.key(format_args!("b:{to}"));
         let r = self.ops.measure(ActiveConnections, Op::Get, || {
-            self.link.run("PIPELINE (route)", "O(d)", |c| {
-                redis::pipe()
-                    .cmd("HMGET")
-                    .arg(self.key("bytes"))
-                    .arg(from.as_str())
-                    .arg("")
-                    .cmd("SISMEMBER")
-                    .arg(&blocks_key)
-                    .arg(from.as_str())
-                    .cmd("HGETALL")
-                    .arg(&devices_key)
-                    .cmd("INCR")
-                    .arg(self.key("next_id"))
-                    .query::<((Option<i64>, Option<i64>), bool, Vec<(String, String)>, u64)>(c)
-            })
+            match self.prefetched.facts(from, to) {
+                Some((budget, blocked, fields)) => Ok((budget, blocked, fields.clone(), true)),
+                None => self
+                    .read_direct_facts(from, &blocks_key, &devices_key)
+                    .map(|(budget, blocked, fields)| (budget, blocked, fields, false)),
+            }
         });
-        let ((mine, total), blocked, fields, id) = step(r)?;
+        let ((mine, total), blocked, fields, batched) = step(r)?;
+        let id = match self.reserved.take() {
+            Some(id) => id,
+            None => self.issue_id(0, trace)?,
+        };
+        let how = match batched {
+            true => match self.prefetched.rules {
+                1 => "in the batch's pipeline (1 rule in one round trip)".to_string(),
+                n => format!("in the batch's pipeline ({n} rules in one round trip)"),
+            },
+            false => "in one pipeline".to_string(),
+        };
         self.ops.measure(BlockedUsers, Op::Contains, || ());
         trace.record(BlockedUsers, Op::Contains, Some(to), Some(from), None);
-        trace.via(|| format!("SISMEMBER {blocks_key} {from} O(1), pipelined"));
+        trace.via(|| format!("SISMEMBER {blocks_key} {from} O(1), {how}"));
         trace_devices(trace, to, fields.len(), || {
-            format!("HGETALL {devices_key} O(d), in the same pipeline")
+            format!("HGETALL {devices_key} O(d), {how}")
         });
         Ok(DirectFacts {
             queued: budget(mine, total),
@@ -1038,6 +1183,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn sweep_node(&mut self, node: &str, trace: &mut Trace) -> Step<Vec<UserId>> {
+        self.prefetched.forget_all();
         let r = self
             .ops
             .measure(ActiveConnections, Op::Remove, || self.run_sweep(node));

@@ -256,7 +256,8 @@ pub trait Structures {
     /// The first step of routing a direct message from `from` to `to`: the
     /// budget, the block and the devices, each counted and narrated as its
     /// own operation, in that order. A backend whose every read is a round
-    /// trip (Redis) makes them one, and issues the id in it too.
+    /// trip (Redis) reads them for a whole batch of rules in one, and issues
+    /// the id there too.
     fn direct_facts(
         &self,
         from: &UserId,
@@ -284,8 +285,8 @@ pub trait Structures {
     fn groups_of(&self, user: &UserId) -> Step<usize>;
 
     /// The id for the next accepted message, when the core's own counter says
-    /// `next`. One server issues `next`; a cluster counts in Redis (INCR), so
-    /// ids stay unique and increasing across its nodes.
+    /// `next`. One server issues `next`; a cluster node takes one it reserved
+    /// from the counter in Redis, so ids stay unique across its nodes.
     fn issue_id(&self, next: u64, _trace: &mut Trace) -> Step<u64> {
         Ok(next)
     }

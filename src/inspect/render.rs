@@ -493,6 +493,9 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
     }
     if let Some(c) = doc.server.as_ref().and_then(|i| i.cluster.as_ref()) {
         let _ = writeln!(out, "{}", redis_line(c, o));
+        if let Some(line) = batches_line(&c.batches) {
+            let _ = writeln!(out, "{line}");
+        }
     }
     if let Some(only) = o.view.only {
         let _ = writeln!(out, "showing only {}", only.name());
@@ -559,6 +562,20 @@ fn redis_line(c: &crate::inspection::ClusterInfo, o: &RenderOptions) -> String {
         _ => most,
     };
     line(k)
+}
+
+/// How many direct messages shared each of the node's batch round trips
+/// (`cluster/prefetch.rs`); nothing before the first.
+fn batches_line(b: &crate::cluster::Batches) -> Option<String> {
+    (b.round_trips > 0).then(|| {
+        format!(
+            "batched: {} direct messages in {} round trips to Redis ({:.1} rules in one round trip on average, at most {})",
+            b.rules,
+            b.round_trips,
+            b.rules as f64 / b.round_trips as f64,
+            b.largest
+        )
+    })
 }
 
 /// `parts` joined by `sep` on as few lines of at most `width` as they need;

@@ -67,6 +67,7 @@ fn cluster_info(link: &Link) -> crate::inspection::ClusterInfo {
         redis: link.shown_url.clone(),
         prefix: link.config.prefix.clone(),
         redis_commands: link.counts(),
+        batches: link.batches(),
     }
 }
 

@@ -36,7 +36,7 @@ use super::input::{Input, MAX_BATCH};
 use super::outbox::unsent_messages;
 use crate::core::{ConnHandle, Event, Outcome, Step, Trace};
 use crate::names::UserId;
-use crate::protocol::{Envelope, ErrorCode, Message, RequestError};
+use crate::protocol::{Envelope, ErrorCode, Message, Request, RequestError};
 
 /// Starts the owner thread; joining it gives the core back (for the final counts).
 pub(crate) fn start(
@@ -58,6 +58,7 @@ fn own(hub: &Hub, mut core: Core, mut inputs: mpsc::Receiver<Input>) -> Core {
         }
         hub.owner_stats.record(batch.len());
         prepare(hub, &mut core);
+        read_ahead(hub, &mut core, &batch);
         for input in batch.drain(..) {
             if matches!(input, Input::Stop) {
                 return core;
@@ -100,6 +101,30 @@ fn prepare(hub: &Hub, core: &mut Core) {
     }
     // The trace costs an allocation per event: only while someone reads it.
     core.set_tracing(hub.log.is_some() || hub.board.watched());
+}
+
+/// Cluster: what the batch's direct messages will read first, and the ids
+/// they will take, in one round trip before any of them runs
+/// (`cluster/prefetch.rs`). If Redis fails here, each rule's own step finds
+/// out and says so to its requester.
+fn read_ahead(hub: &Hub, core: &mut Core, batch: &[Input]) {
+    resync_if_wanted(hub, core);
+    let Backend::Redis(redis) = core.structures_mut() else {
+        return;
+    };
+    // A group message takes an id only once it is accepted (a member, the
+    // budget): reserving one for it here would spend ids on refusals.
+    let wants: Vec<(UserId, UserId)> = batch
+        .iter()
+        .filter_map(|input| match input {
+            Input::Request { conn, envelope, .. } => match &envelope.request {
+                Request::Message { to, .. } => Some((conn.user.clone(), to.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let _ = redis.prefetch(&wants, wants.len() as u64);
 }
 
 /// Redis answers again after an outage: this node's sockets are registered
