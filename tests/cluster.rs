@@ -45,6 +45,15 @@ impl Redis {
     }
 
     fn start_at(port: u16, dir: std::path::PathBuf, persistent: bool) -> Option<Redis> {
+        Redis::start_with(port, dir, persistent, &[])
+    }
+
+    fn start_with(
+        port: u16,
+        dir: std::path::PathBuf,
+        persistent: bool,
+        extra: &[&str],
+    ) -> Option<Redis> {
         let aof = if persistent { "yes" } else { "no" };
         let spawned = Command::new("redis-server")
             .args([
@@ -58,6 +67,7 @@ impl Redis {
             .args(["--appendonly", aof, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -1507,4 +1517,55 @@ fn count_of(link: &vivachat::cluster::Link, command: &str) -> u64 {
         .iter()
         .find(|c| c.command == command)
         .map_or(0, |c| c.count)
+}
+
+/// A node of a Redis Cluster is refused at start, with the reason and what
+/// to do, before anything is written: not the CROSSSLOT error of the first
+/// script, and not a node that starts and then fails every request.
+#[test]
+fn a_redis_cluster_node_is_refused_at_start_with_the_reason() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("vivachat-rc-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(redis) = Redis::start_with(port, dir, false, &["--cluster-enabled", "yes"]) else {
+        return;
+    };
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vivachat"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--quiet",
+            "--node-id",
+            "c1",
+            "--redis",
+        ])
+        .arg(redis.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("serve did not stop on a Redis Cluster node");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(serve.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a node of a Redis Cluster") && err.contains("CROSSSLOT"),
+        "{err}"
+    );
+    assert!(
+        err.contains("standalone redis-server"),
+        "says what to do: {err}"
+    );
 }

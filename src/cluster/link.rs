@@ -75,6 +75,7 @@ impl Link {
         redis::cmd("PING")
             .query::<String>(&mut con)
             .map_err(|e| format!("Redis at {shown_url} does not answer PING ({e})"))?;
+        refuse_a_cluster(&mut con, &shown_url)?;
         Ok(Arc::new(Link {
             client,
             con: Mutex::new(Some(con)),
@@ -193,6 +194,27 @@ pub struct Batches {
     pub round_trips: u64,
     pub rules: u64,
     pub largest: u64,
+}
+
+/// A node of a Redis Cluster is refused before anything is written, with
+/// the reason: each of the node's Lua scripts changes a user's keys and
+/// cluster-wide ones (`presence`, the budget, the id counter) in one atomic
+/// step, and a Redis Cluster refuses a script whose keys are in several
+/// slots (CROSSSLOT).
+fn refuse_a_cluster(con: &mut Connection, shown_url: &str) -> Result<(), String> {
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query(con)
+        .unwrap_or_default();
+    if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+        return Err(format!(
+            "--redis {shown_url} is a node of a Redis Cluster (cluster_enabled:1), and vivachat \
+             runs on one Redis server for now: its scripts change a user's keys and cluster-wide \
+             ones in one atomic step, which a Redis Cluster refuses across hash slots (CROSSSLOT). \
+             Start a standalone redis-server (cluster-enabled no) and point --redis at it"
+        ));
+    }
+    Ok(())
 }
 
 /// The URL without its password: `redis://:secret@host:6379` shows as `host:6379`.
