@@ -77,7 +77,9 @@ pub struct ServeArgs {
     pub max_groups_per_user: u64,
     /// What queued messages and unsent frames may take, in all (e.g. 256MiB, 2GiB).
     /// Past it, queueing is refused (`inbox_full`, saying why) and the fullest
-    /// stuck connection is evicted; live chat goes on. Default: a quarter of
+    /// stuck connection is evicted; live chat goes on (a quarter of the
+    /// queues' share is kept for messages held for online readers who
+    /// resume). Default: a quarter of
     /// this machine's memory, from 256 MiB to 4 GiB (printed at start).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_memory: Option<u64>,

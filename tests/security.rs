@@ -1071,3 +1071,145 @@ async fn a_full_inbox_does_not_reveal_a_block() {
     assert!(state["offline_messages"].get("bob").is_none(), "{state}");
     server.stop().await;
 }
+
+/// Issue "Hardening, round 2", attack 1: strangers fill every offline queue
+/// to the budget (sixteen sender names, 60 KB messages to names that never
+/// connect; twenty names, as each may keep only its share). Two online users who resume, as the page and the client do,
+/// still chat: a copy held for an online reader takes the quarter of the
+/// deques' budget that offline queueing cannot, and so does a v1 pair's
+/// live message, which is never kept at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_filling_the_offline_queues_do_not_stop_live_chat() {
+    let server = TestServer::start_with(Config::default().with_memory_budget(16 << 20)).await;
+    let big = "m".repeat(60_000);
+    let mut refused = 0;
+    for k in 0..20 {
+        let mut stranger = server.connect(&format!("stranger{k}")).await;
+        for i in 0..12 {
+            let to = format!("nobody{k}x{i}");
+            let reply = stranger
+                .ask(json!({"type":"message","to":to,"text":big}))
+                .await;
+            if reply["code"] == "inbox_full" {
+                refused += 1;
+                break;
+            }
+            assert_eq!(reply["status"], "queued", "{reply}");
+        }
+    }
+    assert!(refused > 0, "the strangers never filled the queues");
+    // Then tiny messages top up what the big ones left, until none fits.
+    let mut topped = 0;
+    'top: for k in 0..5 {
+        let mut topper = server.connect(&format!("topper{k}")).await;
+        for i in 0..5000 {
+            let to = format!("nobody{k}y{}", i % 50);
+            let reply = topper
+                .ask(json!({"type":"message","to":to,"text":"."}))
+                .await;
+            if reply["code"] == "inbox_full" {
+                if i == 0 {
+                    break 'top;
+                }
+                break;
+            }
+            topped += 1;
+        }
+    }
+    assert!(topped > 0, "the big messages left no gap to top up");
+    let mut late = server.connect("latecomer").await;
+    let reply = late
+        .ask(json!({"type":"message","to":"nobody_else","text":"."}))
+        .await;
+    assert_eq!(
+        reply["code"], "inbox_full",
+        "the offline share is full: {reply}"
+    );
+    assert!(
+        reply["detail"]
+            .as_str()
+            .unwrap()
+            .contains("offline messages is full"),
+        "{reply}"
+    );
+
+    // A resuming pair: every message is held until bob's client confirms it.
+    let mut bob = server.connect("bob?resume=0").await;
+    let mut alice = server.connect("alice?resume=0").await;
+    assert_eq!(bob.recv().await["status"], "online", "alice");
+    let mut last = 0;
+    for i in 0..20 {
+        let text = format!("live {i} {}", "x".repeat(1000));
+        let ack = alice
+            .ask(json!({"type":"message","to":"bob","text":text}))
+            .await;
+        assert_eq!(ack["status"], "delivered", "message {i}: {ack}");
+        let got = bob.recv_skipping_presence().await;
+        assert_eq!(got["text"], text);
+        last = got["id"].as_u64().unwrap();
+        if i % 5 == 4 {
+            bob.send(json!({"type":"received","id":last})).await;
+        }
+    }
+    bob.send(json!({"type":"received","id":last})).await;
+    // And a v1 pair, whose live messages are never kept.
+    let mut carol = server.connect("carol").await;
+    let mut dave = server.connect("dave").await;
+    assert_eq!(carol.recv().await["status"], "online", "dave");
+    for i in 0..5 {
+        let ack = carol
+            .ask(json!({"type":"message","to":"dave","text":format!("v1 {i}")}))
+            .await;
+        assert_eq!(ack["status"], "delivered", "{ack}");
+        assert_eq!(
+            dave.recv_skipping_presence().await["text"],
+            format!("v1 {i}")
+        );
+    }
+    server.stop().await;
+}
+
+/// Issue "Hardening, round 2", attack 2's keep-alive: a resuming client that
+/// never reads, and repeats `{"type":"received","id":0}`, is closed as idle
+/// like any client that is not heard: a `received` that confirms
+/// nothing new is not a sign of life. Beside it, a client that never reads
+/// either but sends a new request each time stays open: only the repeat is
+/// discounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_received_does_not_keep_a_silent_client_alive() {
+    let server = TestServer::start_with(Config {
+        net: NetLimits {
+            idle_timeout: Some(Duration::from_millis(900)),
+            ..NetLimits::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let repeater = server.connect("repeater?resume=0").await;
+    let asker = server.connect("asker").await;
+    // Neither ever reads again. Every 200 ms the repeater repeats its receipt
+    // and the asker asks `who` (a request, heard as life), until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keep_sending = |mut client: common::Client, frame: Value| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = client.ws.send(Message::text(frame.to_string())).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            client
+        })
+    };
+    let repeating = keep_sending(repeater, json!({"type":"received","id":0}));
+    let asking = keep_sending(asker, json!({"type":"who"}));
+    let state = server
+        .wait_for_state("the repeater closed as idle", |s| {
+            !has(&s["presence"], "repeater")
+        })
+        .await;
+    assert!(has(&state["presence"], "asker"), "{state}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(repeating.await.unwrap());
+    drop(asking.await.unwrap());
+    server.stop().await;
+}

@@ -76,6 +76,16 @@ pub struct CoreConfig {
     pub max_queued_bytes_per_sender: usize,
 }
 
+impl CoreConfig {
+    /// What queueing for offline users may fill of the deques' budget:
+    /// three quarters. The last quarter only takes copies held for online
+    /// users whose clients confirm them (v1.1), so strangers' queues filling
+    /// up cannot stop live chat.
+    pub fn max_offline_queued_bytes(&self) -> usize {
+        self.max_queued_bytes - self.max_queued_bytes / 4
+    }
+}
+
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {

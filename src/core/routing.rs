@@ -185,23 +185,38 @@ fn may_send(queued: QueuedBytes, config: &CoreConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// The memory budget's say on queueing a copy of a `text_bytes` message from
+/// The memory budget's say on keeping a copy of a `text_bytes` message from
 /// `from`: Err with the words for the sender when the offline deques are at
 /// `--max-memory`'s share, or `from` already has a sender's share waiting.
-/// O(1): two counters the structures keep, read just before.
+/// A copy queued for an offline user may fill three quarters of the deques'
+/// budget; a copy `held` for an online, resuming one may also take the last
+/// quarter. O(1): two counters the structures keep, read just before.
 fn room_to_queue(
     queued: QueuedBytes,
     config: &CoreConfig,
     text_bytes: usize,
+    held: bool,
 ) -> Result<(), String> {
     let cost = queued_cost(text_bytes);
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-    if queued.all.saturating_add(cost) > config.max_queued_bytes {
-        return Err(format!(
-            "the server's memory for offline messages is full ({:.0} MiB, from --max-memory); \
-             nothing more can be queued until some are read: try again later",
-            mib(config.max_queued_bytes)
-        ));
+    let limit = match held {
+        true => config.max_queued_bytes,
+        false => config.max_offline_queued_bytes(),
+    };
+    if queued.all.saturating_add(cost) > limit {
+        return Err(match held {
+            true => format!(
+                "the server's memory for held messages is full ({:.0} MiB, from --max-memory): \
+                 try again in a moment",
+                mib(limit)
+            ),
+            false => format!(
+                "the server's memory for offline messages is full ({:.0} MiB, from --max-memory; \
+                 the rest is kept for live chat): nothing more can be queued until some are \
+                 read: try again later",
+                mib(limit)
+            ),
+        });
     }
     if queued.sender.saturating_add(cost) > config.max_queued_bytes_per_sender {
         return Err(format!(
@@ -868,7 +883,7 @@ impl<S: Structures> ChatCore<S> {
             return Err(RequestError::new(ErrorCode::InboxFull, detail, reference).into());
         }
         // Nothing was queued since `queued` was read: it is still true.
-        if let Err(why) = room_to_queue(queued, &self.config, text_bytes) {
+        if let Err(why) = room_to_queue(queued, &self.config, text_bytes, hold) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
         Ok(if hold {
@@ -1006,7 +1021,7 @@ impl<S: Structures> ChatCore<S> {
             let withheld = self.withheld.copies(&member, from);
             let keep = (hold || !online)
                 && s.queued_len(&member, trace)? + withheld < max
-                && room_to_queue(budget, &self.config, text_bytes).is_ok();
+                && room_to_queue(budget, &self.config, text_bytes, hold).is_ok();
             if online && (keep || !hold) {
                 for device in reach {
                     out.would_reach += 1;

@@ -786,13 +786,15 @@ fn core_with_budget(total: usize, per_sender: usize) -> TestCore {
 }
 
 /// `--max-memory`: one sender cannot queue more than its share for names that
-/// never connect, all senders together not more than the budget; live chat
-/// and the rest of the class go on.
+/// never connect, all senders together not more than three quarters of the
+/// budget (the rest is for held copies); live chat and the rest of the class
+/// go on.
 #[test]
 fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
     let text = "x".repeat(1000);
     let cost = queued_cost(1000);
-    let mut c = core_with_budget(10 * cost, 4 * cost);
+    // Offline queueing may fill 9 of the 12 copies' worth.
+    let mut c = core_with_budget(12 * cost, 4 * cost);
     for (u, conn) in [("mallory", 1), ("alice", 2), ("bob", 3)] {
         c.connect(&n(u), conn).unwrap();
     }
@@ -813,8 +815,8 @@ fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
             "{refused}"
         );
     }
-    // Others still queue, up to the whole budget.
-    for i in 0..6 {
+    // Others still queue, up to the offline share of the budget.
+    for i in 0..5 {
         let (who, conn) = if i % 2 == 0 { ("alice", 2) } else { ("bob", 3) };
         let o = send(&mut c, who, conn, dm("carol"));
         assert_eq!(frames(&o, conn)[0]["status"], "queued", "copy {i}");
@@ -822,8 +824,9 @@ fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
     let o = send(&mut c, "alice", 2, dm("carol"));
     let refused = &frames(&o, 2)[0];
     assert_eq!(refused["code"], "inbox_full");
+    let detail = refused["detail"].as_str().unwrap();
     assert!(
-        refused["detail"].as_str().unwrap().contains("--max-memory"),
+        detail.contains("offline messages is full") && detail.contains("--max-memory"),
         "{refused}"
     );
     // Mallory, at her share, may send nothing more, not even live ...
@@ -834,23 +837,82 @@ fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
         refused["detail"].as_str().unwrap().contains("not reading"),
         "{refused}"
     );
-    // ... nor, with the deques full, anyone holding an eighth of a share;
-    // someone with nothing waiting chats on.
+    // ... while the others chat on live.
     let o = send(&mut c, "alice", 2, dm("bob"));
-    assert_eq!(frames(&o, 2)[0]["code"], "inbox_full");
-    c.connect(&n("eve"), 5).unwrap();
-    let o = send(&mut c, "eve", 5, dm("bob"));
-    assert_eq!(frames(&o, 5)[0]["status"], "delivered");
+    assert_eq!(frames(&o, 2)[0]["status"], "delivered");
     // Reading frees the budget.
     c.connect(&n("carol"), 4).unwrap();
     let o = send(&mut c, "alice", 2, dm("dave"));
     assert_eq!(frames(&o, 2)[0]["status"], "queued");
 }
 
+/// The quarter of the deques' budget that offline queueing cannot take is
+/// there for copies held for online readers who resume: once strangers'
+/// queues are full, a resuming pair still chats, until the held copies fill
+/// that quarter too. Then, with every deque full, a sender holding an eighth
+/// of a share is refused even live, and one with nothing kept chats on.
+#[test]
+fn a_held_copy_may_take_the_quarter_that_offline_queueing_cannot() {
+    let text = "x".repeat(1000);
+    let cost = queued_cost(1000);
+    let mut c = ChatCore::new(
+        MemoryStructures::default(),
+        CoreConfig {
+            max_queued_bytes: 8 * cost,
+            // An eighth of a share is 5 copies: mallory's 6 are over it,
+            // alice's 2 are not.
+            max_queued_bytes_per_sender: 40 * cost,
+            trace: true,
+            ..CoreConfig::default()
+        },
+    );
+    c.set_epoch("e1".into());
+    let dm = |to: &str| json!({"type":"message","to":to,"text":text});
+    c.connect(&n("mallory"), v1(1)).unwrap();
+    let statuses = |o: &Outcome<Device>, conn| json_for(o, conn)[0].clone();
+    for i in 0..7 {
+        let o = say(&mut c, "mallory", v1(1), dm(&format!("ghost{i}")));
+        let ack = statuses(&o, 1);
+        match i < 6 {
+            true => assert_eq!(ack["status"], "queued", "copy {i}: {ack}"),
+            false => assert_eq!(
+                ack["code"], "inbox_full",
+                "6 of 8 is the offline share: {ack}"
+            ),
+        }
+    }
+    c.connect(&n("bob"), resuming(2, 0)).unwrap();
+    c.connect(&n("alice"), v1(3)).unwrap();
+    for i in 0..2 {
+        let o = say(&mut c, "alice", v1(3), dm("bob"));
+        assert_eq!(statuses(&o, 3)["status"], "delivered", "held copy {i}");
+        assert_eq!(chat_ids(&json_for(&o, 2)).len(), 1, "sent to bob at once");
+    }
+    // The held quarter is full too: bob's window refuses the next one.
+    let o = say(&mut c, "alice", v1(3), dm("bob"));
+    let refused = statuses(&o, 3);
+    assert_eq!(refused["code"], "inbox_full", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("held messages is full"),
+        "{refused}"
+    );
+    // Every deque is full: mallory (who holds 6 copies) may send nothing,
+    // not even live; eve, with nothing kept, chats on.
+    c.connect(&n("eve"), v1(4)).unwrap();
+    let o = say(&mut c, "mallory", v1(1), dm("eve"));
+    assert_eq!(statuses(&o, 1)["code"], "inbox_full");
+    let o = say(&mut c, "eve", v1(4), dm("alice"));
+    assert_eq!(statuses(&o, 4)["status"], "delivered");
+}
+
 #[test]
 fn a_group_fan_out_skips_members_the_budget_has_no_room_for() {
     let cost = queued_cost(1);
-    let mut c = core_with_budget(3 * cost, 100 * cost);
+    // Offline queueing may fill 3 of the 4 copies' worth.
+    let mut c = core_with_budget(4 * cost, 100 * cost);
     c.connect(&n("alice"), 1).unwrap();
     send(&mut c, "alice", 1, json!({"type":"group_join","group":"g"}));
     for i in 0..5 {

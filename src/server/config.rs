@@ -60,8 +60,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Splits a memory budget between what grows with use: half for offline
-    /// queues (a sixteenth of that for any one sender), three eighths for
+    /// Splits a memory budget between what grows with use: half for the
+    /// deques (a sixteenth of that for any one sender; offline queueing may
+    /// fill three quarters of it, `CoreConfig::max_offline_queued_bytes`), three eighths for
     /// outboxes (a 64th of the budget, 256 KiB to 8 MiB, for any one), the rest
     /// for connections, names, groups and the allocator's own overhead.
     pub fn with_memory_budget(mut self, bytes: u64) -> Config {

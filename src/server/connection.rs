@@ -21,7 +21,7 @@ use super::limits::TokenBucket;
 use super::outbox::Next;
 use crate::names::UserId;
 use crate::output::now_ms;
-use crate::protocol::{parse_request, ErrorCode, RequestError};
+use crate::protocol::{parse_request, ErrorCode, Request, RequestError};
 use crate::store::Store;
 
 pub(crate) async fn serve(
@@ -64,7 +64,8 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
         .map(|rate| TokenBucket::new(rate, Instant::now()));
     // One timer per connection, at a third of the idle timeout: after one quiet
     // third it asks for a ping, after the whole timeout it gives up. Any frame
-    // counts as a sign of life, so a chatty client is never pinged.
+    // but a repeated `received` counts as a sign of life, so a chatty client
+    // is never pinged.
     let idle_timeout = net.idle_timeout;
     let period = idle_timeout.map_or(Duration::from_secs(3600), |t| {
         (t / 3).max(Duration::from_millis(10))
@@ -72,6 +73,10 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // The highest id this connection confirmed: a `received` that confirms
+    // nothing new is not a sign of life, or a client that never reads could
+    // keep its socket, and what it is sent, by repeating one.
+    let mut confirmed: Option<u64> = None;
     loop {
         let frame = tokio::select! {
             frame = async {
@@ -90,7 +95,7 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
                 continue;
             }
         };
-        last_heard = Instant::now();
+        let now = Instant::now();
         let refusal = match frame {
             Some(Ok(WsMessage::Text(text))) => {
                 if text.len() > limit {
@@ -98,8 +103,11 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
                 }
                 match parse_request(&text) {
                     Ok(envelope) => {
+                        if confirms_more(&envelope.request, &mut confirmed) {
+                            last_heard = now;
+                        }
                         // Over the rate limit (when one is set): refused, not routed.
-                        let over = bucket.as_mut().is_some_and(|b| !b.take(last_heard));
+                        let over = bucket.as_mut().is_some_and(|b| !b.take(now));
                         if over {
                             let rate = net.rate_limit.unwrap_or_default();
                             RequestError::new(
@@ -120,17 +128,24 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
                             continue;
                         }
                     }
-                    Err(error) => error,
+                    Err(error) => {
+                        last_heard = now;
+                        error
+                    }
                 }
             }
             Some(Ok(WsMessage::Binary(bytes))) => {
+                last_heard = now;
                 if bytes.len() > limit {
                     return Ending::TooLarge(bytes.len());
                 }
                 RequestError::bad_json("binary frames are not accepted; send JSON as a text frame")
             }
             // tungstenite answers pings itself; pongs need nothing.
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                last_heard = now;
+                continue;
+            }
             Some(Ok(WsMessage::Close(_))) | None => return Ending::Gone,
             Some(Err(error)) => return ending_of(error),
         };
@@ -141,6 +156,19 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
         })
         .await;
     }
+}
+
+/// Whether `request` is a sign of life: anything but a `received` that
+/// confirms no id above what this connection already confirmed.
+fn confirms_more(request: &Request, confirmed: &mut Option<u64>) -> bool {
+    let Request::Received { id } = *request else {
+        return true;
+    };
+    if confirmed.is_some_and(|c| id <= c) {
+        return false;
+    }
+    *confirmed = Some(id);
+    true
 }
 
 /// How a read error ends the connection: a message over tungstenite's hard
