@@ -98,6 +98,26 @@ fn step<T>(reply: Result<T, String>) -> Step<T> {
     reply.map_err(Unavailable)
 }
 
+/// What one facts pipeline read, in the order it was asked (`read_facts`).
+struct Facts {
+    budgets: Vec<Budget>,
+    blocks: Vec<bool>,
+    devices: Vec<Fields>,
+}
+
+/// The next `n` replies of a pipeline, each as a `T`.
+fn take<T: redis::FromRedisValue>(
+    replies: &mut impl Iterator<Item = redis::Value>,
+    n: usize,
+) -> Result<Vec<T>, String> {
+    replies
+        .take(n)
+        .map(|v| {
+            redis::from_redis_value(v).map_err(|e| format!("Redis answered a pipeline oddly ({e})"))
+        })
+        .collect()
+}
+
 /// What a trace shows as the size after an operation, read from its answer.
 type SizeOf<T> = fn(&T) -> Option<usize>;
 
@@ -276,26 +296,13 @@ impl<L: LocalDevice> RedisStructures<L> {
         pairs.dedup();
         recipients.sort_unstable();
         recipients.dedup();
-        let bytes = self.key("bytes");
-        let mut pipe = redis::pipe();
-        for from in &senders {
-            pipe.cmd("HMGET").arg(&bytes).arg(from.as_str()).arg("");
-        }
-        for (to, from) in &pairs {
-            pipe.cmd("SISMEMBER")
-                .arg(self.key(format_args!("b:{to}")))
-                .arg(from.as_str());
-        }
-        for to in &recipients {
-            pipe.cmd("HGETALL")
-                .arg(self.key(format_args!("devices:{to}")));
-        }
-        if reserve > 0 {
-            pipe.cmd("INCRBY").arg(self.key("next_id")).arg(reserve);
-        }
-        let replies: Vec<redis::Value> = self
-            .link
-            .run("PIPELINE (batch)", "O(rules)", |c| pipe.query(c))?;
+        let read = self.read_facts(
+            ("PIPELINE (batch)", "O(rules)"),
+            &senders,
+            &pairs,
+            &recipients,
+            reserve,
+        )?;
         if !wants.is_empty() {
             self.link.batched(wants.len());
         }
@@ -303,34 +310,67 @@ impl<L: LocalDevice> RedisStructures<L> {
             .count("HMGET (budget)", "O(1)", senders.len() as u64);
         self.link.count("SISMEMBER", "O(1)", pairs.len() as u64);
         self.link.count("HGETALL", "O(d)", recipients.len() as u64);
-        let mut replies = replies.into_iter();
-        let mut next = || -> Result<redis::Value, String> {
-            replies
-                .next()
-                .ok_or_else(|| "a pipeline answered too little".to_string())
-        };
-        let parse = |e: redis::ParsingError| format!("Redis answered a pipeline oddly ({e})");
         let mut filling = self.prefetched.fill(wants.len());
-        for from in senders {
-            filling.budget(
-                from.clone(),
-                redis::from_redis_value(next()?).map_err(parse)?,
-            );
+        for (from, budget) in senders.into_iter().zip(read.budgets) {
+            filling.budget(from.clone(), budget);
         }
-        for (to, from) in pairs {
-            let blocked = redis::from_redis_value(next()?).map_err(parse)?;
+        for ((to, from), blocked) in pairs.into_iter().zip(read.blocks) {
             filling.block(to.clone(), from.clone(), blocked);
         }
-        for to in recipients {
-            let fields: Fields = redis::from_redis_value(next()?).map_err(parse)?;
+        for (to, fields) in recipients.into_iter().zip(read.devices) {
             filling.devices(to.clone(), fields);
         }
         if reserve > 0 {
             self.link.count("INCRBY", "O(1)", 1);
-            let top: u64 = redis::from_redis_value(next()?).map_err(parse)?;
-            self.reserved.reserved(reserve, top);
         }
         Ok(())
+    }
+
+    /// One pipeline, counted once as `command`: the budget of each of
+    /// `senders`, each (recipient, sender) block, the devices of each of
+    /// `recipients`, and, if `reserve` > 0, that many ids (taken into
+    /// `reserved`). What a batch reads and what one rule reads alone.
+    fn read_facts(
+        &self,
+        command: (&'static str, &'static str),
+        senders: &[&UserId],
+        pairs: &[(&UserId, &UserId)],
+        recipients: &[&UserId],
+        reserve: u64,
+    ) -> Result<Facts, String> {
+        let bytes = self.key("bytes");
+        let mut pipe = redis::pipe();
+        for from in senders {
+            pipe.cmd("HMGET").arg(&bytes).arg(from.as_str()).arg("");
+        }
+        for (to, from) in pairs {
+            pipe.cmd("SISMEMBER")
+                .arg(self.key(format_args!("b:{to}")))
+                .arg(from.as_str());
+        }
+        for to in recipients {
+            pipe.cmd("HGETALL")
+                .arg(self.key(format_args!("devices:{to}")));
+        }
+        if reserve > 0 {
+            pipe.cmd("INCRBY").arg(self.key("next_id")).arg(reserve);
+        }
+        let replies: Vec<redis::Value> = self.link.run(command.0, command.1, |c| pipe.query(c))?;
+        if replies.len()
+            != senders.len() + pairs.len() + recipients.len() + usize::from(reserve > 0)
+        {
+            return Err("Redis answered a pipeline with the wrong number of replies".to_string());
+        }
+        let mut replies = replies.into_iter();
+        let facts = Facts {
+            budgets: take(&mut replies, senders.len())?,
+            blocks: take(&mut replies, pairs.len())?,
+            devices: take(&mut replies, recipients.len())?,
+        };
+        if let [top] = take::<u64>(&mut replies, usize::from(reserve > 0))?[..] {
+            self.reserved.reserved(reserve, top);
+        }
+        Ok(facts)
     }
 
     /// Sweeps `node`'s devices. Another node is swept only while its heartbeat
@@ -440,40 +480,19 @@ impl<L: LocalDevice> RedisStructures<L> {
     fn read_direct_facts(
         &self,
         from: &UserId,
-        blocks_key: &str,
-        devices_key: &str,
+        to: &UserId,
     ) -> Result<(Budget, bool, Fields), String> {
-        let reserve = self.reserved.left() == 0;
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(self.key("bytes"))
-            .arg(from.as_str())
-            .arg("")
-            .cmd("SISMEMBER")
-            .arg(blocks_key)
-            .arg(from.as_str())
-            .cmd("HGETALL")
-            .arg(devices_key);
-        if reserve {
-            pipe.cmd("INCRBY").arg(self.key("next_id")).arg(1);
-        }
-        let replies: Vec<redis::Value> = self
-            .link
-            .run("PIPELINE (route)", "O(d)", |c| pipe.query(c))?;
-        let parse = |e: redis::ParsingError| format!("Redis answered a pipeline oddly ({e})");
-        let mut replies = replies.into_iter();
-        let mut next = || {
-            replies
-                .next()
-                .ok_or("a pipeline answered too little".to_string())
-        };
-        let budget = redis::from_redis_value(next()?).map_err(parse)?;
-        let blocked = redis::from_redis_value(next()?).map_err(parse)?;
-        let fields = redis::from_redis_value(next()?).map_err(parse)?;
-        if reserve {
-            self.reserved
-                .reserved(1, redis::from_redis_value(next()?).map_err(parse)?);
-        }
+        let reserve = u64::from(self.reserved.left() == 0);
+        let read = self.read_facts(
+            ("PIPELINE (route)", "O(d)"),
+            &[from],
+            &[(to, from)],
+            &[to],
+            reserve,
+        )?;
+        let mut one = read.budgets.into_iter().zip(read.blocks).zip(read.devices);
+        let ((budget, blocked), fields) =
+            one.next().ok_or("Redis answered a pipeline with nothing")?;
         Ok((budget, blocked, fields))
     }
 
@@ -1152,7 +1171,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             match self.prefetched.facts(from, to) {
                 Some((budget, blocked, fields)) => Ok((budget, blocked, fields.clone(), true)),
                 None => self
-                    .read_direct_facts(from, &blocks_key, &devices_key)
+                    .read_direct_facts(from, to)
                     .map(|(budget, blocked, fields)| (budget, blocked, fields, false)),
             }
         });
