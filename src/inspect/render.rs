@@ -569,7 +569,7 @@ fn redis_line(c: &crate::inspection::ClusterInfo, o: &RenderOptions) -> String {
 fn batches_line(b: &crate::cluster::Batches) -> Option<String> {
     (b.round_trips > 0).then(|| {
         format!(
-            "batched: {} direct messages in {} round trips to Redis ({:.1} rules in one round trip on average, at most {})",
+            "batched: {} direct messages in {} round trips ({:.1} rules in one round trip, at most {})",
             b.rules,
             b.round_trips,
             b.rules as f64 / b.round_trips as f64,
