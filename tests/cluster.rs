@@ -1462,7 +1462,7 @@ fn a_batch_reads_its_facts_in_one_round_trip_and_a_change_before_a_message_is_se
         (carol.clone(), bob.clone()),
         (alice.clone(), carol.clone()),
     ];
-    s.prefetch(&wants, 3).unwrap();
+    s.prefetch(&wants).unwrap();
     let batches = link.batches();
     assert_eq!((batches.round_trips, batches.rules), (1, 3));
     assert_eq!(
@@ -1492,7 +1492,7 @@ fn a_batch_reads_its_facts_in_one_round_trip_and_a_change_before_a_message_is_se
 
     // Bob blocks alice, and carol's device leaves, after the batch was read
     // and before its messages run: each message sees the change.
-    s.prefetch(&wants, 3).unwrap();
+    s.prefetch(&wants).unwrap();
     s.block(&bob, &alice, &mut t).unwrap();
     s.remove_connection(&carol, 2, &mut t).unwrap();
     let to_bob = s.direct_facts(&alice, &bob, &mut t).unwrap();

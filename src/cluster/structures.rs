@@ -279,13 +279,14 @@ impl<L: LocalDevice> RedisStructures<L> {
 
     /// Before a batch runs: reads in one pipeline what its direct messages
     /// (`wants`: sender, recipient) will ask first, each distinct key once,
-    /// and reserves `ids` message ids with one INCRBY. The rules then find
-    /// their facts in `prefetched` (see `prefetch.rs` for why that is safe).
-    pub fn prefetch(&mut self, wants: &[(UserId, UserId)], ids: u64) -> Result<(), String> {
-        let reserve = ids.saturating_sub(self.reserved.left());
-        if wants.is_empty() && reserve == 0 {
+    /// and reserves an id for each with one INCRBY (less what is left from
+    /// the last batch). The rules then find their facts in `prefetched` (see
+    /// `prefetch.rs` for why that is safe).
+    pub fn prefetch(&mut self, wants: &[(UserId, UserId)]) -> Result<(), String> {
+        if wants.is_empty() {
             return Ok(());
         }
+        let reserve = (wants.len() as u64).saturating_sub(self.reserved.left());
         let mut senders: Vec<&UserId> = wants.iter().map(|(from, _)| from).collect();
         let mut pairs: Vec<(&UserId, &UserId)> = wants.iter().map(|(f, t)| (t, f)).collect();
         let mut recipients: Vec<&UserId> = wants.iter().map(|(_, to)| to).collect();
@@ -303,9 +304,7 @@ impl<L: LocalDevice> RedisStructures<L> {
             &recipients,
             reserve,
         )?;
-        if !wants.is_empty() {
-            self.link.batched(wants.len());
-        }
+        self.link.batched(wants.len());
         self.link
             .count("HMGET (budget)", "O(1)", senders.len() as u64);
         self.link.count("SISMEMBER", "O(1)", pairs.len() as u64);

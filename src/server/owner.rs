@@ -124,7 +124,7 @@ fn read_ahead(hub: &Hub, core: &mut Core, batch: &[Input]) {
             _ => None,
         })
         .collect();
-    let _ = redis.prefetch(&wants, wants.len() as u64);
+    let _ = redis.prefetch(&wants);
 }
 
 /// Redis answers again after an outage: this node's sockets are registered
