@@ -96,6 +96,10 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
             }
         };
         let now = Instant::now();
+        // A text frame is judged once parsed (see `confirms_more`).
+        if !matches!(frame, Some(Ok(WsMessage::Text(_)))) {
+            last_heard = now;
+        }
         let refusal = match frame {
             Some(Ok(WsMessage::Text(text))) => {
                 if text.len() > limit {
@@ -135,17 +139,13 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
                 }
             }
             Some(Ok(WsMessage::Binary(bytes))) => {
-                last_heard = now;
                 if bytes.len() > limit {
                     return Ending::TooLarge(bytes.len());
                 }
                 RequestError::bad_json("binary frames are not accepted; send JSON as a text frame")
             }
             // tungstenite answers pings itself; pongs need nothing.
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
-                last_heard = now;
-                continue;
-            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             Some(Ok(WsMessage::Close(_))) | None => return Ending::Gone,
             Some(Err(error)) => return ending_of(error),
         };
