@@ -642,6 +642,14 @@ impl ServerFrame {
             _ => None,
         }
     }
+
+    /// The chat message this frame carries, taken out of it.
+    pub fn into_chat_message(self) -> Option<Message> {
+        match self {
+            ServerFrame::Chat { message, .. } => Some(message),
+            _ => None,
+        }
+    }
 }
 
 /// What a client sends, borrowed from a [`Request`] only to be serialised.

@@ -103,9 +103,9 @@ fn n(s: &str) -> Name {
 fn received(outcome: &Outcome<ConnId>) -> (BTreeMap<ConnId, Vec<u64>>, Vec<String>) {
     let mut got: BTreeMap<ConnId, Vec<u64>> = BTreeMap::new();
     let mut acks = Vec::new();
-    for d in &outcome.deliveries {
-        match &outcome.frames[d.frame] {
-            ServerFrame::Chat { message, .. } => got.entry(d.conn).or_default().push(message.id),
+    for (&conn, frame) in outcome.sends() {
+        match frame {
+            ServerFrame::Chat { message, .. } => got.entry(conn).or_default().push(message.id),
             ServerFrame::Ack { status, .. } => acks.push(format!("{status:?}")),
             ServerFrame::Error(e) => acks.push(format!("{:?}", e.code)),
             _ => {}

@@ -135,9 +135,9 @@ struct Sent {
 
 fn sent(outcome: &Outcome<Device>) -> Sent {
     let mut s = Sent::default();
-    for d in &outcome.deliveries {
-        let conn = d.conn.id;
-        match &outcome.frames[d.frame] {
+    for (device, frame) in outcome.sends() {
+        let conn = device.id;
+        match frame {
             ServerFrame::Chat { message, .. } => s.chats.entry(conn).or_default().push(message.id),
             ServerFrame::Receipt { id, .. } => s.receipts.entry(conn).or_default().push(*id),
             ServerFrame::Ack { status, .. } => s

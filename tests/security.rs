@@ -1229,3 +1229,190 @@ async fn a_repeated_received_does_not_keep_a_silent_client_alive() {
     drop(asking.await.unwrap());
     server.stop().await;
 }
+
+/// Sends `per_sender` 60 KB messages to `to` from each of `senders` names
+/// (each may keep only its share of the budget); returns how many were
+/// acknowledged with `status`.
+async fn fill_for(
+    server: &TestServer,
+    to: &str,
+    senders: usize,
+    per_sender: usize,
+    status: &str,
+) -> usize {
+    let big = "q".repeat(60_000);
+    let mut kept = 0;
+    for k in 0..senders {
+        let mut sender = server.connect(&format!("filler{to}{k}")).await;
+        for _ in 0..per_sender {
+            let ack = sender
+                .ask(json!({"type":"message","to":to,"text":big}))
+                .await;
+            assert_eq!(ack["status"], status, "sender {k}: {ack}");
+            kept += 1;
+        }
+        sender.close().await;
+    }
+    kept
+}
+
+/// Reads a connect-time flush of `expected` messages and returns their ids,
+/// checking that each is the next one in id order.
+async fn read_flush(client: &mut common::Client, expected: usize) -> Vec<u64> {
+    let mut ids = Vec::with_capacity(expected);
+    while ids.len() < expected {
+        let frame = client.recv_skipping_presence().await;
+        assert_eq!(
+            frame["type"],
+            "message",
+            "frame {} of the flush: {frame}",
+            ids.len()
+        );
+        assert_eq!(frame["offline"], true, "{frame}");
+        let id = frame["id"].as_u64().unwrap();
+        assert!(
+            ids.last().is_none_or(|&last| id > last),
+            "out of order: {id} after {ids:?}"
+        );
+        ids.push(id);
+    }
+    ids
+}
+
+/// Issue "Hardening, round 2", attack 3: a queue larger than every outbox
+/// together locks its owner out no more. `--max-memory 16MiB` gives one
+/// outbox 256 KiB and all of them 6 MiB. Carol, resuming, is held 8 MB
+/// (32 times one outbox, more than all of them), and bob, v1, is queued
+/// 5.9 MB (23 times one outbox). Each connects and is sent every message,
+/// in order, at the pace of their socket, and a live message sent during
+/// the flush comes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_larger_than_every_outbox_reaches_its_owner() {
+    let server = TestServer::start_with(Config::default().with_memory_budget(16 << 20)).await;
+    // Carol reads everything live but never confirms: all of it stays held.
+    let mut carol = server.connect("carol?resume=0").await;
+    let reading = tokio::spawn(async move {
+        let mut last = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), carol.next_seen()).await {
+                Ok(Seen::Frame(f)) if f["type"] == "message" => last = f["id"].as_u64().unwrap(),
+                Ok(Seen::Frame(_)) => {}
+                _ => return (carol, last),
+            }
+        }
+    });
+    let held = fill_for(&server, "carol", 17, 8, "delivered").await;
+    let (carol, _) = reading.await.unwrap();
+    carol.close().await;
+    let mut carol = server.connect("carol?resume=0").await;
+    assert_eq!(carol.welcome["queued"], held, "{}", carol.welcome);
+    let mut alice = server.connect("alice").await;
+    let ack = alice
+        .ask(json!({"type":"message","to":"carol","text":"after the flush"}))
+        .await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    let ids = read_flush(&mut carol, held).await;
+    let live = carol.recv_skipping_presence().await;
+    assert_eq!(live["text"], "after the flush", "{live}");
+    carol.send(json!({"type":"received","id":live["id"]})).await;
+    // The ping's answer comes after the `received` is applied: carol's
+    // window is released before bob's senders start.
+    carol.assert_nothing_pending().await;
+    assert!(*ids.last().unwrap() < live["id"].as_u64().unwrap());
+
+    // Bob is offline (v1): his messages are queued, then taken at connect.
+    let queued = fill_for(&server, "bob", 14, 7, "queued").await;
+    let mut bob = server.connect("bob").await;
+    assert_eq!(bob.welcome["queued"], queued, "{}", bob.welcome);
+    let ack = alice
+        .ask(json!({"type":"message","to":"bob","text":"after the flush"}))
+        .await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    read_flush(&mut bob, queued).await;
+    assert_eq!(
+        bob.recv_skipping_presence().await["text"],
+        "after the flush"
+    );
+    let state = server.inspect().await;
+    assert!(
+        state["offline_messages"].get("bob").is_none(),
+        "bob's queue is empty: {state}"
+    );
+    server.stop().await;
+}
+
+/// A WebSocket to `path` whose socket has a 4 KB receive buffer, upgraded
+/// and then never read: the server's writes to it stall almost at once.
+async fn never_reading(
+    port: u16,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = tokio::time::timeout(WAIT, socket.connect(([127, 0, 0, 1], port).into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .unwrap()
+        .unwrap();
+    ws
+}
+
+/// Issue "Hardening, round 2", attack 2: one name's unconfirmed window of
+/// 64 x 60 KB (3.8 MB), then 150 connections that resume from 0 and never
+/// read, each with a 4 KB receive buffer. Each flush is sent a batch at a
+/// time, and what a stalled socket holds counts in the budget, so the
+/// server grows by less than its whole `--max-memory` (64 MiB), where a
+/// copy of the window for each would be 570 MB. Bystanders chat on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_flushes_to_readers_that_never_read_stay_within_the_budget() {
+    let (server, port) = common::Proc::serve(&["--port", "0", "--quiet", "--max-memory", "64MiB"]);
+    let big = "w".repeat(60_000);
+    let mut mallory = ws_client(port, "mallory?resume=0").await;
+    let mut sender = ws_client(port, "sender").await;
+    let mut last = 0;
+    for i in 0..64 {
+        if i == 32 {
+            // A sender's share is 2 MiB: a second name sends the rest.
+            sender = ws_client(port, "sender2").await;
+        }
+        sender
+            .send(json!({"type":"message","to":"mallory","text":big}))
+            .await;
+        let ack = sender.recv_skipping_presence().await;
+        assert_eq!(ack["status"], "delivered", "message {i}: {ack}");
+        last = mallory.recv_skipping_presence().await["id"]
+            .as_u64()
+            .unwrap();
+    }
+    assert!(last > 0);
+    mallory.close().await;
+    let before = server.rss_kib();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = rss_sampler(server.pid(), stop.clone());
+    let mut stalled = Vec::new();
+    for _ in 0..150 {
+        stalled.push(never_reading(port, "/ws/mallory?resume=0").await);
+    }
+    // Every flush has begun and stalled by the time a bystander's message
+    // and its ack have gone round after the last upgrade.
+    let until = Instant::now() + Duration::from_secs(3);
+    let slowest = canary(port, until).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let grew_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("150 stalled resume flushes: RSS {before} KiB -> peak {peak} KiB; slowest canary {slowest:?}");
+    assert!(
+        grew_mib < 64,
+        "the server grew by {grew_mib} MiB, over its --max-memory"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the canary took {slowest:?}"
+    );
+    drop(stalled);
+    server.terminate();
+}

@@ -8,6 +8,7 @@
 //! or a random source.
 
 pub mod claims;
+pub mod flushing;
 pub mod journal;
 pub mod memory;
 pub mod ops;
@@ -147,6 +148,9 @@ pub struct ChatCore<S: Structures> {
     /// What blocks kept out of the deques, so a blocked sender meets the same
     /// limits (see `withheld.rs`).
     withheld: withheld::Withheld,
+    /// v1 flushes taken from their deques and not yet handed to their
+    /// sockets: still counted in the budget (see `flushing.rs`).
+    flushing: flushing::Flushing,
 }
 
 /// One frame for one connection: an index into [`Outcome::frames`], so a frame
@@ -167,18 +171,46 @@ pub struct Outcome<C> {
     /// Durable changes to write before any of `deliveries` is sent (empty
     /// unless the journal is on).
     pub changes: Vec<Change>,
+    /// A new connection's queue, written to it after every delivery above.
+    pub flush: Option<Flush<C>>,
+}
+
+/// A connect-time flush: the chat frames for one new connection, oldest
+/// first. The shell writes them after its welcome, encoding each only as
+/// the socket takes it, so a queue of any size reaches its owner at the pace
+/// of their socket and never sits in memory twice.
+#[derive(Debug, Clone)]
+pub struct Flush<C> {
+    pub conn: C,
+    pub frames: Vec<ServerFrame>,
+    /// Bytes charged to the budget until the shell says the flush left
+    /// (`ChatCore::flushed`): a v1 flush, which took them out of the deque.
+    pub charged: usize,
 }
 
 impl<C: Clone> Outcome<C> {
+    /// Every frame this outcome sends, with its connection, in the order
+    /// each connection receives them: the deliveries, then the flush.
+    pub fn sends(&self) -> impl Iterator<Item = (&C, &ServerFrame)> {
+        let delivered = self
+            .deliveries
+            .iter()
+            .map(|d| (&d.conn, &self.frames[d.frame]));
+        let flushed = self
+            .flush
+            .iter()
+            .flat_map(|f| f.frames.iter().map(move |frame| (&f.conn, frame)));
+        delivered.chain(flushed)
+    }
+
     /// The frames one connection receives, in order (for tests and tools).
     pub fn frames_for(&self, id: ConnId) -> Vec<&ServerFrame>
     where
         C: ConnHandle,
     {
-        self.deliveries
-            .iter()
-            .filter(|d| d.conn.id() == id)
-            .map(|d| &self.frames[d.frame])
+        self.sends()
+            .filter(|(conn, _)| conn.id() == id)
+            .map(|(_, frame)| frame)
             .collect()
     }
 }
@@ -319,6 +351,7 @@ impl<S: Structures> ChatCore<S> {
             disk: Disk::Writable,
             epoch: String::new(),
             withheld: withheld::Withheld::default(),
+            flushing: flushing::Flushing::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::core::{
     queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, DirectFacts, Disk, Event,
-    Outcome, QueuedBytes, Relay, Step, Structures, Trace, Unavailable, QUEUED_ENTRY_BYTES,
+    Flush, Outcome, QueuedBytes, Relay, Step, Structures, Trace, Unavailable, QUEUED_ENTRY_BYTES,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::{
@@ -20,6 +20,7 @@ use crate::protocol::{
 struct Plan<C> {
     frames: Vec<ServerFrame>,
     deliveries: Vec<Delivery<C>>,
+    flush: Option<Flush<C>>,
 }
 
 impl<C: Clone> Plan<C> {
@@ -27,6 +28,7 @@ impl<C: Clone> Plan<C> {
         Plan {
             frames: Vec::new(),
             deliveries: Vec::new(),
+            flush: None,
         }
     }
 
@@ -55,6 +57,7 @@ impl<C: Clone> Plan<C> {
             event,
             trace,
             changes: Vec::new(),
+            flush: self.flush,
         }
     }
 }
@@ -335,15 +338,25 @@ impl<S: Structures> ChatCore<S> {
             },
         );
         let flushed = flush.len();
-        for message in flush {
-            plan.reply(
-                &conn,
-                ServerFrame::Chat {
-                    message,
-                    offline: true,
-                },
-            );
-        }
+        // A v1 flush left the deque: its bytes stay charged until the
+        // shell has handed it to the socket (`flushed`).
+        let charged = match resume {
+            None => flush.iter().map(|m| queued_cost(m.text.len())).sum(),
+            Some(_) => 0,
+        };
+        self.flushing.charge(conn.id(), charged);
+        let frames = flush
+            .into_iter()
+            .map(|message| ServerFrame::Chat {
+                message,
+                offline: true,
+            })
+            .collect();
+        plan.flush = Some(Flush {
+            conn: conn.clone(),
+            frames,
+            charged,
+        });
         let notified = if first {
             self.broadcast_presence(&mut plan, user, PresenceStatus::Online, &others, &mut trace)?
         } else {
@@ -359,6 +372,20 @@ impl<S: Structures> ChatCore<S> {
             released,
         };
         Ok(self.finish(plan, event, trace))
+    }
+
+    /// The shell has handed `conn`'s v1 flush to its socket: its bytes no
+    /// longer count in the budget. O(1).
+    pub fn flushed(&mut self, conn: ConnId) {
+        self.flushing.release(conn);
+    }
+
+    /// The budget's counters as `from` meets them: with what blocks kept out
+    /// of deques for them (`withheld.rs`), and the v1 flushes on their way.
+    fn budget_seen_by(&self, from: &UserId, queued: QueuedBytes) -> QueuedBytes {
+        let mut seen = self.withheld.as_seen_by(from, queued);
+        seen.all += self.flushing.total();
+        seen
     }
 
     /// Where a resuming device starts: its N, unless N cannot be this run's.
@@ -420,6 +447,8 @@ impl<S: Structures> ChatCore<S> {
     ) -> Step<Outcome<S::Conn>> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
+        // Whatever of its flush it was not sent is in `undelivered`.
+        self.flushing.release(conn);
         let s = &mut self.structures;
         let Some((devices, removed)) = s.remove_connection(user, conn, &mut trace)? else {
             let event = Event::AlreadyGone {
@@ -775,7 +804,7 @@ impl<S: Structures> ChatCore<S> {
             devices,
             id: issued,
         } = s.direct_facts(from, &to, trace)?;
-        let queued = self.withheld.as_seen_by(from, queued);
+        let queued = self.budget_seen_by(from, queued);
         if let Err(why) = may_send(queued, &self.config) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }
@@ -918,9 +947,7 @@ impl<S: Structures> ChatCore<S> {
             )
             .into());
         }
-        let budget = self
-            .withheld
-            .as_seen_by(from, self.structures.queued_bytes_of(from)?);
+        let budget = self.budget_seen_by(from, self.structures.queued_bytes_of(from)?);
         if let Err(why) = may_send(budget, &self.config) {
             return Err(RequestError::new(ErrorCode::InboxFull, why, reference).into());
         }

@@ -164,18 +164,22 @@ fn offline_messages_queue_and_flush_fifo_exactly_once() {
         c.snapshot().unwrap().structures.offline_messages.is_empty(),
         "empty deques are removed"
     );
-    // Welcome, flush, then presence to the others.
-    let order: Vec<&str> = o
+    // The welcome, and presence to the others, are frames to send now; the
+    // queue is a flush the shell writes after bob's welcome, as his socket
+    // takes it, charged to the budget until then (v1 took it from the deque).
+    let kinds: Vec<&str> = o
         .deliveries
         .iter()
         .map(|d| match &o.frames[d.frame] {
             crate::protocol::ServerFrame::Welcome { .. } => "welcome",
-            crate::protocol::ServerFrame::Chat { .. } => "chat",
             crate::protocol::ServerFrame::Presence { .. } => "presence",
             _ => "other",
         })
         .collect();
-    assert_eq!(order, ["welcome", "chat", "chat", "chat", "presence"]);
+    assert_eq!(kinds, ["welcome", "presence"]);
+    let flush = o.flush.as_ref().expect("bob's queue is flushed");
+    assert_eq!((flush.conn, flush.frames.len()), (2, 3));
+    assert_eq!(flush.charged, 3 * queued_cost(2));
     // A second device gets nothing twice.
     let o = c.connect(&n("bob"), 3).unwrap();
     assert_eq!(
@@ -840,10 +844,47 @@ fn the_memory_budget_bounds_offline_queues_per_sender_and_in_all() {
     // ... while the others chat on live.
     let o = send(&mut c, "alice", 2, dm("bob"));
     assert_eq!(frames(&o, 2)[0]["status"], "delivered");
-    // Reading frees the budget.
+    // Carol connects and takes her queue, but until her socket has taken
+    // the flush, those bytes are still the budget's: nothing more is queued.
     c.connect(&n("carol"), 4).unwrap();
     let o = send(&mut c, "alice", 2, dm("dave"));
+    assert_eq!(frames(&o, 2)[0]["code"], "inbox_full");
+    // Reading frees the budget.
+    c.flushed(4);
+    let o = send(&mut c, "alice", 2, dm("dave"));
     assert_eq!(frames(&o, 2)[0]["status"], "queued");
+}
+
+/// A v1 flush stays charged while it is on its way, and a connection that
+/// closes before taking it gives the charge back with its messages, which
+/// go back to the deque: never counted twice, never lost from the count.
+#[test]
+fn a_flush_on_its_way_counts_in_the_budget_until_taken_or_closed() {
+    let mut c = core();
+    c.connect(&n("alice"), 1).unwrap();
+    for _ in 0..4 {
+        send(
+            &mut c,
+            "alice",
+            1,
+            json!({"type":"message","to":"bob","text":"hello"}),
+        );
+    }
+    let queued = c.queued_bytes().unwrap();
+    assert_eq!(queued, 4 * queued_cost(5));
+    let o = c.connect(&n("bob"), 2).unwrap();
+    let flush = o.flush.unwrap();
+    assert_eq!(flush.charged, queued, "the whole queue is charged");
+    assert_eq!(c.queued_bytes().unwrap(), 0, "the deque is empty");
+    // Bob's socket closes having been written two of the four.
+    let unsent: Vec<Message> = flush.frames[2..]
+        .iter()
+        .filter_map(|f| f.chat_message().cloned())
+        .collect();
+    c.disconnect(&n("bob"), 2, unsent).unwrap();
+    assert_eq!(c.queued_bytes().unwrap(), 2 * queued_cost(5));
+    let o = c.connect(&n("bob"), 3).unwrap();
+    assert_eq!(o.flush.unwrap().charged, 2 * queued_cost(5));
 }
 
 /// The quarter of the deques' budget that offline queueing cannot take is

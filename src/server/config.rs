@@ -27,8 +27,9 @@ pub const HANDSHAKE_TIMEOUT_SECS: f64 = 10.0;
 /// tungstenite's per-connection read buffer: its default (128 KiB) would cost
 /// 1.3 GB for 10,000 idle sockets; chat frames are small.
 pub const READ_BUFFER_BYTES: usize = 4096;
-/// Bytes one connection's outbox may hold (besides the connect-time flush),
-/// unless `--max-memory` asks for less.
+/// Bytes one connection's outbox may hold, the batch being written included,
+/// unless `--max-memory` asks for less. The connect-time flush is written a
+/// batch at a time (`Outbox::stream`), so it needs no more than this.
 pub const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long shutdown waits for connections to finish their closing handshake.

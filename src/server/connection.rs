@@ -34,7 +34,7 @@ pub(crate) async fn serve(
 ) {
     let conn = hub.new_connection(user, remote, admitted.authenticated, resume);
     let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, conn.clone(), hub.store.clone()));
+    let mut writer = tokio::spawn(write_loop(sink, conn.clone(), hub.clone()));
     // The owner applies inputs in order: this connect before any request read below.
     hub.send(Input::Connect {
         conn: conn.clone(),
@@ -185,11 +185,8 @@ fn ending_of(error: axum::Error) -> Ending {
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    conn: Conn,
-    store: Option<Arc<Store>>,
-) {
+async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn, hub: Arc<Hub>) {
+    let store: Option<&Store> = hub.store.as_deref();
     loop {
         let next = conn.outbox.next().await;
         let write = async {
@@ -199,7 +196,7 @@ async fn write_loop(
                     // write, so a burst costs a few system calls, not one per frame.
                     for frame in &frames {
                         // Durable mode: nothing leaves before its changes are on disk.
-                        if let (Some(store), Some(seq)) = (store.as_deref(), frame.seq) {
+                        if let (Some(store), Some(seq)) = (store, frame.seq) {
                             if seq > store.committed_now() {
                                 sink.flush().await?;
                                 if !store.committed(seq).await {
@@ -210,10 +207,12 @@ async fn write_loop(
                         sink.feed(WsMessage::Text(frame.text.clone())).await?;
                     }
                     sink.flush().await?;
-                    conn.outbox.wrote();
+                    if conn.outbox.wrote() {
+                        hub.send(Input::Flushed { conn: conn.clone() }).await;
+                    }
                     // Written to the socket: flushed queue messages may now leave
                     // the disk. A resuming device's leave when it confirms them.
-                    if let Some(store) = store.as_deref().filter(|_| conn.resume.is_none()) {
+                    if let Some(store) = store.filter(|_| conn.resume.is_none()) {
                         for frame in frames.iter().filter(|f| f.flushed) {
                             if let Some(message) = &frame.message {
                                 store.flushed(&conn.user, message.id);

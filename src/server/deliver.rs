@@ -13,18 +13,15 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use axum::extract::ws::Utf8Bytes;
 
 use super::backend::Core;
 use super::backend::Handle;
 use super::conn::Conn;
 use super::hub::Hub;
-use super::outbox::{unsent_messages, Encoded, Outgoing, PushError};
+use super::outbox::{Encoded, Outgoing, PushError};
 use super::publish;
 use crate::core::{Outcome, Relayed, Step};
-use crate::protocol::ServerFrame;
+use crate::protocol::{Message, ServerFrame};
 use crate::store::{Seq, StoreStopped, NEVER_COMMITTED};
 
 /// Delivers `outcome` (and any evictions it causes). Only the core's owner calls it.
@@ -45,7 +42,7 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
             None => None,
         };
         let encoded = encode(&outcome.frames, seq);
-        let mut evicted: Vec<(Conn, Vec<Outgoing>)> = Vec::new();
+        let mut evicted: Vec<(Conn, Vec<Message>)> = Vec::new();
         let mut to_publish = Vec::new();
         for delivery in &outcome.deliveries {
             let conn = match &delivery.conn {
@@ -75,7 +72,21 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
                 }
                 None => continue,
             };
-            evicted[index].1.push(refused);
+            evicted[index].1.extend(refused.message.clone());
+        }
+        // A new connection's queue, after its welcome. If it is already
+        // closing, its disconnect may have run, so the flush is treated as
+        // evicted: its messages go back to the queue now.
+        if let Some(flush) = outcome.flush.take() {
+            if let Handle::Local(conn) = &flush.conn {
+                if let Err(frames) = conn.outbox.stream(flush.frames, seq, flush.charged > 0) {
+                    let refused = frames.into_iter().filter_map(|f| f.into_chat_message());
+                    match evicted.iter().position(|(c, _)| c.id == conn.id) {
+                        Some(i) => evicted[i].1.extend(refused),
+                        None => evicted.push((conn.clone(), refused.collect())),
+                    }
+                }
+            }
         }
         // Cluster mode: frames for other nodes' sockets, in one round trip.
         // One that reached no node (its node died before the sweep) is queued.
@@ -111,7 +122,8 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
             log.event(outcome.event, outcome.trace);
         }
         for (conn, refused) in evicted {
-            let unsent = unsent_messages(conn.outbox.abort().iter().chain(&refused));
+            let mut unsent = conn.outbox.abort();
+            unsent.extend(refused);
             if let Some(log) = log {
                 log.line(format!(
                     "! evicted {} (conn {}): its outbox was full, up to {} frames or {} KiB unread (client too slow or stuck)",
@@ -142,15 +154,5 @@ pub(crate) fn trusted(hub: &Hub, outcome: Step<Outcome<Handle>>) -> Option<Outco
 
 /// Each frame serialised once, however many connections it fans out to.
 fn encode(frames: &[ServerFrame], seq: Option<Seq>) -> Vec<Outgoing> {
-    frames
-        .iter()
-        .map(|frame| {
-            Arc::new(Encoded {
-                text: Utf8Bytes::from(frame.to_json()),
-                message: frame.chat_message().cloned(),
-                seq,
-                flushed: matches!(frame, ServerFrame::Chat { offline: true, .. }),
-            })
-        })
-        .collect()
+    frames.iter().map(|frame| Encoded::of(frame, seq)).collect()
 }

@@ -36,6 +36,9 @@ pub(crate) enum Input {
     },
     /// A frame the reader refused before routing (bad JSON, the rate limit).
     Refuse { conn: Conn, error: RequestError },
+    /// The writer took the last of a v1 flush the core charged to the
+    /// budget (see `core/flushing.rs`): the charge goes.
+    Flushed { conn: Conn },
     /// A socket's reader ended: answer if the ending needs it, then leave.
     Close { conn: Conn, ending: Ending },
     /// Cluster: what another node published to this one in one PUBLISH,

@@ -33,7 +33,6 @@ use super::conn::{
 use super::deliver::{deliver, trusted};
 use super::hub::{Hub, Rules};
 use super::input::{Input, MAX_BATCH};
-use super::outbox::unsent_messages;
 use crate::core::{ConnHandle, Event, Outcome, Step, Trace};
 use crate::names::UserId;
 use crate::protocol::{Envelope, ErrorCode, Message, Request, RequestError};
@@ -163,6 +162,7 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
             deliver(core, refusal, hub);
         }
         Input::Close { conn, ending } => close(hub, core, &conn, ending),
+        Input::Flushed { conn } => core.flushed(conn.id),
         Input::Relayed(batch) => {
             for relayed in batch {
                 let outcome = core.relayed(relayed);
@@ -235,8 +235,8 @@ fn connect(hub: &Hub, core: &mut Core, conn: Conn, claimed_now: bool) {
             return;
         }
     };
-    // The welcome and the whole offline flush are exempt from the slow-client
-    // bound; only what comes after counts against it.
+    // The welcome is exempt from the slow-client bound (the flush is not
+    // pushed: `deliver` streams it); what comes after counts against it.
     let own = outcome.deliveries.iter().filter(|d| d.conn.id() == conn.id);
     conn.outbox.allow_backlog(own.count());
     deliver(core, outcome, hub);
@@ -269,10 +269,10 @@ fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) -> Step<()> {
         if device.authenticated {
             continue;
         }
-        let unsent = unsent_messages(&device.outbox.take_and_close(Some(close_frame(
+        let unsent = device.outbox.take_and_close(Some(close_frame(
             CLOSE_CLAIMED,
             "this name was just claimed with a token; reconnect with it or use another name",
-        ))));
+        )));
         if let Some(log) = &hub.log {
             log.line(format!(
                 "! closed {user} (conn {}): the name was claimed and this connection has no token",
@@ -350,7 +350,7 @@ fn close(hub: &Hub, core: &mut Core, conn: &Conn, ending: Ending) {
             Vec::new()
         }
     };
-    let outcome = core.disconnect(&conn.user, conn.id, unsent_messages(&unsent));
+    let outcome = core.disconnect(&conn.user, conn.id, unsent);
     finish_rule(hub, core, outcome);
 }
 
@@ -433,10 +433,8 @@ fn close_every(hub: &Hub, core: &mut Core, code: u16, reason: &'static str) {
     let unsent: Vec<Vec<Message>> = connections
         .iter()
         .map(|conn| {
-            let frames = conn
-                .outbox
-                .take_all_and_close(Some(close_frame(code, reason)));
-            unsent_messages(&frames)
+            conn.outbox
+                .take_all_and_close(Some(close_frame(code, reason)))
         })
         .collect();
     let mut pending: Vec<Message> = Vec::new();

@@ -52,11 +52,11 @@ impl Disk {
 
     /// `user`'s v1 connection was sent its queue in `outcome`: it leaves the disk.
     pub fn flushed<C: ConnHandle>(&mut self, user: &Name, outcome: &Outcome<C>) {
-        for d in &outcome.deliveries {
+        for (_, frame) in outcome.sends() {
             if let ServerFrame::Chat {
                 message,
                 offline: true,
-            } = &outcome.frames[d.frame]
+            } = frame
             {
                 if let Some(queue) = self.queues.get_mut(user) {
                     queue.remove(&message.id);
