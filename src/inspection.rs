@@ -68,6 +68,11 @@ pub struct OwnerInfo {
     pub inputs: u64,
     pub batches: u64,
     pub largest_batch: u64,
+    /// Nanoseconds the core was held applying inputs, in all: the locked
+    /// section (rules, serialising, pushes into outboxes; on a cluster, the
+    /// Redis round trips too).
+    #[serde(default)]
+    pub held_ns: u64,
 }
 
 /// One node's view of its cluster.

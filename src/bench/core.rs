@@ -1,5 +1,8 @@
-//! `vivachat bench core`: routing through the in-memory core alone, no
-//! sockets: how much of a message's cost is the data structures.
+//! `vivachat bench core`: routing through the in-memory core alone: how
+//! much of a message's cost is the routing decision. It takes no lock,
+//! serialises nothing and delivers nothing; the locked section as the
+//! server runs it (the rule, each frame serialised once, the pushes into
+//! outboxes) is `bench load`'s "core held", from the server's own counter.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;

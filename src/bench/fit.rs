@@ -26,6 +26,42 @@ pub fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
     Some(sxy / sxx)
 }
 
+/// The class that counted steps per operation follow, from their log-log
+/// slope; where that slope reads as linear, n and n log n are told apart by
+/// which of cost/n and cost/(n ln n) stays steadier across the sizes (over
+/// 100 to 100,000, n log n fits a slope of 1.0 to 1.2, inside the linear
+/// band). Counts are exact, so the steadier ratio is clear when the model is
+/// right; where neither is, the class says "O(n) or O(n log n)".
+/// The rule for work nobody counted: no counted step at any N is O(1), the
+/// same answer on every run (a `VecDeque` pop moves no element and hashes
+/// and compares nothing). None with too few points.
+pub fn class_of_counts(points: &[(f64, f64)]) -> Option<Class> {
+    if points.len() >= 2 && points.iter().all(|&(_, y)| y == 0.0) {
+        return Some(Class::Constant);
+    }
+    let class = Class::from_slope(log_log_slope(points)?);
+    if class != Class::Linear {
+        return Some(class);
+    }
+    let spread = |model: fn(f64) -> f64| {
+        let ratios: Vec<f64> = points.iter().map(|&(n, y)| y / model(n)).collect();
+        let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
+            (lo.min(r), hi.max(r))
+        });
+        hi / lo
+    };
+    let (linear, linearithmic) = (spread(|n| n), spread(|n| n * n.max(2.0).ln()));
+    // The right model's ratio varies by a few percent (cost N - 1, not N);
+    // the wrong one's by the growth of ln N over the sizes, 2.5x from 100 to 100,000.
+    Some(if linear < 1.25 && linearithmic > 1.5 {
+        Class::Linear
+    } else if linearithmic < 1.25 && linear > 1.5 {
+        Class::Linearithmic
+    } else {
+        Class::LinearOrLinearithmic
+    })
+}
+
 /// The class a slope points to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Class {
@@ -35,6 +71,11 @@ pub enum Class {
     Sublinear,
     #[serde(rename = "O(n)")]
     Linear,
+    #[serde(rename = "O(n log n)")]
+    Linearithmic,
+    /// The points cannot tell the two apart (say so, rather than guess).
+    #[serde(rename = "O(n) or O(n log n)")]
+    LinearOrLinearithmic,
     #[serde(rename = "worse than O(n)")]
     Superlinear,
 }
@@ -56,6 +97,8 @@ impl Class {
             Class::Constant => "O(1)",
             Class::Sublinear => "between O(1) and O(n)",
             Class::Linear => "O(n)",
+            Class::Linearithmic => "O(n log n)",
+            Class::LinearOrLinearithmic => "O(n) or O(n log n)",
             Class::Superlinear => "worse than O(n)",
         }
     }
@@ -98,6 +141,29 @@ mod tests {
             Class::from_slope(log_log_slope(&noisy).unwrap()),
             Class::Linear
         );
+    }
+
+    #[test]
+    fn counted_steps_tell_n_from_n_log_n_or_say_they_cannot() {
+        assert_eq!(class_of_counts(&points(|n| n - 1.0)), Some(Class::Linear));
+        assert_eq!(
+            class_of_counts(&points(|n| 2.0 * n * n.ln())),
+            Some(Class::Linearithmic)
+        );
+        assert_eq!(class_of_counts(&points(|_| 1.0)), Some(Class::Constant));
+        assert_eq!(
+            class_of_counts(&points(|n| n * n)),
+            Some(Class::Superlinear)
+        );
+        // Two sizes only a step apart cannot tell them apart: it says so.
+        let close = [(1_000.0, 1_000.0 * 6.9), (2_000.0, 2_000.0 * 7.6)];
+        assert_eq!(class_of_counts(&close), Some(Class::LinearOrLinearithmic));
+    }
+
+    #[test]
+    fn no_counted_step_at_any_size_is_constant_by_rule() {
+        assert_eq!(class_of_counts(&points(|_| 0.0)), Some(Class::Constant));
+        assert_eq!(class_of_counts(&[(10.0, 0.0)]), None);
     }
 
     #[test]

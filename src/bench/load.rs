@@ -106,6 +106,13 @@ pub struct LoadReport {
     pub server_rss_kib_after: Option<u64>,
     /// CPU the server used during the measured phase, in seconds.
     pub server_cpu_seconds: Option<f64>,
+    /// From the server's `/inspect`, over the measured phase: how long the
+    /// core was held per input applied (the locked section as the server
+    /// runs it: the rule, each frame serialised once, the pushes into
+    /// outboxes), and over how many inputs. None when `/inspect` is not
+    /// answered (another host, an admin token).
+    pub core_held_ns_per_input: Option<f64>,
+    pub core_inputs: Option<u64>,
     pub idle_connections: Option<usize>,
     /// Memory mode: resident memory per idle connection, measured once the
     /// presence frames of their arrival have all been read.
@@ -374,6 +381,7 @@ pub async fn run(
     let epoch = Instant::now();
     let sockets = prepare(&target.url, clients, options.group_size, options.resume).await?;
     let cpu_before = pid.and_then(cpu_secs);
+    let owner_before = owner_stats(&target.url).await;
     let start = Instant::now();
     let clock = Clock {
         epoch,
@@ -408,6 +416,12 @@ pub async fn run(
         per_sender_sent.push(n);
     }
     let cpu = pid.and_then(cpu_secs).zip(cpu_before).map(|(b, a)| b - a);
+    if let (Some(before), Some(after)) = (owner_before, owner_stats(&target.url).await) {
+        let inputs = after.inputs.saturating_sub(before.inputs);
+        let held = after.held_ns.saturating_sub(before.held_ns);
+        report.core_inputs = Some(inputs);
+        report.core_held_ns_per_input = Some(held as f64 / inputs.max(1) as f64);
+    }
     // Receivers stop once nothing has arrived for a while after the end.
     let mut total = Received::default();
     for (_, r) in tasks {
@@ -822,6 +836,13 @@ async fn snapshot_cost(url: &str, n: usize, report: &mut LoadReport) -> anyhow::
     Ok(())
 }
 
+/// The server's owner counters, from `/inspect` (None if it is not answered).
+async fn owner_stats(url: &str) -> Option<crate::inspection::OwnerInfo> {
+    let endpoint = crate::inspect::fetch::Endpoint::parse(url).ok()?;
+    let snapshot = crate::inspect::fetch::fetch(&endpoint, None).await.ok()?;
+    snapshot.server.map(|s| s.owner)
+}
+
 /// The report as a table.
 pub fn render(r: &LoadReport) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
@@ -929,6 +950,14 @@ fn traffic_rows(r: &LoadReport, row: &mut impl FnMut(&str, String)) {
         "from actual send: p50 / p99 / max",
         format!("{} / {} / {} µs", l.p50, l.p99, l.max),
     );
+    if let (Some(held), Some(inputs)) = (r.core_held_ns_per_input, r.core_inputs) {
+        row(
+            "core held (locked section)",
+            format!(
+                "{held:.0} ns per input, over {inputs} inputs: the rule, serialising, pushes into outboxes"
+            ),
+        );
+    }
     if let Some(cpu) = r.server_cpu_seconds {
         row(
             "server CPU",

@@ -2,6 +2,11 @@
 # CPython, against the naive one, on the same workloads `vivachat bench`
 # measures in Rust. Run by `vivachat bench --python`; prints one JSON object.
 # Arguments: sizes (comma-separated), ops per measurement, repetitions.
+#
+# Every repetition builds its structures and its probes afresh, outside the
+# timing, so that (as in the Rust rows) the N printed is the N measured, and
+# each probe is a new string equal to a key but not the same object: CPython
+# then cannot answer by identity, nor reuse a hash cached on the probe.
 import json
 import platform
 import sys
@@ -13,10 +18,12 @@ OPS = int(sys.argv[2])
 REPS = int(sys.argv[3])
 
 
-def timed(op, ops):
-    """Median nanoseconds per operation over REPS repetitions of `ops` calls."""
+def timed(make, ops):
+    """Median nanoseconds per operation over REPS repetitions of `ops` calls,
+    each on what a fresh `make()` built (not timed)."""
     samples = []
     for _ in range(REPS):
+        op = make()
         start = time.perf_counter_ns()
         op(ops)
         samples.append((time.perf_counter_ns() - start) / ops)
@@ -24,75 +31,104 @@ def timed(op, ops):
     return samples[len(samples) // 2]
 
 
-def queue(n):
+def name(i):
+    return "user%07d" % i
+
+
+def keys(n):
+    return [name(i) for i in range(n)]
+
+
+def probes(n, ops, seed):
+    # New string objects, equal to keys: built per repetition, each used once.
+    return [name((i * seed) % n) for i in range(ops)]
+
+
+def queue(n, ops):
     # Each pop is made at length n: the popped message rejoins at the back,
     # as a new one would arrive (the same operation at every n).
-    d = deque(range(n))
-    lst = list(range(n))
+    def popleft():
+        d = deque(range(n))
 
-    def popleft(ops):
-        for _ in range(ops):
-            d.append(d.popleft())
+        def op(ops):
+            for _ in range(ops):
+                d.append(d.popleft())
+        return op
 
-    def pop0(ops):
-        for _ in range(ops):
-            lst.append(lst.pop(0))
+    def pop0():
+        lst = list(range(n))
+
+        def op(ops):
+            for _ in range(ops):
+                lst.append(lst.pop(0))
+        return op
 
     return [("deque.popleft()", popleft), ("list.pop(0)", pop0)]
 
 
-def keys(n):
-    return ["user%d" % i for i in range(n)]
+def lookups(n, ops, build, seed):
+    def make():
+        container, queries = build(keys(n)), probes(n, ops, seed)
 
-
-def presence(n):
-    names = keys(n)
-    as_set, as_dict, as_list = set(names), {k: [] for k in names}, list(names)
-    probes = [names[(i * 7919) % n] for i in range(OPS)]
-
-    def run(container):
         def op(ops):
-            for i in range(ops):
-                probes[i % len(probes)] in container
+            for q in queries:
+                q in container
+        return op
+    return make
+
+
+def presence(n, ops):
+    return [
+        ("x in set", lookups(n, ops, set, 7919)),
+        ("x in list", lookups(n, ops, list, 7919)),
+        ("x in dict", lookups(n, ops, lambda ks: {k: [] for k in ks}, 7919)),
+    ]
+
+
+def connections(n, ops):
+    def get():
+        as_dict, queries = {k: ["socket"] for k in keys(n)}, probes(n, ops, 7877)
+
+        def op(ops):
+            for q in queries:
+                as_dict[q]
         return op
 
-    return [("x in set", run(as_set)), ("x in list", run(as_list)), ("x in dict", run(as_dict))]
+    def scan():
+        as_list, queries = [(k, ["socket"]) for k in keys(n)], probes(n, ops, 7877)
 
-
-def connections(n):
-    names = keys(n)
-    as_dict = {k: ["socket"] for k in names}
-    as_list = [(k, ["socket"]) for k in names]
-    probes = [names[(i * 7919) % n] for i in range(OPS)]
-
-    def get(ops):
-        for i in range(ops):
-            as_dict[probes[i % len(probes)]]
-
-    def scan(ops):
-        for i in range(ops):
-            p = probes[i % len(probes)]
-            for k, v in as_list:
-                if k == p:
-                    break
+        def op(ops):
+            for q in queries:
+                for k, v in as_list:
+                    if k == q:
+                        break
+        return op
 
     return [("dict[user]", get), ("scan of [(user, sockets)]", scan)]
 
 
-def group_join(n):
-    names = keys(n)
-    members_set, members_list = set(names), list(names)
-    newcomers = ["new%d" % i for i in range(OPS)]
+def group_join(n, ops):
+    # Joins stop at n/2 (as in the Rust rows), so the group stays between n
+    # and 1.5n members, and every join is of a new member.
+    def newcomers():
+        return ["new%07d" % i for i in range(ops)]
 
-    def add(ops):
-        for i in range(ops):
-            members_set.add(newcomers[i % len(newcomers)])
+    def add():
+        members, batch = set(keys(n)), newcomers()
 
-    def append_if_absent(ops):
-        for i in range(ops):
-            x = newcomers[i % len(newcomers)]
-            if x not in members_list:
-                members_list.append(x)
+        def op(ops):
+            for x in batch:
+                members.add(x)
+        return op
+
+    def append_if_absent():
+        members, batch = keys(n), newcomers()
+
+        def op(ops):
+            for x in batch:
+                if x not in members:
+                    members.append(x)
+        return op
 
     return [("set.add", add), ("list append if absent", append_if_absent)]
 
@@ -104,12 +140,23 @@ WORKLOADS = [
     ("group_join", group_join),
 ]
 
+
+def ops_for(workload, variant, n):
+    # A scan of n costs n per op: fewer ops keep big n quick.
+    ops = OPS
+    if "scan" in variant or "list" in variant:
+        ops = max(1, min(OPS, 2_000_000 // max(n, 1)))
+    if workload == "group_join":
+        ops = max(1, min(ops, n // 2))
+    return ops
+
+
 results = []
-for workload, make in WORKLOADS:
+for workload, variants in WORKLOADS:
     for n in sizes:
-        for name, op in make(n):
-            # A scan of n costs n per op: fewer ops keep big n quick.
-            ops = max(1, min(OPS, 2_000_000 // max(n, 1))) if "scan" in name or "list" in name else OPS
-            results.append({"workload": workload, "variant": name, "n": n, "ns_median": timed(op, ops)})
+        for variant, _ in variants(n, 1):
+            ops = ops_for(workload, variant, n)
+            make = dict(variants(n, ops))[variant]
+            results.append({"workload": workload, "variant": variant, "n": n, "ns_median": timed(make, ops)})
 
 print(json.dumps({"python": platform.python_version(), "results": results}))

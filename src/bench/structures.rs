@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::fit::{log_log_slope, Class};
+use super::fit::{class_of_counts, log_log_slope, Class};
 
 thread_local! {
     static HASHES: Cell<u64> = const { Cell::new(0) };
@@ -48,6 +48,19 @@ impl Hash for Probe {
         bump(&HASHES, 1);
         self.0.hash(state);
     }
+}
+
+/// What `Vec::remove(0)` does, one element at a time, counting each
+/// element moved as it moves: the front walks to the back by swaps with its
+/// neighbour (every later element moves one place left, as in std's shift),
+/// then is popped. The counted steps are the loop's own iterations, so they
+/// are observed, not computed from the length.
+fn remove_front_counted<T>(v: &mut Vec<T>) -> T {
+    for i in 1..v.len() {
+        v.swap(i - 1, i);
+        bump(&MOVES, 1);
+    }
+    v.pop().expect("a non-empty queue")
 }
 
 /// The keys of a workload: user names.
@@ -182,8 +195,9 @@ impl<K: Key> Bench<K> {
         times
     }
 
-    /// The naive queue: `Vec::remove(0)` shifts every later element, O(n):
-    /// N - 1 moves for each pop at length N.
+    /// The naive queue: `Vec::remove(0)` shifts every later element, O(n).
+    /// Timed, it is std's own; counted, the same shifts done one element at
+    /// a time ([`remove_front_counted`]), so each move is seen as it happens.
     fn vec_remove_front(&self) -> Vec<f64> {
         let (keys, k, reps) = (&self.keys, self.k, self.reps);
         let mut times = Vec::with_capacity(reps);
@@ -192,12 +206,11 @@ impl<K: Key> Bench<K> {
             let mut v = base.clone();
             times.push(self.timed(&mut || {
                 for _ in 0..k {
-                    if K::COUNTS {
-                        // Vec::remove(0) shifts every later element one place left.
-                        bump(&MOVES, v.len() as u64 - 1);
-                    }
-                    let front = black_box(v.remove(0));
-                    v.push(front);
+                    let front = match K::COUNTS {
+                        true => remove_front_counted(&mut v),
+                        false => v.remove(0),
+                    };
+                    v.push(black_box(front));
                 }
             }));
         }
@@ -455,6 +468,50 @@ impl Workload {
     }
 }
 
+/// What inserting N new keys into an empty `HashSet` costs, with no
+/// capacity reserved: the growth every table of the core goes through.
+/// Counted with [`Probe`] keys: a resize rehashes every key it moves, so the
+/// hashes one insert triggers are observed, not computed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Growth {
+    pub n: usize,
+    /// Hashes per insert, over all N: the amortised cost.
+    pub hashes_per_insert: f64,
+    /// The most hashes one insert took (a resize: every key so far, rehashed).
+    pub worst_insert_hashes: u64,
+    /// Which insert that was (1-based): the table's size when it grew.
+    pub worst_at: usize,
+    /// Inserts that resized the table.
+    pub resizes: usize,
+}
+
+pub fn growth(n: usize) -> Growth {
+    let keys: Vec<Probe> = (0..n).map(Probe::make).collect();
+    let mut set: HashSet<Probe, <Probe as Key>::Hasher> = HashSet::default();
+    reset();
+    let (mut total, mut worst, mut worst_at, mut resizes) = (0, 0, 0, 0);
+    for (i, key) in keys.into_iter().enumerate() {
+        set.insert(key);
+        let hashes = take(&HASHES);
+        // One hash for the insert itself; more means the table grew.
+        if hashes > 1 {
+            resizes += 1;
+        }
+        if hashes > worst {
+            (worst, worst_at) = (hashes, i + 1);
+        }
+        total += hashes;
+    }
+    reset();
+    Growth {
+        n,
+        hashes_per_insert: total as f64 / n.max(1) as f64,
+        worst_insert_hashes: worst,
+        worst_at,
+        resizes,
+    }
+}
+
 fn reset() {
     take(&HASHES);
     take(&COMPARISONS);
@@ -621,10 +678,16 @@ pub fn compare(
                 .map(|p| (p.n as f64, p.counts.total()))
                 .collect::<Vec<_>>(),
         );
-        // The counted steps decide the class: they are the algorithm's work,
-        // identical on every machine. Time adds memory effects on top (a hash
-        // table of 100,000 keys no longer fits in the cache), shown beside it.
-        let class = count_slope.or(time_slope).map(Class::from_slope);
+        // The counted steps alone decide the class: they are the algorithm's
+        // work, identical on every machine. Time adds memory effects on top (a
+        // hash table of 100,000 keys no longer fits in the cache), shown beside
+        // it, never deciding.
+        let class = class_of_counts(
+            &points
+                .iter()
+                .map(|p| (p.n as f64, p.counts.total()))
+                .collect::<Vec<_>>(),
+        );
         variants.push(VariantResult {
             name: v.name,
             chosen: v.chosen,
@@ -670,7 +733,12 @@ fn judge(workload: Workload, variants: &[VariantResult], crossover: Option<usize
     let speedup = naive.ns_median / c.ns_median.max(0.001);
     let n = group(c.n as u64);
     let chosen_flat = chosen.class == Some(Class::Constant);
-    let naive_linear = matches!(variants[1].class, Some(Class::Linear | Class::Superlinear));
+    let naive_linear = matches!(
+        variants[1].class,
+        Some(
+            Class::Linear | Class::Linearithmic | Class::LinearOrLinearithmic | Class::Superlinear
+        )
+    );
     // What makes the naive structure competitive when N is tiny, per workload.
     let why_small = match workload {
         Workload::QueueDrain => {
@@ -791,6 +859,31 @@ mod tests {
             let deque = Workload::QueueDrain.count(0, n, k);
             assert_eq!(deque, Counts::default(), "pop_front moves nothing");
         }
+    }
+
+    #[test]
+    fn the_counted_removal_does_what_std_remove_0_does_one_move_at_a_time() {
+        for n in [1, 2, 7, 100] {
+            let mut std_vec: Vec<usize> = (0..n).collect();
+            let mut counted = std_vec.clone();
+            take(&MOVES);
+            assert_eq!(remove_front_counted(&mut counted), std_vec.remove(0));
+            assert_eq!(counted, std_vec, "the same elements, in the same order");
+            assert_eq!(take(&MOVES), n as u64 - 1, "one move per later element");
+        }
+    }
+
+    #[test]
+    fn growing_a_set_is_amortised_o_1_and_its_worst_insert_rehashes_all() {
+        let g = growth(100_000);
+        // Doubling: the resizes rehash 3.5 + 7 + 14 + ... < 2N keys in all.
+        assert!((1.0..3.0).contains(&g.hashes_per_insert), "{g:?}");
+        // The last resize rehashed everything inserted before it, plus itself.
+        assert_eq!(g.worst_insert_hashes, g.worst_at as u64, "{g:?}");
+        assert!(g.worst_at > 100_000 / 4, "{g:?}");
+        // log2(100,000 / 3.5) doublings, give or take one.
+        assert!((13..=16).contains(&g.resizes), "{g:?}");
+        assert_eq!(growth(1_000), growth(1_000), "the same counts on every run");
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub(crate) struct OwnerStats {
     inputs: AtomicU64,
     batches: AtomicU64,
     largest: AtomicUsize,
+    held_ns: AtomicU64,
 }
 
 impl OwnerStats {
@@ -93,11 +94,19 @@ impl OwnerStats {
         self.largest.fetch_max(batch, Ordering::Relaxed);
     }
 
+    /// The core was held for `since.elapsed()` applying a batch: its rules,
+    /// each frame serialised once, and the pushes into outboxes.
+    pub fn held(&self, since: Instant) {
+        let ns = since.elapsed().as_nanos() as u64;
+        self.held_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
     fn info(&self) -> crate::inspection::OwnerInfo {
         crate::inspection::OwnerInfo {
             inputs: self.inputs.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             largest_batch: self.largest.load(Ordering::Relaxed) as u64,
+            held_ns: self.held_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -295,10 +304,12 @@ impl Hub {
                     break;
                 }
                 self.owner_stats.record(batch.len());
+                let held = Instant::now();
                 (combining.rules.prepare)(self, &mut core);
                 for input in batch.drain(..) {
                     (combining.rules.apply)(self, &mut core, input);
                 }
+                self.owner_stats.held(held);
             }
             drop(core);
             if lock(&combining.waiting).is_empty() {

@@ -56,6 +56,7 @@ fn own(hub: &Hub, mut core: Core, mut inputs: mpsc::Receiver<Input>) -> Core {
             return core;
         }
         hub.owner_stats.record(batch.len());
+        let held = std::time::Instant::now();
         prepare(hub, &mut core);
         read_ahead(hub, &mut core, &batch);
         for input in batch.drain(..) {
@@ -64,6 +65,7 @@ fn own(hub: &Hub, mut core: Core, mut inputs: mpsc::Receiver<Input>) -> Core {
             }
             apply_one(hub, &mut core, input);
         }
+        hub.owner_stats.held(held);
     }
 }
 
