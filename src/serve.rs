@@ -336,9 +336,10 @@ fn print_storage(durable: Option<&Durable>, cluster: bool, fd_limit: Option<(u64
                 .dimmed()
         ),
         Some(d) => say!(
-            "Durable: {} ({}); every `queued` ack is sent after the write.",
+            "Durable: {} ({}); every `queued` ack is sent after the write ({}).",
             d.store.path().display().to_string().bold(),
-            d.loaded.summary()
+            d.loaded.summary(),
+            d.store.durability()
         ),
         None => say!(
             "{}",

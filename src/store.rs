@@ -114,6 +114,56 @@ pub enum StoreError {
     Open { path: String, cause: String },
     #[error("cannot write {path}: {cause}. A durable server must write every queued message before acknowledging it: make the file and its folder writable by this user (ls -l shows them), or choose another --data path")]
     ReadOnly { path: String, cause: String },
+    #[error("{path}: SQLite runs it with journal_mode={journal_mode} and synchronous={synchronous}, which can lose acknowledged messages on a power cut (vivachat needs journal_mode=wal and synchronous=2, FULL). The file system may not support WAL (a network share?): choose a --data path on a local disk")]
+    NotDurable {
+        path: String,
+        journal_mode: String,
+        synchronous: i64,
+    },
+}
+
+/// How SQLite commits, read back from the open file rather than assumed:
+/// `PRAGMA journal_mode = WAL` can be refused silently (a file system without
+/// shared memory keeps the old mode), and the setting is what a power cut tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    /// "wal": a commit appends to the log, and readers never block the writer.
+    pub journal_mode: String,
+    /// 2 (FULL): every commit fsyncs the log before it returns, so a commit
+    /// that returned survives a power cut. 1 (NORMAL) in WAL mode fsyncs only
+    /// at checkpoints: a process kill loses nothing (the page cache survives
+    /// it), a power cut can lose the last commits. 0 (OFF) never fsyncs.
+    pub synchronous: i64,
+}
+
+impl Durability {
+    fn read(conn: &Connection) -> rusqlite::Result<Durability> {
+        Ok(Durability {
+            journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+            synchronous: conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+        })
+    }
+
+    /// Every commit that returned is on the disk, not just in the page cache.
+    pub fn survives_power_loss(&self) -> bool {
+        self.journal_mode.eq_ignore_ascii_case("wal") && self.synchronous >= 2
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sync = match self.synchronous {
+            0 => "OFF",
+            1 => "NORMAL",
+            2 => "FULL",
+            _ => "EXTRA",
+        };
+        write!(
+            f,
+            "journal_mode={}, synchronous={sync}: one fsync per commit",
+            self.journal_mode
+        )
+    }
 }
 
 /// What was loaded on start.
@@ -196,6 +246,7 @@ impl Submitter {
 /// The durable store: a handle to the writer thread.
 pub struct Store {
     path: PathBuf,
+    durability: Durability,
     /// Sequence numbers are taken and sent under one lock, so the writer sees
     /// them in order and "committed up to N" means every batch up to N.
     submitter: Mutex<Submitter>,
@@ -285,6 +336,17 @@ impl Store {
             cause: e.to_string(),
         })?;
         prove_writable(&conn, &shown)?;
+        let durability = Durability::read(&conn).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            cause: e.to_string(),
+        })?;
+        if !durability.survives_power_loss() {
+            return Err(StoreError::NotDurable {
+                path: shown,
+                journal_mode: durability.journal_mode,
+                synchronous: durability.synchronous,
+            });
+        }
         let loaded = load(&conn).map_err(|cause| StoreError::Corrupt {
             path: shown.clone(),
             cause,
@@ -305,6 +367,7 @@ impl Store {
             })?;
         let store = Store {
             path: path.to_path_buf(),
+            durability,
             submitter: Mutex::new(Submitter {
                 next_seq: 1,
                 reserved_ids: loaded.state.next_message_id,
@@ -321,6 +384,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The commit settings in force, as SQLite reported them after opening.
+    pub fn durability(&self) -> &Durability {
+        &self.durability
     }
 
     fn submitter(&self) -> std::sync::MutexGuard<'_, Submitter> {
@@ -950,6 +1018,37 @@ mod tests {
             "1 group(s), 3 queued message(s) for 2 user(s), 1 block(s), 1 claimed name(s)"
         ));
         drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A kill -9 leaves the page cache to the kernel, so the kill tests would
+    /// pass with synchronous=OFF too; what a power cut needs is this setting
+    /// in force on the writer's own connection, read back, not assumed.
+    #[test]
+    fn the_store_commits_with_wal_and_a_full_fsync() {
+        let path = temp("pragmas");
+        let (store, _) = Store::open(&path).unwrap();
+        let d = store.durability().clone();
+        assert_eq!(d.journal_mode.to_ascii_lowercase(), "wal", "{d:?}");
+        assert_eq!(d.synchronous, 2, "FULL: {d:?}");
+        assert!(d.survives_power_loss());
+        assert!(d.to_string().contains("synchronous=FULL"), "{d}");
+        // WAL is a property of the file: a second connection sees it too.
+        let other = Connection::open(&path).unwrap();
+        let mode: String = other
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode.to_ascii_lowercase(), "wal");
+        drop(other);
+        drop(store);
+        // The settings that lose commits on a power cut are refused at start.
+        for (journal_mode, synchronous) in [("wal", 1), ("wal", 0), ("delete", 2), ("memory", 3)] {
+            let weak = Durability {
+                journal_mode: journal_mode.into(),
+                synchronous,
+            };
+            assert!(!weak.survives_power_loss(), "{weak:?}");
+        }
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -34,6 +34,25 @@ fn structures_json_has_the_documented_shape_and_a_chart_is_written() {
     assert_eq!(code, 0, "{err}");
     let report: Value = serde_json::from_str(&out).expect("--json is JSON");
     assert_eq!(report["sizes"], serde_json::json!([10, 100]));
+    // Memory, from the allocator, at the largest N: a HashSet of 16-byte
+    // names costs more than 16 bytes + 1 control byte per entry (the table is
+    // at most 7/8 full, and its buckets come in powers of two), and removing
+    // all but 3 gives none of it back.
+    let footprint = report["footprint"].as_array().expect("footprint measured");
+    assert_eq!(footprint.len(), 3, "{footprint:?}");
+    let presence = &footprint[0];
+    assert_eq!(presence["n"], 100);
+    let per_entry = presence["bytes_per_entry"].as_f64().unwrap();
+    assert!((17.0..64.0).contains(&per_entry), "{presence}");
+    let held = presence["bytes_after_removals"].as_f64().unwrap();
+    assert!(
+        held >= per_entry * 100.0 * 0.9,
+        "a table never shrinks by itself: {presence}"
+    );
+    assert!(presence["capacity"].as_u64().unwrap() >= 100, "{presence}");
+    for f in footprint {
+        assert!(f["bytes_per_entry"].as_f64().unwrap() >= per_entry, "{f}");
+    }
     let comparisons = report["comparisons"].as_array().unwrap();
     let workloads: Vec<&str> = comparisons
         .iter()

@@ -166,6 +166,39 @@ async fn offline_messages_flush_in_order_after_welcome_exactly_once() {
     server.stop().await;
 }
 
+/// The sender's crash is not the message's: once the core answered, what it
+/// decided stands, whatever happens to the connection that asked.
+#[tokio::test]
+async fn a_sender_that_crashes_after_its_acks_changes_nothing_they_promised() {
+    let server = TestServer::start().await;
+    let mut carol = server.connect("carol").await;
+    let mut alice = server.connect("alice").await;
+    carol.recv().await; // alice online
+    let queued = alice
+        .request(json!({"type":"message","to":"bob","text":"for later"}))
+        .await;
+    assert_eq!(queued["status"], "queued");
+    let delivered = alice
+        .request(json!({"type":"message","to":"carol","text":"for now"}))
+        .await;
+    assert_eq!(delivered["status"], "delivered");
+    // No close frame, no FIN handshake from the client's side: a crash.
+    drop(alice);
+    let live = carol.recv_skipping_presence().await;
+    assert_eq!(
+        (live["id"].clone(), live["text"].clone()),
+        (delivered["id"].clone(), json!("for now"))
+    );
+    let mut bob = server.connect("bob").await;
+    assert_eq!(bob.welcome["queued"], 1);
+    let later = bob.recv_skipping_presence().await;
+    assert_eq!(
+        (later["id"].clone(), later["text"].clone()),
+        (queued["id"].clone(), json!("for later"))
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_name_that_never_connected_can_be_sent_to() {
     let server = TestServer::start().await;

@@ -72,6 +72,9 @@ pub struct StructuresReport {
     pub python: Option<python::PythonReport>,
     /// What growing a table from empty costs, at each size (counted).
     pub growth: Vec<structures::Growth>,
+    /// Bytes per entry and what a table keeps after a shrink, at the largest
+    /// N (None where the allocator cannot be asked).
+    pub footprint: Option<Vec<structures::Footprint>>,
 }
 
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
@@ -127,6 +130,11 @@ pub fn run_structures(options: &StructuresOptions) -> anyhow::Result<StructuresR
             .iter()
             .map(|&n| structures::growth(n))
             .collect(),
+        footprint: budget
+            .sizes
+            .iter()
+            .max()
+            .and_then(|&n| structures::footprint(n)),
     };
     if let Some(path) = &options.plot {
         plot::write_svg(path, &report.comparisons)?;
@@ -309,6 +317,36 @@ pub fn render_structures(report: &StructuresReport, color: bool) -> String {
         let _ = writeln!(out, "{}", c.summary);
     }
     out += &render_growth(&report.growth);
+    if let Some(footprint) = &report.footprint {
+        out += &render_footprint(footprint);
+    }
+    out
+}
+
+/// Memory, measured by the allocator: what an entry costs, and that a table
+/// never shrinks by itself (so iterating it is O(capacity)).
+fn render_footprint(footprint: &[structures::Footprint]) -> String {
+    let n = footprint.first().map_or(0, |f| f.n);
+    let mut out = format!(
+        "
+memory at N = {n}: heap bytes per entry, measured by the allocator (names are shared)
+"
+    );
+    for f in footprint {
+        let _ = writeln!(
+            out,
+            "  {}:\n    {:.1} bytes per entry, room for {} before it grows\n    \
+             all but 3 removed: {} bytes still held (a table never shrinks by itself)",
+            f.structure, f.bytes_per_entry, f.capacity, f.bytes_after_removals
+        );
+        if let (Some(big), Some(fresh)) = (f.iterate_3_ns, f.iterate_3_fresh_ns) {
+            let _ = writeln!(
+                out,
+                "    iterating those 3: {big:.0} ns, against {fresh:.0} ns for a set built with 3\n    \
+                 (the walk visits the buckets up to the last entry: O(capacity), not O(len))"
+            );
+        }
+    }
     out
 }
 
@@ -324,8 +362,15 @@ growth: N new keys into an empty HashSet, no capacity reserved (counted hashes)
             out,
             "  N = {}: {:.2} hashes per insert on average (amortised O(1)), {} resizes;\n    \
              the worst single insert hashed {} keys (insert {}: the table grew and \
-             rehashed every key, O(n) for that one insert, while the core is held)",
-            g.n, g.hashes_per_insert, g.resizes, g.worst_insert_hashes, g.worst_at
+             rehashed every key, O(n) for that one insert, while the core is held)\n    \
+             timed: the slowest insert took {:.1} µs, the median {:.0} ns",
+            g.n,
+            g.hashes_per_insert,
+            g.resizes,
+            g.worst_insert_hashes,
+            g.worst_at,
+            g.worst_insert_ns / 1000.0,
+            g.median_insert_ns
         );
     }
     out

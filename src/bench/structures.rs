@@ -483,6 +483,29 @@ pub struct Growth {
     pub worst_at: usize,
     /// Inserts that resized the table.
     pub resizes: usize,
+    /// Time, not a count (plain `String` keys, one clock read per insert, so
+    /// it varies run to run): the slowest single insert, and the median one.
+    pub worst_insert_ns: f64,
+    pub median_insert_ns: f64,
+}
+
+/// Times each of n inserts into an empty set: the slowest is a resize,
+/// which every other input waits for while the core is held.
+fn time_each_insert(n: usize) -> (f64, f64) {
+    let keys: Vec<String> = (0..n).map(|i| format!("user{i:07}")).collect();
+    let mut set: HashSet<String> = HashSet::new();
+    let mut times: Vec<f64> = Vec::with_capacity(n);
+    for key in keys {
+        let start = Instant::now();
+        set.insert(black_box(key));
+        times.push(start.elapsed().as_nanos() as f64);
+    }
+    black_box(&set);
+    times.sort_by(f64::total_cmp);
+    (
+        times.last().copied().unwrap_or(0.0),
+        times.get(n / 2).copied().unwrap_or(0.0),
+    )
 }
 
 pub fn growth(n: usize) -> Growth {
@@ -503,13 +526,150 @@ pub fn growth(n: usize) -> Growth {
         total += hashes;
     }
     reset();
+    let (worst_insert_ns, median_insert_ns) = time_each_insert(n);
     Growth {
         n,
         hashes_per_insert: total as f64 / n.max(1) as f64,
         worst_insert_hashes: worst,
         worst_at,
         resizes,
+        worst_insert_ns,
+        median_insert_ns,
     }
+}
+
+/// Heap bytes in use, as the allocator counts them (glibc's `mallinfo2`:
+/// small blocks in the main arena plus blocks big enough to be mmapped).
+/// The bench runs on the main thread, so its allocations are in that arena.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_in_use() -> Option<usize> {
+    // SAFETY: mallinfo2 only reads the allocator's own counters.
+    let info = unsafe { libc::mallinfo2() };
+    Some(info.uordblks + info.hblkhd)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_in_use() -> Option<usize> {
+    None
+}
+
+/// What a structure's entries cost in memory, measured by the allocator, and
+/// what a table that once held N costs after all but 3 leave.
+#[derive(Debug, Clone, Serialize)]
+pub struct Footprint {
+    pub structure: &'static str,
+    pub n: usize,
+    /// Heap bytes the structure allocated for its n entries, over n. The
+    /// names themselves are shared (`Arc<str>`) and not counted.
+    pub bytes_per_entry: f64,
+    /// Slots the table has room for before it next grows (`capacity()`):
+    /// hashbrown keeps at most 7/8 of its buckets full.
+    pub capacity: usize,
+    /// The same table after n - 3 removals: nothing is given back.
+    pub bytes_after_removals: usize,
+    pub capacity_after_removals: usize,
+    /// Iterating those 3 entries, against a table built with 3: the walk
+    /// visits every bucket, so it is O(capacity), not O(len) (time, median).
+    pub iterate_3_ns: Option<f64>,
+    pub iterate_3_fresh_ns: Option<f64>,
+}
+
+fn iterate_ns<T>(table: &HashSet<T>) -> f64 {
+    let reps = 201;
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            for user in black_box(table) {
+                black_box(user);
+            }
+            start.elapsed().as_nanos() as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[reps / 2]
+}
+
+/// Builds a table of n entries, then keeps 3 of them, asking the allocator
+/// what it holds after each; the table is returned for more measuring.
+fn measured<T>(
+    structure: &'static str,
+    n: usize,
+    build: impl FnOnce() -> T,
+    capacity: impl Fn(&T) -> usize,
+    keep_3: impl FnOnce(&mut T),
+) -> Option<(Footprint, T)> {
+    let before = heap_in_use()?;
+    let mut table = build();
+    let bytes = heap_in_use()?.saturating_sub(before);
+    let full = capacity(&table);
+    keep_3(&mut table);
+    let after = heap_in_use()?.saturating_sub(before);
+    let footprint = Footprint {
+        structure,
+        n,
+        bytes_per_entry: bytes as f64 / n.max(1) as f64,
+        capacity: full,
+        bytes_after_removals: after,
+        capacity_after_removals: capacity(&table),
+        iterate_3_ns: None,
+        iterate_3_fresh_ns: None,
+    };
+    Some((footprint, table))
+}
+
+/// Measures `presence` (`HashSet<UserId>`), `active_connections` (`HashMap`
+/// of one device each) and `blocked_users` (`HashMap` of one block each) at
+/// n entries. None where the allocator cannot be asked.
+pub fn footprint(n: usize) -> Option<Vec<Footprint>> {
+    use crate::names::Name;
+    let names: Vec<Name> = (0..n)
+        .map(|i| Name::parse(&format!("user{i:06}")).expect("a valid name"))
+        .collect();
+    let keep: Vec<Name> = names[..3.min(n)].to_vec();
+    let mut out = Vec::new();
+
+    let (mut presence, table) = measured(
+        "presence (HashSet<UserId>)",
+        n,
+        || names.iter().cloned().collect::<HashSet<Name>>(),
+        HashSet::capacity,
+        |t| t.retain(|u| keep.contains(u)),
+    )?;
+    let fresh: HashSet<Name> = keep.iter().cloned().collect();
+    presence.iterate_3_ns = Some(iterate_ns(&table));
+    presence.iterate_3_fresh_ns = Some(iterate_ns(&fresh));
+    out.push(presence);
+    drop((table, fresh));
+
+    let (devices, table) = measured(
+        "active_connections (HashMap<UserId, Vec>, 1 device each)",
+        n,
+        || {
+            let pairs = names.iter().enumerate();
+            pairs
+                .map(|(i, u)| (u.clone(), vec![i as u64]))
+                .collect::<HashMap<Name, Vec<u64>>>()
+        },
+        HashMap::capacity,
+        |t| t.retain(|u, _| keep.contains(u)),
+    )?;
+    out.push(devices);
+    drop(table);
+
+    let (blocked, _table) = measured(
+        "blocked_users (HashMap<UserId, HashSet>, 1 block each)",
+        n,
+        || {
+            let pairs = names.iter().zip(names.iter().cycle().skip(1));
+            pairs
+                .map(|(by, whom)| (by.clone(), HashSet::from([whom.clone()])))
+                .collect::<HashMap<Name, HashSet<Name>>>()
+        },
+        HashMap::capacity,
+        |t| t.retain(|u, _| keep.contains(u)),
+    )?;
+    out.push(blocked);
+    Some(out)
 }
 
 fn reset() {
@@ -883,7 +1043,19 @@ mod tests {
         assert!(g.worst_at > 100_000 / 4, "{g:?}");
         // log2(100,000 / 3.5) doublings, give or take one.
         assert!((13..=16).contains(&g.resizes), "{g:?}");
-        assert_eq!(growth(1_000), growth(1_000), "the same counts on every run");
+        let counts = |g: Growth| {
+            (
+                g.hashes_per_insert,
+                g.worst_insert_hashes,
+                g.worst_at,
+                g.resizes,
+            )
+        };
+        assert_eq!(
+            counts(growth(1_000)),
+            counts(growth(1_000)),
+            "the same counts on every run"
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub const FACTS: [Facts; 5] = [
         name: "presence",
         rust_type: "HashSet<UserId>",
         python_type: "set[str]",
-        headline: "insert/remove O(1), iterate O(n)",
+        headline: "insert/remove O(1), iterate O(capacity)",
         why: "One entry per online user, kept equal to the users with a connection; `who` and presence broadcasts iterate it.",
     },
     Facts {
@@ -147,20 +147,25 @@ impl Op {
 
 /// The cost of one operation on one structure, as the event log and tables quote it.
 /// Hash operations are expected O(1) (SipHash, so an attacker cannot force the
-/// O(n) worst case by choosing colliding names).
+/// O(n) worst case by choosing colliding names), for keys of at most 32 bytes.
+/// `*` is amortised: one call in a while costs O(n), a resize.
 pub fn complexity(structure: Structure, op: Op) -> &'static str {
     match (structure, op) {
         // Removing one device scans the user's few devices: d is usually 1 to 3.
         (Structure::ActiveConnections, Op::Remove) => "O(d)",
-        (Structure::ActiveConnections, Op::Iterate) => "O(n)",
-        (Structure::Presence, Op::Iterate) => "O(n)",
+        // A walk visits the table's buckets, and a table never shrinks: it
+        // costs the most users it ever held ("cap"), not the users it holds.
+        (Structure::ActiveConnections, Op::Iterate) => "O(cap)",
+        // The welcome and `who` then sort what they read: the trace says so.
+        (Structure::Presence, Op::Iterate) => "O(cap)",
         (Structure::GroupMembers, Op::Iterate) => "O(m)",
         // A resume copies the k held messages after its position (found by
         // binary search in the id-ordered deque: O(log n + k)).
         (Structure::OfflineMessages, Op::Iterate) => "O(k)",
-        // VecDeque grows by doubling, so push_back is O(1) amortised.
+        // VecDeque and every hash table grow by doubling, which moves or
+        // rehashes all n entries once: O(1) amortised.
         (Structure::OfflineMessages, Op::PushBack) => "O(1)*",
-        (Structure::ActiveConnections, Op::Insert) => "O(1)*",
+        (_, Op::Insert) => "O(1)*",
         _ => "O(1)",
     }
 }
@@ -318,6 +323,9 @@ pub struct OpRecord {
     pub times: u32,
     /// In a cluster, the Redis command that did it: `RPUSH vivachat:q:bob O(1)`.
     pub via: Option<String>,
+    /// What the core then did with the result, with its cost, where that is
+    /// work of its own: the welcome's online list is `sorted O(n log n)`.
+    pub then: Option<&'static str>,
 }
 
 /// The longest trace kept for one event: a presence broadcast to 10,000 users
@@ -378,6 +386,7 @@ impl Trace {
             size,
             times: 1,
             via: None,
+            then: None,
         });
     }
 
@@ -389,6 +398,17 @@ impl Trace {
         }
         if let Some(last) = self.records.last_mut() {
             last.via = Some(command());
+        }
+    }
+
+    /// Says what the core did with the result of the operation just
+    /// recorded, when it costs more than the operation itself.
+    pub fn then(&mut self, what: &'static str) {
+        if !self.enabled || self.omitted > 0 {
+            return;
+        }
+        if let Some(last) = self.records.last_mut() {
+            last.then = Some(what);
         }
     }
 
@@ -429,6 +449,9 @@ impl fmt::Display for OpRecord {
         write!(f, " {}", complexity(self.structure, self.op))?;
         if let Some(command) = &self.via {
             write!(f, " -> {command}")?;
+        }
+        if let Some(then) = self.then {
+            write!(f, ", then {then}")?;
         }
         if let Some(n) = self.size {
             let unit = match self.structure {

@@ -649,6 +649,24 @@ fn the_trace_narrates_the_seed_message_flow() {
     );
 }
 
+/// Every hash insert is amortised, a table walk costs its capacity, and the
+/// welcome's sort is work of its own: the narration says all three.
+#[test]
+fn the_trace_narrates_a_connect_with_its_amortised_inserts_and_the_sort() {
+    let mut c = core();
+    c.connect(&n("alice"), 1).unwrap();
+    let o = c.connect(&n("bob"), 2).unwrap();
+    let lines: Vec<String> = o.trace.records().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "active_connections.insert(bob) O(1)*, 1 devices",
+            "presence.insert(bob) O(1)*",
+            "presence.iterate O(cap), then sorted O(n log n), len 2",
+        ]
+    );
+}
+
 #[test]
 fn presence_invariant_holds_through_a_random_walk() {
     // A deterministic pseudo-random sequence of connects and disconnects.

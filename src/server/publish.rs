@@ -48,8 +48,10 @@ impl Publish {
 /// PUBLISH per node, its payload a JSON array of every frame for that node,
 /// which the node applies as one input. So a node's recipients of one
 /// message all have it before any of them can answer it. Returns the chat
-/// messages that no node received: PUBLISH answers how many subscribers got
-/// it, and 0 means the node holding the sockets is gone.
+/// messages that no node is subscribed for: PUBLISH answers how many
+/// subscribers Redis handed it to, so 0 means the node's subscription is gone
+/// and the message is queued. 1 is no proof of receipt: a crashed host stays
+/// subscribed until TCP gives up, so only resume makes this at least once.
 pub(crate) fn publish(link: &Link, batch: Vec<Publish>) -> Vec<(UserId, Message)> {
     // Nodes in the order their first frame came: a handful per outcome.
     let mut per_node: Vec<(Arc<str>, Vec<Publish>)> = Vec::new();
