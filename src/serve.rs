@@ -281,6 +281,7 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
         );
         println!("{}", crate::inspect::render::ops_table(&report.ops, color));
         println!("{}", crate::core::ops::TIMING_NOTE);
+        println!("{}", crate::core::ops::COST_NOTE);
         if let Some(path) = &args.data {
             println!("Everything acknowledged is saved in {}.", path.display());
         }

@@ -194,6 +194,11 @@ pub const TIMING_NOTE: &str = "Every call on a structure is counted; the first c
      operation and one in 16 after it are timed (mean time per call; until the 17th call it is \
      the first, cold call alone).";
 
+/// What the cost column's marks mean, said once under every table of costs.
+pub const COST_NOTE: &str =
+    "Cost: * is amortised (now and then one call resizes the table, O(n)); \
+     cap is a table's capacity, set by the most entries it ever held (tables never shrink).";
+
 /// Counters (and sampled timings) for every (structure, operation) pair.
 /// `Cell` lets read-only look-ups (`&self`) count too; the core has one
 /// owner at a time, so the counters need no atomics.

@@ -912,6 +912,7 @@ impl Ctx<'_> {
             paint("operations", self.o.color, |t| t.bold().cyan())
         );
         let _ = writeln!(out, "{}", crate::core::ops::TIMING_NOTE);
+        let _ = writeln!(out, "{}", crate::core::ops::COST_NOTE);
         let _ = writeln!(out, "{}", self.ops_table(ops, previous));
     }
 
