@@ -1509,6 +1509,60 @@ fn a_batch_reads_its_facts_in_one_round_trip_and_a_change_before_a_message_is_se
         2,
         "the two changed facts were read afresh"
     );
+
+    // Two messages to dave, who is offline: the first keep script answers
+    // dave's new length and the budget it made, so the second message reads
+    // its facts, and dave's length, from the batch without a round trip.
+    let dave = name("dave");
+    let wants = [(alice.clone(), dave.clone()), (carol.clone(), dave.clone())];
+    s.prefetch(&wants).unwrap();
+    let (routes, llens) = (count_of(&link, "PIPELINE (route)"), count_of(&link, "LLEN"));
+    let mut cost = 0;
+    for (i, (from, to)) in wants.iter().enumerate() {
+        let mut t = Trace::new(true);
+        let facts = s.direct_facts(from, to, &mut t).unwrap();
+        assert!(facts.devices.is_empty(), "dave is offline");
+        let queued = facts.queued;
+        let id = facts.id.unwrap();
+        drop(facts);
+        assert_eq!(queued.all, cost, "the total includes the push before it");
+        assert_eq!(
+            s.queued_len(to, &mut t).unwrap(),
+            i,
+            "dave's queue as pushed so far"
+        );
+        let message = vivachat::protocol::Message {
+            id,
+            from: from.clone(),
+            target: vivachat::protocol::Target::User(to.clone()),
+            text: "x".repeat(100).into(),
+            ts: 0,
+            receipt: false,
+        };
+        let kept = s
+            .keep(message, std::slice::from_ref(to), None, &mut t)
+            .unwrap();
+        assert_eq!(kept.id, id, "nothing overtook it");
+        cost = s.queued_bytes().unwrap();
+        let said: Vec<String> = t.records().iter().filter_map(|r| r.via.clone()).collect();
+        assert!(
+            said.iter()
+                .any(|v| v.starts_with("LLEN") && v.contains("2 rules in one round trip")),
+            "{said:?}"
+        );
+    }
+    assert_eq!(
+        count_of(&link, "PIPELINE (route)"),
+        routes,
+        "no fact was read again"
+    );
+    assert_eq!(
+        count_of(&link, "LLEN"),
+        llens,
+        "dave's length came with the batch"
+    );
+    let mut t = Trace::new(true);
+    assert_eq!(s.queued_len(&dave, &mut t).unwrap(), 2);
 }
 
 /// How many times the node ran `command` (its own counters, as `/inspect` shows them).

@@ -90,8 +90,8 @@ return {{n, removed, order, prev}}
 /// next connect. Not for a resuming user: their deque is a held window.
 const GROW_AND_NUDGE: &str = r"
 local function grow(bytes, from, cost)
-  redis.call('HINCRBY', bytes, '', cost)
-  redis.call('HINCRBY', bytes, from, cost)
+  local total = redis.call('HINCRBY', bytes, '', cost)
+  return total, redis.call('HINCRBY', bytes, from, cost)
 end
 local function nudge(devices, channel_prefix, payload)
   local all = redis.call('HGETALL', devices)
@@ -132,14 +132,17 @@ end
 
 /// Appends one message: the offline queue's `push_back` (RPUSH).
 /// KEYS: q:{user}, bytes, devices:{user}.
-/// ARGV: entry, id, sender, cost, channel prefix, nudge payload. Returns the length.
+/// ARGV: entry, id, sender, cost, channel prefix, nudge payload.
+/// Returns {the length (0: the id was there already), the budget's total,
+/// the sender's counter}, so the node's next rules need not read them again.
 pub fn push() -> String {
     format!(
         "{GROW_AND_NUDGE}{INSERT}
 local len = insert(KEYS[1], ARGV[1], tonumber(ARGV[2]))
-grow(KEYS[2], ARGV[3], ARGV[4])
+local total, mine = 0, 0
+if len > 0 then total, mine = grow(KEYS[2], ARGV[3], ARGV[4]) end
 nudge(KEYS[3], ARGV[5], ARGV[6])
-return len
+return {{len, total, mine}}
 "
     )
 }
@@ -158,7 +161,9 @@ return len
 /// for each user.
 /// ARGV: proposed id, entry with id 0, sender, cost, channel prefix, the
 /// payload's tail (after its id and user), then the users.
-/// Returns the id.
+/// Returns {the id, the budget's total, the sender's counter, then each
+/// user's queue length (0: that id was there already)}: what the node's next
+/// rules would otherwise read again.
 pub fn keep() -> String {
     format!(
         r#"{GROW_AND_NUDGE}{INSERT}
@@ -176,10 +181,11 @@ for i, user in ipairs(users) do
   end
 end
 local entry = id .. string.sub(ARGV[2], 2)
+local out = {{id, 0, 0}}
 for i, user in ipairs(users) do
   local devices = KEYS[4 + 2 * i]
-  insert(KEYS[3 + 2 * i], entry, id)
-  grow(KEYS[2], ARGV[3], ARGV[4])
+  table.insert(out, insert(KEYS[3 + 2 * i], entry, id))
+  out[2], out[3] = grow(KEYS[2], ARGV[3], ARGV[4])
   redis.call('HSET', KEYS[3], user, id)
   local all = redis.call('HGETALL', devices)
   local nodes, holds = {{}}, false
@@ -189,11 +195,11 @@ for i, user in ipairs(users) do
   end
   local payload = '{{"kind":"take","user":"' .. user .. '"}}'
   if holds then payload = '{{"id":' .. id .. ',"user":"' .. user .. '",' .. ARGV[6] end
-  for node, _ in pairs(nodes) do
+    for node, _ in pairs(nodes) do
     redis.call('PUBLISH', ARGV[5] .. node, payload)
   end
 end
-return id
+return out
 "#
     )
 }

@@ -103,6 +103,7 @@ struct Facts {
     budgets: Vec<Budget>,
     blocks: Vec<bool>,
     devices: Vec<Fields>,
+    lens: Vec<usize>,
 }
 
 /// The next `n` replies of a pipeline, each as a `T`.
@@ -309,6 +310,7 @@ impl<L: LocalDevice> RedisStructures<L> {
             .count("HMGET (budget)", "O(1)", senders.len() as u64);
         self.link.count("SISMEMBER", "O(1)", pairs.len() as u64);
         self.link.count("HGETALL", "O(d)", recipients.len() as u64);
+        self.link.count("LLEN", "O(1)", recipients.len() as u64);
         let mut filling = self.prefetched.fill(wants.len());
         for (from, budget) in senders.into_iter().zip(read.budgets) {
             filling.budget(from.clone(), budget);
@@ -316,8 +318,9 @@ impl<L: LocalDevice> RedisStructures<L> {
         for ((to, from), blocked) in pairs.into_iter().zip(read.blocks) {
             filling.block(to.clone(), from.clone(), blocked);
         }
-        for (to, fields) in recipients.into_iter().zip(read.devices) {
+        for ((to, fields), len) in recipients.into_iter().zip(read.devices).zip(read.lens) {
             filling.devices(to.clone(), fields);
+            filling.len(to.clone(), len);
         }
         if reserve > 0 {
             self.link.count("INCRBY", "O(1)", 1);
@@ -351,12 +354,15 @@ impl<L: LocalDevice> RedisStructures<L> {
             pipe.cmd("HGETALL")
                 .arg(self.key(format_args!("devices:{to}")));
         }
+        for to in recipients {
+            pipe.cmd("LLEN").arg(self.key(format_args!("q:{to}")));
+        }
         if reserve > 0 {
             pipe.cmd("INCRBY").arg(self.key("next_id")).arg(reserve);
         }
         let replies: Vec<redis::Value> = self.link.run(command.0, command.1, |c| pipe.query(c))?;
         if replies.len()
-            != senders.len() + pairs.len() + recipients.len() + usize::from(reserve > 0)
+            != senders.len() + pairs.len() + 2 * recipients.len() + usize::from(reserve > 0)
         {
             return Err("Redis answered a pipeline with the wrong number of replies".to_string());
         }
@@ -365,6 +371,7 @@ impl<L: LocalDevice> RedisStructures<L> {
             budgets: take(&mut replies, senders.len())?,
             blocks: take(&mut replies, pairs.len())?,
             devices: take(&mut replies, recipients.len())?,
+            lens: take(&mut replies, recipients.len())?,
         };
         if let [top] = take::<u64>(&mut replies, usize::from(reserve > 0))?[..] {
             self.reserved.reserved(reserve, top);
@@ -476,6 +483,15 @@ impl<L: LocalDevice> RedisStructures<L> {
     /// A direct message's budget, block and devices in a round trip of its
     /// own, when its batch's pipeline did not read them (or a rule before it
     /// changed them); an id is reserved in it too if none is left.
+    /// How a fact was read, for the narration.
+    fn batch_how(&self, batched: bool) -> String {
+        match (batched, self.prefetched.rules) {
+            (true, 1) => "in the batch's pipeline (1 rule in one round trip)".to_string(),
+            (true, n) => format!("in the batch's pipeline ({n} rules in one round trip)"),
+            (false, _) => "in one pipeline".to_string(),
+        }
+    }
+
     fn read_direct_facts(
         &self,
         from: &UserId,
@@ -711,6 +727,12 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
 
     fn queued_len(&self, user: &UserId, trace: &mut Trace) -> Step<usize> {
         let key = self.key(format_args!("q:{user}"));
+        if let Some(len) = self.prefetched.len(user) {
+            self.ops.measure(OfflineMessages, Op::Len, || ());
+            trace.record(OfflineMessages, Op::Len, Some(user), None, Some(len));
+            trace.via(|| format!("LLEN {key} O(1), {}", self.batch_how(true)));
+            return Ok(len);
+        }
         let size: SizeOf<usize> = |n| Some(*n);
         self.one_command(
             (OfflineMessages, Op::Len),
@@ -728,8 +750,8 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         message: Message,
         trace: &mut Trace,
     ) -> Step<usize> {
-        self.prefetched.forget_budgets();
         let key = self.key(format_args!("q:{user}"));
+        let sender = message.from.clone();
         let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
             self.link.run("EVALSHA push (RPUSH)", "O(1)", |c| {
                 self.scripts
@@ -746,7 +768,11 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .invoke(c)
             })
         });
-        let len: usize = step(r)?;
+        let (len, total, mine): (usize, i64, i64) = step(r)?;
+        match len {
+            0 => self.prefetched.forget_queues(),
+            _ => self.prefetched.pushed(user, len, &sender, mine, total),
+        }
         trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
         trace.via(|| format!("RPUSH {key} O(1)"));
         Ok(len)
@@ -763,7 +789,6 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         except: Option<ConnId>,
         trace: &mut Trace,
     ) -> Step<Kept> {
-        self.prefetched.forget_budgets();
         let chat = ServerFrame::Chat {
             message: Message {
                 id: 0,
@@ -802,10 +827,30 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     for user in users {
                         call.arg(user.as_str());
                     }
-                    call.invoke::<u64>(c)
+                    call.invoke::<Vec<i64>>(c)
                 })
         });
-        let id = step(r)?;
+        let answered = step(r)?;
+        let (id, total, mine, lens) = match answered[..] {
+            [id, total, mine, ref lens @ ..] if lens.len() == users.len() => {
+                (id as u64, total, mine, lens)
+            }
+            _ => {
+                self.prefetched.forget_queues();
+                return step(Err(
+                    "the keep script answered in an unknown shape".to_string()
+                ));
+            }
+        };
+        // What the script read as it wrote replaces what the batch read.
+        for (user, &len) in users.iter().zip(lens) {
+            match len {
+                0 => self.prefetched.forget_queues(),
+                _ => self
+                    .prefetched
+                    .pushed(user, len as usize, &message.from, mine, total),
+            }
+        }
         // One push_back per copy, as in memory; Redis did them in one script.
         self.count_more(OfflineMessages, Op::PushBack, users.len().saturating_sub(1));
         for user in users {
@@ -821,7 +866,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_pop_front(&mut self, user: &UserId, trace: &mut Trace) -> Step<Option<Message>> {
-        self.prefetched.forget_budgets();
+        self.prefetched.forget_queues();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA pop (LPOP)", "O(1)", |c| {
@@ -839,7 +884,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_take_all(&mut self, user: &UserId, trace: &mut Trace) -> Step<Vec<Message>> {
-        self.prefetched.forget_budgets();
+        self.prefetched.forget_queues();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA take (LRANGE+DEL)", "O(k)", |c| {
@@ -888,7 +933,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_release(&mut self, user: &UserId, upto: u64, trace: &mut Trace) -> Step<Vec<Message>> {
-        self.prefetched.forget_budgets();
+        self.prefetched.forget_queues();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PopFront, || {
             self.link.run("EVALSHA release (LPOP)", "O(k)", |c| {
@@ -914,7 +959,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
     }
 
     fn queue_put_back(&mut self, user: &UserId, message: Message, trace: &mut Trace) -> Step<bool> {
-        self.prefetched.forget_budgets();
+        self.prefetched.forget_queues();
         let key = self.key(format_args!("q:{user}"));
         let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
             self.link.run("EVALSHA put_back (RPUSH)", "O(1)", |c| {
@@ -1179,13 +1224,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             Some(id) => id,
             None => self.issue_id(0, trace)?,
         };
-        let how = match batched {
-            true => match self.prefetched.rules {
-                1 => "in the batch's pipeline (1 rule in one round trip)".to_string(),
-                n => format!("in the batch's pipeline ({n} rules in one round trip)"),
-            },
-            false => "in one pipeline".to_string(),
-        };
+        let how = self.batch_how(batched);
         self.ops.measure(BlockedUsers, Op::Contains, || ());
         trace.record(BlockedUsers, Op::Contains, Some(to), Some(from), None);
         trace.via(|| format!("SISMEMBER {blocks_key} {from} O(1), {how}"));
