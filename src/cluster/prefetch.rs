@@ -9,10 +9,10 @@
 //! What this node's own earlier rules in the batch change (a device added or
 //! removed, a block, anything kept or released) is forgotten here as they
 //! change it, so a later rule of the batch reads Redis afresh. One change is
-//! kept instead: a push into a queue answers the queue's new length and the
-//! new budget counters, read by the push script itself, so those facts are
-//! fresher than the batch's read, not staler, and the next message to an
-//! offline user needs no round trip but its own push.
+//! kept instead: a copy put in a queue (the `keep` or `push` script) answers
+//! the queue's new length and the budget counters as the script wrote them,
+//! so those facts are fresher than the batch's read, not staler, and the
+//! next message to an offline user needs no round trip but its own script.
 //!
 //! Why it is fast: a round trip costs two system calls and two wake-ups on
 //! each side, tens of microseconds; a command in a pipeline costs Redis well
@@ -78,9 +78,10 @@ impl Prefetched {
         self.lens.clear();
     }
 
-    /// The push script put one message in `user`'s queue and answered what
-    /// it then read: the queue's length, the sender's counter and the
-    /// total. Those replace what the batch read (every budget's total moved).
+    /// A script put one message in `user`'s queue and answered what it then
+    /// read: the queue's length, the sender's counter and the total. Those
+    /// replace what the batch read (every budget's total moved): O(s) for
+    /// the batch's s senders, at most 256.
     pub fn pushed(&mut self, user: &UserId, len: usize, sender: &UserId, mine: i64, total: i64) {
         self.lens.insert(user.clone(), len);
         for (who, (theirs, all)) in self.budgets.iter_mut() {
