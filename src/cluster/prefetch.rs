@@ -81,8 +81,14 @@ impl Prefetched {
     /// A script put one message in `user`'s queue and answered what it then
     /// read: the queue's length, the sender's counter and the total. Those
     /// replace what the batch read (every budget's total moved): O(s) for
-    /// the batch's s senders, at most 256.
+    /// the batch's s senders, at most 256. A length of 0 means the id was
+    /// there already and nothing was written: the batch's facts are then
+    /// forgotten, as for any change this node cannot account for.
     pub fn pushed(&mut self, user: &UserId, len: usize, sender: &UserId, mine: i64, total: i64) {
+        if len == 0 {
+            self.forget_queues();
+            return;
+        }
         self.lens.insert(user.clone(), len);
         for (who, (theirs, all)) in self.budgets.iter_mut() {
             *all = Some(total);
@@ -212,6 +218,13 @@ mod tests {
             (None, Some(129)),
             "only the total moved"
         );
+        p.pushed(&u("bob"), 0, &u("alice"), 0, 0);
+        assert_eq!(
+            p.len(&u("bob")),
+            None,
+            "a copy already there: nothing to account for"
+        );
+        assert!(p.facts(&u("alice"), &u("bob")).is_none());
     }
 
     #[test]

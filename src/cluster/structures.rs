@@ -480,9 +480,6 @@ impl<L: LocalDevice> RedisStructures<L> {
         }
     }
 
-    /// A direct message's budget, block and devices in a round trip of its
-    /// own, when its batch's pipeline did not read them (or a rule before it
-    /// changed them); an id is reserved in it too if none is left.
     /// How a fact was read, for the narration.
     fn batch_how(&self, batched: bool) -> String {
         match (batched, self.prefetched.rules) {
@@ -492,6 +489,9 @@ impl<L: LocalDevice> RedisStructures<L> {
         }
     }
 
+    /// A direct message's budget, block and devices in a round trip of its
+    /// own, when its batch's pipeline did not read them (or a rule before it
+    /// changed them); an id is reserved in it too if none is left.
     fn read_direct_facts(
         &self,
         from: &UserId,
@@ -769,10 +769,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             })
         });
         let (len, total, mine): (usize, i64, i64) = step(r)?;
-        match len {
-            0 => self.prefetched.forget_queues(),
-            _ => self.prefetched.pushed(user, len, &sender, mine, total),
-        }
+        self.prefetched.pushed(user, len, &sender, mine, total);
         trace.record(OfflineMessages, Op::PushBack, Some(user), None, Some(len));
         trace.via(|| format!("RPUSH {key} O(1)"));
         Ok(len)
@@ -844,12 +841,8 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         };
         // What the script read as it wrote replaces what the batch read.
         for (user, &len) in users.iter().zip(lens) {
-            match len {
-                0 => self.prefetched.forget_queues(),
-                _ => self
-                    .prefetched
-                    .pushed(user, len as usize, &message.from, mine, total),
-            }
+            self.prefetched
+                .pushed(user, len as usize, &message.from, mine, total);
         }
         // One push_back per copy, as in memory; Redis did them in one script.
         self.count_more(OfflineMessages, Op::PushBack, users.len().saturating_sub(1));
