@@ -59,6 +59,22 @@ pub struct ServerInfo {
     /// Cluster mode (`serve --redis`): the nodes and what this one asked of Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
+    /// `serve --record`: inputs recorded when this snapshot was taken, so
+    /// it is the state of step N of `vivachat replay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_inputs: Option<u64>,
+    /// `vivachat replay`: the step this document is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lecture: Option<LectureInfo>,
+}
+
+/// `vivachat replay`: which step of which recording this document is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LectureInfo {
+    pub step: u64,
+    pub steps: u64,
+    /// The recording or scenario file.
+    pub source: String,
 }
 
 /// How the core's owner took its inputs: `inputs / batches` per wake-up

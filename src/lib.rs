@@ -11,6 +11,7 @@
 //! - [`store`]: durable mode (`serve --data`): SQLite with group commit.
 //! - [`cluster`]: `serve --redis`: the shared structures in Redis, so several nodes are one server.
 //! - [`server`]: the network shell; `server::run(listener, config, log, shutdown)`.
+//! - [`lecture`]: `serve --record` and `vivachat replay`: step through what the core did.
 //! - [`event_log`]: narrates each event with the structure operations it cost.
 //! - [`output`]: clock, duration and colour formatting shared by every view.
 //! - [`terminal`]: full-screen redraw, width clipping, the shared signal handler.
@@ -29,6 +30,7 @@ pub mod core;
 pub mod event_log;
 pub mod inspect;
 pub mod inspection;
+pub mod lecture;
 pub mod names;
 pub mod output;
 pub mod protocol;

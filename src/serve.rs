@@ -14,6 +14,7 @@ use crate::core::{
     CoreConfig, MAX_BLOCKED, MAX_GROUPS, MAX_GROUPS_PER_USER, MAX_GROUP_SIZE, MAX_OFFLINE,
 };
 use crate::event_log::{EventLog, LogRing};
+use crate::lecture::record::Recorder;
 use crate::server::config::{
     timeout, HANDSHAKE_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
     MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, OUTBOX_FRAMES,
@@ -100,6 +101,10 @@ pub struct ServeArgs {
     /// what needs the disk is refused with `unavailable` until space is freed.
     #[arg(long, value_name = "SIZE", requires = "data", value_parser = parse_size)]
     pub max_data_size: Option<u64>,
+    /// Record every input the core receives to this new file (one JSON line
+    /// each), so `vivachat replay FILE` can step through the session.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
     /// Run as one node of a cluster: the shared structures (presence, queues,
     /// groups, blocks, name claims) live in this Redis, and every node started
     /// with the same URL serves the same chat (redis://HOST:PORT or redis://HOST:PORT/DB).
@@ -210,6 +215,10 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let recorder = match &args.record {
+        Some(path) => Some(std::sync::Arc::new(Recorder::create(path)?)),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -262,6 +271,18 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
             view: args.view.view(),
         });
         let mut config = args.config(durable, dashboard, budget);
+        if let Some(recorder) = &recorder {
+            say!(
+                "Recording every input to {}{}: `vivachat replay {}` steps through it.",
+                recorder.path().display(),
+                match args.redis {
+                    Some(_) => " (this node's inputs: the other nodes record their own)",
+                    None => "",
+                },
+                recorder.path().display()
+            );
+            config.record = Some(recorder.clone());
+        }
         if let Some(cluster) = cluster {
             say!(
                 "Cluster node {} on Redis {}: presence, queues, groups, blocks and claims are shared; this node keeps its own sockets.",
@@ -284,6 +305,14 @@ pub fn run(args: ServeArgs, color: bool) -> anyhow::Result<()> {
         println!("{}", crate::core::ops::COST_NOTE);
         if let Some(path) = &args.data {
             println!("Everything acknowledged is saved in {}.", path.display());
+        }
+        if let Some(recorder) = &recorder {
+            println!(
+                "Recorded {} input(s) in {}: `vivachat replay {}` steps through them.",
+                recorder.recorded(),
+                recorder.path().display(),
+                recorder.path().display()
+            );
         }
         Ok(())
     })

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use browser::{poll, Browser, Page};
 use common::TestServer;
-use serde_json::json;
+use serde_json::{json, Value};
 use vivachat::server::Config;
 
 /// A phone: the issue's smallest supported screen.
@@ -976,4 +976,166 @@ async fn board_under_a_class_of_300() {
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(watched["lost"], 0);
+}
+
+/// `vivachat replay --scenario FILE --port 0`: the real binary, and its port.
+fn replay_board(scenario: &str) -> (common::Proc, u16) {
+    let mut replay = common::Proc::spawn(&["replay", "--scenario", scenario, "--port", "0"]);
+    let line = replay.expect("listening on");
+    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    (replay, port)
+}
+
+/// The lecture board's position: its one `role="status"`.
+async fn position(page: &Page) -> String {
+    let text = page
+        .eval(r#"document.querySelector('[role="status"]').textContent"#)
+        .await;
+    text.as_str().unwrap_or_default().to_string()
+}
+
+async fn wait_position(page: &Page, wanted: &str) {
+    poll(
+        || position(page),
+        |now| now == wanted,
+        |now| format!("the status never read {wanted:?}; it reads {now:?}"),
+    )
+    .await;
+}
+
+async fn key(page: &Page, key: &str, code: u32) {
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lecture_board_steps_forwards_and_backwards_through_a_scenario() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let (_replay, port) = replay_board("demos/scenarios/message-flow.txt");
+    let board = browser.page(1024, 768, false).await;
+    board.goto(&format!("http://127.0.0.1:{port}/")).await;
+    wait_position(&board, "Step 0 of 7").await;
+    wait_region(&board, "offline_messages", "its empty state", |t| {
+        t.contains("empty")
+    })
+    .await;
+    // Steps 1-2: alice connects, then writes to bob, who is offline.
+    board.click("Next step").await;
+    wait_position(&board, "Step 1 of 7").await;
+    board.click("Next step").await;
+    wait_position(&board, "Step 2 of 7").await;
+    let queued = wait_region(&board, "offline_messages", "bob's deque", |t| {
+        t.contains("bob") && t.contains("len 1")
+    })
+    .await;
+    assert!(
+        queued.contains("alice"),
+        "the box names its sender: {queued}"
+    );
+    let step = region(&board, "This step").await;
+    assert!(step.contains("alice sends bob: \"hello\""), "{step}");
+    assert!(
+        step.contains("offline_messages[bob].push_back O(1)*"),
+        "{step}"
+    );
+    assert!(
+        step.contains("blocked_users[bob].contains(alice) O(1)"),
+        "{step}"
+    );
+    // Step 4: bob connects and his deque is flushed front first.
+    board.click("Next step").await;
+    board.click("Next step").await;
+    wait_position(&board, "Step 4 of 7").await;
+    wait_region(&board, "offline_messages", "the deque flushed", |t| {
+        t.contains("empty")
+    })
+    .await;
+    let step = region(&board, "This step").await;
+    assert!(step.contains("presence.insert(bob)"), "{step}");
+    assert!(step.contains("offline_messages.pop_front"), "{step}");
+    // Going back shows exactly the state before: both messages queued again.
+    board.click("Previous step").await;
+    wait_position(&board, "Step 3 of 7").await;
+    wait_region(&board, "offline_messages", "the deque back", |t| {
+        t.contains("len 2")
+    })
+    .await;
+    // (bob's pill fades out as it leaves.)
+    wait_region(&board, "presence", "bob not online yet", |t| {
+        !t.contains("bob")
+    })
+    .await;
+    // The keys: → and Space forward, ← back, Home and End.
+    key(&board, "ArrowRight", 39).await;
+    wait_position(&board, "Step 4 of 7").await;
+    key(&board, "ArrowLeft", 37).await;
+    wait_position(&board, "Step 3 of 7").await;
+    key(&board, "End", 35).await;
+    wait_position(&board, "Step 7 of 7").await;
+    key(&board, "Home", 36).await;
+    wait_position(&board, "Step 0 of 7").await;
+
+    // Predict: the next input first, its operations and its state on the next press.
+    board
+        .by_role("switch", "Predict")
+        .await
+        .call("function () { this.click(); }")
+        .await;
+    key(&board, " ", 32).await;
+    wait_position(&board, "Step 1 of 7: predict").await;
+    let step = region(&board, "This step").await;
+    assert!(step.contains("alice connects"), "{step}");
+    assert!(
+        !step.contains("presence.insert"),
+        "hidden until the next press: {step}"
+    );
+    wait_region(&board, "presence", "nobody online yet", |t| {
+        t.contains("empty")
+    })
+    .await;
+    key(&board, " ", 32).await;
+    wait_position(&board, "Step 1 of 7").await;
+    wait_region(&board, "presence", "alice", |t| t.contains("alice")).await;
+    let step = region(&board, "This step").await;
+    assert!(step.contains("presence.insert(alice)"), "{step}");
+
+    // `/inspect` is the step the board shows, so `vivachat inspect` follows it.
+    let (status, body) = common::http_get(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "/inspect",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["server"]["lecture"]["step"], 1, "{state}");
+    assert_eq!(state["presence"], json!(["alice"]));
+    for size in [(1024, 768), (1920, 1080)] {
+        let sized = browser.page(size.0, size.1, false).await;
+        sized.goto(&format!("http://127.0.0.1:{port}/#4")).await;
+        wait_position(&sized, "Step 4 of 7").await;
+        sized
+            .wait_for(
+                "document.getAnimations().length === 0",
+                "the animations to end",
+            )
+            .await;
+        let seen = sized.eval(WHAT_IS_CUT).await;
+        assert_eq!(seen["problems"], json!([]), "at {size:?}");
+        if let Ok(dir) = std::env::var("VIVACHAT_SCREENSHOTS") {
+            let name = format!("lecture-{}x{}.png", size.0, size.1);
+            sized
+                .screenshot(&std::path::Path::new(&dir).join(name))
+                .await;
+        }
+        assert_no_problems(&sized, "the lecture board");
+    }
+    assert_no_problems(&board, "the lecture board");
 }

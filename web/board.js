@@ -261,15 +261,15 @@ function drawEvents(lines) {
   while (box.children.length > 1 && top()) box.firstElementChild.remove();
 }
 
-function render(frame) {
+export function render(frame) {
   const started = performance.now();
   const t = frame.totals;
   $("totals").textContent =
     `${t.online} online · ${t.devices} device(s) · ${t.queued} queued in ${t.deques} deque(s) · ${t.groups} group(s) · ${t.blockers} blocker(s)`;
-  $("join-url").textContent = frame.join_url;
+  if ($("join-url")) $("join-url").textContent = frame.join_url;
   drawStructures(frame);
   drawOps(frame.ops);
-  drawEvents(frame.events);
+  if ($("events")) drawEvents(frame.events);
   drawFlow(frame.flow);
   // Reading a size makes the browser lay the page out now, so the time
   // measured includes layout, not only the script.
@@ -281,6 +281,7 @@ function render(frame) {
   stats.lastSeq = frame.seq;
   // What looking costs: building the frame on the server (of which the core
   // was held), and drawing it here.
+  if (!$("feed-cost")) return;
   $("feed-cost").textContent =
     `frame ${frame.seq} (${frame.events_since} new event(s)) · server ${frame.build_us} µs, core held ${frame.hold_us} µs · page ${took.toFixed(1)} ms`;
 }
@@ -342,13 +343,15 @@ async function follow() {
   }
 }
 
-$("admin").addEventListener("submit", (event) => {
-  event.preventDefault();
-  const token = $("admin-token").value.trim();
-  if (!token) return;
-  store.set(TOKEN_KEY, token);
-  $("admin-token").value = "";
+// Lecture mode (lecture.js) draws the frames it asks for, step by step.
+if (!document.body.classList.contains("lecture")) {
+  $("admin").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $("admin-token").value.trim();
+    if (!token) return;
+    store.set(TOKEN_KEY, token);
+    $("admin-token").value = "";
+    follow();
+  });
   follow();
-});
-
-follow();
+}

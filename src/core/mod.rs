@@ -369,6 +369,10 @@ impl<S: Structures> ChatCore<S> {
         self.disk = disk;
     }
 
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+
     pub fn config(&self) -> &CoreConfig {
         &self.config
     }

@@ -58,6 +58,8 @@ pub struct Config {
     pub max_memory: Option<u64>,
     /// `serve --redis`: this server is one node of a cluster. None: one process, in memory.
     pub cluster: Option<ClusterConfig>,
+    /// `serve --record FILE`: every input the core receives, written as it is applied.
+    pub record: Option<std::sync::Arc<crate::lecture::record::Recorder>>,
 }
 
 impl Config {
@@ -151,6 +153,7 @@ impl Default for Config {
             allow_origins: Vec::new(),
             max_memory: None,
             cluster: None,
+            record: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use super::conn::Conn;
 use super::hub::Hub;
 use super::outbox::{Encoded, Outgoing, PushError};
 use super::publish;
+use super::recorded;
 use crate::core::{Outcome, Relayed, Step};
 use crate::protocol::{Message, ServerFrame};
 use crate::store::{Seq, StoreStopped, NEVER_COMMITTED};
@@ -92,18 +93,16 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
         // One that reached no node (its node died before the sweep) is queued.
         if let Some(link) = hub.cluster.as_ref().filter(|_| !to_publish.is_empty()) {
             for (user, message) in publish::publish(link, to_publish) {
-                work.extend(trusted(
-                    hub,
-                    core.relayed(Relayed::Undeliverable { user, message }),
-                ));
+                let outcome = core.relayed(Relayed::Undeliverable { user, message });
+                recorded::relayed(hub, &outcome);
+                work.extend(trusted(hub, outcome));
             }
         }
         // --max-memory: when every outbox together holds more than its share,
         // the fullest (a client that stopped reading) is evicted first. The
         // scan is O(connections), paid only while over the budget.
         if hub.outbox_bytes.load(Ordering::Relaxed) > hub.config.net.max_outbox_total {
-            let fullest = core
-                .all_connections()
+            let fullest = recorded::all_connections(hub, core)
                 .into_iter()
                 .filter_map(|h| h.local().cloned())
                 .filter(|c| c.outbox.is_open() && !evicted.iter().any(|(e, _)| e.id == c.id))
@@ -133,7 +132,8 @@ pub(crate) fn deliver(core: &mut Core, outcome: Outcome<Handle>, hub: &Hub) {
                     hub.config.net.max_outbox_bytes / 1024
                 ));
             }
-            work.extend(trusted(hub, core.disconnect(&conn.user, conn.id, unsent)));
+            let outcome = recorded::disconnect(hub, core, &conn.user, conn.id, unsent);
+            work.extend(trusted(hub, outcome));
         }
     }
 }

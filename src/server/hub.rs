@@ -213,6 +213,16 @@ impl Hub {
             .and_then(|d| d.loaded.state.epoch.clone())
             .or_else(|| cluster.as_ref().map(|j| j.epoch.clone()));
         core.set_epoch(epoch.unwrap_or_else(random_epoch));
+        if let Some(recorder) = &config.record {
+            recorder.begin(&crate::lecture::record::Header {
+                vivachat_record: crate::lecture::record::FORMAT,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                epoch: core.epoch().to_string(),
+                limits: (&config.core).into(),
+                restored: durable.as_ref().map(|d| (&d.loaded.state).into()),
+                node: cluster.as_ref().map(|j| j.link.node().to_string()),
+            });
+        }
         let first_conn_id = cluster.as_ref().map_or(1, |j| j.first_conn_id);
         let store = durable.as_ref().map(|d| d.store.clone());
         let site = Site::new(
@@ -386,6 +396,7 @@ impl Hub {
     /// error when a cluster's Redis did not answer.
     pub async fn inspection(&self) -> Option<Step<Inspection>> {
         let link = self.cluster.clone();
+        let recorder = self.config.record.clone();
         // A cluster's shared structures are read off the owner, on a
         // connection of their own: routing never waits for a view.
         let shared = match self.read_shared(QueueView::All).await {
@@ -404,10 +415,13 @@ impl Hub {
                 };
                 let queued_bytes = core.queued_bytes();
                 let hold = start.elapsed();
-                (snapshot, queued_bytes, hold, link.map(|l| cluster_info(&l)))
+                // Read by the owner with the snapshot: the replay step it is.
+                let recorded = recorder.map(|r| r.recorded());
+                let cluster = link.map(|l| cluster_info(&l));
+                (snapshot, queued_bytes, hold, cluster, recorded)
             })
             .await;
-        let (snapshot, queued_bytes, hold, cluster) = copied?;
+        let (snapshot, queued_bytes, hold, cluster, recorded_inputs) = copied?;
         let (snapshot, queued_bytes) = match (snapshot, queued_bytes) {
             (Ok(snapshot), Ok(queued)) => (snapshot, queued),
             (Err(why), _) | (_, Err(why)) => return Some(Err(why)),
@@ -438,6 +452,8 @@ impl Hub {
             board: self.board.stats(),
             owner: self.owner_stats.info(),
             cluster,
+            recorded_inputs,
+            lecture: None,
         };
         Some(Ok(Inspection {
             snapshot,

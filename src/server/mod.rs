@@ -53,8 +53,9 @@ mod input;
 pub mod limits;
 pub mod outbox;
 mod owner;
-mod pages;
+pub(crate) mod pages;
 mod publish;
+mod recorded;
 mod relay;
 mod shutdown;
 pub mod site;
@@ -221,6 +222,13 @@ pub async fn run(
     // (flushed-message deletions, the last requeues) and closes the file cleanly.
     if let Some(store) = hub.store.clone() {
         let _ = tokio::task::spawn_blocking(move || store.close(grace)).await;
+    }
+    // The owner has stopped: the recording holds every input it applied.
+    if let Some(recorder) = hub.config.record.clone() {
+        let finished = tokio::task::spawn_blocking(move || recorder.finish()).await;
+        if let Ok(Err(why)) = finished {
+            eprintln!("! --record: the recording's last lines could not be written: {why}");
+        }
     }
     if let Some(log) = &hub.log {
         log.flush(Duration::from_secs(2));

@@ -33,6 +33,7 @@ use super::conn::{
 use super::deliver::{deliver, trusted};
 use super::hub::{Hub, Rules};
 use super::input::{Input, MAX_BATCH};
+use super::recorded;
 use crate::core::{ConnHandle, Event, Outcome, Step, Trace};
 use crate::names::UserId;
 use crate::protocol::{Envelope, ErrorCode, Message, Request, RequestError};
@@ -98,7 +99,7 @@ fn apply_one(hub: &Hub, core: &mut Core, input: Input) {
 fn prepare(hub: &Hub, core: &mut Core) {
     // The rules refuse what needs the disk while it cannot be written.
     if let Some(store) = &hub.store {
-        core.set_disk(store.disk());
+        recorded::set_disk(hub, core, store.disk());
     }
     // The trace costs an allocation per event: only while someone reads it.
     core.set_tracing(hub.log.is_some() || hub.board.watched());
@@ -160,19 +161,22 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
             now_ms,
         } => request(hub, core, &conn, envelope, now_ms),
         Input::Refuse { conn, error } => {
-            let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
+            let refusal =
+                recorded::refuse(hub, core, &conn.user, &Handle::Local(conn.clone()), error);
             deliver(core, refusal, hub);
         }
         Input::Close { conn, ending } => close(hub, core, &conn, ending),
-        Input::Flushed { conn } => core.flushed(conn.id),
+        Input::Flushed { conn } => recorded::flushed(hub, core, conn.id),
         Input::Relayed(batch) => {
             for relayed in batch {
                 let outcome = core.relayed(relayed);
+                recorded::relayed(hub, &outcome);
                 finish_rule(hub, core, outcome);
             }
         }
         Input::NodeLost(node) => {
             let outcome = core.node_lost(&node);
+            recorded::relayed(hub, &outcome);
             finish_rule(hub, core, outcome);
         }
         Input::Fence(why) => fence(hub, core, &why),
@@ -202,7 +206,7 @@ fn finish_rule(hub: &Hub, core: &mut Core, outcome: Step<Outcome<Handle>>) {
 fn request(hub: &Hub, core: &mut Core, conn: &Conn, envelope: Envelope, now_ms: u64) {
     let reference = envelope.reference.clone();
     let handle = Handle::Local(conn.clone());
-    let outcome = match core.handle(&conn.user, &handle, envelope, now_ms) {
+    let outcome = match recorded::handle(hub, core, &conn.user, &handle, envelope, now_ms) {
         Ok(outcome) => outcome,
         Err(why) => {
             let error = RequestError::new(
@@ -210,7 +214,7 @@ fn request(hub: &Hub, core: &mut Core, conn: &Conn, envelope: Envelope, now_ms: 
                 format!("{why}. This may not have been done: send it again in a moment"),
                 reference,
             );
-            core.refuse(&conn.user, &handle, error)
+            recorded::refuse(hub, core, &conn.user, &handle, error)
         }
     };
     deliver(core, outcome, hub);
@@ -227,7 +231,8 @@ fn connect(hub: &Hub, core: &mut Core, conn: Conn, claimed_now: bool) {
         true => close_unclaimed(hub, core, &conn.user),
         false => Ok(()),
     };
-    let outcome = claimed.and_then(|()| core.connect(&conn.user, Handle::Local(conn.clone())));
+    let outcome = claimed
+        .and_then(|()| recorded::connect(hub, core, &conn.user, Handle::Local(conn.clone())));
     let outcome = match outcome {
         Ok(outcome) => outcome,
         // Cluster mode, Redis unreachable: the connect stopped where it
@@ -264,7 +269,7 @@ fn refuse_unavailable(hub: &Hub, core: &mut Core, conn: &Conn, why: &str) {
 /// so from now on only the owner's devices receive its messages. What they
 /// had not yet been sent goes back to the queue, for the owner.
 fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) -> Step<()> {
-    for device in core.devices(user)? {
+    for device in recorded::devices(hub, core, user)? {
         let Some(device) = device.local().cloned() else {
             continue;
         };
@@ -281,7 +286,7 @@ fn close_unclaimed(hub: &Hub, core: &mut Core, user: &UserId) -> Step<()> {
                 device.id
             ));
         }
-        let outcome = core.disconnect(user, device.id, unsent);
+        let outcome = recorded::disconnect(hub, core, user, device.id, unsent);
         finish_rule(hub, core, outcome);
     }
     Ok(())
@@ -297,7 +302,7 @@ fn refuse_and_close(
     code: u16,
     reason: &'static str,
 ) {
-    let refusal = core.refuse(&conn.user, &Handle::Local(conn.clone()), error);
+    let refusal = recorded::refuse(hub, core, &conn.user, &Handle::Local(conn.clone()), error);
     deliver(core, refusal, hub);
     conn.outbox.close_after_pending(close_frame(code, reason));
 }
@@ -352,7 +357,7 @@ fn close(hub: &Hub, core: &mut Core, conn: &Conn, ending: Ending) {
             Vec::new()
         }
     };
-    let outcome = core.disconnect(&conn.user, conn.id, unsent);
+    let outcome = recorded::disconnect(hub, core, &conn.user, conn.id, unsent);
     finish_rule(hub, core, outcome);
 }
 
@@ -363,7 +368,7 @@ fn close_all(hub: &Hub, core: &mut Core) {
     // the closes (a later Connect sees the flag).
     hub.shutdown.cancel();
     if let Some(log) = &hub.log {
-        let connections = core.all_connections().len();
+        let connections = recorded::all_connections(hub, core).len();
         log.event(Event::Shutdown { connections }, Trace::new(false));
     }
     close_every(hub, core, CLOSE_GOING_AWAY, "server shutting down");
@@ -377,7 +382,7 @@ fn close_all(hub: &Hub, core: &mut Core) {
 /// each client reconnects, through any node, and is flushed its queue; what
 /// was unsent in their outboxes goes back to it first. Then it registers again.
 fn fence(hub: &Hub, core: &mut Core, why: &str) {
-    let connections = core.all_connections().len();
+    let connections = recorded::all_connections(hub, core).len();
     close_every(
         hub,
         core,
@@ -396,8 +401,7 @@ fn fence(hub: &Hub, core: &mut Core, why: &str) {
 /// from what they have, and get what this node missed. Nothing goes back to
 /// a queue: what a resuming socket was not sent is still held.
 fn fence_resuming(hub: &Hub, core: &mut Core, why: &str) {
-    let resuming: Vec<Conn> = core
-        .all_connections()
+    let resuming: Vec<Conn> = recorded::all_connections(hub, core)
         .into_iter()
         .filter_map(|h| h.local().cloned())
         .filter(|c| c.resume.is_some())
@@ -407,7 +411,7 @@ fn fence_resuming(hub: &Hub, core: &mut Core, why: &str) {
             CLOSE_RESTART,
             "this node missed messages while Redis restarted; reconnect to resume",
         )));
-        let outcome = core.disconnect(&conn.user, conn.id, Vec::new());
+        let outcome = recorded::disconnect(hub, core, &conn.user, conn.id, Vec::new());
         finish_rule(hub, core, outcome);
     }
     if let Some(log) = &hub.log {
@@ -422,8 +426,7 @@ fn fence_resuming(hub: &Hub, core: &mut Core, why: &str) {
 /// written to it (its outbox, and the batch a stuck write holds) goes back
 /// to its user's offline deque.
 fn close_every(hub: &Hub, core: &mut Core, code: u16, reason: &'static str) {
-    let mut connections: Vec<Conn> = core
-        .all_connections()
+    let mut connections: Vec<Conn> = recorded::all_connections(hub, core)
         .into_iter()
         .filter_map(|h| h.local().cloned())
         .collect();
@@ -452,7 +455,7 @@ fn close_every(hub: &Hub, core: &mut Core, code: u16, reason: &'static str) {
         } else {
             Vec::new()
         };
-        let outcome = core.disconnect(&conn.user, conn.id, undelivered);
+        let outcome = recorded::disconnect(hub, core, &conn.user, conn.id, undelivered);
         finish_rule(hub, core, outcome);
     }
 }

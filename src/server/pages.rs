@@ -42,6 +42,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../../web/board.js"),
     },
     Asset {
+        name: "lecture.js",
+        mime: "text/javascript; charset=utf-8",
+        body: include_str!("../../web/lecture.js"),
+    },
+    Asset {
         name: "common.js",
         mime: "text/javascript; charset=utf-8",
         body: include_str!("../../web/common.js"),
@@ -65,11 +70,15 @@ const ASSETS: &[Asset] = &[
 
 const CHAT_HTML: &str = include_str!("../../web/index.html");
 const BOARD_HTML: &str = include_str!("../../web/board.html");
+const LECTURE_HTML: &str = include_str!("../../web/lecture.html");
 
 #[cfg(test)]
 /// Bytes of every page, script, style and icon together (the page-weight budget is 200 KB).
 pub fn page_weight() -> usize {
-    CHAT_HTML.len() + BOARD_HTML.len() + ASSETS.iter().map(|a| a.body.len()).sum::<usize>()
+    CHAT_HTML.len()
+        + BOARD_HTML.len()
+        + LECTURE_HTML.len()
+        + ASSETS.iter().map(|a| a.body.len()).sum::<usize>()
 }
 
 fn page(mime: &'static str, body: impl Into<axum::body::Body>) -> Response {
@@ -115,6 +124,11 @@ pub(crate) async fn board(
         return refused.into_response();
     }
     page("text/html; charset=utf-8", BOARD_HTML)
+}
+
+/// `vivachat replay`'s `/` and `/board`: the board in lecture mode.
+pub(crate) async fn lecture() -> Response {
+    page("text/html; charset=utf-8", LECTURE_HTML)
 }
 
 /// `GET /assets/{name}`.

@@ -679,3 +679,76 @@ pub fn tmux_run(
     assert!(screen.contains(done), "never showed {done:?}:\n{screen}");
     Some(screen)
 }
+
+/// A tmux pane that a test types into: the real binary in a real terminal
+/// of `width` x `height`. Killed when dropped. None where tmux is missing
+/// (outside CI, which installs it).
+pub struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    pub fn start(shell: &str, width: u16, height: u16) -> Option<Tmux> {
+        use std::process::Command;
+        if Command::new("tmux").arg("-V").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "tmux is needed under CI");
+            eprintln!("skipped: tmux is not installed");
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = format!("vivachat-keys-{}-{n}", std::process::id());
+        let started = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session])
+            .args(["-x", &width.to_string(), "-y", &height.to_string()])
+            .arg(format!("{shell}; echo '[exited]'; sleep 600"))
+            .env("XDG_CONFIG_HOME", config_home())
+            .status()
+            .expect("tmux runs");
+        assert!(started.success());
+        Some(Tmux { session })
+    }
+
+    /// What the pane shows now (its visible screen).
+    pub fn screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits (at most [`WAIT`]) until the screen shows `needle`, and returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pane never showed {needle:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Presses keys, in tmux's names (`Enter`, `b`, `Left`, `q`).
+    pub fn keys(&self, keys: &[&str]) {
+        let status = std::process::Command::new("tmux")
+            .args(["send-keys", "-t", &self.session])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
