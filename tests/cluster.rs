@@ -1623,3 +1623,55 @@ fn a_redis_cluster_node_is_refused_at_start_with_the_reason() {
         "says what to do: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_records_its_own_inputs_and_a_replay_is_that_node_alone() {
+    use std::sync::Arc;
+    use vivachat::lecture::record::{Recorded, Recorder, Recording};
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("rec");
+    let dir = common::temp_data_file("cluster-record");
+    let paths = [dir.with_file_name("n1.jsonl"), dir.with_file_name("n2.jsonl")];
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut nodes = Vec::new();
+    for (name, path) in ["n1", "n2"].iter().zip(&paths) {
+        let config = Config {
+            cluster: Some(cluster_node(&redis.url(), &prefix, name)),
+            record: Some(Arc::new(Recorder::create(path).unwrap())),
+            ..Config::default()
+        };
+        nodes.push(TestServer::one(any, config).await);
+    }
+    let mut alice = connect_to(nodes[0].addr, "alice").await;
+    let mut bob = connect_to(nodes[1].addr, "bob").await;
+    assert_eq!(alice.recv().await["status"], "online", "bob's arrival, through Redis");
+    let ack = alice
+        .request(json!({"type":"message","to":"bob","text":"across nodes"}))
+        .await;
+    assert_eq!(ack["status"], "delivered");
+    assert_eq!(bob.recv().await["text"], "across nodes");
+    for node in nodes {
+        node.stop().await;
+    }
+    let second = Recording::read(&paths[1]).unwrap();
+    assert_eq!(second.header.node.as_deref(), Some("n2"));
+    // What n1 routed to bob reached n2 through Redis: recorded, not replayable.
+    assert!(
+        second
+            .lines
+            .iter()
+            .any(|l| matches!(&l.input, Recorded::Relayed { summary } if summary.contains("bob"))),
+        "{}",
+        second.to_jsonl()
+    );
+    let mut cursor = vivachat::lecture::replay::Cursor::new(Arc::new(second));
+    let mut seen_alice = false;
+    for k in 0..=cursor.steps() {
+        cursor.seek(k);
+        let presence = cursor.snapshot().structures.presence;
+        seen_alice |= presence.iter().any(|u| u.as_str() == "alice");
+    }
+    assert!(!seen_alice, "n2's replay is one server with n2's inputs: alice was never its");
+}

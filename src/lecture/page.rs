@@ -84,6 +84,8 @@ pub fn inspection(cursor: &Cursor, source: &str) -> Inspection {
         server: Some(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: cursor.elapsed_ms(),
+            // "queued 3s ago" is as of this step, not as of today.
+            taken_at_ms: cursor.time_ms(),
             lecture: Some(LectureInfo {
                 step: cursor.step() as u64,
                 steps: cursor.steps() as u64,

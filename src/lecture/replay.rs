@@ -332,6 +332,14 @@ impl Cursor {
         BoardFrame::build(&structures, self.core.op_table(), context)
     }
 
+    /// The wall-clock time (Unix ms) of this step's input, as recorded.
+    pub fn time_ms(&self) -> u64 {
+        match self.k {
+            0 => self.recording.lines.first().map_or(0, |l| l.t),
+            k => self.recording.lines[k - 1].t,
+        }
+    }
+
     /// Milliseconds from the first input to this step's.
     pub fn elapsed_ms(&self) -> u64 {
         let first = self.recording.lines.first().map_or(0, |l| l.t);
