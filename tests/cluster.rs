@@ -1633,7 +1633,10 @@ async fn each_node_records_its_own_inputs_and_a_replay_is_that_node_alone() {
     };
     let prefix = fresh_prefix("rec");
     let dir = common::temp_data_file("cluster-record");
-    let paths = [dir.with_file_name("n1.jsonl"), dir.with_file_name("n2.jsonl")];
+    let paths = [
+        dir.with_file_name("n1.jsonl"),
+        dir.with_file_name("n2.jsonl"),
+    ];
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut nodes = Vec::new();
     for (name, path) in ["n1", "n2"].iter().zip(&paths) {
@@ -1646,7 +1649,11 @@ async fn each_node_records_its_own_inputs_and_a_replay_is_that_node_alone() {
     }
     let mut alice = connect_to(nodes[0].addr, "alice").await;
     let mut bob = connect_to(nodes[1].addr, "bob").await;
-    assert_eq!(alice.recv().await["status"], "online", "bob's arrival, through Redis");
+    assert_eq!(
+        alice.recv().await["status"],
+        "online",
+        "bob's arrival, through Redis"
+    );
     let ack = alice
         .request(json!({"type":"message","to":"bob","text":"across nodes"}))
         .await;
@@ -1673,5 +1680,8 @@ async fn each_node_records_its_own_inputs_and_a_replay_is_that_node_alone() {
         let presence = cursor.snapshot().structures.presence;
         seen_alice |= presence.iter().any(|u| u.as_str() == "alice");
     }
-    assert!(!seen_alice, "n2's replay is one server with n2's inputs: alice was never its");
+    assert!(
+        !seen_alice,
+        "n2's replay is one server with n2's inputs: alice was never its"
+    );
 }

@@ -434,7 +434,14 @@ fn fit_width(text: &str, width: Option<usize>, cut: bool) -> String {
 fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderOptions) {
     let (s, st) = (&doc.snapshot, &doc.snapshot.structures);
     let mut parts = vec![format!("vivachat · {}", o.source)];
-    if let Some(info) = &doc.server {
+    if let Some(lecture) = doc.server.as_ref().and_then(|i| i.lecture.as_ref()) {
+        // A replay: a step of a recording, with no sockets and no clock.
+        parts.extend([
+            format!("replay of {}", lecture.source),
+            format!("step {} of {}", lecture.step, lecture.steps),
+            clock(doc.server.as_ref().map_or(0, |i| i.taken_at_ms)),
+        ]);
+    } else if let Some(info) = &doc.server {
         parts.extend([
             clock(info.taken_at_ms),
             format!("up {}", duration(info.uptime_ms)),
