@@ -53,12 +53,14 @@ pub fn queued_cost(text_bytes: usize) -> usize {
     QUEUED_ENTRY_BYTES + text_bytes
 }
 
-/// Limits and switches of the core.
-#[derive(Debug, Clone)]
+/// Limits and switches of the core. A recording's header keeps the limits
+/// (`serve --record`), so a replay refuses what the live server refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CoreConfig {
     /// Longest offline deque per user; a direct message beyond it is refused with `inbox_full`.
     pub max_offline: usize,
     /// Record a [`Trace`] of every event for the event log. Counting is always on.
+    #[serde(skip)]
     pub trace: bool,
     /// Longest text of a message, in characters; `None` leaves only the frame-size limit.
     pub max_text_chars: Option<usize>,

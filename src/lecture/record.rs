@@ -29,7 +29,8 @@ pub struct Header {
     pub version: String,
     /// The run's epoch, which a resume position is checked against.
     pub epoch: String,
-    pub limits: Limits,
+    /// The core's limits in force (`usize::MAX` is "none").
+    pub limits: CoreConfig,
     /// With `--data`: what the server loaded from its data file before the
     /// first input (a replay starts from it, not from empty structures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,50 +38,6 @@ pub struct Header {
     /// On a cluster: the node that recorded it (each node records its own inputs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-}
-
-/// The core's limits in force, as numbers (`usize::MAX` is "none").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    pub max_offline: usize,
-    pub max_text_chars: Option<usize>,
-    pub max_groups: usize,
-    pub max_group_size: usize,
-    pub max_blocked: usize,
-    pub max_groups_per_user: usize,
-    pub max_queued_bytes: usize,
-    pub max_queued_bytes_per_sender: usize,
-}
-
-impl From<&CoreConfig> for Limits {
-    fn from(c: &CoreConfig) -> Limits {
-        Limits {
-            max_offline: c.max_offline,
-            max_text_chars: c.max_text_chars,
-            max_groups: c.max_groups,
-            max_group_size: c.max_group_size,
-            max_blocked: c.max_blocked,
-            max_groups_per_user: c.max_groups_per_user,
-            max_queued_bytes: c.max_queued_bytes,
-            max_queued_bytes_per_sender: c.max_queued_bytes_per_sender,
-        }
-    }
-}
-
-impl Limits {
-    pub fn core_config(&self) -> CoreConfig {
-        CoreConfig {
-            max_offline: self.max_offline,
-            trace: false,
-            max_text_chars: self.max_text_chars,
-            max_groups: self.max_groups,
-            max_group_size: self.max_group_size,
-            max_blocked: self.max_blocked,
-            max_groups_per_user: self.max_groups_per_user,
-            max_queued_bytes: self.max_queued_bytes,
-            max_queued_bytes_per_sender: self.max_queued_bytes_per_sender,
-        }
-    }
 }
 
 /// A message as a recording keeps it: its wire frame, and whether the

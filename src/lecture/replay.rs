@@ -30,7 +30,7 @@ pub fn fresh_core(recording: &Recording) -> ReplayCore {
         Some(_) => MemoryStructures::journaled(),
         None => MemoryStructures::default(),
     };
-    let mut core = ChatCore::new(structures, h.limits.core_config());
+    let mut core = ChatCore::new(structures, h.limits.clone());
     core.set_epoch(h.epoch.clone());
     if let Some(restored) = &h.restored {
         core.restore(&restored.durable_state(&h.epoch));

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::record::{Device, Header, Limits, Line, Recorded, Recording, FORMAT};
+use super::record::{Device, Header, Line, Recorded, Recording, FORMAT};
 use super::replay::{apply, fresh_core, ReplayCore};
 use crate::client::input::{parse_line, Command};
 use crate::core::{ConnId, CoreConfig};
@@ -116,7 +116,7 @@ pub fn play(text: &str) -> Result<Recording, ScenarioError> {
         vivachat_record: FORMAT,
         version: env!("CARGO_PKG_VERSION").to_string(),
         epoch: "scenario".to_string(),
-        limits: Limits::from(&CoreConfig::default()),
+        limits: CoreConfig::default(),
         restored: None,
         node: None,
     };

@@ -218,7 +218,7 @@ impl Hub {
                 vivachat_record: crate::lecture::record::FORMAT,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 epoch: core.epoch().to_string(),
-                limits: (&config.core).into(),
+                limits: config.core.clone(),
                 restored: durable.as_ref().map(|d| (&d.loaded.state).into()),
                 node: cluster.as_ref().map(|j| j.link.node().to_string()),
             });

@@ -70,14 +70,37 @@ const ASSETS: &[Asset] = &[
 
 const CHAT_HTML: &str = include_str!("../../web/index.html");
 const BOARD_HTML: &str = include_str!("../../web/board.html");
-const LECTURE_HTML: &str = include_str!("../../web/lecture.html");
+const LECTURE_PARTS: &str = include_str!("../../web/lecture.html");
+
+/// The board with each `<!--part:NAME-->...<!--/part-->` of `parts` in
+/// place of the board's part of the same name. None if a part is missing.
+fn splice(board: &str, parts: &str) -> Option<String> {
+    const END: &str = "<!--/part-->";
+    let mut page = board.to_string();
+    let mut rest = parts;
+    while let Some(at) = rest.find("<!--part:") {
+        let part = &rest[at..];
+        let whole = &part[..part.find(END)? + END.len()];
+        let name = &whole[..whole.find("-->")? + 3];
+        let start = page.find(name)?;
+        let end = start + page[start..].find(END)? + END.len();
+        page.replace_range(start..end, whole);
+        rest = &part[whole.len()..];
+    }
+    Some(page)
+}
+
+/// `vivachat replay`'s page, built once from the board's.
+static LECTURE_HTML: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    splice(BOARD_HTML, LECTURE_PARTS).expect("every part of web/lecture.html is in web/board.html")
+});
 
 #[cfg(test)]
 /// Bytes of every page, script, style and icon together (the page-weight budget is 200 KB).
 pub fn page_weight() -> usize {
     CHAT_HTML.len()
         + BOARD_HTML.len()
-        + LECTURE_HTML.len()
+        + LECTURE_PARTS.len()
         + ASSETS.iter().map(|a| a.body.len()).sum::<usize>()
 }
 
@@ -128,7 +151,7 @@ pub(crate) async fn board(
 
 /// `vivachat replay`'s `/` and `/board`: the board in lecture mode.
 pub(crate) async fn lecture() -> Response {
-    page("text/html; charset=utf-8", LECTURE_HTML)
+    page("text/html; charset=utf-8", LECTURE_HTML.as_str())
 }
 
 /// `GET /assets/{name}`.
@@ -180,6 +203,31 @@ mod tests {
     #[test]
     fn every_page_and_asset_together_stay_under_200_kb() {
         assert!(page_weight() < 200_000, "{} bytes", page_weight());
+    }
+
+    #[test]
+    fn the_lecture_page_is_the_board_with_its_live_parts_replaced() {
+        let page = LECTURE_HTML.as_str();
+        for part in ["head", "top", "events"] {
+            assert_eq!(
+                page.matches(&format!("<!--part:{part}-->")).count(),
+                1,
+                "{part}"
+            );
+        }
+        assert!(page.contains(r#"<script type="module" src="/assets/lecture.js">"#));
+        assert!(!page.contains("/assets/board.js"), "lecture.js imports it");
+        assert!(!page.contains("admin-token") && !page.contains("join.svg"));
+        assert!(page.contains(r#"aria-label="This step""#));
+        // The five regions come from the board, once.
+        for structure in crate::core::Structure::ALL {
+            let label = format!(r#"aria-label="{}""#, structure.name());
+            assert_eq!(page.matches(&label).count(), 1, "{label}");
+        }
+        assert_eq!(
+            splice("<!--part:x-->a<!--/part-->", "<!--part:y-->b<!--/part-->"),
+            None
+        );
     }
 
     #[test]

@@ -641,41 +641,15 @@ pub fn tmux_run(
     done: &str,
     bound: Duration,
 ) -> Option<String> {
-    use std::process::Command;
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "tmux is needed under CI");
-        eprintln!("skipped: tmux is not installed");
-        return None;
-    }
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let session = format!("vivachat-test-{}-{n}", std::process::id());
-    let started = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session])
-        .args(["-x", &width.to_string(), "-y", &height.to_string()])
-        .arg(format!("{shell}; sleep 600"))
-        .env("XDG_CONFIG_HOME", config_home())
-        .status()
-        .expect("tmux runs");
-    assert!(started.success());
-    let capture = || {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-J", "-S", "-", "-t", &session])
-            .output()
-            .expect("tmux capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let pane = Tmux::start(shell, width, height)?;
     let deadline = std::time::Instant::now() + bound;
     let screen = loop {
-        let screen = capture();
+        let screen = pane.history();
         if screen.contains(done) || std::time::Instant::now() > deadline {
             break screen;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", &session])
-        .status();
     assert!(screen.contains(done), "never showed {done:?}:\n{screen}");
     Some(screen)
 }
@@ -709,13 +683,25 @@ impl Tmux {
         Some(Tmux { session })
     }
 
-    /// What the pane shows now (its visible screen).
-    pub fn screen(&self) -> String {
+    fn capture(&self, whole: &[&str]) -> String {
         let out = std::process::Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.session])
+            .args(["capture-pane", "-p"])
+            .args(whole)
+            .args(["-t", &self.session])
             .output()
             .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What the pane shows now (its visible screen).
+    pub fn screen(&self) -> String {
+        self.capture(&[])
+    }
+
+    /// The pane's whole history, with the lines tmux wrapped joined again,
+    /// so a line too wide for the pane shows as wider than it.
+    pub fn history(&self) -> String {
+        self.capture(&["-J", "-S", "-"])
     }
 
     /// Waits (at most [`WAIT`]) until the screen shows `needle`, and returns it.
