@@ -34,49 +34,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Step through a recording (serve --record) or a scenario, forwards and
     /// backwards, on the board (lecture mode) or in this terminal.
-    #[command(after_help = REPLAY_HELP)]
-    Replay(ReplayArgs),
-}
-
-const REPLAY_HELP: &str = "\
-Examples:
-  vivachat serve --record class.jsonl          record a class (every input the core receives)
-  vivachat replay class.jsonl                  the board in lecture mode on http://127.0.0.1:8000/
-  vivachat replay class.jsonl --terminal       the same steps here: Enter next, b back, q quits
-  vivachat replay --scenario demos/scenarios/message-flow.txt --terminal
-  vivachat replay class.jsonl --export steps.md
-
-A scenario has one action per line, the user in front, in the terminal client's words:
-  alice> /to bob        alice> hello        bob> (connects)        bob> /join g1
-  alice> #g1 hi all     bob> (reads)        carol> (crashes)       bob> (resumes 3)
-  bob@laptop> (connects) opens a second device of bob's; (leaves) closes after reading.";
-
-#[derive(Debug, Args)]
-pub struct ReplayArgs {
-    /// The recording, as `serve --record FILE` wrote it.
-    #[arg(
-        value_name = "FILE",
-        required_unless_present = "scenario",
-        conflicts_with = "scenario"
-    )]
-    pub file: Option<std::path::PathBuf>,
-    /// Play this scenario (one action per line, e.g. `alice> hello`) through the real core instead.
-    #[arg(long, value_name = "FILE")]
-    pub scenario: Option<std::path::PathBuf>,
-    /// Address to serve the board on; 0.0.0.0 shows it to the LAN (it shows every message).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: std::net::IpAddr,
-    /// TCP port (0 picks a free one and prints it).
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-    /// Step in this terminal instead of on the board: Enter/→ next, b/← back, Home/End, q quits.
-    #[arg(long, conflicts_with = "export")]
-    pub terminal: bool,
-    /// Write every step's narration and tables to this Markdown file, then exit.
-    #[arg(long, value_name = "FILE")]
-    pub export: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub view: crate::inspect::ViewArgs,
+    #[command(after_help = crate::lecture::REPLAY_HELP)]
+    Replay(crate::lecture::ReplayArgs),
 }
 
 #[derive(Debug, Args)]
