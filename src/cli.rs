@@ -130,6 +130,10 @@ pub struct LoadArgs {
     /// Memory mode: one user per connection (each arrival is then broadcast to all).
     #[arg(long, requires = "conns")]
     pub distinct: bool,
+    /// Memory mode: the connections ask for batched presence (v1.2,
+    /// `?presence=batched`): one diff per tick instead of a frame per arrival.
+    #[arg(long, requires = "conns")]
+    pub batched: bool,
     /// Memory mode: also queue this many messages, then time how long a snapshot holds the core.
     #[arg(long, requires = "conns", default_value_t = 0)]
     pub queued: usize,
@@ -154,7 +158,7 @@ pub struct LoadArgs {
     /// expected, delivered, lost, duplicates, out_of_order, achieved_rate,
     /// send_rate, latency_us and service_latency_us (p50, p90, p99, p999, max),
     /// server_cpu_seconds, server_rss_kib_before/after; in memory mode
-    /// idle_connections, kib_per_connection, presence_frames, server_peak_rss_kib;
+    /// idle_connections, kib_per_connection, presence_frames, presence_settled_ms, server_peak_rss_kib;
     /// with --resume, resume and confirmations (the `received` frames sent).
     #[arg(long)]
     pub json: bool,
@@ -330,6 +334,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 group_size: a.group_size.map(|k| k as usize),
                 conns: a.conns,
                 distinct: a.distinct,
+                batched: a.batched,
                 queued: a.queued,
                 offline: a.offline,
                 data: a.data,

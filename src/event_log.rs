@@ -212,6 +212,14 @@ pub fn summary(event: &Event) -> String {
         Event::Shutdown { connections } => {
             format!("shutting down: closing {connections} connection(s) with 1001")
         }
+        Event::PresenceDiff {
+            online,
+            offline,
+            connections,
+        } => format!(
+            "~ presence diff of {} change(s) ({online} online, {offline} offline), built once and sent to {connections} batched connection(s)",
+            online + offline
+        ),
         Event::NodeLost { .. } | Event::Relayed { .. } => cluster_summary(event),
     }
 }

@@ -427,16 +427,24 @@ pub enum ServerFrame {
     },
     /// `resume`: the position this connection resumed from, and `epoch` the
     /// run it belongs to (v1.1; both absent in v1).
+    /// `batched`: the connection asked for batched presence (v1.2), so it
+    /// gets `presence_diff` frames instead of `presence` ones.
     Welcome {
         user: UserId,
         online: Vec<UserId>,
         queued: usize,
         resume: Option<u64>,
         epoch: Option<String>,
+        batched: bool,
     },
     Presence {
         user: UserId,
         status: PresenceStatus,
+    },
+    /// v1.2: every presence change since the last tick, coalesced.
+    PresenceDiff {
+        online: Vec<UserId>,
+        offline: Vec<UserId>,
     },
     Ack {
         reference: Ref,
@@ -491,10 +499,16 @@ enum Wire<'a> {
         resume: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<&'static str>,
     },
     Presence {
         user: &'a str,
         status: PresenceStatus,
+    },
+    PresenceDiff {
+        online: &'a [UserId],
+        offline: &'a [UserId],
     },
     Receipt {
         id: u64,
@@ -598,13 +612,16 @@ impl ServerFrame {
                 queued,
                 resume,
                 epoch,
+                batched,
             } => Wire::Welcome {
                 user: user.as_str(),
                 online,
                 queued: *queued,
                 resume: *resume,
                 epoch: epoch.as_deref(),
+                presence: batched.then_some("batched"),
             },
+            ServerFrame::PresenceDiff { online, offline } => Wire::PresenceDiff { online, offline },
             ServerFrame::Receipt { id, user } => Wire::Receipt {
                 id: *id,
                 status: "received",
@@ -769,6 +786,8 @@ enum WireFrameIn {
         resume: Option<u64>,
         #[serde(default)]
         epoch: Option<String>,
+        #[serde(default)]
+        presence: Option<String>,
     },
     Receipt {
         id: u64,
@@ -778,6 +797,10 @@ enum WireFrameIn {
     Presence {
         user: UserId,
         status: PresenceStatus,
+    },
+    PresenceDiff {
+        online: Vec<UserId>,
+        offline: Vec<UserId>,
     },
     Ack {
         #[serde(rename = "ref", default)]
@@ -826,13 +849,18 @@ pub fn parse_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> 
             queued,
             resume,
             epoch,
+            presence,
         } => ServerFrame::Welcome {
             user,
             online,
             queued,
             resume,
             epoch,
+            batched: presence.as_deref() == Some("batched"),
         },
+        WireFrameIn::PresenceDiff { online, offline } => {
+            ServerFrame::PresenceDiff { online, offline }
+        }
         WireFrameIn::Receipt { id, user } => ServerFrame::Receipt { id, user },
         WireFrameIn::Presence { user, status } => ServerFrame::Presence { user, status },
         WireFrameIn::Ack {
@@ -862,6 +890,7 @@ pub enum FrameKind {
     GroupMessage,
     Welcome,
     Presence,
+    PresenceDiff,
     Ack,
     Error,
     Who,
@@ -1156,10 +1185,33 @@ mod tests {
             queued: 0,
             resume: None,
             epoch: None,
+            batched: false,
         };
         assert_eq!(
             v1.to_json(),
             r#"{"type":"welcome","user":"bob","online":[],"queued":0}"#
+        );
+        // v1.2: exactly the shapes docs/protocol.md shows.
+        let batched = ServerFrame::Welcome {
+            user: Name::parse("bob").unwrap(),
+            online: vec![Name::parse("alice").unwrap()],
+            queued: 0,
+            resume: None,
+            epoch: None,
+            batched: true,
+        };
+        assert_eq!(
+            batched.to_json(),
+            r#"{"type":"welcome","user":"bob","online":["alice"],"queued":0,"presence":"batched"}"#
+        );
+        let n = |s: &str| Name::parse(s).unwrap();
+        let diff = ServerFrame::PresenceDiff {
+            online: vec![n("carol"), n("dave")],
+            offline: vec![n("alice")],
+        };
+        assert_eq!(
+            diff.to_json(),
+            r#"{"type":"presence_diff","online":["carol","dave"],"offline":["alice"]}"#
         );
     }
 
@@ -1212,6 +1264,7 @@ mod tests {
                 queued: 2,
                 resume: None,
                 epoch: None,
+                batched: true,
             },
             ServerFrame::Welcome {
                 user: n("alice"),
@@ -1219,6 +1272,11 @@ mod tests {
                 queued: 0,
                 resume: Some(41),
                 epoch: Some("3fa9".into()),
+                batched: false,
+            },
+            ServerFrame::PresenceDiff {
+                online: vec![n("bob")],
+                offline: vec![n("carol"), n("dave")],
             },
             ServerFrame::Receipt {
                 id: 7,

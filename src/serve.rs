@@ -17,7 +17,7 @@ use crate::event_log::{EventLog, LogRing};
 use crate::lecture::record::Recorder;
 use crate::server::config::{
     timeout, HANDSHAKE_TIMEOUT_SECS, IDLE_TIMEOUT_SECS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
-    MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, OUTBOX_FRAMES,
+    MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, OUTBOX_FRAMES, PRESENCE_TICK,
 };
 use crate::server::site::{connect_addresses, qr_text, Site};
 use crate::server::{self, Config, Dashboard, NetLimits};
@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// what needs the disk is refused with `unavailable` until space is freed.
     #[arg(long, value_name = "SIZE", requires = "data", value_parser = parse_size)]
     pub max_data_size: Option<u64>,
+    /// Milliseconds between the presence diffs of connections that ask for
+    /// batched presence (`?presence=batched`, v1.2: the page and the client do).
+    #[arg(long, value_name = "MS", default_value_t = PRESENCE_TICK.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub presence_tick: u64,
     /// Record every input the core receives to this new file (one JSON line
     /// each), so `vivachat replay FILE` can step through the session.
     #[arg(long, value_name = "FILE")]
@@ -176,6 +180,7 @@ impl ServeArgs {
             durable,
             public_url: self.public_url.clone(),
             allow_origins: self.allow_origins.clone(),
+            presence_tick: std::time::Duration::from_millis(self.presence_tick),
             ..Config::default()
         }
         .with_memory_budget(memory)

@@ -1139,3 +1139,56 @@ async fn the_lecture_board_steps_forwards_and_backwards_through_a_scenario() {
     }
     assert_no_problems(&board, "the lecture board");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_online_list_stays_right_through_a_storm_of_500_arrivals_and_250_departures() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start_alone(Config::default()).await;
+    let page = browser.page(LAPTOP.0, LAPTOP.1, false).await;
+    join(&page, &server, "teacher").await;
+    wait_online(&page, "the teacher", |o| o == ["teacher (you)"]).await;
+    // The class asks for batched presence too, as the page and the client do.
+    let mut class = Vec::new();
+    for i in 0..500 {
+        let mut student = server
+            .connect_raw(&format!("/ws/s{i:03}?presence=batched"))
+            .await
+            .unwrap();
+        assert_eq!(student.recv().await["type"], "welcome");
+        class.push(student);
+    }
+    // Every other student leaves: 250 stay.
+    let mut stayed = Vec::new();
+    for (i, student) in class.into_iter().enumerate() {
+        if i % 2 == 0 {
+            student.close().await;
+        } else {
+            stayed.push(student);
+        }
+    }
+    let mut expected: Vec<String> = (0..500)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("s{i:03}"))
+        .collect();
+    expected.push("teacher (you)".into());
+    expected.sort();
+    let shown = wait_online(&page, "the 250 who stayed", |o| o == expected.as_slice()).await;
+    assert_eq!(shown.len(), 251);
+    let count = page
+        .eval(r#"document.getElementById("online-count").textContent"#)
+        .await;
+    assert_eq!(count, json!("(251)"));
+    // The log says it in a few lines, not 750.
+    let lines = page
+        .eval(r#"[...document.querySelectorAll('#log .notice')].filter((p) => / online| offline/.test(p.innerText)).length"#)
+        .await;
+    assert!(
+        lines.as_u64().unwrap() < 100,
+        "{lines} presence lines in the log"
+    );
+    assert_no_problems(&page, "the page");
+    drop(stayed);
+    server.stop().await;
+}

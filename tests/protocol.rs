@@ -1096,3 +1096,85 @@ async fn a_group_message_checks_each_members_queue_against_the_budget_after_the_
     );
     server.stop().await;
 }
+
+/// A batched client's online set: its welcome, then each diff applied as set operations.
+async fn apply_diffs_until(
+    client: &mut common::Client,
+    view: &mut std::collections::BTreeSet<String>,
+    done: impl Fn(&std::collections::BTreeSet<String>) -> bool,
+) -> usize {
+    let mut frames = 0;
+    while !done(view) {
+        let diff = client.recv().await;
+        assert_eq!(
+            diff["type"], "presence_diff",
+            "a batched client gets only diffs: {diff}"
+        );
+        for user in diff["online"].as_array().unwrap() {
+            view.insert(user.as_str().unwrap().to_string());
+        }
+        for user in diff["offline"].as_array().unwrap() {
+            view.remove(user.as_str().unwrap());
+        }
+        frames += 1;
+    }
+    frames
+}
+
+#[tokio::test]
+async fn batched_presence_sends_diffs_and_leaves_v1_frames_as_they_were() {
+    let server = TestServer::start().await;
+    let mut watcher = server.connect("watcher").await;
+    let mut batched = server
+        .connect_raw("/ws/obs?presence=batched")
+        .await
+        .unwrap();
+    let welcome = batched.recv().await;
+    assert_eq!(welcome["presence"], "batched", "{welcome}");
+    assert_eq!(welcome["online"], json!(["watcher"]));
+    let mut view: std::collections::BTreeSet<String> = ["watcher".to_string()].into();
+    // A v1 client's welcome says nothing of v1.2, and it hears of obs as before.
+    assert!(
+        watcher.welcome.get("presence").is_none(),
+        "{}",
+        watcher.welcome
+    );
+    assert_eq!(
+        watcher.recv().await,
+        json!({"type":"presence","user":"obs","status":"online"})
+    );
+    let names = ["a1", "a2", "a3", "a4", "a5"];
+    let mut class = Vec::new();
+    for name in names {
+        class.push(server.connect(name).await);
+    }
+    let everyone = |v: &std::collections::BTreeSet<String>| names.iter().all(|n| v.contains(*n));
+    let frames = apply_diffs_until(&mut batched, &mut view, everyone).await;
+    assert!(frames <= names.len(), "{frames} diffs for 5 arrivals");
+    // v1: one frame per arrival, in order, exactly as before.
+    for name in names {
+        assert_eq!(
+            watcher.recv().await,
+            json!({"type":"presence","user":name,"status":"online"})
+        );
+    }
+    for client in class.drain(..3) {
+        client.close().await;
+    }
+    apply_diffs_until(&mut batched, &mut view, |v| {
+        !v.contains("a1") && !v.contains("a3")
+    })
+    .await;
+    view.remove("obs");
+    assert_eq!(view, ["a4", "a5", "watcher"].map(String::from).into());
+    // Any other mode is refused before the upgrade, in words.
+    match server.connect_raw("/ws/x?presence=fast").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 400);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("presence=batched"), "{body}");
+        }
+        other => panic!("expected a 400, got {:?}", other.map(|_| "an upgrade")),
+    }
+    server.stop().await;
+}

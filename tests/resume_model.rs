@@ -155,7 +155,10 @@ fn sent(outcome: &Outcome<Device>) -> Sent {
                 .entry(conn)
                 .or_default()
                 .push(format!("welcome {queued} {resume:?}")),
-            ServerFrame::Presence { .. } | ServerFrame::Who { .. } | ServerFrame::Pong => {}
+            ServerFrame::Presence { .. }
+            | ServerFrame::PresenceDiff { .. }
+            | ServerFrame::Who { .. }
+            | ServerFrame::Pong => {}
         }
     }
     s

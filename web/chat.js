@@ -136,7 +136,8 @@ function setState(text, live) {
 function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const resume = `&resume=${state.shown}${state.epoch ? `&epoch=${encodeURIComponent(state.epoch)}` : ""}`;
-  return `${scheme}://${location.host}/ws/${encodeURIComponent(state.name)}?token=${encodeURIComponent(state.token)}${resume}`;
+  // presence=batched (v1.2): who came and went arrives as one diff per tick.
+  return `${scheme}://${location.host}/ws/${encodeURIComponent(state.name)}?token=${encodeURIComponent(state.token)}${resume}&presence=batched`;
 }
 
 // ---------------------------------------------------------------- resume
@@ -355,6 +356,9 @@ function receive(frame) {
       renderOnline();
       notice(`${frame.user} ${frame.status === "online" ? "is online" : "went offline"}`);
       break;
+    case "presence_diff":
+      presenceDiff(frame);
+      break;
     case "who":
       state.online = new Set(frame.online || []);
       state.online.add(state.name);
@@ -369,6 +373,24 @@ function receive(frame) {
     default:
       notice(`The server sent a frame this page does not know: ${JSON.stringify(frame).slice(0, 200)}`);
   }
+}
+
+/** A tick's changes, applied as set operations: a repeat changes nothing,
+ * and only what really changed here is said (one line each, or one line for
+ * a crowd, so a class arriving at once does not flood the log). */
+function presenceDiff(frame) {
+  const came = (frame.online || []).filter((u) => u !== state.name && !state.online.has(u));
+  const went = (frame.offline || []).filter((u) => u !== state.name && state.online.has(u));
+  for (const u of came) state.online.add(u);
+  for (const u of went) state.online.delete(u);
+  if (came.length + went.length === 0) return;
+  renderOnline();
+  const say = (users, one, many) => {
+    if (users.length <= 3) for (const u of users) notice(`${u} ${one}`);
+    else notice(`${users.length} ${many}: ${users.slice(0, 8).join(", ")}${users.length > 8 ? ", …" : ""}`);
+  };
+  say(came, "is online", "came online");
+  say(went, "went offline", "went offline");
 }
 
 function acknowledged(frame) {

@@ -45,6 +45,8 @@ pub struct LoadOptions {
     pub conns: Option<usize>,
     /// In memory mode, one user per connection (each arrival is then broadcast).
     pub distinct: bool,
+    /// In memory mode, the connections ask for batched presence (v1.2).
+    pub batched: bool,
     /// In memory mode, also queue this many messages for 1,000 offline users and
     /// time `GET /inspect` (how long a snapshot holds the core).
     pub queued: usize,
@@ -118,8 +120,12 @@ pub struct LoadReport {
     /// presence frames of their arrival have all been read.
     pub kib_per_connection: Option<f64>,
     /// Memory mode: presence frames the idle connections received (n²/2
-    /// with `--distinct`: each arrival is announced to everyone before it).
+    /// with `--distinct`: each arrival is announced to everyone before it;
+    /// with `--batched`, the `presence_diff` frames).
     pub presence_frames: Option<u64>,
+    /// Memory mode: milliseconds from the last connection's welcome to the
+    /// last presence frame read: how long presence took to settle.
+    pub presence_settled_ms: Option<u64>,
     /// Memory mode: the server's peak resident memory (while those frames
     /// were in flight: transient, not the cost of an idle connection).
     pub server_peak_rss_kib: Option<u64>,
@@ -255,8 +261,7 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-async fn connect(url: &str, user: &str, source: u8, resume: bool) -> anyhow::Result<Ws> {
-    let query = if resume { "?resume=0" } else { "" };
+async fn connect(url: &str, user: &str, source: u8, query: &str) -> anyhow::Result<Ws> {
     let full = format!("{url}/ws/{user}{query}");
     let host = url
         .split("://")
@@ -371,7 +376,7 @@ pub async fn run(
         ..LoadReport::default()
     };
     if let Some(n) = options.conns {
-        let mut report = memory(&target, n, options.distinct, report, progress).await?;
+        let mut report = memory(&target, n, options, report, progress).await?;
         if options.queued > 0 {
             snapshot_cost(&target.url, options.queued, &mut report).await?;
         }
@@ -456,7 +461,8 @@ async fn prepare(
     let mut sockets = Vec::with_capacity(clients);
     for i in 0..clients {
         let source = 1 + (i / 20_000) as u8;
-        sockets.push(connect(url, &format!("load{i:05}"), source, resume).await?);
+        let query = if resume { "?resume=0" } else { "" };
+        sockets.push(connect(url, &format!("load{i:05}"), source, query).await?);
     }
     for (i, ws) in sockets.iter_mut().enumerate() {
         if let Some(k) = group_size {
@@ -722,7 +728,7 @@ fn summarise(
 async fn memory(
     target: &Target,
     n: usize,
-    distinct: bool,
+    options: &LoadOptions,
     mut report: LoadReport,
     progress: &(dyn Fn(f64) + Sync),
 ) -> anyhow::Result<LoadReport> {
@@ -733,25 +739,36 @@ async fn memory(
     let mut readers = Vec::new();
     // Frames every reader has seen: presence traffic has settled when it stops growing.
     let frames = Arc::new(AtomicU64::new(0));
+    // When the last presence frame was read, in ms since `started`.
+    let started = Instant::now();
+    let last_frame_ms = Arc::new(AtomicU64::new(0));
+    let query = if options.batched {
+        "?presence=batched"
+    } else {
+        ""
+    };
     for i in 0..n {
-        let user = if distinct {
+        let user = if options.distinct {
             format!("idle{i:06}")
         } else {
             "idle".to_string()
         };
-        let ws = connect(&target.url, &user, 1 + (i / 20_000) as u8, false)
+        let ws = connect(&target.url, &user, 1 + (i / 20_000) as u8, query)
             .await
             .with_context(|| {
                 format!("connection {i} of {n} failed (raise the open-file limit: ulimit -n)")
             })?;
         let (tx, mut rx) = ws.split();
         // Read everything (presence frames) so no outbox fills.
-        let frames = frames.clone();
+        let (frames, last_frame_ms) = (frames.clone(), last_frame_ms.clone());
         readers.push(tokio::spawn(async move {
             while let Some(Ok(frame)) = rx.next().await {
                 let text = frame.to_text().unwrap_or_default();
-                if FramePeek::parse(text).is_some_and(|f| f.kind == FrameKind::Presence) {
+                let kind = FramePeek::parse(text).map(|f| f.kind);
+                if matches!(kind, Some(FrameKind::Presence | FrameKind::PresenceDiff)) {
                     frames.fetch_add(1, Ordering::Relaxed);
+                    last_frame_ms
+                        .fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
             }
         }));
@@ -763,6 +780,7 @@ async fn memory(
     // With one user per connection, each arrival was announced to everyone
     // before it: n²/2 presence frames. Wait (at most a minute) until they
     // have all been read, so what is measured is idle connections.
+    let connected_ms = started.elapsed().as_millis() as u64;
     let settle = Instant::now();
     let mut last = u64::MAX;
     while settle.elapsed() < Duration::from_secs(60) {
@@ -779,6 +797,11 @@ async fn memory(
     report.mode = "memory".into();
     report.idle_connections = Some(n);
     report.presence_frames = Some(frames.load(Ordering::Relaxed));
+    report.presence_settled_ms = Some(
+        last_frame_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(connected_ms),
+    );
     report.server_rss_kib_after = rss_kib(pid);
     report.server_peak_rss_kib = peak_rss_kib(pid);
     report.kib_per_connection = report
@@ -794,7 +817,7 @@ async fn memory(
 
 /// Queues `n` messages for 1,000 offline users, then takes three snapshots.
 async fn snapshot_cost(url: &str, n: usize, report: &mut LoadReport) -> anyhow::Result<()> {
-    let ws = connect(url, "queuer", 1, false).await?;
+    let ws = connect(url, "queuer", 1, "").await?;
     let (mut tx, mut rx) = ws.split();
     let sender = async move {
         for i in 0..n {
@@ -870,6 +893,12 @@ fn idle_rows(r: &LoadReport, n: usize, row: &mut impl FnMut(&str, String)) {
         row(
             "presence frames read while they connected",
             frames.to_string(),
+        );
+    }
+    if let Some(ms) = r.presence_settled_ms {
+        row(
+            "presence settled, after the last welcome",
+            format!("{:.2} s", ms as f64 / 1000.0),
         );
     }
     if let Some(k) = r.kib_per_connection {

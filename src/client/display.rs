@@ -9,7 +9,7 @@ use colored::Colorize;
 
 use crate::names::UserId;
 use crate::output::{clock, inert, paint};
-use crate::protocol::{AckStatus, Message, ServerFrame, Target};
+use crate::protocol::{AckStatus, Message, PresenceStatus, ServerFrame, Target};
 
 /// What a request was, remembered by its `ref` until its ack or error comes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +86,19 @@ pub fn frame_line(
         ServerFrame::Chat { message, offline } => chat(message, *offline, style),
         ServerFrame::Presence { user, status } => {
             paint(format!("* {user} is {status}"), c, |t| t.yellow())
+        }
+        // One line per change, as v1 shows them; the client's own name is not news.
+        ServerFrame::PresenceDiff { online, offline } => {
+            let changes = [
+                (online, PresenceStatus::Online),
+                (offline, PresenceStatus::Offline),
+            ];
+            let lines: Vec<String> = changes
+                .iter()
+                .flat_map(|(users, status)| users.iter().map(move |u| (u, *status)))
+                .map(|(user, status)| paint(format!("* {user} is {status}"), c, |t| t.yellow()))
+                .collect();
+            lines.join("\n")
         }
         ServerFrame::Ack { id, status, .. } => {
             let id = id.map(|i| format!(" #{i}")).unwrap_or_default();

@@ -86,9 +86,29 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'_')
     .remove(b'~');
 
+/// A presence diff is shared by every batched connection, so it may name
+/// this client itself, which is not news here: that name is left out, and a
+/// diff left empty is not shown at all (None).
+fn not_about(frame: ServerFrame, me: &Name) -> Option<ServerFrame> {
+    match frame {
+        ServerFrame::PresenceDiff {
+            mut online,
+            mut offline,
+        } => {
+            online.retain(|u| u != me);
+            offline.retain(|u| u != me);
+            (!online.is_empty() || !offline.is_empty())
+                .then_some(ServerFrame::PresenceDiff { online, offline })
+        }
+        other => Some(other),
+    }
+}
+
 fn user_url(options: &ClientOptions, position: Option<&Position>) -> String {
     let (base, name) = (&options.url, &options.name);
-    let mut query: Vec<String> = Vec::new();
+    // v1.2: who came and went, at most one frame a tick (a server without
+    // it ignores the word and sends a frame per change, shown the same way).
+    let mut query: Vec<String> = vec!["presence=batched".to_string()];
     if let Some(token) = &options.token {
         let token = percent_encoding::utf8_percent_encode(token, QUERY_VALUE);
         query.push(format!("token={token}"));
@@ -96,10 +116,7 @@ fn user_url(options: &ClientOptions, position: Option<&Position>) -> String {
     if let Some(position) = position {
         query.push(position.query());
     }
-    match query.is_empty() {
-        true => format!("{base}/ws/{name}"),
-        false => format!("{base}/ws/{name}?{}", query.join("&")),
-    }
+    format!("{base}/ws/{name}?{}", query.join("&"))
 }
 
 /// Where this client resumes from, when it resumes.
@@ -224,7 +241,14 @@ pub async fn send_once(options: &ClientOptions, to: &str, text: &str) -> anyhow:
             Some(Err(e)) => bail!("connection failed: {e}"),
             None => bail!("the server closed the connection"),
         };
-        let frame = parse_server_frame(&text).ok();
+        let frame = match parse_server_frame(&text)
+            .ok()
+            .map(|f| not_about(f, &options.name))
+        {
+            Some(None) => continue,
+            Some(Some(frame)) => Some(frame),
+            None => None,
+        };
         if let (Some(position), Some(frame)) = (position.as_mut(), &frame) {
             if !position.shows(frame) {
                 continue;
@@ -472,6 +496,9 @@ impl Session {
             _ => None,
         };
         let sent = answered.as_ref().map(|(s, _)| s).or(about.as_ref());
+        let Some(frame) = not_about(frame, &self.options.name) else {
+            return;
+        };
         let line = frame_line(&frame, sent, rtt, self.style);
         self.out.line(line);
     }

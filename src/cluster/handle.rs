@@ -98,6 +98,13 @@ impl<L: LocalDevice> ConnHandle for Handle<L> {
         matches!(self, Handle::Local(_))
     }
 
+    fn presence_batched(&self) -> bool {
+        match self {
+            Handle::Local(conn) => conn.presence_batched(),
+            Handle::Remote(_) => false,
+        }
+    }
+
     fn presence_order(&self) -> u64 {
         match self {
             Handle::Local(conn) => conn.registered_at(),

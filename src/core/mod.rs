@@ -12,6 +12,7 @@ pub mod flushing;
 pub mod journal;
 pub mod memory;
 pub mod ops;
+pub mod presence_batch;
 pub mod routing;
 pub mod snapshot;
 #[cfg(test)]
@@ -153,6 +154,8 @@ pub struct ChatCore<S: Structures> {
     /// v1 flushes taken from their deques and not yet handed to their
     /// sockets: still counted in the budget (see `flushing.rs`).
     flushing: flushing::Flushing,
+    /// v1.2: the presence changes waiting for the next tick (`presence_batch.rs`).
+    presence_batch: presence_batch::PresenceBatch,
 }
 
 /// One frame for one connection: an index into [`Outcome::frames`], so a frame
@@ -312,6 +315,12 @@ pub enum Event {
     Shutdown {
         connections: usize,
     },
+    /// v1.2: a tick's presence diff, built once and sent to every batched connection.
+    PresenceDiff {
+        online: usize,
+        offline: usize,
+        connections: usize,
+    },
     /// Cluster mode: a node stopped renewing its heartbeat and was swept.
     NodeLost {
         node: String,
@@ -354,6 +363,7 @@ impl<S: Structures> ChatCore<S> {
             epoch: String::new(),
             withheld: withheld::Withheld::default(),
             flushing: flushing::Flushing::default(),
+            presence_batch: presence_batch::PresenceBatch::default(),
         }
     }
 

@@ -280,16 +280,25 @@ impl<S: Structures> ChatCore<S> {
         others: &[UserId],
         trace: &mut Trace,
     ) -> Step<usize> {
+        // Batched connections hear of it at the next tick: O(log k) here.
+        self.presence_batch.changed(user, status, true);
+        // With nobody on v1, no one's devices need looking up: a storm of
+        // batched arrivals costs O(1) per arrival, not O(n).
+        if !self.presence_batch.has_v1() {
+            return Ok(0);
+        }
         let frame = plan.frame(ServerFrame::Presence {
             user: user.clone(),
             status,
         });
         let others: Vec<UserId> = others.iter().filter(|o| *o != user).cloned().collect();
         let devices = self.structures.devices_of_all(&others, trace)?;
-        for conn in &devices {
+        let mut sent = 0;
+        for conn in devices.iter().filter(|c| !c.presence_batched()) {
             plan.send(conn, frame);
+            sent += 1;
         }
-        Ok(devices.len())
+        Ok(sent)
     }
 
     /// A new connection: register the device, greet it, flush its queue FIFO,
@@ -336,8 +345,12 @@ impl<S: Structures> ChatCore<S> {
                 queued: flush.len(),
                 resume,
                 epoch: resume.map(|_| self.epoch.clone()),
+                batched: conn.presence_batched(),
             },
         );
+        // Its welcome lists who is online now: what it knows until its first diff.
+        self.presence_batch
+            .greeted(conn.id(), conn.presence_batched());
         let flushed = flush.len();
         // A v1 flush left the deque: its bytes stay charged until the
         // shell has handed it to the socket (`flushed`).
@@ -458,6 +471,7 @@ impl<S: Structures> ChatCore<S> {
             };
             return Ok(plan.finish(event, trace));
         };
+        self.presence_batch.gone(conn, removed.presence_batched());
         let mut requeued = 0;
         let mut notified = 0;
         if devices == 0 {
@@ -549,10 +563,15 @@ impl<S: Structures> ChatCore<S> {
                     .iter()
                     .map(ConnHandle::id)
                     .collect();
+                // This node's batched connections hear of it at its next tick.
+                if let (true, ServerFrame::Presence { status, .. }) = (!devices.is_empty(), &frame)
+                {
+                    self.presence_batch.changed(&about, *status, false);
+                }
                 let index = plan.frame(frame);
-                for device in devices {
+                for device in devices.iter().filter(|d| !d.presence_batched()) {
                     if !theirs.contains(&device.id()) && device.presence_order() < order {
-                        plan.send(&device, index);
+                        plan.send(device, index);
                         connections += 1;
                     }
                 }
@@ -586,6 +605,40 @@ impl<S: Structures> ChatCore<S> {
             requeued,
         };
         Ok(self.finish(plan, event, trace))
+    }
+
+    /// v1.2: the presence tick. Every change since the last, coalesced, as
+    /// one `presence_diff` frame, built once and sent to every batched
+    /// connection: one `active_connections.iterate`, O(cap), per tick with
+    /// changes, and nothing on a quiet one.
+    pub fn presence_tick(&mut self) -> Option<Outcome<S::Conn>> {
+        let diff = self.presence_batch.tick()?;
+        let mut trace = self.new_trace();
+        let mut plan = Plan::new();
+        let (online, offline) = (diff.online.len(), diff.offline.len());
+        let frame = plan.frame(ServerFrame::PresenceDiff {
+            online: diff.online,
+            offline: diff.offline,
+        });
+        let mut connections = 0;
+        for conn in self.structures.all_connections(&mut trace) {
+            if conn.presence_batched() && conn.is_local() {
+                plan.send(&conn, frame);
+                connections += 1;
+            }
+        }
+        let event = Event::PresenceDiff {
+            online,
+            offline,
+            connections,
+        };
+        Some(self.finish(plan, event, trace))
+    }
+
+    /// Whether the next presence tick has anything to do (a change to send,
+    /// or a welcome to forget): the shell skips, and does not record, the rest.
+    pub fn presence_tick_due(&self) -> bool {
+        self.presence_batch.due()
     }
 
     /// Cluster mode: `node` stopped renewing its heartbeat (killed, or cut

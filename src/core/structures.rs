@@ -37,6 +37,12 @@ pub trait ConnHandle: Clone {
         None
     }
 
+    /// v1.2: the connection asked for batched presence (`?presence=batched`):
+    /// it gets one `presence_diff` per tick instead of a frame per change.
+    fn presence_batched(&self) -> bool {
+        false
+    }
+
     /// False for a handle that stands for devices on another node of a
     /// cluster (`serve --redis`): a frame sent to it is published there.
     fn is_local(&self) -> bool {

@@ -1842,3 +1842,194 @@ fn a_blocked_sender_meets_the_memory_budget_exactly_when_an_unblocked_one_would(
         sequences[0]
     );
 }
+
+/// A device for the batched-presence tests: an id, and whether it asked for
+/// `?presence=batched`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watcher {
+    id: ConnId,
+    batched: bool,
+}
+
+impl ConnHandle for Watcher {
+    fn id(&self) -> ConnId {
+        self.id
+    }
+    fn presence_batched(&self) -> bool {
+        self.batched
+    }
+}
+
+type WatchCore = ChatCore<MemoryStructures<Watcher>>;
+
+#[test]
+fn an_arrival_and_departure_within_one_tick_reach_nobody_batched() {
+    let mut core: WatchCore = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+    let bob = Watcher {
+        id: 1,
+        batched: true,
+    };
+    core.connect(&n("bob"), bob).unwrap();
+    assert!(core.presence_tick().is_some(), "bob's own arrival");
+    let alice = Watcher {
+        id: 2,
+        batched: true,
+    };
+    let arrived = core.connect(&n("alice"), alice).unwrap();
+    assert_eq!(
+        arrived.frames_for(1).len(),
+        0,
+        "no frame per change for bob"
+    );
+    core.disconnect(&n("alice"), 2, vec![]).unwrap();
+    assert!(core.presence_tick().is_none(), "nobody hears of alice");
+    // A v1 connection still gets v1's frame per change, and no diff.
+    let carol = Watcher {
+        id: 3,
+        batched: false,
+    };
+    core.connect(&n("carol"), carol).unwrap();
+    let dave = core
+        .connect(
+            &n("dave"),
+            Watcher {
+                id: 4,
+                batched: true,
+            },
+        )
+        .unwrap();
+    let carols = dave.frames_for(3);
+    assert_eq!(carols.len(), 1);
+    assert!(matches!(carols[0], ServerFrame::Presence { .. }));
+    let tick = core.presence_tick().expect("carol and dave arrived");
+    assert_eq!(tick.frames_for(3).len(), 0, "carol is v1");
+    assert_eq!(
+        tick.frames_for(1)[0].to_json(),
+        r#"{"type":"presence_diff","online":["carol","dave"],"offline":[]}"#
+    );
+    assert_eq!(
+        tick.frames_for(4).len(),
+        1,
+        "one frame for every batched connection"
+    );
+    assert_eq!(tick.frames.len(), 1, "built once");
+}
+
+mod batched_model {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::PresenceStatus;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Connect { user: u8, batched: bool },
+        Close(usize),
+        Tick,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u8..5, any::<bool>()).prop_map(|(user, batched)| Step::Connect { user, batched }),
+            2 => (0usize..16).prop_map(Step::Close),
+            1 => Just(Step::Tick),
+        ]
+    }
+
+    struct Client {
+        user: UserId,
+        batched: bool,
+        view: BTreeSet<UserId>,
+    }
+
+    fn apply(clients: &mut BTreeMap<ConnId, Client>, outcome: &Outcome<Watcher>) {
+        for (conn, frame) in outcome.sends() {
+            let Some(client) = clients.get_mut(&conn.id) else {
+                continue;
+            };
+            match frame {
+                ServerFrame::Welcome {
+                    online, batched, ..
+                } => {
+                    assert_eq!(*batched, client.batched, "the welcome says which");
+                    client.view = online.iter().cloned().collect();
+                }
+                ServerFrame::Presence { user, status } => {
+                    assert!(!client.batched, "a batched client got a v1 presence frame");
+                    match status {
+                        PresenceStatus::Online => client.view.insert(user.clone()),
+                        PresenceStatus::Offline => client.view.remove(user),
+                    };
+                }
+                ServerFrame::PresenceDiff { online, offline } => {
+                    assert!(client.batched, "a v1 client got a presence_diff");
+                    client.view.extend(online.iter().cloned());
+                    for user in offline {
+                        client.view.remove(user);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// What `client` should see: everyone online but itself.
+    fn truth(core: &WatchCore, client: &Client) -> BTreeSet<UserId> {
+        let online = core.snapshot().unwrap().structures.presence;
+        online.into_iter().filter(|u| *u != client.user).collect()
+    }
+
+    fn seen(client: &Client) -> BTreeSet<UserId> {
+        client
+            .view
+            .iter()
+            .filter(|u| **u != client.user)
+            .cloned()
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// For any interleaving of connects and closes within ticks: a v1
+        /// client's view is exact after every input, and a batched client's
+        /// (its welcome, then its diffs) is exact at every tick.
+        #[test]
+        fn batched_clients_see_the_true_online_set_at_every_tick(steps in prop::collection::vec(step(), 1..60)) {
+            let mut core: WatchCore = ChatCore::new(MemoryStructures::default(), CoreConfig::default());
+            let mut clients: BTreeMap<ConnId, Client> = BTreeMap::new();
+            let mut next = 1;
+            for step in steps {
+                match step {
+                    Step::Connect { user, batched } => {
+                        let user = n(&format!("u{user}"));
+                        let id = next;
+                        next += 1;
+                        clients.insert(id, Client { user: user.clone(), batched, view: BTreeSet::new() });
+                        let outcome = core.connect(&user, Watcher { id, batched }).unwrap();
+                        apply(&mut clients, &outcome);
+                    }
+                    Step::Close(pick) => {
+                        let Some(&id) = clients.keys().nth(pick % clients.len().max(1)) else { continue };
+                        let client = clients.remove(&id).unwrap();
+                        let outcome = core.disconnect(&client.user, id, vec![]).unwrap();
+                        apply(&mut clients, &outcome);
+                    }
+                    Step::Tick => {
+                        if let Some(outcome) = core.presence_tick() {
+                            apply(&mut clients, &outcome);
+                        }
+                        for client in clients.values().filter(|c| c.batched) {
+                            prop_assert_eq!(seen(client), truth(&core, client), "batched {} at a tick", client.user);
+                        }
+                    }
+                }
+                for client in clients.values().filter(|c| !c.batched) {
+                    prop_assert_eq!(seen(client), truth(&core, client), "v1 {}", client.user);
+                }
+            }
+        }
+    }
+}

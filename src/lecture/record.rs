@@ -150,6 +150,9 @@ pub enum Recorded {
         resume: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+        /// v1.2 `?presence=batched`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batched: bool,
     },
     /// A request, as the client's JSON frame (its `ref` left out: it is only
     /// echoed, and changes nothing).
@@ -175,6 +178,8 @@ pub enum Recorded {
     },
     /// The socket took the last of its v1 flush: the budget lets go of it.
     Flushed { conn: ConnId },
+    /// v1.2's presence tick (recorded when it had something to do).
+    PresenceTick,
     /// The name was claimed: its devices are looked up, to close those without the token.
     Claimed { user: UserId },
     /// Every connection was listed (shutdown, or an eviction for memory).
@@ -222,6 +227,7 @@ pub struct Device {
     pub id: ConnId,
     pub resume: Option<u64>,
     pub epoch: Option<String>,
+    pub batched: bool,
 }
 
 impl ConnHandle for Device {
@@ -233,6 +239,9 @@ impl ConnHandle for Device {
     }
     fn resume_epoch(&self) -> Option<&str> {
         self.epoch.as_deref()
+    }
+    fn presence_batched(&self) -> bool {
+        self.batched
     }
 }
 

@@ -104,6 +104,9 @@ pub fn describe(input: &Recorded) -> String {
             unsent.len()
         ),
         Recorded::Flushed { conn } => format!("conn {conn}'s socket takes the last of its flush"),
+        Recorded::PresenceTick => {
+            "the presence tick: batched connections hear what changed".to_string()
+        }
         Recorded::Claimed { user } => format!("{user} claims the name with a token"),
         Recorded::AllConnections => "the server lists every connection".to_string(),
         Recorded::Disk { unavailable: None } => "the data file can be written again".to_string(),
@@ -390,6 +393,7 @@ pub fn apply(
             id: conn,
             resume: None,
             epoch: None,
+            batched: false,
         })
     };
     const DONE: &str = "in memory a rule always completes";
@@ -399,11 +403,13 @@ pub fn apply(
             conn,
             resume,
             epoch,
+            batched,
         } => {
             let new = Device {
                 id: *conn,
                 resume: *resume,
                 epoch: epoch.clone(),
+                batched: *batched,
             };
             devices.insert(*conn, new.clone());
             Some(core.connect(user, new).expect(DONE))
@@ -434,6 +440,7 @@ pub fn apply(
             core.flushed(*conn);
             None
         }
+        Recorded::PresenceTick => core.presence_tick(),
         Recorded::Claimed { user } => {
             let _ = core.devices(user);
             None

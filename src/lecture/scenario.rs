@@ -212,6 +212,7 @@ impl Player {
             conn,
             resume,
             epoch: resume.map(|_| self.recording.header.epoch.clone()),
+            batched: false,
         });
     }
 

@@ -34,6 +34,10 @@ pub const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long shutdown waits for connections to finish their closing handshake.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Batched presence (v1.2) sends what changed at most this often: ten
+/// diffs a second read as live, and a storm costs each connection ten frames
+/// a second however many arrive.
+pub const PRESENCE_TICK: Duration = Duration::from_millis(100);
 
 /// How the server is configured: the core's limits, the network's, and the rest.
 #[derive(Debug, Clone)]
@@ -58,6 +62,8 @@ pub struct Config {
     pub max_memory: Option<u64>,
     /// `serve --redis`: this server is one node of a cluster. None: one process, in memory.
     pub cluster: Option<ClusterConfig>,
+    /// `serve --presence-tick`: how often batched presence (v1.2) sends what changed.
+    pub presence_tick: Duration,
     /// `serve --record FILE`: every input the core receives, written as it is applied.
     pub record: Option<std::sync::Arc<crate::lecture::record::Recorder>>,
 }
@@ -153,6 +159,7 @@ impl Default for Config {
             allow_origins: Vec::new(),
             max_memory: None,
             cluster: None,
+            presence_tick: PRESENCE_TICK,
             record: None,
         }
     }

@@ -48,9 +48,20 @@ pub struct Connection {
     pub authenticated: bool,
     /// v1.1: it connected with `?resume=N`, so what is routed to it is held.
     pub resume: Option<Resume>,
+    /// v1.2: it connected with `?presence=batched`: one diff per tick.
+    pub presence_batched: bool,
     /// Cluster mode: where its registration falls in the cluster-wide order
     /// of presence changes (set by the Redis backend; 0 otherwise).
     pub presence_order: AtomicU64,
+}
+
+/// What the client asked for in its upgrade's query, checked before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// v1.1 `?resume=N&epoch=E`.
+    pub resume: Option<Resume>,
+    /// v1.2 `?presence=batched`.
+    pub presence_batched: bool,
 }
 
 /// `?resume=N&epoch=E`: the highest id the client has, and the run it is from.
@@ -84,6 +95,10 @@ impl ConnHandle for Conn {
 
     fn resume_epoch(&self) -> Option<&str> {
         self.resume.as_ref()?.epoch.as_deref()
+    }
+
+    fn presence_batched(&self) -> bool {
+        self.presence_batched
     }
 }
 

@@ -14,7 +14,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use super::admission::Admitted;
-use super::conn::{close_frame, Conn, Ending, Resume, CLOSE_POLICY};
+use super::conn::{close_frame, Asked, Conn, Ending, CLOSE_POLICY};
 use super::hub::Hub;
 use super::input::Input;
 use super::limits::TokenBucket;
@@ -30,9 +30,9 @@ pub(crate) async fn serve(
     user: UserId,
     remote: SocketAddr,
     admitted: Admitted,
-    resume: Option<Resume>,
+    asked: Asked,
 ) {
-    let conn = hub.new_connection(user, remote, admitted.authenticated, resume);
+    let conn = hub.new_connection(user, remote, admitted.authenticated, asked);
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, conn.clone(), hub.clone()));
     // The owner applies inputs in order: this connect before any request read below.

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::admission::Admitted;
-use super::conn::Resume;
+use super::conn::{Asked, Resume};
 use super::handshake::Peer;
 use super::hub::Hub;
 use super::limits::{Full, Slot, SlotLimits};
@@ -56,6 +56,18 @@ struct ConnectQuery {
     token: Option<String>,
     resume: Option<String>,
     epoch: Option<String>,
+    presence: Option<String>,
+}
+
+/// `?presence=batched` (v1.2), or nothing (v1's frame per change).
+fn presence_of(q: &ConnectQuery) -> Result<bool, String> {
+    match q.presence.as_deref() {
+        None => Ok(false),
+        Some("batched") => Ok(true),
+        Some(other) => Err(format!(
+            "presence={other:?} is not a presence mode: give presence=batched for one presence_diff per tick (v1.2), or leave it out for a presence frame per change"
+        )),
+    }
 }
 
 /// `?resume=N` (and the `epoch` its N belongs to), checked before the upgrade.
@@ -131,9 +143,14 @@ async fn ws_upgrade(
         return refused.into_response();
     }
     // The claim is checked last: it is the one check that costs real CPU.
-    let (token, resume) = match &query {
-        Ok(Query(q)) => match resume_of(q) {
-            Ok(resume) => (q.token.as_deref(), resume),
+    let (token, asked) = match &query {
+        Ok(Query(q)) => match resume_of(q).and_then(|resume| {
+            Ok(Asked {
+                resume,
+                presence_batched: presence_of(q)?,
+            })
+        }) {
+            Ok(asked) => (q.token.as_deref(), asked),
             Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
         },
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
@@ -150,7 +167,7 @@ async fn ws_upgrade(
             user,
             remote,
             admitted,
-            resume,
+            asked,
             slot,
         },
     )
@@ -234,7 +251,7 @@ struct Accepted {
     user: UserId,
     remote: SocketAddr,
     admitted: Admitted,
-    resume: Option<Resume>,
+    asked: Asked,
     /// Held for the connection's lifetime; freed with it, or with the
     /// closure if the upgrade never completes.
     slot: Slot,
@@ -265,10 +282,10 @@ fn accept(hub: Arc<Hub>, upgrade: WebSocketUpgrade, accepted: Accepted) -> Respo
                     user,
                     remote,
                     admitted,
-                    resume,
+                    asked,
                     slot: _slot,
                 } = accepted;
-                connection::serve(hub, socket, user, remote, admitted, resume).await
+                connection::serve(hub, socket, user, remote, admitted, asked).await
             })
         })
 }

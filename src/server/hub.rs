@@ -14,7 +14,7 @@ use super::admission::Gate;
 use super::backend::{Backend, Core};
 use super::board_feed::BoardFeed;
 use super::config::Config;
-use super::conn::{Conn, Connection, Resume};
+use super::conn::{Asked, Conn, Connection};
 use super::input::{Input, CHANNEL_BOUND};
 use super::limits::Slots;
 use super::outbox::Outbox;
@@ -347,7 +347,7 @@ impl Hub {
         user: UserId,
         remote: SocketAddr,
         authenticated: bool,
-        resume: Option<Resume>,
+        asked: Asked,
     ) -> Conn {
         Arc::new(Connection {
             id: self.next_conn_id.fetch_add(1, Ordering::SeqCst),
@@ -360,7 +360,8 @@ impl Hub {
                 self.outbox_bytes.clone(),
             ),
             authenticated,
-            resume,
+            resume: asked.resume,
+            presence_batched: asked.presence_batched,
             presence_order: AtomicU64::new(0),
         })
     }

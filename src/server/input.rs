@@ -41,6 +41,8 @@ pub(crate) enum Input {
     Flushed { conn: Conn },
     /// A socket's reader ended: answer if the ending needs it, then leave.
     Close { conn: Conn, ending: Ending },
+    /// v1.2: the presence tick: the batched connections get the changes since the last.
+    PresenceTick,
     /// Cluster: what another node published to this one in one PUBLISH,
     /// applied together.
     Relayed(Vec<Relayed>),

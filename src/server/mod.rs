@@ -138,6 +138,21 @@ pub struct Report {
 /// waits (bounded by `config.shutdown_grace`) for them to finish, and returns
 /// the final operation counts. The listener is bound by the caller, so tests
 /// can use port 0.
+/// v1.2's clock: one tick input per `--presence-tick`, until shutdown. A
+/// quiet tick costs the owner one check (`presence_tick_due`).
+async fn presence_ticks(hub: Arc<Hub>) {
+    let mut every = tokio::time::interval(hub.config.presence_tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = hub.shutdown.begun();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = every.tick() => hub.send(input::Input::PresenceTick).await,
+            () = &mut stop => return,
+        }
+    }
+}
+
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -182,6 +197,7 @@ pub async fn run(
     });
 
     let board = tokio::spawn(board::publish(hub.clone(), hub.shutdown.begun()));
+    tokio::spawn(presence_ticks(hub.clone()));
     tokio::spawn(give_back_drained_memory(hub.clone()));
 
     shutdown.await;

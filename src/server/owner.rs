@@ -167,6 +167,11 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
         }
         Input::Close { conn, ending } => close(hub, core, &conn, ending),
         Input::Flushed { conn } => recorded::flushed(hub, core, conn.id),
+        Input::PresenceTick => {
+            if let Some(outcome) = recorded::presence_tick(hub, core) {
+                deliver(core, outcome, hub);
+            }
+        }
         Input::Relayed(batch) => {
             for relayed in batch {
                 let outcome = core.relayed(relayed);

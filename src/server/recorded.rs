@@ -43,6 +43,7 @@ pub(crate) fn connect(
         conn: conn.id(),
         resume: conn.resume(),
         epoch: conn.resume_epoch().map(str::to_string),
+        batched: conn.presence_batched(),
     });
     core.connect(user, conn)
 }
@@ -102,6 +103,16 @@ pub(crate) fn devices(hub: &Hub, core: &mut Core, user: &UserId) -> Step<Vec<Han
 pub(crate) fn all_connections(hub: &Hub, core: &Core) -> Vec<Handle> {
     record(hub, now_ms(), || Recorded::AllConnections);
     core.all_connections()
+}
+
+/// v1.2's tick: recorded (and applied) only when it has something to do,
+/// so a quiet server's recording does not grow ten lines a second.
+pub(crate) fn presence_tick(hub: &Hub, core: &mut Core) -> Option<Outcome<Handle>> {
+    if !core.presence_tick_due() {
+        return None;
+    }
+    record(hub, now_ms(), || Recorded::PresenceTick);
+    core.presence_tick()
 }
 
 /// Recorded only when it changes: the owner tells the core before every batch.

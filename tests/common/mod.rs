@@ -374,7 +374,7 @@ impl Client {
     pub async fn recv_skipping_presence(&mut self) -> Value {
         loop {
             let v = self.recv().await;
-            if v["type"] != "presence" {
+            if v["type"] != "presence" && v["type"] != "presence_diff" {
                 return v;
             }
         }
