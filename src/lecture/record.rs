@@ -9,10 +9,11 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::core::{ConnHandle, ConnId, CoreConfig, DurableState};
 use crate::names::{GroupId, UserId};
@@ -159,7 +160,7 @@ pub enum Recorded {
     Request {
         user: UserId,
         conn: ConnId,
-        frame: serde_json::Value,
+        frame: Frame,
     },
     /// A frame refused before routing (bad JSON, the rate limit).
     Refuse {
@@ -215,8 +216,36 @@ impl Recorded {
         Recorded::Request {
             user: user.clone(),
             conn,
-            frame: serde_json::from_str(&json).expect("to_json writes one JSON object"),
+            frame: Frame(RawValue::from_string(json).expect("to_json writes one JSON object")),
         }
+    }
+}
+
+/// A request frame as the client sent it (its `ref` left out), kept as its
+/// JSON text: written as is, with no tree built on the owner's path.
+#[derive(Debug, Clone)]
+pub struct Frame(pub Box<RawValue>);
+
+impl Frame {
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl Serialize for Frame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Read back through a value: a tagged line is buffered by serde, which a
+/// raw value cannot borrow from.
+impl<'de> Deserialize<'de> for Frame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Frame, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        RawValue::from_string(value.to_string())
+            .map(Frame)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -342,21 +371,40 @@ impl Recording {
     }
 }
 
-/// Lines the writer may fall behind by before the recording stops: bounded
+/// Bytes the writer may fall behind by before the recording stops: bounded
 /// memory, and the core's owner never waits for the disk.
-const BACKLOG: usize = 1 << 16;
+const BACKLOG_BYTES: usize = 64 << 20;
+/// How often the writer takes what the owner appended and writes it.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// `serve --record FILE`: the owner hands each input here as it applies it;
-/// a thread of its own writes them, so no disk I/O happens while the core
-/// is held.
+/// What the owner appends to and the writer takes.
+#[derive(Default)]
+struct Shared {
+    lines: Vec<u8>,
+    /// The server stopped: write what is left and end.
+    finished: bool,
+}
+
+/// `serve --record FILE`: the owner appends each input, as a JSON line, to
+/// a buffer as it applies it; a thread of its own takes the buffer every
+/// [`WRITE_EVERY`] and writes it, so no disk I/O happens while the core is
+/// held, and no thread is woken per input.
 pub struct Recorder {
     path: PathBuf,
-    lines: Mutex<Option<mpsc::SyncSender<String>>>,
+    shared: std::sync::Arc<(Mutex<Shared>, std::sync::Condvar)>,
     writer: Mutex<Option<JoinHandle<std::io::Result<()>>>>,
     /// Inputs recorded so far: `/inspect` says it, so a test knows which
     /// replay step a live snapshot is.
     recorded: AtomicU64,
     stopped: AtomicBool,
+}
+
+/// A recorder dropped without `finish` (a server that panicked) still
+/// writes what it has, and its thread ends.
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 impl std::fmt::Debug for Recorder {
@@ -372,7 +420,7 @@ impl Recorder {
     /// Creates FILE (never over an existing one). The server writes the
     /// header ([`Recorder::begin`]) once it knows the run's epoch.
     pub fn create(path: &Path) -> Result<Recorder, RecordError> {
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
@@ -385,21 +433,32 @@ impl Recorder {
                     source,
                 },
             })?;
-        let mut out = std::io::BufWriter::new(file);
-        let (sender, receiver) = mpsc::sync_channel::<String>(BACKLOG);
+        let shared =
+            std::sync::Arc::new((Mutex::new(Shared::default()), std::sync::Condvar::new()));
+        let theirs = shared.clone();
         let writer = std::thread::Builder::new()
             .name("vivachat-record".into())
             .spawn(move || {
-                // Flushed whenever the backlog is empty: the file is whole
-                // up to the last input while the class goes on.
-                while let Ok(line) = receiver.recv() {
-                    writeln!(out, "{line}")?;
-                    while let Ok(line) = receiver.try_recv() {
-                        writeln!(out, "{line}")?;
+                let (lock, wake) = &*theirs;
+                let mut taken = Vec::new();
+                loop {
+                    let finished = {
+                        let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        if !s.finished {
+                            s = wake
+                                .wait_timeout(s, WRITE_EVERY)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                        std::mem::swap(&mut taken, &mut s.lines);
+                        s.finished
+                    };
+                    file.write_all(&taken)?;
+                    taken.clear();
+                    if finished {
+                        return file.flush();
                     }
-                    out.flush()?;
                 }
-                out.flush()
             })
             .map_err(|source| RecordError::Create {
                 path: path.to_path_buf(),
@@ -407,41 +466,48 @@ impl Recorder {
             })?;
         Ok(Recorder {
             path: path.to_path_buf(),
-            lines: Mutex::new(Some(sender)),
+            shared,
             writer: Mutex::new(Some(writer)),
             recorded: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         })
     }
 
+    /// Appends one JSON line; false if the writer fell too far behind.
+    fn append(&self, value: &impl Serialize) -> bool {
+        let mut s = self.shared.0.lock().unwrap_or_else(|p| p.into_inner());
+        if s.finished || s.lines.len() > BACKLOG_BYTES {
+            return false;
+        }
+        serde_json::to_writer(&mut s.lines, value).expect("a recorded line serialises");
+        s.lines.push(b'\n');
+        true
+    }
+
     /// The first line: written before any input.
     pub fn begin(&self, header: &Header) {
-        let first = serde_json::to_string(header).expect("a header serialises");
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.as_ref().is_none_or(|s| s.try_send(first).is_err()) {
+        if !self.append(header) {
             self.stopped.store(true, Ordering::Relaxed);
         }
     }
 
     /// Records one input, now. Returns a line for the event log when the
-    /// recording had to stop (the disk fell [`BACKLOG`] lines behind, or
-    /// failed): what was recorded until then is a whole recording.
+    /// recording had to stop (the disk fell [`BACKLOG_BYTES`] behind):
+    /// what was recorded until then is a whole recording.
     pub fn record(&self, t: u64, input: Recorded) -> Option<String> {
         if self.stopped.load(Ordering::Relaxed) {
             return None;
         }
-        let line = serde_json::to_string(&Line { t, input }).expect("an input serialises");
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = lines.as_ref().is_some_and(|s| s.try_send(line).is_ok());
-        if sent {
+        if self.append(&Line { t, input }) {
             self.recorded.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         self.stopped.store(true, Ordering::Relaxed);
         Some(format!(
-            "! --record stopped at input {}: writing {} fell behind or failed; the file holds every input up to there",
+            "! --record stopped at input {}: writing {} fell {} MiB behind; the file holds every input up to there",
             self.recorded(),
-            self.path.display()
+            self.path.display(),
+            BACKLOG_BYTES >> 20
         ))
     }
 
@@ -455,7 +521,11 @@ impl Recorder {
 
     /// Writes what is left and closes the file (at shutdown).
     pub fn finish(&self) -> std::io::Result<()> {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).take();
+        {
+            let (lock, wake) = &*self.shared;
+            lock.lock().unwrap_or_else(|p| p.into_inner()).finished = true;
+            wake.notify_one();
+        }
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         match writer.map(JoinHandle::join) {
             Some(Ok(written)) => written,

@@ -87,9 +87,9 @@ pub fn describe(input: &Recorded) -> String {
             resume: Some(n),
             ..
         } => format!("{user} connects (conn {conn}) and resumes after message {n}"),
-        Recorded::Request { user, frame, .. } => match parse_request(&frame.to_string()) {
+        Recorded::Request { user, frame, .. } => match parse_request(frame.get()) {
             Ok(envelope) => request_words(user, &envelope.request),
-            Err(_) => format!("{user} sends {frame}"),
+            Err(_) => format!("{user} sends {}", frame.get()),
         },
         Recorded::Refuse { user, code, .. } => {
             format!("{user} sends a frame the server refuses before routing ({code})")
@@ -416,7 +416,7 @@ pub fn apply(
         }
         Recorded::Request { user, conn, frame } => {
             let device = device(devices, *conn);
-            Some(match parse_request(&frame.to_string()) {
+            Some(match parse_request(frame.get()) {
                 Ok(envelope) => core.handle(user, &device, envelope, line.t).expect(DONE),
                 Err(error) => core.refuse(user, &device, error),
             })
