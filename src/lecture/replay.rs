@@ -178,14 +178,6 @@ impl Changed {
             blocked_users: changed_keys(&before.blocked, &after.blocked),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.active_connections.is_empty()
-            && self.presence.is_empty()
-            && self.offline_messages.is_empty()
-            && self.group_members.is_empty()
-            && self.blocked_users.is_empty()
-    }
 }
 
 /// A recording being stepped through: the core at step `k` (after `k`
@@ -246,12 +238,20 @@ impl Cursor {
 
     /// Applies the next input. False after the last one.
     pub fn forward(&mut self) -> bool {
+        self.advance(true)
+    }
+
+    /// `forward`, keeping what the step changed only when asked: a seek
+    /// far ahead copies the structures once, for its last step, not per step.
+    fn advance(&mut self, keep_before: bool) -> bool {
         let recording = self.recording.clone();
         let Some(line) = recording.lines.get(self.k) else {
             return false;
         };
-        self.before = whole(&self.core);
-        self.ops_before = self.core.op_table();
+        if keep_before {
+            self.before = whole(&self.core);
+            self.ops_before = self.core.op_table();
+        }
         let narration = self.apply(line);
         self.k += 1;
         self.lines.push_back(narration.line.clone());
@@ -269,7 +269,10 @@ impl Cursor {
         if k < self.k {
             *self = Cursor::new(self.recording.clone());
         }
-        while self.k < k && self.forward() {}
+        while self.k + 1 < k && self.advance(false) {}
+        if self.k < k {
+            self.forward();
+        }
     }
 
     /// What this step changed in each structure.
