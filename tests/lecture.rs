@@ -127,9 +127,10 @@ async fn a_class(server: &TestServer, states: &mut Vec<(usize, Value)>) {
     states.push(live(server).await);
 }
 
-#[tokio::test]
-async fn a_replay_goes_through_exactly_the_states_the_live_server_had() {
-    let path = recording_path("live");
+/// `a_class` on a server started with `--record`, stopped, and its
+/// recording read back, with the live `/inspect`s taken along the way.
+async fn a_recorded_class(tag: &str) -> (Arc<Recording>, Vec<(usize, Value)>) {
+    let path = recording_path(tag);
     let recorder = Arc::new(Recorder::create(&path).unwrap());
     let server = TestServer::start_alone(Config {
         record: Some(recorder),
@@ -139,8 +140,12 @@ async fn a_replay_goes_through_exactly_the_states_the_live_server_had() {
     let mut states = Vec::new();
     a_class(&server, &mut states).await;
     server.stop().await;
+    (Arc::new(Recording::read(&path).unwrap()), states)
+}
 
-    let recording = Arc::new(Recording::read(&path).unwrap());
+#[tokio::test]
+async fn a_replay_goes_through_exactly_the_states_the_live_server_had() {
+    let (recording, states) = a_recorded_class("live").await;
     let mut cursor = Cursor::new(recording.clone());
     assert!(
         states.windows(2).all(|w| w[0].0 < w[1].0),
@@ -162,16 +167,7 @@ async fn a_replay_goes_through_exactly_the_states_the_live_server_had() {
 
 #[tokio::test]
 async fn stepping_back_then_forward_again_gives_identical_snapshots() {
-    let path = recording_path("back");
-    let recorder = Arc::new(Recorder::create(&path).unwrap());
-    let server = TestServer::start_alone(Config {
-        record: Some(recorder),
-        ..Config::default()
-    })
-    .await;
-    a_class(&server, &mut Vec::new()).await;
-    server.stop().await;
-    let recording = Arc::new(Recording::read(&path).unwrap());
+    let (recording, _) = a_recorded_class("back").await;
     let n = recording.lines.len();
     let mut cursor = Cursor::new(recording);
     let mut forward = Vec::new();

@@ -318,6 +318,16 @@ impl Cursor {
             .expect("in memory a snapshot always succeeds")
     }
 
+    /// The structures and counts as they were before this step (None at
+    /// step 0), kept by `forward`: what a view marks changes against,
+    /// without replaying to the step before.
+    pub fn snapshot_before(&self) -> Option<Snapshot> {
+        (self.k > 0).then(|| {
+            let next_id = self.core.next_message_id();
+            Snapshot::new(self.before.clone(), &self.ops_before, next_id)
+        })
+    }
+
     /// The board's frame at this step (the five structures with each
     /// deque cut to its ends, the counts, the last message's path).
     pub fn board_frame(&self) -> BoardFrame {

@@ -14,6 +14,7 @@ use super::page::inspection;
 use super::record::Recording;
 use super::replay::Cursor;
 use crate::inspect::render::{render_parts, RenderOptions, View};
+use crate::inspection::Inspection;
 use crate::terminal::{wrap, Screen};
 
 /// What a key press asks for.
@@ -72,13 +73,10 @@ pub fn narration(cursor: &Cursor, source: &str, width: usize) -> String {
 
 /// The whole screen of the cursor's step: narration, then the tables, with
 /// what changed since the step before marked.
-pub fn screen(cursor: &mut Cursor, source: &str, view: &View, color: bool, width: usize) -> String {
-    let k = cursor.step();
-    let previous = (k > 0).then(|| {
-        cursor.seek(k - 1);
-        let before = inspection(cursor, source);
-        cursor.seek(k);
-        before
+pub fn screen(cursor: &Cursor, source: &str, view: &View, color: bool, width: usize) -> String {
+    let previous = cursor.snapshot_before().map(|snapshot| Inspection {
+        snapshot,
+        server: None,
     });
     let doc = inspection(cursor, source);
     let options = RenderOptions {
@@ -136,7 +134,7 @@ pub fn run(recording: Arc<Recording>, source: &str, view: View, color: bool) -> 
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
         loop {
-            crate::terminal::print_or_exit(&screen(&mut cursor, source, &view, color, width()));
+            crate::terminal::print_or_exit(&screen(&cursor, source, &view, color, width()));
             let Some(Ok(line)) = lines.next() else {
                 return Ok(());
             };
@@ -149,7 +147,7 @@ pub fn run(recording: Arc<Recording>, source: &str, view: View, color: bool) -> 
     terminal::enable_raw_mode()?;
     let result = (|| -> anyhow::Result<()> {
         loop {
-            let frame = screen(&mut cursor, source, &view, color, width());
+            let frame = screen(&cursor, source, &view, color, width());
             // Raw mode does not turn \n into \r\n: the screen draws it line by line.
             screen_mode.draw(&frame);
             let step = match event::read()? {
