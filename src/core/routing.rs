@@ -563,10 +563,12 @@ impl<S: Structures> ChatCore<S> {
                     .iter()
                     .map(ConnHandle::id)
                     .collect();
-                // This node's batched connections hear of it at its next tick.
-                if let (true, ServerFrame::Presence { status, .. }) = (!devices.is_empty(), &frame)
-                {
-                    self.presence_batch.changed(&about, *status, false);
+                // News: this node's batched connections hear of it at its
+                // next tick, the v1 ones by the frame below.
+                if let ServerFrame::Presence { status, .. } = &frame {
+                    if !devices.is_empty() {
+                        self.presence_batch.changed(&about, *status, false);
+                    }
                 }
                 let index = plan.frame(frame);
                 for device in devices.iter().filter(|d| !d.presence_batched()) {

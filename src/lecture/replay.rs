@@ -222,10 +222,6 @@ impl Cursor {
         self.k
     }
 
-    pub fn core(&self) -> &ReplayCore {
-        &self.core
-    }
-
     /// The narration of the step just taken (None at step 0).
     pub fn narration(&self) -> Option<&Narration> {
         self.narration.as_ref()

@@ -25,7 +25,7 @@ use super::replay::{apply, fresh_core, ReplayCore};
 use crate::client::input::{parse_line, Command};
 use crate::core::{ConnId, CoreConfig};
 use crate::names::{Name, UserId};
-use crate::protocol::{Message, Request, ServerFrame, Target};
+use crate::protocol::{Message, Request, Target};
 
 /// The time of a scenario's first line: one second passes per line.
 const START_MS: u64 = 1_764_000_000_000;
@@ -179,7 +179,7 @@ impl Player {
         let line = Line { t: self.t, input };
         if let Some(outcome) = apply(&mut self.core, &mut self.registry, &line) {
             for (conn, frame) in outcome.sends() {
-                if let Some(message) = chat(frame) {
+                if let Some(message) = frame.chat_message() {
                     if let Some(open) = self.open.values_mut().find(|o| o.conn == conn.id) {
                         open.unread.push(message.clone());
                     }
@@ -313,10 +313,6 @@ impl Player {
         }
         Ok(())
     }
-}
-
-fn chat(frame: &ServerFrame) -> Option<&Message> {
-    frame.chat_message()
 }
 
 #[cfg(test)]
