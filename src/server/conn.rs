@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::outbox::Outbox;
 use crate::core::{ConnDetail, ConnHandle, ConnId};
@@ -32,7 +33,7 @@ pub(crate) const CLOSE_CLAIMED: u16 = 4001;
 
 pub(crate) fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(reason),
     }
 }

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::admission::Admitted;
 use super::conn::{close_frame, Asked, Conn, Ending, CLOSE_POLICY};
@@ -19,6 +19,7 @@ use super::hub::Hub;
 use super::input::Input;
 use super::limits::TokenBucket;
 use super::outbox::Next;
+use super::socket::{feed_text, Socket};
 use crate::names::UserId;
 use crate::output::now_ms;
 use crate::protocol::{parse_request, ErrorCode, Request, RequestError};
@@ -26,7 +27,7 @@ use crate::store::Store;
 
 pub(crate) async fn serve(
     hub: Arc<Hub>,
-    socket: WebSocket,
+    socket: Socket,
     user: UserId,
     remote: SocketAddr,
     admitted: Admitted,
@@ -56,7 +57,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -> Ending {
+async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<Socket>) -> Ending {
     let net = &hub.config.net;
     let limit = net.max_message_bytes;
     let mut bucket = net
@@ -145,7 +146,7 @@ async fn read_loop(hub: &Hub, conn: &Conn, mut stream: SplitStream<WebSocket>) -
                 RequestError::bad_json("binary frames are not accepted; send JSON as a text frame")
             }
             // tungstenite answers pings itself; pongs need nothing.
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
             Some(Ok(WsMessage::Close(_))) | None => return Ending::Gone,
             Some(Err(error)) => return ending_of(error),
         };
@@ -174,25 +175,23 @@ fn confirms_more(request: &Request, confirmed: &mut Option<u64>) -> bool {
 /// How a read error ends the connection: a message over tungstenite's hard
 /// limit and a text frame that is not UTF-8 are answered; anything else
 /// (a reset, a protocol violation) means the peer is gone.
-fn ending_of(error: axum::Error) -> Ending {
-    use tungstenite::error::{CapacityError, Error};
-    match error.into_inner().downcast_ref::<Error>() {
-        Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) => {
-            Ending::TooLarge(*size)
-        }
-        Some(Error::Utf8(_)) => Ending::BadUtf8,
+fn ending_of(error: WsError) -> Ending {
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => Ending::TooLarge(size),
+        WsError::Utf8(_) => Ending::BadUtf8,
         _ => Ending::Gone,
     }
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn, hub: Arc<Hub>) {
+async fn write_loop(mut sink: SplitSink<Socket, WsMessage>, conn: Conn, hub: Arc<Hub>) {
     let store: Option<&Store> = hub.store.as_deref();
     loop {
         let next = conn.outbox.next().await;
         let write = async {
             match next {
                 Next::Frames(frames) => {
-                    // feed, then one flush: tungstenite gathers up to 8 KiB per
+                    // feed, then one flush: the socket gathers up to 8 KiB per
                     // write, so a burst costs a few system calls, not one per frame.
                     for frame in &frames {
                         // Durable mode: nothing leaves before its changes are on disk.
@@ -204,7 +203,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, conn: Conn, hub: 
                                 }
                             }
                         }
-                        sink.feed(WsMessage::Text(frame.text.clone())).await?;
+                        feed_text(&mut sink, &frame.text).await?;
                     }
                     sink.flush().await?;
                     if conn.outbox.wrote() {

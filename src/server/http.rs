@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,11 +18,10 @@ use super::handshake::Peer;
 use super::hub::Hub;
 use super::limits::{Full, Slot, SlotLimits};
 use super::site::Refusal;
+use super::upgrade::{NotAnUpgrade, Upgrade};
 use super::{board, connection, pages};
 use crate::names::{Name, UserId};
-
-/// tungstenite's write buffer per connection, filled lazily (idle sockets pay nothing).
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub(crate) fn routes(hub: Arc<Hub>) -> Router {
     Router::new()
@@ -104,7 +103,7 @@ async fn ws_upgrade(
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ConnectQuery>, axum::extract::rejection::QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, NotAnUpgrade>,
 ) -> Response {
     let remote = peer.addr;
     // First, before anything is looked at: a page of another site may not
@@ -259,7 +258,7 @@ struct Accepted {
 
 /// Completes the upgrade with this server's buffer and size limits, and
 /// serves the connection as a task shutdown waits for.
-fn accept(hub: Arc<Hub>, upgrade: WebSocketUpgrade, accepted: Accepted) -> Response {
+fn accept(hub: Arc<Hub>, upgrade: Upgrade, accepted: Accepted) -> Response {
     // tungstenite refuses anything past this on its own; between our limit and
     // this one, the reader answers `too_large` itself (see connection.rs).
     let net = &hub.config.net;
@@ -267,27 +266,27 @@ fn accept(hub: Arc<Hub>, upgrade: WebSocketUpgrade, accepted: Accepted) -> Respo
         .max_message_bytes
         .saturating_mul(2)
         .max(net.max_message_bytes + 65_536);
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(net.read_buffer_bytes)
-        // The writer feeds a batch of frames and flushes once: up to 8 KiB of
-        // them go out in one write system call (0 would mean one call per frame).
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + hard_limit)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| {
-            let tasks = hub.shutdown.tasks();
-            tasks.track_future(async move {
-                let Accepted {
-                    user,
-                    remote,
-                    admitted,
-                    asked,
-                    slot: _slot,
-                } = accepted;
-                connection::serve(hub, socket, user, remote, admitted, asked).await
-            })
+        // Each frame goes straight to the socket's own batch (`socket.rs`):
+        // tungstenite keeps no second one.
+        .write_buffer_size(0)
+        .max_write_buffer_size(hard_limit)
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
+    upgrade.accept(config, move |socket| {
+        let tasks = hub.shutdown.tasks();
+        tasks.track_future(async move {
+            let Accepted {
+                user,
+                remote,
+                admitted,
+                asked,
+                slot: _slot,
+            } = accepted;
+            connection::serve(hub, socket, user, remote, admitted, asked).await
         })
+    })
 }
 
 /// `/ws` and `/ws/` (empty name) and `/ws/a/b` are bad names, not missing pages.

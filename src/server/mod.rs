@@ -59,6 +59,8 @@ mod recorded;
 mod relay;
 mod shutdown;
 pub mod site;
+mod socket;
+mod upgrade;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;

@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{CloseFrame, Utf8Bytes};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::{Message, ServerFrame};
 use crate::store::Seq;
@@ -720,12 +721,12 @@ mod tests {
         let o = Outbox::new(8);
         o.push(out("a")).unwrap();
         o.close_after_pending(CloseFrame {
-            code: 1001,
+            code: 1001.into(),
             reason: Utf8Bytes::from_static("bye"),
         });
         assert!(matches!(o.push(out("late")), Err(PushError::Closed(_))));
         assert!(matches!(o.next().await, Next::Frames(f) if f.len() == 1));
-        assert!(matches!(o.next().await, Next::Close(Some(f)) if f.code == 1001));
+        assert!(matches!(o.next().await, Next::Close(Some(f)) if u16::from(f.code) == 1001));
         assert!(matches!(o.next().await, Next::Stop));
     }
 
