@@ -252,14 +252,28 @@ async fn every_node_shows_the_cluster_and_narrates_each_redis_command() {
     server.stop().await;
 }
 
+/// Connects, and while the node answers 503 (its Redis did not answer within
+/// the command timeout, as on a starved machine) tries again until WAIT has
+/// passed: the refusal says "try again in a moment". Any other refusal fails
+/// the test with its status.
 async fn connect_to_path(addr: SocketAddr, path: &str) -> Client {
-    let (ws, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("upgrade");
+    use tokio_tungstenite::tungstenite::Error;
+    let deadline = Instant::now() + WAIT;
+    let ws = loop {
+        let attempt = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+        )
+        .await
+        .expect("connect timed out");
+        match attempt {
+            Ok((ws, _)) => break ws,
+            Err(Error::Http(r)) if r.status() == 503 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{path} on {addr}: the upgrade failed: {e:?}"),
+        }
+    };
     let mut client = Client {
         ws,
         welcome: Value::Null,

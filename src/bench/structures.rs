@@ -617,7 +617,7 @@ fn measured<T>(
     Some((footprint, table))
 }
 
-/// Measures `presence` (`HashSet<UserId>`), `active_connections` (`HashMap`
+/// Measures the seed's `presence` (`HashSet<UserId>`), `active_connections` (`HashMap`
 /// of one device each) and `blocked_users` (`HashMap` of one block each) at
 /// n entries. None where the allocator cannot be asked.
 pub fn footprint(n: usize) -> Option<Vec<Footprint>> {
@@ -629,7 +629,7 @@ pub fn footprint(n: usize) -> Option<Vec<Footprint>> {
     let mut out = Vec::new();
 
     let (mut presence, table) = measured(
-        "presence (HashSet<UserId>)",
+        "a HashSet<UserId>, the seed's presence",
         n,
         || names.iter().cloned().collect::<HashSet<Name>>(),
         HashSet::capacity,

@@ -7,7 +7,7 @@
 //! | seed structure       | in Redis (prefix `vivachat`)                         |
 //! |----------------------|------------------------------------------------------|
 //! | `active_connections` | HASH `devices:{user}`, field `node/conn` per device   |
-//! | `presence`           | SET `presence`                                        |
+//! | `presence`           | ZSET `presence`, every score 0: kept in name order    |
 //! | `offline_messages`   | LIST `q:{user}` (RPUSH at the back, LPOP the front)  |
 //! | `group_members`      | SET `g:{group}` (and SET `groups`, SET `ug:{user}`)   |
 //! | `blocked_users`      | SET `b:{user}`                                        |

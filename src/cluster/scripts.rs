@@ -35,8 +35,9 @@ end
 /// of devices, field `node/conn`) and in `presence`, in one step, so two
 /// nodes connecting and closing the same user's devices at once always
 /// agree on who was first and who was last. The first device anywhere is
-/// announced online. Returns the online users as of this step, for the
-/// welcome: exactly the state the announcements after it change.
+/// announced online. Returns the online users as of this step, in name
+/// order (a sorted set, every score 0), for the welcome: exactly the state
+/// the announcements after it change.
 /// Also returns the order of the user's previous presence change (HASH
 /// `presence_last`), so the node knows whether it has seen it.
 /// KEYS: devices:{user}, on:{node}, presence, presence_order, presence_last.
@@ -49,11 +50,11 @@ pub fn connect() -> String {
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 local n = redis.call('HLEN', KEYS[1])
-local added = redis.call('SADD', KEYS[3], ARGV[1])
+local added = redis.call('ZADD', KEYS[3], 0, ARGV[1])
 local order = redis.call('INCR', KEYS[4])
 local prev = 0
 if added == 1 then prev = changed(ARGV[4], KEYS[5], ARGV[1], 'online', order) end
-return {{n, added, order, redis.call('SMEMBERS', KEYS[3]), prev}}
+return {{n, added, order, redis.call('ZRANGE', KEYS[3], 0, -1), prev}}
 "
     )
 }
@@ -74,7 +75,7 @@ if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
 end
 local n = redis.call('HLEN', KEYS[1])
 local removed = 0
-if n == 0 then removed = redis.call('SREM', KEYS[3], ARGV[1]) end
+if n == 0 then removed = redis.call('ZREM', KEYS[3], ARGV[1]) end
 local order = redis.call('INCR', KEYS[4])
 local prev = 0
 if removed == 1 then prev = changed(ARGV[3], KEYS[5], ARGV[1], 'offline', order) end
@@ -332,7 +333,7 @@ for _, u in ipairs(users) do
   for _, f in ipairs(redis.call('HKEYS', devices)) do
     if string.sub(f, 1, #mine) == mine then redis.call('HDEL', devices, f) end
   end
-  if redis.call('HLEN', devices) == 0 and redis.call('SREM', KEYS[2], u) == 1 then
+  if redis.call('HLEN', devices) == 0 and redis.call('ZREM', KEYS[2], u) == 1 then
     table.insert(gone, u)
   end
 end

@@ -687,7 +687,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         trace.record(Presence, Op::Insert, Some(user), None, None);
         trace.via(|| {
             format!(
-                "SADD {} {user} O(1), in the same connect script",
+                "ZADD {} 0 {user} O(log n), in the same connect script",
                 self.key("presence")
             )
         });
@@ -699,7 +699,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         trace.record(Presence, Op::Remove, Some(user), None, None);
         trace.via(|| {
             format!(
-                "SREM {} {user} O(1), in the same disconnect script",
+                "ZREM {} {user} O(log n), in the same disconnect script",
                 self.key("presence")
             )
         });
@@ -711,17 +711,21 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         if let Some(all) = self.online.take() {
             self.ops.measure(Presence, Op::Iterate, || ());
             trace.record(Presence, Op::Iterate, None, None, Some(all.len()));
-            trace.via(|| format!("SMEMBERS {key} O(n), in the same connect script"));
+            trace.via(|| format!("ZRANGE {key} 0 -1 O(log n + n), in the same connect script"));
             return Ok(all);
         }
         let r = self.ops.measure(Presence, Op::Iterate, || {
-            self.link.run("SMEMBERS", "O(N)", |c| {
-                redis::cmd("SMEMBERS").arg(&key).query::<Vec<String>>(c)
+            self.link.run("ZRANGE", "O(log(N)+M)", |c| {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query::<Vec<String>>(c)
             })
         });
         let all = names(step(r)?);
         trace.record(Presence, Op::Iterate, None, None, Some(all.len()));
-        trace.via(|| format!("SMEMBERS {key} O(n)"));
+        trace.via(|| format!("ZRANGE {key} 0 -1 O(log n + n)"));
         Ok(all)
     }
 

@@ -89,7 +89,11 @@ fn read_devices(
     let (online, hashes) = loop {
         attempts += 1;
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("SMEMBERS").arg(link.key("presence"));
+        pipe.atomic()
+            .cmd("ZRANGE")
+            .arg(link.key("presence"))
+            .arg(0)
+            .arg(-1);
         for user in &users {
             pipe.cmd("HGETALL")
                 .arg(link.key(&format!("devices:{user}")));
@@ -111,7 +115,8 @@ fn read_devices(
         }
         users.extend(unseen);
     };
-    snapshot.presence = sorted(names(online));
+    // A sorted set: already in name order.
+    snapshot.presence = names(online);
     for (user, fields) in users.iter().zip(hashes) {
         let fields: Vec<(String, String)> = redis::from_redis_value(fields)?;
         let Ok(user) = Name::parse(user) else {

@@ -86,10 +86,10 @@ pub const FACTS: [Facts; 5] = [
     },
     Facts {
         name: "presence",
-        rust_type: "HashSet<UserId>",
+        rust_type: "BTreeSet<UserId>",
         python_type: "set[str]",
-        headline: "insert/remove O(1), iterate O(capacity)",
-        why: "One entry per online user, kept equal to the users with a connection; `who` and presence broadcasts iterate it.",
+        headline: "insert/remove O(log n), iterate O(n)",
+        why: "One entry per online user, kept equal to the users with a connection; ordered, so each welcome and `who` list it by name without a sort (the seed's set needs one per connect).",
     },
     Facts {
         name: "offline_messages",
@@ -156,8 +156,10 @@ pub fn complexity(structure: Structure, op: Op) -> &'static str {
         // A walk visits the table's buckets, and a table never shrinks: it
         // costs the most users it ever held ("cap"), not the users it holds.
         (Structure::ActiveConnections, Op::Iterate) => "O(cap)",
-        // The welcome and `who` then sort what they read: the trace says so.
-        (Structure::Presence, Op::Iterate) => "O(cap)",
+        // An ordered set (a B-tree here, a sorted set in Redis): the welcome
+        // walks it in name order, and each join or leave finds its place.
+        (Structure::Presence, Op::Iterate) => "O(n)",
+        (Structure::Presence, Op::Insert | Op::Remove) => "O(log n)",
         (Structure::GroupMembers, Op::Iterate) => "O(m)",
         // A resume copies the k held messages after its position (found by
         // binary search in the id-ordered deque: O(log n + k)).
@@ -328,9 +330,6 @@ pub struct OpRecord {
     pub times: u32,
     /// In a cluster, the Redis command that did it: `RPUSH vivachat:q:bob O(1)`.
     pub via: Option<String>,
-    /// What the core then did with the result, with its cost, where that is
-    /// work of its own: the welcome's online list is `sorted O(n log n)`.
-    pub then: Option<&'static str>,
 }
 
 /// The longest trace kept for one event: a presence broadcast to 10,000 users
@@ -391,7 +390,6 @@ impl Trace {
             size,
             times: 1,
             via: None,
-            then: None,
         });
     }
 
@@ -403,17 +401,6 @@ impl Trace {
         }
         if let Some(last) = self.records.last_mut() {
             last.via = Some(command());
-        }
-    }
-
-    /// Says what the core did with the result of the operation just
-    /// recorded, when it costs more than the operation itself.
-    pub fn then(&mut self, what: &'static str) {
-        if !self.enabled || self.omitted > 0 {
-            return;
-        }
-        if let Some(last) = self.records.last_mut() {
-            last.then = Some(what);
         }
     }
 
@@ -454,9 +441,6 @@ impl fmt::Display for OpRecord {
         write!(f, " {}", complexity(self.structure, self.op))?;
         if let Some(command) = &self.via {
             write!(f, " -> {command}")?;
-        }
-        if let Some(then) = self.then {
-            write!(f, ", then {then}")?;
         }
         if let Some(n) = self.size {
             let unit = match self.structure {

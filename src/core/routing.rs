@@ -321,8 +321,6 @@ impl<S: Structures> ChatCore<S> {
         }
         let mut others = self.structures.online_users(&mut trace)?;
         others.retain(|u| u != user);
-        others.sort_unstable();
-        trace.then("sorted O(n log n)");
 
         let mut released = 0;
         let flush = match resume {
@@ -782,9 +780,7 @@ impl<S: Structures> ChatCore<S> {
                 }
             }
             Request::Who => {
-                let mut online = self.structures.online_users(trace)?;
-                online.sort_unstable();
-                trace.then("sorted O(n log n)");
+                let online = self.structures.online_users(trace)?;
                 let count = online.len();
                 plan.reply(conn, ServerFrame::Who { online });
                 Event::Who {

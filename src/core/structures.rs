@@ -168,13 +168,13 @@ pub trait Structures {
     /// it cannot fail.
     fn all_connections(&self, trace: &mut Trace) -> Vec<Self::Conn>;
 
-    // presence: HashSet<UserId>. Routing never asks "is bob online?" here:
+    // presence: BTreeSet<UserId>. Routing never asks "is bob online?" here:
     // it needs bob's sockets anyway, and `connections` answers both in one look-up.
     /// Returns true if the user was not online before.
     fn set_online(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool>;
     /// Returns true if the user was online before.
     fn set_offline(&mut self, user: &UserId, trace: &mut Trace) -> Step<bool>;
-    /// Every online user, in no particular order. O(n).
+    /// Every online user, in name order: what a welcome and `who` list. O(n).
     fn online_users(&mut self, trace: &mut Trace) -> Step<Vec<UserId>>;
 
     // offline_messages: HashMap<UserId, VecDeque<Message>>

@@ -652,7 +652,7 @@ fn the_trace_narrates_the_seed_message_flow() {
 /// Every hash insert is amortised, a table walk costs its capacity, and the
 /// welcome's sort is work of its own: the narration says all three.
 #[test]
-fn the_trace_narrates_a_connect_with_its_amortised_inserts_and_the_sort() {
+fn the_trace_narrates_a_connect_with_its_amortised_insert_and_the_ordered_presence() {
     let mut c = core();
     c.connect(&n("alice"), 1).unwrap();
     let o = c.connect(&n("bob"), 2).unwrap();
@@ -661,8 +661,8 @@ fn the_trace_narrates_a_connect_with_its_amortised_inserts_and_the_sort() {
         lines[..3],
         [
             "active_connections.insert(bob) O(1)*, 1 devices",
-            "presence.insert(bob) O(1)*",
-            "presence.iterate O(cap), then sorted O(n log n), len 2",
+            "presence.insert(bob) O(log n)",
+            "presence.iterate O(n), len 2",
         ]
     );
 }
