@@ -169,6 +169,45 @@ pub struct FrameContext {
     /// Microseconds the previous frame took to build and encode: the feed's
     /// server cost, paid once per frame however many boards watch.
     pub build_us: u64,
+    /// The latest batched-presence tick, which the presence region shows.
+    pub presence_diff: Option<DiffShown>,
+}
+
+/// One tick's presence diff as the board shows it: who arrived and left
+/// (the first few of each), and how many connections the one frame went to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiffShown {
+    /// Tells one tick from the next (the event's number in the feed).
+    pub id: u64,
+    pub online: usize,
+    pub offline: usize,
+    pub first_online: Vec<UserId>,
+    pub first_offline: Vec<UserId>,
+    pub connections: usize,
+}
+
+impl DiffShown {
+    /// The diff of a `PresenceDiff` event, or None for any other event.
+    pub fn of(event: &Event, id: u64) -> Option<DiffShown> {
+        let Event::PresenceDiff {
+            online,
+            offline,
+            connections,
+            first_online,
+            first_offline,
+        } = event
+        else {
+            return None;
+        };
+        Some(DiffShown {
+            id,
+            online: *online,
+            offline: *offline,
+            first_online: first_online.clone(),
+            first_offline: first_offline.clone(),
+            connections: *connections,
+        })
+    }
 }
 
 impl BoardFrame {

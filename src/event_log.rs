@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use colored::{ColoredString, Colorize};
 
 use crate::core::{Event, Relay, Trace};
+use crate::names::UserId;
 use crate::output::paint;
 use crate::protocol::AckStatus;
 
@@ -216,11 +217,28 @@ pub fn summary(event: &Event) -> String {
             online,
             offline,
             connections,
+            first_online,
+            first_offline,
         } => format!(
-            "~ presence diff of {} change(s) ({online} online, {offline} offline), built once and sent to {connections} batched connection(s)",
-            online + offline
+            "~ presence diff of {} change(s) ({}; {}), built once and sent to {connections} batched connection(s)",
+            online + offline,
+            some_of(*online, "online", first_online),
+            some_of(*offline, "offline", first_offline),
         ),
         Event::NodeLost { .. } | Event::Relayed { .. } => cluster_summary(event),
+    }
+}
+
+/// `2 online: alice, bob`, or `12 online: ann, ..., hal and 4 more`, or `0 offline`.
+fn some_of(count: usize, side: &str, first: &[UserId]) -> String {
+    if count == 0 {
+        return format!("0 {side}");
+    }
+    let names: Vec<&str> = first.iter().map(|u| u.as_str()).collect();
+    let more = count.saturating_sub(first.len());
+    match more {
+        0 => format!("{count} {side}: {}", names.join(", ")),
+        _ => format!("{count} {side}: {} and {more} more", names.join(", ")),
     }
 }
 

@@ -399,6 +399,19 @@ async fn the_board_draws_each_structure_and_changes_without_a_reload() {
     let events = region(&board, "event log").await;
     assert!(events.contains("bob connected"), "{events}");
 
+    // Batched presence: carol's arrival reaches the one batched connection
+    // in a tick's diff, which the presence region names.
+    let _watcher = server
+        .connect_raw("/ws/watcher?presence=batched")
+        .await
+        .unwrap();
+    let _carol = server.connect("carol").await;
+    let diff = wait_region(&board, "presence", "the tick's diff", |t| {
+        t.contains("last tick:") && t.contains("+carol")
+    })
+    .await;
+    assert!(diff.contains("one diff, sent to 1 connection"), "{diff}");
+
     assert_eq!(
         board.eval("window.sameDocument").await,
         json!("yes"),

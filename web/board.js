@@ -152,6 +152,7 @@ function drawStructures(frame) {
     what: "online",
     empty: "empty: nobody online",
   });
+  drawDiff(frame.presence_diff);
   drawStructure("offline", frame.offline_messages, {
     key: (d) => d.user,
     row: (d) =>
@@ -182,6 +183,43 @@ function drawStructures(frame) {
     what: "blockers",
     empty: "empty: nobody blocks anyone",
   });
+}
+
+let diffId = null;
+
+/**
+ * The latest batched-presence tick under the pills: who arrived (+) and left
+ * (−), and that it was one frame, built once, for every batched connection.
+ * A new tick flashes the line and lights the arrivals' pills.
+ */
+function drawDiff(diff) {
+  const line = $("presence-diff");
+  line.hidden = !diff;
+  if (!diff || diff.id === diffId) return;
+  diffId = diff.id;
+  const side = (sign, cls, count, first) => {
+    const shown = first.map((u) => el("span", { class: cls }, `${sign}${u}`));
+    if (count > first.length) shown.push(el("span", { class: "more" }, `${sign}${count - first.length} more`));
+    return shown;
+  };
+  const n = diff.connections;
+  line.replaceChildren(
+    el("span", { class: "label" }, "last tick:"),
+    ...side("+", "arrived", diff.online, diff.first_online),
+    ...side("−", "left", diff.offline, diff.first_offline),
+    el("span", { class: "sent" }, `one diff, sent to ${n} connection${n === 1 ? "" : "s"}`),
+  );
+  line.classList.remove("flash");
+  void line.offsetWidth; // restarts the animation
+  line.classList.add("flash");
+  const pills = $("presence");
+  for (const u of diff.first_online) {
+    const pill = pills.querySelector(`:scope > [data-key="${CSS.escape(u)}"]`);
+    if (!pill) continue;
+    pill.classList.remove("in-diff");
+    void pill.offsetWidth;
+    pill.classList.add("in-diff");
+  }
 }
 
 // ---------------------------------------------------------------- flow, counts, log

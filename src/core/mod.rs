@@ -220,6 +220,9 @@ impl<C: Clone> Outcome<C> {
     }
 }
 
+/// How many names of each side of a presence diff an event keeps.
+pub const DIFF_NAMES: usize = 8;
+
 /// What happened, in domain terms: the event log's first words.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -320,6 +323,10 @@ pub enum Event {
         online: usize,
         offline: usize,
         connections: usize,
+        /// The first [`DIFF_NAMES`] of each side, in name order, for the
+        /// event log and the board (a storm's tick can hold thousands).
+        first_online: Vec<UserId>,
+        first_offline: Vec<UserId>,
     },
     /// Cluster mode: a node stopped renewing its heartbeat and was swept.
     NodeLost {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::core::{
     queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, DirectFacts, Disk, Event,
-    Flush, Outcome, QueuedBytes, Relay, Step, Structures, Trace, Unavailable, QUEUED_ENTRY_BYTES,
+    Flush, Outcome, QueuedBytes, Relay, Step, Structures, Trace, Unavailable, DIFF_NAMES,
+    QUEUED_ENTRY_BYTES,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::{
@@ -616,6 +617,8 @@ impl<S: Structures> ChatCore<S> {
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
         let (online, offline) = (diff.online.len(), diff.offline.len());
+        let first = |names: &[UserId]| names.iter().take(DIFF_NAMES).cloned().collect();
+        let (first_online, first_offline) = (first(&diff.online), first(&diff.offline));
         let frame = plan.frame(ServerFrame::PresenceDiff {
             online: diff.online,
             offline: diff.offline,
@@ -631,6 +634,8 @@ impl<S: Structures> ChatCore<S> {
             online,
             offline,
             connections,
+            first_online,
+            first_offline,
         };
         Some(self.finish(plan, event, trace))
     }

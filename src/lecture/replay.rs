@@ -190,6 +190,8 @@ pub struct Cursor {
     narration: Option<Narration>,
     lines: VecDeque<String>,
     flow: Option<crate::board::Flow>,
+    /// The latest presence tick up to this step, which the board's presence region shows.
+    diff: Option<crate::board::DiffShown>,
     /// The structures and counts at the step before, for what this one changed.
     before: StructuresSnapshot,
     ops_before: OpTable,
@@ -208,6 +210,7 @@ impl Cursor {
             narration: None,
             lines: VecDeque::new(),
             flow: None,
+            diff: None,
             before,
             ops_before: OpTable::default(),
         }
@@ -340,6 +343,7 @@ impl Cursor {
             events_since: u64::from(self.k > 0),
             hold_us: 0,
             build_us: 0,
+            presence_diff: self.diff.clone(),
         };
         BoardFrame::build(&structures, self.core.op_table(), context)
     }
@@ -369,6 +373,11 @@ impl Cursor {
             Some(outcome) => {
                 if let Some(flow) = crate::board::Flow::of(&outcome.event, &outcome.trace) {
                     self.flow = Some(flow);
+                }
+                // Numbered by step, so stepping back and forth replays the same ids.
+                let step = self.k as u64 + 1;
+                if let Some(diff) = crate::board::DiffShown::of(&outcome.event, step) {
+                    self.diff = Some(diff);
                 }
                 narrate(input, at, &outcome.event, &outcome.trace)
             }

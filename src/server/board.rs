@@ -104,9 +104,13 @@ async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<
         Ok(structures) => structures,
         Err(why) => return Some(Err(why)),
     };
-    let (lines, last_chat) = {
+    let (lines, last_chat, last_diff) = {
         let recent = hub.board.recent.lock().unwrap_or_else(|e| e.into_inner());
-        (recent.lines.clone(), recent.last_chat.clone())
+        (
+            recent.lines.clone(),
+            recent.last_chat.clone(),
+            recent.last_diff.clone(),
+        )
     };
     let cx = FrameContext {
         seq,
@@ -125,6 +129,7 @@ async fn build(hub: &Hub, seq: u64, events_since: u64, build_us: u64) -> Option<
         },
         hold_us,
         build_us,
+        presence_diff: last_diff,
     };
     Some(Ok(BoardFrame::build(&structures, ops, cx)))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use tokio::sync::watch;
 
-use crate::board::EVENT_LINES;
+use crate::board::{DiffShown, EVENT_LINES};
 use crate::core::{Event, Trace};
 use crate::inspection::BoardStats;
 
@@ -20,6 +20,8 @@ pub(crate) struct Recent {
     pub lines: VecDeque<(Duration, Event, Trace)>,
     /// The latest chat message, whose path the board lights.
     pub last_chat: Option<(Event, Trace)>,
+    /// The latest batched-presence tick, which the presence region shows.
+    pub last_diff: Option<DiffShown>,
     /// Events recorded ever: a change counter.
     pub events: u64,
 }
@@ -62,6 +64,9 @@ impl BoardFeed {
         recent.events += 1;
         if matches!(event, Event::Message { .. } | Event::GroupMessage { .. }) {
             recent.last_chat = Some((event.clone(), trace.clone()));
+        }
+        if let Some(diff) = DiffShown::of(event, recent.events) {
+            recent.last_diff = Some(diff);
         }
         if recent.lines.len() == EVENT_LINES {
             recent.lines.pop_front();

@@ -136,10 +136,6 @@ pub struct Report {
     pub connections_served: u64,
 }
 
-/// Serves until `shutdown` resolves, then closes every WebSocket with 1001,
-/// waits (bounded by `config.shutdown_grace`) for them to finish, and returns
-/// the final operation counts. The listener is bound by the caller, so tests
-/// can use port 0.
 /// v1.2's clock: one tick input per `--presence-tick`, until shutdown. A
 /// quiet tick costs the owner one check (`presence_tick_due`).
 async fn presence_ticks(hub: Arc<Hub>) {
@@ -155,6 +151,10 @@ async fn presence_ticks(hub: Arc<Hub>) {
     }
 }
 
+/// Serves until `shutdown` resolves, then closes every WebSocket with 1001,
+/// waits (bounded by `config.shutdown_grace`) for them to finish, and returns
+/// the final operation counts. The listener is bound by the caller, so tests
+/// can use port 0.
 pub async fn run(
     listener: TcpListener,
     config: Config,
