@@ -158,7 +158,8 @@ pub struct LoadArgs {
     /// expected, delivered, lost, duplicates, out_of_order, achieved_rate,
     /// send_rate, latency_us and service_latency_us (p50, p90, p99, p999, max),
     /// server_cpu_seconds, server_rss_kib_before/after; in memory mode
-    /// idle_connections, kib_per_connection, presence_frames, presence_settled_ms, server_peak_rss_kib;
+    /// idle_connections, kib_per_connection, presence_frames, presence_settled_ms, storm_ms,
+    /// presence_ticks (with --batched), server_peak_rss_kib;
     /// with --resume, resume and confirmations (the `received` frames sent).
     #[arg(long)]
     pub json: bool,

@@ -126,6 +126,13 @@ pub struct LoadReport {
     /// Memory mode: milliseconds from the last connection's welcome to the
     /// last presence frame read: how long presence took to settle.
     pub presence_settled_ms: Option<u64>,
+    /// Memory mode: milliseconds from the first connect to the last welcome:
+    /// how long the storm of arrivals lasted.
+    pub storm_ms: Option<u64>,
+    /// Memory mode with `--batched`: the diffs the first connection read. It
+    /// was open through the whole storm, so this is the number of ticks that
+    /// carried a change, and `presence_frames` over it is the frames per tick.
+    pub presence_ticks: Option<u64>,
     /// Memory mode: the server's peak resident memory (while those frames
     /// were in flight: transient, not the cost of an idle connection).
     pub server_peak_rss_kib: Option<u64>,
@@ -739,6 +746,8 @@ async fn memory(
     let mut readers = Vec::new();
     // Frames every reader has seen: presence traffic has settled when it stops growing.
     let frames = Arc::new(AtomicU64::new(0));
+    // Diffs the first connection read: the ticks that carried a change.
+    let first_diffs = Arc::new(AtomicU64::new(0));
     // When the last presence frame was read, in ms since `started`.
     let started = Instant::now();
     let last_frame_ms = Arc::new(AtomicU64::new(0));
@@ -761,6 +770,7 @@ async fn memory(
         let (tx, mut rx) = ws.split();
         // Read everything (presence frames) so no outbox fills.
         let (frames, last_frame_ms) = (frames.clone(), last_frame_ms.clone());
+        let diffs = (i == 0).then(|| first_diffs.clone());
         readers.push(tokio::spawn(async move {
             while let Some(Ok(frame)) = rx.next().await {
                 let text = frame.to_text().unwrap_or_default();
@@ -769,6 +779,9 @@ async fn memory(
                     frames.fetch_add(1, Ordering::Relaxed);
                     last_frame_ms
                         .fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                if let (Some(diffs), Some(FrameKind::PresenceDiff)) = (&diffs, kind) {
+                    diffs.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -802,6 +815,8 @@ async fn memory(
             .load(Ordering::Relaxed)
             .saturating_sub(connected_ms),
     );
+    report.storm_ms = Some(connected_ms);
+    report.presence_ticks = options.batched.then(|| first_diffs.load(Ordering::Relaxed));
     report.server_rss_kib_after = rss_kib(pid);
     report.server_peak_rss_kib = peak_rss_kib(pid);
     report.kib_per_connection = report
@@ -893,6 +908,18 @@ fn idle_rows(r: &LoadReport, n: usize, row: &mut impl FnMut(&str, String)) {
         row(
             "presence frames read while they connected",
             frames.to_string(),
+        );
+    }
+    if let Some(ms) = r.storm_ms {
+        row(
+            "the storm: first connect to last welcome",
+            format!("{:.2} s", ms as f64 / 1000.0),
+        );
+    }
+    if let (Some(frames), Some(ticks)) = (r.presence_frames, r.presence_ticks.filter(|t| *t > 0)) {
+        row(
+            "ticks that carried a change, and frames per tick",
+            format!("{ticks}, {:.0}", frames as f64 / ticks as f64),
         );
     }
     if let Some(ms) = r.presence_settled_ms {
