@@ -400,11 +400,13 @@ async fn the_board_draws_each_structure_and_changes_without_a_reload() {
     assert!(events.contains("bob connected"), "{events}");
 
     // Batched presence: carol's arrival reaches the one batched connection
-    // in a tick's diff, which the presence region names.
-    let _watcher = server
+    // in a tick's diff, which the presence region names. The watcher's
+    // welcome first, so the server has it before carol arrives.
+    let mut watcher = server
         .connect_raw("/ws/watcher?presence=batched")
         .await
         .unwrap();
+    assert_eq!(watcher.recv().await["type"], "welcome");
     let _carol = server.connect("carol").await;
     let diff = wait_region(&board, "presence", "the tick's diff", |t| {
         t.contains("last tick:") && t.contains("+carol")

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::admission::Admitted;
 use super::conn::{Asked, Resume};
@@ -21,7 +22,6 @@ use super::site::Refusal;
 use super::upgrade::{NotAnUpgrade, Upgrade};
 use super::{board, connection, pages};
 use crate::names::{Name, UserId};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub(crate) fn routes(hub: Arc<Hub>) -> Router {
     Router::new()
