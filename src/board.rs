@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::core::{Event, Op, OpTable, Structure, StructuresSnapshot, Trace};
+use crate::core::{DiffSummary, Event, Op, OpTable, Structure, StructuresSnapshot, Trace};
 use crate::names::{GroupId, UserId};
 use crate::protocol::{AckStatus, Message, Target};
 
@@ -179,33 +179,19 @@ pub struct FrameContext {
 pub struct DiffShown {
     /// Tells one tick from the next (the event's number in the feed).
     pub id: u64,
-    pub online: usize,
-    pub offline: usize,
-    pub first_online: Vec<UserId>,
-    pub first_offline: Vec<UserId>,
-    pub connections: usize,
+    #[serde(flatten)]
+    pub diff: DiffSummary,
 }
 
 impl DiffShown {
     /// The diff of a `PresenceDiff` event, or None for any other event.
     pub fn of(event: &Event, id: u64) -> Option<DiffShown> {
-        let Event::PresenceDiff {
-            online,
-            offline,
-            connections,
-            first_online,
-            first_offline,
-        } = event
-        else {
+        let Event::PresenceDiff(diff) = event else {
             return None;
         };
         Some(DiffShown {
             id,
-            online: *online,
-            offline: *offline,
-            first_online: first_online.clone(),
-            first_offline: first_offline.clone(),
-            connections: *connections,
+            diff: diff.clone(),
         })
     }
 }

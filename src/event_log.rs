@@ -213,17 +213,12 @@ pub fn summary(event: &Event) -> String {
         Event::Shutdown { connections } => {
             format!("shutting down: closing {connections} connection(s) with 1001")
         }
-        Event::PresenceDiff {
-            online,
-            offline,
-            connections,
-            first_online,
-            first_offline,
-        } => format!(
-            "~ presence diff of {} change(s) ({}; {}), built once and sent to {connections} batched connection(s)",
-            online + offline,
-            some_of(*online, "online", first_online),
-            some_of(*offline, "offline", first_offline),
+        Event::PresenceDiff(diff) => format!(
+            "~ presence diff of {} change(s) ({}; {}), built once and sent to {} batched connection(s)",
+            diff.online + diff.offline,
+            some_of(diff.online, "online", &diff.first_online),
+            some_of(diff.offline, "offline", &diff.first_offline),
+            diff.connections,
         ),
         Event::NodeLost { .. } | Event::Relayed { .. } => cluster_summary(event),
     }
@@ -421,6 +416,32 @@ mod tests {
     use super::*;
     use crate::core::{Op, Structure};
     use crate::names::Name;
+
+    /// A storm's tick names its first arrivals and says how many it left out.
+    #[test]
+    fn a_presence_diff_names_its_first_users_and_counts_the_rest() {
+        let names = |xs: &[&str]| xs.iter().map(|x| Name::parse(x).unwrap()).collect();
+        let diff = Event::PresenceDiff(crate::core::DiffSummary {
+            online: 10,
+            offline: 1,
+            first_online: names(&["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"]),
+            first_offline: names(&["zed"]),
+            connections: 40,
+        });
+        assert_eq!(
+            summary(&diff),
+            "~ presence diff of 11 change(s) (10 online: a1, a2, a3, a4, a5, a6, a7, a8 and 2 more; \
+             1 offline: zed), built once and sent to 40 batched connection(s)"
+        );
+        let quiet = Event::PresenceDiff(crate::core::DiffSummary {
+            online: 1,
+            offline: 0,
+            first_online: names(&["bo"]),
+            first_offline: Vec::new(),
+            connections: 1,
+        });
+        assert!(summary(&quiet).contains("(1 online: bo; 0 offline)"));
+    }
 
     /// alice writes to bob, who is offline: the four operations of the seed's flow.
     fn queued_for_bob() -> (Event, Trace) {

@@ -223,6 +223,18 @@ impl<C: Clone> Outcome<C> {
 /// How many names of each side of a presence diff an event keeps.
 pub const DIFF_NAMES: usize = 8;
 
+/// A tick's presence diff as the event log and the board tell it: how many
+/// arrived and left, the first [`DIFF_NAMES`] of each in name order (a
+/// storm's tick can hold thousands), and how many connections got the frame.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DiffSummary {
+    pub online: usize,
+    pub offline: usize,
+    pub first_online: Vec<UserId>,
+    pub first_offline: Vec<UserId>,
+    pub connections: usize,
+}
+
 /// What happened, in domain terms: the event log's first words.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -319,15 +331,7 @@ pub enum Event {
         connections: usize,
     },
     /// v1.2: a tick's presence diff, built once and sent to every batched connection.
-    PresenceDiff {
-        online: usize,
-        offline: usize,
-        connections: usize,
-        /// The first [`DIFF_NAMES`] of each side, in name order, for the
-        /// event log and the board (a storm's tick can hold thousands).
-        first_online: Vec<UserId>,
-        first_offline: Vec<UserId>,
-    },
+    PresenceDiff(DiffSummary),
     /// Cluster mode: a node stopped renewing its heartbeat and was swept.
     NodeLost {
         node: String,

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use crate::core::{
-    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, DirectFacts, Disk, Event,
-    Flush, Outcome, QueuedBytes, Relay, Step, Structures, Trace, Unavailable, DIFF_NAMES,
-    QUEUED_ENTRY_BYTES,
+    queued_cost, ChatCore, ConnHandle, ConnId, CoreConfig, Delivery, DiffSummary, DirectFacts,
+    Disk, Event, Flush, Outcome, QueuedBytes, Relay, Step, Structures, Trace, Unavailable,
+    DIFF_NAMES, QUEUED_ENTRY_BYTES,
 };
 use crate::names::{GroupId, UserId};
 use crate::protocol::{
@@ -616,27 +616,25 @@ impl<S: Structures> ChatCore<S> {
         let diff = self.presence_batch.tick()?;
         let mut trace = self.new_trace();
         let mut plan = Plan::new();
-        let (online, offline) = (diff.online.len(), diff.offline.len());
         let first = |names: &[UserId]| names.iter().take(DIFF_NAMES).cloned().collect();
-        let (first_online, first_offline) = (first(&diff.online), first(&diff.offline));
+        let mut summary = DiffSummary {
+            online: diff.online.len(),
+            offline: diff.offline.len(),
+            first_online: first(&diff.online),
+            first_offline: first(&diff.offline),
+            connections: 0,
+        };
         let frame = plan.frame(ServerFrame::PresenceDiff {
             online: diff.online,
             offline: diff.offline,
         });
-        let mut connections = 0;
         for conn in self.structures.all_connections(&mut trace) {
             if conn.presence_batched() && conn.is_local() {
                 plan.send(&conn, frame);
-                connections += 1;
+                summary.connections += 1;
             }
         }
-        let event = Event::PresenceDiff {
-            online,
-            offline,
-            connections,
-            first_online,
-            first_offline,
-        };
+        let event = Event::PresenceDiff(summary);
         Some(self.finish(plan, event, trace))
     }
 

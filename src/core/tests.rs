@@ -649,8 +649,8 @@ fn the_trace_narrates_the_seed_message_flow() {
     );
 }
 
-/// Every hash insert is amortised, a table walk costs its capacity, and the
-/// welcome's sort is work of its own: the narration says all three.
+/// A hash insert is amortised, and the ordered presence costs O(log n) per
+/// insert and O(n) per walk, with no sort after it: the narration says so.
 #[test]
 fn the_trace_narrates_a_connect_with_its_amortised_insert_and_the_ordered_presence() {
     let mut c = core();
