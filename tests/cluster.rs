@@ -743,6 +743,34 @@ async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
     );
 }
 
+/// A Redis kept across the upgrade: the `presence` SET an older node left
+/// becomes the sorted set this version keeps, with its users, so a node
+/// starts on it and a welcome lists them in name order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_node_s_presence_set_is_converted_when_a_node_starts() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let prefix = fresh_prefix("upgrade");
+    let key = format!("{prefix}:presence");
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    cli(&["SADD", &key, "zoe", "amy"]);
+    let (_node, port) = node(&redis.url(), "a", &prefix);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let bob = connect_to(addr, "bob").await;
+    assert_eq!(bob.welcome["online"], json!(["amy", "zoe"]));
+    assert_eq!(cli(&["TYPE", &key]), "zset");
+    assert_eq!(cli(&["ZRANGE", &key, "0", "-1"]), "amy\nbob\nzoe");
+}
+
 /// No tokio worker waits for Redis while the core is busy: with Redis
 /// paused (`CLIENT PAUSE`), four senders' rules wait for it on the core's
 /// owner thread, and the node's own HTTP (`/healthz`, the chat page) still

@@ -76,6 +76,9 @@ impl Link {
             .query::<String>(&mut con)
             .map_err(|e| format!("Redis at {shown_url} does not answer PING ({e})"))?;
         refuse_a_cluster(&mut con, &shown_url)?;
+        let presence = format!("{}:presence", config.prefix);
+        presence_as_a_sorted_set(&mut con, &presence)
+            .map_err(|e| format!("Redis at {shown_url}: cannot read {presence} ({e})"))?;
         Ok(Arc::new(Link {
             client,
             con: Mutex::new(Some(con)),
@@ -214,6 +217,22 @@ fn refuse_a_cluster(con: &mut Connection, shown_url: &str) -> Result<(), String>
              Start a standalone redis-server (cluster-enabled no) and point --redis at it"
         ));
     }
+    Ok(())
+}
+
+/// Before 2026-12-04 a node kept `presence` as a SET; now it is a sorted set
+/// (every score 0, so in name order). A SET left by an older node is turned
+/// into one, in one atomic step, so a Redis kept across the upgrade keeps
+/// working (its users keep their place until the sweep or their own close).
+fn presence_as_a_sorted_set(con: &mut Connection, key: &str) -> RedisResult<()> {
+    const CONVERT: &str = r"
+if redis.call('TYPE', KEYS[1]).ok ~= 'set' then return 0 end
+local users = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, u in ipairs(users) do redis.call('ZADD', KEYS[1], 0, u) end
+return #users
+";
+    redis::Script::new(CONVERT).key(key).invoke::<i64>(con)?;
     Ok(())
 }
 
