@@ -74,13 +74,7 @@ impl Redis {
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "redis-server is needed under CI (.ci/run installs it): {e}"
-                );
-                eprintln!(
-                    "skipped: redis-server is not installed ({e}); apt-get install -y redis-server"
-                );
+                redis_server_missing(&e);
                 return None;
             }
         };
@@ -110,6 +104,16 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// redis-server could not be run: a failure under CI (`.ci/run` installs
+/// it), else a line saying the test is skipped.
+fn redis_server_missing(e: &std::io::Error) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server is needed under CI (.ci/run installs it): {e}"
+    );
+    eprintln!("skipped: redis-server is not installed ({e}); apt-get install -y redis-server");
 }
 
 async fn connect_to(addr: SocketAddr, user: &str) -> Client {
@@ -504,6 +508,7 @@ async fn a_node_whose_subscription_is_dropped_fences_itself_and_chat_goes_on() {
     };
     let prefix = fresh_prefix("dropped");
     let (a, port_a) = node(&redis.url(), "a", &prefix);
+    let (b, port_b) = node(&redis.url(), "b", &prefix);
     let addr: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
     let mut alice = connect_to(addr, "alice").await;
     // Redis drops every subscriber, as it does one over its output buffer limit.
@@ -534,7 +539,14 @@ async fn a_node_whose_subscription_is_dropped_fences_itself_and_chat_goes_on() {
         .await;
     assert_eq!(ack["status"], "delivered", "{ack}");
     assert_eq!(bob.recv_skipping_presence().await["text"], "after");
-    drop(a);
+    // A newcomer on another node is announced here at once: the fenced node
+    // stayed in `nodes` when it swept itself, not only from its next heartbeat.
+    let _carol = connect_to(format!("127.0.0.1:{port_b}").parse().unwrap(), "carol").await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"presence","user":"carol","status":"online"})
+    );
+    drop((a, b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1615,11 +1627,12 @@ fn count_of(link: &vivachat::cluster::Link, command: &str) -> u64 {
         .map_or(0, |c| c.count)
 }
 
-/// A node of a Redis Cluster is refused at start, with the reason and what
-/// to do, before anything is written: not the CROSSSLOT error of the first
-/// script, and not a node that starts and then fails every request.
+/// A Redis Cluster with no master for this cluster's slot (here: one node,
+/// no slots assigned) is refused at start, with the reason and what to do,
+/// before anything is written: not the CLUSTERDOWN of the first script, and
+/// not a node that starts and then fails every request.
 #[test]
-fn a_redis_cluster_node_is_refused_at_start_with_the_reason() {
+fn a_redis_cluster_with_no_master_for_the_slot_is_refused_at_start_with_the_reason() {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("vivachat-rc-{}-{port}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -1649,7 +1662,7 @@ fn a_redis_cluster_node_is_refused_at_start_with_the_reason() {
         }
         if Instant::now() > deadline {
             let _ = serve.kill();
-            panic!("serve did not stop on a Redis Cluster node");
+            panic!("serve did not stop on an incomplete Redis Cluster");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -1657,13 +1670,221 @@ fn a_redis_cluster_node_is_refused_at_start_with_the_reason() {
     std::io::Read::read_to_string(serve.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
-        err.contains("is a node of a Redis Cluster") && err.contains("CROSSSLOT"),
+        err.contains("is a Redis Cluster") && err.contains("no master serves slot"),
         "{err}"
     );
     assert!(
-        err.contains("standalone redis-server"),
+        err.contains("redis-cli --cluster check"),
         "says what to do: {err}"
     );
+}
+
+/// A Redis Cluster of this test's own, from `deploy/redis-cluster.sh`:
+/// three masters with one replica each, stopped when dropped.
+struct RedisCluster {
+    dir: std::path::PathBuf,
+    /// Client ports, the three masters first.
+    ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    /// Starts one, or None (with a line saying why) where redis-server is missing.
+    fn start() -> Option<RedisCluster> {
+        if let Err(e) = Command::new("redis-server").arg("--version").output() {
+            redis_server_missing(&e);
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("vivachat-rcluster-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The script bounds each of its waits (about 25 s in all).
+        let out = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/redis-cluster.sh"
+            ))
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "deploy/redis-cluster.sh start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        assert_eq!(ports.len(), 6, "{}", String::from_utf8_lossy(&out.stdout));
+        Some(RedisCluster { dir, ports })
+    }
+
+    fn url(port: u16) -> String {
+        format!("redis://127.0.0.1:{port}")
+    }
+
+    fn con(port: u16) -> redis::Connection {
+        redis::Client::open(RedisCluster::url(port))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap()
+    }
+
+    /// The port of the master serving `key`'s slot now, and its node id.
+    fn master_of(&self, key: &str) -> (u16, String) {
+        let mut con = RedisCluster::con(self.ports[0]);
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut con)
+            .unwrap();
+        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con).unwrap();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if !fields[2].contains("master") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let port = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                return (port, fields[0].to_string());
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}");
+    }
+
+    /// The port of the replica of the master `id`.
+    fn replica_of(&self, id: &str) -> u16 {
+        let mut con = RedisCluster::con(self.ports[0]);
+        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con).unwrap();
+        nodes
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f[2].contains("slave") && f[3] == id)
+            .map(|f| f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap())
+            .unwrap_or_else(|| panic!("master {id} has no replica:\n{nodes}"))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/redis-cluster.sh"
+            ))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// alice connects on `a`, then bob on `b`: alice is told bob is online, and
+/// `text` from her reaches him, acked `delivered`.
+async fn alice_and_bob_chat(a: SocketAddr, b: SocketAddr, text: &str) -> (Client, Client) {
+    let mut alice = connect_to(a, "alice").await;
+    let mut bob = connect_to(b, "bob").await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"presence","user":"bob","status":"online"})
+    );
+    let ack = alice
+        .request(json!({"type":"message","to":"bob","text":text}))
+        .await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(bob.recv().await["text"], text);
+    (alice, bob)
+}
+
+/// Two nodes, each given a different master of a real 3-master Redis
+/// Cluster, are one chat server: each finds the master serving the
+/// cluster's slot (`{prefix}`), whichever master it was given, and every
+/// key and shard channel is there. A manual failover (`CLUSTER FAILOVER` on
+/// that master's replica) moves the slot: each node follows it, closes its
+/// connections with 1012, and the queue kept before it is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_two_nodes_are_one_server_and_follow_a_failover() {
+    let Some(rc) = RedisCluster::start() else {
+        return;
+    };
+    let prefix = fresh_prefix("rc");
+    let tag = format!("{{{prefix}}}");
+    let (owner, owner_id) = rc.master_of(&tag);
+    // Neither node is given the slot's master: each must look it up.
+    let others: Vec<u16> = rc.ports[..3]
+        .iter()
+        .copied()
+        .filter(|p| *p != owner)
+        .collect();
+    let (a, port_a) = node(&RedisCluster::url(others[0]), "a", &prefix);
+    let (b, port_b) = node(&RedisCluster::url(others[1]), "b", &prefix);
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (mut alice, mut bob) = alice_and_bob_chat(addr(port_a), addr(port_b), "across").await;
+    let ack = alice
+        .request(json!({"type":"message","to":"carol","text":"kept"}))
+        .await;
+    assert_eq!(ack["status"], "queued", "{ack}");
+    // Every key is on the slot's master; the other masters hold none of this cluster's.
+    let queue = format!("{tag}:q:carol");
+    let exists = |port: u16| -> bool {
+        redis::cmd("EXISTS")
+            .arg(&queue)
+            .query(&mut RedisCluster::con(port))
+            .unwrap_or(false)
+    };
+    assert!(exists(owner), "carol's queue is on the slot's master");
+    for other in &others {
+        let mut con = RedisCluster::con(*other);
+        let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!("{tag}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query(&mut con)
+            .unwrap();
+        assert!(keys.is_empty(), "{other} holds {keys:?}");
+    }
+
+    // The failover: the replica takes the slot over, after catching up.
+    let replica = rc.replica_of(&owner_id);
+    let mut con = RedisCluster::con(replica);
+    let () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query(&mut con)
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while rc.master_of(&tag).0 != replica {
+        assert!(Instant::now() < deadline, "the failover did not happen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Each node notices (a MOVED, then its heartbeat finds the new master)
+    // and closes its connections, so no client waits for a frame SPUBLISH
+    // queued while nobody was subscribed there.
+    for client in [&mut alice, &mut bob] {
+        let (_, code) = messages_until_close(client, Duration::from_secs(15)).await;
+        assert_eq!(code, Some(1012));
+    }
+    let _chatting = alice_and_bob_chat(addr(port_a), addr(port_b), "after").await;
+    let mut carol = connect_to(addr(port_b), "carol").await;
+    let got = drain_messages(&mut carol, Duration::from_millis(300)).await;
+    assert_eq!(ids(&got).len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "kept");
+    assert!(
+        !exists(replica),
+        "carol's queue was taken on the new master"
+    );
+    drop((a, b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,12 +12,13 @@
 //! later command fails at once, until the heartbeat thread reconnects.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis::{Connection, RedisResult};
 use serde::{Deserialize, Serialize};
 
+use super::slot::{key_slot, owner, ranges};
 use super::{ClusterConfig, COMMAND_TIMEOUT};
 
 /// How many times one Redis command ran on this node, with its documented cost.
@@ -29,7 +30,20 @@ pub struct RedisCount {
 }
 
 pub struct Link {
-    client: redis::Client,
+    /// The Redis `--redis` named. On a Redis Cluster: any of its masters,
+    /// asked where this cluster's slot is served.
+    seed: redis::Client,
+    /// The Redis that holds this cluster's keys: the seed, or on a Redis
+    /// Cluster the master serving their slot (it changes on a failover).
+    client: Mutex<redis::Client>,
+    /// On a Redis Cluster, its masters as last seen, to ask where the slot
+    /// went if the seed is gone; None on one Redis server.
+    cluster: Option<Mutex<Vec<(String, u16)>>>,
+    /// `prefix`, or `{prefix}` on a Redis Cluster: the hash tag that puts
+    /// every key of this cluster in one slot (`slot.rs`).
+    prefix: String,
+    /// How many times the slot's master changed: the subscriber follows it.
+    moves: AtomicU64,
     con: Mutex<Option<Connection>>,
     down: AtomicBool,
     /// Why it is down, for the `unavailable` error's detail.
@@ -75,12 +89,31 @@ impl Link {
         redis::cmd("PING")
             .query::<String>(&mut con)
             .map_err(|e| format!("Redis at {shown_url} does not answer PING ({e})"))?;
-        refuse_a_cluster(&mut con, &shown_url)?;
-        let presence = format!("{}:presence", config.prefix);
+        let (prefix, cluster, owner) = if is_a_cluster(&mut con) {
+            let prefix = format!("{{{}}}", config.prefix);
+            let (owner, masters) = find_owner(&client, &[], &prefix)
+                .map_err(|e| format!("--redis {shown_url} is a Redis Cluster, but {e}"))?;
+            needs_sharded_pubsub(&owner, &shown_url)?;
+            (prefix, Some(Mutex::new(masters)), owner)
+        } else {
+            (config.prefix.clone(), None, client.clone())
+        };
+        let mut con = if cluster.is_some() {
+            open(&owner).map_err(|e| {
+                format!("--redis {shown_url}: cannot reach the master serving this cluster's slot ({e})")
+            })?
+        } else {
+            con
+        };
+        let presence = format!("{prefix}:presence");
         presence_as_a_sorted_set(&mut con, &presence)
             .map_err(|e| format!("Redis at {shown_url}: cannot read {presence} ({e})"))?;
         Ok(Arc::new(Link {
-            client,
+            seed: client,
+            client: Mutex::new(owner),
+            cluster,
+            prefix,
+            moves: AtomicU64::new(0),
             con: Mutex::new(Some(con)),
             down: AtomicBool::new(false),
             why: Mutex::new(String::new()),
@@ -91,13 +124,76 @@ impl Link {
         }))
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The Redis holding this cluster's keys, for a connection of its own
+    /// (the subscriber, a view).
+    pub fn client(&self) -> redis::Client {
+        lock(&self.client).clone()
+    }
+
+    /// The client for the subscriber. On a Redis Cluster it speaks RESP3:
+    /// a sharded message (`smessage`) reaches a RESP2 reader as an array
+    /// redis-rs does not read as a message, and as a push in RESP3.
+    pub fn subscriber_client(&self) -> redis::Client {
+        let client = self.client();
+        if !self.on_a_cluster() {
+            return client;
+        }
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(settings)).unwrap_or(client)
+    }
+
+    /// How many times the slot's master has changed (a failover): 0 on one Redis.
+    pub fn owner_moves(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
     }
 
     /// `prefix:rest`: every key and channel of this cluster.
     pub fn key(&self, rest: &str) -> String {
-        format!("{}:{rest}", self.config.prefix)
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// What every key starts with: `prefix`, or `{prefix}` on a Redis Cluster.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where this cluster's keys are, for tables and logs: `HOST:PORT`, or on
+    /// a Redis Cluster also the slot and the master serving it now.
+    pub fn serving(&self) -> String {
+        if !self.on_a_cluster() {
+            return self.shown_url.clone();
+        }
+        let master = match self.client().get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            other => other.to_string(),
+        };
+        format!(
+            "{} (a Redis Cluster: every key in slot {}, tag {}, served by the master at {master})",
+            self.shown_url,
+            key_slot(&self.prefix),
+            self.prefix
+        )
+    }
+
+    /// Whether `--redis` is a Redis Cluster.
+    pub fn on_a_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// How a frame is published to a node's channel: PUBLISH on one Redis;
+    /// on a Redis Cluster SPUBLISH, which goes only to the shard that serves
+    /// the channel's slot, where PUBLISH would be copied to every node of the
+    /// cluster over its bus.
+    pub fn publish_command(&self) -> &'static str {
+        if self.on_a_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -134,8 +230,22 @@ impl Link {
             Err(e) => {
                 let why = unreachable(&self.shown_url, &e);
                 // A script or type error is a bug, not an outage: report it
-                // without dropping a connection that works.
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                // without dropping a connection that works. A redirect
+                // (MOVED: a failover moved the slot) is an outage until the
+                // heartbeat finds the slot's new master.
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_cluster_error()
+                {
+                    if let (Some((host, port)), Some(masters)) = (e.redirect_node(), &self.cluster)
+                    {
+                        // Where Redis said the slot went: asked first next time.
+                        let went = (host.to_string(), port);
+                        let mut masters = lock(masters);
+                        masters.retain(|m| *m != went);
+                        masters.insert(0, went);
+                    }
                     *con = None;
                     *lock(&self.why) = why.clone();
                     self.down.store(true, Ordering::Release);
@@ -148,8 +258,20 @@ impl Link {
     /// Reconnects after an outage (the heartbeat thread calls this once PING
     /// answers again). The owner then registers this node's devices again
     /// before it applies anything else (`Hub::resync_wanted`).
-    pub fn reconnect(&self) -> RedisResult<()> {
-        let con = open(&self.client)?;
+    /// On a Redis Cluster the slot's master is looked up again first: after
+    /// a failover it is the promoted replica.
+    pub fn reconnect(&self) -> Result<(), String> {
+        if let Some(masters) = &self.cluster {
+            let seen = lock(masters).clone();
+            let (owner, now) = find_owner(&self.seed, &seen, &self.prefix)?;
+            *lock(masters) = now;
+            let mut client = lock(&self.client);
+            if client.get_connection_info().addr() != owner.get_connection_info().addr() {
+                self.moves.fetch_add(1, Ordering::AcqRel);
+            }
+            *client = owner;
+        }
+        let con = open(&self.client()).map_err(|e| e.to_string())?;
         *lock(&self.con) = Some(con);
         self.down.store(false, Ordering::Release);
         Ok(())
@@ -199,25 +321,109 @@ pub struct Batches {
     pub largest: u64,
 }
 
-/// A node of a Redis Cluster is refused before anything is written, with
-/// the reason: each of the node's Lua scripts changes a user's keys and
-/// cluster-wide ones (`presence`, the budget, the id counter) in one atomic
-/// step, and a Redis Cluster refuses a script whose keys are in several
-/// slots (CROSSSLOT).
-fn refuse_a_cluster(con: &mut Connection, shown_url: &str) -> Result<(), String> {
+/// Whether this Redis is a node of a Redis Cluster (`cluster_enabled:1`).
+fn is_a_cluster(con: &mut Connection) -> bool {
     let info: String = redis::cmd("INFO")
         .arg("cluster")
         .query(con)
         .unwrap_or_default();
-    if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
-        return Err(format!(
-            "--redis {shown_url} is a node of a Redis Cluster (cluster_enabled:1), and vivachat \
-             runs on one Redis server for now: its scripts change a user's keys and cluster-wide \
-             ones in one atomic step, which a Redis Cluster refuses across hash slots (CROSSSLOT). \
-             Start a standalone redis-server (cluster-enabled no) and point --redis at it"
-        ));
+    info.lines().any(|l| l.trim() == "cluster_enabled:1")
+}
+
+/// `host:port` of the seed, for the list of masters to ask.
+fn seed_address(client: &redis::Client) -> (String, u16) {
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        _ => (String::new(), 0),
     }
-    Ok(())
+}
+
+/// The seed's connection settings (password, TLS) at another address.
+fn at(seed: &redis::Client, host: &str, port: u16) -> redis::ConnectionInfo {
+    let addr = match seed.get_connection_info().addr() {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
+    };
+    seed.get_connection_info().clone().set_addr(addr)
+}
+
+/// Asks each of `seen` (where a redirect pointed first, then the masters
+/// seen before), then the seed, which master serves the slot of `prefix`'s
+/// tag; returns a client for it and every master now in the cluster. Two
+/// masters may briefly disagree after a failover: a node sent to the old
+/// one is redirected (MOVED) and asks again.
+fn find_owner(
+    seed: &redis::Client,
+    seen: &[(String, u16)],
+    prefix: &str,
+) -> Result<(redis::Client, Vec<(String, u16)>), String> {
+    let slot = key_slot(prefix);
+    let mut why = String::from("no master answered CLUSTER SLOTS");
+    let mut candidates = seen.to_vec();
+    candidates.push(seed_address(seed));
+    let mut asked: Vec<&(String, u16)> = Vec::new();
+    for candidate in &candidates {
+        if asked.contains(&candidate) {
+            continue;
+        }
+        asked.push(candidate);
+        let (host, port) = (&candidate.0, candidate.1);
+        let reply = redis::Client::open(at(seed, host, port)).and_then(|c| {
+            let mut con = open(&c)?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<redis::Value>(&mut con)
+        });
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                why = format!("{host}:{port} did not answer CLUSTER SLOTS ({e})");
+                continue;
+            }
+        };
+        let all = ranges(&reply, host);
+        let Some(range) = owner(&all, slot) else {
+            why = format!("no master serves slot {slot} (the slot of {prefix}) now: is the cluster complete (redis-cli --cluster check)?");
+            continue;
+        };
+        let client =
+            redis::Client::open(at(seed, &range.host, range.port)).map_err(|e| e.to_string())?;
+        let mut masters: Vec<(String, u16)> =
+            all.iter().map(|r| (r.host.clone(), r.port)).collect();
+        masters.sort_unstable();
+        masters.dedup();
+        return Ok((client, masters));
+    }
+    Err(why)
+}
+
+/// A node publishes with SPUBLISH on a Redis Cluster, which Redis 7 added.
+fn needs_sharded_pubsub(owner: &redis::Client, shown_url: &str) -> Result<(), String> {
+    let version = open(owner)
+        .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
+        });
+    match version {
+        Some(major) if major >= 7 => Ok(()),
+        _ => Err(format!(
+            "--redis {shown_url} is a Redis Cluster older than Redis 7: vivachat publishes with \
+             sharded pub/sub (SPUBLISH), which Redis 7.0 added; upgrade it, or use one standalone redis-server"
+        )),
+    }
 }
 
 /// Before 2026-12-04 a node kept `presence` as a SET; now it is a sorted set

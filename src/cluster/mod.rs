@@ -20,12 +20,18 @@
 //! [`HEARTBEAT_TTL`]); a survivor that finds it expired sweeps the dead
 //! node's devices and announces its users `offline` (`server/relay.rs`).
 //!
+//! On a Redis Cluster the prefix is a hash tag, `{vivachat}`: every key and
+//! channel is in one slot, so every script runs there as on one Redis, on
+//! the master serving that slot (`slot.rs`), and frames go through sharded
+//! pub/sub (SPUBLISH). One chat is on one master; its replica is its failover.
+//!
 //! - `codec.rs`: how a queue entry and a device's record are written in Redis.
 //! - `scripts.rs`: the Lua scripts that make the racy steps atomic.
 //! - `prefetch.rs`: what a batch of rules reads in one round trip, and the ids it reserved.
 //! - `structures.rs`: [`RedisStructures`], the core's `Structures` on Redis.
 //! - `view.rs`: what the board and `/inspect` read of Redis: bounded, pipelined, on a connection of their own.
 //! - [`link`]: the one command connection, its failure state and its counters.
+//! - `slot.rs`: a key's hash slot, and which master of a Redis Cluster serves it.
 //! - `server/relay.rs` (the shell): the subscriber, the heartbeat and the sweep.
 
 mod codec;
@@ -33,6 +39,7 @@ mod handle;
 mod link;
 mod prefetch;
 mod scripts;
+mod slot;
 mod structures;
 mod view;
 

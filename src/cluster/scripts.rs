@@ -2,6 +2,9 @@
 //! start to end, so each is one atomic step of the shared structures: the
 //! reason they exist is the races between nodes that one command cannot close.
 //!
+//! Each script is run with `PUBLISH` set to the command that publishes to a
+//! node's channel: PUBLISH on one Redis, SPUBLISH on a Redis Cluster.
+//!
 //! A queue entry is `id \t cost \t sender \t json`: the scripts read the id
 //! (for order) and the cost and sender (for the memory budget) without
 //! decoding the message.
@@ -18,7 +21,7 @@ local function announce(prefix, user, status, order)
   local frame = '{"type":"presence","user":"' .. user .. '","status":"' .. status .. '"}'
   local payload = '{"kind":"all","about":"' .. user .. '","order":' .. order .. ',"frame":' .. frame .. '}'
   for _, node in ipairs(redis.call('SMEMBERS', prefix .. ':nodes')) do
-    redis.call('PUBLISH', prefix .. ':node:' .. node, payload)
+    redis.call(PUBLISH, prefix .. ':node:' .. node, payload)
   end
 end
 -- Records the change as the user's last (HASH presence_last) and announces
@@ -102,7 +105,7 @@ local function nudge(devices, channel_prefix, payload)
     nodes[string.match(all[i], '^(.*)/')] = true
   end
   for node, _ in pairs(nodes) do
-    redis.call('PUBLISH', channel_prefix .. node, payload)
+    redis.call(PUBLISH, channel_prefix .. node, payload)
   end
 end
 ";
@@ -197,7 +200,7 @@ for i, user in ipairs(users) do
   local payload = '{{"kind":"take","user":"' .. user .. '"}}'
   if holds then payload = '{{"id":' .. id .. ',"user":"' .. user .. '",' .. ARGV[6] end
     for node, _ in pairs(nodes) do
-    redis.call('PUBLISH', ARGV[5] .. node, payload)
+    redis.call(PUBLISH, ARGV[5] .. node, payload)
   end
 end
 return out
@@ -318,9 +321,13 @@ return was
 /// offline. Run by whichever survivor notices first; the others then find
 /// nothing to do, so each user is announced once. With ARGV[3] = 1 (a
 /// survivor sweeping another node) it does nothing if that node's heartbeat
-/// is back: the check and the sweep are one step.
+/// is back: the check and the sweep are one step. A node sweeping itself
+/// (it registers its sockets again next) stays in `nodes`, so it hears every
+/// presence change from that step on, not only after its next heartbeat;
+/// and it beats in the same step (ARGV[4]: the heartbeat's TTL in ms), so
+/// no survivor sweeps the devices it is about to register.
 /// KEYS: on:{dead}, presence, nodes, presence_order, presence_last, alive:{dead}.
-/// ARGV: key prefix, dead node, 1 or 0. Returns the users who went offline.
+/// ARGV: key prefix, dead node, 1 or 0, TTL. Returns the users who went offline.
 pub fn sweep() -> String {
     format!(
         "{ANNOUNCE}
@@ -338,7 +345,12 @@ for _, u in ipairs(users) do
   end
 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('SREM', KEYS[3], ARGV[2])
+else
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('SET', KEYS[6], 1, 'PX', ARGV[4])
+end
 for _, u in ipairs(gone) do
   changed(ARGV[1], KEYS[5], u, 'offline', redis.call('INCR', KEYS[4]))
 end

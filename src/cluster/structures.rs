@@ -45,20 +45,23 @@ struct Scripts {
 }
 
 impl Scripts {
-    fn new() -> Scripts {
+    /// `publish` is how the scripts publish to a node's channel
+    /// ([`Link::publish_command`]): each script starts by naming it.
+    fn new(publish: &str) -> Scripts {
+        let script = |body: &str| Script::new(&format!("local PUBLISH = '{publish}'\n{body}"));
         Scripts {
-            connect: Script::new(&scripts::connect()),
-            disconnect: Script::new(&scripts::disconnect()),
-            push: Script::new(&scripts::push()),
-            keep: Script::new(&scripts::keep()),
-            put_back: Script::new(&scripts::put_back()),
-            take_all: Script::new(&scripts::take_all()),
-            pop_front: Script::new(&scripts::pop_front()),
-            release: Script::new(&scripts::release()),
-            join: Script::new(scripts::JOIN),
-            leave: Script::new(scripts::LEAVE),
-            sweep: Script::new(&scripts::sweep()),
-            raise_id: Script::new(scripts::RAISE_ID),
+            connect: script(&scripts::connect()),
+            disconnect: script(&scripts::disconnect()),
+            push: script(&scripts::push()),
+            keep: script(&scripts::keep()),
+            put_back: script(&scripts::put_back()),
+            take_all: script(&scripts::take_all()),
+            pop_front: script(&scripts::pop_front()),
+            release: script(&scripts::release()),
+            join: script(scripts::JOIN),
+            leave: script(scripts::LEAVE),
+            sweep: script(&scripts::sweep()),
+            raise_id: script(scripts::RAISE_ID),
         }
     }
 }
@@ -153,6 +156,7 @@ pub struct RedisStructures<L> {
 
 impl<L: LocalDevice> RedisStructures<L> {
     pub fn new(link: Arc<Link>, clock: Option<crate::core::ops::Clock>) -> RedisStructures<L> {
+        let scripts = Scripts::new(link.publish_command());
         RedisStructures {
             link,
             local: HashMap::new(),
@@ -162,7 +166,7 @@ impl<L: LocalDevice> RedisStructures<L> {
             shown_presence: HashMap::new(),
             direct: false,
             presence_changed: false,
-            scripts: Scripts::new(),
+            scripts,
             prefetched: Prefetched::default(),
             reserved: Reserved::default(),
         }
@@ -225,7 +229,7 @@ impl<L: LocalDevice> RedisStructures<L> {
                     .arg(user.as_str())
                     .arg(self.field(handle.id()))
                     .arg(value)
-                    .arg(&self.link.config.prefix)
+                    .arg(self.link.prefix())
                     .invoke(c)
             })?;
         if let Handle::Local(conn) = handle {
@@ -393,9 +397,10 @@ impl<L: LocalDevice> RedisStructures<L> {
                 .key(self.key("presence_order"))
                 .key(self.key("presence_last"))
                 .key(self.key(format_args!("alive:{node}")))
-                .arg(&self.link.config.prefix)
+                .arg(self.link.prefix())
                 .arg(node)
                 .arg(u8::from(other))
+                .arg(super::HEARTBEAT_TTL.as_millis() as u64)
                 .invoke(c)
         })?;
         Ok(names(gone))
@@ -656,7 +661,7 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                     .key(self.key("presence_last"))
                     .arg(user.as_str())
                     .arg(&field)
-                    .arg(&self.link.config.prefix)
+                    .arg(self.link.prefix())
                     .invoke::<(usize, u8, u64, u64)>(c)
             })
         });

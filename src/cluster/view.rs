@@ -24,7 +24,7 @@ const BATCH: usize = 100;
 /// Reads every shared structure for a view. Each socket's `unsent` is this
 /// node's to add (the caller asks the core's owner for it).
 pub fn read(link: &Link, view: QueueView) -> Result<StructuresSnapshot, String> {
-    let mut con = open(link.client()).map_err(|e| format!("cannot read Redis for a view: {e}"))?;
+    let mut con = open(&link.client()).map_err(|e| format!("cannot read Redis for a view: {e}"))?;
     let keep = match view {
         QueueView::Ends(keep) => keep,
         QueueView::All => INSPECT_ENDS,

@@ -64,8 +64,8 @@ fn cluster_info(link: &Link) -> crate::inspection::ClusterInfo {
     crate::inspection::ClusterInfo {
         node: link.node().to_string(),
         nodes,
-        redis: link.shown_url.clone(),
-        prefix: link.config.prefix.clone(),
+        redis: link.serving(),
+        prefix: link.prefix().to_string(),
         redis_commands: link.counts(),
         batches: link.batches(),
     }

@@ -172,9 +172,12 @@ pub async fn run(
     let mut relays = Vec::new();
     let mut owner = None;
     if let (Some(link), Some(mut unowned)) = (hub.cluster.clone(), unowned) {
+        if let (true, Some(log)) = (link.on_a_cluster(), &hub.log) {
+            log.line(format!("Redis: {}", link.serving()));
+        }
         relays.push(relay::subscribe(hub.clone(), link.clone()).map_err(std::io::Error::other)?);
         // A node restarted under the same name forgets its previous run's
-        // devices (the sweep also takes it out of `nodes`), then beats.
+        // devices; sweeping itself also beats and keeps it in `nodes`.
         let epoch = unowned.core.epoch().to_string();
         if let backend::Backend::Redis(redis) = unowned.core.structures_mut() {
             redis.resync(0, &epoch).map_err(std::io::Error::other)?;

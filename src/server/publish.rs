@@ -61,11 +61,12 @@ pub(crate) fn publish(link: &Link, batch: Vec<Publish>) -> Vec<(UserId, Message)
             None => per_node.push((p.node.clone(), vec![p])),
         }
     }
-    let result = link.run("PUBLISH", "O(N+M)", |c| {
+    let command = link.publish_command();
+    let result = link.run(command, "O(N+M)", |c| {
         let mut pipe = redis::pipe();
         for (node, items) in &per_node {
             let payloads: Vec<&str> = items.iter().map(|p| p.payload.as_str()).collect();
-            pipe.cmd("PUBLISH")
+            pipe.cmd(command)
                 .arg(link.key(&format!("node:{node}")))
                 .arg(format!("[{}]", payloads.join(",")));
         }
@@ -73,7 +74,7 @@ pub(crate) fn publish(link: &Link, batch: Vec<Publish>) -> Vec<(UserId, Message)
     });
     // One round trip, but each PUBLISH is a command of its own: count them all.
     if result.is_ok() {
-        link.count("PUBLISH", "O(N+M)", per_node.len().saturating_sub(1) as u64);
+        link.count(command, "O(N+M)", per_node.len().saturating_sub(1) as u64);
     }
     let received = result.unwrap_or_else(|_| vec![0; per_node.len()]);
     per_node

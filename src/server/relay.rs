@@ -65,16 +65,28 @@ pub(crate) fn leave(link: &Link) {
 
 fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
     let channel = link.key(&format!("node:{}", link.node()));
-    // The Redis process the last subscription was made on.
-    let mut subscribed_on: Option<String> = None;
+    // SSUBSCRIBE on a Redis Cluster: the channel is served by the master of
+    // its slot, the one the scripts run on.
+    let command = match link.on_a_cluster() {
+        true => "SSUBSCRIBE",
+        false => "SUBSCRIBE",
+    };
+    // The Redis process the last subscription was made on, and the slot's
+    // moves then.
+    let mut subscribed_on: Option<(String, u64)> = None;
     while !hub.shutdown.has_begun() {
-        let Ok(mut con) = open(link.client()) else {
+        let moved = link.owner_moves();
+        let Ok(mut con) = open(&link.subscriber_client()) else {
             std::thread::sleep(Duration::from_millis(250));
             continue;
         };
         let server = run_id(&mut con).unwrap_or_default();
+        // Confirmed within the connection's command timeout, or tried again.
+        let confirmed = con
+            .send_packed_command(&redis::cmd(command).arg(&channel).get_packed_command())
+            .and_then(|()| con.recv_response());
         let mut pubsub = con.as_pubsub();
-        if pubsub.subscribe(&channel).is_err()
+        if !confirmed.is_ok_and(|reply| is_kind(&reply, command))
             || pubsub
                 .set_read_timeout(Some(Duration::from_millis(250)))
                 .is_err()
@@ -86,17 +98,26 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
         // Subscribed again, so what was published here meanwhile is gone.
         // The same Redis dropped the subscription (a client kill, its output
         // buffer limit): PUBLISH had counted this node until then, so senders
-        // were told `delivered` for frames dropped with it. A Redis that
-        // restarted: the keep script may have published held messages here
-        // before this node subscribed again (see `Input::FenceResuming`).
-        if let Some(before) = &subscribed_on {
-            hub.send_blocking(match !server.is_empty() && server == *before {
-                true => Input::Fence("Redis dropped this node's subscription and it was opened again (what was published to it meanwhile is gone)".into()),
-                false => Input::FenceResuming("Redis restarted, and this node subscribed again (held messages published to it before that are gone)".into()),
+        // were told `delivered` for frames dropped with it. The slot moved to
+        // another master (a Redis Cluster's failover): SPUBLISH there counted
+        // no subscriber, so what was sent meanwhile was queued, and a client
+        // that stays connected would not be flushed it. So in both cases every
+        // connection is closed (1012), and reconnects to its queue. A Redis
+        // that restarted: the keep script may have published held messages
+        // here before this node subscribed again (see `Input::FenceResuming`).
+        if let Some((before, moved_before)) = &subscribed_on {
+            hub.send_blocking(if moved != *moved_before {
+                Input::Fence("the Redis Cluster moved this cluster's slot to another master (a failover), and this node subscribed there (what was published meanwhile was queued)".into())
+            } else if !server.is_empty() && server == *before {
+                Input::Fence("Redis dropped this node's subscription and it was opened again (what was published to it meanwhile is gone)".into())
+            } else {
+                Input::FenceResuming("Redis restarted, and this node subscribed again (held messages published to it before that are gone)".into())
             });
         }
-        subscribed_on = Some(server);
-        while !hub.shutdown.has_begun() {
+        subscribed_on = Some((server, moved));
+        // On a Redis Cluster, a failover moves the slot to another master:
+        // the link finds it (`Link::reconnect`), and the subscription follows.
+        while !hub.shutdown.has_begun() && link.owner_moves() == moved {
             match pubsub.get_message() {
                 Ok(message) => {
                     let payload: String = message.get_payload().unwrap_or_default();
@@ -110,6 +131,20 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
             }
         }
     }
+}
+
+/// Whether a pub/sub reply is the confirmation of `command` (`subscribe`,
+/// `ssubscribe`), in RESP2 (an array) or RESP3 (a push).
+fn is_kind(reply: &redis::Value, command: &str) -> bool {
+    let kind = match reply {
+        redis::Value::Push { kind, .. } => kind.to_string(),
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    kind.eq_ignore_ascii_case(command)
 }
 
 /// Which Redis process this connection reached (`INFO server`'s run_id):
