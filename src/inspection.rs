@@ -101,6 +101,10 @@ pub struct ClusterInfo {
     /// Where Redis is (`HOST:PORT/DB`, never a password) and the key prefix.
     pub redis: String,
     pub prefix: String,
+    /// On a Redis Cluster: the slot every key is in and the master serving
+    /// it now, e.g. `slot 5652 of a Redis Cluster, on master 10.0.0.7:7001`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<String>,
     /// Each Redis command this node ran, with its documented cost: what the
     /// in-memory operations cost once the structures are shared.
     pub redis_commands: Vec<crate::cluster::RedisCount>,

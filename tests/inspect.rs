@@ -347,6 +347,10 @@ async fn inspect_watch_in_a_120_by_40_terminal_cuts_nothing() {
         (false, None) => "in memory: lost on restart".to_string(),
     };
     assert!(screen.contains(&mode), "{mode}:\n{screen}");
+    // On a Redis Cluster, the slot and its master too, whole.
+    if let Some(slot) = cluster["redis_cluster"].as_str() {
+        assert!(screen.contains(slot), "{slot}:\n{screen}");
+    }
     assert!(
         screen.contains("4 claimed: alice, bob, carol, dave") || screen.contains("more"),
         "{screen}"

@@ -161,22 +161,18 @@ impl Link {
         &self.prefix
     }
 
-    /// Where this cluster's keys are, for tables and logs: `HOST:PORT`, or on
-    /// a Redis Cluster also the slot and the master serving it now.
-    pub fn serving(&self) -> String {
-        if !self.on_a_cluster() {
-            return self.shown_url.clone();
-        }
+    /// On a Redis Cluster, where this chat's keys are, for tables and logs:
+    /// their slot and the master serving it now. None on one Redis.
+    pub fn serving(&self) -> Option<String> {
+        self.cluster.as_ref()?;
         let master = match self.client().get_connection_info().addr() {
             redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
             other => other.to_string(),
         };
-        format!(
-            "{} (a Redis Cluster: every key in slot {}, tag {}, served by the master at {master})",
-            self.shown_url,
-            key_slot(&self.prefix),
-            self.prefix
-        )
+        Some(format!(
+            "slot {} of a Redis Cluster, on master {master}",
+            key_slot(&self.prefix)
+        ))
     }
 
     /// Whether `--redis` is a Redis Cluster.

@@ -458,6 +458,10 @@ fn header(head_out: &mut String, out: &mut String, doc: &Inspection, o: &RenderO
                 (None, false, _) => "in memory: lost on restart".to_string(),
             },
         ]);
+        // Its own part, so a narrow screen puts it on a line of its own.
+        if let Some(slot) = info.cluster.as_ref().and_then(|c| c.redis_cluster.clone()) {
+            parts.push(slot);
+        }
     }
     // On a live screen the parts go on as many lines as they need, never cut.
     let head = match (o.compact, o.width) {

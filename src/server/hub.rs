@@ -64,8 +64,9 @@ fn cluster_info(link: &Link) -> crate::inspection::ClusterInfo {
     crate::inspection::ClusterInfo {
         node: link.node().to_string(),
         nodes,
-        redis: link.serving(),
+        redis: link.shown_url.clone(),
         prefix: link.prefix().to_string(),
+        redis_cluster: link.serving(),
         redis_commands: link.counts(),
         batches: link.batches(),
     }

@@ -172,8 +172,11 @@ pub async fn run(
     let mut relays = Vec::new();
     let mut owner = None;
     if let (Some(link), Some(mut unowned)) = (hub.cluster.clone(), unowned) {
-        if let (true, Some(log)) = (link.on_a_cluster(), &hub.log) {
-            log.line(format!("Redis: {}", link.serving()));
+        if let (Some(serving), Some(log)) = (link.serving(), &hub.log) {
+            log.line(format!(
+                "Redis: every key of this chat carries the hash tag {}, so is in {serving}",
+                link.prefix()
+            ));
         }
         relays.push(relay::subscribe(hub.clone(), link.clone()).map_err(std::io::Error::other)?);
         // A node restarted under the same name forgets its previous run's
