@@ -1876,6 +1876,23 @@ async fn two_nodes_follow_a_failover(how: Failover) {
             .unwrap_or(false)
     };
     assert!(exists(owner), "carol's queue is on the slot's master");
+    // The node says where its keys are, and counts the sharded publishes it made.
+    let state = common::inspect_at(addr(port_a)).await;
+    let cluster = &state["server"]["cluster"];
+    let serving = cluster["redis_cluster"].as_str().unwrap_or_default();
+    assert!(
+        serving.ends_with(&format!("on master 127.0.0.1:{owner}")),
+        "{cluster}"
+    );
+    let spublished = cluster["redis_commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["command"] == "SPUBLISH" && c["count"].as_u64() > Some(0));
+    assert!(
+        spublished,
+        "alice's message to bob's node went by SPUBLISH: {cluster}"
+    );
     for other in &others {
         let mut con = RedisCluster::con(*other);
         let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")

@@ -585,9 +585,10 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
                 .collect()
         });
         trace.record(ActiveConnections, Op::Iterate, None, None, Some(all.len()));
+        let publish = self.link.publish_command();
         trace.via(|| {
             format!(
-                "{}; PUBLISH to every node in the same script O(N+M): one order for all",
+                "{}; {publish} to every node in the same script O(N+M): every node gets them in one order",
                 if direct {
                     "this node's sockets now"
                 } else {
@@ -813,28 +814,31 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
             ..message.clone()
         });
         let r = self.ops.measure(OfflineMessages, Op::PushBack, || {
-            self.link
-                .run("EVALSHA keep (RPUSH + PUBLISH)", "O(users)", |c| {
-                    let mut call = self.scripts.keep.prepare_invoke();
-                    call.key(self.key("next_id"))
-                        .key(self.key("bytes"))
-                        .key(self.key("kept"))
-                        .key(self.key("released"));
-                    for user in users {
-                        call.key(self.key(format_args!("q:{user}")))
-                            .key(self.key(format_args!("devices:{user}")));
-                    }
-                    call.arg(message.id)
-                        .arg(&entry)
-                        .arg(message.from.as_str())
-                        .arg(queued_cost(message.text.len()))
-                        .arg(self.key("node:"))
-                        .arg(&tail);
-                    for user in users {
-                        call.arg(user.as_str());
-                    }
-                    call.invoke::<Vec<i64>>(c)
-                })
+            let command = match self.link.on_a_cluster() {
+                true => "EVALSHA keep (RPUSH + SPUBLISH)",
+                false => "EVALSHA keep (RPUSH + PUBLISH)",
+            };
+            self.link.run(command, "O(users)", |c| {
+                let mut call = self.scripts.keep.prepare_invoke();
+                call.key(self.key("next_id"))
+                    .key(self.key("bytes"))
+                    .key(self.key("kept"))
+                    .key(self.key("released"));
+                for user in users {
+                    call.key(self.key(format_args!("q:{user}")))
+                        .key(self.key(format_args!("devices:{user}")));
+                }
+                call.arg(message.id)
+                    .arg(&entry)
+                    .arg(message.from.as_str())
+                    .arg(queued_cost(message.text.len()))
+                    .arg(self.key("node:"))
+                    .arg(&tail);
+                for user in users {
+                    call.arg(user.as_str());
+                }
+                call.invoke::<Vec<i64>>(c)
+            })
         });
         let answered = step(r)?;
         let (id, total, mine, lens) = match answered[..] {
@@ -855,12 +859,13 @@ impl<L: LocalDevice + Clone> Structures for RedisStructures<L> {
         }
         // One push_back per copy, as in memory; Redis did them in one script.
         self.count_more(OfflineMessages, Op::PushBack, users.len().saturating_sub(1));
+        let publish = self.link.publish_command();
         for user in users {
             let key = self.key(format_args!("q:{user}"));
             trace.record(OfflineMessages, Op::PushBack, Some(user), None, None);
             trace.via(|| {
                 format!(
-                    "RPUSH {key} id {id} + PUBLISH to each node with {user}'s devices (keep script) O(1)"
+                    "RPUSH {key} id {id} + {publish} to each node with {user}'s devices (keep script) O(1)"
                 )
             });
         }
