@@ -49,8 +49,9 @@ pub(crate) enum Input {
     /// Cluster: a node's heartbeat expired; its users go offline.
     NodeLost(String),
     /// Cluster: this node was declared dead, or its subscription broke (said
-    /// why): it closes every socket (1012) and registers again.
-    Fence(String),
+    /// why): it closes every socket (1012, with `reason`, the cause in a few
+    /// words for the client) and registers again.
+    Fence { reason: &'static str, why: String },
     /// Cluster: Redis restarted and this node subscribed again: held messages
     /// published to it before that never arrived, so it closes the sockets
     /// that resumed (1012), which resume and get them. A v1 socket missed

@@ -184,7 +184,7 @@ fn apply(hub: &Hub, core: &mut Core, input: Input) {
             recorded::relayed(hub, &outcome);
             finish_rule(hub, core, outcome);
         }
-        Input::Fence(why) => fence(hub, core, &why),
+        Input::Fence { reason, why } => fence(hub, core, reason, &why),
         Input::FenceResuming(why) => fence_resuming(hub, core, &why),
         Input::Wake => {}
         Input::CloseAll(done) => {
@@ -386,14 +386,9 @@ fn close_all(hub: &Hub, core: &mut Core) {
 /// longer stand for what the cluster believes, so it closes them all (1012):
 /// each client reconnects, through any node, and is flushed its queue; what
 /// was unsent in their outboxes goes back to it first. Then it registers again.
-fn fence(hub: &Hub, core: &mut Core, why: &str) {
+fn fence(hub: &Hub, core: &mut Core, reason: &'static str, why: &str) {
     let connections = recorded::all_connections(hub, core).len();
-    close_every(
-        hub,
-        core,
-        CLOSE_RESTART,
-        "this node lost its place in the cluster; reconnect",
-    );
+    close_every(hub, core, CLOSE_RESTART, reason);
     hub.resync_wanted.store(true, Ordering::Release);
     if let Some(log) = &hub.log {
         log.line(format!(

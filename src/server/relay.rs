@@ -107,9 +107,15 @@ fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
         // here before this node subscribed again (see `Input::FenceResuming`).
         if let Some((before, moved_before)) = &subscribed_on {
             hub.send_blocking(if moved != *moved_before {
-                Input::Fence("the Redis Cluster moved this cluster's slot to another master (a failover), and this node subscribed there (what was published meanwhile was queued)".into())
+                Input::Fence {
+                    reason: "this node's Redis Cluster master failed over; reconnect",
+                    why: "the Redis Cluster moved this cluster's slot to another master (a failover), and this node subscribed there (what was published meanwhile was queued)".into(),
+                }
             } else if !server.is_empty() && server == *before {
-                Input::Fence("Redis dropped this node's subscription and it was opened again (what was published to it meanwhile is gone)".into())
+                Input::Fence {
+                    reason: "Redis dropped this node's subscription; reconnect",
+                    why: "Redis dropped this node's subscription and it was opened again (what was published to it meanwhile is gone)".into(),
+                }
             } else {
                 Input::FenceResuming("Redis restarted, and this node subscribed again (held messages published to it before that are gone)".into())
             });
@@ -256,10 +262,13 @@ fn heartbeat(hub: &Hub, link: &Link) {
             reconcile(hub, link);
         }
         if !beat.alive {
-            hub.send_blocking(Input::Fence(format!(
-                "this node's heartbeat had expired (paused or cut off for over {} s): the others counted it dead",
-                HEARTBEAT_TTL.as_secs()
-            )));
+            hub.send_blocking(Input::Fence {
+                reason: "this node was counted dead (its heartbeat expired); reconnect",
+                why: format!(
+                    "this node's heartbeat had expired (paused or cut off for over {} s): the others counted it dead",
+                    HEARTBEAT_TTL.as_secs()
+                ),
+            });
         }
         let nodes = link.run("SMEMBERS", "O(N)", |c| {
             redis::cmd("SMEMBERS")
