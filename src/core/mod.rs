@@ -22,6 +22,8 @@ pub mod structures;
 mod tests;
 pub mod withheld;
 
+use std::collections::HashMap;
+
 use crate::names::{GroupId, UserId};
 use crate::protocol::{AckStatus, ErrorCode, ServerFrame};
 
@@ -156,6 +158,11 @@ pub struct ChatCore<S: Structures> {
     flushing: flushing::Flushing,
     /// v1.2: the presence changes waiting for the next tick (`presence_batch.rs`).
     presence_batch: presence_batch::PresenceBatch,
+    /// Per resuming connection, the highest held message id it was sent (its
+    /// window on connect, then relayed copies). In a cluster a relayed copy
+    /// at or below it came late through Redis: sending it would break the
+    /// device's id order. O(1) per relayed copy.
+    held_sent: HashMap<ConnId, u64>,
 }
 
 /// One frame for one connection: an index into [`Outcome::frames`], so a frame
@@ -375,6 +382,7 @@ impl<S: Structures> ChatCore<S> {
             withheld: withheld::Withheld::default(),
             flushing: flushing::Flushing::default(),
             presence_batch: presence_batch::PresenceBatch::default(),
+            held_sent: HashMap::new(),
         }
     }
 

@@ -351,6 +351,10 @@ impl<S: Structures> ChatCore<S> {
         self.presence_batch
             .greeted(conn.id(), conn.presence_batched());
         let flushed = flush.len();
+        if let Some(position) = resume {
+            let top = flush.iter().map(|m| m.id).max().unwrap_or(0);
+            self.held_sent.insert(conn.id(), top.max(position));
+        }
         // A v1 flush left the deque: its bytes stay charged until the
         // shell has handed it to the socket (`flushed`).
         let charged = match resume {
@@ -462,6 +466,7 @@ impl<S: Structures> ChatCore<S> {
         let mut plan = Plan::new();
         // Whatever of its flush it was not sent is in `undelivered`.
         self.flushing.release(conn);
+        self.held_sent.remove(&conn);
         let s = &mut self.structures;
         let Some((devices, removed)) = s.remove_connection(user, conn, &mut trace)? else {
             let event = Event::AlreadyGone {
@@ -534,6 +539,22 @@ impl<S: Structures> ChatCore<S> {
                 // connected after the message was routed).
                 if message.is_some() && !held {
                     devices.retain(|d| d.resume().is_none());
+                }
+                // A held copy relayed late (this node's relay ran behind) can
+                // reach a device that resumed here since and was sent higher
+                // ids; its order comes first, so it gets no id at or below
+                // what it was sent (a repeat, or a message its user's other
+                // device confirmed meanwhile).
+                if let (Some(message), true) = (&message, held) {
+                    let held_sent = &mut self.held_sent;
+                    devices.retain(|d| match held_sent.get_mut(&d.id()) {
+                        Some(top) if message.id <= *top => false,
+                        Some(top) => {
+                            *top = message.id;
+                            true
+                        }
+                        None => true,
+                    });
                 }
                 if devices.is_empty() {
                     if let (Some(message), false) = (message, held) {

@@ -1067,6 +1067,46 @@ fn json_for(outcome: &Outcome<Device>, conn: ConnId) -> Vec<Value> {
         .collect()
 }
 
+/// A held copy relayed late through Redis (the node's relay ran behind)
+/// reaches a device that resumed here since only if its id is above what
+/// that device was already sent: its window, then earlier relayed copies.
+#[test]
+fn a_held_copy_relayed_late_keeps_a_resumed_device_s_id_order() {
+    let mut c = window_core(100);
+    c.connect(&n("bob"), resuming(9, 0)).unwrap();
+    c.connect(&n("alice"), v1(2)).unwrap();
+    for text in ["one", "two", "three"] {
+        say(
+            &mut c,
+            "alice",
+            v1(2),
+            json!({"type":"message","to":"bob","text":text}),
+        );
+    }
+    c.disconnect(&n("bob"), 9, Vec::new()).unwrap();
+    assert_eq!(held_ids(&c, "bob"), [1, 2, 3]);
+    // bob resumes from 0: his window is 1..3.
+    let o = c.connect(&n("bob"), resuming(1, 0)).unwrap();
+    assert_eq!(o.flush.as_ref().map(|f| f.frames.len()), Some(3));
+    let relay = |c: &mut WindowCore, id: u64| -> Vec<ConnId> {
+        let o = c
+            .relayed(Relayed::ToUser {
+                user: n("bob"),
+                frame: chat(id, "alice", "bob"),
+                held: true,
+                except: None,
+            })
+            .unwrap();
+        o.deliveries.iter().map(|d| d.conn.id).collect()
+    };
+    assert!(relay(&mut c, 2).is_empty(), "2 is below his window's top");
+    assert_eq!(relay(&mut c, 4), [1]);
+    assert!(relay(&mut c, 4).is_empty(), "a repeat is not sent again");
+    // A v1 device of bob's gets every relayed copy, as before.
+    c.connect(&n("bob"), v1(3)).unwrap();
+    assert_eq!(relay(&mut c, 2), [3]);
+}
+
 fn held_ids(core: &WindowCore, user: &str) -> Vec<u64> {
     core.snapshot()
         .unwrap()
