@@ -192,6 +192,16 @@ impl Link {
         }
     }
 
+    /// The subscribe that hears [`Link::publish_command`]: a sharded channel
+    /// is heard only through SSUBSCRIBE, on the master serving its slot.
+    pub fn subscribe_command(&self) -> &'static str {
+        if self.on_a_cluster() {
+            "SSUBSCRIBE"
+        } else {
+            "SUBSCRIBE"
+        }
+    }
+
     pub fn node(&self) -> &str {
         &self.config.node_id
     }

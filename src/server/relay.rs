@@ -65,12 +65,7 @@ pub(crate) fn leave(link: &Link) {
 
 fn listen(hub: &Hub, link: &Link, ready: mpsc::Sender<()>) {
     let channel = link.key(&format!("node:{}", link.node()));
-    // SSUBSCRIBE on a Redis Cluster: the channel is served by the master of
-    // its slot, the one the scripts run on.
-    let command = match link.on_a_cluster() {
-        true => "SSUBSCRIBE",
-        false => "SUBSCRIBE",
-    };
+    let command = link.subscribe_command();
     // The Redis process the last subscription was made on, and the slot's
     // moves then.
     let mut subscribed_on: Option<(String, u64)> = None;
